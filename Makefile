@@ -1,0 +1,56 @@
+# django_rls: PGXS build of the PostgreSQL extension, plus the project's
+# developer targets.  `make test` and `make demo` work on a fresh machine:
+# tests/harness/ installs what is missing.
+
+EXTENSION = django_rls
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big = $(EXTENSION)
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard ext/*.c)))
+PGFILEDESC = "django_rls - tamper-proof request context and row-level security helpers"
+
+DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
+
+REGRESS = $(patsubst tests/regress/sql/%.sql,%,$(sort $(wildcard tests/regress/sql/*.sql)))
+REGRESS_OPTS = --inputdir=tests/regress
+
+PG_CPPFLAGS = -DDJANGO_RLS_VERSION='"$(EXTVERSION)"'
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+# The PGXS rules exist only once the server headers are installed; the
+# harness installs them, so the Python-side targets must not depend on them.
+ifneq ($(wildcard $(PGXS)),)
+all: sql/$(EXTENSION)--$(EXTVERSION).sql
+include $(PGXS)
+endif
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
+	cp $< $@
+
+HARNESS = tests/harness
+VENV ?= .venv
+
+.PHONY: deps test test-sql test-python lint
+
+# Install the server headers when missing, and the project's virtualenv.
+deps:
+	$(HARNESS)/deps.sh
+
+# Build and install the extension, start a throwaway cluster (or use
+# DATABASE_URL), run pg_regress and pytest against it, stop the cluster.
+test: deps
+	$(MAKE) install
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(MAKE) test-sql test-python
+
+test-sql: installcheck
+
+test-python:
+	$(VENV)/bin/pytest
+
+lint: deps
+	$(VENV)/bin/ruff check django_rls tests
+	$(VENV)/bin/ruff format --check django_rls tests

@@ -1,0 +1,229 @@
+/*-------------------------------------------------------------------------
+ *
+ * ext/accessors.c
+ *		Functions that policies call to read the request context.
+ *
+ * Policies call these once per row on a sequential scan, so they read the
+ * values parsed by the settings' assign hooks and do no parsing of their own.
+ * They are STABLE, never IMMUTABLE: an IMMUTABLE accessor would be folded
+ * into cached plans, and a prepared statement would keep serving the first
+ * tenant's rows after the context changed.  They are PARALLEL SAFE because
+ * the settings they read are copied into every parallel worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/uuid.h"
+
+#include "django_rls.h"
+
+PG_FUNCTION_INFO_V1(rls_site_id);
+PG_FUNCTION_INFO_V1(rls_user_id);
+PG_FUNCTION_INFO_V1(rls_site_uuid);
+PG_FUNCTION_INFO_V1(rls_user_uuid);
+PG_FUNCTION_INFO_V1(rls_claim);
+PG_FUNCTION_INFO_V1(rls_context);
+
+/* Parsed claims, rebuilt only when django_rls.claims changes. */
+static MemoryContext claims_context = NULL;
+static Jsonb *claims_cache = NULL;
+static uint64 claims_cache_generation = 0;
+
+static void ReportMissing(const char *what) pg_attribute_noreturn();
+static void ReportWrongKind(const char *what, const char *holds, const char *use) pg_attribute_noreturn();
+
+static void
+ReportMissing(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("no %s is set in the django_rls context", what),
+			 errdetail("django_rls.strict is on, so a policy that needs the %s raises instead of matching no rows.", what),
+			 errhint("Call rls.set_context() first, or run the code inside django_rls.context() or the middleware.")));
+}
+
+static void
+ReportWrongKind(const char *what, const char *holds, const char *use)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATATYPE_MISMATCH),
+			 errmsg("the django_rls %s is a %s", what, holds),
+			 errhint("Use %s to read it, and compare it with a column of the same type.", use)));
+}
+
+/*
+ * Shared body of the integer accessors: NULL when unset (or an error in strict
+ * mode), an error when the identifier is a UUID.
+ */
+static Datum
+IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
+		  FunctionCallInfo fcinfo)
+{
+	if (id->kind == RLS_ID_INT)
+		PG_RETURN_INT64(id->int_value);
+	if (id->kind == RLS_ID_UUID)
+		ReportWrongKind(what, "UUID", uuid_accessor);
+	if (rls_strict)
+		ReportMissing(what);
+	PG_RETURN_NULL();
+}
+
+static Datum
+IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
+		 FunctionCallInfo fcinfo)
+{
+	pg_uuid_t  *result;
+
+	if (id->kind == RLS_ID_UUID)
+	{
+		result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+		*result = id->uuid_value;
+		PG_RETURN_UUID_P(result);
+	}
+	if (id->kind == RLS_ID_INT)
+		ReportWrongKind(what, "integer", int_accessor);
+	if (rls_strict)
+		ReportMissing(what);
+	PG_RETURN_NULL();
+}
+
+Datum
+rls_site_id(PG_FUNCTION_ARGS)
+{
+	return IdAsInt64(&rls_current_site, "site", "rls.site_uuid()", fcinfo);
+}
+
+Datum
+rls_user_id(PG_FUNCTION_ARGS)
+{
+	return IdAsInt64(&rls_current_user, "user", "rls.user_uuid()", fcinfo);
+}
+
+Datum
+rls_site_uuid(PG_FUNCTION_ARGS)
+{
+	return IdAsUuid(&rls_current_site, "site", "rls.site_id()", fcinfo);
+}
+
+Datum
+rls_user_uuid(PG_FUNCTION_ARGS)
+{
+	return IdAsUuid(&rls_current_user, "user", "rls.user_id()", fcinfo);
+}
+
+/* The current claims as jsonb, or NULL when none are set. */
+static Jsonb *
+CurrentClaims(void)
+{
+	MemoryContext oldcontext;
+
+	if (rls_claims_setting == NULL || rls_claims_setting[0] == '\0')
+		return NULL;
+	if (claims_cache != NULL && claims_cache_generation == rls_claims_generation)
+		return claims_cache;
+
+	if (claims_context == NULL)
+		claims_context = AllocSetContextCreate(TopMemoryContext,
+											   "django_rls claims",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(claims_context);
+	claims_cache = NULL;
+
+	oldcontext = MemoryContextSwitchTo(claims_context);
+	claims_cache = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+													  CStringGetDatum(rls_claims_setting)));
+	MemoryContextSwitchTo(oldcontext);
+	claims_cache_generation = rls_claims_generation;
+	return claims_cache;
+}
+
+/*
+ * rls.claim(key text) returns one claim as text, like the ->> operator: NULL
+ * for a missing key or a JSON null, JSON text for objects and arrays.
+ */
+Datum
+rls_claim(PG_FUNCTION_ARGS)
+{
+	text	   *key = PG_GETARG_TEXT_PP(0);
+	Jsonb	   *claims = CurrentClaims();
+	JsonbValue	vbuf;
+	JsonbValue *value;
+
+	if (claims == NULL)
+	{
+		if (rls_strict)
+			ReportMissing("claim");
+		PG_RETURN_NULL();
+	}
+
+	value = getKeyJsonValueFromContainer(&claims->root, VARDATA_ANY(key),
+										 VARSIZE_ANY_EXHDR(key), &vbuf);
+	if (value == NULL)
+		PG_RETURN_NULL();
+
+	switch (value->type)
+	{
+		case jbvNull:
+			PG_RETURN_NULL();
+		case jbvString:
+			PG_RETURN_TEXT_P(cstring_to_text_with_len(value->val.string.val,
+													  value->val.string.len));
+		case jbvNumeric:
+			PG_RETURN_TEXT_P(cstring_to_text(DatumGetCString(DirectFunctionCall1(numeric_out,
+																				 NumericGetDatum(value->val.numeric)))));
+		case jbvBool:
+			PG_RETURN_TEXT_P(cstring_to_text(value->val.boolean ? "true" : "false"));
+		case jbvBinary:
+			PG_RETURN_TEXT_P(cstring_to_text(JsonbToCString(NULL,
+															value->val.binary.data,
+															value->val.binary.len)));
+		default:
+			elog(ERROR, "unexpected jsonb value type %d in django_rls claims", (int) value->type);
+	}
+	PG_RETURN_NULL();
+}
+
+static void
+AppendId(StringInfo buf, const char *key, const RlsId *id)
+{
+	appendStringInfo(buf, "\"%s\": ", key);
+	switch (id->kind)
+	{
+		case RLS_ID_INT:
+			appendStringInfo(buf, INT64_FORMAT, id->int_value);
+			break;
+		case RLS_ID_UUID:
+			appendStringInfo(buf, "\"%s\"",
+							 DatumGetCString(DirectFunctionCall1(uuid_out,
+																 UUIDPGetDatum(&id->uuid_value))));
+			break;
+		case RLS_ID_UNSET:
+			appendStringInfoString(buf, "null");
+			break;
+	}
+}
+
+/*
+ * rls.context() shows the whole context as jsonb, for debugging:
+ * {"site": 42, "user": "<uuid>", "claims": {...}}, with null for unset parts.
+ */
+Datum
+rls_context(PG_FUNCTION_ARGS)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	AppendId(&buf, "site", &rls_current_site);
+	appendStringInfoString(&buf, ", ");
+	AppendId(&buf, "user", &rls_current_user);
+	appendStringInfo(&buf, ", \"claims\": %s}",
+					 (rls_claims_setting && rls_claims_setting[0]) ? rls_claims_setting : "null");
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}

@@ -1,0 +1,125 @@
+/*-------------------------------------------------------------------------
+ *
+ * ext/compat.h
+ *		Every PostgreSQL version difference django_rls depends on.
+ *
+ * The extension supports PostgreSQL 13 to 18.  Each shim below names the
+ * release that introduced the API it papers over, so that a shim can be
+ * deleted as soon as the oldest supported release has the API itself.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef DJANGO_RLS_COMPAT_H
+#define DJANGO_RLS_COMPAT_H
+
+#include "postgres.h"
+
+#if PG_VERSION_NUM < 130000
+#error "django_rls requires PostgreSQL 13 or later"
+#endif
+
+/*
+ * PostgreSQL 15 made placeholders under a reserved prefix an error; older
+ * releases only warn about them, which is still the best they offer.
+ */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
+/*
+ * PostgreSQL 15 added shmem_request_hook; before it, shared memory and
+ * LWLock tranches are requested straight from _PG_init.
+ */
+#if PG_VERSION_NUM >= 150000
+#define RLS_HAVE_SHMEM_REQUEST_HOOK 1
+#endif
+
+/*
+ * GUC_ALLOW_IN_PARALLEL arrived in PostgreSQL 15; older releases do not check
+ * for it, so defining it as no flag at all keeps the behaviour identical.
+ */
+#ifndef GUC_ALLOW_IN_PARALLEL
+#define GUC_ALLOW_IN_PARALLEL 0
+#endif
+
+/*
+ * PostgreSQL 14 added the pg_hmac_* API (and pg_hmac_error in 15).  On 13 the
+ * HMAC is built by hand from the SHA-256 primitives of common/sha2.h, as
+ * RFC 2104 describes; both paths return false on failure instead of raising.
+ */
+#if PG_VERSION_NUM >= 140000
+#include "common/hmac.h"
+#include "common/sha2.h"
+
+static inline bool
+RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen,
+			  uint8 *out)
+{
+	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+	bool		ok;
+
+	if (ctx == NULL)
+		return false;
+	ok = pg_hmac_init(ctx, key, keylen) == 0 &&
+		pg_hmac_update(ctx, data, datalen) == 0 &&
+		pg_hmac_final(ctx, out, PG_SHA256_DIGEST_LENGTH) == 0;
+	pg_hmac_free(ctx);
+	return ok;
+}
+#else
+#include "common/sha2.h"
+
+static inline bool
+RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen,
+			  uint8 *out)
+{
+	uint8		block[PG_SHA256_BLOCK_LENGTH];
+	uint8		inner[PG_SHA256_DIGEST_LENGTH];
+	pg_sha256_ctx ctx;
+	int			i;
+
+	memset(block, 0, sizeof(block));
+	if (keylen > PG_SHA256_BLOCK_LENGTH)
+	{
+		pg_sha256_init(&ctx);
+		pg_sha256_update(&ctx, key, keylen);
+		pg_sha256_final(&ctx, block);
+	}
+	else
+		memcpy(block, key, keylen);
+
+	for (i = 0; i < PG_SHA256_BLOCK_LENGTH; i++)
+		block[i] ^= 0x36;
+	pg_sha256_init(&ctx);
+	pg_sha256_update(&ctx, block, PG_SHA256_BLOCK_LENGTH);
+	pg_sha256_update(&ctx, data, datalen);
+	pg_sha256_final(&ctx, inner);
+
+	for (i = 0; i < PG_SHA256_BLOCK_LENGTH; i++)
+		block[i] ^= 0x36 ^ 0x5c;
+	pg_sha256_init(&ctx);
+	pg_sha256_update(&ctx, block, PG_SHA256_BLOCK_LENGTH);
+	pg_sha256_update(&ctx, inner, PG_SHA256_DIGEST_LENGTH);
+	pg_sha256_final(&ctx, out);
+	return true;
+}
+#endif
+
+/*
+ * PostgreSQL 16 exported guc_malloc() for check hooks' "extra" data; before
+ * it, the GUC machinery releases extra data with plain free().
+ */
+#if PG_VERSION_NUM >= 160000
+#define RlsGucMalloc(size) guc_malloc(LOG, (size))
+#else
+#define RlsGucMalloc(size) malloc(size)
+#endif
+
+/* PostgreSQL 18 records the extension's name and version in the module. */
+#if PG_VERSION_NUM >= 180000
+#define RLS_MODULE_MAGIC PG_MODULE_MAGIC_EXT(.name = "django_rls", .version = DJANGO_RLS_VERSION)
+#else
+#define RLS_MODULE_MAGIC PG_MODULE_MAGIC
+#endif
+
+#endif							/* DJANGO_RLS_COMPAT_H */

@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ *
+ * ext/django_rls.h
+ *		Declarations shared between the files of the django_rls extension.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef DJANGO_RLS_H
+#define DJANGO_RLS_H
+
+#include "postgres.h"
+
+#include "utils/uuid.h"
+
+#include "compat.h"
+
+/* The prefix reserved for every setting the extension defines. */
+#define RLS_GUC_PREFIX "django_rls"
+
+/*
+ * django_rls.c
+ */
+extern bool rls_loaded_at_startup;
+
+/*
+ * context.c
+ */
+
+/* What a context identifier (site or user) currently holds. */
+typedef enum RlsIdKind
+{
+	RLS_ID_UNSET = 0,
+	RLS_ID_INT,
+	RLS_ID_UUID
+} RlsIdKind;
+
+typedef struct RlsId
+{
+	RlsIdKind	kind;
+	int64		int_value;
+	pg_uuid_t	uuid_value;
+} RlsId;
+
+extern RlsId rls_current_site;
+extern RlsId rls_current_user;
+extern char *rls_site_setting;
+extern char *rls_user_setting;
+extern char *rls_claims_setting;
+extern uint64 rls_claims_generation;
+extern bool rls_strict;
+extern bool rls_require_signature;
+
+extern void RlsDefineContextSettings(void);
+extern void RlsCheckScope(const char *function_name, bool is_local);
+extern void RlsApplyContext(const char *site, const char *user,
+							const char *claims, bool is_local);
+extern char *RlsCanonicalId(const char *what, const char *value);
+extern char *RlsCanonicalClaims(Datum claims);
+
+/*
+ * token.c
+ */
+extern void RlsDefineTokenSettings(void);
+extern bool RlsSigningKeyConfigured(void);
+
+/*
+ * replay.c
+ */
+#define RLS_NONCE_MIN_LEN 16
+#define RLS_NONCE_MAX_LEN 64
+
+extern void RlsDefineReplaySettings(void);
+extern void RlsReplayShmemRequest(void);
+extern void RlsReplayShmemStartup(void);
+extern bool RlsReplayAvailable(void);
+extern bool RlsReplayRemember(const char *nonce, int64 expires_at, int64 now);
+extern void RlsReplayUsage(int64 *used, int64 *capacity);
+
+#endif							/* DJANGO_RLS_H */

@@ -1,0 +1,446 @@
+/*-------------------------------------------------------------------------
+ *
+ * ext/token.c
+ *		Signed context tokens: format, verification and rls.set_context_signed().
+ *
+ * A token is three dot-separated parts (docs/security.md is the reference):
+ *
+ *		v1.<payload>.<signature>
+ *
+ * <payload> is the base64url (no padding) encoding of a JSON object with the
+ * members site, user, claims, iat, exp, nonce and optionally db; <signature>
+ * is the base64url encoding of HMAC-SHA256 over "v1.<payload>" under one of
+ * the keys in django_rls.signing_key.  The signature is checked before the
+ * payload is decoded, so nothing but a key holder's bytes ever reaches the
+ * JSON parser.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "commands/dbcommands.h"
+#include "common/sha2.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "django_rls.h"
+
+#define TOKEN_VERSION_PREFIX "v1."
+#define TOKEN_MAX_LEN 16384
+#define SIGNING_KEY_MIN_LEN 32
+
+PG_FUNCTION_INFO_V1(rls_set_context_signed);
+
+static char *signing_key_setting = NULL;
+static int	max_token_lifetime = 300;
+
+/* The verified contents of a token, canonical and ready to apply. */
+typedef struct RlsToken
+{
+	char	   *site;
+	char	   *user;
+	char	   *claims;
+	int64		issued_at;
+	int64		expires_at;
+	char	   *nonce;
+} RlsToken;
+
+/*
+ * Check that every comma-separated key is long enough.  The messages never
+ * echo the value: it is a secret and would end up in the server log.
+ */
+static bool
+CheckSigningKey(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+
+	if (p == NULL || p[0] == '\0')
+		return true;
+	while (*p)
+	{
+		const char *end = strchr(p, ',');
+		size_t		len = end ? (size_t) (end - p) : strlen(p);
+
+		while (len > 0 && (*p == ' ' || *p == '\t'))
+		{
+			p++;
+			len--;
+		}
+		while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+			len--;
+		if (len < SIGNING_KEY_MIN_LEN)
+		{
+			GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
+			GUC_check_errmsg("every key in django_rls.signing_key must be at least %d bytes long", SIGNING_KEY_MIN_LEN);
+			GUC_check_errhint("Generate a key with manage.py rls_keygen or: openssl rand -base64 48");
+			return false;
+		}
+		p = end ? end + 1 : p + strlen(p);
+	}
+	return true;
+}
+
+void
+RlsDefineTokenSettings(void)
+{
+	/*
+	 * The key may come only from the server's configuration files (SIGHUP:
+	 * never from ALTER ROLE/DATABASE, whose values anyone can read in
+	 * pg_db_role_setting), and only superusers and pg_read_all_settings
+	 * members may read it back.
+	 */
+	DefineCustomStringVariable(RLS_GUC_PREFIX ".signing_key",
+							   "Keys that sign django_rls context tokens, separated by commas.",
+							   "The first key is not special: a token signed with any listed key is accepted, which allows key rotation.",
+							   &signing_key_setting, "", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   CheckSigningKey, NULL, NULL);
+	DefineCustomIntVariable(RLS_GUC_PREFIX ".max_token_lifetime",
+							"Longest lifetime a signed context token may have.",
+							"Tokens whose expiry lies further in the future are refused; this bounds how many nonces the replay cache must hold.",
+							&max_token_lifetime, 300, 1, 86400, PGC_SIGHUP,
+							GUC_UNIT_S, NULL, NULL, NULL);
+}
+
+bool
+RlsSigningKeyConfigured(void)
+{
+	return signing_key_setting != NULL && signing_key_setting[0] != '\0';
+}
+
+static void ReportInvalidToken(const char *detail) pg_attribute_noreturn();
+
+static void
+ReportInvalidToken(const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 errmsg("invalid django_rls context token"),
+			 errdetail_internal("%s", detail),
+			 errhint("Tokens must be signed by the application with a key listed in django_rls.signing_key; see docs/security.md for the format.")));
+}
+
+static int
+Base64UrlValue(char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '-')
+		return 62;
+	if (c == '_')
+		return 63;
+	return -1;
+}
+
+/*
+ * Decode unpadded base64url into a palloc'd buffer.  Returns the decoded
+ * length, or -1 for a character outside the alphabet, an impossible length or
+ * non-zero trailing bits (so that every byte string has exactly one encoding).
+ */
+static int
+Base64UrlDecode(const char *src, int len, uint8 **dst)
+{
+	uint8	   *out;
+	uint32		bits = 0;
+	int			nbits = 0;
+	int			outlen = 0;
+	int			i;
+
+	if (len % 4 == 1)
+		return -1;
+	out = (uint8 *) palloc(len * 3 / 4 + 1);
+	for (i = 0; i < len; i++)
+	{
+		int			v = Base64UrlValue(src[i]);
+
+		if (v < 0)
+			return -1;
+		bits = (bits << 6) | (uint32) v;
+		nbits += 6;
+		if (nbits >= 8)
+		{
+			nbits -= 8;
+			out[outlen++] = (uint8) (bits >> nbits);
+			bits &= (1U << nbits) - 1;
+		}
+	}
+	if (bits != 0)
+		return -1;
+	*dst = out;
+	return outlen;
+}
+
+/* Compare two buffers in time that depends only on their length. */
+static bool
+ConstantTimeEqual(const uint8 *a, const uint8 *b, size_t len)
+{
+	uint8		diff = 0;
+	size_t		i;
+
+	for (i = 0; i < len; i++)
+		diff |= a[i] ^ b[i];
+	return diff == 0;
+}
+
+/*
+ * True when the signature matches one of the configured keys.  Every key is
+ * tried even after a match, so the time taken does not reveal which one did.
+ */
+static bool
+SignatureMatches(const char *signed_part, size_t signed_len, const uint8 *signature)
+{
+	const char *p = signing_key_setting;
+	bool		matched = false;
+
+	while (*p)
+	{
+		const char *end = strchr(p, ',');
+		size_t		len = end ? (size_t) (end - p) : strlen(p);
+		uint8		expected[PG_SHA256_DIGEST_LENGTH];
+
+		while (len > 0 && (*p == ' ' || *p == '\t'))
+		{
+			p++;
+			len--;
+		}
+		while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+			len--;
+		if (!RlsHmacSha256((const uint8 *) p, len, (const uint8 *) signed_part,
+						   signed_len, expected))
+			elog(ERROR, "could not compute HMAC-SHA256 for a django_rls token");
+		if (ConstantTimeEqual(expected, signature, PG_SHA256_DIGEST_LENGTH))
+			matched = true;
+		p = end ? end + 1 : p + strlen(p);
+	}
+	return matched;
+}
+
+/* Read a JSON number member as an integer, or report the token invalid. */
+static int64
+IntegerMember(JsonbValue *value, const char *name)
+{
+	char	   *text;
+	char	   *end;
+	int64		result;
+
+	if (value == NULL || value->type != jbvNumeric)
+		ReportInvalidToken(psprintf("The payload member \"%s\" must be an integer.", name));
+	text = DatumGetCString(DirectFunctionCall1(numeric_out,
+											   NumericGetDatum(value->val.numeric)));
+	errno = 0;
+	result = strtoi64(text, &end, 10);
+	if (errno != 0 || *end != '\0' || end == text)
+		ReportInvalidToken(psprintf("The payload member \"%s\" must be an integer.", name));
+	return result;
+}
+
+/* Read the site or user member: a string, an integer or null. */
+static char *
+IdMember(JsonbValue *value, const char *name)
+{
+	if (value == NULL || value->type == jbvNull)
+		return pstrdup("");
+	if (value->type == jbvString)
+		return RlsCanonicalId(name, pnstrdup(value->val.string.val, value->val.string.len));
+	if (value->type == jbvNumeric)
+		return RlsCanonicalId(name, DatumGetCString(DirectFunctionCall1(numeric_out,
+																		NumericGetDatum(value->val.numeric))));
+	ReportInvalidToken(psprintf("The payload member \"%s\" must be a string, an integer or null.", name));
+	return NULL;				/* keep compiler quiet */
+}
+
+static JsonbValue *
+Member(Jsonb *payload, const char *name, JsonbValue *buf)
+{
+	return getKeyJsonValueFromContainer(&payload->root, name, strlen(name), buf);
+}
+
+/* Refuse members this version does not know, rather than ignore a constraint. */
+static void
+CheckMemberNames(Jsonb *payload)
+{
+	static const char *const known[] = {"site", "user", "claims", "iat", "exp", "nonce", "db"};
+	JsonbIterator *it = JsonbIteratorInit(&payload->root);
+	JsonbValue	v;
+	JsonbIteratorToken r;
+
+	while ((r = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		bool		ok = false;
+		size_t		i;
+
+		if (r != WJB_KEY)
+			continue;
+		for (i = 0; i < lengthof(known); i++)
+			if (strlen(known[i]) == (size_t) v.val.string.len &&
+				memcmp(known[i], v.val.string.val, v.val.string.len) == 0)
+				ok = true;
+		if (!ok)
+			ReportInvalidToken(psprintf("The payload has an unknown member \"%s\".",
+										pnstrdup(v.val.string.val, v.val.string.len)));
+	}
+}
+
+static bool
+ValidNonce(const char *nonce, int len)
+{
+	int			i;
+
+	if (len < RLS_NONCE_MIN_LEN || len > RLS_NONCE_MAX_LEN)
+		return false;
+	for (i = 0; i < len; i++)
+		if (Base64UrlValue(nonce[i]) < 0)
+			return false;
+	return true;
+}
+
+/*
+ * Check the signature, then decode and check the payload.  Every failure
+ * raises an error; on return the token is authentic but its nonce has not
+ * been spent yet.
+ */
+static void
+ParseToken(const char *token, int len, RlsToken *result)
+{
+	const char *payload_start;
+	const char *dot;
+	uint8	   *signature;
+	uint8	   *payload_bytes;
+	int			payload_len;
+	Jsonb	   *payload;
+	JsonbValue	buf;
+	JsonbValue *value;
+	int			prefix_len = strlen(TOKEN_VERSION_PREFIX);
+
+	if (len > TOKEN_MAX_LEN)
+		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
+	if (len < prefix_len || memcmp(token, TOKEN_VERSION_PREFIX, prefix_len) != 0)
+		ReportInvalidToken("The token does not start with \"" TOKEN_VERSION_PREFIX "\".");
+	payload_start = token + prefix_len;
+	dot = memchr(payload_start, '.', len - prefix_len);
+	if (dot == NULL)
+		ReportInvalidToken("The token has no signature part.");
+	if (Base64UrlDecode(dot + 1, len - (dot + 1 - token), &signature) != PG_SHA256_DIGEST_LENGTH)
+		ReportInvalidToken("The signature is not 32 bytes of base64url.");
+	if (!SignatureMatches(token, dot - token, signature))
+		ReportInvalidToken("The signature does not match any key in django_rls.signing_key.");
+
+	payload_len = Base64UrlDecode(payload_start, dot - payload_start, &payload_bytes);
+	if (payload_len < 0)
+		ReportInvalidToken("The payload is not base64url.");
+	payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												 CStringGetDatum(pnstrdup((char *) payload_bytes, payload_len))));
+	if (!JB_ROOT_IS_OBJECT(payload))
+		ReportInvalidToken("The payload is not a JSON object.");
+	CheckMemberNames(payload);
+
+	result->site = IdMember(Member(payload, "site", &buf), "site");
+	result->user = IdMember(Member(payload, "user", &buf), "user");
+	value = Member(payload, "claims", &buf);
+	if (value == NULL || value->type == jbvNull)
+		result->claims = pstrdup("");
+	else if (value->type == jbvBinary)
+		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
+	else
+		ReportInvalidToken("The payload member \"claims\" must be a JSON object or null.");
+	result->issued_at = IntegerMember(Member(payload, "iat", &buf), "iat");
+	result->expires_at = IntegerMember(Member(payload, "exp", &buf), "exp");
+
+	value = Member(payload, "nonce", &buf);
+	if (value == NULL || value->type != jbvString ||
+		!ValidNonce(value->val.string.val, value->val.string.len))
+		ReportInvalidToken(psprintf("The payload member \"nonce\" must be %d to %d base64url characters.",
+									RLS_NONCE_MIN_LEN, RLS_NONCE_MAX_LEN));
+	result->nonce = pnstrdup(value->val.string.val, value->val.string.len);
+
+	value = Member(payload, "db", &buf);
+	if (value != NULL)
+	{
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		if (value->type != jbvString ||
+			strlen(dbname) != (size_t) value->val.string.len ||
+			memcmp(dbname, value->val.string.val, value->val.string.len) != 0)
+			ReportInvalidToken("The token was signed for another database.");
+	}
+}
+
+/* Refuse tokens that are expired, too long-lived or older than the server. */
+static void
+CheckTokenTimes(const RlsToken *token, int64 now)
+{
+	int64		started = (int64) timestamptz_to_time_t(PgStartTime);
+
+	if (token->expires_at <= now)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("django_rls context token has expired"),
+				 errdetail("It expired %lld seconds ago.", (long long) (now - token->expires_at)),
+				 errhint("Sign a fresh token for every transaction, and keep the clocks of the application and database servers in sync.")));
+	if (token->expires_at - now > max_token_lifetime)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("django_rls context token lives too long"),
+				 errdetail("It expires in %lld seconds; django_rls.max_token_lifetime allows %d.",
+						   (long long) (token->expires_at - now), max_token_lifetime),
+				 errhint("Sign tokens with a shorter lifetime, or check the application server's clock.")));
+	if (token->issued_at > token->expires_at)
+		ReportInvalidToken("The token was issued after it expired (iat > exp).");
+
+	/*
+	 * Spent nonces live in shared memory and are lost in a restart, so a
+	 * token issued before the server started might already have been used.
+	 */
+	if (token->issued_at < started)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("django_rls context token was issued before the server started"),
+				 errdetail("The server cannot tell whether it was used before the restart."),
+				 errhint("Sign a fresh token.")));
+}
+
+/*
+ * rls.set_context_signed(token text, is_local boolean)
+ */
+Datum
+rls_set_context_signed(PG_FUNCTION_ARGS)
+{
+	text	   *token_text = PG_GETARG_TEXT_PP(0);
+	bool		is_local = PG_ARGISNULL(1) ? true : PG_GETARG_BOOL(1);
+	RlsToken	token;
+	int64		now;
+
+	RlsCheckScope("rls.set_context_signed", is_local);
+	if (!RlsSigningKeyConfigured())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no django_rls signing key is configured"),
+				 errhint("Set django_rls.signing_key in postgresql.conf (or with ALTER SYSTEM) and reload the server.")));
+	if (!RlsReplayAvailable())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("rls.set_context_signed() needs django_rls in shared_preload_libraries"),
+				 errdetail("Replay protection keeps spent tokens in shared memory, which only a preloaded library can reserve."),
+				 errhint("Add django_rls to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	ParseToken(VARDATA_ANY(token_text), VARSIZE_ANY_EXHDR(token_text), &token);
+	now = (int64) timestamptz_to_time_t(GetCurrentTimestamp());
+	CheckTokenTimes(&token, now);
+	if (!RlsReplayRemember(token.nonce, token.expires_at, now))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("django_rls context token has already been used"),
+				 errdetail("Every token is accepted once, on any connection to this server."),
+				 errhint("Sign a new token (with a new nonce) for every transaction.")));
+
+	RlsApplyContext(token.site, token.user, token.claims, is_local);
+	PG_RETURN_VOID();
+}

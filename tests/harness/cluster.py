@@ -1,0 +1,183 @@
+"""Run a command against a throwaway PostgreSQL cluster, or against DATABASE_URL.
+
+    python tests/harness/cluster.py run -- make test-sql test-python
+
+Without DATABASE_URL this creates a cluster in a temporary directory (as the
+``postgres`` OS user when run as root, because PostgreSQL refuses to run as
+root), preloads django_rls, listens on a free loopback port, runs the command
+with PGHOST/PGPORT/PGUSER/PGDATABASE and DATABASE_URL pointing at it as the
+superuser, and stops and removes the cluster afterwards, whatever happened.
+
+With DATABASE_URL set, the command runs against that server instead; it must
+be a superuser URL to a server that has django_rls installed and preloaded
+and that the tests may reconfigure (they set a signing key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+PG_MAJOR = os.environ.get("PG_MAJOR", "15")
+BINDIR = Path(os.environ.get("PG_BINDIR", f"/usr/lib/postgresql/{PG_MAJOR}/bin"))
+
+SERVER_SETTINGS = """
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{socket_dir}'
+shared_preload_libraries = 'django_rls'
+max_connections = 120
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+log_min_messages = warning
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    """Wrap a server command so that it runs as the postgres OS user if we are root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *argv]
+    return argv
+
+
+class Cluster:
+    """A PostgreSQL cluster that lives in a temporary directory."""
+
+    def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="django_rls-pg-"))
+        self.data_dir = self.base_dir / "data"
+        self.log_file = self.base_dir / "server.log"
+        self.port = port or free_port()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "PGHOST": str(self.base_dir),
+            "PGPORT": str(self.port),
+            "PGUSER": "postgres",
+            "PGDATABASE": "postgres",
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{self.port}/postgres",
+        }
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.base_dir, pw.pw_uid, pw.pw_gid)
+        self.base_dir.chmod(0o755)
+        subprocess.run(
+            as_postgres(
+                [
+                    str(BINDIR / "initdb"),
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--username",
+                    "postgres",
+                    "--auth",
+                    "trust",
+                    "--encoding",
+                    "UTF8",
+                    "--locale",
+                    "C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        settings = SERVER_SETTINGS.format(port=self.port, socket_dir=self.base_dir)
+        subprocess.run(
+            as_postgres(["sh", "-c", f"cat >> '{self.data_dir}/postgresql.conf'"]),
+            input=settings.encode(),
+            check=True,
+        )
+
+    def start(self) -> None:
+        subprocess.run(
+            as_postgres(
+                [str(BINDIR / "pg_ctl"), "start", "--wait", "--silent", "--pgdata", str(self.data_dir), "--log", str(self.log_file)]
+            ),
+            check=True,
+        )
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            subprocess.run(
+                as_postgres([str(BINDIR / "pg_ctl"), "stop", "--wait", "--silent", "--mode", "fast", "--pgdata", str(self.data_dir)]),
+                check=False,
+            )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+
+def env_from_url(url: str) -> dict[str, str]:
+    parts = urlparse(url)
+    env = {"DATABASE_URL": url}
+    if parts.hostname:
+        env["PGHOST"] = parts.hostname
+    if parts.port:
+        env["PGPORT"] = str(parts.port)
+    if parts.username:
+        env["PGUSER"] = unquote(parts.username)
+    if parts.password:
+        env["PGPASSWORD"] = unquote(parts.password)
+    if parts.path.strip("/"):
+        env["PGDATABASE"] = parts.path.strip("/")
+    return env
+
+
+def run(command: list[str]) -> int:
+    if os.environ.get("DATABASE_URL"):
+        print(f"cluster.py: using DATABASE_URL ({urlparse(os.environ['DATABASE_URL']).hostname})", file=sys.stderr)
+        return subprocess.call(command, env={**os.environ, **env_from_url(os.environ["DATABASE_URL"])})
+
+    cluster = Cluster()
+    try:
+        cluster.init()
+        cluster.start()
+        print(f"cluster.py: throwaway cluster on 127.0.0.1:{cluster.port} in {cluster.base_dir}", file=sys.stderr)
+        status = subprocess.call(command, env={**os.environ, **cluster.env})
+        if status != 0:
+            print(f"cluster.py: command failed ({status}); last server log lines:\n{cluster.log_tail()}", file=sys.stderr)
+        return status
+    finally:
+        cluster.stop()
+        cluster.remove()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    run_parser = sub.add_parser("run", help="run a command against a throwaway cluster")
+    run_parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("run needs a command after --")
+    return run(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
