@@ -36,7 +36,7 @@ static Jsonb *claims_cache = NULL;
 static uint64 claims_cache_generation = 0;
 
 static void ReportMissing(const char *what) pg_attribute_noreturn();
-static void ReportWrongKind(const char *what, const char *holds, const char *use) pg_attribute_noreturn();
+static void ReportWrongKind(const char *what, const char *holds, const char *wanted, const char *use) pg_attribute_noreturn();
 
 static void
 ReportMissing(const char *what)
@@ -49,11 +49,11 @@ ReportMissing(const char *what)
 }
 
 static void
-ReportWrongKind(const char *what, const char *holds, const char *use)
+ReportWrongKind(const char *what, const char *holds, const char *wanted, const char *use)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATATYPE_MISMATCH),
-			 errmsg("the django_rls %s is a %s", what, holds),
+			 errmsg("the django_rls %s is %s, not %s", what, holds, wanted),
 			 errhint("Use %s to read it, and compare it with a column of the same type.", use)));
 }
 
@@ -68,7 +68,7 @@ IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
 	if (id->kind == RLS_ID_INT)
 		PG_RETURN_INT64(id->int_value);
 	if (id->kind == RLS_ID_UUID)
-		ReportWrongKind(what, "UUID", uuid_accessor);
+		ReportWrongKind(what, "a UUID", "an integer", uuid_accessor);
 	if (rls_strict)
 		ReportMissing(what);
 	PG_RETURN_NULL();
@@ -87,7 +87,7 @@ IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
 		PG_RETURN_UUID_P(result);
 	}
 	if (id->kind == RLS_ID_INT)
-		ReportWrongKind(what, "integer", int_accessor);
+		ReportWrongKind(what, "an integer", "a UUID", int_accessor);
 	if (rls_strict)
 		ReportMissing(what);
 	PG_RETURN_NULL();

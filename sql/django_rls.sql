@@ -186,10 +186,6 @@ BEGIN
         RETURN changed;
     END IF;
 
-    -- One role list per table: a group for PUBLIC makes the base PUBLIC too.
-    IF roles LIKE '%public%' AND position(',' IN roles) > 0 THEN
-        roles := 'public';
-    END IF;
     IF position(',' IN roles) > 0 THEN
         RAISE EXCEPTION 'django_rls policy groups on % apply to different roles (%)', tbl, roles
             USING ERRCODE = 'invalid_parameter_value',
@@ -329,11 +325,15 @@ CREATE FUNCTION rls.protect_by_site_and_owner(tbl regclass, site_column name DEF
                                               owner_column name DEFAULT 'user_id',
                                               to_role text DEFAULT 'public')
 RETURNS boolean
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT rls.protect_by_site(tbl, site_column, to_role)
-         | rls.protect_by_owner(tbl, owner_column, to_role)
+DECLARE
+    site_changed boolean := rls.protect_by_site(tbl, site_column, to_role);
+    owner_changed boolean := rls.protect_by_owner(tbl, owner_column, to_role);
+BEGIN
+    RETURN site_changed OR owner_changed;
+END
 $$;
 COMMENT ON FUNCTION rls.protect_by_site_and_owner(regclass, name, name, text) IS
 'Protect a table so that only rows of the context''s site and user can be seen or written.';
@@ -382,6 +382,7 @@ BEGIN
                CASE WHEN x.grantee = 0 THEN 'public' ELSE x.grantee::regrole::text END
           FROM pg_catalog.pg_parameter_acl a, aclexplode(a.paracl) AS x
          WHERE a.parname LIKE 'django\_rls.%' AND x.privilege_type = 'SET'
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = x.grantee AND r.rolsuper)
     $q$;
 END
 $$;

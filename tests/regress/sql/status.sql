@@ -1,0 +1,72 @@
+--
+-- rls.status and rls.problems find every pitfall they know about.
+--
+\set VERBOSITY terse
+SET client_min_messages = warning;
+DROP ROLE IF EXISTS regress_rls_owner;
+DROP ROLE IF EXISTS regress_rls_app;
+DROP ROLE IF EXISTS regress_rls_super;
+RESET client_min_messages;
+
+CREATE EXTENSION django_rls;
+CREATE ROLE regress_rls_owner;
+CREATE ROLE regress_rls_app LOGIN;
+CREATE ROLE regress_rls_super LOGIN SUPERUSER;
+CREATE SCHEMA regress_rls AUTHORIZATION regress_rls_owner;
+SET search_path = regress_rls;
+
+-- A clean setup has no problems.
+CREATE TABLE clean (id int PRIMARY KEY, site_id int);
+ALTER TABLE clean OWNER TO regress_rls_owner;
+SELECT rls.protect_by_site('clean', to_role => 'regress_rls_app');
+SELECT * FROM rls.problems;
+
+-- RLS enabled without FORCE, and RLS enabled without any policy.
+CREATE TABLE no_force (id int, site_id int);
+ALTER TABLE no_force OWNER TO regress_rls_owner;
+SELECT rls.protect_by_site('no_force', to_role => 'regress_rls_app');
+ALTER TABLE no_force NO FORCE ROW LEVEL SECURITY;
+CREATE TABLE no_policy (id int);
+ALTER TABLE no_policy ENABLE ROW LEVEL SECURITY;
+-- Policies present but RLS switched off.
+CREATE TABLE switched_off (id int, site_id int);
+SELECT rls.protect_by_site('switched_off', to_role => 'regress_rls_app');
+ALTER TABLE switched_off DISABLE ROW LEVEL SECURITY;
+-- Only restrictive policies: nobody sees anything.
+CREATE TABLE only_restrictive (id int, site_id int);
+ALTER TABLE only_restrictive ENABLE ROW LEVEL SECURITY;
+CREATE POLICY r ON only_restrictive AS RESTRICTIVE USING (site_id = rls.site_id());
+-- Policies for a superuser and for the table's owner, which bypass them.
+CREATE TABLE for_super (id int, site_id int);
+SELECT rls.protect_by_site('for_super', to_role => 'regress_rls_super');
+CREATE TABLE for_owner (id int, site_id int);
+ALTER TABLE for_owner OWNER TO regress_rls_owner;
+SELECT rls.protect_by_site('for_owner', to_role => 'regress_rls_owner');
+-- A view without security_invoker, a view with it, and a materialized view.
+CREATE VIEW leaky_view AS SELECT * FROM clean;
+CREATE VIEW safe_view WITH (security_invoker = true) AS SELECT * FROM clean;
+CREATE MATERIALIZED VIEW copied AS SELECT * FROM clean;
+-- A partition without RLS of a protected partitioned table.
+CREATE TABLE parted (id int, site_id int) PARTITION BY LIST (site_id);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1);
+CREATE TABLE parted_2 PARTITION OF parted FOR VALUES IN (2);
+SELECT rls.protect_by_site('parted', to_role => 'regress_rls_app');
+SELECT rls.protect_by_site('parted_2', to_role => 'regress_rls_app');
+-- SET granted on a django_rls parameter.
+GRANT SET ON PARAMETER django_rls.require_signature TO regress_rls_app;
+
+SELECT table_name, object_name, problem FROM rls.problems ORDER BY 1, 2, 3;
+SELECT table_name, problems FROM rls.status WHERE table_name::text LIKE '%no_force' OR table_name::text LIKE '%clean';
+
+-- The application role can read both views (they hold no row data).
+SET SESSION AUTHORIZATION regress_rls_app;
+SELECT count(*) > 0 AS sees_problems FROM rls.problems;
+SELECT count(*) > 0 AS sees_status FROM rls.status;
+RESET SESSION AUTHORIZATION;
+
+REVOKE SET ON PARAMETER django_rls.require_signature FROM regress_rls_app;
+DROP SCHEMA regress_rls CASCADE;
+DROP EXTENSION django_rls;
+DROP ROLE regress_rls_owner;
+DROP ROLE regress_rls_app;
+DROP ROLE regress_rls_super;
