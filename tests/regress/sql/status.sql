@@ -56,7 +56,7 @@ SELECT rls.protect_by_site('parted_2', to_role => 'regress_rls_app');
 GRANT SET ON PARAMETER django_rls.require_signature TO regress_rls_app;
 
 SELECT table_name, object_name, problem FROM rls.problems ORDER BY 1, 2, 3;
-SELECT table_name, problems FROM rls.status WHERE table_name::text LIKE '%no_force' OR table_name::text LIKE '%clean';
+SELECT table_name, problems FROM rls.status WHERE table_name::text LIKE '%no_force' OR table_name::text LIKE '%clean' ORDER BY 1;
 
 -- The application role can read both views (they hold no row data).
 SET SESSION AUTHORIZATION regress_rls_app;
