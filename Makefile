@@ -18,7 +18,8 @@ REGRESS_OPTS = --inputdir=tests/regress
 PG_CPPFLAGS = -DDJANGO_RLS_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
 
-PG_CONFIG ?= pg_config
+PG_MAJOR ?= 15
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
 # The PGXS rules exist only once the server headers are installed; the
@@ -42,7 +43,7 @@ deps:
 
 # Build and install the extension, start a throwaway cluster (or use
 # DATABASE_URL), run pg_regress and pytest against it, stop the cluster.
-test: deps
+test: deps lint
 	$(MAKE) install
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(MAKE) test-sql test-python
 

@@ -62,6 +62,7 @@ _PG_init(void)
 
 	RlsDefineContextSettings();
 	RlsDefineTokenSettings();
+	RlsDefineKeySettings();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);

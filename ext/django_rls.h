@@ -61,7 +61,14 @@ extern char *RlsCanonicalClaims(Datum claims);
  * token.c
  */
 extern void RlsDefineTokenSettings(void);
+
+/*
+ * keys.c
+ */
+extern void RlsDefineKeySettings(void);
 extern bool RlsSigningKeyConfigured(void);
+extern bool RlsSignatureMatches(const char *signed_part, size_t signed_len,
+								const uint8 *signature);
 
 /*
  * replay.c

@@ -5,7 +5,7 @@
  *
  * The status view and Django's system checks need to know whether the
  * library was preloaded and whether signing is set up.  Settings such as
- * shared_preload_libraries and django_rls.signing_key are hidden from the
+ * shared_preload_libraries and django_rls.signing_key_file are hidden from the
  * application role, so this function reports facts about them without
  * revealing their values.
  *

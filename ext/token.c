@@ -10,7 +10,7 @@
  * <payload> is the base64url (no padding) encoding of a JSON object with the
  * members site, user, claims, iat, exp, nonce and optionally db; <signature>
  * is the base64url encoding of HMAC-SHA256 over "v1.<payload>" under one of
- * the keys in django_rls.signing_key.  The signature is checked before the
+ * the keys in django_rls.signing_key_file.  The signature is checked before the
  * payload is decoded, so nothing but a key holder's bytes ever reaches the
  * JSON parser.
  *
@@ -31,11 +31,9 @@
 
 #define TOKEN_VERSION_PREFIX "v1."
 #define TOKEN_MAX_LEN 16384
-#define SIGNING_KEY_MIN_LEN 32
 
 PG_FUNCTION_INFO_V1(rls_set_context_signed);
 
-static char *signing_key_setting = NULL;
 static int	max_token_lifetime = 300;
 
 /* The verified contents of a token, canonical and ready to apply. */
@@ -49,67 +47,14 @@ typedef struct RlsToken
 	char	   *nonce;
 } RlsToken;
 
-/*
- * Check that every comma-separated key is long enough.  The messages never
- * echo the value: it is a secret and would end up in the server log.
- */
-static bool
-CheckSigningKey(char **newval, void **extra, GucSource source)
-{
-	const char *p = *newval;
-
-	if (p == NULL || p[0] == '\0')
-		return true;
-	while (*p)
-	{
-		const char *end = strchr(p, ',');
-		size_t		len = end ? (size_t) (end - p) : strlen(p);
-
-		while (len > 0 && (*p == ' ' || *p == '\t'))
-		{
-			p++;
-			len--;
-		}
-		while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-			len--;
-		if (len < SIGNING_KEY_MIN_LEN)
-		{
-			GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
-			GUC_check_errmsg("every key in django_rls.signing_key must be at least %d bytes long", SIGNING_KEY_MIN_LEN);
-			GUC_check_errhint("Generate a key with manage.py rls_keygen or: openssl rand -base64 48");
-			return false;
-		}
-		p = end ? end + 1 : p + strlen(p);
-	}
-	return true;
-}
-
 void
 RlsDefineTokenSettings(void)
 {
-	/*
-	 * The key may come only from the server's configuration files (SIGHUP:
-	 * never from ALTER ROLE/DATABASE, whose values anyone can read in
-	 * pg_db_role_setting), and only superusers and pg_read_all_settings
-	 * members may read it back.
-	 */
-	DefineCustomStringVariable(RLS_GUC_PREFIX ".signing_key",
-							   "Keys that sign django_rls context tokens, separated by commas.",
-							   "The first key is not special: a token signed with any listed key is accepted, which allows key rotation.",
-							   &signing_key_setting, "", PGC_SIGHUP,
-							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
-							   CheckSigningKey, NULL, NULL);
 	DefineCustomIntVariable(RLS_GUC_PREFIX ".max_token_lifetime",
 							"Longest lifetime a signed context token may have.",
 							"Tokens whose expiry lies further in the future are refused; this bounds how many nonces the replay cache must hold.",
 							&max_token_lifetime, 300, 1, 86400, PGC_SIGHUP,
 							GUC_UNIT_S, NULL, NULL, NULL);
-}
-
-bool
-RlsSigningKeyConfigured(void)
-{
-	return signing_key_setting != NULL && signing_key_setting[0] != '\0';
 }
 
 static void ReportInvalidToken(const char *detail) pg_attribute_noreturn();
@@ -121,7 +66,7 @@ ReportInvalidToken(const char *detail)
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 			 errmsg("invalid django_rls context token"),
 			 errdetail_internal("%s", detail),
-			 errhint("Tokens must be signed by the application with a key listed in django_rls.signing_key; see docs/security.md for the format.")));
+			 errhint("Tokens must be signed by the application with a key listed in django_rls.signing_key_file; docs/security.md describes the format.")));
 }
 
 static int
@@ -176,51 +121,6 @@ Base64UrlDecode(const char *src, int len, uint8 **dst)
 		return -1;
 	*dst = out;
 	return outlen;
-}
-
-/* Compare two buffers in time that depends only on their length. */
-static bool
-ConstantTimeEqual(const uint8 *a, const uint8 *b, size_t len)
-{
-	uint8		diff = 0;
-	size_t		i;
-
-	for (i = 0; i < len; i++)
-		diff |= a[i] ^ b[i];
-	return diff == 0;
-}
-
-/*
- * True when the signature matches one of the configured keys.  Every key is
- * tried even after a match, so the time taken does not reveal which one did.
- */
-static bool
-SignatureMatches(const char *signed_part, size_t signed_len, const uint8 *signature)
-{
-	const char *p = signing_key_setting;
-	bool		matched = false;
-
-	while (*p)
-	{
-		const char *end = strchr(p, ',');
-		size_t		len = end ? (size_t) (end - p) : strlen(p);
-		uint8		expected[PG_SHA256_DIGEST_LENGTH];
-
-		while (len > 0 && (*p == ' ' || *p == '\t'))
-		{
-			p++;
-			len--;
-		}
-		while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-			len--;
-		if (!RlsHmacSha256((const uint8 *) p, len, (const uint8 *) signed_part,
-						   signed_len, expected))
-			elog(ERROR, "could not compute HMAC-SHA256 for a django_rls token");
-		if (ConstantTimeEqual(expected, signature, PG_SHA256_DIGEST_LENGTH))
-			matched = true;
-		p = end ? end + 1 : p + strlen(p);
-	}
-	return matched;
 }
 
 /* Read a JSON number member as an integer, or report the token invalid. */
@@ -330,8 +230,8 @@ ParseToken(const char *token, int len, RlsToken *result)
 		ReportInvalidToken("The token has no signature part.");
 	if (Base64UrlDecode(dot + 1, len - (dot + 1 - token), &signature) != PG_SHA256_DIGEST_LENGTH)
 		ReportInvalidToken("The signature is not 32 bytes of base64url.");
-	if (!SignatureMatches(token, dot - token, signature))
-		ReportInvalidToken("The signature does not match any key in django_rls.signing_key.");
+	if (!RlsSignatureMatches(token, dot - token, signature))
+		ReportInvalidToken("The signature does not match any key in django_rls.signing_key_file.");
 
 	payload_len = Base64UrlDecode(payload_start, dot - payload_start, &payload_bytes);
 	if (payload_len < 0)
@@ -423,7 +323,7 @@ rls_set_context_signed(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("no django_rls signing key is configured"),
-				 errhint("Set django_rls.signing_key in postgresql.conf (or with ALTER SYSTEM) and reload the server.")));
+				 errhint("Point django_rls.signing_key_file at a file holding the key (postgresql.conf or ALTER SYSTEM) and reload the server.")));
 	if (!RlsReplayAvailable())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -21,7 +21,7 @@ RETURNS void
 AS 'MODULE_PATHNAME', 'rls_set_context_signed'
 LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION rls.set_context_signed(text, boolean) IS
-'Set the request context from a single-use token signed with a key in django_rls.signing_key (format: docs/security.md).';
+'Set the request context from a single-use token signed with a key from django_rls.signing_key_file (format: docs/security.md).';
 
 -- Only roles that are meant to act for a request may set a context.
 REVOKE ALL ON FUNCTION rls.set_context(text, text, jsonb, boolean) FROM PUBLIC;
@@ -491,12 +491,12 @@ SELECT NULL, 'django_rls',
  WHERE NOT (rls.extension_info() ->> 'loaded_at_startup')::boolean
 UNION ALL
 SELECT NULL, r.rolname::text,
-       format('role %s can read django_rls.signing_key (member of pg_read_all_settings)', r.rolname),
-       format('REVOKE pg_read_all_settings FROM %I (or the role that grants it, such as pg_monitor).', r.rolname)
+       format('role %s can read the django_rls signing key file (member of pg_read_server_files)', r.rolname),
+       format('REVOKE pg_read_server_files FROM %I;', r.rolname)
   FROM pg_catalog.pg_roles r
  WHERE (rls.extension_info() ->> 'signing_key_configured')::boolean
    AND r.rolcanlogin AND NOT r.rolsuper
-   AND pg_catalog.pg_has_role(r.oid, 'pg_read_all_settings', 'MEMBER');
+   AND pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER');
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
 

@@ -33,7 +33,6 @@ SERVER_SETTINGS = """
 listen_addresses = '127.0.0.1'
 port = {port}
 unix_socket_directories = '{socket_dir}'
-shared_preload_libraries = 'django_rls'
 max_connections = 120
 fsync = off
 synchronous_commit = off
@@ -59,7 +58,8 @@ def as_postgres(argv: list[str]) -> list[str]:
 class Cluster:
     """A PostgreSQL cluster that lives in a temporary directory."""
 
-    def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, port: int | None = None, preload: bool = True) -> None:
+        self.preload = preload
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="django_rls-pg-"))
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "server.log"
@@ -101,6 +101,8 @@ class Cluster:
             stdout=subprocess.DEVNULL,
         )
         settings = SERVER_SETTINGS.format(port=self.port, socket_dir=self.base_dir)
+        if self.preload:
+            settings += "shared_preload_libraries = 'django_rls'\n"
         subprocess.run(
             as_postgres(["sh", "-c", f"cat >> '{self.data_dir}/postgresql.conf'"]),
             input=settings.encode(),
@@ -110,7 +112,16 @@ class Cluster:
     def start(self) -> None:
         subprocess.run(
             as_postgres(
-                [str(BINDIR / "pg_ctl"), "start", "--wait", "--silent", "--pgdata", str(self.data_dir), "--log", str(self.log_file)]
+                [
+                    str(BINDIR / "pg_ctl"),
+                    "start",
+                    "--wait",
+                    "--silent",
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--log",
+                    str(self.log_file),
+                ]
             ),
             check=True,
         )
@@ -118,12 +129,26 @@ class Cluster:
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
-                as_postgres([str(BINDIR / "pg_ctl"), "stop", "--wait", "--silent", "--mode", "fast", "--pgdata", str(self.data_dir)]),
+                as_postgres(
+                    [
+                        str(BINDIR / "pg_ctl"),
+                        "stop",
+                        "--wait",
+                        "--silent",
+                        "--mode",
+                        "fast",
+                        "--pgdata",
+                        str(self.data_dir),
+                    ]
+                ),
                 check=False,
             )
 
     def remove(self) -> None:
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"host={self.base_dir} port={self.port} dbname={dbname} user={user}"
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -160,7 +185,9 @@ def run(command: list[str]) -> int:
         print(f"cluster.py: throwaway cluster on 127.0.0.1:{cluster.port} in {cluster.base_dir}", file=sys.stderr)
         status = subprocess.call(command, env={**os.environ, **cluster.env})
         if status != 0:
-            print(f"cluster.py: command failed ({status}); last server log lines:\n{cluster.log_tail()}", file=sys.stderr)
+            print(
+                f"cluster.py: command failed ({status}); last server log lines:\n{cluster.log_tail()}", file=sys.stderr
+            )
         return status
     finally:
         cluster.stop()

@@ -1,0 +1,178 @@
+"""Fixtures: a database with django_rls, an owner role and a non-superuser app role.
+
+The harness (``make test``) exports DATABASE_URL for a superuser of a throwaway
+cluster with django_rls preloaded. Every assertion about what a tenant can see
+runs on ``app_conn``: a login role that is neither a superuser, nor BYPASSRLS,
+nor the owner of any table.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+TEST_DB = "django_rls_pytest"
+OWNER_ROLE = "rls_test_owner"
+APP_ROLE = "rls_test_app"
+KEY_FILE = "django_rls_test.key"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Database:
+    """Connection strings for one test database, per role."""
+
+    admin: str
+    owner: str
+    app: str
+    name: str
+
+    def connect(self, role: str = "app", **kwargs: object) -> psycopg.Connection:
+        return psycopg.connect(getattr(self, role), autocommit=True, **kwargs)
+
+
+def _server_dsn() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        pytest.exit(
+            "DATABASE_URL is not set: run `make test`, which starts a throwaway cluster, "
+            "or point DATABASE_URL at a superuser of a disposable server with django_rls preloaded.",
+            returncode=2,
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[Database]:
+    server = _server_dsn()
+    password = secrets.token_urlsafe(16)
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+        for role in (APP_ROLE, OWNER_ROLE):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}").format(
+                sql.Identifier(OWNER_ROLE), sql.Literal(password)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB PASSWORD {}").format(
+                sql.Identifier(APP_ROLE), sql.Literal(password)
+            )
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(TEST_DB), sql.Identifier(OWNER_ROLE)))
+
+    admin = make_conninfo(server, dbname=TEST_DB)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION django_rls")
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION rls.set_context, rls.set_context_signed TO {}").format(
+                sql.Identifier(APP_ROLE)
+            )
+        )
+
+    db = Database(
+        admin=admin,
+        owner=make_conninfo(admin, user=OWNER_ROLE, password=password),
+        app=make_conninfo(admin, user=APP_ROLE, password=password),
+        name=TEST_DB,
+    )
+    yield db
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+        for role in (APP_ROLE, OWNER_ROLE):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def admin_conn(database: Database) -> Iterator[psycopg.Connection]:
+    with database.connect("admin") as conn:
+        yield conn
+
+
+@pytest.fixture
+def owner_conn(database: Database) -> Iterator[psycopg.Connection]:
+    with database.connect("owner") as conn:
+        yield conn
+
+
+@pytest.fixture
+def app_conn(database: Database) -> Iterator[psycopg.Connection]:
+    with database.connect("app") as conn:
+        yield conn
+
+
+def wait_for(attempt: Callable[[], T], timeout: float = 10) -> T:
+    """Retry until attempt() stops raising: a configuration reload reaches backends asynchronously."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return attempt()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _key_file_configured(database: Database) -> bool:
+    with database.connect("app") as conn:
+        return conn.execute("SELECT rls.extension_info()").fetchone()[0]["signing_key_configured"]
+
+
+def _raise(error: Exception) -> NoReturn:
+    raise error
+
+
+def write_key_file(conn: psycopg.Connection, *keys: str) -> str:
+    """Write keys into the server's key file (COPY runs as the server's OS user); return its absolute path."""
+    data_directory = conn.execute("SHOW data_directory").fetchone()[0]
+    path = f"{data_directory}/{KEY_FILE}"
+    lines = " UNION ALL ".join(["SELECT '# django_rls test keys'"] + ["SELECT {}"] * len(keys))
+    conn.execute(sql.SQL(f"COPY ({lines}) TO {{}}").format(*map(sql.Literal, keys), sql.Literal(path)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def signing_keys(database: Database) -> Iterator[tuple[str, str]]:
+    """Configure two keys (current and previous) in a server-side key file, as during a rotation."""
+    current, previous = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
+    with database.connect("admin") as conn:
+        write_key_file(conn, current, previous)
+        conn.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(KEY_FILE)))
+        conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: _key_file_configured(database) or _raise(AssertionError("key file not configured yet")))
+    yield current, previous
+    with database.connect("admin") as conn:
+        write_key_file(conn)
+        conn.execute("ALTER SYSTEM RESET django_rls.signing_key_file")
+        conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: not _key_file_configured(database) or _raise(AssertionError("key file still configured")))
+
+
+@pytest.fixture
+def sites_table(database: Database, owner_conn: psycopg.Connection) -> Iterator[str]:
+    """A table protected by site, owned by the owner role, with 3 rows in each of sites 1 and 2."""
+    owner_conn.execute("DROP TABLE IF EXISTS notes")
+    owner_conn.execute("CREATE TABLE notes (id serial PRIMARY KEY, site_id bigint NOT NULL, body text)")
+    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {}").format(sql.Identifier(APP_ROLE)))
+    owner_conn.execute(sql.SQL("GRANT USAGE ON SEQUENCE notes_id_seq TO {}").format(sql.Identifier(APP_ROLE)))
+    owner_conn.execute(
+        "INSERT INTO notes (site_id, body) SELECT s, 'note' FROM generate_series(1, 2) s, generate_series(1, 3)"
+    )
+    owner_conn.execute("SELECT rls.protect_by_site('notes', to_role => %s)", (APP_ROLE,))
+    yield "notes"
+    owner_conn.execute("DROP TABLE IF EXISTS notes")
