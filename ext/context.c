@@ -360,7 +360,9 @@ RlsCheckScope(const char *function_name, bool is_local)
 	if (InSecurityRestrictedOperation())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("cannot call %s() within a security-restricted operation", function_name)));
+				 errmsg("cannot call %s() within a security-restricted operation", function_name),
+				 errdetail("Maintenance commands such as VACUUM, ANALYZE and REFRESH MATERIALIZED VIEW run user code in a security-restricted operation."),
+				 errhint("Set the context from the application, not from index expressions or other code run by maintenance commands.")));
 }
 
 /*

@@ -295,16 +295,26 @@ $$;
 COMMENT ON FUNCTION rls._accessor_for(regclass, name, text) IS
 'Internal: the context accessor that matches a key column''s type.';
 
+-- One group that compares a key column with the matching context accessor.
+CREATE FUNCTION rls._protect_by_key(tbl regclass, group_name text, key_column name, who text,
+                                    to_role text)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT rls.protect(tbl, group_name,
+                       format('%I = %s', key_column, rls._accessor_for(tbl, key_column, who)),
+                       to_role => to_role)
+$$;
+COMMENT ON FUNCTION rls._protect_by_key(regclass, text, name, text, text) IS
+'Internal: protect a table by comparing a key column with the context.';
+
 CREATE FUNCTION rls.protect_by_site(tbl regclass, site_column name DEFAULT 'site_id',
                                     to_role text DEFAULT 'public')
 RETURNS boolean
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT rls.protect(tbl, 'site',
-                       format('%I = %s', site_column, rls._accessor_for(tbl, site_column, 'site')),
-                       to_role => to_role)
-$$;
+AS $$ SELECT rls._protect_by_key(tbl, 'site', site_column, 'site', to_role) $$;
 COMMENT ON FUNCTION rls.protect_by_site(regclass, name, text) IS
 'Protect a table so that only rows of the context''s site can be seen or written.';
 
@@ -313,11 +323,7 @@ CREATE FUNCTION rls.protect_by_owner(tbl regclass, owner_column name DEFAULT 'us
 RETURNS boolean
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT rls.protect(tbl, 'owner',
-                       format('%I = %s', owner_column, rls._accessor_for(tbl, owner_column, 'user')),
-                       to_role => to_role)
-$$;
+AS $$ SELECT rls._protect_by_key(tbl, 'owner', owner_column, 'user', to_role) $$;
 COMMENT ON FUNCTION rls.protect_by_owner(regclass, name, text) IS
 'Protect a table so that only rows owned by the context''s user can be seen or written.';
 
