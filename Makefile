@@ -29,8 +29,9 @@ all: sql/$(EXTENSION)--$(EXTVERSION).sql
 include $(PGXS)
 endif
 
-sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql $(EXTENSION).control
-	cp $< $@
+# The install script is assembled from one file per concern, in name order.
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXTENSION).control
+	cat $(sort $(wildcard sql/install/*.sql)) > $@
 
 HARNESS = tests/harness
 VENV ?= .venv

@@ -134,8 +134,16 @@ SELECT rls.unprotect('docs', 'published') AS changed;
 SELECT rls.unprotect('docs', 'published') AS changed_again;
 SELECT policies FROM rls.status WHERE table_name = 'docs'::regclass;
 
+-- rls.group_in_sync() tells, without changing anything, whether a rerun would.
+SELECT rls.group_in_sync('docs', 'site', 'tenant_id = rls.site_id()', to_role => 'regress_rls_app') AS in_sync,
+       rls.group_in_sync('docs', 'site', 'site_id = rls.site_id()', to_role => 'regress_rls_app') AS other_expr,
+       rls.group_in_sync('docs', 'site', 'tenant_id = rls.site_id()', to_role => 'public') AS other_role,
+       rls.group_in_sync('docs', 'site', 'tenant_id = rls.site_id()', commands => '{select}',
+                         to_role => 'regress_rls_app') AS fewer_commands;
+
 -- An edit behind django_rls's back is reported, and a rerun repairs it.
 ALTER POLICY rls_site_select ON docs USING (true);
+SELECT rls.group_in_sync('docs', 'site', 'tenant_id = rls.site_id()', to_role => 'regress_rls_app') AS in_sync_after_edit;
 SELECT object_name, problem FROM rls.problems ORDER BY 1, 2;
 SELECT rls.protect_by_site('docs', 'tenant_id', to_role => 'regress_rls_app') AS repaired;
 SELECT object_name, problem FROM rls.problems ORDER BY 1, 2;

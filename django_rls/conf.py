@@ -1,0 +1,112 @@
+"""django_rls settings: one ``DJANGO_RLS`` dict, defaults here, unknown keys rejected.
+
+Every key is documented in docs/settings.md. Values are read on each access
+(cached until Django's ``setting_changed`` fires), so ``override_settings``
+works in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Callable(request) -> site (model instance, pk or None); dotted path or callable.
+    "SITE_RESOLVER": "django_rls.resolvers.current_site",
+    # Callable(request) -> user (model instance, pk or None).
+    "USER_RESOLVER": "django_rls.resolvers.authenticated_user",
+    # Callable(request) -> dict of claims or None.
+    "CLAIMS_RESOLVER": None,
+    # Key shared with the server's django_rls.signing_key_file; None sends unsigned contexts.
+    "SIGNING_KEY": None,
+    # Lifetime of each signed token, in seconds.
+    "TOKEN_LIFETIME": 30,
+    # "transaction" (pool-safe, the default) or "session".
+    "SCOPE": "transaction",
+    # Aliases that get the context; None means every PostgreSQL alias but OWNER/BYPASS ones.
+    "DATABASES": None,
+    # Alias whose role owns the tables; rls_apply runs there. None means --database.
+    "OWNER_DATABASE": None,
+    # Alias of a BYPASSRLS role for django_rls.bypass(); None disables bypass().
+    "BYPASS_DATABASE": None,
+    # Role the policies apply to and that gets grants; None means the USER of "default".
+    "APP_ROLE": None,
+    # Declarations for models you cannot edit: {"app_label.Model": {"policy": "site", ...}}.
+    "MODELS": {},
+    # Run rls_apply after every migrate on the owner database.
+    "APPLY_AFTER_MIGRATE": False,
+}
+
+IMPORT_STRINGS = {"SITE_RESOLVER", "USER_RESOLVER", "CLAIMS_RESOLVER"}
+SCOPES = ("transaction", "session")
+
+
+class Settings:
+    """Attribute access to the merged DJANGO_RLS settings."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"unknown django_rls setting {name!r}")
+        return _resolved()[name]
+
+
+def _import(name: str, value: Any) -> Callable[..., Any] | None:
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str):
+        try:
+            return import_string(value)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f'DJANGO_RLS["{name}"] = {value!r} cannot be imported: {exc}') from exc
+    raise ImproperlyConfigured(f'DJANGO_RLS["{name}"] must be a callable or a dotted path, not {type(value).__name__}')
+
+
+def validate(user_settings: Any) -> dict[str, Any]:
+    """Merge user settings over the defaults, or raise ImproperlyConfigured saying what is wrong."""
+    if not isinstance(user_settings, dict):
+        raise ImproperlyConfigured(f"DJANGO_RLS must be a dict, not {type(user_settings).__name__}")
+    unknown = sorted(set(user_settings) - set(DEFAULTS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"unknown DJANGO_RLS key(s): {', '.join(unknown)}; valid keys are {', '.join(sorted(DEFAULTS))}"
+        )
+    merged = {**DEFAULTS, **user_settings}
+    if merged["SCOPE"] not in SCOPES:
+        raise ImproperlyConfigured(f'DJANGO_RLS["SCOPE"] must be one of {SCOPES}, not {merged["SCOPE"]!r}')
+    key = merged["SIGNING_KEY"]
+    if key is not None and (not isinstance(key, str | bytes) or len(key) < 32):
+        raise ImproperlyConfigured(
+            'DJANGO_RLS["SIGNING_KEY"] must be a string of at least 32 characters '
+            "(the same key as in the server's django_rls.signing_key_file); generate one with manage.py rls_keygen"
+        )
+    lifetime = merged["TOKEN_LIFETIME"]
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 1 <= lifetime <= 86400:
+        raise ImproperlyConfigured('DJANGO_RLS["TOKEN_LIFETIME"] must be an int of seconds between 1 and 86400')
+    if merged["DATABASES"] is not None and not isinstance(merged["DATABASES"], list | tuple):
+        raise ImproperlyConfigured('DJANGO_RLS["DATABASES"] must be a list of database aliases or None')
+    if not isinstance(merged["MODELS"], dict):
+        raise ImproperlyConfigured('DJANGO_RLS["MODELS"] must be a dict of "app_label.Model" -> declaration')
+    for name in IMPORT_STRINGS:
+        merged[name] = _import(name, merged[name])
+    return merged
+
+
+@cache
+def _resolved() -> dict[str, Any]:
+    return validate(getattr(django_settings, "DJANGO_RLS", {}))
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("DJANGO_RLS", "DATABASES"):
+        _resolved.cache_clear()
+
+
+rls_settings = Settings()

@@ -1,0 +1,166 @@
+"""Hand the current context to PostgreSQL, lazily, once per transaction.
+
+An execute wrapper on every protected database alias runs before each query:
+
+- Inside a transaction (``atomic()``, ``ATOMIC_REQUESTS``): the first query of
+  the transaction, and the first after the context changed or a savepoint was
+  rolled back, is preceded by one ``rls.set_context(...)`` statement.
+- In autocommit, where each query is its own transaction, the query is sent in
+  a pipeline with ``BEGIN``, the context and ``COMMIT``: one network round
+  trip, like the query alone.
+- A request that runs no query sends nothing.
+
+Values are always bound server-side (a plain ``psycopg.Cursor``, whatever
+cursor class Django uses), so they never appear in ``pg_stat_activity``. With
+``DJANGO_RLS["SIGNING_KEY"]`` each statement carries a fresh single-use token.
+The context is transaction-scoped (``SET LOCAL`` semantics), so nothing is left
+on a connection that goes back to a pool or to PgBouncer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from psycopg.pq import TransactionStatus
+
+from django_rls.conf import rls_settings
+from django_rls.state import EMPTY, Values, current_frame
+from django_rls.tokens import sign_context
+
+_APPLIED = "_django_rls_applied"
+
+
+class AppliedContext:
+    """What this connection's database session holds, and whether a ROLLBACK can undo it."""
+
+    __slots__ = ("pgconn", "transactional", "values")
+
+    def __init__(self, pgconn: psycopg.Connection[Any], values: Values, transactional: bool) -> None:
+        self.pgconn = pgconn
+        self.values = values
+        self.transactional = transactional
+
+
+def context_statement(values: Values, is_local: bool) -> tuple[str, tuple[Any, ...]]:
+    """The SQL (with bound parameters) that sets these values on the server."""
+    if values == EMPTY:
+        return "SELECT rls.clear_context()", ()
+    key = rls_settings.SIGNING_KEY
+    if key is not None:
+        token = sign_context(
+            key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
+        )
+        return "SELECT rls.set_context_signed(%s, %s)", (token, is_local)
+    return "SELECT rls.set_context(%s, %s, %s::jsonb, %s)", (values.site, values.user, values.claims, is_local)
+
+
+def protected_aliases() -> list[str]:
+    """Database aliases whose connections get the context."""
+    configured = rls_settings.DATABASES
+    if configured is not None:
+        return list(configured)
+    excluded = {rls_settings.OWNER_DATABASE, rls_settings.BYPASS_DATABASE}
+    return [
+        alias
+        for alias in connections.settings
+        if alias not in excluded and connections.settings[alias]["ENGINE"] == "django.db.backends.postgresql"
+    ]
+
+
+def _send(pgconn: psycopg.Connection[Any], values: Values, is_local: bool) -> None:
+    sql, params = context_statement(values, is_local)
+    psycopg.Cursor(pgconn).execute(sql, params)
+
+
+class ContextWrapper:
+    """The execute wrapper; one instance serves every connection."""
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        connection: BaseDatabaseWrapper = context["connection"]
+        frame = current_frame()
+        if frame is not None and frame.resolving:
+            return execute(sql, params, many, context)
+        pgconn = connection.connection
+        wanted = frame.values() if frame is not None else EMPTY
+        status = pgconn.info.transaction_status
+        applied: AppliedContext | None = getattr(connection, _APPLIED, None)
+        if applied is not None and (
+            applied.pgconn is not pgconn or (applied.transactional and status == TransactionStatus.IDLE)
+        ):
+            applied = None
+        held = applied.values if applied is not None else EMPTY
+
+        session_scope = rls_settings.SCOPE == "session"
+        if held == wanted or status == TransactionStatus.INERROR:
+            result = execute(sql, params, many, context)
+        elif pgconn.autocommit and status == TransactionStatus.IDLE and not session_scope:
+            result = self._execute_in_pipeline(connection, pgconn, wanted, execute, sql, params, many, context)
+        else:
+            in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
+            _send(pgconn, wanted, is_local=not session_scope)
+            setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=in_transaction))
+            result = execute(sql, params, many, context)
+
+        # ROLLBACK TO SAVEPOINT restores whatever context the savepoint saw,
+        # which may not be the one recorded here: forget it, re-send if needed.
+        if sql[:8].upper() == "ROLLBACK":
+            setattr(connection, _APPLIED, None)
+        return result
+
+    @staticmethod
+    def _execute_in_pipeline(
+        connection: BaseDatabaseWrapper,
+        pgconn: psycopg.Connection[Any],
+        values: Values,
+        execute: Any,
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+    ) -> Any:
+        """Run one autocommit query in its own transaction with the context, in one round trip."""
+        raw = psycopg.Cursor(pgconn)
+        context_sql, context_params = context_statement(values, is_local=True)
+        try:
+            with connection.wrap_database_errors, pgconn.pipeline():
+                raw.execute("BEGIN")
+                raw.execute(context_sql, context_params)
+                result = execute(sql, params, many, context)
+                raw.execute("COMMIT")
+        except BaseException:
+            if pgconn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                raw.execute("ROLLBACK")
+            raise
+        return result
+
+
+wrapper = ContextWrapper()
+
+
+def install(connection: BaseDatabaseWrapper) -> None:
+    """Add the wrapper to a connection of a protected alias (idempotent)."""
+    if connection.alias in protected_aliases() and wrapper not in connection.execute_wrappers:
+        connection.execute_wrappers.append(wrapper)
+
+
+def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    install(connection)
+    setattr(connection, _APPLIED, None)
+
+
+def clear_session_context(aliases: list[str] | None = None) -> None:
+    """With SCOPE = "session": clear what a request left on its connections."""
+    for alias in aliases if aliases is not None else protected_aliases():
+        connection = connections[alias]
+        applied: AppliedContext | None = getattr(connection, _APPLIED, None)
+        if applied is None or applied.values == EMPTY or connection.connection is not applied.pgconn:
+            continue
+        if connection.connection.info.transaction_status == TransactionStatus.INERROR:
+            # Nothing can run in a failed transaction; closing is the only sure way to clear.
+            connection.close()
+        else:
+            _send(connection.connection, EMPTY, is_local=False)
+        setattr(connection, _APPLIED, None)

@@ -1,0 +1,107 @@
+"""Where declarations come from: a decorator next to the model, ``register()`` in an app's
+``rls.py`` for models you cannot edit, or ``DJANGO_RLS["MODELS"]`` in settings.
+
+    @django_rls.protect(BySite("site"), audit=True)
+    class Invoice(models.Model): ...
+
+    # yourapp/rls.py, imported automatically at startup
+    django_rls.register("thirdparty.Thing", BySite("site"))
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import models
+
+from django_rls import policies
+from django_rls.conf import rls_settings
+from django_rls.policies import Declaration, DeclarationError, Policy, as_policies
+
+M = TypeVar("M", bound=type[models.Model])
+
+_registry: dict[str, Declaration] = {}
+
+# The shorthand names DJANGO_RLS["MODELS"] accepts for "policy".
+SETTINGS_POLICIES: dict[str, Callable[..., Policy]] = {
+    "site": policies.BySite,
+    "owner": policies.ByOwner,
+    "site_and_owner": policies.BySiteAndOwner,
+    "shared": policies.Shared,
+    "owner_or_shared": policies.OwnerOrShared,
+    "membership": policies.Membership,
+    "parent": policies.ThroughParent,
+}
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _add(label: str, declaration: Declaration) -> None:
+    existing = _registry.get(label)
+    if existing is not None and existing != declaration:
+        raise DeclarationError(
+            f"{label} is declared twice, at {existing.origin} and at {declaration.origin}; keep one declaration"
+        )
+    _registry[label] = declaration
+
+
+def protect(*model_policies: Policy, audit: bool = False, audit_exclude: tuple[str, ...] = ()) -> Callable[[M], M]:
+    """Class decorator: protect this model with these policies (combined with AND)."""
+    chosen = as_policies(model_policies)
+    origin = _caller()
+
+    def decorate(model: M) -> M:
+        label = model._meta.label
+        _add(label, Declaration(label, chosen, audit, tuple(audit_exclude), origin))
+        return model
+
+    return decorate
+
+
+def register(
+    model: str | type[models.Model],
+    *model_policies: Policy,
+    audit: bool = False,
+    audit_exclude: tuple[str, ...] = (),
+) -> None:
+    """Protect a model you cannot edit: ``register("app_label.Model", BySite("site"))``."""
+    label = model if isinstance(model, str) else model._meta.label
+    if isinstance(model, str) and model.count(".") != 1:
+        raise DeclarationError(f'register() takes "app_label.ModelName", not {model!r}')
+    _add(label, Declaration(label, as_policies(model_policies), audit, tuple(audit_exclude), _caller()))
+
+
+def _from_settings(label: str, spec: Any) -> Declaration:
+    if not isinstance(spec, dict) or "policy" not in spec:
+        raise DeclarationError(f'DJANGO_RLS["MODELS"][{label!r}] must be a dict with a "policy" key')
+    options = dict(spec)
+    kind = options.pop("policy")
+    audit = bool(options.pop("audit", False))
+    audit_exclude = tuple(options.pop("audit_exclude", ()))
+    factory = SETTINGS_POLICIES.get(kind)
+    if factory is None:
+        raise DeclarationError(
+            f'DJANGO_RLS["MODELS"][{label!r}]: unknown policy {kind!r}; use one of {", ".join(SETTINGS_POLICIES)}'
+        )
+    fields = options.pop("fields", None)
+    try:
+        policy = factory(*fields, **options) if fields is not None else factory(**options)
+    except TypeError as exc:
+        raise DeclarationError(f'DJANGO_RLS["MODELS"][{label!r}]: {exc}') from None
+    return Declaration(label, (policy,), audit, audit_exclude, "settings.DJANGO_RLS")
+
+
+def all_declarations() -> dict[str, Declaration]:
+    """Every declaration, keyed by model label; settings entries override nothing and may not duplicate."""
+    combined = dict(_registry)
+    for label, spec in rls_settings.MODELS.items():
+        declaration = _from_settings(label, spec)
+        if label in combined:
+            raise DeclarationError(f"{label} is declared both in code ({combined[label].origin}) and in settings")
+        combined[label] = declaration
+    return combined

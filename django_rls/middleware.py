@@ -1,0 +1,120 @@
+"""The middleware: one class for WSGI and ASGI that makes the request's site and user the context.
+
+Place it after ``AuthenticationMiddleware``. It resolves nothing up front: the
+site and user are looked up when the request first queries a protected
+database, so a request that never touches the database costs no query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+
+from django_rls.conf import rls_settings
+from django_rls.state import Frame, Values, enter_frame, make_values, reset_frame
+
+_UNRESOLVED = object()
+
+
+class RequestFrame(Frame):
+    """The context of one request, resolved on first use.
+
+    The user is read again before every query that follows, because Django REST
+    framework authenticates inside the view and replaces ``request.user`` there.
+    """
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self._site: Any = _UNRESOLVED
+        self._claims: Any = _UNRESOLVED
+
+    def _resolve(self, resolver: Callable[[HttpRequest], Any] | None) -> Any:
+        if resolver is None:
+            return None
+        self.resolving = True
+        try:
+            return resolver(self.request)
+        finally:
+            self.resolving = False
+
+    def values(self) -> Values:
+        if self._site is _UNRESOLVED:
+            self._site = self._resolve(rls_settings.SITE_RESOLVER)
+        if self._claims is _UNRESOLVED:
+            self._claims = self._resolve(rls_settings.CLAIMS_RESOLVER)
+        user = self._resolve(rls_settings.USER_RESOLVER)
+        return make_values(self._site, user, self._claims)
+
+
+class RlsMiddleware:
+    """Make the request's site and user the django_rls context for every query the request runs."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        frame = RequestFrame(request)
+        token = enter_frame(frame)
+        try:
+            response = self.get_response(request)
+        finally:
+            reset_frame(token)
+        return _keep_frame_while_streaming(response, frame)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        frame = RequestFrame(request)
+        token = enter_frame(frame)
+        try:
+            response = await self.get_response(request)
+        finally:
+            reset_frame(token)
+        return _keep_frame_while_streaming(response, frame)
+
+
+def _keep_frame_while_streaming(response: HttpResponseBase, frame: Frame) -> HttpResponseBase:
+    """A streaming body runs after the middleware returned: give each step the request's context back."""
+    if not getattr(response, "streaming", False):
+        return response
+    content = response.streaming_content  # type: ignore[attr-defined]
+    if hasattr(content, "__aiter__"):
+        response.streaming_content = _async_steps(frame, content)  # type: ignore[attr-defined]
+    else:
+        response.streaming_content = _sync_steps(frame, content)  # type: ignore[attr-defined]
+    return response
+
+
+def _sync_steps(frame: Frame, content: Iterable[Any]) -> Iterator[Any]:
+    iterator = iter(content)
+    while True:
+        token = enter_frame(frame)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            reset_frame(token)
+        yield chunk
+
+
+async def _async_steps(frame: Frame, content: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    iterator = aiter(content)
+    while True:
+        token = enter_frame(frame)
+        try:
+            chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        finally:
+            reset_frame(token)
+        yield chunk

@@ -1,0 +1,311 @@
+"""Policy kinds: what protects a model's rows, compiled to the extension's policy groups.
+
+Each policy compiles to one or more *groups* (see ``rls.protect()`` in
+docs/sql.md): restrictive policies named ``rls_<group>_<command>``. Groups of
+one table combine with AND, so ``[BySite("site"), ByOwner("author")]`` means
+"this site's rows, and only the author's".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Q
+from django.db.models.sql import Query
+
+ALL_COMMANDS: tuple[str, ...] = ("select", "insert", "update", "delete")
+WRITE_COMMANDS: tuple[str, ...] = ("insert", "update", "delete")
+
+
+class DeclarationError(Exception):
+    """A declaration that cannot be compiled; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One policy group as rls.protect() takes it."""
+
+    name: str
+    using: str
+    check: str | None = None
+    commands: tuple[str, ...] = ALL_COMMANDS
+
+
+def _commands(commands: Iterable[str] | None) -> tuple[str, ...]:
+    chosen = tuple(c.lower() for c in (commands or ALL_COMMANDS))
+    unknown = sorted(set(chosen) - set(ALL_COMMANDS))
+    if unknown or not chosen:
+        raise DeclarationError(f"commands must be a non-empty subset of {ALL_COMMANDS}, not {commands!r}")
+    return tuple(c for c in ALL_COMMANDS if c in chosen)
+
+
+def _qn(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
+    try:
+        found = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        raise DeclarationError(f"{model._meta.label} has no field {name!r}") from None
+    if not isinstance(found, models.Field) or found.column is None:
+        raise DeclarationError(f"{model._meta.label}.{name} is not a column of the table (a reverse or many-to-many relation?)")
+    return found
+
+
+def _key_kind(model: type[models.Model], name: str) -> tuple[str, str]:
+    """The column of a site/user key field and whether it holds integers ("id") or UUIDs ("uuid")."""
+    key = _field(model, name)
+    target = key.target_field if key.is_relation else key  # type: ignore[attr-defined]
+    if isinstance(target, models.UUIDField):
+        return key.column, "uuid"
+    if isinstance(target, models.IntegerField | models.AutoField) or target.get_internal_type() in {
+        "AutoField",
+        "BigAutoField",
+        "SmallAutoField",
+        "IntegerField",
+        "BigIntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveBigIntegerField",
+        "PositiveSmallIntegerField",
+    }:
+        return key.column, "id"
+    raise DeclarationError(
+        f"{model._meta.label}.{name} is a {target.get_internal_type()}; site and user keys must be integers or UUIDs "
+        "(use Custom() for anything else)"
+    )
+
+
+def _accessor(model: type[models.Model], name: str, who: str) -> tuple[str, str]:
+    column, kind = _key_kind(model, name)
+    return _qn(column), f"rls.{who}_{kind}()"
+
+
+class Policy:
+    """Base class: subclasses return the groups that protect a model."""
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class BySite(Policy):
+    """Rows of the current site only: ``site_column = rls.site_id()`` (or ``site_uuid()``)."""
+
+    def __init__(self, field: str = "site", commands: Iterable[str] | None = None) -> None:
+        self.field = field
+        self.commands = _commands(commands)
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        column, accessor = _accessor(model, self.field, "site")
+        return [Group("site", f"{column} = {accessor}", None, self.commands)]
+
+
+class ByOwner(Policy):
+    """Rows owned by the current user only."""
+
+    def __init__(self, field: str = "user", commands: Iterable[str] | None = None) -> None:
+        self.field = field
+        self.commands = _commands(commands)
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        column, accessor = _accessor(model, self.field, "user")
+        return [Group("owner", f"{column} = {accessor}", None, self.commands)]
+
+
+class BySiteAndOwner(Policy):
+    """Rows of the current site that the current user owns."""
+
+    def __init__(self, site_field: str = "site", owner_field: str = "user") -> None:
+        self.site_field = site_field
+        self.owner_field = owner_field
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        return BySite(self.site_field).groups(model, connection) + ByOwner(self.owner_field).groups(model, connection)
+
+
+class Shared(Policy):
+    """Rows of the current site plus rows shared by all sites (NULL site).
+
+    Shared rows are readable everywhere and writable by no request: create and
+    change them with django_rls.bypass() or as the owner.
+    """
+
+    def __init__(self, field: str = "site") -> None:
+        self.field = field
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        column, accessor = _accessor(model, self.field, "site")
+        own = f"{column} = {accessor}"
+        return [Group("site", f"{own} OR {column} IS NULL", own)]
+
+
+class OwnerOrShared(Policy):
+    """Rows the current user owns, plus rows shared with everyone; only owners write.
+
+    Shared means ``shared_field`` is true, or, without one, that the owner is NULL.
+    """
+
+    def __init__(self, field: str = "user", shared_field: str | None = None) -> None:
+        self.field = field
+        self.shared_field = shared_field
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        column, accessor = _accessor(model, self.field, "user")
+        own = f"{column} = {accessor}"
+        if self.shared_field is None:
+            shared = f"{column} IS NULL"
+        else:
+            flag = _field(model, self.shared_field)
+            if not isinstance(flag, models.BooleanField):
+                raise DeclarationError(f"{model._meta.label}.{self.shared_field} must be a BooleanField")
+            shared = f"{_qn(flag.column)} IS TRUE"
+        return [Group("owner", f"{own} OR {shared}", own)]
+
+
+class Membership(Policy):
+    """Rows of every site the current user is a member of, per a membership model.
+
+    ``through`` is the membership model ("app_label.Model") with a user key
+    ``user_field`` and a site key ``site_field``.
+    """
+
+    def __init__(self, through: str, field: str = "site", user_field: str = "user", site_field: str = "site") -> None:
+        self.through = through
+        self.field = field
+        self.user_field = user_field
+        self.site_field = site_field
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        try:
+            membership = apps.get_model(self.through)
+        except (LookupError, ValueError):
+            raise DeclarationError(f"membership model {self.through!r} is not installed") from None
+        column, _ = _key_kind(model, self.field)
+        member_site, _ = _key_kind(membership, self.site_field)
+        member_user, user_accessor = _accessor(membership, self.user_field, "user")
+        member_table = _qn(membership._meta.db_table)
+        using = (
+            f"{_qn(column)} IN (SELECT m.{_qn(member_site)} FROM {member_table} m "
+            f"WHERE m.{member_user} = {user_accessor})"
+        )
+        return [Group("membership", using)]
+
+
+class ThroughParent(Policy):
+    """Rows whose parent rows the request may see: for children without a site column of their own.
+
+    Name one foreign key (``ThroughParent("order")``), or both sides of a
+    many-to-many through table (``ThroughParent("article", "tag")``). The
+    parent's own policies decide, because the check reads the parent table.
+    """
+
+    def __init__(self, *fields: str) -> None:
+        if not fields:
+            raise DeclarationError("ThroughParent needs at least one foreign key field")
+        self.fields = fields
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        table = _qn(model._meta.db_table)
+        conditions = []
+        for name in self.fields:
+            fk = _field(model, name)
+            if not fk.is_relation or fk.many_to_many:
+                raise DeclarationError(f"{model._meta.label}.{name} must be a ForeignKey or OneToOneField")
+            parent = fk.related_model
+            parent_key = fk.target_field.column  # type: ignore[attr-defined]
+            conditions.append(
+                f"EXISTS (SELECT 1 FROM {_qn(parent._meta.db_table)} p "  # type: ignore[union-attr]
+                f"WHERE p.{_qn(parent_key)} = {table}.{_qn(fk.column)})"
+            )
+        return [Group("parent", " AND ".join(conditions))]
+
+
+class Custom(Policy):
+    """Any condition: a Q object over the model's own columns, or an SQL expression.
+
+    Use ``django_rls.expressions.CurrentSite()`` and friends inside Q objects to
+    refer to the context. ``check`` (default: ``using``) is what written rows
+    must satisfy.
+    """
+
+    def __init__(
+        self,
+        using: Q | str,
+        check: Q | str | None = None,
+        commands: Iterable[str] | None = None,
+        name: str = "custom",
+    ) -> None:
+        self.using = using
+        self.check = check
+        self.commands = _commands(commands)
+        self.name = name
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        using = compile_condition(model, self.using, connection)
+        check = compile_condition(model, self.check, connection) if self.check is not None else None
+        return [Group(self.name, using, check, self.commands)]
+
+
+def compile_condition(model: type[models.Model], condition: Q | str, connection: BaseDatabaseWrapper) -> str:
+    """SQL text for a policy condition; Q objects may only use the model's own columns."""
+    if isinstance(condition, str):
+        if not condition.strip():
+            raise DeclarationError(f"empty SQL condition for {model._meta.label}")
+        return condition
+    if not isinstance(condition, Q):
+        raise DeclarationError(f"a policy condition must be a Q object or SQL text, not {type(condition).__name__}")
+    query = Query(model)
+    where = query.build_where(condition)
+    if len(query.alias_map) > 1:
+        raise DeclarationError(
+            f"the condition {condition!r} on {model._meta.label} follows a relation; policies can only use the "
+            "table's own columns (use ThroughParent, or SQL text with an EXISTS subquery)"
+        )
+    compiler = query.get_compiler(connection=connection)
+    sql, params = where.as_sql(compiler, connection)
+    return connection.ops.compose_sql(sql, params)
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """Everything declared for one model."""
+
+    model: str  # "app_label.ModelName"
+    policies: tuple[Policy, ...]
+    audit: bool = False
+    audit_exclude: tuple[str, ...] = ()
+    origin: str = field(default="", compare=False)
+
+    def model_class(self) -> type[models.Model]:
+        return apps.get_model(self.model)
+
+    def groups(self, connection: BaseDatabaseWrapper) -> list[Group]:
+        model = self.model_class()
+        groups: dict[str, Group] = {}
+        for policy in self.policies:
+            for group in policy.groups(model, connection):
+                if group.name in groups:
+                    raise DeclarationError(
+                        f"{self.model} has two policies that both define the {group.name!r} group; "
+                        "combine them or give a Custom policy its own name"
+                    )
+                groups[group.name] = group
+        return list(groups.values())
+
+
+def as_policies(policies: Sequence[Policy]) -> tuple[Policy, ...]:
+    for policy in policies:
+        if not isinstance(policy, Policy):
+            raise DeclarationError(f"expected django_rls policies (BySite(), ByOwner(), ...), got {policy!r}")
+    return tuple(policies)

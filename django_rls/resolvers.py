@@ -1,0 +1,43 @@
+"""Ways to find a request's site and user; pick them with DJANGO_RLS["SITE_RESOLVER"] / ["USER_RESOLVER"].
+
+A resolver is any callable ``(request) -> value`` where value is a model
+instance, a primary key or None (no site / anonymous user: the request then
+sees no rows of tables protected by that value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.http import HttpRequest
+
+
+def current_site(request: HttpRequest) -> Any:
+    """The site of ``django.contrib.sites`` for this request (by domain, or SITE_ID)."""
+    if apps.is_installed("django.contrib.sites"):
+        from django.contrib.sites.shortcuts import get_current_site
+
+        return get_current_site(request)
+    return getattr(settings, "SITE_ID", None)
+
+
+def authenticated_user(request: HttpRequest) -> Any:
+    """``request.user`` when authenticated (including users DRF authenticates in the view), else None."""
+    user = getattr(request, "user", None)
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user
+
+
+def from_attribute(name: str) -> Callable[[HttpRequest], Any]:
+    """A resolver that reads an attribute your own middleware sets, e.g. ``from_attribute("space")``."""
+
+    def resolve(request: HttpRequest) -> Any:
+        return getattr(request, name, None)
+
+    resolve.__name__ = f"from_attribute_{name}"
+    resolve.__qualname__ = resolve.__name__
+    return resolve

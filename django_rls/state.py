@@ -1,0 +1,194 @@
+"""The current request context, held in a ContextVar.
+
+Threads, asyncio tasks, ``sync_to_async`` calls, management commands, Celery
+tasks and tests all see the context of the code that entered it, and nothing
+else. The database layer (``django_rls.database``) reads it before each query.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Values:
+    """A context as the database receives it: ids as canonical text, claims as JSON text."""
+
+    site: str | None
+    user: str | None
+    claims: str | None
+
+    @property
+    def claims_dict(self) -> dict[str, Any] | None:
+        return json.loads(self.claims) if self.claims is not None else None
+
+
+EMPTY = Values(None, None, None)
+
+
+def normalize_id(value: Any, what: str) -> str | None:
+    """Turn a model instance, pk, UUID or numeric string into the id text the extension expects."""
+    if value is None:
+        return None
+    if hasattr(value, "_meta") and hasattr(value, "pk"):
+        value = value.pk
+        if value is None:
+            raise ValueError(f"the {what} instance has no primary key yet; save it before using it as a context")
+    if isinstance(value, bool):
+        raise TypeError(f"a {what} id must be an int, a UUID or a model instance, not a bool")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return str(int(text))
+        except ValueError:
+            pass
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            raise ValueError(f"{what} id {value!r} is neither an integer nor a UUID") from None
+    raise TypeError(f"a {what} id must be an int, a UUID or a model instance, not {type(value).__name__}")
+
+
+def make_values(site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> Values:
+    if claims is not None and not isinstance(claims, Mapping):
+        raise TypeError(f"claims must be a mapping or None, not {type(claims).__name__}")
+    return Values(
+        normalize_id(site, "site"),
+        normalize_id(user, "user"),
+        json.dumps(dict(claims), sort_keys=True, separators=(",", ":")) if claims else None,
+    )
+
+
+class Frame:
+    """One entry of the context stack: knows the values to send, possibly lazily."""
+
+    #: While True, queries run without a context (used while resolving a request's user).
+    resolving = False
+    #: Queries go to the bypass database instead (see django_rls.bypass).
+    bypass_reason: str | None = None
+
+    def values(self) -> Values:
+        raise NotImplementedError
+
+
+class FixedFrame(Frame):
+    def __init__(self, values: Values) -> None:
+        self._values = values
+
+    def values(self) -> Values:
+        return self._values
+
+
+class BypassFrame(Frame):
+    """Code run outside any site: the protected aliases see an empty context, the router sends queries elsewhere."""
+
+    def __init__(self, reason: str) -> None:
+        self.bypass_reason = reason
+
+    def values(self) -> Values:
+        return EMPTY
+
+
+_current: ContextVar[Frame | None] = ContextVar("django_rls_context", default=None)
+
+
+def current_frame() -> Frame | None:
+    return _current.get()
+
+
+def current_values() -> Values:
+    """The context the next query will run with (EMPTY when none)."""
+    frame = _current.get()
+    return frame.values() if frame is not None and not frame.resolving else EMPTY
+
+
+@contextmanager
+def _entered(frame: Frame | None) -> Iterator[Frame | None]:
+    token: Token[Frame | None] = _current.set(frame)
+    try:
+        yield frame
+    finally:
+        _current.reset(token)
+
+
+class context:
+    """Run code as a site and user: ``with django_rls.context(site=..., user=...):`` or as a decorator.
+
+    Nested contexts replace the outer one and restore it on exit. ``site`` and
+    ``user`` take model instances, primary keys (int or UUID) or None.
+    Works for sync and async functions; each thread or task keeps its own.
+    """
+
+    def __init__(self, site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> None:
+        self.values = make_values(site, user, claims)
+        self._tokens: list[Token[Frame | None]] = []
+
+    def __enter__(self) -> Values:
+        self._tokens.append(_current.set(FixedFrame(self.values)))
+        return self.values
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Values:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+    def __call__(self, func: F) -> F:
+        return _decorate(func, lambda: _entered(FixedFrame(self.values)))
+
+
+class no_context:
+    """Run code with an empty context (no rows of protected tables), for example inside another context."""
+
+    def __enter__(self) -> None:
+        self._token = _current.set(None)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
+
+    def __call__(self, func: F) -> F:
+        return _decorate(func, lambda: _entered(None))
+
+
+def _decorate(func: F, enter: Callable[[], Any]) -> F:
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with enter():
+                return await func(*args, **kwargs)
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with enter():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def enter_frame(frame: Frame | None) -> Token[Frame | None]:
+    """Low-level: make frame current until reset_frame(token). Used by the middleware."""
+    return _current.set(frame)
+
+
+def reset_frame(token: Token[Frame | None]) -> None:
+    _current.reset(token)

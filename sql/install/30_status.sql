@@ -1,0 +1,159 @@
+-------------------------------------------------------------------------------
+-- Status: every protected table and every problem found
+-------------------------------------------------------------------------------
+
+-- Roles granted SET on a django_rls parameter (pg_parameter_acl is PG 15+).
+CREATE FUNCTION rls._parameter_set_grants()
+RETURNS TABLE (parameter text, grantee text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF current_setting('server_version_num')::int < 150000 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE $q$
+        SELECT a.parname::text,
+               CASE WHEN x.grantee = 0 THEN 'public' ELSE x.grantee::regrole::text END
+          FROM pg_catalog.pg_parameter_acl a, aclexplode(a.paracl) AS x
+         WHERE a.parname LIKE 'django\_rls.%' AND x.privilege_type = 'SET'
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = x.grantee AND r.rolsuper)
+    $q$;
+END
+$$;
+COMMENT ON FUNCTION rls._parameter_set_grants() IS
+'Internal: roles granted SET on a django_rls parameter.';
+
+CREATE VIEW rls.problems AS
+WITH protected AS (
+    SELECT c.oid::regclass AS table_name, c.oid, c.relowner, c.relkind,
+           c.relrowsecurity, c.relforcerowsecurity
+      FROM pg_catalog.pg_class c
+     WHERE c.relkind IN ('r', 'p')
+       AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+       AND (c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid))
+),
+policy_roles AS (
+    SELECT p.polrelid AS oid, r AS role_oid
+      FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
+)
+SELECT t.table_name, t.table_name::text AS object_name,
+       'row level security is disabled, so the table''s policies are ignored' AS problem,
+       format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, or run rls_apply again.', t.table_name) AS hint
+  FROM protected t WHERE NOT t.relrowsecurity
+UNION ALL
+SELECT t.table_name, t.table_name::text,
+       format('FORCE ROW LEVEL SECURITY is off, so the owner %s bypasses the policies', t.relowner::regrole),
+       format('ALTER TABLE %s FORCE ROW LEVEL SECURITY, or run rls_apply again.', t.table_name)
+  FROM protected t WHERE t.relrowsecurity AND NOT t.relforcerowsecurity
+UNION ALL
+SELECT t.table_name, t.table_name::text,
+       'row level security is on but the table has no policy, so no role but a bypassing one sees any row',
+       'Protect the table (rls.protect_by_site and friends) or disable row level security on it.'
+  FROM protected t
+ WHERE t.relrowsecurity AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
+UNION ALL
+SELECT t.table_name, t.table_name::text,
+       'the table has only restrictive policies, so no role sees any row',
+       'Add a permissive policy; rls.protect() creates rls_base for this.'
+  FROM protected t
+ WHERE EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
+   AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid AND p.polpermissive)
+UNION ALL
+SELECT DISTINCT t.table_name, r.rolname::text,
+       format('role %s is named in the policies but %s', r.rolname,
+              CASE WHEN r.rolsuper THEN 'is a superuser, so it bypasses row level security'
+                   WHEN r.rolbypassrls THEN 'has BYPASSRLS, so it bypasses row level security'
+                   ELSE 'owns the table, so it can switch row level security off' END),
+       'Connect the application with a role that is not a superuser, has NOBYPASSRLS and owns no protected table.'
+  FROM protected t
+  JOIN policy_roles pr ON pr.oid = t.oid
+  JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
+ WHERE r.rolsuper OR r.rolbypassrls OR pg_catalog.pg_has_role(r.oid, t.relowner, 'MEMBER')
+UNION ALL
+SELECT DISTINCT t.table_name, r.rolname::text,
+       format('role %s has BYPASSRLS and privileges on the table, so it sees every row', r.rolname),
+       format('ALTER ROLE %I NOBYPASSRLS, or revoke its privileges on %s.', r.rolname, t.table_name)
+  FROM protected t
+  JOIN pg_catalog.pg_roles r ON r.rolbypassrls AND NOT r.rolsuper AND r.rolcanlogin
+ WHERE pg_catalog.has_table_privilege(r.oid, t.oid, 'SELECT, INSERT, UPDATE, DELETE')
+UNION ALL
+SELECT DISTINCT t.table_name, v.oid::regclass::text,
+       CASE WHEN v.relkind = 'm'
+            THEN format('materialized view %s copies rows of the table without row level security', v.oid::regclass)
+            ELSE format('view %s reads the table without security_invoker, so it applies the policies as its owner %s',
+                        v.oid::regclass, v.relowner::regrole) END,
+       CASE WHEN v.relkind = 'm'
+            THEN format('Drop %s, or replace it with a security_invoker view or a protected table.', v.oid::regclass)
+            ELSE format('ALTER VIEW %s SET (security_invoker = true) (PostgreSQL 15+).', v.oid::regclass) END
+  FROM protected t
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
+                              AND d.refclassid = 'pg_catalog.pg_class'::regclass
+                              AND d.refobjid = t.oid
+  JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
+  JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class AND v.oid <> t.oid
+ WHERE v.relkind = 'm'
+    OR (v.relkind = 'v' AND NOT coalesce((SELECT o.option_value::boolean
+                                             FROM pg_catalog.pg_options_to_table(v.reloptions) AS o
+                                            WHERE o.option_name = 'security_invoker'), false))
+UNION ALL
+SELECT t.table_name, part.oid::regclass::text,
+       format('partition %s has no row level security, so querying it directly bypasses the policies of %s',
+              part.oid::regclass, t.table_name),
+       format('Protect %s too, or revoke the application role''s privileges on it.', part.oid::regclass)
+  FROM protected t
+  JOIN pg_catalog.pg_inherits i ON i.inhparent = t.oid
+  JOIN pg_catalog.pg_class part ON part.oid = i.inhrelid
+ WHERE t.relkind = 'p' AND NOT part.relrowsecurity
+UNION ALL
+SELECT t.table_name, p.polname::text,
+       format('policy %s was changed outside django_rls', p.polname),
+       'Run rls_apply (or the rls.protect call that created it) again to restore it.'
+  FROM protected t
+  JOIN pg_catalog.pg_policy p ON p.polrelid = t.oid
+ WHERE (p.polname ~ '^rls_.+_(select|insert|update|delete)$' OR p.polname = 'rls_base')
+   AND split_part(coalesce(obj_description(p.oid, 'pg_policy'), ''), ' ', 3)
+       IS DISTINCT FROM rls._policy_fingerprint(p)
+UNION ALL
+SELECT NULL, g.parameter,
+       format('role %s may SET %s', g.grantee, g.parameter),
+       format('REVOKE SET ON PARAMETER %s FROM %s;', g.parameter, g.grantee)
+  FROM rls._parameter_set_grants() g
+UNION ALL
+SELECT NULL, 'django_rls',
+       'the django_rls library was not preloaded, so signed tokens are unavailable and settings appear only after first use',
+       'Add django_rls to shared_preload_libraries in postgresql.conf and restart the server.'
+ WHERE NOT (rls.extension_info() ->> 'loaded_at_startup')::boolean
+UNION ALL
+SELECT NULL, r.rolname::text,
+       format('role %s can read the django_rls signing key file (member of pg_read_server_files)', r.rolname),
+       format('REVOKE pg_read_server_files FROM %I;', r.rolname)
+  FROM pg_catalog.pg_roles r
+ WHERE (rls.extension_info() ->> 'signing_key_configured')::boolean
+   AND r.rolcanlogin AND NOT r.rolsuper
+   AND pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER');
+COMMENT ON VIEW rls.problems IS
+'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
+
+CREATE VIEW rls.status AS
+SELECT c.oid::regclass AS table_name,
+       c.relrowsecurity AS rls_enabled,
+       c.relforcerowsecurity AS rls_forced,
+       coalesce((SELECT array_agg(format('%s (%s %s to %s)', p.polname,
+                                         CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END,
+                                         CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert'
+                                                       WHEN 'w' THEN 'update' WHEN 'd' THEN 'delete' ELSE 'all' END,
+                                         (SELECT string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ', ')
+                                            FROM unnest(p.polroles) AS r))
+                                  ORDER BY p.polname)
+                   FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), '{}') AS policies,
+       coalesce((SELECT array_agg(pr.problem ORDER BY pr.problem)
+                   FROM rls.problems pr WHERE pr.table_name = c.oid), '{}') AS problems
+  FROM pg_catalog.pg_class c
+ WHERE c.relkind IN ('r', 'p')
+   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+   AND (c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid));
+COMMENT ON VIEW rls.status IS
+'Every table under row level security, its policies and the problems rls.problems found for it.';
+
+GRANT SELECT ON rls.problems, rls.status TO PUBLIC;
