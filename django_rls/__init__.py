@@ -1,5 +1,39 @@
-"""Database-enforced row-level security for Django, backed by the django_rls PostgreSQL extension."""
+"""Database-enforced row-level security for Django, backed by the django_rls PostgreSQL extension.
+
+Public API::
+
+    from django_rls import context, no_context, bypass, protect, register
+    from django_rls.policies import BySite, ByOwner, BySiteAndOwner, Shared, OwnerOrShared, Membership, ThroughParent, Custom
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+# The extension version this package's SQL expects (django_rls.control's default_version).
+EXTENSION_VERSION = "0.1.0"
+
+__all__ = ["EXTENSION_VERSION", "bypass", "context", "no_context", "protect", "register"]
+
+if TYPE_CHECKING:
+    from django_rls.bypass import bypass
+    from django_rls.declarations import protect, register
+    from django_rls.state import context, no_context
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily so that settings.py can import django_rls.resolvers without loading Django models.
+    if name in ("context", "no_context"):
+        from django_rls import state
+
+        return getattr(state, name)
+    if name in ("protect", "register"):
+        from django_rls import declarations
+
+        return getattr(declarations, name)
+    if name == "bypass":
+        from django_rls.bypass import bypass
+
+        return bypass
+    raise AttributeError(f"module 'django_rls' has no attribute {name!r}")

@@ -1,9 +1,53 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
+from django.core import checks
+from django.core.signals import request_finished
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.db.models.signals import post_migrate
+from django.utils.module_loading import autodiscover_modules
 
 
 class DjangoRlsConfig(AppConfig):
     name = "django_rls"
     verbose_name = "Row-level security"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django_rls import checks as rls_checks
+        from django_rls import database
+
+        # Declarations for models you cannot edit live in each app's rls.py.
+        autodiscover_modules("rls")
+
+        connection_created.connect(database.on_connection_created, dispatch_uid="django_rls.install")
+        request_finished.connect(_clear_session_context, dispatch_uid="django_rls.clear_session")
+        post_migrate.connect(_apply_after_migrate, sender=self, dispatch_uid="django_rls.apply_after_migrate")
+        for alias in connections:
+            database.install(connections[alias])
+
+        checks.register(rls_checks.check_settings)
+        checks.register(rls_checks.check_middleware)
+        checks.register(rls_checks.check_declarations)
+        checks.register(rls_checks.check_scope)
+        checks.register(rls_checks.check_database, checks.Tags.database)
+
+
+def _clear_session_context(**kwargs: Any) -> None:
+    from django_rls.conf import rls_settings
+    from django_rls.database import clear_session_context
+
+    if rls_settings.SCOPE == "session":
+        clear_session_context()
+
+
+def _apply_after_migrate(using: str, **kwargs: Any) -> None:
+    from django.core.management import call_command
+
+    from django_rls.conf import rls_settings
+
+    if rls_settings.APPLY_AFTER_MIGRATE and using == (rls_settings.OWNER_DATABASE or "default"):
+        call_command("rls_apply", database=using, verbosity=kwargs.get("verbosity", 1))

@@ -1,6 +1,6 @@
 """Context values as ORM expressions, for Custom() policies and for queries.
 
-    Custom(Q(site=CurrentSite()) | Q(public=True))
+Custom(Q(site=CurrentSite()) | Q(public=True))
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
 from django.db.models.sql import Query
+from psycopg.sql import Literal
 
 ALL_COMMANDS: tuple[str, ...] = ("select", "insert", "update", "delete")
 WRITE_COMMANDS: tuple[str, ...] = ("insert", "update", "delete")
@@ -55,7 +56,9 @@ def _field(model: type[models.Model], name: str) -> models.Field[Any, Any]:
     except FieldDoesNotExist:
         raise DeclarationError(f"{model._meta.label} has no field {name!r}") from None
     if not isinstance(found, models.Field) or found.column is None:
-        raise DeclarationError(f"{model._meta.label}.{name} is not a column of the table (a reverse or many-to-many relation?)")
+        raise DeclarationError(
+            f"{model._meta.label}.{name} is not a column of the table (a reverse or many-to-many relation?)"
+        )
     return found
 
 
@@ -267,14 +270,16 @@ def compile_condition(model: type[models.Model], condition: Q | str, connection:
         raise DeclarationError(f"a policy condition must be a Q object or SQL text, not {type(condition).__name__}")
     query = Query(model)
     where = query.build_where(condition)
-    if len(query.alias_map) > 1:
+    if sum(1 for count in query.alias_refcount.values() if count) > 1:
         raise DeclarationError(
             f"the condition {condition!r} on {model._meta.label} follows a relation; policies can only use the "
             "table's own columns (use ThroughParent, or SQL text with an EXISTS subquery)"
         )
     compiler = query.get_compiler(connection=connection)
     sql, params = where.as_sql(compiler, connection)
-    return connection.ops.compose_sql(sql, params)
+    # Inline the parameters as SQL literals without a database round trip, so
+    # that declarations compile (and system checks run) before any connection.
+    return sql % tuple(Literal(param).as_string(None) for param in params)
 
 
 @dataclass(frozen=True)

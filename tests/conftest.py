@@ -8,21 +8,21 @@ nor the owner of any table.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-TEST_DB = "django_rls_pytest"
-OWNER_ROLE = "rls_test_owner"
-APP_ROLE = "rls_test_app"
+from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
+
 KEY_FILE = "django_rls_test.key"
 
 T = TypeVar("T")
@@ -52,31 +52,30 @@ def _server_dsn() -> str:
     return url
 
 
+def _create_role(conn: psycopg.Connection, role: str, options: str) -> None:
+    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+    conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN " + options + " PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORD))
+    )
+
+
 @pytest.fixture(scope="session")
 def database() -> Iterator[Database]:
+    """The test database with the extension, and the owner, app and bypass roles."""
     server = _server_dsn()
-    password = secrets.token_urlsafe(16)
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-        for role in (APP_ROLE, OWNER_ROLE):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}").format(
-                sql.Identifier(OWNER_ROLE), sql.Literal(password)
-            )
-        )
-        conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB PASSWORD {}").format(
-                sql.Identifier(APP_ROLE), sql.Literal(password)
-            )
-        )
+        _create_role(conn, OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS")
+        _create_role(conn, APP_ROLE, "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB")
+        _create_role(conn, BYPASS_ROLE, "NOSUPERUSER BYPASSRLS")
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(BYPASS_ROLE)))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(TEST_DB), sql.Identifier(OWNER_ROLE)))
 
     admin = make_conninfo(server, dbname=TEST_DB)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
-        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
         conn.execute(
             sql.SQL("GRANT EXECUTE ON FUNCTION rls.set_context, rls.set_context_signed TO {}").format(
@@ -86,16 +85,47 @@ def database() -> Iterator[Database]:
 
     db = Database(
         admin=admin,
-        owner=make_conninfo(admin, user=OWNER_ROLE, password=password),
-        app=make_conninfo(admin, user=APP_ROLE, password=password),
+        owner=make_conninfo(admin, user=OWNER_ROLE, password=PASSWORD),
+        app=make_conninfo(admin, user=APP_ROLE, password=PASSWORD),
         name=TEST_DB,
     )
     yield db
 
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-        for role in (APP_ROLE, OWNER_ROLE):
+        for role in (BYPASS_ROLE, APP_ROLE, OWNER_ROLE):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(database: Database, django_db_blocker: Any) -> Iterator[None]:
+    """Replaces pytest-django's: migrate as the owner, rls_apply, then seed data as the bypass role."""
+    from django.core.management import call_command
+    from django.db import connections
+
+    from tests.seed import seed
+
+    with django_db_blocker.unblock():
+        call_command("migrate", database="owner", verbosity=0)
+        call_command("rls_apply", database="owner", verbosity=0, stdout=io.StringIO())
+        seed()
+        for connection in connections.all():
+            connection.close()
+    yield
+    with django_db_blocker.unblock():
+        for connection in connections.all():
+            connection.close()
+
+
+@pytest.fixture
+def live_db(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Database access without pytest-django's wrapping transaction: autocommit, as in production."""
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        yield
+        for connection in connections.all():
+            connection.close()
 
 
 @pytest.fixture

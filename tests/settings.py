@@ -1,28 +1,62 @@
-"""Django settings for the test suite; the database comes from DATABASE_URL (see tests/harness)."""
+"""Django settings for the test suite. The server comes from DATABASE_URL (see tests/harness).
+
+Three aliases reach the same test database as three roles: "default" is the
+application (no superuser, no BYPASSRLS, owns nothing), "owner" owns the
+tables and runs migrate and rls_apply, "bypass" is the BYPASSRLS maintenance
+role behind django_rls.bypass().
+"""
 
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-_url = urlparse(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
+
+_server = urlparse(os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+
+
+def _database(role: str, **extra: object) -> dict[str, object]:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": TEST_DB,
+        "USER": role,
+        "PASSWORD": PASSWORD,
+        "HOST": _server.hostname or "127.0.0.1",
+        "PORT": str(_server.port or 5432),
+        "TEST": {"NAME": TEST_DB},
+        **extra,
+    }
+
 
 SECRET_KEY = "django_rls tests only"
 DEBUG = False
 USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.sites",
     "django_rls",
+    "tests.testapp",
+    "tests.thirdparty",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_rls.middleware.RlsMiddleware",
 ]
 DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": _url.path.strip("/") or "postgres",
-        "USER": unquote(_url.username or "postgres"),
-        "PASSWORD": unquote(_url.password or ""),
-        "HOST": _url.hostname or "127.0.0.1",
-        "PORT": str(_url.port or 5432),
-    }
+    "default": _database(APP_ROLE),
+    "owner": _database(OWNER_ROLE),
+    "bypass": _database(BYPASS_ROLE),
+}
+DATABASE_ROUTERS = ["django_rls.bypass.BypassRouter"]
+DJANGO_RLS = {
+    "OWNER_DATABASE": "owner",
+    "BYPASS_DATABASE": "bypass",
+    "MODELS": {"thirdparty.Widget": {"policy": "owner", "field": "owner_id"}},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,6 +1,12 @@
 -------------------------------------------------------------------------------
 -- Policy helpers
 --
+-- The functions that create policies run with the caller's search_path, like
+-- CREATE POLICY itself, so that a policy expression names tables the way the
+-- caller sees them; everything they reference themselves is schema-qualified
+-- or lives in pg_catalog (always searched first).  Fingerprints are taken with
+-- a fixed search_path, so they do not depend on the caller's.
+--
 -- A table is protected by one or more named policy groups ("site", "owner",
 -- or any name for a custom expression).  Each group adds RESTRICTIVE policies
 -- named rls_<group>_<command>, so groups combine with AND and no other
@@ -55,7 +61,6 @@ CREATE FUNCTION rls._ensure_policy(tbl regclass, policy_name name, permissive bo
                                    using_expr text, check_expr text)
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     wanted text := rls._policy_hash(permissive, command, to_role, using_expr, check_expr);
@@ -141,7 +146,6 @@ COMMENT ON FUNCTION rls._group_policies(regclass, text, text, text, text[], text
 CREATE FUNCTION rls._sync_table(tbl regclass)
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     roles text;
@@ -196,7 +200,6 @@ CREATE FUNCTION rls.protect(tbl regclass, group_name text, using_expr text,
                             to_role text DEFAULT 'public')
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     spec record;
@@ -279,7 +282,6 @@ CREATE FUNCTION rls._protect_by_key(tbl regclass, group_name text, key_column na
                                     to_role text)
 RETURNS boolean
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT rls.protect(tbl, group_name,
                        format('%I = %s', key_column, rls._accessor_for(tbl, key_column, who)),
@@ -292,7 +294,6 @@ CREATE FUNCTION rls.protect_by_site(tbl regclass, site_column name DEFAULT 'site
                                     to_role text DEFAULT 'public')
 RETURNS boolean
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT rls._protect_by_key(tbl, 'site', site_column, 'site', to_role) $$;
 COMMENT ON FUNCTION rls.protect_by_site(regclass, name, text) IS
 'Protect a table so that only rows of the context''s site can be seen or written.';
@@ -301,7 +302,6 @@ CREATE FUNCTION rls.protect_by_owner(tbl regclass, owner_column name DEFAULT 'us
                                      to_role text DEFAULT 'public')
 RETURNS boolean
 LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT rls._protect_by_key(tbl, 'owner', owner_column, 'user', to_role) $$;
 COMMENT ON FUNCTION rls.protect_by_owner(regclass, name, text) IS
 'Protect a table so that only rows owned by the context''s user can be seen or written.';
@@ -311,7 +311,6 @@ CREATE FUNCTION rls.protect_by_site_and_owner(tbl regclass, site_column name DEF
                                               to_role text DEFAULT 'public')
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     site_changed boolean := rls.protect_by_site(tbl, site_column, to_role);
@@ -326,7 +325,6 @@ COMMENT ON FUNCTION rls.protect_by_site_and_owner(regclass, name, name, text) IS
 CREATE FUNCTION rls.unprotect(tbl regclass, group_name text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     pol name;

@@ -1,0 +1,96 @@
+"""manage.py rls_apply: install the declared policies and grants, or show what would change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+
+from django_rls.conf import rls_settings
+from django_rls.planner import Plan, PlanError, apply_plan, make_plan
+from django_rls.policies import DeclarationError
+
+
+class Command(BaseCommand):
+    help = (
+        "Bring row level security policies and the application role's grants in line with the declarations. "
+        "Idempotent; runs in one transaction as the owner role."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--database",
+            default=None,
+            help='Database alias to connect as (default: DJANGO_RLS["OWNER_DATABASE"], else "default").',
+        )
+        parser.add_argument(
+            "--check", action="store_true", help="Change nothing; exit 1 and show the differences if there are any."
+        )
+        parser.add_argument(
+            "--dry-run",
+            "--sql",
+            dest="dry_run",
+            action="store_true",
+            help="Print the SQL that would run, change nothing.",
+        )
+        parser.add_argument(
+            "--prune", action="store_true", help="Also remove policy groups that no declaration wants any more."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
+        if alias not in connections.settings:
+            raise CommandError(f"unknown database alias {alias!r}")
+        connection = connections[alias]
+        try:
+            if options["check"] or options["dry_run"]:
+                plan = make_plan(connection, prune=options["prune"])
+            else:
+                plan = apply_plan(connection, prune=options["prune"])
+        except (PlanError, DeclarationError) as exc:
+            raise CommandError(str(exc)) from exc
+
+        if options["dry_run"]:
+            self._print_sql(connection, plan)
+        elif options["check"]:
+            self._print_diff(plan)
+            if not plan.in_sync:
+                raise SystemExit(1)
+        else:
+            self._print_applied(plan)
+
+    def _print_sql(self, connection: Any, plan: Plan) -> None:
+        if plan.in_sync:
+            self.stdout.write("-- nothing to do")
+            return
+        self.stdout.write("BEGIN;")
+        self.stdout.write("SELECT pg_advisory_xact_lock(hashtext('django_rls.rls_apply'));")
+        for step in plan.steps:
+            sql = connection.ops.compose_sql(step.sql, step.params) if step.params else step.sql
+            self.stdout.write(f"{sql};")
+        self.stdout.write("COMMIT;")
+
+    def _print_diff(self, plan: Plan) -> None:
+        if plan.in_sync:
+            self.stdout.write(self.style.SUCCESS(f"In sync: {plan.tables} protected tables, nothing to change."))
+        else:
+            self.stdout.write(self.style.WARNING(f"{len(plan.steps)} change(s) needed:"))
+            for step in plan.steps:
+                self.stdout.write(f"  {step.summary}")
+                for line in step.details:
+                    self.stdout.write(f"      {line}")
+        for note in plan.left_alone:
+            self.stdout.write(f"  kept {note}")
+
+    def _print_applied(self, plan: Plan) -> None:
+        if plan.in_sync:
+            self.stdout.write(f"Nothing to do: {plan.tables} protected tables already match the declarations.")
+        else:
+            for step in plan.steps:
+                self.stdout.write(f"  {step.summary}")
+            self.stdout.write(
+                self.style.SUCCESS(f"Applied {len(plan.steps)} change(s) to {plan.tables} protected tables.")
+            )
+        for note in plan.left_alone:
+            self.stdout.write(f"  kept {note}")

@@ -1,0 +1,308 @@
+"""Compare what the declarations want with what the database has, and say how to get there.
+
+``rls_apply`` and the drift check both use :func:`make_plan`. Reading the
+catalog takes two queries whatever the number of models; nothing is locked.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+import django_rls
+from django_rls.conf import rls_settings
+from django_rls.declarations import all_declarations
+from django_rls.policies import Group
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+FORBIDDEN_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
+CONTEXT_FUNCTIONS = ("rls.set_context(text, text, jsonb, boolean)", "rls.set_context_signed(text, boolean)")
+POLICY_NAME = r"^rls_(.+)_(select|insert|update|delete)$"
+
+
+class PlanError(Exception):
+    """The database cannot be brought in line; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change: a human-readable line and the statement that makes it."""
+
+    summary: str
+    sql: str
+    params: tuple[Any, ...] = ()
+    details: tuple[str, ...] = ()
+
+
+@dataclass
+class Plan:
+    app_role: str
+    tables: int = 0
+    steps: list[Step] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)  # stale groups kept because --prune was not given
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.steps
+
+
+def app_role() -> str:
+    from django.db import connections
+
+    role = rls_settings.APP_ROLE or connections.settings["default"].get("USER")
+    if not role:
+        raise PlanError(
+            'cannot tell which role the application connects as: set DJANGO_RLS["APP_ROLE"] '
+            'or DATABASES["default"]["USER"]'
+        )
+    return role
+
+
+def check_extension(connection: BaseDatabaseWrapper) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
+        row = cursor.fetchone()
+    if row is None:
+        raise PlanError(
+            f"the django_rls extension is not installed in database {connection.settings_dict['NAME']!r}: "
+            "run CREATE EXTENSION django_rls as a superuser (the library must also be in shared_preload_libraries)"
+        )
+    if row[0] != django_rls.EXTENSION_VERSION:
+        raise PlanError(
+            f"the database has django_rls extension {row[0]}, this package needs {django_rls.EXTENSION_VERSION}: "
+            f"run ALTER EXTENSION django_rls UPDATE TO '{django_rls.EXTENSION_VERSION}' as a superuser"
+        )
+
+
+def _managed_tables() -> list[type[models.Model]]:
+    return [m for m in apps.get_models(include_auto_created=True) if m._meta.managed and not m._meta.proxy]
+
+
+def _declared_groups(connection: BaseDatabaseWrapper) -> dict[str, list[Group]]:
+    desired: dict[str, list[Group]] = {}
+    for declaration in all_declarations().values():
+        desired[declaration.model_class()._meta.db_table] = declaration.groups(connection)
+    return desired
+
+
+def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
+    """The steps that bring policies and grants in line with the declarations."""
+    check_extension(connection)
+    role = app_role()
+    desired = _declared_groups(connection)
+    plan = Plan(app_role=role, tables=len(desired))
+
+    with connection.cursor() as cursor:
+        _check_roles(cursor, role, list(desired))
+        _plan_policies(cursor, plan, desired, role, prune)
+        _plan_grants(cursor, plan, role)
+    return plan
+
+
+def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:
+    cursor.execute(
+        """
+        SELECT r.rolsuper, r.rolbypassrls, r.rolname = current_user,
+               (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+          FROM pg_roles r WHERE r.rolname = %s
+        """,
+        [role],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise PlanError(f"the application role {role!r} does not exist: create it (NOSUPERUSER NOBYPASSRLS LOGIN)")
+    is_super, bypass, is_me, i_am_super = row
+    if is_me:
+        raise PlanError(
+            f"rls_apply is connected as the application role {role!r}; run it as the role that owns the tables "
+            '(DJANGO_RLS["OWNER_DATABASE"] or --database)'
+        )
+    if is_super or bypass:
+        raise PlanError(
+            f"the application role {role!r} is a superuser or has BYPASSRLS, so no policy would apply to it: "
+            f"ALTER ROLE {role} NOSUPERUSER NOBYPASSRLS"
+        )
+    cursor.execute(
+        """
+        SELECT t, to_regclass(quote_ident(t)) IS NULL,
+               pg_has_role(%s, c.relowner, 'MEMBER'),
+               pg_has_role(current_user, c.relowner, 'MEMBER')
+          FROM unnest(%s::text[]) AS t
+          LEFT JOIN pg_class c ON c.oid = to_regclass(quote_ident(t))
+        """,
+        [role, tables],
+    )
+    missing, app_owned, not_mine = [], [], []
+    for table, is_missing, owned_by_app, mine in cursor.fetchall():
+        if is_missing:
+            missing.append(table)
+        elif owned_by_app:
+            app_owned.append(table)
+        elif not mine and not i_am_super:
+            not_mine.append(table)
+    if missing:
+        raise PlanError(f"protected tables do not exist yet: {', '.join(sorted(missing))}; run migrate first")
+    if app_owned:
+        raise PlanError(
+            f"the application role {role!r} owns {', '.join(sorted(app_owned))}, so it could switch row level "
+            "security off: ALTER TABLE ... OWNER TO the owner role, and run migrations as that role"
+        )
+    if not_mine:
+        raise PlanError(
+            f"the current role does not own {', '.join(sorted(not_mine))} and cannot change their policies: "
+            'run rls_apply as the owner role (DJANGO_RLS["OWNER_DATABASE"] or --database)'
+        )
+
+
+def _plan_policies(cursor: Any, plan: Plan, desired: dict[str, list[Group]], role: str, prune: bool) -> None:
+    rows = [(table, g) for table, groups in sorted(desired.items()) for g in groups]
+    in_sync: list[bool] = []
+    if rows:
+        cursor.execute(
+            """
+            SELECT rls.group_in_sync(to_regclass(quote_ident(t)), g, u, c, string_to_array(cmds, ','), %s)
+              FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+                   WITH ORDINALITY AS x(t, g, u, c, cmds, i)
+             ORDER BY i
+            """,
+            [
+                role,
+                [t for t, _ in rows],
+                [g.name for _, g in rows],
+                [g.using for _, g in rows],
+                [g.check for _, g in rows],
+                [",".join(g.commands) for _, g in rows],
+            ],
+        )
+        in_sync = [r[0] for r in cursor.fetchall()]
+
+    cursor.execute(
+        """
+        SELECT c.relname, substring(p.polname from %s), string_agg(
+                   format('%%s: %%s', p.polname,
+                          coalesce(pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))),
+                   '; ' ORDER BY p.polname)
+          FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+         WHERE p.polname ~ %s AND pg_table_is_visible(c.oid)
+         GROUP BY 1, 2
+        """,
+        [POLICY_NAME, POLICY_NAME],
+    )
+    existing: dict[str, dict[str, str]] = defaultdict(dict)
+    for table, group, current in cursor.fetchall():
+        existing[table][group] = current
+
+    for (table, group), ok in zip(rows, in_sync, strict=True):
+        if ok:
+            continue
+        verb = "replace" if group.name in existing.get(table, {}) else "protect"
+        details = [f"want: {', '.join(group.commands)} rows where {group.using}"]
+        if group.check:
+            details.append(f"      and written rows where {group.check}")
+        if verb == "replace":
+            details.insert(0, f"now:  {existing[table][group.name]}")
+        plan.steps.append(
+            Step(
+                f"{verb} {table}: policy group {group.name!r} for {role}",
+                "SELECT rls.protect(%s::regclass, %s, %s, %s, %s::text[], %s)",
+                (table, group.name, group.using, group.check, list(group.commands), role),
+                tuple(details),
+            )
+        )
+
+    for table, groups in sorted(existing.items()):
+        wanted = {g.name for g in desired.get(table, [])}
+        for group in sorted(set(groups) - wanted):
+            summary = f"remove {table}: policy group {group!r} (no declaration wants it)"
+            if prune:
+                plan.steps.append(Step(summary, "SELECT rls.unprotect(%s::regclass, %s)", (table, group)))
+            else:
+                plan.left_alone.append(f"{table}: policy group {group!r} (use --prune to remove it)")
+
+
+def _plan_grants(cursor: Any, plan: Plan, role: str) -> None:
+    tables = sorted({m._meta.db_table for m in _managed_tables()})
+    cursor.execute(
+        """
+        SELECT t, p, has_table_privilege(%s, c.oid, p)
+          FROM unnest(%s::text[]) AS t
+          JOIN pg_class c ON c.oid = to_regclass(quote_ident(t))
+          CROSS JOIN unnest(%s::text[]) AS p
+        """,
+        [role, tables, list(TABLE_PRIVILEGES + FORBIDDEN_PRIVILEGES)],
+    )
+    grant: dict[str, list[str]] = defaultdict(list)
+    revoke: dict[str, list[str]] = defaultdict(list)
+    for table, privilege, held in cursor.fetchall():
+        if privilege in TABLE_PRIVILEGES and not held:
+            grant[table].append(privilege)
+        elif privilege in FORBIDDEN_PRIVILEGES and held:
+            revoke[table].append(privilege)
+    for table in sorted(grant):
+        privileges = ", ".join(grant[table])
+        plan.steps.append(
+            Step(f"grant {privileges} on {table} to {role}", f"GRANT {privileges} ON {_quote(table)} TO {_quote(role)}")
+        )
+    for table in sorted(revoke):
+        privileges = ", ".join(revoke[table])
+        plan.steps.append(
+            Step(
+                f"revoke {privileges} on {table} from {role}",
+                f"REVOKE {privileges} ON {_quote(table)} FROM {_quote(role)}",
+            )
+        )
+
+    # Sequences behind serial and identity columns: nextval() needs USAGE; setval() (UPDATE) is never granted.
+    cursor.execute(
+        """
+        SELECT DISTINCT s.oid::regclass::text
+          FROM unnest(%s::text[]) AS t
+          JOIN pg_depend d ON d.refobjid = to_regclass(quote_ident(t)) AND d.classid = 'pg_class'::regclass
+                          AND d.deptype IN ('a', 'i')
+          JOIN pg_class s ON s.oid = d.objid
+         WHERE CASE WHEN s.relkind = 'S' THEN NOT has_sequence_privilege(%s, s.oid, 'USAGE') END
+         ORDER BY 1
+        """,
+        [tables, role],
+    )
+    for (sequence,) in cursor.fetchall():
+        plan.steps.append(
+            Step(
+                f"grant USAGE on sequence {sequence} to {role}", f"GRANT USAGE ON SEQUENCE {sequence} TO {_quote(role)}"
+            )
+        )
+
+    cursor.execute(
+        "SELECT f FROM unnest(%s::text[]) AS f WHERE NOT has_function_privilege(%s, f::regprocedure, 'EXECUTE')",
+        [list(CONTEXT_FUNCTIONS), role],
+    )
+    missing = [f for (f,) in cursor.fetchall()]
+    if missing:
+        plan.steps.append(
+            Step(
+                f"grant EXECUTE on {', '.join(missing)} to {role}",
+                f"GRANT EXECUTE ON FUNCTION {', '.join(missing)} TO {_quote(role)}",
+            )
+        )
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def apply_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
+    """Apply the plan in one transaction under an advisory lock; returns what was done."""
+    from django.db import transaction
+
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('django_rls.rls_apply'))")
+        cursor.execute("SET LOCAL application_name = 'django_rls rls_apply'")
+        plan = make_plan(connection, prune=prune)  # again, under the lock
+        for step in plan.steps:
+            cursor.execute(step.sql, step.params or None)
+    return plan
