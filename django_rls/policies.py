@@ -97,6 +97,10 @@ class Policy:
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         raise NotImplementedError
 
+    def key_fields(self) -> tuple[str, ...]:
+        """The model fields that say whose a row is (what a leak test tries to forge)."""
+        return ()
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -108,6 +112,9 @@ class BySite(Policy):
     def __init__(self, field: str = "site", commands: Iterable[str] | None = None) -> None:
         self.field = field
         self.commands = _commands(commands)
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.field,)
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         column, accessor = _accessor(model, self.field, "site")
@@ -121,6 +128,9 @@ class ByOwner(Policy):
         self.field = field
         self.commands = _commands(commands)
 
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.field,)
+
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         column, accessor = _accessor(model, self.field, "user")
         return [Group("owner", f"{column} = {accessor}", None, self.commands)]
@@ -132,6 +142,9 @@ class BySiteAndOwner(Policy):
     def __init__(self, site_field: str = "site", owner_field: str = "user") -> None:
         self.site_field = site_field
         self.owner_field = owner_field
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.site_field, self.owner_field)
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         return BySite(self.site_field).groups(model, connection) + ByOwner(self.owner_field).groups(model, connection)
@@ -146,6 +159,9 @@ class Shared(Policy):
 
     def __init__(self, field: str = "site") -> None:
         self.field = field
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.field,)
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         column, accessor = _accessor(model, self.field, "site")
@@ -162,6 +178,9 @@ class OwnerOrShared(Policy):
     def __init__(self, field: str = "user", shared_field: str | None = None) -> None:
         self.field = field
         self.shared_field = shared_field
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.field,)
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         column, accessor = _accessor(model, self.field, "user")
@@ -188,6 +207,9 @@ class Membership(Policy):
         self.field = field
         self.user_field = user_field
         self.site_field = site_field
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.field,)
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         try:
@@ -217,6 +239,9 @@ class ThroughParent(Policy):
         if not fields:
             raise DeclarationError("ThroughParent needs at least one foreign key field")
         self.fields = fields
+
+    def key_fields(self) -> tuple[str, ...]:
+        return self.fields
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         table = _qn(model._meta.db_table)
@@ -294,6 +319,9 @@ class Declaration:
 
     def model_class(self) -> type[models.Model]:
         return apps.get_model(self.model)
+
+    def key_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for policy in self.policies for name in policy.key_fields()))
 
     def groups(self, connection: BaseDatabaseWrapper) -> list[Group]:
         model = self.model_class()

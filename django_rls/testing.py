@@ -1,0 +1,121 @@
+"""Test helpers for your own project: the leak matrix.
+
+``leak_matrix(contexts)`` takes every protected model (or the ones you name)
+and every ordered pair of contexts (A, B), as the application role, and tries
+what a bug or an injection would: read, update and delete the rows only B can
+see while acting as A, insert a copy of one of B's rows, and move one of A's
+rows onto B's keys. It returns what got through; an empty list means no leak.
+Everything runs in a transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, models, transaction
+
+from django_rls.declarations import all_declarations
+from django_rls.state import context
+
+
+@dataclass(frozen=True)
+class Leak:
+    model: str
+    operation: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.operation}: {self.detail}"
+
+
+def _visible(model: type[models.Model], using: str, ctx: Mapping[str, Any]) -> set[Any]:
+    with context(**ctx):
+        return set(model._base_manager.using(using).values_list("pk", flat=True))
+
+
+def _refused(using: str, action: Any) -> bool:
+    """True when the database refuses the action (the savepoint keeps the test transaction usable)."""
+    try:
+        with transaction.atomic(using=using):
+            action()
+    except DatabaseError:
+        return True
+    return False
+
+
+def _clone(row: models.Model) -> models.Model:
+    """An unsaved copy of a row (read while B's context was active) with a new primary key."""
+    clone = copy.copy(row)
+    clone.pk = uuid.uuid4() if isinstance(row._meta.pk, models.UUIDField) else None
+    clone._state = copy.copy(row._state)
+    clone._state.adding = True
+    return clone
+
+
+def _check_pair(
+    model: type[models.Model], key_fields: Sequence[str], using: str, a: Mapping[str, Any], b: Mapping[str, Any]
+) -> list[Leak]:
+    label = model._meta.label
+    leaks: list[Leak] = []
+    seen_by_a, seen_by_b = _visible(model, using, a), _visible(model, using, b)
+    only_b, only_a = sorted(seen_by_b - seen_by_a, key=str), sorted(seen_by_a - seen_by_b, key=str)
+    if not only_b:
+        return [Leak(label, "setup", f"no row is visible to {dict(b)} but not to {dict(a)}; add test data for both")]
+    manager = model._base_manager.using(using)
+    with context(**b):
+        b_row = manager.get(pk=only_b[0])
+    editable = next(f for f in model._meta.concrete_fields if not f.primary_key)
+
+    with context(**a):
+        if manager.filter(pk__in=only_b).exists():
+            leaks.append(Leak(label, "read", f"{dict(a)} reads rows only {dict(b)} should see"))
+        updated = manager.filter(pk__in=only_b).update(**{editable.attname: models.F(editable.attname)})
+        if updated:
+            leaks.append(Leak(label, "update", f"{dict(a)} updated {updated} of {dict(b)}'s rows"))
+        deleted = manager.filter(pk__in=only_b)._raw_delete(using)
+        if deleted:
+            leaks.append(Leak(label, "delete", f"{dict(a)} deleted {deleted} of {dict(b)}'s rows"))
+        clone = _clone(b_row)
+        # No RETURNING clause: it would be refused by the SELECT policy and hide a missing WITH CHECK.
+        fields = [f for f in model._meta.concrete_fields if not (f.primary_key and clone.pk is None)]
+        if not _refused(using, lambda: manager._insert([clone], fields=fields, using=using)):
+            leaks.append(Leak(label, "insert", f"{dict(a)} inserted a row with {dict(b)}'s keys"))
+        if only_a and key_fields:
+            mine = manager.get(pk=only_a[0])
+            for name in key_fields:
+                attname = model._meta.get_field(name).attname
+                setattr(mine, attname, getattr(b_row, attname))
+            if not _refused(using, lambda: mine.save(using=using, force_update=True)):
+                leaks.append(Leak(label, "move", f"{dict(a)} moved its row onto {dict(b)}'s keys {list(key_fields)}"))
+    return leaks
+
+
+def leak_matrix(
+    contexts: Sequence[Mapping[str, Any]],
+    models_to_check: Iterable[type[models.Model] | str] | None = None,
+    using: str = DEFAULT_DB_ALIAS,
+) -> list[Leak]:
+    """Run the matrix; ``contexts`` are keyword arguments for django_rls.context(), at least two."""
+    if len(contexts) < 2:
+        raise ValueError("the leak matrix needs at least two contexts, such as two sites or two users")
+    declarations = {d.model: d for d in all_declarations().values()}
+    if models_to_check is None:
+        chosen = list(declarations)
+    else:
+        chosen = [m if isinstance(m, str) else m._meta.label for m in models_to_check]
+    leaks: list[Leak] = []
+    for label in chosen:
+        if label not in declarations:
+            leaks.append(Leak(label, "setup", "the model has no django_rls declaration"))
+            continue
+        declaration = declarations[label]
+        for a, b in permutations(contexts, 2):
+            with transaction.atomic(using=using):
+                leaks.extend(_check_pair(declaration.model_class(), declaration.key_fields(), using, a, b))
+                transaction.set_rollback(True, using=using)
+    return leaks
