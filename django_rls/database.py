@@ -19,6 +19,7 @@ on a connection that goes back to a pool or to PgBouncer.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg
@@ -124,8 +125,11 @@ class ContextWrapper:
         """Run one autocommit query in its own transaction with the context, in one round trip."""
         raw = psycopg.Cursor(pgconn)
         context_sql, context_params = context_statement(values, is_local=True)
+        # psycopg cannot pipeline a named (server-side) cursor, as QuerySet.iterator() uses;
+        # those four statements then go one by one.
+        named = isinstance(getattr(context.get("cursor"), "cursor", None), psycopg.ServerCursor)
         try:
-            with connection.wrap_database_errors, pgconn.pipeline():
+            with connection.wrap_database_errors, nullcontext() if named else pgconn.pipeline():
                 raw.execute("BEGIN")
                 raw.execute(context_sql, context_params)
                 result = execute(sql, params, many, context)

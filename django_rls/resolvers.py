@@ -18,9 +18,13 @@ from django.http import HttpRequest
 def current_site(request: HttpRequest) -> Any:
     """The site of ``django.contrib.sites`` for this request (by domain, or SITE_ID)."""
     if apps.is_installed("django.contrib.sites"):
+        from django.contrib.sites.models import Site
         from django.contrib.sites.shortcuts import get_current_site
 
-        return get_current_site(request)
+        try:
+            return get_current_site(request)
+        except Site.DoesNotExist:
+            return None  # an unknown host has no site: it sees no site's rows
     return getattr(settings, "SITE_ID", None)
 
 

@@ -74,6 +74,8 @@ def database() -> Iterator[Database]:
     admin = make_conninfo(server, dbname=TEST_DB)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
@@ -206,3 +208,39 @@ def sites_table(database: Database, owner_conn: psycopg.Connection) -> Iterator[
     owner_conn.execute("SELECT rls.protect_by_site('notes', to_role => %s)", (APP_ROLE,))
     yield "notes"
     owner_conn.execute("DROP TABLE IF EXISTS notes")
+
+
+class StatementCounter:
+    """Counts statements the app role ran, on every connection, from pg_stat_statements."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.before = self._snapshot()
+
+    def _snapshot(self) -> dict[str, int]:
+        rows = self.conn.execute(
+            """
+            SELECT s.query, s.calls FROM pg_stat_statements s
+             WHERE s.userid = %s::regrole AND s.dbid = (SELECT oid FROM pg_database WHERE datname = %s)
+            """,
+            (APP_ROLE, TEST_DB),
+        ).fetchall()
+        return dict(rows)
+
+    def since(self) -> dict[str, int]:
+        after = self._snapshot()
+        return {q: n - self.before.get(q, 0) for q, n in after.items() if n != self.before.get(q, 0)}
+
+    def context_statements(self) -> int:
+        return sum(n for q, n in self.since().items() if "rls.set_context" in q)
+
+    def total(self) -> int:
+        return sum(self.since().values())
+
+
+@pytest.fixture
+def statements(admin_conn: psycopg.Connection) -> Callable[[], StatementCounter]:
+    """``counter = statements()`` starts counting; ``counter.since()`` lists what ran since."""
+    if not admin_conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
+        pytest.skip("pg_stat_statements is not available on this server")
+    return lambda: StatementCounter(admin_conn)

@@ -33,6 +33,8 @@ SECRET_KEY = "django_rls tests only"
 DEBUG = False
 USE_TZ = True
 ALLOWED_HOSTS = ["*"]
+# The async test client cannot replace its Host header, so async tests send X-Forwarded-Host.
+USE_X_FORWARDED_HOST = True
 ROOT_URLCONF = "tests.urls"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
@@ -60,3 +62,7 @@ DJANGO_RLS = {
     "MODELS": {"thirdparty.Widget": {"policy": "owner", "field": "owner_id"}},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# A second alias of the application role (as a read replica would be) and one that uses
+# Django's psycopg connection pool: both must get the context too.
+DATABASES["replica"] = _database(APP_ROLE)
+DATABASES["pooled"] = _database(APP_ROLE, OPTIONS={"pool": {"min_size": 1, "max_size": 4}})

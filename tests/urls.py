@@ -10,6 +10,12 @@ urlpatterns = [
     path("notes/raw/", views.notes_raw),
     path("notes/async/", views.notes_async),
     path("notes/stream/", views.notes_stream),
+    path("notes/stream/async/", views.notes_stream_async),
     path("boom/", views.boom),
     path("whoami/", views.whoami),
+    path("count/", views.note_count),
+    path("notes/atomic/", views.notes_atomic),
+    path("notes/on/<str:alias>/", views.notes_on),
+    path("tasks/late-user/", views.user_then_tasks),
+    path("tasks/drf/", views.DrfTasks.as_view()),
 ]

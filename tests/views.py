@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 
-from django.db import connection
+from django.contrib.auth.models import User
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from rest_framework.authentication import BasicAuthentication
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from tests.testapp.models import Note
+from tests.testapp.models import Note, Task
 
 
 def nodb(request: HttpRequest) -> HttpResponse:
@@ -37,6 +43,14 @@ def notes_stream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(rows())
 
 
+def notes_stream_async(request: HttpRequest) -> StreamingHttpResponse:
+    async def rows():
+        async for note in Note.objects.order_by("id"):
+            yield json.dumps(note.site_id) + "\n"
+
+    return StreamingHttpResponse(rows())
+
+
 def boom(request: HttpRequest) -> HttpResponse:
     Note.objects.count()
     raise RuntimeError("boom")
@@ -44,5 +58,35 @@ def boom(request: HttpRequest) -> HttpResponse:
 
 def whoami(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT rls.context()")
-        return JsonResponse(cursor.fetchone()[0])
+        cursor.execute("SELECT rls.context()::text")
+        return JsonResponse(json.loads(cursor.fetchone()[0]))
+
+
+def note_count(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(str(Note.objects.count()))
+
+
+def notes_atomic(request: HttpRequest) -> JsonResponse:
+    with transaction.atomic():
+        sites = sorted({n.site_id for n in Note.objects.all()})
+        return JsonResponse({"sites": sites, "count": Note.objects.count()})
+
+
+def notes_on(request: HttpRequest, alias: str) -> JsonResponse:
+    return JsonResponse({"sites": sorted({n.site_id for n in Note.objects.using(alias).all()})})
+
+
+def user_then_tasks(request: HttpRequest) -> JsonResponse:
+    """Queries, then authenticates the way DRF does (inside the view), then queries again."""
+    before = list(Task.objects.values_list("title", flat=True))
+    request.user = User.objects.get(username=request.GET["as"])
+    after = sorted(Task.objects.values_list("title", flat=True))
+    return JsonResponse({"before": before, "after": after})
+
+
+class DrfTasks(APIView):
+    authentication_classes = [BasicAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request: Request) -> Response:
+        return Response({"tasks": sorted(Task.objects.values_list("title", flat=True))})

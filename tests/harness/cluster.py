@@ -102,7 +102,8 @@ class Cluster:
         )
         settings = SERVER_SETTINGS.format(port=self.port, socket_dir=self.base_dir)
         if self.preload:
-            settings += "shared_preload_libraries = 'django_rls'\n"
+            # pg_stat_statements lets tests count what the application role ran, on any connection.
+            settings += "shared_preload_libraries = 'django_rls, pg_stat_statements'\n"
         subprocess.run(
             as_postgres(["sh", "-c", f"cat >> '{self.data_dir}/postgresql.conf'"]),
             input=settings.encode(),

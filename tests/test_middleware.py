@@ -1,0 +1,186 @@
+"""RlsMiddleware end to end: Django test client (WSGI path) and async client (ASGI path), as the app role."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+from django.db import connections
+from psycopg import sql
+
+from tests import wire
+from tests.roles import APP_ROLE
+
+H1, H2, NOWHERE = "megacorp1.test", "megacorp2.test", "nowhere.test"
+
+
+@pytest.fixture
+def persistent(live_db: None) -> Iterator[None]:
+    """Keep the app role's connection open across requests, as CONN_MAX_AGE does in production."""
+    settings_dict = connections["default"].settings_dict
+    saved = settings_dict["CONN_MAX_AGE"]
+    settings_dict["CONN_MAX_AGE"] = None
+    yield
+    settings_dict["CONN_MAX_AGE"] = saved
+
+
+def backend_pid() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def context_now() -> dict:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT rls.context()::text")
+        return json.loads(cursor.fetchone()[0])
+
+
+class TestIsolation:
+    def test_each_site_sees_its_own_rows(self, live_db, client):
+        assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+        assert client.get("/notes/", HTTP_HOST=NOWHERE).json() == {"sites": [], "count": 0}
+
+    async def test_each_site_sees_its_own_rows_async(self, live_db, async_client):
+        assert (await async_client.get("/notes/async/", headers={"x-forwarded-host": H1})).json() == {"sites": [1]}
+        assert (await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})).json() == {"sites": [2]}
+        assert (await async_client.get("/notes/async/", headers={"x-forwarded-host": NOWHERE})).json() == {"sites": []}
+
+    def test_raw_sql_sees_only_the_current_site(self, live_db, client):
+        assert client.get("/notes/raw/", HTTP_HOST=H2).json() == {"sites": [2]}
+
+    async def test_raw_sql_sees_only_the_current_site_async(self, live_db, async_client):
+        assert (await async_client.get("/notes/raw/", headers={"x-forwarded-host": H1})).json() == {"sites": [1]}
+
+    def test_other_aliases_get_the_context(self, live_db, client):
+        for _ in range(3):
+            assert client.get("/notes/on/replica/", HTTP_HOST=H2).json() == {"sites": [2]}
+            assert client.get("/notes/on/pooled/", HTTP_HOST=H1).json() == {"sites": [1]}
+            assert client.get("/notes/on/pooled/", HTTP_HOST=H2).json() == {"sites": [2]}
+
+    def test_streaming_body_keeps_the_request_context(self, live_db, client):
+        response = client.get("/notes/stream/", HTTP_HOST=H2)
+        assert b"".join(response.streaming_content).split() == [b"2"] * 3
+
+    async def test_streaming_body_keeps_the_request_context_async(self, live_db, async_client):
+        response = await async_client.get("/notes/stream/async/", headers={"x-forwarded-host": H1})
+        body = b"".join([chunk async for chunk in response.streaming_content])
+        assert body.split() == [b"1"] * 3
+
+
+class TestUser:
+    def test_user_set_inside_the_view_is_picked_up(self, live_db, client):
+        result = client.get("/tasks/late-user/?as=alice", HTTP_HOST=H1).json()
+        assert result == {"before": [], "after": ["alice 1", "alice 2"]}
+
+    def test_drf_authentication_inside_the_view(self, live_db, client):
+        def basic(user: str) -> str:
+            return "Basic " + base64.b64encode(f"{user}:{user}".encode()).decode()
+
+        assert client.get("/tasks/drf/", HTTP_HOST=H1, HTTP_AUTHORIZATION=basic("alice")).json() == {
+            "tasks": ["alice 1", "alice 2"]
+        }
+        assert client.get("/tasks/drf/", HTTP_HOST=H2, HTTP_AUTHORIZATION=basic("bob")).json() == {"tasks": ["bob 1"]}
+        assert client.get("/tasks/drf/", HTTP_HOST=H1, HTTP_AUTHORIZATION=basic("bob")).json() == {"tasks": []}
+
+    def test_session_login(self, live_db, client):
+        from django.contrib.auth.models import User
+
+        client.force_login(User.objects.get(username="carol"))
+        assert client.get("/whoami/", HTTP_HOST=H2).json()["user"] == User.objects.get(username="carol").pk
+
+
+class TestQueryCount:
+    def test_dbless_request_sends_nothing(self, persistent, client):
+        client.get("/count/", HTTP_HOST=H1)  # open the connection, warm the site cache
+        with wire.traced(connections["default"]) as log:
+            assert client.get("/nodb/", HTTP_HOST=H1).content == b"ok"
+        assert log.sent == []
+
+    async def test_dbless_request_sends_nothing_async(self, live_db, async_client, statements):
+        await async_client.get("/notes/async/", headers={"x-forwarded-host": H1})
+        counter = statements()
+        assert (await async_client.get("/nodb/", headers={"x-forwarded-host": H1})).content == b"ok"
+        assert counter.since() == {}
+
+    def test_one_query_view_costs_no_extra_round_trip(self, persistent, client):
+        client.get("/count/", HTTP_HOST=H1)
+        with wire.traced(connections["default"]) as log:
+            assert client.get("/count/", HTTP_HOST=H1).content == b"3"
+        assert log.context_statements == 1
+        assert log.round_trips == 1  # BEGIN, context, query and COMMIT go in one pipeline
+
+    async def test_one_query_async_view_sends_one_context_statement(self, live_db, async_client, statements):
+        await async_client.get("/notes/async/", headers={"x-forwarded-host": H1})
+        counter = statements()
+        assert (await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})).json() == {"sites": [2]}
+        assert counter.context_statements() == 1
+
+    def test_transaction_sends_the_context_once(self, persistent, client):
+        client.get("/notes/atomic/", HTTP_HOST=H1)
+        with wire.traced(connections["default"]) as log:
+            assert client.get("/notes/atomic/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        assert log.context_statements == 1
+        assert log.round_trips == 5  # BEGIN, the context, two queries, COMMIT
+
+    def test_atomic_requests_send_the_context_once(self, persistent, client):
+        settings_dict = connections["default"].settings_dict
+        settings_dict["ATOMIC_REQUESTS"] = True
+        try:
+            client.get("/notes/", HTTP_HOST=H1)
+            with wire.traced(connections["default"]) as log:
+                assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+        finally:
+            settings_dict["ATOMIC_REQUESTS"] = False
+        assert log.context_statements == 1
+
+    def test_values_are_bound_server_side(self, persistent, client):
+        client.get("/count/", HTTP_HOST=H2)
+        with wire.traced(connections["default"]) as log:
+            client.get("/count/", HTTP_HOST=H2)
+        parse = [line for line in log.sent if "\tParse\t" in line and "rls.set_context" in line]
+        assert parse and "$1" in parse[0] and "'2'" not in parse[0]
+
+
+class TestNoLeftovers:
+    def test_exception_in_view_leaves_no_context(self, persistent, client):
+        client.raise_request_exception = False
+        assert client.get("/boom/", HTTP_HOST=H1).status_code == 500
+        pid = backend_pid()
+        assert client.get("/whoami/", HTTP_HOST=NOWHERE).json() == {"site": None, "user": None, "claims": None}
+        assert backend_pid() == pid
+        assert context_now()["site"] is None
+
+    async def test_exception_in_async_view_leaves_no_context(self, persistent, async_client):
+        async_client.raise_request_exception = False
+        assert (await async_client.get("/boom/", headers={"x-forwarded-host": H2})).status_code == 500
+        whoami = (await async_client.get("/whoami/", headers={"x-forwarded-host": NOWHERE})).json()
+        assert whoami == {"site": None, "user": None, "claims": None}
+
+    def test_session_scope_is_cleared_when_the_request_ends(self, persistent, client, settings):
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "session"}
+        assert client.get("/count/", HTTP_HOST=H1).content == b"3"
+        assert context_now()["site"] is None
+        from tests.testapp.models import Note
+
+        assert Note.objects.count() == 0
+
+
+def test_signed_contexts_with_signatures_required(live_db, client, settings, signing_keys, admin_conn):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
+    try:
+        for connection in connections.all():
+            connection.close()
+        assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        assert client.get("/notes/atomic/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SHOW django_rls.require_signature")
+            assert cursor.fetchone()[0] == "on"
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+        for connection in connections.all():
+            connection.close()
