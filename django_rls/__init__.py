@@ -17,7 +17,7 @@ EXTENSION_VERSION = "0.1.0"
 __all__ = ["EXTENSION_VERSION", "bypass", "context", "no_context", "protect", "register"]
 
 if TYPE_CHECKING:
-    from django_rls.bypass import bypass
+    from django_rls.maintenance import bypass
     from django_rls.declarations import protect, register
     from django_rls.state import context, no_context
 
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(declarations, name)
     if name == "bypass":
-        from django_rls.bypass import bypass
+        from django_rls.maintenance import bypass
 
         return bypass
     raise AttributeError(f"module 'django_rls' has no attribute {name!r}")

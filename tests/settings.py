@@ -55,7 +55,7 @@ DATABASES = {
     "owner": _database(OWNER_ROLE),
     "bypass": _database(BYPASS_ROLE),
 }
-DATABASE_ROUTERS = ["django_rls.bypass.BypassRouter"]
+DATABASE_ROUTERS = ["django_rls.maintenance.BypassRouter"]
 DJANGO_RLS = {
     "OWNER_DATABASE": "owner",
     "BYPASS_DATABASE": "bypass",

@@ -85,8 +85,8 @@ def user_then_tasks(request: HttpRequest) -> JsonResponse:
 
 
 class DrfTasks(APIView):
-    authentication_classes = [BasicAuthentication]
-    permission_classes = [IsAuthenticated]
+    authentication_classes = (BasicAuthentication,)
+    permission_classes = (IsAuthenticated,)
 
     def get(self, request: Request) -> Response:
         return Response({"tasks": sorted(Task.objects.values_list("title", flat=True))})

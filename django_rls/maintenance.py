@@ -36,7 +36,7 @@ class bypass:
         if alias is None:
             raise ImproperlyConfigured(
                 'django_rls.bypass() needs DJANGO_RLS["BYPASS_DATABASE"]: the alias of a database connection '
-                "whose role has BYPASSRLS (and DATABASE_ROUTERS including django_rls.bypass.BypassRouter)"
+                "whose role has BYPASSRLS (and DATABASE_ROUTERS including django_rls.maintenance.BypassRouter)"
             )
         logger.warning("django_rls bypass entered: %s", self.reason)
         self._token = enter_frame(BypassFrame(self.reason))
