@@ -25,7 +25,7 @@ class DjangoRlsConfig(AppConfig):
 
         connection_created.connect(database.on_connection_created, dispatch_uid="django_rls.install")
         request_finished.connect(_clear_session_context, dispatch_uid="django_rls.clear_session")
-        post_migrate.connect(_apply_after_migrate, sender=self, dispatch_uid="django_rls.apply_after_migrate")
+        post_migrate.connect(_apply_after_migrate, dispatch_uid="django_rls.apply_after_migrate")
         for alias in connections:
             database.install(connections[alias])
 
@@ -44,10 +44,16 @@ def _clear_session_context(**kwargs: Any) -> None:
         clear_session_context()
 
 
-def _apply_after_migrate(using: str, **kwargs: Any) -> None:
+def _apply_after_migrate(sender: AppConfig, using: str, **kwargs: Any) -> None:
+    """post_migrate fires once per app with models; act on the last one, when every table exists."""
+    from django.apps import apps
     from django.core.management import call_command
 
     from django_rls.conf import rls_settings
 
-    if rls_settings.APPLY_AFTER_MIGRATE and using == (rls_settings.OWNER_DATABASE or "default"):
-        call_command("rls_apply", database=using, verbosity=kwargs.get("verbosity", 1))
+    if not rls_settings.APPLY_AFTER_MIGRATE or using != (rls_settings.OWNER_DATABASE or "default"):
+        return
+    with_models = [config for config in apps.get_app_configs() if config.models_module is not None]
+    if with_models and sender is with_models[-1]:
+        options = {"stdout": kwargs["stdout"]} if kwargs.get("stdout") else {}
+        call_command("rls_apply", database=using, verbosity=kwargs.get("verbosity", 1), **options)
