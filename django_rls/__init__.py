@@ -17,8 +17,8 @@ EXTENSION_VERSION = "0.1.0"
 __all__ = ["EXTENSION_VERSION", "bypass", "context", "no_context", "protect", "register"]
 
 if TYPE_CHECKING:
-    from django_rls.maintenance import bypass
     from django_rls.declarations import protect, register
+    from django_rls.maintenance import bypass
     from django_rls.state import context, no_context
 
 

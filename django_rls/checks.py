@@ -69,6 +69,8 @@ def check_declarations(**kwargs: Any) -> list[CheckMessage]:
         declarations = all_declarations()
     except DeclarationError as exc:
         return [Error(str(exc), id="django_rls.E004")]
+    except ImproperlyConfigured:
+        return []  # reported by E001
     messages: list[CheckMessage] = []
     for label, declaration in sorted(declarations.items()):
         try:
@@ -101,7 +103,7 @@ def check_scope(**kwargs: Any) -> list[CheckMessage]:
         return []  # reported by E001
     messages: list[CheckMessage] = []
     for alias in aliases:
-        db = settings.DATABASES.get(alias, {})
+        db = connections.settings[alias] if alias in connections.settings else {}
         if db.get("CONN_MAX_AGE", 0) != 0 or db.get("OPTIONS", {}).get("pool"):
             messages.append(
                 Warning(
@@ -196,7 +198,7 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             """
         )
         owned = cursor.fetchone()[0]
-        if owned:
+        if owned and not is_super:
             messages.append(
                 Error(
                     f"database {alias!r} connects as the owner of protected tables ({owned}); an owner can switch "
@@ -206,9 +208,19 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                 )
             )
         cursor.execute("SELECT object_name, problem, hint FROM rls.problems ORDER BY 1, 2")
+        maintenance_role = _bypass_role()
         for object_name, problem, hint in cursor.fetchall():
+            if object_name == maintenance_role and "BYPASSRLS" in problem:
+                continue  # the role behind django_rls.bypass() is meant to bypass
             messages.append(Warning(f"{object_name}: {problem}", hint=hint, id="django_rls.W003"))
     return messages
+
+
+def _bypass_role() -> str | None:
+    from django_rls.conf import rls_settings
+
+    alias = rls_settings.BYPASS_DATABASE
+    return settings.DATABASES.get(alias, {}).get("USER") if alias else None
 
 
 def _check_drift(alias: str) -> list[CheckMessage]:

@@ -107,7 +107,10 @@ def test_drift_is_reported_and_repaired(restore):
     owner_sql("ALTER POLICY rls_site_select ON testapp_note USING (true)")
     code, diff = exit_code("--check")
     assert code == 1 and "replace testapp_note: policy group 'site'" in diff
-    assert "now:  rls_site_delete: (site_id = rls.site_id()); rls_site_insert: (site_id = rls.site_id()); rls_site_select: true" in diff
+    assert (
+        "now:  rls_site_delete: (site_id = rls.site_id()); rls_site_insert: (site_id = rls.site_id()); rls_site_select: true"
+        in diff
+    )
     run()
     assert exit_code("--check")[0] == 0
 
@@ -182,7 +185,9 @@ def test_refuses_when_the_extension_is_missing(database, extra_alias):
         admin.execute(sql.SQL("CREATE DATABASE django_rls_noext OWNER {}").format(sql.Identifier(OWNER_ROLE)))
     try:
         alias = extra_alias("noext", "django_rls_noext", OWNER_ROLE)
-        with pytest.raises(CommandError, match="extension is not installed in database 'django_rls_noext'.*CREATE EXTENSION"):
+        with pytest.raises(
+            CommandError, match="extension is not installed in database 'django_rls_noext'.*CREATE EXTENSION"
+        ):
             run("--database", alias)
     finally:
         connections["noext"].close()

@@ -1,0 +1,157 @@
+"""Every system check fires on a setup made to trigger it, and stays quiet otherwise."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import pytest
+from django.core import checks
+from django.db import connections
+
+import django_rls
+from django_rls import declarations
+from django_rls.policies import BySite, Declaration
+
+
+def ids(databases: list[str] | None = None) -> list[str]:
+    messages = checks.run_checks(databases=databases)
+    return sorted(m.id for m in messages if m.id and m.id.startswith("django_rls."))
+
+
+def test_quiet_on_a_correct_setup(live_db):
+    assert ids(["default", "owner"]) == []
+
+
+def test_checks_are_registered():
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+    from django.test import override_settings
+
+    with override_settings(MIDDLEWARE=[]), pytest.raises(SystemCheckError, match="django_rls.E002"):
+        call_command("check")
+
+
+def test_e001_bad_settings(settings):
+    settings.DJANGO_RLS = {"SCOPE": "forever"}
+    assert ids() == ["django_rls.E001"]
+
+
+def test_e002_middleware_missing(settings):
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "django_rls" not in m]
+    assert ids() == ["django_rls.E002"]
+
+
+def test_e003_middleware_before_authentication(settings):
+    settings.MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django_rls.middleware.RlsMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ]
+    assert ids() == ["django_rls.E003"]
+
+
+def test_e004_declared_twice(settings):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "MODELS": {"testapp.Note": {"policy": "site"}}}
+    assert ids() == ["django_rls.E004"]
+
+
+def test_e005_unknown_model(monkeypatch):
+    monkeypatch.setitem(declarations._registry, "testapp.Nope", Declaration("testapp.Nope", (BySite(),), origin="here"))
+    assert ids() == ["django_rls.E005"]
+
+
+def test_e006_missing_column(monkeypatch):
+    monkeypatch.setitem(
+        declarations._registry, "testapp.Note", Declaration("testapp.Note", (BySite("tenant"),), origin="here")
+    )
+    assert ids() == ["django_rls.E006"]
+
+
+def test_w001_w002_session_scope_with_reused_connections(settings, monkeypatch):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "session", "DATABASES": ["default"]}
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 60)
+    monkeypatch.setitem(connections.settings["default"], "DISABLE_SERVER_SIDE_CURSORS", True)
+    assert ids() == ["django_rls.W001", "django_rls.W002"]
+
+
+def test_e010_unreachable_database(live_db, settings):
+    connections.settings["broken"] = {**connections.settings["default"], "NAME": "django_rls_does_not_exist"}
+    try:
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["broken"]}
+        assert ids(["broken"]) == ["django_rls.E010"]
+    finally:
+        connections["broken"].close()
+        del connections.settings["broken"]
+
+
+def test_e011_extension_missing(live_db, settings, database):
+    import psycopg
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS django_rls_noext_check")
+        admin.execute("CREATE DATABASE django_rls_noext_check")
+    connections.settings["noext"] = {**connections.settings["default"], "NAME": "django_rls_noext_check"}
+    try:
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["noext"]}
+        assert ids(["noext"]) == ["django_rls.E011"]
+    finally:
+        connections["noext"].close()
+        del connections.settings["noext"]
+        with psycopg.connect(database.admin, autocommit=True) as admin:
+            admin.execute("DROP DATABASE django_rls_noext_check WITH (FORCE)")
+
+
+def test_e012_extension_version(live_db, monkeypatch):
+    monkeypatch.setattr(django_rls, "EXTENSION_VERSION", "9.9.9")
+    assert "django_rls.E012" in ids(["default"])
+
+
+def test_e013_superuser(live_db, settings):
+    server = urlparse(os.environ["DATABASE_URL"])
+    connections.settings["superuser"] = {
+        **connections.settings["default"],
+        "USER": server.username or "postgres",
+        "PASSWORD": server.password or "",
+    }
+    try:
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["superuser"]}
+        assert ids(["superuser"]) == ["django_rls.E013"]
+    finally:
+        connections["superuser"].close()
+        del connections.settings["superuser"]
+
+
+def test_e014_bypassrls(live_db, settings):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["bypass"]}
+    # The test's bypass role is also a member of the owner role, which E015 reports too.
+    assert ids(["bypass"]) == ["django_rls.E014", "django_rls.E015"]
+
+
+def test_e015_owner_of_protected_tables(live_db, settings):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["owner"], "OWNER_DATABASE": None}
+    assert ids(["owner"]) == ["django_rls.E015"]
+
+
+def test_w003_catalog_problem(live_db):
+    with connections["owner"].cursor() as cursor:
+        cursor.execute("CREATE VIEW leaky_notes AS SELECT * FROM testapp_note")
+    try:
+        assert ids(["default"]) == ["django_rls.W003"]
+    finally:
+        with connections["owner"].cursor() as cursor:
+            cursor.execute("DROP VIEW leaky_notes")
+
+
+def test_w004_drift_and_e016_plan_error(live_db, settings):
+    from django.core.management import call_command
+
+    with connections["owner"].cursor() as cursor:
+        cursor.execute("ALTER POLICY rls_site_select ON testapp_note USING (true)")
+    try:
+        assert ids(["owner"]) == ["django_rls.W004"]
+    finally:
+        call_command("rls_apply", verbosity=0)
+    assert ids(["owner"]) == []
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "APP_ROLE": "no_such_role"}
+    assert ids(["owner"]) == ["django_rls.E016"]
