@@ -244,3 +244,27 @@ def statements(admin_conn: psycopg.Connection) -> Callable[[], StatementCounter]
     if not admin_conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
         pytest.skip("pg_stat_statements is not available on this server")
     return lambda: StatementCounter(admin_conn)
+
+
+@pytest.fixture
+def extra_alias(live_db: None) -> Iterator[Callable[..., str]]:
+    """Add a Django database alias at run time (a copy of "owner" with changes); removed afterwards."""
+    from django.db import connections
+
+    added: list[str] = []
+
+    def add(name: str, dbname: str | None = None, user: str | None = None, password: str | None = None) -> str:
+        connections.settings[name] = {
+            **connections.settings["owner"],
+            **({"NAME": dbname} if dbname else {}),
+            **({"USER": user} if user else {}),
+            **({"PASSWORD": password} if password is not None else {}),
+        }
+        added.append(name)
+        return name
+
+    yield add
+    for name in added:
+        connections[name].close()
+        del connections[name]
+        del connections.settings[name]

@@ -28,7 +28,7 @@ def test_checks_are_registered():
     from django.core.management.base import SystemCheckError
     from django.test import override_settings
 
-    with override_settings(MIDDLEWARE=[]), pytest.raises(SystemCheckError, match="django_rls.E002"):
+    with override_settings(MIDDLEWARE=[]), pytest.raises(SystemCheckError, match=r"django_rls\.E002"):
         call_command("check")
 
 
@@ -75,29 +75,24 @@ def test_w001_w002_session_scope_with_reused_connections(settings, monkeypatch):
     assert ids() == ["django_rls.W001", "django_rls.W002"]
 
 
-def test_e010_unreachable_database(live_db, settings):
-    connections.settings["broken"] = {**connections.settings["default"], "NAME": "django_rls_does_not_exist"}
-    try:
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["broken"]}
-        assert ids(["broken"]) == ["django_rls.E010"]
-    finally:
-        connections["broken"].close()
-        del connections.settings["broken"]
+def test_e010_unreachable_database(settings, extra_alias):
+    alias = extra_alias("broken", "django_rls_does_not_exist")
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [alias]}
+    assert ids([alias]) == ["django_rls.E010"]
 
 
-def test_e011_extension_missing(live_db, settings, database):
+def test_e011_extension_missing(settings, database, extra_alias):
     import psycopg
 
     with psycopg.connect(database.admin, autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS django_rls_noext_check")
         admin.execute("CREATE DATABASE django_rls_noext_check")
-    connections.settings["noext"] = {**connections.settings["default"], "NAME": "django_rls_noext_check"}
     try:
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["noext"]}
-        assert ids(["noext"]) == ["django_rls.E011"]
+        alias = extra_alias("noext_check", "django_rls_noext_check")
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [alias]}
+        assert ids([alias]) == ["django_rls.E011"]
     finally:
-        connections["noext"].close()
-        del connections.settings["noext"]
+        connections[alias].close()
         with psycopg.connect(database.admin, autocommit=True) as admin:
             admin.execute("DROP DATABASE django_rls_noext_check WITH (FORCE)")
 
@@ -107,19 +102,11 @@ def test_e012_extension_version(live_db, monkeypatch):
     assert "django_rls.E012" in ids(["default"])
 
 
-def test_e013_superuser(live_db, settings):
+def test_e013_superuser(settings, extra_alias):
     server = urlparse(os.environ["DATABASE_URL"])
-    connections.settings["superuser"] = {
-        **connections.settings["default"],
-        "USER": server.username or "postgres",
-        "PASSWORD": server.password or "",
-    }
-    try:
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["superuser"]}
-        assert ids(["superuser"]) == ["django_rls.E013"]
-    finally:
-        connections["superuser"].close()
-        del connections.settings["superuser"]
+    alias = extra_alias("superuser", user=server.username or "postgres", password=server.password or "")
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [alias]}
+    assert ids([alias]) == ["django_rls.E013"]
 
 
 def test_e014_bypassrls(live_db, settings):
