@@ -36,7 +36,7 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXT
 HARNESS = tests/harness
 VENV ?= .venv
 
-.PHONY: deps test test-sql test-python lint
+.PHONY: deps test test-sql test-python lint demo
 
 # Install the server headers when missing, and the project's virtualenv.
 deps:
@@ -52,6 +52,11 @@ test-sql: installcheck
 
 test-python:
 	$(VENV)/bin/pytest
+
+# Set up the demo on a throwaway cluster and serve it on http://127.0.0.1:8000/ until Ctrl-C.
+demo: deps
+	$(MAKE) install
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python demo/setup.py --serve
 
 lint: deps
 	$(VENV)/bin/ruff check django_rls tests

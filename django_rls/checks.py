@@ -224,11 +224,13 @@ def _bypass_role() -> str | None:
 
 
 def _check_drift(alias: str) -> list[CheckMessage]:
-    from django_rls.planner import PlanError, make_plan
+    from django_rls.planner import PlanError, TablesMissing, make_plan
     from django_rls.policies import DeclarationError
 
     try:
         plan = make_plan(connections[alias])
+    except TablesMissing:
+        return []  # before the first migrate: nothing to compare yet, and migrate must not be blocked
     except (PlanError, DeclarationError) as exc:
         return [Error(str(exc), id="django_rls.E016")]
     if plan.in_sync:

@@ -38,7 +38,7 @@ class bypass:
                 'django_rls.bypass() needs DJANGO_RLS["BYPASS_DATABASE"]: the alias of a database connection '
                 "whose role has BYPASSRLS (and DATABASE_ROUTERS including django_rls.maintenance.BypassRouter)"
             )
-        logger.warning("django_rls bypass entered: %s", self.reason)
+        logger.info("django_rls bypass entered: %s", self.reason)
         self._token = enter_frame(BypassFrame(self.reason))
         return alias
 

@@ -21,12 +21,16 @@ from django_rls.policies import Group
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 FORBIDDEN_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
-CONTEXT_FUNCTIONS = ("rls.set_context(text, text, jsonb, boolean)", "rls.set_context_signed(text, boolean)")
 POLICY_NAME = r"^rls_(.+)_(select|insert|update|delete)$"
+MIGRATIONS_TABLE = "django_migrations"
 
 
 class PlanError(Exception):
     """The database cannot be brought in line; the message says why and what to do."""
+
+
+class TablesMissing(PlanError):
+    """Declared tables do not exist yet: migrate has not run."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:
         elif not mine and not i_am_super:
             not_mine.append(table)
     if missing:
-        raise PlanError(f"protected tables do not exist yet: {', '.join(sorted(missing))}; run migrate first")
+        raise TablesMissing(f"protected tables do not exist yet: {', '.join(sorted(missing))}; run migrate first")
     if app_owned:
         raise PlanError(
             f"the application role {role!r} owns {', '.join(sorted(app_owned))}, so it could switch row level "
@@ -227,6 +231,21 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[str, list[Group]], rol
 
 def _plan_grants(cursor: Any, plan: Plan, role: str) -> None:
     tables = sorted({m._meta.db_table for m in _managed_tables()})
+    # runserver and showmigrations read the migration history; only migrate (as the owner) writes it.
+    cursor.execute(
+        """
+        SELECT has_table_privilege(%s, c.oid, 'SELECT') FROM pg_class c
+         WHERE c.oid = to_regclass(quote_ident(%s))
+        """,
+        [role, MIGRATIONS_TABLE],
+    )
+    row = cursor.fetchone()
+    if row is not None and not row[0]:
+        plan.steps.append(
+            Step(
+                f"grant SELECT on {MIGRATIONS_TABLE} to {role}", f"GRANT SELECT ON {MIGRATIONS_TABLE} TO {_quote(role)}"
+            )
+        )
     cursor.execute(
         """
         SELECT t, p, has_table_privilege(%s, c.oid, p)
@@ -274,19 +293,6 @@ def _plan_grants(cursor: Any, plan: Plan, role: str) -> None:
         plan.steps.append(
             Step(
                 f"grant USAGE on sequence {sequence} to {role}", f"GRANT USAGE ON SEQUENCE {sequence} TO {_quote(role)}"
-            )
-        )
-
-    cursor.execute(
-        "SELECT f FROM unnest(%s::text[]) AS f WHERE NOT has_function_privilege(%s, f::regprocedure, 'EXECUTE')",
-        [list(CONTEXT_FUNCTIONS), role],
-    )
-    missing = [f for (f,) in cursor.fetchall()]
-    if missing:
-        plan.steps.append(
-            Step(
-                f"grant EXECUTE on {', '.join(missing)} to {role}",
-                f"GRANT EXECUTE ON FUNCTION {', '.join(missing)} TO {_quote(role)}",
             )
         )
 

@@ -79,11 +79,6 @@ def database() -> Iterator[Database]:
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
-        conn.execute(
-            sql.SQL("GRANT EXECUTE ON FUNCTION rls.set_context, rls.set_context_signed TO {}").format(
-                sql.Identifier(APP_ROLE)
-            )
-        )
 
     db = Database(
         admin=admin,

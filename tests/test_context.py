@@ -124,6 +124,7 @@ def test_unsaved_instance_is_refused():
 
 @pytest.mark.django_db(databases=["default", "bypass"])
 def test_bypass_uses_the_bypass_role_and_says_why(caplog):
+    caplog.set_level("INFO", logger="django_rls.bypass")
     with django_rls.bypass("test: count every note"):
         assert Note.objects.count() == 6
         assert Note.objects.db == "bypass"

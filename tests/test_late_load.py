@@ -23,7 +23,6 @@ def plain_cluster() -> Iterator[Cluster]:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute("CREATE ROLE late_app LOGIN")
             conn.execute("CREATE EXTENSION django_rls")
-            conn.execute("GRANT EXECUTE ON FUNCTION rls.set_context, rls.set_context_signed TO late_app")
             conn.execute("CREATE TABLE t (site_id int)")
             conn.execute("INSERT INTO t SELECT s FROM generate_series(1, 5) s")
             conn.execute("GRANT SELECT ON t TO late_app")

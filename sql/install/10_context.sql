@@ -17,9 +17,9 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION rls.set_context_signed(text, boolean) IS
 'Set the request context from a single-use token signed with a key from django_rls.signing_key_file (format: docs/security.md).';
 
--- Only roles that are meant to act for a request may set a context.
-REVOKE ALL ON FUNCTION rls.set_context(text, text, jsonb, boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION rls.set_context_signed(text, boolean) FROM PUBLIC;
+-- Any role may call the setters: a context only matters to roles that policies
+-- apply to, and django_rls.require_signature is what stops a role from
+-- choosing its own context.
 
 CREATE FUNCTION rls.clear_context()
 RETURNS void

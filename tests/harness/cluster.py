@@ -19,6 +19,7 @@ import argparse
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,17 +175,29 @@ def env_from_url(url: str) -> dict[str, str]:
     return env
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(command: list[str]) -> int:
     if os.environ.get("DATABASE_URL"):
         print(f"cluster.py: using DATABASE_URL ({urlparse(os.environ['DATABASE_URL']).hostname})", file=sys.stderr)
         return subprocess.call(command, env={**os.environ, **env_from_url(os.environ["DATABASE_URL"])})
 
     cluster = Cluster()
+    # A SIGTERM (from timeout, CI or a process manager) must still stop the cluster.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     try:
         cluster.init()
         cluster.start()
         print(f"cluster.py: throwaway cluster on 127.0.0.1:{cluster.port} in {cluster.base_dir}", file=sys.stderr)
-        status = subprocess.call(command, env={**os.environ, **cluster.env})
+        child = subprocess.Popen(command, env={**os.environ, **cluster.env})
+        try:
+            status = child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            status = child.wait()
         if status != 0:
             print(
                 f"cluster.py: command failed ({status}); last server log lines:\n{cluster.log_tail()}", file=sys.stderr

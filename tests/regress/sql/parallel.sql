@@ -9,7 +9,6 @@ RESET client_min_messages;
 
 CREATE EXTENSION django_rls;
 CREATE ROLE regress_rls_app LOGIN;
-GRANT EXECUTE ON FUNCTION rls.set_context TO regress_rls_app;
 CREATE SCHEMA regress_rls;
 GRANT USAGE ON SCHEMA regress_rls TO regress_rls_app;
 CREATE TABLE regress_rls.events (id int, site_id int, payload text);

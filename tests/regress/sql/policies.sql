@@ -12,7 +12,6 @@ CREATE EXTENSION django_rls;
 CREATE ROLE regress_rls_owner;
 CREATE ROLE regress_rls_app LOGIN;
 CREATE ROLE regress_rls_bypass LOGIN BYPASSRLS;
-GRANT EXECUTE ON FUNCTION rls.set_context TO regress_rls_app;
 CREATE SCHEMA regress_rls AUTHORIZATION regress_rls_owner;
 GRANT USAGE ON SCHEMA regress_rls TO regress_rls_app, regress_rls_bypass;
 
