@@ -148,3 +148,33 @@ def test_bypass_needs_a_reason_and_a_database(settings):
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "BYPASS_DATABASE": None}
     with pytest.raises(ImproperlyConfigured, match="BYPASS_DATABASE"), django_rls.bypass("x"):
         pass
+
+
+def test_savepoint_rollback_never_leaves_the_wrong_context(live_db):
+    """ROLLBACK TO SAVEPOINT restores the context the savepoint saw; the next query must still get the right one."""
+    from django.db import transaction
+
+    with transaction.atomic(), django_rls.context(site=1):
+        assert sites() == {1}
+        with django_rls.context(site=2):
+            with pytest.raises(RuntimeError), transaction.atomic():
+                assert sites() == {2}
+                raise RuntimeError  # rolls back to the savepoint, where the database context was site 1
+            assert sites() == {2}
+        assert sites() == {1}
+        with pytest.raises(RuntimeError), transaction.atomic(), django_rls.context(site=2):
+            assert sites() == {2}
+            raise RuntimeError
+        assert sites() == {1}
+    assert sites() == set()
+
+
+def test_context_change_inside_one_transaction(live_db):
+    from django.db import transaction
+
+    with transaction.atomic():
+        with django_rls.context(site=2):
+            assert sites() == {2}
+        assert sites() == set()  # the transaction continues, the context does not
+        with django_rls.context(site=1):
+            assert sites() == {1}
