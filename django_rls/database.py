@@ -107,7 +107,7 @@ class ContextWrapper:
 
         # ROLLBACK TO SAVEPOINT restores whatever context the savepoint saw,
         # which may not be the one recorded here: forget it, re-send if needed.
-        if sql[:8].upper() == "ROLLBACK":
+        if isinstance(sql, str) and sql[:8].upper() == "ROLLBACK":
             setattr(connection, _APPLIED, None)
         return result
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.apps import apps
-from django.core.exceptions import FieldDoesNotExist
+from django.core.exceptions import FieldDoesNotExist, FieldError
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
@@ -294,8 +294,14 @@ def compile_condition(model: type[models.Model], condition: Q | str, connection:
     if not isinstance(condition, Q):
         raise DeclarationError(f"a policy condition must be a Q object or SQL text, not {type(condition).__name__}")
     query = Query(model)
-    where = query.build_where(condition)
-    if sum(1 for count in query.alias_refcount.values() if count) > 1:
+    joined = False
+    try:
+        where = query.build_where(condition)
+    except FieldError as exc:
+        joined = "Joined field" in str(exc)
+        if not joined:
+            raise DeclarationError(f"the condition {condition!r} on {model._meta.label}: {exc}") from None
+    if joined or sum(1 for count in query.alias_refcount.values() if count) > 1:
         raise DeclarationError(
             f"the condition {condition!r} on {model._meta.label} follows a relation; policies can only use the "
             "table's own columns (use ThroughParent, or SQL text with an EXISTS subquery)"
