@@ -27,6 +27,8 @@ PG_FUNCTION_INFO_V1(rls_site_id);
 PG_FUNCTION_INFO_V1(rls_user_id);
 PG_FUNCTION_INFO_V1(rls_site_uuid);
 PG_FUNCTION_INFO_V1(rls_user_uuid);
+PG_FUNCTION_INFO_V1(rls_site_id_lenient);
+PG_FUNCTION_INFO_V1(rls_site_uuid_lenient);
 PG_FUNCTION_INFO_V1(rls_claim);
 PG_FUNCTION_INFO_V1(rls_context);
 
@@ -115,6 +117,31 @@ Datum
 rls_user_uuid(PG_FUNCTION_ARGS)
 {
 	return IdAsUuid(&rls_current_user, "user", "rls.user_id()", fcinfo);
+}
+
+/*
+ * The same values, but NULL instead of an error when the identifier has the
+ * other type: for policies over tables that hold both kinds, such as the
+ * audit log.
+ */
+Datum
+rls_site_id_lenient(PG_FUNCTION_ARGS)
+{
+	if (rls_current_site.kind != RLS_ID_INT)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(rls_current_site.int_value);
+}
+
+Datum
+rls_site_uuid_lenient(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *result;
+
+	if (rls_current_site.kind != RLS_ID_UUID)
+		PG_RETURN_NULL();
+	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+	*result = rls_current_site.uuid_value;
+	PG_RETURN_UUID_P(result);
 }
 
 /* The current claims as jsonb, or NULL when none are set. */

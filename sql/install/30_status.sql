@@ -30,7 +30,7 @@ WITH protected AS (
            c.relrowsecurity, c.relforcerowsecurity
       FROM pg_catalog.pg_class c
      WHERE c.relkind IN ('r', 'p')
-       AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+       AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'rls_audit'::regnamespace)
        AND (c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid))
 ),
 policy_roles AS (
@@ -151,7 +151,7 @@ SELECT c.oid::regclass AS table_name,
                    FROM rls.problems pr WHERE pr.table_name = c.oid), '{}') AS problems
   FROM pg_catalog.pg_class c
  WHERE c.relkind IN ('r', 'p')
-   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'rls_audit'::regnamespace)
    AND (c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid));
 COMMENT ON VIEW rls.status IS
 'Every table under row level security, its policies and the problems rls.problems found for it.';
