@@ -50,17 +50,36 @@ def _add(label: str, declaration: Declaration) -> None:
     _registry[label] = declaration
 
 
-def protect(*model_policies: Policy, audit: bool = False, audit_exclude: tuple[str, ...] = ()) -> Callable[[M], M]:
-    """Class decorator: protect this model with these policies (combined with AND)."""
+def protect(
+    *model_policies: Policy,
+    audit: bool = False,
+    audit_exclude: tuple[str, ...] = (),
+    audit_mask: tuple[str, ...] = (),
+) -> Callable[[M], M]:
+    """Class decorator: protect this model with these policies (combined with AND).
+
+    ``audit=True`` records every write in the audit trail (``rls_apply`` switches it
+    on); ``audit_exclude`` fields never reach it, ``audit_mask`` fields are logged as
+    changed without their values. Audited models get an ``audit_history()`` method.
+    """
     chosen = as_policies(model_policies)
     origin = _caller()
 
     def decorate(model: M) -> M:
         label = model._meta.label
-        _add(label, Declaration(label, chosen, audit, tuple(audit_exclude), origin))
+        _add(label, Declaration(label, chosen, audit, tuple(audit_exclude), tuple(audit_mask), origin))
+        if audit and not hasattr(model, "audit_history"):
+            model.audit_history = _audit_history  # type: ignore[attr-defined]
         return model
 
     return decorate
+
+
+def _audit_history(self: models.Model) -> Any:
+    """This row's audit trail, oldest first, as far as the current context may see it."""
+    from django_rls.models import AuditEntry
+
+    return AuditEntry.objects.using(self._state.db or "default").for_object(self)
 
 
 def register(
@@ -68,12 +87,19 @@ def register(
     *model_policies: Policy,
     audit: bool = False,
     audit_exclude: tuple[str, ...] = (),
+    audit_mask: tuple[str, ...] = (),
 ) -> None:
-    """Protect a model you cannot edit: ``register("app_label.Model", BySite("site"))``."""
+    """Protect a model you cannot edit: ``register("app_label.Model", BySite("site"))``.
+
+    Its audit trail is ``AuditEntry.objects.for_object(obj)``.
+    """
     label = model if isinstance(model, str) else model._meta.label
     if isinstance(model, str) and model.count(".") != 1:
         raise DeclarationError(f'register() takes "app_label.ModelName", not {model!r}')
-    _add(label, Declaration(label, as_policies(model_policies), audit, tuple(audit_exclude), _caller()))
+    _add(
+        label,
+        Declaration(label, as_policies(model_policies), audit, tuple(audit_exclude), tuple(audit_mask), _caller()),
+    )
 
 
 def _from_settings(label: str, spec: Any) -> Declaration:
@@ -83,6 +109,7 @@ def _from_settings(label: str, spec: Any) -> Declaration:
     kind = options.pop("policy")
     audit = bool(options.pop("audit", False))
     audit_exclude = tuple(options.pop("audit_exclude", ()))
+    audit_mask = tuple(options.pop("audit_mask", ()))
     factory = SETTINGS_POLICIES.get(kind)
     if factory is None:
         raise DeclarationError(
@@ -93,7 +120,7 @@ def _from_settings(label: str, spec: Any) -> Declaration:
         policy = factory(*fields, **options) if fields is not None else factory(**options)
     except TypeError as exc:
         raise DeclarationError(f'DJANGO_RLS["MODELS"][{label!r}]: {exc}') from None
-    return Declaration(label, (policy,), audit, audit_exclude, "settings.DJANGO_RLS")
+    return Declaration(label, (policy,), audit, audit_exclude, audit_mask, "settings.DJANGO_RLS")
 
 
 def all_declarations() -> dict[str, Declaration]:

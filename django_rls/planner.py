@@ -104,8 +104,55 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
     with connection.cursor() as cursor:
         _check_roles(cursor, role, list(desired))
         _plan_policies(cursor, plan, desired, role, prune)
+        _plan_audit(cursor, plan, prune)
         _plan_grants(cursor, plan, role)
     return plan
+
+
+def _plan_audit(cursor: Any, plan: Plan, prune: bool) -> None:
+    """Switch the audit trail on, off or to new options, per the declarations' audit flags."""
+    wanted: dict[str, tuple[list[str], list[str]]] = {}
+    for declaration in all_declarations().values():
+        if declaration.audit:
+            wanted[declaration.model_class()._meta.db_table] = declaration.audit_columns()
+    cursor.execute(
+        """
+        SELECT c.relname, a.excluded_columns, a.masked_columns, a.operations,
+               cardinality(s.missing_triggers) > 0
+          FROM rls_audit.audited_tables a
+          JOIN pg_class c ON c.oid = a.table_oid
+          JOIN rls_audit.status s ON s.table_name = a.table_oid::regclass
+         WHERE pg_table_is_visible(c.oid)
+        """
+    )
+    current = {
+        table: (sorted(excluded), sorted(masked), sorted(ops), broken)
+        for table, excluded, masked, ops, broken in cursor.fetchall()
+    }
+    all_operations = sorted(["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
+    for table, (excluded, masked) in sorted(wanted.items()):
+        if current.get(table) == (excluded, masked, all_operations, False):
+            continue
+        detail = f"excluding {', '.join(excluded) or 'nothing'}, masking {', '.join(masked) or 'nothing'}"
+        verb = "change the audit options of" if table in current else "audit"
+        plan.steps.append(
+            Step(
+                f"{verb} {table} ({detail})",
+                "SELECT rls_audit.enable(%s::regclass, %s::text[], %s::text[])",
+                (table, excluded, masked),
+            )
+        )
+    for table in sorted(set(current) - set(wanted)):
+        if prune:
+            plan.steps.append(
+                Step(
+                    f"stop auditing {table} (no declaration wants it)",
+                    "SELECT rls_audit.disable(%s::regclass)",
+                    (table,),
+                )
+            )
+        else:
+            plan.left_alone.append(f"{table}: audited though no declaration asks for it (use --prune to stop)")
 
 
 def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:

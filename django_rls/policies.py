@@ -321,6 +321,7 @@ class Declaration:
     policies: tuple[Policy, ...]
     audit: bool = False
     audit_exclude: tuple[str, ...] = ()
+    audit_mask: tuple[str, ...] = ()
     origin: str = field(default="", compare=False)
 
     def model_class(self) -> type[models.Model]:
@@ -328,6 +329,14 @@ class Declaration:
 
     def key_fields(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(name for policy in self.policies for name in policy.key_fields()))
+
+    def audit_columns(self) -> tuple[list[str], list[str]]:
+        """The database columns to exclude from and to mask in the audit trail."""
+        model = self.model_class()
+        return (
+            sorted(_field(model, name).column for name in self.audit_exclude),
+            sorted(_field(model, name).column for name in self.audit_mask),
+        )
 
     def groups(self, connection: BaseDatabaseWrapper) -> list[Group]:
         model = self.model_class()

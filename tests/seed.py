@@ -27,6 +27,7 @@ def seed() -> None:
     alice = User.objects.db_manager(DB).create_user("alice", password="alice")
     bob = User.objects.db_manager(DB).create_user("bob", password="bob")
     carol = User.objects.db_manager(DB).create_user("carol", password="carol")
+    User.objects.db_manager(DB).create_superuser("admin", password="admin")  # a Django admin, not a database superuser
 
     for site in (site1, site2):
         for i in range(3):

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from django.contrib import admin
 from django.urls import path
 
 from tests import views
 
 urlpatterns = [
+    path("admin/", admin.site.urls),
     path("nodb/", views.nodb),
     path("notes/", views.notes),
     path("notes/raw/", views.notes_raw),

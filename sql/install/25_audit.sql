@@ -44,17 +44,34 @@ COMMENT ON COLUMN rls_audit.log.row_key IS 'The primary key of the changed row a
 COMMENT ON COLUMN rls_audit.log.old_values IS 'DELETE: the row; UPDATE: the changed columns before; without excluded and masked columns.';
 COMMENT ON COLUMN rls_audit.log.new_values IS 'INSERT: the row; UPDATE: the changed columns after; without excluded and masked columns.';
 COMMENT ON COLUMN rls_audit.log.changed_columns IS 'UPDATE: every changed column, masked ones included.';
+COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name; it survives a dump and restore, the oid does not.';
 COMMENT ON COLUMN rls_audit.log.db_role IS 'The database role that ran the statement (outside any SECURITY DEFINER function).';
 
 CREATE TABLE rls_audit.log_default PARTITION OF rls_audit.log DEFAULT;
 COMMENT ON TABLE rls_audit.log_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
 
-CREATE INDEX ON rls_audit.log (table_oid, row_key, id);
-CREATE INDEX ON rls_audit.log (site_id, logged_at) WHERE site_id IS NOT NULL;
-CREATE INDEX ON rls_audit.log (site_uuid, logged_at) WHERE site_uuid IS NOT NULL;
-CREATE INDEX ON rls_audit.log (user_id, logged_at) WHERE user_id IS NOT NULL;
-CREATE INDEX ON rls_audit.log (user_uuid, logged_at) WHERE user_uuid IS NOT NULL;
-CREATE INDEX ON rls_audit.log USING brin (logged_at);
+-- Indexes live on each partition, not on the partitioned parent: a parent index
+-- would make ATTACH PARTITION create same-named partition indexes while
+-- pg_restore replays a dump, and the restore would fail on the duplicates.
+CREATE FUNCTION rls_audit._index_partition(part regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- history of a row; what a site did when; what a user did when; time ranges
+    EXECUTE format('CREATE INDEX ON %s (table_name, row_key)', part);
+    EXECUTE format('CREATE INDEX ON %s (site_id, logged_at) WHERE site_id IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (site_uuid, logged_at) WHERE site_uuid IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (user_id, logged_at) WHERE user_id IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (user_uuid, logged_at) WHERE user_uuid IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s USING brin (logged_at)', part);
+END
+$$;
+COMMENT ON FUNCTION rls_audit._index_partition(regclass) IS
+'Internal: the indexes every partition of rls_audit.log carries.';
+REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
+SELECT rls_audit._index_partition('rls_audit.log_default');
 
 -- Readers see only the current site's trail; nobody but the owner writes.
 CREATE FUNCTION rls._site_id_lenient()
@@ -80,7 +97,7 @@ SELECT pg_catalog.pg_extension_config_dump('rls_audit.log', '');
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.log_default', '');
 
 CREATE TABLE rls_audit.audited_tables (
-    table_oid oid PRIMARY KEY,
+    table_oid regclass PRIMARY KEY,  -- regclass, not oid: a dump stores the name, so a restore finds the table
     excluded_columns text[] NOT NULL DEFAULT '{}',
     masked_columns text[] NOT NULL DEFAULT '{}',
     operations text[] NOT NULL DEFAULT '{INSERT,UPDATE,DELETE,TRUNCATE}'
@@ -322,13 +339,21 @@ $$;
 COMMENT ON FUNCTION rls_audit.disable(regclass) IS
 'Stop auditing a table; its trail stays. Only the table''s owner may call it.';
 
+CREATE FUNCTION rls_audit.table_name(tbl regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT tbl::text $$;
+COMMENT ON FUNCTION rls_audit.table_name(regclass) IS
+'A table''s name as rls_audit.log.table_name records it (always schema-qualified).';
+
 CREATE FUNCTION rls_audit.history(tbl regclass, row_key text)
 RETURNS SETOF rls_audit.log
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT * FROM rls_audit.log l
-     WHERE l.table_oid = tbl AND l.row_key = history.row_key
+     WHERE l.table_name = tbl::text AND l.row_key = history.row_key
      ORDER BY l.id
 $$;
 COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
@@ -366,6 +391,7 @@ BEGIN
                 EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)',
                                name, month, month + interval '1 month');
             END IF;
+            PERFORM rls_audit._index_partition(format('rls_audit.%I', name)::regclass);
             created := created + 1;
         END IF;
     END LOOP;
@@ -408,7 +434,10 @@ REVOKE ALL ON FUNCTION rls_audit.ensure_partitions(integer), rls_audit.drop_part
 -- Guard: audit triggers change only through rls_audit.enable() / disable()
 -------------------------------------------------------------------------------
 
-CREATE FUNCTION rls_audit._guard_triggers()
+-- DDL that touched a table or trigger: its audit triggers must still be enabled
+-- ALWAYS and call rls_audit.capture().  Missing triggers are not checked here,
+-- because pg_restore creates triggers after the registrations.
+CREATE FUNCTION rls_audit._guard_ddl()
 RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -416,30 +445,56 @@ AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT t.table_oid::regclass AS tbl, op INTO bad
-      FROM rls_audit.audited_tables t, unnest(t.operations) op
-     WHERE NOT EXISTS (SELECT FROM pg_trigger g
-                        WHERE g.tgrelid = t.table_oid AND g.tgname = 'rls_audit_' || lower(op) AND g.tgenabled = 'A'
-                          AND g.tgfoid = 'rls_audit.capture'::regproc)
-       AND EXISTS (SELECT FROM pg_class WHERE oid = t.table_oid)
+    SELECT g.tgrelid::regclass AS tbl, g.tgname INTO bad
+      FROM pg_event_trigger_ddl_commands() c
+      JOIN pg_trigger g ON (c.classid = 'pg_class'::regclass AND g.tgrelid = c.objid)
+                        OR (c.classid = 'pg_trigger'::regclass AND g.oid = c.objid)
+      JOIN rls_audit.audited_tables a ON a.table_oid = g.tgrelid
+     WHERE g.tgname LIKE 'rls\_audit\_%'
+       AND (g.tgfoid <> 'rls_audit.capture'::regproc
+            -- a new trigger starts as ENABLE ORIGIN; pg_restore makes it ALWAYS right after
+            OR (g.tgenabled <> 'A' AND c.command_tag = 'ALTER TABLE'))
      LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'the % audit trigger of % must stay as rls_audit.enable() made it', bad.op, bad.tbl
+        RAISE EXCEPTION 'audit trigger % of % must stay as rls_audit.enable() made it', bad.tgname, bad.tbl
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Audit triggers change only through rls_audit.enable() and rls_audit.disable(), which the table owner may call.';
     END IF;
-    -- A dropped table takes its registration with it.
-    DELETE FROM rls_audit.audited_tables t WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = t.table_oid);
 END
 $$;
-COMMENT ON FUNCTION rls_audit._guard_triggers() IS
-'Internal: refuse any DDL that leaves an audited table without its enabled audit triggers.';
+COMMENT ON FUNCTION rls_audit._guard_ddl() IS
+'Internal: refuse DDL that disables an audit trigger or points it at another function.';
+
+-- Anything dropped: an audited table that still exists must keep every audit trigger.
+CREATE FUNCTION rls_audit._guard_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad record;
+BEGIN
+    -- A dropped table takes its registration with it.
+    DELETE FROM rls_audit.audited_tables t WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = t.table_oid);
+    SELECT t.table_oid AS tbl, op INTO bad
+      FROM rls_audit.audited_tables t, unnest(t.operations) op
+     WHERE NOT EXISTS (SELECT FROM pg_trigger g WHERE g.tgrelid = t.table_oid AND g.tgname = 'rls_audit_' || lower(op))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the % audit trigger of % cannot be dropped while the table is audited', bad.op, bad.tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Call rls_audit.disable() (as the table owner) to stop auditing the table.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION rls_audit._guard_drop() IS
+'Internal: refuse to drop the audit triggers of a table that is still audited.';
 
 CREATE EVENT TRIGGER rls_audit_guard ON ddl_command_end
-    WHEN TAG IN ('ALTER TABLE', 'DROP TRIGGER', 'CREATE TRIGGER')
-    EXECUTE FUNCTION rls_audit._guard_triggers();
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TRIGGER')
+    EXECUTE FUNCTION rls_audit._guard_ddl();
 CREATE EVENT TRIGGER rls_audit_guard_drop ON sql_drop
-    EXECUTE FUNCTION rls_audit._guard_triggers();
+    EXECUTE FUNCTION rls_audit._guard_drop();
 
 CREATE VIEW rls_audit.status AS
 SELECT t.table_oid::regclass AS table_name, t.operations, t.excluded_columns, t.masked_columns,

@@ -22,7 +22,7 @@ from django_rls.policies import (
 )
 
 
-@django_rls.protect(BySite("site"))
+@django_rls.protect(BySite("site"), audit=True)
 class Note(models.Model):
     site = models.ForeignKey(Site, on_delete=models.CASCADE)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
@@ -43,7 +43,7 @@ class Tenant(models.Model):
     name = models.CharField(max_length=50)
 
 
-@django_rls.protect(BySiteAndOwner("tenant", "owner_uuid"))
+@django_rls.protect(BySiteAndOwner("tenant", "owner_uuid"), audit=True, audit_mask=("body",))
 class TenantDoc(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE)

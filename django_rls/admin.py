@@ -1,0 +1,76 @@
+"""A read-only audit browser for the Django admin, and a mixin that links any model admin to it.
+
+It queries as the application role, inside the admin request's django_rls
+context, so every admin sees only the current site's trail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from django_rls.models import AuditEntry
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("logged_at", "operation", "table_name", "row_key", "changed", "site", "user", "db_role")
+    list_filter = ("operation", "table_name", "site_id", "user_id", "db_role", ("logged_at", admin.DateFieldListFilter))
+    search_fields = ("row_key", "table_name")
+    date_hierarchy = "logged_at"
+    ordering = ("-id",)
+    list_per_page = 50
+    show_full_result_count = False  # counting a large trail is slow; the paginator does not need it
+    change_form_template = "admin/django_rls/auditentry/change_form.html"
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    @admin.display(description="changed columns")
+    def changed(self, entry: AuditEntry) -> str:
+        return ", ".join(entry.changed_columns or [])
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        return {}
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        entry = context.get("original")
+        if entry is not None:
+            context["changes"] = entry.changes()
+        return super().render_change_form(request, context, *args, **kwargs)
+
+
+class AuditHistoryMixin:
+    """Add to a ModelAdmin of an audited model: its history page shows the object's audit trail."""
+
+    object_history_template = "admin/django_rls/auditentry/object_history.html"
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().history_view(request, object_id, extra_context)  # type: ignore[misc]
+        if isinstance(response, TemplateResponse) and "object" in (response.context_data or {}):
+            obj = response.context_data["object"]
+            entries = AuditEntry.objects.for_object(obj).order_by("id")
+            response.context_data["audit_entries"] = [
+                (
+                    entry,
+                    format_html(
+                        '<a href="{}">{}</a>', reverse("admin:django_rls_auditentry_change", args=[entry.pk]), entry.pk
+                    ),
+                )
+                for entry in entries
+            ]
+        return response

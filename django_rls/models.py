@@ -1,0 +1,85 @@
+"""A read-only model over the audit trail (rls_audit.log), which the extension owns and writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def for_object(self, obj: models.Model) -> AuditEntryQuerySet:
+        """Every change of one row, oldest first (as far as the current context may see)."""
+        return self.for_model(type(obj)).filter(row_key=str(obj.pk)).order_by("id")
+
+    def for_model(self, model: type[models.Model]) -> AuditEntryQuerySet:
+        return self.filter(
+            table_name=models.expressions.RawSQL("rls_audit.table_name(%s::regclass)", [model._meta.db_table])
+        )
+
+
+class AuditEntry(models.Model):
+    """One changed row of an audited table, with the django_rls context that changed it.
+
+    Rows are written only by the database's audit triggers; this model cannot save or delete.
+    Reading it as the application role shows only the current site's trail.
+    """
+
+    OPERATIONS = [(op, op.title()) for op in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]
+    MASKED = "(masked)"
+
+    id = models.BigIntegerField(primary_key=True)
+    logged_at = models.DateTimeField(help_text="When the statement started.")
+    xact_started_at = models.DateTimeField(help_text="When the transaction started.")
+    xact_id = models.TextField(help_text="Transaction id (xid8).")
+    table_oid = models.PositiveIntegerField()
+    table_name = models.TextField()
+    operation = models.TextField(choices=OPERATIONS)
+    row_key = models.TextField(null=True, help_text="The row's primary key (JSON for composite keys).")
+    old_values = models.JSONField(null=True)
+    new_values = models.JSONField(null=True)
+    changed_columns = ArrayField(models.TextField(), null=True)
+    site_id = models.BigIntegerField(null=True)
+    site_uuid = models.UUIDField(null=True)
+    user_id = models.BigIntegerField(null=True)
+    user_uuid = models.UUIDField(null=True)
+    claims = models.JSONField(null=True)
+    db_role = models.TextField()
+    application_name = models.TextField(null=True)
+    client_addr = models.GenericIPAddressField(null=True)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        managed = False
+        db_table = 'rls_audit"."log'
+        ordering = ("-id",)
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit trail"
+        default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.table_name} {self.row_key} at {self.logged_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def site(self) -> Any:
+        return self.site_id if self.site_id is not None else self.site_uuid
+
+    @property
+    def user(self) -> Any:
+        return self.user_id if self.user_id is not None else self.user_uuid
+
+    def changes(self) -> list[tuple[str, Any, Any]]:
+        """(column, old, new) for each changed column; masked columns show MASKED on both sides."""
+        old, new = self.old_values or {}, self.new_values or {}
+        columns = self.changed_columns or list(dict.fromkeys([*old, *new]))
+        return [(c, old.get(c), new.get(c)) if c in old or c in new else (c, self.MASKED, self.MASKED) for c in columns]
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("the audit trail is written only by the database's audit triggers")
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "audit entries cannot be deleted; retention drops whole months (rls_audit.drop_partitions_before)"
+        )

@@ -1,0 +1,243 @@
+"""The audit trail from Django: every kind of write is logged with its context; the app role reads its site's trail."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+
+import psycopg
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.db import connection
+from psycopg import sql
+
+import django_rls
+from django_rls import declarations
+from django_rls.models import AuditEntry
+from django_rls.policies import BySite, Declaration
+from tests.harness.cluster import BINDIR
+from tests.seed import OWNER_A, TENANT_A
+from tests.testapp.models import Note, TenantDoc
+
+H1 = "megacorp1.test"
+
+
+def entries_since(last_id: int) -> list[AuditEntry]:
+    return list(AuditEntry.objects.filter(id__gt=last_id).order_by("id"))
+
+
+def last_id() -> int:
+    with django_rls.bypass("test: newest audit id"):
+        return AuditEntry.objects.using("bypass").order_by("-id").values_list("id", flat=True).first() or 0
+
+
+@pytest.fixture
+def alice() -> User:
+    return User.objects.get(username="alice")
+
+
+@pytest.fixture
+def cleanup_notes(live_db: None):
+    """Tests that commit notes remove them afterwards, so other tests keep their three notes per site."""
+    with django_rls.bypass("test: newest note"):
+        newest = Note.objects.order_by("-id").values_list("id", flat=True).first()
+    yield
+    with django_rls.bypass("test: remove the notes this test committed"):
+        Note.objects.filter(id__gt=newest).delete()
+
+
+@pytest.mark.django_db(databases=["default", "bypass"])
+def test_orm_writes_are_logged_with_the_context(alice):
+    start = last_id()
+    with django_rls.context(site=1, user=alice, claims={"request": "r1"}):
+        note = Note.objects.create(site_id=1, author=alice, body="first")
+        note.body = "second"
+        note.save()
+        note.save()  # no change: nothing logged
+        Note.objects.filter(pk=note.pk).update(body="third")
+        Note.objects.bulk_create([Note(site_id=1, body="bulk a"), Note(site_id=1, body="bulk b")])
+        note.delete()
+        entries = entries_since(start)
+    assert [(e.operation, e.changed_columns) for e in entries] == [
+        ("INSERT", None),
+        ("UPDATE", ["body"]),
+        ("UPDATE", ["body"]),
+        ("INSERT", None),
+        ("INSERT", None),
+        ("DELETE", None),
+    ]
+    assert {(e.site_id, e.user_id, e.db_role) for e in entries} == {(1, alice.pk, "rls_test_app")}
+    assert entries[0].claims == {"request": "r1"}
+    assert entries[1].old_values == {"body": "first"} and entries[1].new_values == {"body": "second"}
+    assert entries[0].new_values["body"] == "first" and entries[-1].old_values["body"] == "third"
+
+
+@pytest.mark.django_db(databases=["default", "bypass"])
+def test_raw_sql_is_logged(alice):
+    start = last_id()
+    with django_rls.context(site=1, user=alice), connection.cursor() as cursor:
+        cursor.execute("INSERT INTO testapp_note (site_id, body) VALUES (1, 'raw') RETURNING id")
+        (note_id,) = cursor.fetchone()
+        cursor.execute("UPDATE testapp_note SET body = 'raw 2' WHERE id = %s", [note_id])
+        entries = entries_since(start)
+    assert [(e.operation, e.row_key) for e in entries] == [("INSERT", str(note_id)), ("UPDATE", str(note_id))]
+
+
+def test_a_plain_database_connection_is_logged(cleanup_notes, database):
+    """Writes from psql or a cron job, outside Django, are logged with whatever context they set."""
+    start = last_id()
+    with psycopg.connect(database.app) as conn:
+        conn.execute("SELECT rls.set_context('2', '99')")
+        conn.execute("INSERT INTO testapp_note (site_id, body) VALUES (2, 'from a script')")
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the context ended with the commit
+            conn.execute("INSERT INTO testapp_note (site_id, body) VALUES (2, 'without context')")
+    with django_rls.bypass("test: read the whole trail"):
+        entries = list(AuditEntry.objects.using("bypass").filter(id__gt=start).order_by("id"))
+    assert [(e.operation, e.site_id, e.user_id, e.db_role) for e in entries] == [("INSERT", 2, 99, "rls_test_app")]
+
+
+@pytest.mark.django_db(databases=["default", "bypass"])
+def test_uuid_context_and_masked_columns():
+    start = last_id()
+    with django_rls.context(site=TENANT_A, user=OWNER_A):
+        doc = TenantDoc.objects.create(tenant_id=TENANT_A, owner_uuid=OWNER_A, body="secret")
+        doc.body = "still secret"
+        doc.save()
+        entries = entries_since(start)
+    assert [(e.operation, e.site_uuid, e.user_uuid) for e in entries] == [
+        ("INSERT", TENANT_A, OWNER_A),
+        ("UPDATE", TENANT_A, OWNER_A),
+    ]
+    assert "body" not in entries[0].new_values
+    assert entries[1].changed_columns == ["body"] and entries[1].changes() == [("body", "(masked)", "(masked)")]
+
+
+@pytest.mark.django_db(databases=["default", "bypass"])
+def test_audit_history_in_order_and_only_for_the_current_site(alice):
+    with django_rls.context(site=1, user=alice):
+        note = Note.objects.create(site_id=1, body="v1")
+        for version in ("v2", "v3"):
+            note.body = version
+            note.save()
+        history = list(note.audit_history())
+        assert [(e.operation, (e.new_values or {}).get("body")) for e in history] == [
+            ("INSERT", "v1"),
+            ("UPDATE", "v2"),
+            ("UPDATE", "v3"),
+        ]
+    with django_rls.context(site=2):
+        assert list(note.audit_history()) == []
+        assert AuditEntry.objects.filter(site_id=1).count() == 0
+
+
+@pytest.mark.django_db
+def test_the_model_cannot_write():
+    with django_rls.context(site=1):
+        entry = AuditEntry.objects.first()
+    with pytest.raises(TypeError):
+        AuditEntry(id=1).save()
+    if entry is not None:
+        with pytest.raises(TypeError):
+            entry.delete()
+
+
+def test_rls_apply_switches_auditing(live_db, monkeypatch):
+    def run(*args: str) -> str:
+        out = io.StringIO()
+        call_command("rls_apply", *args, stdout=out)
+        return out.getvalue()
+
+    note = declarations._registry["testapp.Note"]
+    monkeypatch.setitem(
+        declarations._registry, "testapp.Note", Declaration("testapp.Note", note.policies, True, ("author",), ("body",))
+    )
+    assert "change the audit options of testapp_note (excluding author_id, masking body)" in run()
+    monkeypatch.setitem(declarations._registry, "testapp.Note", Declaration("testapp.Note", (BySite("site"),)))
+    assert "kept testapp_note: audited though no declaration asks for it" in run()
+    assert "stop auditing testapp_note" in run("--prune")
+    monkeypatch.undo()
+    assert "audit testapp_note (excluding nothing, masking nothing)" in run()
+    assert "In sync" in run("--check")
+
+
+class TestAdmin:
+    @pytest.fixture
+    def admin_client(self, client):
+        client.force_login(User.objects.get(username="admin"))
+        return client
+
+    def test_browser_shows_only_the_current_site(self, cleanup_notes, admin_client, alice):
+        with django_rls.context(site=2):
+            Note.objects.create(site_id=2, body="site 2 change")
+        with django_rls.context(site=1, user=alice):
+            note = Note.objects.create(site_id=1, body="site 1 change")
+        page = admin_client.get("/admin/django_rls/auditentry/", HTTP_HOST=H1).content.decode()
+        assert "testapp_note" in page
+        with django_rls.bypass("test: ids of other sites' entries"):
+            foreign = list(AuditEntry.objects.using("bypass").exclude(site_id=1).values_list("id", flat=True))
+        assert foreign
+        assert not any(f"/admin/django_rls/auditentry/{pk}/change/" in page for pk in foreign)
+
+        with django_rls.context(site=1):
+            entry = note.audit_history().get()
+        detail = admin_client.get(f"/admin/django_rls/auditentry/{entry.pk}/change/", HTTP_HOST=H1)
+        assert detail.status_code == 200 and "site 1 change" in detail.content.decode()
+        assert admin_client.get(f"/admin/django_rls/auditentry/{foreign[0]}/change/", HTTP_HOST=H1).status_code == 302
+
+        history = admin_client.get(f"/admin/testapp/note/{note.pk}/history/", HTTP_HOST=H1).content.decode()
+        assert 'id="audit-trail"' in history and f"/admin/django_rls/auditentry/{entry.pk}/change/" in history
+
+    def test_diff_view(self, cleanup_notes, admin_client, alice):
+        with django_rls.context(site=1, user=alice):
+            note = Note.objects.create(site_id=1, body="before")
+            note.body = "after"
+            note.save()
+            update = note.audit_history().last()
+        page = admin_client.get(f"/admin/django_rls/auditentry/{update.pk}/change/", HTTP_HOST=H1).content.decode()
+        assert 'id="audit-changes"' in page
+        assert "<td>body</td><td><code>before</code></td><td><code>after</code></td>" in page
+
+
+@pytest.mark.skipif(not (BINDIR / "pg_dump").exists(), reason="pg_dump is not installed here")
+def test_the_trail_survives_dump_and_restore(database):
+    import os
+    from urllib.parse import urlparse
+
+    server = urlparse(os.environ["DATABASE_URL"])
+    env = {
+        **os.environ,
+        "PGHOST": server.hostname or "127.0.0.1",
+        "PGPORT": str(server.port or 5432),
+        "PGUSER": server.username or "postgres",
+        "PGPASSWORD": server.password or "",
+    }
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        for name in ("django_rls_dump_src", "django_rls_dump_dst"):
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    src = psycopg.conninfo.make_conninfo(database.admin, dbname="django_rls_dump_src")
+    with psycopg.connect(src, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION django_rls")
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        conn.execute("SELECT rls_audit.enable('t')")
+        conn.execute("SELECT rls_audit.ensure_partitions(1)")
+        with conn.transaction():
+            conn.execute("SELECT rls.set_context('5', '6')")
+            conn.execute("INSERT INTO t SELECT i, 'v' FROM generate_series(1, 10) i")
+    dump = subprocess.run(
+        [str(BINDIR / "pg_dump"), "-Fc", "-d", "django_rls_dump_src"], env=env, capture_output=True, check=True
+    ).stdout
+    subprocess.run(
+        [str(BINDIR / "pg_restore"), "--exit-on-error", "-d", "django_rls_dump_dst"], input=dump, env=env, check=True
+    )
+    dst = psycopg.conninfo.make_conninfo(database.admin, dbname="django_rls_dump_dst")
+    with psycopg.connect(dst, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*), min(site_id), max(user_id) FROM rls_audit.log").fetchone() == (10, 5, 6)
+        assert conn.execute("SELECT table_name::text FROM rls_audit.status").fetchall() == [("t",)]
+        conn.execute("INSERT INTO t VALUES (11, 'after restore')")
+        assert conn.execute("SELECT count(*) FROM rls_audit.log").fetchone()[0] == 11
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        for name in ("django_rls_dump_src", "django_rls_dump_dst"):
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
