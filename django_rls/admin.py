@@ -27,7 +27,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False  # counting a large trail is slow; the paginator does not need it
     change_form_template = "admin/django_rls/auditentry/change_form.html"
-    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+    readonly_fields = tuple(f.name for f in AuditEntry._meta.fields)
 
     @admin.display(description="changed columns")
     def changed(self, entry: AuditEntry) -> str:

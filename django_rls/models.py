@@ -26,7 +26,7 @@ class AuditEntry(models.Model):
     Reading it as the application role shows only the current site's trail.
     """
 
-    OPERATIONS = [(op, op.title()) for op in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]
+    OPERATIONS = tuple((op, op.title()) for op in ("INSERT", "UPDATE", "DELETE", "TRUNCATE"))
     MASKED = "(masked)"
 
     id = models.BigIntegerField(primary_key=True)
@@ -36,7 +36,8 @@ class AuditEntry(models.Model):
     table_oid = models.PositiveIntegerField()
     table_name = models.TextField()
     operation = models.TextField(choices=OPERATIONS)
-    row_key = models.TextField(null=True, help_text="The row's primary key (JSON for composite keys).")
+    # NULL and "" differ in the log (TRUNCATE has no row), so these text columns keep NULL.
+    row_key = models.TextField(null=True, help_text="The row's primary key (JSON for composite keys).")  # noqa: DJ001
     old_values = models.JSONField(null=True)
     new_values = models.JSONField(null=True)
     changed_columns = ArrayField(models.TextField(), null=True)
@@ -46,7 +47,7 @@ class AuditEntry(models.Model):
     user_uuid = models.UUIDField(null=True)
     claims = models.JSONField(null=True)
     db_role = models.TextField()
-    application_name = models.TextField(null=True)
+    application_name = models.TextField(null=True)  # noqa: DJ001
     client_addr = models.GenericIPAddressField(null=True)
 
     objects = AuditEntryQuerySet.as_manager()
@@ -62,6 +63,14 @@ class AuditEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.operation} {self.table_name} {self.row_key} at {self.logged_at:%Y-%m-%d %H:%M:%S}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("the audit trail is written only by the database's audit triggers")
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "audit entries cannot be deleted; retention drops whole months (rls_audit.drop_partitions_before)"
+        )
+
     @property
     def site(self) -> Any:
         return self.site_id if self.site_id is not None else self.site_uuid
@@ -75,11 +84,3 @@ class AuditEntry(models.Model):
         old, new = self.old_values or {}, self.new_values or {}
         columns = self.changed_columns or list(dict.fromkeys([*old, *new]))
         return [(c, old.get(c), new.get(c)) if c in old or c in new else (c, self.MASKED, self.MASKED) for c in columns]
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("the audit trail is written only by the database's audit triggers")
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(
-            "audit entries cannot be deleted; retention drops whole months (rls_audit.drop_partitions_before)"
-        )
