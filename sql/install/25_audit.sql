@@ -158,7 +158,8 @@ BEGIN
        AND attname::text <> ALL (cfg.excluded_columns);
     logged := ARRAY(SELECT c FROM unnest(cols) c WHERE c <> ALL (cfg.masked_columns));
     -- Columns a row image leaves out: excluded and masked ones.
-    hidden := format('%L::text[]', cfg.excluded_columns || cfg.masked_columns);
+    hidden := CASE WHEN cardinality(cfg.excluded_columns || cfg.masked_columns) = 0 THEN ''
+                   ELSE format(' - %L::text[]', cfg.excluded_columns || cfg.masked_columns) END;
 
     head := 'INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, old_values, new_values, '
             'changed_columns, site_id, site_uuid, user_id, user_uuid, claims, db_role, application_name, client_addr) ';
@@ -171,8 +172,8 @@ BEGIN
     IF op IN ('INSERT', 'DELETE') THEN
         RETURN head || format('SELECT %s, %L, %L, %s, %s, %s, NULL, ', tbl::oid, tbl::text, op,
                               rls_audit._key_expr(pk, 'r'),
-                              CASE WHEN op = 'DELETE' THEN format('to_jsonb(r) - %s', hidden) ELSE 'NULL' END,
-                              CASE WHEN op = 'INSERT' THEN format('to_jsonb(r) - %s', hidden) ELSE 'NULL' END)
+                              CASE WHEN op = 'DELETE' THEN 'to_jsonb(r)' || hidden ELSE 'NULL' END,
+                              CASE WHEN op = 'INSERT' THEN 'to_jsonb(r)' || hidden ELSE 'NULL' END)
                || meta || CASE WHEN op = 'INSERT' THEN ', new_rows r' ELSE ', old_rows r' END;
     END IF;
 
@@ -180,8 +181,8 @@ BEGIN
     -- key changed has no partner and is logged whole on each side.  Unchanged rows write nothing.
     RETURN head || format(
         'SELECT %s, %L, %L, CASE WHEN n.%I IS NULL THEN %s ELSE %s END, '
-        'CASE WHEN o.%I IS NULL THEN NULL WHEN n.%I IS NULL THEN to_jsonb(o) - %s ELSE d.old_values END, '
-        'CASE WHEN n.%I IS NULL THEN NULL WHEN o.%I IS NULL THEN to_jsonb(n) - %s ELSE d.new_values END, '
+        'CASE WHEN o.%I IS NULL THEN NULL WHEN n.%I IS NULL THEN to_jsonb(o)%s ELSE d.old_values END, '
+        'CASE WHEN n.%I IS NULL THEN NULL WHEN o.%I IS NULL THEN to_jsonb(n)%s ELSE d.new_values END, '
         'd.changed, ',
         tbl::oid, tbl::text, op, pk[1], rls_audit._key_expr(pk, 'o'), rls_audit._key_expr(pk, 'n'),
         pk[1], pk[1], hidden, pk[1], pk[1], hidden)

@@ -115,6 +115,12 @@ SELECT t.table_name, p.polname::text,
    AND split_part(coalesce(obj_description(p.oid, 'pg_policy'), ''), ' ', 3)
        IS DISTINCT FROM rls._policy_fingerprint(p)
 UNION ALL
+SELECT s.table_name, s.table_name::text,
+       format('audit triggers for %s are missing, so those writes go unrecorded', array_to_string(s.missing_triggers, ', ')),
+       format('SELECT rls_audit.enable(%L) as the table owner, with the same options.', s.table_name)
+  FROM rls_audit.status s
+ WHERE cardinality(s.missing_triggers) > 0
+UNION ALL
 SELECT NULL, g.parameter,
        format('role %s may SET %s', g.grantee, g.parameter),
        format('REVOKE SET ON PARAMETER %s FROM %s;', g.parameter, g.grantee)
