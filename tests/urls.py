@@ -20,4 +20,5 @@ urlpatterns = [
     path("notes/on/<str:alias>/", views.notes_on),
     path("tasks/late-user/", views.user_then_tasks),
     path("tasks/drf/", views.DrfTasks.as_view()),
+    path("inject/", views.inject),
 ]

@@ -90,3 +90,19 @@ class DrfTasks(APIView):
 
     def get(self, request: Request) -> Response:
         return Response({"tasks": sorted(Task.objects.values_list("title", flat=True))})
+
+
+def inject(request: HttpRequest) -> JsonResponse:
+    """A deliberately injectable view: runs attacker-supplied SQL, then reads the notes table."""
+    outcome = "ok"
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(request.GET["sql"])
+            rows = cursor.fetchall() if cursor.description else []
+            outcome = json.dumps(rows, default=str)
+    except Exception as exc:  # the attacker sees the error text too
+        outcome = f"error: {exc}"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT site_id FROM testapp_note ORDER BY 1")
+        sites = [row[0] for row in cursor.fetchall()]
+    return JsonResponse({"outcome": outcome, "sites": sites})
