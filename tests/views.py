@@ -98,7 +98,12 @@ def inject(request: HttpRequest) -> JsonResponse:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(request.GET["sql"])
-            rows = cursor.fetchall() if cursor.description else []
+            rows: list = []
+            while True:  # stacked statements: the attacker gets the last result
+                if cursor.description:
+                    rows = cursor.fetchall()
+                if not cursor.nextset():
+                    break
             outcome = json.dumps(rows, default=str)
     except Exception as exc:  # the attacker sees the error text too
         outcome = f"error: {exc}"
