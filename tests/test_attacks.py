@@ -70,9 +70,12 @@ def hardened(live_db, settings, signing_keys, admin_conn):
 
 
 def site2_state(admin_conn) -> tuple:
-    return admin_conn.execute(
-        "SELECT count(*), string_agg(body, ',' ORDER BY id) FROM testapp_note WHERE site_id = 2"
-    ).fetchone() + admin_conn.execute("SELECT count(*) FROM rls_audit.log").fetchone()
+    return (
+        admin_conn.execute(
+            "SELECT count(*), string_agg(body, ',' ORDER BY id) FROM testapp_note WHERE site_id = 2"
+        ).fetchone()
+        + admin_conn.execute("SELECT count(*) FROM rls_audit.log").fetchone()
+    )
 
 
 @pytest.mark.parametrize("attack", ATTACKS)

@@ -17,6 +17,9 @@ fi
 if [ ! -x "/usr/lib/postgresql/${PG_MAJOR}/bin/postgres" ]; then
     need_apt+=("postgresql-${PG_MAJOR}" "postgresql-contrib")
 fi
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+    need_apt+=("pgbouncer")  # the pooling tests run the real thing
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "deps.sh: missing ${need_apt[*]}; run as root or install them with apt-get" >&2

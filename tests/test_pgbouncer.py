@@ -1,0 +1,130 @@
+"""Through a real PgBouncer: transaction pooling shares server connections between clients, and no
+context crosses from one to another; signed tokens and replay protection still hold; session pooling
+with DISCARD ALL clears a session context."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import psycopg
+import pytest
+from django.db import connections
+from django.test import Client
+
+from django_rls.tokens import sign_context
+from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
+from tests.roles import APP_ROLE, PASSWORD, TEST_DB
+
+pytestmark = pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed")
+HOSTS = ["megacorp1.test", "megacorp2.test"]
+
+
+def _bouncer(pool_mode: str, pool_size: int = 2) -> Iterator[PgBouncer]:
+    server = urlparse(os.environ["DATABASE_URL"])
+    bouncer = PgBouncer(TEST_DB, server.hostname or "127.0.0.1", server.port or 5432, [APP_ROLE], pool_mode, pool_size)
+    bouncer.start()
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture
+def transaction_pool(live_db) -> Iterator[PgBouncer]:
+    yield from _bouncer("transaction")
+
+
+@pytest.fixture
+def single_server_pool(live_db) -> Iterator[PgBouncer]:
+    """Transaction pooling over one server connection: every client shares it."""
+    yield from _bouncer("transaction", pool_size=1)
+
+
+@pytest.fixture
+def session_pool(live_db) -> Iterator[PgBouncer]:
+    yield from _bouncer("session")
+
+
+def bouncer_dsn(bouncer: PgBouncer) -> str:
+    return f"host=127.0.0.1 port={bouncer.port} dbname={TEST_DB} user={APP_ROLE} password={PASSWORD}"
+
+
+@pytest.fixture
+def bouncer_alias(transaction_pool, extra_alias) -> Iterator[str]:
+    """A Django alias of the app role that goes through PgBouncer in transaction mode."""
+    alias = extra_alias("bouncer", user=APP_ROLE, password=PASSWORD)
+    connections.settings[alias].update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(transaction_pool.port),
+            "DISABLE_SERVER_SIDE_CURSORS": True,  # what Django asks for behind transaction pooling
+            "OPTIONS": {"prepare_threshold": None},
+        }
+    )
+    yield alias
+
+
+def _request(i: int) -> tuple[int, dict]:
+    site = i % 2 + 1
+    try:
+        return site, Client().get("/notes/on/bouncer/", HTTP_HOST=HOSTS[site - 1]).json()
+    finally:
+        connections.close_all()
+
+
+def test_interleaved_requests_through_transaction_pooling(bouncer_alias):
+    # Two server connections serve ten threads: contexts of both sites pass through each one.
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(_request, range(60)))
+    assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
+
+
+def connect(bouncer: PgBouncer) -> psycopg.Connection:
+    return psycopg.connect(bouncer_dsn(bouncer), autocommit=True, prepare_threshold=None)
+
+
+def test_transaction_scope_leaves_nothing_on_a_shared_server_connection(single_server_pool):
+    with connect(single_server_pool) as first, connect(single_server_pool) as second:
+        with first.transaction():
+            first.execute("SELECT rls.set_context('1', NULL)")
+            assert first.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == [(1,)]
+        # The same server connection now serves the second client: it sees no context and no rows.
+        assert (
+            second.execute("SELECT pg_backend_pid()").fetchone() == first.execute("SELECT pg_backend_pid()").fetchone()
+        )
+        assert second.execute("SELECT rls.context()->>'site'").fetchone() == (None,)
+        assert second.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == []
+
+
+def test_session_scope_would_leak_there_which_is_why_it_is_not_the_default(single_server_pool):
+    with connect(single_server_pool) as first, connect(single_server_pool) as second:
+        first.execute("SELECT rls.set_context('2', NULL, NULL, false)")
+        assert second.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == [(2,)]
+        second.execute("SELECT rls.clear_context()")
+
+
+def test_signed_tokens_and_replay_through_transaction_pooling(transaction_pool, signing_keys):
+    token = sign_context(signing_keys[0], site=1, user=1)
+    with connect(transaction_pool) as a, connect(transaction_pool) as b:
+        with a.transaction():
+            a.execute("SELECT rls.set_context_signed(%s)", (token,))
+            assert a.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == [(1,)]
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+            with b.transaction():
+                b.execute("SELECT rls.set_context_signed(%s)", (token,))
+
+
+def test_session_pooling_discards_a_session_context(session_pool):
+    dsn = bouncer_dsn(session_pool)
+    with psycopg.connect(dsn, autocommit=True) as first:
+        first.execute("SELECT rls.set_context('2', NULL, NULL, false)")
+        pid = first.execute("SELECT pg_backend_pid()").fetchone()[0]
+        assert first.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == [(2,)]
+    # The next client gets the same server connection after DISCARD ALL: no context.
+    with psycopg.connect(dsn, autocommit=True) as second:
+        assert second.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+        assert second.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == []
