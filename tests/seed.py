@@ -9,6 +9,7 @@ import uuid
 
 from django.contrib.auth.models import User
 from django.contrib.sites.models import Site
+from django.db import connections
 
 from tests.testapp import models as m
 from tests.thirdparty import models as tp
@@ -24,6 +25,8 @@ def seed() -> None:
     Site.objects.using(DB).update_or_create(id=1, defaults={"domain": "megacorp1.test", "name": "megacorp1"})
     Site.objects.using(DB).update_or_create(id=2, defaults={"domain": "megacorp2.test", "name": "megacorp2"})
     site1, site2 = Site.objects.using(DB).get(id=1), Site.objects.using(DB).get(id=2)
+    with connections[DB].cursor() as cursor:  # explicit ids leave the sequence behind
+        cursor.execute("SELECT setval(pg_get_serial_sequence('django_site', 'id'), (SELECT max(id) FROM django_site))")
     alice = User.objects.db_manager(DB).create_user("alice", password="alice")
     bob = User.objects.db_manager(DB).create_user("bob", password="bob")
     carol = User.objects.db_manager(DB).create_user("carol", password="carol")

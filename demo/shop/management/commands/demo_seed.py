@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib.auth.models import User
 from django.contrib.sites.models import Site
 from django.core.management.base import BaseCommand
+from django.db import connections
 
 import django_rls
 from shop.models import Invoice, Note
@@ -31,4 +32,8 @@ class Command(BaseCommand):
                 for username in data["users"]:
                     user = User.objects.create_user(username, password="demo")
                     Note.objects.create(site=site, author=user, text=f"private note of {username} at {name}")
+            with connections["maintenance"].cursor() as cursor:  # explicit ids leave the sequence behind
+                cursor.execute(
+                    "SELECT setval(pg_get_serial_sequence('django_site', 'id'), (SELECT max(id) FROM django_site))"
+                )
         self.stdout.write("Seeded megacorp1 (alice, anna) and megacorp2 (bob, bert); every password is 'demo'.")

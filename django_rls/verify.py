@@ -1,0 +1,231 @@
+"""A live self-test of the protection, as the application role (``manage.py rls_verify``).
+
+It reads the catalog for every known reason rows could leak (a superuser or
+BYPASSRLS connection, table ownership, row level security off or not forced,
+policies that differ from the declarations, views that bypass them) and then
+proves isolation by behaviour: inside a transaction that is rolled back, it
+creates a probe row for a throwaway site (or user), and checks that another
+throwaway site cannot read, change or delete it, that no context sees it, and
+that its own context does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import DatabaseError, connections, models, transaction
+
+from django_rls import policies
+from django_rls.declarations import all_declarations
+from django_rls.policies import Declaration
+from django_rls.state import context
+
+MARK = "rls-verify"
+
+
+@dataclass
+class Report:
+    failures: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class Unprobeable(Exception):
+    """A probe row cannot be built for this model; the reason says why."""
+
+
+def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[str]:
+    failures: list[str] = []
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT rolsuper, rolbypassrls, current_user FROM pg_roles WHERE rolname = current_user")
+        is_super, bypass, role = cursor.fetchone()
+        if is_super:
+            return [f"the connection's role {role} is a superuser: every policy is bypassed"]
+        if bypass:
+            return [f"the connection's role {role} has BYPASSRLS: every policy is bypassed"]
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
+        if cursor.fetchone() is None:
+            return ["the django_rls extension is not installed in this database"]
+        tables = sorted({d.model_class()._meta.db_table for d in declarations.values()})
+        cursor.execute(
+            """
+            SELECT t, c.oid IS NULL, c.relrowsecurity, c.relforcerowsecurity,
+                   pg_has_role(current_user, c.relowner, 'MEMBER')
+              FROM unnest(%s::text[]) AS t LEFT JOIN pg_class c ON c.oid = to_regclass(quote_ident(t))
+             ORDER BY 1
+            """,
+            [tables],
+        )
+        for table, missing, enabled, forced, owned in cursor.fetchall():
+            if missing:
+                failures.append(f"{table}: the table does not exist (run migrate)")
+            elif not enabled:
+                failures.append(f"{table}: row level security is disabled")
+            elif owned:
+                failures.append(f"{table}: the connection's role owns the table and can switch row level security off")
+            elif not forced:
+                failures.append(f"{table}: FORCE ROW LEVEL SECURITY is off, so the table's owner bypasses it")
+        for declaration in declarations.values():
+            table = declaration.model_class()._meta.db_table
+            for group in declaration.groups(connections[alias]):
+                cursor.execute(
+                    "SELECT rls.group_in_sync(to_regclass(quote_ident(%s)), %s, %s, %s, %s::text[], %s)",
+                    [table, group.name, group.using, group.check, list(group.commands), role],
+                )
+                if not cursor.fetchone()[0]:
+                    failures.append(
+                        f"{table}: policy group {group.name!r} is missing or differs from the declaration (run rls_apply)"
+                    )
+        cursor.execute(
+            "SELECT object_name, problem FROM rls.problems WHERE problem LIKE 'view %%' OR problem LIKE 'materialized view %%'"
+        )
+        failures.extend(f"{name}: {problem}" for name, problem in cursor.fetchall())
+    return failures
+
+
+def _filler(model_field: models.Field[Any, Any]) -> Any:
+    if isinstance(model_field, models.UUIDField):
+        return uuid.uuid4()
+    if isinstance(model_field, models.BooleanField):
+        return False
+    if isinstance(model_field, models.DecimalField):
+        return decimal.Decimal(0)
+    if isinstance(model_field, models.IntegerField | models.FloatField):
+        return 0
+    if isinstance(model_field, models.DateTimeField):
+        return datetime.datetime.now(datetime.UTC)
+    if isinstance(model_field, models.DateField):
+        return datetime.date.today()
+    if isinstance(model_field, models.TimeField):
+        return datetime.time()
+    if isinstance(model_field, models.DurationField):
+        return datetime.timedelta()
+    if isinstance(model_field, models.JSONField):
+        return {}
+    if isinstance(model_field, models.GenericIPAddressField):
+        return "127.0.0.1"
+    if isinstance(model_field, models.EmailField):
+        return f"{uuid.uuid4().hex[:12]}@{MARK}.invalid"
+    if isinstance(model_field, models.CharField | models.TextField):
+        text = f"{MARK}-{uuid.uuid4().hex}"
+        return text[: model_field.max_length] if model_field.max_length else text
+    raise Unprobeable(f"cannot invent a value for {model_field.name} ({model_field.get_internal_type()})")
+
+
+def _build(model: type[models.Model], alias: str, protected: set[str], overrides: dict[str, Any]) -> models.Model:
+    """An unsaved row with every required field filled; parents of required foreign keys are created."""
+    values: dict[str, Any] = {}
+    for model_field in model._meta.concrete_fields:
+        if model_field.name in overrides:
+            values[model_field.attname] = overrides[model_field.name]
+            continue
+        if model_field.primary_key and isinstance(model_field, models.AutoField):
+            continue
+        if model_field.has_default() or model_field.null:
+            continue
+        if model_field.is_relation:
+            target = model_field.related_model
+            if target._meta.label in protected:  # type: ignore[union-attr]
+                raise Unprobeable(f"needs a {target._meta.label} row, which is protected itself")  # type: ignore[union-attr]
+            parent = _build(target, alias, protected, {})  # type: ignore[arg-type]
+            parent.save(using=alias)
+            values[model_field.attname] = parent.pk
+        else:
+            values[model_field.attname] = _filler(model_field)
+    return model(**values)
+
+
+def _keys(declaration: Declaration) -> dict[str, str]:
+    """field name -> "site" or "user", for the policies a probe can exercise."""
+    keys: dict[str, str] = {}
+    for policy in declaration.policies:
+        if isinstance(policy, policies.BySite | policies.Shared):
+            keys[policy.field] = "site"
+        elif isinstance(policy, policies.ByOwner | policies.OwnerOrShared):
+            keys[policy.field] = "user"
+        elif isinstance(policy, policies.BySiteAndOwner):
+            keys[policy.site_field] = "site"
+            keys[policy.owner_field] = "user"
+        else:
+            raise Unprobeable(f"{type(policy).__name__} policies are checked in the catalog only")
+    return keys
+
+
+def _key_value(model: type[models.Model], name: str, alias: str, protected: set[str]) -> Any:
+    key_field = model._meta.get_field(name)
+    if key_field.is_relation:
+        target = key_field.related_model
+        if target._meta.label in protected:  # type: ignore[union-attr]
+            raise Unprobeable(f"its {name} points at {target._meta.label}, which is protected itself")  # type: ignore[union-attr]
+        parent = _build(target, alias, protected, {})  # type: ignore[arg-type]
+        parent.save(using=alias)
+        return parent.pk
+    if isinstance(key_field, models.UUIDField):
+        return uuid.uuid4()
+    return -int(uuid.uuid4().int % 1_000_000_000) - 1
+
+
+def _probe(declaration: Declaration, alias: str, protected: set[str]) -> str | None:
+    """Returns a failure, or None when the probe proved isolation. Raises Unprobeable."""
+    model = declaration.model_class()
+    table = model._meta.db_table
+    keys = _keys(declaration)
+    a = {name: _key_value(model, name, alias, protected) for name in keys}
+    b = {name: _key_value(model, name, alias, protected) for name in keys}
+
+    def ctx(values: dict[str, Any]) -> context:
+        return context(**{kind: values[name] for name, kind in keys.items()})
+
+    manager = model._base_manager.using(alias)
+    with ctx(a):
+        row = _build(model, alias, protected, a)
+        try:
+            with transaction.atomic(using=alias):
+                row.save(using=alias, force_insert=True)
+        except DatabaseError as exc:
+            return f"{table}: a row could not be written in its own context ({str(exc).splitlines()[0]}); is the context sent?"
+        if not manager.filter(pk=row.pk).exists():
+            return f"{table}: a row is invisible in its own context"
+    with ctx(b):
+        if manager.filter(pk=row.pk).exists():
+            return f"{table}: another site or user can read the row"
+        editable = next(f for f in model._meta.concrete_fields if not f.primary_key)
+        if manager.filter(pk=row.pk).update(**{editable.attname: models.F(editable.attname)}):
+            return f"{table}: another site or user can update the row"
+        if manager.filter(pk=row.pk)._raw_delete(alias):
+            return f"{table}: another site or user can delete the row"
+    with context():
+        if manager.filter(pk=row.pk).exists():
+            return f"{table}: a request without context can read the row"
+    return None
+
+
+def verify(alias: str = "default") -> Report:
+    report = Report()
+    declarations = all_declarations()
+    report.failures.extend(_catalog_failures(alias, declarations))
+    if report.failures:
+        return report
+    protected = set(declarations)
+    for _, declaration in sorted(declarations.items()):
+        table = declaration.model_class()._meta.db_table
+        with transaction.atomic(using=alias):
+            try:
+                failure = _probe(declaration, alias, protected)
+            except Unprobeable as reason:
+                report.skipped.append(f"{table}: not probed: {reason}")
+            else:
+                if failure:
+                    report.failures.append(failure)
+                else:
+                    report.passed.append(f"{table}: another site or user cannot read, change or delete its rows")
+            transaction.set_rollback(True, using=alias)
+    return report
