@@ -1,0 +1,67 @@
+"""manage.py rls_roles: create or fix the database roles django_rls expects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connections, transaction
+
+from django_rls.conf import rls_settings
+from django_rls.roles import plan, specs
+
+
+def _user(alias: str | None) -> str | None:
+    return connections.settings[alias]["USER"] if alias and alias in connections.settings else None
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or fix the application, owner, maintenance and backup roles: attributes, memberships and "
+        "schema privileges. Needs a connection with CREATEROLE (BYPASSRLS roles need a superuser)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--database", default=None, help="Alias to connect as (default: the owner database).")
+        parser.add_argument("--dry-run", action="store_true", help="Print the SQL, change nothing.")
+        parser.add_argument("--app-role", help='Default: DJANGO_RLS["APP_ROLE"] or the USER of "default".')
+        parser.add_argument("--owner-role", help='Default: the USER of DJANGO_RLS["OWNER_DATABASE"].')
+        parser.add_argument("--maintenance-role", help='Default: the USER of DJANGO_RLS["BYPASS_DATABASE"].')
+        parser.add_argument("--backup-role", help="Also create a BYPASSRLS role with pg_read_all_data for pg_dump.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
+        if alias not in connections.settings:
+            raise CommandError(f"unknown database alias {alias!r}")
+        app = options["app_role"] or rls_settings.APP_ROLE or _user("default")
+        if not app:
+            raise CommandError('cannot tell the application role: pass --app-role or set DJANGO_RLS["APP_ROLE"]')
+        owner = options["owner_role"] or _user(rls_settings.OWNER_DATABASE)
+        maintenance = options["maintenance_role"] or _user(rls_settings.BYPASS_DATABASE)
+        passwords = {
+            db["USER"]: db["PASSWORD"] for db in connections.settings.values() if db.get("USER") and db.get("PASSWORD")
+        }
+        wanted = specs(app, owner, maintenance, options["backup_role"], passwords)
+
+        connection = connections[alias]
+        try:
+            with transaction.atomic(using=alias), connection.cursor() as cursor:
+                steps = plan(cursor, wanted)
+                if options["dry_run"]:
+                    for _, statement in steps:
+                        self.stdout.write(f"{statement.as_string(connection.connection)};")
+                    transaction.set_rollback(True, using=alias)
+                else:
+                    for summary, statement in steps:
+                        cursor.execute(statement.as_string(connection.connection))
+                        self.stdout.write(f"  {summary}")
+        except DatabaseError as exc:
+            raise CommandError(
+                f"{str(exc).splitlines()[0]}; rls_roles needs a role with CREATEROLE (and a superuser for BYPASSRLS "
+                "roles): run it with --database pointing at such a connection, or run --dry-run and hand the SQL "
+                "to your database administrator"
+            ) from exc
+        if not steps:
+            self.stdout.write(f"Nothing to do: {', '.join(s.name for s in wanted)} are as django_rls expects.")
+        elif not options["dry_run"]:
+            self.stdout.write(self.style.SUCCESS(f"Applied {len(steps)} change(s)."))
