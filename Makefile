@@ -36,7 +36,7 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXT
 HARNESS = tests/harness
 VENV ?= .venv
 
-.PHONY: deps test test-sql test-python lint demo
+.PHONY: deps test test-sql test-python test-memcheck fuzz lint demo
 
 # Install the server headers when missing, and the project's virtualenv.
 deps:
@@ -52,6 +52,18 @@ test-sql: installcheck
 
 test-python:
 	$(VENV)/bin/pytest
+
+# Both suites with the server under valgrind memcheck (see tests/harness/memcheck.sh).
+test-memcheck: deps
+	$(MAKE) install
+	$(HARNESS)/memcheck.sh
+
+# Fuzz the token parser through SQL for FUZZ_SECONDS (see tests/fuzz/fuzz_tokens.py).
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	$(MAKE) install
+	$(VENV)/bin/pip install -q 'atheris>=2.3'
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python tests/fuzz/fuzz_tokens.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
 # Set up the demo on a throwaway cluster and serve it on http://127.0.0.1:8000/ until Ctrl-C.
 demo: deps

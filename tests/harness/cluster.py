@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -112,21 +113,40 @@ class Cluster:
         )
 
     def start(self) -> None:
-        subprocess.run(
-            as_postgres(
-                [
-                    str(BINDIR / "pg_ctl"),
-                    "start",
-                    "--wait",
-                    "--silent",
-                    "--pgdata",
-                    str(self.data_dir),
-                    "--log",
-                    str(self.log_file),
-                ]
-            ),
-            check=True,
-        )
+        # DJANGO_RLS_SERVER_WRAPPER runs the server under a tool, such as valgrind (tests/harness/memcheck.sh);
+        # pg_ctl cannot wrap the server, so it is started directly and waited for.
+        wrapper = os.environ.get("DJANGO_RLS_SERVER_WRAPPER", "").split()
+        if not wrapper:
+            subprocess.run(
+                as_postgres(
+                    [
+                        str(BINDIR / "pg_ctl"),
+                        "start",
+                        "--wait",
+                        "--silent",
+                        "--pgdata",
+                        str(self.data_dir),
+                        "--log",
+                        str(self.log_file),
+                    ]
+                ),
+                check=True,
+            )
+            return
+        with open(self.log_file, "ab") as log:
+            subprocess.Popen(
+                as_postgres([*wrapper, str(BINDIR / "postgres"), "-D", str(self.data_dir)]),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 120
+        while subprocess.run(
+            [str(BINDIR / "pg_isready"), "-q", "-h", str(self.base_dir), "-p", str(self.port)], check=False
+        ).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.log_tail()}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():

@@ -1,0 +1,87 @@
+"""Fuzz rls.set_context_signed() through SQL (atheris): `make fuzz`, or under a running test server:
+
+    python tests/harness/cluster.py run -- .venv/bin/python tests/fuzz/fuzz_tokens.py -max_total_time=300
+
+Three kinds of input reach the server: raw strings as tokens (the prefix, base64url and
+signature checks), arbitrary payload bytes signed with the real key (base64url decoding of the
+payload and the JSON parser), and JSON objects with fuzzed member values, signed (the member
+checks). Every call must end in success or an ordinary SQL error; a lost connection means the
+backend crashed, and the fuzzer stops with the input that did it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+import time
+
+import atheris
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+DB = "django_rls_fuzz"
+KEY = secrets.token_urlsafe(48)
+server = os.environ["DATABASE_URL"]
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def signed(payload: bytes) -> str:
+    part = f"v1.{b64(payload)}"
+    return f"{part}.{b64(hmac.new(KEY.encode(), part.encode(), hashlib.sha256).digest())}"
+
+
+def setup() -> psycopg.Connection:
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+        data_directory = admin.execute("SHOW data_directory").fetchone()[0]
+        admin.execute(sql.SQL("COPY (SELECT {}) TO {}").format(sql.Literal(KEY), sql.Literal(f"{data_directory}/fuzz.key")))
+        admin.execute("ALTER SYSTEM SET django_rls.signing_key_file = 'fuzz.key'")
+        admin.execute("SELECT pg_reload_conf()")
+    conn = psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True)
+    conn.execute("CREATE EXTENSION django_rls")
+    time.sleep(0.5)  # let the reload reach new backends
+    return conn
+
+
+conn = setup()
+VALUES = [None, True, 0, -1, 2**63, 1.5, "", "42", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", [], {}, {"a": [1, {"b": None}]}]
+
+
+def one_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    mode = fdp.ConsumeIntInRange(0, 2)
+    if mode == 0:
+        token = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 20000))
+    elif mode == 1:
+        token = signed(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4000)))
+    else:
+        now = int(time.time())
+        payload: dict = {"iat": now - 1, "exp": now + 60, "nonce": secrets.token_urlsafe(16)}
+        for member in ("site", "user", "claims", "iat", "exp", "nonce", "db", "extra"):
+            if fdp.ConsumeBool():
+                choice = fdp.ConsumeIntInRange(0, len(VALUES))
+                payload[member] = VALUES[choice] if choice < len(VALUES) else fdp.ConsumeUnicodeNoSurrogates(64)
+        token = signed(json.dumps(payload).encode())
+    token = token.replace("\x00", "")
+    try:
+        with conn.transaction():
+            conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+    except psycopg.OperationalError:
+        raise  # the backend went away: a crash
+    except psycopg.Error:
+        pass  # refused, as bad tokens should be
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, one_input)
+    atheris.Fuzz()
