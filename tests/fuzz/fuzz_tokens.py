@@ -76,10 +76,10 @@ def one_input(data: bytes) -> None:
     try:
         with conn.transaction():
             conn.execute("SELECT rls.set_context_signed(%s)", (token,))
-    except psycopg.OperationalError:
-        raise  # the backend went away: a crash
     except psycopg.Error:
-        pass  # refused, as bad tokens should be
+        if conn.broken or conn.closed:
+            raise  # the backend went away: a crash
+        # otherwise refused, as bad tokens should be
 
 
 if __name__ == "__main__":
