@@ -44,7 +44,9 @@ def setup() -> psycopg.Connection:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
         data_directory = admin.execute("SHOW data_directory").fetchone()[0]
-        admin.execute(sql.SQL("COPY (SELECT {}) TO {}").format(sql.Literal(KEY), sql.Literal(f"{data_directory}/fuzz.key")))
+        admin.execute(
+            sql.SQL("COPY (SELECT {}) TO {}").format(sql.Literal(KEY), sql.Literal(f"{data_directory}/fuzz.key"))
+        )
         admin.execute("ALTER SYSTEM SET django_rls.signing_key_file = 'fuzz.key'")
         admin.execute("SELECT pg_reload_conf()")
     conn = psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True)
@@ -54,7 +56,20 @@ def setup() -> psycopg.Connection:
 
 
 conn = setup()
-VALUES = [None, True, 0, -1, 2**63, 1.5, "", "42", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", [], {}, {"a": [1, {"b": None}]}]
+VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    2**63,
+    1.5,
+    "",
+    "42",
+    "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    [],
+    {},
+    {"a": [1, {"b": None}]},
+]
 
 
 def one_input(data: bytes) -> None:

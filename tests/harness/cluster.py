@@ -141,9 +141,12 @@ class Cluster:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 120
-        while subprocess.run(
-            [str(BINDIR / "pg_isready"), "-q", "-h", str(self.base_dir), "-p", str(self.port)], check=False
-        ).returncode != 0:
+        while (
+            subprocess.run(
+                [str(BINDIR / "pg_isready"), "-q", "-h", str(self.base_dir), "-p", str(self.port)], check=False
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not start:\n{self.log_tail()}")
             time.sleep(0.2)
