@@ -3,7 +3,8 @@
 # tests/harness/ installs what is missing.
 
 EXTENSION = django_rls
-EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+# One version for the Python package and the extension: django_rls/__init__.py.
+EXTVERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' django_rls/__init__.py)
 
 MODULE_big = $(EXTENSION)
 OBJS = $(patsubst %.c,%.o,$(sort $(wildcard ext/*.c)))
@@ -14,6 +15,7 @@ DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
 
 REGRESS = $(patsubst tests/regress/sql/%.sql,%,$(sort $(wildcard tests/regress/sql/*.sql)))
 REGRESS_OPTS = --inputdir=tests/regress
+EXTRA_CLEAN = $(EXTENSION).control
 
 PG_CPPFLAGS = -DDJANGO_RLS_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers
@@ -25,12 +27,16 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 # The PGXS rules exist only once the server headers are installed; the
 # harness installs them, so the Python-side targets must not depend on them.
 ifneq ($(wildcard $(PGXS)),)
-all: sql/$(EXTENSION)--$(EXTVERSION).sql
+all: $(EXTENSION).control sql/$(EXTENSION)--$(EXTVERSION).sql
 include $(PGXS)
+install: $(EXTENSION).control
 endif
 
+$(EXTENSION).control: $(EXTENSION).control.in django_rls/__init__.py
+	sed 's/@VERSION@/$(EXTVERSION)/' $< > $@
+
 # The install script is assembled from one file per concern, in name order.
-sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXTENSION).control
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXTENSION).control.in
 	cat $(sort $(wildcard sql/install/*.sql)) > $@
 
 HARNESS = tests/harness

@@ -54,7 +54,7 @@ def create_database(server: str) -> str:
         conn.execute("ALTER ROLE demo_app SET django_rls.require_signature = on")
 
     with psycopg.connect(make_conninfo(server, dbname=DEMO_DB), autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION django_rls")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS django_rls")  # the Docker image has it in template1
         conn.execute("ALTER SCHEMA public OWNER TO demo_owner")
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     return key
@@ -69,6 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", action="store_true", help="serve the demo on --port after setting it up")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 in a container)")
     args = parser.parse_args()
 
     server = os.environ.get("DATABASE_URL")
@@ -88,9 +89,9 @@ def main() -> int:
     manage(env, "check", "--database", "default", "--fail-level", "WARNING")
     manage(env, "demo_check")
     if args.serve:
-        print(f"\nServing the demo on http://127.0.0.1:{args.port}/ (Ctrl-C stops it and the database).", flush=True)
+        print(f"\nServing the demo on http://{args.host}:{args.port}/ (Ctrl-C stops it).", flush=True)
         try:
-            manage(env, "runserver", f"127.0.0.1:{args.port}", "--noreload")
+            manage(env, "runserver", f"{args.host}:{args.port}", "--noreload")
         except KeyboardInterrupt:
             pass
     return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-# The extension version this package's SQL expects (django_rls.control's default_version).
-EXTENSION_VERSION = "0.1.0"
+# The package and the extension share one version; the Makefile reads it from this file.
+EXTENSION_VERSION = __version__
 
 __all__ = ["EXTENSION_VERSION", "bypass", "context", "no_context", "protect", "register"]
 

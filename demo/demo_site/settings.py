@@ -27,7 +27,7 @@ def _database(role: str) -> dict[str, object]:
 
 SECRET_KEY = "demo only, not secret"
 DEBUG = True
-ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver", "0.0.0.0"]
 ROOT_URLCONF = "demo_site.urls"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Build and install the django_rls extension for one PostgreSQL major version.
+#
+# Used by docker/Dockerfile (on the official postgres image) and by the test
+# suite (on this machine), so the container build runs the same steps the tests
+# exercise. Installs the server headers and a compiler when they are missing.
+#   PG_MAJOR=15 docker/build-extension.sh [source dir]
+set -euo pipefail
+PG_MAJOR="${PG_MAJOR:?set PG_MAJOR to the PostgreSQL major version (13 to 18)}"
+SRC="${1:-$(cd "$(dirname "$0")/.." && pwd)}"
+PG_CONFIG="/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config"
+
+if [ ! -f "/usr/include/postgresql/${PG_MAJOR}/server/postgres.h" ] || ! command -v make >/dev/null || ! command -v gcc >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "postgresql-server-dev-${PG_MAJOR}" make gcc libc6-dev >/dev/null
+fi
+# The JIT bitcode needs clang; skip it where clang is absent (the slim image).
+llvm=$(command -v clang >/dev/null && echo yes || echo no)
+make -C "$SRC" -s PG_CONFIG="$PG_CONFIG" with_llvm="$llvm" install
+echo "build-extension.sh: django_rls installed for PostgreSQL ${PG_MAJOR}"

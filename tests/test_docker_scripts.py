@@ -1,0 +1,77 @@
+"""The Docker files' build and init logic, run here without a Docker engine: the same scripts, this machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from django_rls.tokens import sign_context
+from tests.harness.cluster import BINDIR, Cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+
+pytestmark = pytest.mark.skipif(not (BINDIR / "initdb").exists(), reason=f"no PostgreSQL server binaries in {BINDIR}")
+
+
+def test_build_script_installs_the_extension():
+    result = subprocess.run(
+        [str(DOCKER / "build-extension.sh")], env={**os.environ, "PG_MAJOR": "15"}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "django_rls installed for PostgreSQL 15" in result.stdout
+    assert Path("/usr/share/postgresql/15/extension/django_rls.control").exists()
+
+
+def test_init_script_creates_the_extension_and_installs_the_key():
+    key = secrets.token_urlsafe(48)
+    cluster = Cluster()
+    cluster.init()
+    cluster.start()
+    try:
+        env = {
+            **cluster.env,
+            "PATH": f"{BINDIR}:{os.environ['PATH']}",
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_DB": "postgres",
+            "DJANGO_RLS_SIGNING_KEY": key,
+        }
+        # The image runs init scripts as the postgres OS user, which can write into the data directory.
+        command = ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(DOCKER / "initdb.d" / "10-django-rls.sh")]
+        result = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE fresh")  # from template1, which has the extension
+        with psycopg.connect(cluster.dsn(dbname="fresh"), autocommit=True) as conn:
+            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'").fetchone()
+            with conn.transaction():
+                conn.execute("SELECT rls.set_context_signed(%s)", (sign_context(key, site=3, user=4),))
+                assert conn.execute("SELECT rls.site_id()").fetchone() == (3,)
+    finally:
+        cluster.stop()
+        cluster.remove()
+
+
+def test_docker_files_only_reference_what_exists():
+    for dockerfile in ("Dockerfile", "demo.Dockerfile"):
+        text = (DOCKER / dockerfile).read_text()
+        for line in text.splitlines():
+            if line.startswith("COPY "):
+                *sources, _target = line.split()[1:]
+                for source in sources:
+                    assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+    compose = (DOCKER / "compose.yaml").read_text()
+    for dockerfile in re.findall(r"dockerfile: (\S+)", compose):
+        assert (ROOT / dockerfile).exists()
+    assert "shared_preload_libraries = 'django_rls'" in (DOCKER / "Dockerfile").read_text()
+    assert "/docker-entrypoint-initdb.d/" in (DOCKER / "Dockerfile").read_text()

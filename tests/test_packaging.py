@@ -1,0 +1,62 @@
+"""python -m build makes an sdist and a wheel that install into a fresh venv; the sdist builds the extension."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import venv
+from pathlib import Path
+
+import pytest
+
+import django_rls
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], check=True, capture_output=True)
+    return out
+
+
+def test_one_version_everywhere(dist):
+    control = (ROOT / "django_rls.control.in").read_text()
+    assert "default_version = '@VERSION@'" in control
+    assert django_rls.EXTENSION_VERSION == django_rls.__version__
+    assert (dist / f"django_pg_rls-{django_rls.__version__}.tar.gz").exists()
+
+
+def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    wheel = next(dist.glob("*.whl"))
+    subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True, capture_output=True)
+    probe = (
+        "import django_rls, importlib.resources as r;"
+        "print(django_rls.__version__);"
+        "print(r.files('django_rls').joinpath('templates/admin/django_rls/auditentry/change_form.html').is_file())"
+    )
+    out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
+    assert out == [django_rls.__version__, "True"]
+
+
+def test_sdist_carries_and_builds_the_extension(dist, tmp_path):
+    sdist = next(dist.glob("*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+        archive.extractall(tmp_path, filter="data")
+    top = tmp_path / sdist.name.removesuffix(".tar.gz")
+    for needed in ("Makefile", "django_rls.control.in", "ext/context.c", "ext/compat.h", "sql/install/10_context.sql"):
+        assert f"{top.name}/{needed}" in names, needed
+    result = subprocess.run(
+        ["make", "-C", str(top), "PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config", "with_llvm=no"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (top / "django_rls.so").exists()
+    assert f"default_version = '{django_rls.__version__}'" in (top / "django_rls.control").read_text()
