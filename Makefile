@@ -42,7 +42,7 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXT
 HARNESS = tests/harness
 VENV ?= .venv
 
-.PHONY: deps test test-sql test-python test-memcheck fuzz lint demo
+.PHONY: deps test test-sql test-python test-memcheck fuzz bench lint demo
 
 # Install the server headers when missing, and the project's virtualenv.
 deps:
@@ -63,6 +63,11 @@ test-python:
 test-memcheck: deps
 	$(MAKE) install
 	$(HARNESS)/memcheck.sh
+
+# Benchmarks that print side-by-side tables (bench/); results go to docs/benchmarks.md by hand.
+bench: deps
+	$(MAKE) install
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/read_path.py
 
 # Fuzz the token parser through SQL for FUZZ_SECONDS (see tests/fuzz/fuzz_tokens.py).
 FUZZ_SECONDS ?= 300

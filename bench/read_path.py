@@ -1,0 +1,186 @@
+"""Read path: the cost of a policy on queries, side by side in one run, as the application role.
+
+    python tests/harness/cluster.py run -- .venv/bin/python bench/read_path.py
+
+Compares, on the same data (2M rows, 100 sites), what the application role pays under
+each kind of policy against the floor: the same query with an explicit `WHERE site_id = 42`
+run as a superuser, with no policy at all.
+
+- ours:    site_id = rls.site_id()                              (django_rls)
+- classic: site_id = current_setting('app.site')::int            (the tutorial policy)
+- wrapped: site_id = (SELECT current_setting('app.site')::int)   (the usual fix)
+
+Absolute times drift on a shared machine; the ratios within one run are what counts.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+ROWS = int(os.environ.get("BENCH_ROWS", "2000000"))
+SITES = 100
+SITE = 42
+REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
+TARGET = 1.05
+DB = "django_rls_bench"
+
+POLICIES = {
+    "ours": None,  # rls.protect_by_site()
+    "classic": "site_id = current_setting('app.site')::int",
+    "wrapped": "site_id = (SELECT current_setting('app.site')::int)",
+}
+INDEX_PATH = ["SET enable_seqscan = off"]
+SEQ_PATH = [
+    "SET enable_indexscan = off",
+    "SET enable_bitmapscan = off",
+    "SET parallel_setup_cost = 0",
+    "SET parallel_tuple_cost = 0",
+    "SET max_parallel_workers_per_gather = 2",
+]
+
+
+def setup(server: str) -> str:
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+        admin.execute("DROP ROLE IF EXISTS bench_app")
+        admin.execute("CREATE ROLE bench_app LOGIN")
+    dsn = make_conninfo(server, dbname=DB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION django_rls")
+        for name, policy in POLICIES.items():
+            for kind in ("orders", "lines"):
+                table = f"{kind}_{name}"
+                key = "order_id bigint NOT NULL," if kind == "lines" else ""
+                conn.execute(
+                    f"CREATE TABLE {table} (id bigint PRIMARY KEY, {key} site_id int NOT NULL, amount int, payload text)"
+                )
+                order_id = "g / 10, " if kind == "lines" else ""  # ten lines per order
+                conn.execute(
+                    f"INSERT INTO {table} SELECT g, {order_id}g % {SITES}, g % 1000, md5(g::text) "
+                    f"FROM generate_series(1, {ROWS}) g"
+                )
+                conn.execute(f"CREATE INDEX ON {table} (site_id)")
+                if kind == "lines":
+                    conn.execute(f"CREATE INDEX ON {table} (site_id, order_id)")
+                conn.execute(f"GRANT SELECT ON {table} TO bench_app")
+                if policy is None:
+                    conn.execute("SELECT rls.protect_by_site(%s, 'site_id', to_role => 'bench_app')", [table])
+                else:
+                    conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+                    conn.execute(f"CREATE POLICY p ON {table} TO bench_app USING ({policy})")
+                conn.execute(f"VACUUM ANALYZE {table}")
+        # A skewed table: site 1 holds half of the rows.
+        conn.execute("CREATE TABLE skew (id bigint PRIMARY KEY, site_id int NOT NULL, amount int)")
+        conn.execute(
+            f"INSERT INTO skew SELECT g, CASE WHEN g % 2 = 0 THEN 1 ELSE g % {SITES} END, g % 1000 "
+            f"FROM generate_series(1, {ROWS}) g"
+        )
+        conn.execute("CREATE INDEX ON skew (site_id)")
+        conn.execute("GRANT SELECT ON skew TO bench_app")
+        conn.execute("SELECT rls.protect_by_site('skew', 'site_id', to_role => 'bench_app')")
+        conn.execute("VACUUM ANALYZE skew")
+    return dsn
+
+
+def timed(conn: psycopg.Connection, settings: list[str], context: str | None, query: str) -> tuple[float, str]:
+    """Execution time in ms, and the scan node that read the first table."""
+    with conn.transaction():
+        for statement in settings:
+            conn.execute(statement.replace("SET ", "SET LOCAL ", 1))
+        if context == "ours":
+            conn.execute("SELECT rls.set_context(%s, NULL)", [str(SITE)])
+        elif context in ("classic", "wrapped"):
+            conn.execute("SELECT set_config('app.site', %s, true)", [str(SITE)])
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query).fetchone()[0]
+    node = plan[0]["Plan"]
+    while node.get("Plans"):
+        node = node["Plans"][0]
+    return plan[0]["Execution Time"], node["Node Type"]
+
+
+def plan_shape(conn: psycopg.Connection, site: int, query: str) -> str:
+    with conn.transaction():
+        conn.execute("SELECT rls.set_context(%s, NULL)", [str(site)])
+        plan = conn.execute("EXPLAIN (FORMAT JSON) " + query).fetchone()[0][0]["Plan"]
+    while plan.get("Plans") and plan["Node Type"] in ("Aggregate", "Gather", "Finalize Aggregate", "Partial Aggregate"):
+        plan = plan["Plans"][0]
+    return f"{plan['Node Type']} (estimated {plan['Plan Rows']} rows)"
+
+
+def main() -> int:
+    server = os.environ["DATABASE_URL"]
+    print(f"read path: {ROWS:,} rows per table, {SITES} sites, site {SITE}; median of {REPEAT}", flush=True)
+    started = time.monotonic()
+    dsn = setup(server)
+    print(f"setup took {time.monotonic() - started:.0f} s\n", flush=True)
+    admin = psycopg.connect(dsn, autocommit=True)
+    app = psycopg.connect(make_conninfo(dsn, user="bench_app"), autocommit=True)
+
+    cases = {
+        "index path": (
+            INDEX_PATH,
+            "SELECT count(*), sum(amount) FROM orders_{t}",
+            "SELECT count(*), sum(amount) FROM orders_{t} WHERE site_id = 42",
+        ),
+        "parallel seq scan": (
+            SEQ_PATH,
+            "SELECT count(*), sum(amount) FROM orders_{t}",
+            "SELECT count(*), sum(amount) FROM orders_{t} WHERE site_id = 42",
+        ),
+        "join of two protected tables": (
+            [],
+            "SELECT count(*), sum(l.amount) FROM orders_{t} o JOIN lines_{t} l ON l.order_id = o.id",
+            "SELECT count(*), sum(l.amount) FROM orders_{t} o JOIN lines_{t} l ON l.order_id = o.id "
+            "WHERE o.site_id = 42 AND l.site_id = 42",
+        ),
+    }
+    rows = []
+    for label, (settings, protected_query, floor_query) in cases.items():
+        samples: dict[str, list[float]] = {name: [] for name in ("floor", *POLICIES)}
+        nodes: dict[str, str] = {}
+        for _ in range(REPEAT + 1):  # the first round warms the caches and is not counted
+            for name in ("floor", *POLICIES):
+                conn, context = (admin, None) if name == "floor" else (app, name)
+                query = floor_query.format(t="ours") if name == "floor" else protected_query.format(t=name)
+                ms, nodes[name] = timed(conn, settings, context, query)
+                samples[name].append(ms)
+        medians = {name: statistics.median(values[1:]) for name, values in samples.items()}
+        rows.append((label, medians, nodes))
+
+    print(
+        f"{'what':32s} {'floor ms':>9s} {'ours ms':>9s} {'ours x':>7s} {'classic x':>10s} {'wrapped x':>10s}  target <= {TARGET}x"
+    )
+    met_all = True
+    for label, medians, _ in rows:
+        ratio = medians["ours"] / medians["floor"]
+        met = ratio <= TARGET
+        met_all &= met
+        print(
+            f"{label:32s} {medians['floor']:9.2f} {medians['ours']:9.2f} {ratio:7.3f} "
+            f"{medians['classic'] / medians['floor']:10.3f} {medians['wrapped'] / medians['floor']:10.3f}  {'yes' if met else 'NO'}"
+        )
+    print("\nscan nodes (floor / ours / classic / wrapped):")
+    for label, _, nodes in rows:
+        print(f"  {label}: {nodes['floor']} / {nodes['ours']} / {nodes['classic']} / {nodes['wrapped']}")
+    print("\nplans on the skewed table (site 1 holds half of the rows):")
+    for site in (1, 51):
+        print(f"  site {site:2d}: {plan_shape(app, site, 'SELECT count(*), sum(amount) FROM skew')}")
+    app.close()
+    admin.close()
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB)))
+        conn.execute("DROP ROLE bench_app")
+    print(f"\ntotal {time.monotonic() - started:.0f} s; all targets met: {'yes' if met_all else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
