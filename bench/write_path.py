@@ -1,0 +1,213 @@
+"""Write path: bulk INSERT / UPDATE / DELETE with auditing, against PL/pgSQL reference designs, in one run.
+
+    python tests/harness/cluster.py run -- .venv/bin/python bench/write_path.py
+
+Each variant gets the same fresh 8-column table and the same statements:
+- none:          no trigger (the baseline every ratio divides by);
+- ours:          rls_audit.enable() (C statement-level trigger over transition tables);
+- row_jsonb:     a PL/pgSQL AFTER ROW trigger in the style of 2ndQuadrant's audit-trigger
+                 "91plus" (jsonb fork): full old row, changed fields, txid, timestamps, client,
+                 into one log table with the three indexes that design creates;
+- row_event:     a PL/pgSQL AFTER ROW trigger in the style of django-pghistory's default
+                 tracker: a typed copy of the row into an event table with its two indexes,
+                 plus the context read from settings;
+- stmt_jsonb:    a PL/pgSQL statement-level trigger with transition tables writing the same
+                 record as ours (the fastest PL/pgSQL design measured in the research).
+These are written here from the published designs, not copied.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+ROWS = int(os.environ.get("BENCH_ROWS", "200000"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+DB = "django_rls_write_bench"
+COLUMNS = (
+    "id bigint PRIMARY KEY, site_id int, qty int, name text, note text, price numeric(12,2), "
+    "created_at timestamptz, active boolean"
+)
+STATEMENTS = {
+    "insert": (
+        "INSERT INTO {t} SELECT g, g % 50, g % 1000, 'name ' || g, md5(g::text), (g % 10000) / 100.0, "
+        "'2024-01-01'::timestamptz + g * interval '1 second', g % 2 = 0 FROM generate_series(1, {rows}) g"
+    ),
+    "update": "UPDATE {t} SET qty = qty + 1, note = note || 'x'",
+    "delete": "DELETE FROM {t}",
+}
+
+REFERENCES = """
+CREATE SCHEMA ref;
+CREATE TABLE ref.logged_actions (
+    event_id bigserial PRIMARY KEY, table_oid oid, table_name text, session_user_name text,
+    action_tstamp_tx timestamptz, action_tstamp_stm timestamptz, action_tstamp_clk timestamptz,
+    transaction_id bigint, application_name text, client_addr inet, client_port int,
+    client_query text, action text, row_data jsonb, changed_fields jsonb, statement_only boolean);
+CREATE INDEX ON ref.logged_actions (table_oid);
+CREATE INDEX ON ref.logged_actions (action_tstamp_stm);
+CREATE INDEX ON ref.logged_actions (action);
+CREATE FUNCTION ref.row_jsonb() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, public AS $$
+DECLARE
+    old_data jsonb;
+    changed jsonb;
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        old_data := to_jsonb(OLD);
+        SELECT jsonb_object_agg(n.key, n.value) INTO changed
+          FROM jsonb_each(to_jsonb(NEW)) n JOIN jsonb_each(old_data) o USING (key)
+         WHERE n.value IS DISTINCT FROM o.value;
+        IF changed IS NULL THEN RETURN NULL; END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        old_data := to_jsonb(OLD);
+    ELSE
+        old_data := to_jsonb(NEW);
+    END IF;
+    INSERT INTO ref.logged_actions (table_oid, table_name, session_user_name, action_tstamp_tx,
+        action_tstamp_stm, action_tstamp_clk, transaction_id, application_name, client_addr, client_port,
+        client_query, action, row_data, changed_fields, statement_only)
+    VALUES (TG_RELID, TG_TABLE_NAME, session_user, transaction_timestamp(), statement_timestamp(),
+        clock_timestamp(), txid_current(), current_setting('application_name'), inet_client_addr(),
+        inet_client_port(), current_query(), substring(TG_OP, 1, 1), old_data, changed, false);
+    RETURN NULL;
+END $$;
+
+CREATE TABLE ref.events (
+    pgh_id bigserial PRIMARY KEY, pgh_created_at timestamptz NOT NULL DEFAULT now(), pgh_label text,
+    pgh_obj_id bigint, pgh_context jsonb,
+    id bigint, site_id int, qty int, name text, note text, price numeric(12,2), created_at timestamptz, active boolean);
+CREATE INDEX ON ref.events (pgh_obj_id);
+CREATE INDEX ON ref.events (pgh_context);
+CREATE FUNCTION ref.row_event() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+    INSERT INTO ref.events (pgh_label, pgh_obj_id, pgh_context, id, site_id, qty, name, note, price, created_at, active)
+    VALUES (lower(TG_OP), r.id,
+            jsonb_build_object('site', current_setting('app.site', true), 'user', current_setting('app.user', true)),
+            r.id, r.site_id, r.qty, r.name, r.note, r.price, r.created_at, r.active);
+    RETURN NULL;
+END $$;
+
+CREATE TABLE ref.stmt_log (LIKE rls_audit.log INCLUDING DEFAULTS INCLUDING IDENTITY);
+CREATE INDEX ON ref.stmt_log (table_name, row_key);
+CREATE INDEX ON ref.stmt_log (site_id, logged_at) WHERE site_id IS NOT NULL;
+CREATE INDEX ON ref.stmt_log (user_id, logged_at) WHERE user_id IS NOT NULL;
+CREATE INDEX ON ref.stmt_log USING brin (logged_at);
+CREATE FUNCTION ref.stmt_jsonb() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO ref.stmt_log (table_oid, table_name, operation, row_key, new_values, site_id, user_id, db_role)
+        SELECT TG_RELID, TG_TABLE_NAME, TG_OP, r.id::text, to_jsonb(r),
+               nullif(current_setting('app.site', true), '')::bigint,
+               nullif(current_setting('app.user', true), '')::bigint, current_user
+          FROM new_rows r;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO ref.stmt_log (table_oid, table_name, operation, row_key, old_values, site_id, user_id, db_role)
+        SELECT TG_RELID, TG_TABLE_NAME, TG_OP, r.id::text, to_jsonb(r),
+               nullif(current_setting('app.site', true), '')::bigint,
+               nullif(current_setting('app.user', true), '')::bigint, current_user
+          FROM old_rows r;
+    ELSE
+        INSERT INTO ref.stmt_log (table_oid, table_name, operation, row_key, old_values, new_values, site_id, user_id, db_role)
+        SELECT TG_RELID, TG_TABLE_NAME, TG_OP, n.id::text, to_jsonb(o), to_jsonb(n),
+               nullif(current_setting('app.site', true), '')::bigint,
+               nullif(current_setting('app.user', true), '')::bigint, current_user
+          FROM new_rows n JOIN old_rows o USING (id)
+         WHERE o IS DISTINCT FROM n;
+    END IF;
+    RETURN NULL;
+END $$;
+"""
+
+
+def create_variant(conn: psycopg.Connection, variant: str) -> str:
+    table = f"bench_{variant}"
+    conn.execute(f"DROP TABLE IF EXISTS {table}")
+    conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
+    if variant == "ours":
+        conn.execute("SELECT rls_audit.enable(%s)", [table])
+    elif variant in ("row_jsonb", "row_event"):
+        conn.execute(
+            f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION ref.{variant}()"
+        )
+    elif variant == "stmt_jsonb":
+        for op, refs in (
+            ("INSERT", "NEW TABLE AS new_rows"),
+            ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+            ("DELETE", "OLD TABLE AS old_rows"),
+        ):
+            conn.execute(
+                f"CREATE TRIGGER audit_{op.lower()} AFTER {op} ON {table} REFERENCING {refs} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION ref.stmt_jsonb()"
+            )
+    return table
+
+
+def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
+    table = create_variant(conn, variant)
+    conn.execute("SELECT rls.set_context('7', '42', NULL, false)")
+    conn.execute("SELECT set_config('app.site', '7', false), set_config('app.user', '42', false)")
+    times = {}
+    for op, statement in STATEMENTS.items():
+        conn.execute("CHECKPOINT")
+        started = time.perf_counter()
+        conn.execute(statement.format(t=table, rows=ROWS))
+        times[op] = time.perf_counter() - started
+        conn.execute(f"VACUUM ANALYZE {table}")
+    conn.execute(f"DROP TABLE {table}")
+    for log in ("rls_audit.log", "ref.logged_actions", "ref.events", "ref.stmt_log"):
+        conn.execute(f"TRUNCATE {log}")
+    return times
+
+
+def main() -> int:
+    server = os.environ["DATABASE_URL"]
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    variants = ["none", "ours", "row_jsonb", "row_event", "stmt_jsonb"]
+    results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    started = time.monotonic()
+    with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION django_rls")
+        conn.execute(REFERENCES)
+        for repetition in range(REPEAT):
+            order = variants[repetition % len(variants) :] + variants[: repetition % len(variants)]
+            for variant in order:
+                results[variant].append(run_variant(conn, variant))
+    print(f"write path: {ROWS:,} rows, 8 columns; median of {REPEAT} rotated repetitions; ratio = variant / none")
+    print(f"{'variant':12s} " + " ".join(f"{op + ' ms':>10s} {op + ' x':>9s}" for op in STATEMENTS))
+    ratios: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        cells = []
+        ratios[variant] = {}
+        for op in STATEMENTS:
+            ms = statistics.median(r[op] for r in results[variant]) * 1000
+            ratio = statistics.median(r[op] / b[op] for r, b in zip(results[variant], results["none"], strict=True))
+            ratios[variant][op] = ratio
+            cells.append(f"{ms:10.0f} {ratio:9.2f}")
+        print(f"{variant:12s} " + " ".join(cells))
+    print("\nours faster than every PL/pgSQL reference (target):")
+    for op in STATEMENTS:
+        best = min(ratios[v][op] for v in ("row_jsonb", "row_event", "stmt_jsonb"))
+        print(
+            f"  {op:7s} ours {ratios['ours'][op]:.2f}x, best reference {best:.2f}x: {'yes' if ratios['ours'][op] < best else 'NO'}"
+        )
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
