@@ -120,6 +120,16 @@ def _filler(model_field: models.Field[Any, Any]) -> Any:
     raise Unprobeable(f"cannot invent a value for {model_field.name} ({model_field.get_internal_type()})")
 
 
+def _parent_row(relation: Any, alias: str, protected: set[str]) -> Any:
+    """Create a throwaway row for a foreign key to point at; returns its primary key."""
+    target = relation.related_model
+    if target._meta.label in protected:
+        raise Unprobeable(f"its {relation.name} needs a {target._meta.label} row, which is protected itself")
+    parent = _build(target, alias, protected, {})
+    parent.save(using=alias)
+    return parent.pk
+
+
 def _build(model: type[models.Model], alias: str, protected: set[str], overrides: dict[str, Any]) -> models.Model:
     """An unsaved row with every required field filled; parents of required foreign keys are created."""
     values: dict[str, Any] = {}
@@ -132,12 +142,7 @@ def _build(model: type[models.Model], alias: str, protected: set[str], overrides
         if model_field.has_default() or model_field.null:
             continue
         if model_field.is_relation:
-            target = model_field.related_model
-            if target._meta.label in protected:  # type: ignore[union-attr]
-                raise Unprobeable(f"needs a {target._meta.label} row, which is protected itself")  # type: ignore[union-attr]
-            parent = _build(target, alias, protected, {})  # type: ignore[arg-type]
-            parent.save(using=alias)
-            values[model_field.attname] = parent.pk
+            values[model_field.attname] = _parent_row(model_field, alias, protected)
         else:
             values[model_field.attname] = _filler(model_field)
     return model(**values)
@@ -162,12 +167,7 @@ def _keys(declaration: Declaration) -> dict[str, str]:
 def _key_value(model: type[models.Model], name: str, alias: str, protected: set[str]) -> Any:
     key_field = model._meta.get_field(name)
     if key_field.is_relation:
-        target = key_field.related_model
-        if target._meta.label in protected:  # type: ignore[union-attr]
-            raise Unprobeable(f"its {name} points at {target._meta.label}, which is protected itself")  # type: ignore[union-attr]
-        parent = _build(target, alias, protected, {})  # type: ignore[arg-type]
-        parent.save(using=alias)
-        return parent.pk
+        return _parent_row(key_field, alias, protected)
     if isinstance(key_field, models.UUIDField):
         return uuid.uuid4()
     return -int(uuid.uuid4().int % 1_000_000_000) - 1
