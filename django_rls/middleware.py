@@ -30,6 +30,10 @@ class RequestFrame(Frame):
         self.request = request
         self._site: Any = _UNRESOLVED
         self._claims: Any = _UNRESOLVED
+        # values() runs before every query: the site and claims are resolved once, and the
+        # normalised Values are reused for as long as the resolved user is the same object.
+        self._user: Any = _UNRESOLVED
+        self._values: Values | None = None
 
     def _resolve(self, resolver: Callable[[HttpRequest], Any] | None) -> Any:
         if resolver is None:
@@ -46,7 +50,10 @@ class RequestFrame(Frame):
         if self._claims is _UNRESOLVED:
             self._claims = self._resolve(rls_settings.CLAIMS_RESOLVER)
         user = self._resolve(rls_settings.USER_RESOLVER)
-        return make_values(self._site, user, self._claims)
+        if self._values is None or user is not self._user:
+            self._user = user
+            self._values = make_values(self._site, user, self._claims)
+        return self._values
 
 
 class RlsMiddleware:

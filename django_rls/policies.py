@@ -21,7 +21,19 @@ from django.db.models.sql import Query
 from psycopg.sql import Literal
 
 ALL_COMMANDS: tuple[str, ...] = ("select", "insert", "update", "delete")
-WRITE_COMMANDS: tuple[str, ...] = ("insert", "update", "delete")
+INTEGER_TYPES = frozenset(
+    {
+        "AutoField",
+        "BigAutoField",
+        "SmallAutoField",
+        "IntegerField",
+        "BigIntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveBigIntegerField",
+        "PositiveSmallIntegerField",
+    }
+)
 
 
 class DeclarationError(Exception):
@@ -68,17 +80,8 @@ def _key_kind(model: type[models.Model], name: str) -> tuple[str, str]:
     target = key.target_field if key.is_relation else key  # type: ignore[attr-defined]
     if isinstance(target, models.UUIDField):
         return key.column, "uuid"
-    if isinstance(target, models.IntegerField | models.AutoField) or target.get_internal_type() in {
-        "AutoField",
-        "BigAutoField",
-        "SmallAutoField",
-        "IntegerField",
-        "BigIntegerField",
-        "SmallIntegerField",
-        "PositiveIntegerField",
-        "PositiveBigIntegerField",
-        "PositiveSmallIntegerField",
-    }:
+    # Integer fields, auto fields included, and custom fields stored as one of them.
+    if isinstance(target, models.IntegerField) or target.get_internal_type() in INTEGER_TYPES:
         return key.column, "id"
     raise DeclarationError(
         f"{model._meta.label}.{name} is a {target.get_internal_type()}; site and user keys must be integers or UUIDs "
