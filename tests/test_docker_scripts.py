@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from django_rls.tokens import sign_context
-from tests.harness.cluster import BINDIR, Cluster
+from tests.harness.cluster import BINDIR, Cluster, as_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -45,7 +45,7 @@ def test_init_script_creates_the_extension_and_installs_the_key():
         # The image runs init scripts as the postgres OS user, which can write into the data directory.
         command = ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(DOCKER / "initdb.d" / "10-django-rls.sh")]
         result = subprocess.run(
-            ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command,
+            as_postgres(command),
             capture_output=True,
             text=True,
         )

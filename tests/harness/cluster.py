@@ -51,9 +51,13 @@ def free_port() -> int:
 
 
 def as_postgres(argv: list[str]) -> list[str]:
-    """Wrap a server command so that it runs as the postgres OS user if we are root."""
+    """Wrap a server command so that it runs as the postgres OS user if we are root.
+
+    It starts in / because the postgres user may not be allowed into the caller's
+    directory (a checkout under a private temporary directory, say).
+    """
     if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *argv]
+        return ["runuser", "-u", "postgres", "--", "env", "--chdir=/", *argv]
     return argv
 
 
