@@ -43,9 +43,11 @@ def test_init_script_creates_the_extension_and_installs_the_key():
             "DJANGO_RLS_SIGNING_KEY": key,
         }
         # The image runs init scripts as the postgres OS user, which can write into the data directory.
-        command = ["env", *(f"{k}={v}" for k, v in env.items()), "bash", str(DOCKER / "initdb.d" / "10-django-rls.sh")]
+        # The script goes in on stdin: the postgres user may not be allowed to read this checkout.
+        command = ["env", *(f"{k}={v}" for k, v in env.items()), "bash", "-s"]
         result = subprocess.run(
             as_postgres(command),
+            input=(DOCKER / "initdb.d" / "10-django-rls.sh").read_text(),
             capture_output=True,
             text=True,
         )
