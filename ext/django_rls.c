@@ -66,6 +66,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);
+	RlsInstallStatementHooks();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

@@ -60,7 +60,23 @@ extern char *RlsCanonicalClaims(Datum claims);
 /*
  * token.c
  */
+
+/* A context ready for RlsApplyContext(): canonical texts, "" for none. */
+typedef struct RlsContextValues
+{
+	char	   *site;
+	char	   *user;
+	char	   *claims;
+} RlsContextValues;
+
 extern void RlsDefineTokenSettings(void);
+extern void RlsVerifyToken(const char *token, int len, RlsContextValues *result);
+extern void RlsParseContextObject(const char *json, int len, RlsContextValues *result);
+
+/*
+ * statement.c
+ */
+extern void RlsInstallStatementHooks(void);
 
 /*
  * keys.c

@@ -308,17 +308,15 @@ CheckTokenTimes(const RlsToken *token, int64 now)
 }
 
 /*
- * rls.set_context_signed(token text, is_local boolean)
+ * Verify a signed token and spend its nonce.  Every failure raises an error;
+ * on return *result holds the canonical context the token authorizes.
  */
-Datum
-rls_set_context_signed(PG_FUNCTION_ARGS)
+void
+RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 {
-	text	   *token_text = PG_GETARG_TEXT_PP(0);
-	bool		is_local = PG_ARGISNULL(1) ? true : PG_GETARG_BOOL(1);
-	RlsToken	token;
+	RlsToken	parsed;
 	int64		now;
 
-	RlsCheckScope("rls.set_context_signed", is_local);
 	if (!RlsSigningKeyConfigured())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -327,20 +325,82 @@ rls_set_context_signed(PG_FUNCTION_ARGS)
 	if (!RlsReplayAvailable())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("rls.set_context_signed() needs django_rls in shared_preload_libraries"),
+				 errmsg("signed django_rls contexts need django_rls in shared_preload_libraries"),
 				 errdetail("Replay protection keeps spent tokens in shared memory, which only a preloaded library can reserve."),
 				 errhint("Add django_rls to shared_preload_libraries in postgresql.conf and restart the server.")));
 
-	ParseToken(VARDATA_ANY(token_text), VARSIZE_ANY_EXHDR(token_text), &token);
+	ParseToken(token, len, &parsed);
 	now = (int64) timestamptz_to_time_t(GetCurrentTimestamp());
-	CheckTokenTimes(&token, now);
-	if (!RlsReplayRemember(token.nonce, token.expires_at, now))
+	CheckTokenTimes(&parsed, now);
+	if (!RlsReplayRemember(parsed.nonce, parsed.expires_at, now))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("django_rls context token has already been used"),
 				 errdetail("Every token is accepted once, on any connection to this server."),
 				 errhint("Sign a new token (with a new nonce) for every transaction.")));
+	result->site = parsed.site;
+	result->user = parsed.user;
+	result->claims = parsed.claims;
+}
 
-	RlsApplyContext(token.site, token.user, token.claims, is_local);
+/*
+ * Parse an unsigned context written as a JSON object with the members site,
+ * user and claims (each optional), as a statement-carried context sends it.
+ */
+void
+RlsParseContextObject(const char *json, int len, RlsContextValues *result)
+{
+	Jsonb	   *object;
+	JsonbValue	buf;
+	JsonbValue *value;
+	JsonbIterator *it;
+	JsonbIteratorToken r;
+
+	object = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(json, len))));
+	if (!JB_ROOT_IS_OBJECT(object))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a django_rls context must be a JSON object"),
+				 errhint("Send {\"site\": ..., \"user\": ..., \"claims\": ...}, or a signed token.")));
+	it = JsonbIteratorInit(&object->root);
+	while ((r = JsonbIteratorNext(&it, &buf, true)) != WJB_DONE)
+	{
+		if (r == WJB_KEY &&
+			!(buf.val.string.len == 4 && memcmp(buf.val.string.val, "site", 4) == 0) &&
+			!(buf.val.string.len == 4 && memcmp(buf.val.string.val, "user", 4) == 0) &&
+			!(buf.val.string.len == 6 && memcmp(buf.val.string.val, "claims", 6) == 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a django_rls context has an unknown member \"%s\"",
+							pnstrdup(buf.val.string.val, buf.val.string.len)),
+					 errhint("Only site, user and claims are allowed.")));
+	}
+	result->site = IdMember(Member(object, "site", &buf), "site");
+	result->user = IdMember(Member(object, "user", &buf), "user");
+	value = Member(object, "claims", &buf);
+	if (value == NULL || value->type == jbvNull)
+		result->claims = pstrdup("");
+	else if (value->type == jbvBinary)
+		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("django_rls claims must be a JSON object"),
+				 errhint("Pass claims like {\"role\": \"editor\"}, or null for none.")));
+}
+
+/*
+ * rls.set_context_signed(token text, is_local boolean)
+ */
+Datum
+rls_set_context_signed(PG_FUNCTION_ARGS)
+{
+	text	   *token_text = PG_GETARG_TEXT_PP(0);
+	bool		is_local = PG_ARGISNULL(1) ? true : PG_GETARG_BOOL(1);
+	RlsContextValues context;
+
+	RlsCheckScope("rls.set_context_signed", is_local);
+	RlsVerifyToken(VARDATA_ANY(token_text), VARSIZE_ANY_EXHDR(token_text), &context);
+	RlsApplyContext(context.site, context.user, context.claims, is_local);
 	PG_RETURN_VOID();
 }

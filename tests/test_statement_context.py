@@ -1,0 +1,144 @@
+"""A context carried by the statement itself: the /*django_rls:$1*/ marker, as the app role.
+
+The marker lets an autocommit query carry its own context in bound parameter $1, instead
+of BEGIN, rls.set_context(), the query and COMMIT (ext/statement.c).
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.string import StrDumper
+
+from django_rls.tokens import sign_context
+from tests.conftest import APP_ROLE
+
+MARKER = "/*django_rls:%s*/ "
+
+
+class Text(str):
+    """A str bound as type text (plain str goes as 'unknown', which an unused $1 cannot be)."""
+
+
+class TextDumper(StrDumper):
+    oid = psycopg.adapters.types["text"].oid
+
+
+@pytest.fixture
+def conn(app_conn: psycopg.Connection) -> psycopg.Connection:
+    app_conn.adapters.register_dumper(Text, TextDumper)
+    return app_conn
+
+
+def unsigned(site=None, user=None, claims=None) -> Text:
+    return Text(json.dumps({"site": site, "user": user, "claims": claims}))
+
+
+def carried(conn: psycopg.Connection, parameter: str, query: str, params: tuple = ()) -> list[tuple]:
+    return conn.execute(MARKER + query, (parameter, *params)).fetchall()
+
+
+def test_autocommit_statement_runs_with_its_context_and_leaves_nothing(conn, sites_table):
+    rows = carried(conn, unsigned(site=2, user=7), f"SELECT DISTINCT site_id, rls.user_id() FROM {sites_table}")
+    assert rows == [(2, 7)]
+    assert conn.execute("SELECT rls.context()").fetchone()[0] == {"site": None, "user": None, "claims": None}
+
+
+def test_planner_sees_the_site(conn, sites_table):
+    plan = carried(conn, unsigned(site=1), f"EXPLAIN SELECT * FROM {sites_table}")
+    assert "site_id = rls.site_id()" in "\n".join(line for (line,) in plan)
+    assert carried(conn, unsigned(site=1), "SELECT rls.site_id()") == [(1,)]
+
+
+def test_in_a_transaction_the_context_lasts_until_commit(conn):
+    with conn.transaction():
+        assert carried(conn, unsigned(site=5, claims={"role": "editor"}), "SELECT rls.site_id()") == [(5,)]
+        assert conn.execute("SELECT rls.claim('role')").fetchone() == ("editor",)
+    assert conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+
+def test_rollback_to_savepoint_restores_the_earlier_context(conn):
+    with conn.transaction():
+        carried(conn, unsigned(site=1), "SELECT 1")
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            carried(conn, unsigned(site=2), "SELECT 1 / 0")
+        assert conn.execute("SELECT rls.site_id()").fetchone() == (1,)
+
+
+def test_signed_token_is_verified_and_spent_once(conn, signing_keys):
+    token = Text(sign_context(signing_keys[0], site=3, user=4))
+    assert carried(conn, token, "SELECT rls.site_id(), rls.user_id()") == [(3, 4)]
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+        carried(conn, token, "SELECT rls.site_id()")
+    forged = Text(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="invalid django_rls context token"):
+        carried(conn, forged, "SELECT 1")
+
+
+def test_signed_token_with_prepared_generic_plan(conn, signing_keys, sites_table):
+    query = MARKER + f"SELECT count(*) FROM {sites_table} WHERE site_id = %s"
+    with conn.transaction():
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for site in (1, 2, 1, 2, 1, 2):  # prepared after the first run: later runs skip the planner
+            token = Text(sign_context(signing_keys[0], site=site, user=None))
+            assert conn.execute(query, (token, site), prepare=True).fetchone() == (3,)
+
+
+def test_parallel_workers_get_the_carried_context(conn, owner_conn):
+    owner_conn.execute("CREATE TABLE carried_big AS SELECT g AS id, g % 4 AS site_id FROM generate_series(1, 200000) g")
+    owner_conn.execute(sql.SQL("GRANT SELECT ON carried_big TO {}").format(sql.Identifier(APP_ROLE)))
+    owner_conn.execute("SELECT rls.protect_by_site('carried_big', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute("ANALYZE carried_big")
+    try:
+        with conn.transaction():
+            for setting in ("parallel_setup_cost = 0", "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0"):
+                conn.execute(f"SET LOCAL {setting}")
+            plan = carried(conn, unsigned(site=3), "EXPLAIN (ANALYZE, COSTS OFF) SELECT count(*) FROM carried_big")
+            assert any("Workers Launched: " in line and "0" not in line.split(":")[1] for (line,) in plan)
+        assert carried(conn, unsigned(site=3), "SELECT count(*) FROM carried_big") == [(50000,)]
+    finally:
+        owner_conn.execute("DROP TABLE carried_big")
+
+
+def test_queries_inside_functions_cannot_carry_a_context(conn):
+    conn.execute(
+        "CREATE FUNCTION pg_temp.sneak(p text) RETURNS bigint LANGUAGE plpgsql AS $$ "
+        "DECLARE r bigint; BEGIN EXECUTE '/*django_rls:$1*/ SELECT rls.site_id()' INTO r USING p; RETURN r; END $$"
+    )
+    assert conn.execute("SELECT pg_temp.sneak(%s)", (unsigned(site=9),)).fetchone() == (None,)
+
+
+def test_unsigned_context_refused_when_signatures_are_required(conn, admin_conn):
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
+    try:
+        fresh = psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True)
+        fresh.adapters.register_dumper(Text, TextDumper)
+        with fresh, pytest.raises(psycopg.errors.InsufficientPrivilege, match="require_signature is on"):
+            carried(fresh, unsigned(site=1), "SELECT 1")
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+
+
+@pytest.mark.parametrize(
+    ("parameter", "error", "message"),
+    [
+        (unsigned(site="x"), psycopg.errors.InvalidParameterValue, "invalid site identifier"),
+        (Text('{"site": 1, "tenant": 2}'), psycopg.errors.InvalidParameterValue, 'unknown member "tenant"'),
+        (Text("[1]"), psycopg.errors.InvalidParameterValue, "must be a JSON object"),
+        (Text('{"claims": 3}'), psycopg.errors.InvalidParameterValue, "claims must be a JSON object"),
+    ],
+)
+def test_bad_unsigned_context_is_an_error(conn, parameter, error, message):
+    with pytest.raises(error, match=message) as info:
+        carried(conn, parameter, "SELECT 1")
+    assert info.value.diag.message_hint
+
+
+def test_marker_needs_a_text_parameter(conn):
+    with pytest.raises(psycopg.errors.DatatypeMismatch, match=r"\$1 must be non-null text"):
+        conn.execute(MARKER + "SELECT 1", (42,))
+    with pytest.raises(psycopg.errors.UndefinedParameter, match="no bound parameter"):
+        conn.execute("/*django_rls:$1*/ SELECT 1")
