@@ -2,12 +2,18 @@
 
 An execute wrapper on every protected database alias runs before each query:
 
-- Inside a transaction (``atomic()``, ``ATOMIC_REQUESTS``): the first query of
-  the transaction, and the first after the context changed or a savepoint was
-  rolled back, is preceded by one ``rls.set_context(...)`` statement.
-- In autocommit, where each query is its own transaction, the query is sent in
-  a pipeline with ``BEGIN``, the context and ``COMMIT``: one network round
-  trip, like the query alone.
+- With server-side binding (``OPTIONS={"server_side_binding": True}``) a query
+  carries the context itself: it is sent as ``/*django_rls:$1*/ <query>`` with
+  the context bound as ``$1`` (ext/statement.c), so no extra statement is sent.
+  Inside a transaction only the first query that needs the context carries it;
+  the extension keeps it until the transaction ends.
+- Otherwise (Django's default client-side binding, named cursors, executemany,
+  utility statements): inside a transaction (``atomic()``, ``ATOMIC_REQUESTS``)
+  the first query of the transaction, and the first after the context changed
+  or a savepoint was rolled back, is preceded by one ``rls.set_context(...)``
+  statement; in autocommit, where each query is its own transaction, the query
+  is sent in a pipeline with ``BEGIN``, the context and ``COMMIT``: one network
+  round trip, like the query alone, but three more statements.
 - A request that runs no query sends nothing.
 
 Values are always bound server-side (a plain ``psycopg.Cursor``, whatever
@@ -19,19 +25,39 @@ on a connection that goes back to a pool or to PgBouncer.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import Any
 
 import psycopg
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.pq import TransactionStatus
+from psycopg.types.string import StrDumper
 
 from django_rls.conf import rls_settings
 from django_rls.state import EMPTY, Values, current_frame
 from django_rls.tokens import sign_context
 
 _APPLIED = "_django_rls_applied"
+
+# A query that carries its context starts with this comment; the context is bound as $1.
+MARKER = "/*django_rls:%s*/ "
+MARKER_NAMED = "/*django_rls:%(django_rls_context)s*/ "
+# Statements the server plans and executes, where the extension applies a carried context.
+PLANNED = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE", "EXPLAIN")
+
+
+class ContextParameter(str):
+    """A context as the $1 of a query that carries it: a signed token or a JSON object."""
+
+
+class ContextParameterDumper(StrDumper):
+    """Binds a ContextParameter as text: the query never reads $1, so the server cannot infer its type."""
+
+    oid = psycopg.adapters.types["text"].oid
 
 
 class AppliedContext:
@@ -56,6 +82,45 @@ def context_statement(values: Values, is_local: bool) -> tuple[str, tuple[Any, .
         )
         return "SELECT rls.set_context_signed(%s, %s)", (token, is_local)
     return "SELECT rls.set_context(%s, %s, %s::jsonb, %s)", (values.site, values.user, values.claims, is_local)
+
+
+@lru_cache(maxsize=4096)
+def _unsigned_parameter(values: Values) -> ContextParameter:
+    claims = values.claims if values.claims is not None else "null"
+    return ContextParameter(f'{{"site":{json.dumps(values.site)},"user":{json.dumps(values.user)},"claims":{claims}}}')
+
+
+def context_parameter(values: Values) -> ContextParameter:
+    """The $1 of a query that carries these values."""
+    key = rls_settings.SIGNING_KEY
+    if key is None:
+        return _unsigned_parameter(values)
+    token = sign_context(
+        key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
+    )
+    return ContextParameter(token)
+
+
+def can_carry(sql: Any, many: bool, context: dict[str, Any]) -> bool:
+    """Whether this query can carry its context: one planned statement bound server-side."""
+    cursor = getattr(context.get("cursor"), "cursor", None)
+    return (
+        not many
+        and isinstance(sql, str)
+        and isinstance(cursor, psycopg.Cursor)
+        and not isinstance(cursor, (psycopg.ClientCursor, psycopg.ServerCursor))
+        and sql.lstrip(" \t\r\n(")[:7].upper().startswith(PLANNED)
+    )
+
+
+def carrying(sql: str, params: Any, values: Values) -> tuple[str, Any]:
+    """The query and parameters that carry these values."""
+    parameter = context_parameter(values)
+    if params is None:  # psycopg now reads placeholders: a literal % must be doubled
+        return MARKER + sql.replace("%", "%%"), (parameter,)
+    if isinstance(params, Mapping):
+        return MARKER_NAMED + sql, {**params, "django_rls_context": parameter}
+    return MARKER + sql, (parameter, *params)
 
 
 def protected_aliases() -> list[str]:
@@ -97,6 +162,12 @@ class ContextWrapper:
         session_scope = rls_settings.SCOPE == "session"
         if held == wanted or status == TransactionStatus.INERROR:
             result = execute(sql, params, many, context)
+        elif not session_scope and can_carry(sql, many, context):
+            in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
+            carried_sql, carried_params = carrying(sql, params, wanted)
+            result = execute(carried_sql, carried_params, many, context)
+            if in_transaction:
+                setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=True))
         elif pgconn.autocommit and status == TransactionStatus.IDLE and not session_scope:
             result = self._execute_in_pipeline(connection, pgconn, wanted, execute, sql, params, many, context)
         else:
@@ -152,6 +223,7 @@ def install(connection: BaseDatabaseWrapper) -> None:
 
 def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     install(connection)
+    connection.connection.adapters.register_dumper(ContextParameter, ContextParameterDumper)
     setattr(connection, _APPLIED, None)
 
 

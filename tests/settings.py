@@ -67,7 +67,8 @@ TEMPLATES = [
     }
 ]
 DATABASES = {
-    "default": _database(APP_ROLE),
+    # Server-side binding, as docs/getting-started.md recommends: queries carry their context.
+    "default": _database(APP_ROLE, OPTIONS={"server_side_binding": True}),
     "owner": _database(OWNER_ROLE),
     "bypass": _database(BYPASS_ROLE),
 }
@@ -78,7 +79,8 @@ DJANGO_RLS = {
     "MODELS": {"thirdparty.Widget": {"policy": "owner", "field": "owner_id"}},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# A second alias of the application role (as a read replica would be) and one that uses
-# Django's psycopg connection pool: both must get the context too.
+# A second alias of the application role (as a read replica would be), with Django's default
+# client-side binding (the context then goes in its own statement), and one that uses Django's
+# psycopg connection pool: both must get the context too.
 DATABASES["replica"] = _database(APP_ROLE)
 DATABASES["pooled"] = _database(APP_ROLE, OPTIONS={"pool": {"min_size": 1, "max_size": 4}})

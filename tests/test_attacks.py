@@ -55,6 +55,9 @@ ATTACKS = [
     "DELETE FROM testapp_note WHERE site_id = 2 RETURNING body",
     "UPDATE testapp_note SET body = 'pwned' WHERE site_id = 2 RETURNING body",
     "INSERT INTO testapp_note (site_id, body) VALUES (2, 'planted') RETURNING id",
+    # A statement-carried context needs a bound $1; stacked text cannot bind one.
+    "/*django_rls:$1*/ SELECT body FROM testapp_note WHERE site_id = 2",
+    """/*django_rls:$1*/ SELECT body FROM testapp_note; /*django_rls:$1*/ SELECT body FROM testapp_note""",
 ]
 
 

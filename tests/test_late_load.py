@@ -69,9 +69,7 @@ def test_context_still_works_and_problem_is_reported(plain_cluster: Cluster):
         with conn.transaction():
             conn.execute("SELECT rls.set_context('2', '1')")
             assert conn.execute("SELECT array_agg(site_id) FROM t").fetchone()[0] == [2]
-        with pytest.raises(
-            psycopg.errors.ObjectNotInPrerequisiteState, match="needs django_rls in shared_preload_libraries"
-        ):
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="django_rls in shared_preload_libraries"):
             with conn.transaction():
                 conn.execute("SELECT rls.set_context_signed('v1.x.y')")
         problems = [p for (p,) in conn.execute("SELECT problem FROM rls.problems")]

@@ -26,6 +26,19 @@ def persistent(live_db: None) -> Iterator[None]:
     settings_dict["CONN_MAX_AGE"] = saved
 
 
+@pytest.fixture
+def client_binding(persistent: None) -> Iterator[None]:
+    """Django's default client-side binding on the app role's connection: the context goes in its own statement."""
+    connection = connections["default"]
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("server_side_binding")
+    options["server_side_binding"] = False
+    connection.close()
+    yield
+    options["server_side_binding"] = saved
+    connection.close()
+
+
 def backend_pid() -> int:
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
@@ -106,27 +119,47 @@ class TestQueryCount:
         assert (await async_client.get("/nodb/", headers={"x-forwarded-host": H1})).content == b"ok"
         assert counter.since() == {}
 
-    def test_one_query_view_costs_no_extra_round_trip(self, persistent, client):
+    def test_one_query_view_carries_the_context_in_the_query(self, persistent, client):
+        client.get("/count/", HTTP_HOST=H1)
+        with wire.traced(connections["default"]) as log:
+            assert client.get("/count/", HTTP_HOST=H1).content == b"3"
+        assert log.context_statements == 0
+        assert log.carried == 1
+        assert log.round_trips == 1
+        assert len([line for line in log.sent if "\tParse\t" in line]) == 1  # no BEGIN, no COMMIT
+
+    def test_one_query_view_with_client_side_binding_pipelines_the_context(self, client_binding, client):
         client.get("/count/", HTTP_HOST=H1)
         with wire.traced(connections["default"]) as log:
             assert client.get("/count/", HTTP_HOST=H1).content == b"3"
         assert log.context_statements == 1
         assert log.round_trips == 1  # BEGIN, context, query and COMMIT go in one pipeline
 
-    async def test_one_query_async_view_sends_one_context_statement(self, live_db, async_client, statements):
-        await async_client.get("/notes/async/", headers={"x-forwarded-host": H1})
+    async def test_one_query_async_view_sends_no_context_statement(self, live_db, async_client, statements):
+        await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})  # caches the site
         counter = statements()
         assert (await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})).json() == {"sites": [2]}
-        assert counter.context_statements() == 1
+        assert counter.context_statements() == 0
+        assert counter.total() == 1
 
-    def test_transaction_sends_the_context_once(self, persistent, client):
+    def test_transaction_carries_the_context_in_its_first_query(self, persistent, client):
+        client.get("/notes/atomic/", HTTP_HOST=H1)
+        with wire.traced(connections["default"]) as log:
+            assert client.get("/notes/atomic/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        assert (log.context_statements, log.carried) == (0, 1)
+        assert log.round_trips == 4  # BEGIN, two queries, COMMIT
+
+    def test_transaction_with_client_side_binding_sends_the_context_once(self, client_binding, client):
         client.get("/notes/atomic/", HTTP_HOST=H1)
         with wire.traced(connections["default"]) as log:
             assert client.get("/notes/atomic/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
         assert log.context_statements == 1
         assert log.round_trips == 5  # BEGIN, the context, two queries, COMMIT
 
-    def test_atomic_requests_send_the_context_once(self, persistent, client):
+    @pytest.mark.parametrize("binding", ["server", "client"])
+    def test_atomic_requests_send_the_context_once(self, persistent, client, request, binding):
+        if binding == "client":
+            request.getfixturevalue("client_binding")
         settings_dict = connections["default"].settings_dict
         settings_dict["ATOMIC_REQUESTS"] = True
         try:
@@ -135,14 +168,19 @@ class TestQueryCount:
                 assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
         finally:
             settings_dict["ATOMIC_REQUESTS"] = False
-        assert log.context_statements == 1
+        assert log.context_statements + log.carried == 1
 
-    def test_values_are_bound_server_side(self, persistent, client):
+    @pytest.mark.parametrize("binding", ["server", "client"])
+    def test_values_are_bound_server_side(self, persistent, client, request, binding):
+        if binding == "client":
+            request.getfixturevalue("client_binding")
         client.get("/count/", HTTP_HOST=H2)
         with wire.traced(connections["default"]) as log:
             client.get("/count/", HTTP_HOST=H2)
-        parse = [line for line in log.sent if "\tParse\t" in line and "rls.set_context" in line]
-        assert parse and "$1" in parse[0] and "'2'" not in parse[0]
+        parse = [
+            line for line in log.sent if "\tParse\t" in line and ("rls.set_context" in line or "django_rls:" in line)
+        ]
+        assert parse and "$1" in parse[0] and '"2"' not in parse[0] and "'2'" not in parse[0]
 
 
 class TestNoLeftovers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework.authentication import BasicAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -93,10 +93,15 @@ class DrfTasks(APIView):
 
 
 def inject(request: HttpRequest) -> JsonResponse:
-    """A deliberately injectable view: runs attacker-supplied SQL, then reads the notes table."""
+    """A deliberately injectable view: runs attacker-supplied SQL, then reads the notes table.
+
+    It uses the "replica" alias, whose client-side binding sends the simple query protocol:
+    the one where an attacker can stack statements.
+    """
     outcome = "ok"
+    replica = connections["replica"]
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(using="replica"), replica.cursor() as cursor:
             cursor.execute(request.GET["sql"])
             rows: list = []
             while True:  # stacked statements: the attacker gets the last result
@@ -107,7 +112,7 @@ def inject(request: HttpRequest) -> JsonResponse:
             outcome = json.dumps(rows, default=str)
     except Exception as exc:  # the attacker sees the error text too
         outcome = f"error: {exc}"
-    with connection.cursor() as cursor:
+    with replica.cursor() as cursor:
         cursor.execute("SELECT DISTINCT site_id FROM testapp_note ORDER BY 1")
         sites = [row[0] for row in cursor.fetchall()]
     return JsonResponse({"outcome": outcome, "sites": sites})
