@@ -33,6 +33,7 @@ class DjangoRlsConfig(AppConfig):
         checks.register(rls_checks.check_middleware)
         checks.register(rls_checks.check_declarations)
         checks.register(rls_checks.check_scope)
+        checks.register(rls_checks.check_binding)
         checks.register(rls_checks.check_database, checks.Tags.database)
 
 

@@ -125,6 +125,30 @@ def check_scope(**kwargs: Any) -> list[CheckMessage]:
     return messages
 
 
+def check_binding(**kwargs: Any) -> list[CheckMessage]:
+    from django_rls.conf import rls_settings
+    from django_rls.database import protected_aliases
+
+    try:
+        if rls_settings.SCOPE == "session":
+            return []  # a session context is sent once per request, whatever the binding
+        aliases = protected_aliases()
+    except ImproperlyConfigured:
+        return []  # reported by E001
+    return [
+        Warning(
+            f"Database {alias!r} binds parameters client-side (Django's default), so its queries cannot carry "
+            "the django_rls context: every query outside a transaction sends BEGIN, rls.set_context() and COMMIT "
+            "with it (one round trip, but four statements).",
+            hint=f'Add "OPTIONS": {{"server_side_binding": True}} to DATABASES[{alias!r}] (docs/settings.md).',
+            id="django_rls.W005",
+        )
+        for alias in aliases
+        if alias in connections.settings
+        and connections.settings[alias].get("OPTIONS", {}).get("server_side_binding") is not True
+    ]
+
+
 def check_database(databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Catalog checks on the application's own connections (run by ``check --database default``)."""
     from django_rls.conf import rls_settings
