@@ -66,10 +66,12 @@ test-memcheck: deps
 
 # Benchmarks that print side-by-side tables (bench/); results go to docs/benchmarks.md by hand.
 bench: deps
+	bench/deps.sh
 	$(MAKE) install
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/read_path.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/write_path.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/rls_apply_scale.py
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/request_path.py
 
 # Fuzz the token parser through SQL for FUZZ_SECONDS (see tests/fuzz/fuzz_tokens.py).
 FUZZ_SECONDS ?= 300

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("one-query/", views.one_query),
+    path("no-query/", views.no_query),
+]
