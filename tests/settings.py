@@ -83,4 +83,4 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # client-side binding (the context then goes in its own statement), and one that uses Django's
 # psycopg connection pool: both must get the context too.
 DATABASES["replica"] = _database(APP_ROLE)
-DATABASES["pooled"] = _database(APP_ROLE, OPTIONS={"pool": {"min_size": 1, "max_size": 4}})
+DATABASES["pooled"] = _database(APP_ROLE, OPTIONS={"pool": {"min_size": 1, "max_size": 4}, "server_side_binding": True})
