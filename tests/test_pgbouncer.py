@@ -53,16 +53,20 @@ def bouncer_dsn(bouncer: PgBouncer) -> str:
     return f"host=127.0.0.1 port={bouncer.port} dbname={TEST_DB} user={APP_ROLE} password={PASSWORD}"
 
 
-@pytest.fixture
-def bouncer_alias(transaction_pool, extra_alias) -> Iterator[str]:
-    """A Django alias of the app role that goes through PgBouncer in transaction mode."""
+@pytest.fixture(params=["server-side binding", "client-side binding"])
+def bouncer_alias(request, transaction_pool, extra_alias) -> Iterator[str]:
+    """A Django alias of the app role that goes through PgBouncer in transaction mode.
+
+    With server-side binding each query carries its context; with client-side binding the
+    context goes in its own pipelined statements.
+    """
     alias = extra_alias("bouncer", user=APP_ROLE, password=PASSWORD)
     connections.settings[alias].update(
         {
             "HOST": "127.0.0.1",
             "PORT": str(transaction_pool.port),
             "DISABLE_SERVER_SIDE_CURSORS": True,  # what Django asks for behind transaction pooling
-            "OPTIONS": {"prepare_threshold": None},
+            "OPTIONS": {"prepare_threshold": None, "server_side_binding": request.param == "server-side binding"},
         }
     )
     yield alias
