@@ -343,10 +343,25 @@ RlsCanonicalClaims(Datum claims)
 }
 
 /*
+ * Refuse to set a context from code that maintenance commands run.  action
+ * completes "cannot ... within a security-restricted operation".
+ */
+void
+RlsCheckNotRestricted(const char *action)
+{
+	if (InSecurityRestrictedOperation())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot %s within a security-restricted operation", action),
+				 errdetail("Maintenance commands such as VACUUM, ANALYZE and REFRESH MATERIALIZED VIEW run user code in a security-restricted operation."),
+				 errhint("Set the context from the application, not from index expressions or other code run by maintenance commands.")));
+}
+
+/*
  * Refuse a transaction-scoped context outside a transaction block, where it
- * would vanish at the end of the very statement that set it.  Called before
- * anything else is done, so that a signed token is not spent on a call that
- * cannot succeed.
+ * would vanish at the end of the very statement that set it, and any context
+ * in a security-restricted operation.  Called before anything else is done,
+ * so that a signed token is not spent on a call that cannot succeed.
  */
 void
 RlsCheckScope(const char *function_name, bool is_local)
@@ -357,12 +372,7 @@ RlsCheckScope(const char *function_name, bool is_local)
 				 errmsg("%s() with is_local => true must run inside a transaction block", function_name),
 				 errdetail("A transaction-scoped context would be cleared as soon as this statement ends."),
 				 errhint("Run BEGIN first (in Django, transaction.atomic()), or pass is_local => false for a session-scoped context.")));
-	if (InSecurityRestrictedOperation())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("cannot call %s() within a security-restricted operation", function_name),
-				 errdetail("Maintenance commands such as VACUUM, ANALYZE and REFRESH MATERIALIZED VIEW run user code in a security-restricted operation."),
-				 errhint("Set the context from the application, not from index expressions or other code run by maintenance commands.")));
+	RlsCheckNotRestricted(psprintf("call %s()", function_name));
 }
 
 /*

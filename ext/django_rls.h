@@ -51,6 +51,7 @@ extern bool rls_strict;
 extern bool rls_require_signature;
 
 extern void RlsDefineContextSettings(void);
+extern void RlsCheckNotRestricted(const char *action);
 extern void RlsCheckScope(const char *function_name, bool is_local);
 extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);

@@ -136,10 +136,7 @@ ApplyStatementContext(const char *source, ParamListInfo params)
 		return;
 	}
 
-	if (InSecurityRestrictedOperation())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("cannot set a django_rls context within a security-restricted operation")));
+	RlsCheckNotRestricted("set a django_rls context");
 	if (strncmp(parameter, "v1.", 3) == 0)
 		RlsVerifyToken(parameter, strlen(parameter), &context);
 	else

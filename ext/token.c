@@ -34,14 +34,16 @@
 
 PG_FUNCTION_INFO_V1(rls_set_context_signed);
 
+/* The members a token's payload and an unsigned context may have. */
+static const char *const token_members[] = {"site", "user", "claims", "iat", "exp", "nonce", "db"};
+static const char *const context_members[] = {"site", "user", "claims"};
+
 static int	max_token_lifetime = 300;
 
 /* The verified contents of a token, canonical and ready to apply. */
 typedef struct RlsToken
 {
-	char	   *site;
-	char	   *user;
-	char	   *claims;
+	RlsContextValues context;
 	int64		issued_at;
 	int64		expires_at;
 	char	   *nonce;
@@ -163,12 +165,15 @@ Member(Jsonb *payload, const char *name, JsonbValue *buf)
 	return getKeyJsonValueFromContainer(&payload->root, name, strlen(name), buf);
 }
 
-/* Refuse members this version does not know, rather than ignore a constraint. */
-static void
-CheckMemberNames(Jsonb *payload)
+/*
+ * The first member of the object that is not in known[], or NULL.  Callers
+ * refuse it: a member this version does not know may carry a constraint that
+ * would otherwise be ignored.
+ */
+static char *
+UnknownMember(Jsonb *object, const char *const *known, size_t nknown)
 {
-	static const char *const known[] = {"site", "user", "claims", "iat", "exp", "nonce", "db"};
-	JsonbIterator *it = JsonbIteratorInit(&payload->root);
+	JsonbIterator *it = JsonbIteratorInit(&object->root);
 	JsonbValue	v;
 	JsonbIteratorToken r;
 
@@ -179,14 +184,37 @@ CheckMemberNames(Jsonb *payload)
 
 		if (r != WJB_KEY)
 			continue;
-		for (i = 0; i < lengthof(known); i++)
+		for (i = 0; i < nknown; i++)
 			if (strlen(known[i]) == (size_t) v.val.string.len &&
 				memcmp(known[i], v.val.string.val, v.val.string.len) == 0)
 				ok = true;
 		if (!ok)
-			ReportInvalidToken(psprintf("The payload has an unknown member \"%s\".",
-										pnstrdup(v.val.string.val, v.val.string.len)));
+			return pnstrdup(v.val.string.val, v.val.string.len);
 	}
+	return NULL;
+}
+
+/*
+ * Read the members site, user and claims, shared by tokens and unsigned
+ * contexts.  Returns false when claims is neither an object nor null, for the
+ * caller to report in its own terms.
+ */
+static bool
+ContextMembers(Jsonb *object, RlsContextValues *result)
+{
+	JsonbValue	buf;
+	JsonbValue *value;
+
+	result->site = IdMember(Member(object, "site", &buf), "site");
+	result->user = IdMember(Member(object, "user", &buf), "user");
+	value = Member(object, "claims", &buf);
+	if (value == NULL || value->type == jbvNull)
+		result->claims = pstrdup("");
+	else if (value->type == jbvBinary)
+		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
+	else
+		return false;
+	return true;
 }
 
 static bool
@@ -219,6 +247,7 @@ ParseToken(const char *token, int len, RlsToken *result)
 	JsonbValue	buf;
 	JsonbValue *value;
 	int			prefix_len = strlen(TOKEN_VERSION_PREFIX);
+	char	   *unknown;
 
 	if (len > TOKEN_MAX_LEN)
 		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
@@ -240,16 +269,11 @@ ParseToken(const char *token, int len, RlsToken *result)
 												 CStringGetDatum(pnstrdup((char *) payload_bytes, payload_len))));
 	if (!JB_ROOT_IS_OBJECT(payload))
 		ReportInvalidToken("The payload is not a JSON object.");
-	CheckMemberNames(payload);
+	unknown = UnknownMember(payload, token_members, lengthof(token_members));
+	if (unknown != NULL)
+		ReportInvalidToken(psprintf("The payload has an unknown member \"%s\".", unknown));
 
-	result->site = IdMember(Member(payload, "site", &buf), "site");
-	result->user = IdMember(Member(payload, "user", &buf), "user");
-	value = Member(payload, "claims", &buf);
-	if (value == NULL || value->type == jbvNull)
-		result->claims = pstrdup("");
-	else if (value->type == jbvBinary)
-		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
-	else
+	if (!ContextMembers(payload, &result->context))
 		ReportInvalidToken("The payload member \"claims\" must be a JSON object or null.");
 	result->issued_at = IntegerMember(Member(payload, "iat", &buf), "iat");
 	result->expires_at = IntegerMember(Member(payload, "exp", &buf), "exp");
@@ -338,9 +362,7 @@ RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 				 errmsg("django_rls context token has already been used"),
 				 errdetail("Every token is accepted once, on any connection to this server."),
 				 errhint("Sign a new token (with a new nonce) for every transaction.")));
-	result->site = parsed.site;
-	result->user = parsed.user;
-	result->claims = parsed.claims;
+	*result = parsed.context;
 }
 
 /*
@@ -351,10 +373,7 @@ void
 RlsParseContextObject(const char *json, int len, RlsContextValues *result)
 {
 	Jsonb	   *object;
-	JsonbValue	buf;
-	JsonbValue *value;
-	JsonbIterator *it;
-	JsonbIteratorToken r;
+	char	   *unknown;
 
 	object = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(json, len))));
 	if (!JB_ROOT_IS_OBJECT(object))
@@ -362,27 +381,13 @@ RlsParseContextObject(const char *json, int len, RlsContextValues *result)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a django_rls context must be a JSON object"),
 				 errhint("Send {\"site\": ..., \"user\": ..., \"claims\": ...}, or a signed token.")));
-	it = JsonbIteratorInit(&object->root);
-	while ((r = JsonbIteratorNext(&it, &buf, true)) != WJB_DONE)
-	{
-		if (r == WJB_KEY &&
-			!(buf.val.string.len == 4 && memcmp(buf.val.string.val, "site", 4) == 0) &&
-			!(buf.val.string.len == 4 && memcmp(buf.val.string.val, "user", 4) == 0) &&
-			!(buf.val.string.len == 6 && memcmp(buf.val.string.val, "claims", 6) == 0))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("a django_rls context has an unknown member \"%s\"",
-							pnstrdup(buf.val.string.val, buf.val.string.len)),
-					 errhint("Only site, user and claims are allowed.")));
-	}
-	result->site = IdMember(Member(object, "site", &buf), "site");
-	result->user = IdMember(Member(object, "user", &buf), "user");
-	value = Member(object, "claims", &buf);
-	if (value == NULL || value->type == jbvNull)
-		result->claims = pstrdup("");
-	else if (value->type == jbvBinary)
-		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
-	else
+	unknown = UnknownMember(object, context_members, lengthof(context_members));
+	if (unknown != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a django_rls context has an unknown member \"%s\"", unknown),
+				 errhint("Only site, user and claims are allowed.")));
+	if (!ContextMembers(object, result))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("django_rls claims must be a JSON object"),
