@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tests.harness.cluster import free_port  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 ROWS = 100_000
 SITES = 100
@@ -90,12 +93,6 @@ def setup(server: str) -> str:
     url = urlparse(server)
     netloc = f"{ROLE}:{PASSWORD}@{url.hostname or '127.0.0.1'}:{url.port or 5432}"
     return urlunparse(("postgresql", netloc, f"/{DB}", "", "", ""))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def variant_env(variant: str, database_url: str) -> dict[str, str]:

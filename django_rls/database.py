@@ -71,15 +71,22 @@ class AppliedContext:
         self.transactional = transactional
 
 
+def _signed(values: Values) -> str | None:
+    """A fresh single-use token for these values, or None in unsigned mode."""
+    key = rls_settings.SIGNING_KEY
+    if key is None:
+        return None
+    return sign_context(
+        key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
+    )
+
+
 def context_statement(values: Values, is_local: bool) -> tuple[str, tuple[Any, ...]]:
     """The SQL (with bound parameters) that sets these values on the server."""
     if values == EMPTY:
         return "SELECT rls.clear_context()", ()
-    key = rls_settings.SIGNING_KEY
-    if key is not None:
-        token = sign_context(
-            key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
-        )
+    token = _signed(values)
+    if token is not None:
         return "SELECT rls.set_context_signed(%s, %s)", (token, is_local)
     return "SELECT rls.set_context(%s, %s, %s::jsonb, %s)", (values.site, values.user, values.claims, is_local)
 
@@ -92,13 +99,8 @@ def _unsigned_parameter(values: Values) -> ContextParameter:
 
 def context_parameter(values: Values) -> ContextParameter:
     """The $1 of a query that carries these values."""
-    key = rls_settings.SIGNING_KEY
-    if key is None:
-        return _unsigned_parameter(values)
-    token = sign_context(
-        key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
-    )
-    return ContextParameter(token)
+    token = _signed(values)
+    return _unsigned_parameter(values) if token is None else ContextParameter(token)
 
 
 def can_carry(sql: Any, many: bool, context: dict[str, Any]) -> bool:

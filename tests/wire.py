@@ -26,6 +26,11 @@ class WireLog:
         return sum(1 for line in self.sent if "\tQuery\t" in line or line.endswith("\tSync"))
 
     @property
+    def statements(self) -> int:
+        """Statements sent: simple queries and extended-protocol Parse messages."""
+        return sum(1 for line in self.sent if "\tQuery\t" in line or "\tParse\t" in line)
+
+    @property
     def carried(self) -> int:
         """Queries that carry their context as $1 (the /*django_rls:$1*/ marker)."""
         return sum(1 for line in self.sent if "\tParse\t" in line and "/*django_rls:$1*/" in line)
