@@ -1,0 +1,109 @@
+-------------------------------------------------------------------------------
+-- The audit trail
+--
+-- rls_audit.log holds one row per changed table row, written by a C
+-- statement-level trigger (rls_audit.capture) that reads the request context
+-- and runs one set-based INSERT ... SELECT over the statement's transition
+-- tables.  The SQL of that INSERT is generated per table and operation by
+-- rls_audit._capture_sql() and cached as a prepared plan in each backend.
+--
+-- Only the extension owner (a superuser) owns and writes the log.  The
+-- application role may read it, and row level security shows it only the
+-- current site's rows.  An event trigger refuses to disable or drop an audit
+-- trigger behind rls_audit.disable()'s back.
+-------------------------------------------------------------------------------
+
+CREATE SCHEMA rls_audit;
+COMMENT ON SCHEMA rls_audit IS 'django_rls: the audit trail of row changes, with the request context that made them';
+GRANT USAGE ON SCHEMA rls_audit TO PUBLIC;
+
+CREATE TABLE rls_audit.log (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    logged_at timestamptz NOT NULL DEFAULT statement_timestamp(),
+    xact_started_at timestamptz NOT NULL DEFAULT transaction_timestamp(),
+    xact_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    table_oid oid NOT NULL,
+    table_name text NOT NULL,
+    operation text NOT NULL CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    row_key text,
+    old_values jsonb,
+    new_values jsonb,
+    changed_columns text[],
+    site_id bigint,
+    site_uuid uuid,
+    user_id bigint,
+    user_uuid uuid,
+    claims jsonb,
+    db_role name NOT NULL,
+    application_name text,
+    client_addr inet
+) PARTITION BY RANGE (logged_at);
+COMMENT ON TABLE rls_audit.log IS
+'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it. Partitioned by month.';
+COMMENT ON COLUMN rls_audit.log.row_key IS 'The primary key of the changed row as text; a JSON object of the columns for a composite key.';
+COMMENT ON COLUMN rls_audit.log.old_values IS 'DELETE: the row; UPDATE: the changed columns before; without excluded and masked columns.';
+COMMENT ON COLUMN rls_audit.log.new_values IS 'INSERT: the row; UPDATE: the changed columns after; without excluded and masked columns.';
+COMMENT ON COLUMN rls_audit.log.changed_columns IS 'UPDATE: every changed column, masked ones included.';
+COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name; it survives a dump and restore, the oid does not.';
+COMMENT ON COLUMN rls_audit.log.db_role IS 'The database role that ran the statement (outside any SECURITY DEFINER function).';
+
+CREATE TABLE rls_audit.log_default PARTITION OF rls_audit.log DEFAULT;
+COMMENT ON TABLE rls_audit.log_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
+
+-- Indexes live on each partition, not on the partitioned parent: a parent index
+-- would make ATTACH PARTITION create same-named partition indexes while
+-- pg_restore replays a dump, and the restore would fail on the duplicates.
+CREATE FUNCTION rls_audit._index_partition(part regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- history of a row; what a site did when; what a user did when; time ranges
+    EXECUTE format('CREATE INDEX ON %s (table_name, row_key)', part);
+    EXECUTE format('CREATE INDEX ON %s (site_id, logged_at) WHERE site_id IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (site_uuid, logged_at) WHERE site_uuid IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (user_id, logged_at) WHERE user_id IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (user_uuid, logged_at) WHERE user_uuid IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s USING brin (logged_at)', part);
+END
+$$;
+COMMENT ON FUNCTION rls_audit._index_partition(regclass) IS
+'Internal: the indexes every partition of rls_audit.log carries.';
+REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
+SELECT rls_audit._index_partition('rls_audit.log_default');
+
+-- Readers see only the current site's trail; nobody but the owner writes.
+CREATE FUNCTION rls._site_id_lenient()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rls_site_id_lenient'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION rls._site_id_lenient() IS
+'Internal: rls.site_id(), but NULL (never an error) when the site is unset or a UUID.';
+CREATE FUNCTION rls._site_uuid_lenient()
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'rls_site_uuid_lenient'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION rls._site_uuid_lenient() IS
+'Internal: rls.site_uuid(), but NULL (never an error) when the site is unset or an integer.';
+
+ALTER TABLE rls_audit.log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY log_read ON rls_audit.log FOR SELECT TO PUBLIC
+    USING (site_id = rls._site_id_lenient() OR site_uuid = rls._site_uuid_lenient());
+REVOKE ALL ON rls_audit.log FROM PUBLIC;
+GRANT SELECT ON rls_audit.log TO PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('rls_audit.log', '');
+SELECT pg_catalog.pg_extension_config_dump('rls_audit.log_default', '');
+
+CREATE TABLE rls_audit.audited_tables (
+    table_oid regclass PRIMARY KEY,  -- regclass, not oid: a dump stores the name, so a restore finds the table
+    excluded_columns text[] NOT NULL DEFAULT '{}',
+    masked_columns text[] NOT NULL DEFAULT '{}',
+    operations text[] NOT NULL DEFAULT '{INSERT,UPDATE,DELETE,TRUNCATE}'
+);
+COMMENT ON TABLE rls_audit.audited_tables IS 'Which tables are audited, and how (rls_audit.enable()).';
+REVOKE ALL ON rls_audit.audited_tables FROM PUBLIC;
+GRANT SELECT ON rls_audit.audited_tables TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('rls_audit.audited_tables', '');
+
