@@ -217,3 +217,30 @@ def test_rls_apply_leaves_partitions_to_their_parent(trees: None) -> None:
     assert "rls_audit.disable('guard_inh'::regclass)" in plan
     for partition in ("guard_part_1", "guard_part_2", "guard_part_2a", "guard_inh_child"):
         assert f"'{partition}'" not in plan
+
+
+def test_replica_mode_switches_neither_the_triggers_nor_the_guards_off(
+    trees: None, admin_conn: psycopg.Connection, owner_conn: psycopg.Connection
+) -> None:
+    """A role granted SET on session_replication_role still cannot skip or alter the audit triggers."""
+    if admin_conn.info.server_version < 150000:
+        pytest.skip("GRANT SET ON PARAMETER exists from PostgreSQL 15 on")
+    owner = owner_conn.info.user
+    admin_conn.execute(sql.SQL("GRANT SET ON PARAMETER session_replication_role TO {}").format(sql.Identifier(owner)))
+    try:
+        owner_conn.execute("SET session_replication_role = replica")
+        with pytest.raises(errors.InsufficientPrivilege, match=r"must stay as rls_audit\.enable") as caught:
+            owner_conn.execute("ALTER TABLE guard_inh DISABLE TRIGGER rls_audit_insert")
+        assert caught.value.diag.message_hint and "rls_audit.disable()" in caught.value.diag.message_hint
+        with pytest.raises(errors.InsufficientPrivilege, match="cannot be dropped"):
+            owner_conn.execute("DROP TRIGGER rls_audit_insert ON guard_inh")
+        with pytest.raises(errors.InsufficientPrivilege, match="not an audit trigger"):
+            owner_conn.execute("ALTER TRIGGER rls_audit_insert ON guard_inh RENAME TO quiet")
+        start = newest_id(admin_conn)
+        owner_conn.execute("INSERT INTO guard_inh VALUES (20, 1, 'replica')")
+        assert log_rows(admin_conn, start, ("public.guard_inh",)) == [("public.guard_inh", "INSERT", "20")]
+    finally:
+        owner_conn.execute("RESET session_replication_role")
+        admin_conn.execute(
+            sql.SQL("REVOKE SET ON PARAMETER session_replication_role FROM {}").format(sql.Identifier(owner))
+        )

@@ -4,6 +4,9 @@
 -- A month is a month of UTC: partition bounds never depend on the caller's
 -- TimeZone (nor DateStyle), so callers in different zones agree on them.  The
 -- functions pin both settings, and read existing bounds under them too.
+-- ensure_partitions() also pins where and how its tables are stored, which a
+-- caller's default_tablespace / default_table_access_method would otherwise
+-- choose with the definer's rights.
 -------------------------------------------------------------------------------
 
 -- Every partition of the log but the default one, with its bounds (NULL for
@@ -32,6 +35,8 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
 SET DateStyle = 'ISO, YMD'
+SET default_tablespace = ''
+SET default_table_access_method = 'heap'
 AS $$
 DECLARE
     month timestamptz;

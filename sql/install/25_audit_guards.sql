@@ -162,6 +162,10 @@ CREATE EVENT TRIGGER rls_audit_guard ON ddl_command_end
     EXECUTE FUNCTION rls_audit._guard_ddl();
 CREATE EVENT TRIGGER rls_audit_guard_drop ON sql_drop
     EXECUTE FUNCTION rls_audit._guard_drop();
+-- ALWAYS, like the audit triggers: a role that was granted SET on
+-- session_replication_role must not switch the guards off with replica mode.
+ALTER EVENT TRIGGER rls_audit_guard ENABLE ALWAYS;
+ALTER EVENT TRIGGER rls_audit_guard_drop ENABLE ALWAYS;
 
 CREATE VIEW rls_audit.status AS
 SELECT t.table_oid::regclass AS table_name, t.operations, t.excluded_columns, t.masked_columns,
