@@ -244,3 +244,13 @@ def test_replica_mode_switches_neither_the_triggers_nor_the_guards_off(
         admin_conn.execute(
             sql.SQL("REVOKE SET ON PARAMETER session_replication_role FROM {}").format(sql.Identifier(owner))
         )
+
+
+def test_dropping_the_primary_key_makes_audited_writes_fail(
+    trees: None, owner_conn: psycopg.Connection, app_conn: psycopg.Connection
+) -> None:
+    """Without a key the trail cannot name rows: the write fails rather than pass unrecorded."""
+    owner_conn.execute("ALTER TABLE guard_inh_child DROP CONSTRAINT guard_inh_child_pkey")
+    with pytest.raises(psycopg.Error):
+        app_conn.execute("INSERT INTO guard_inh_child VALUES (30, 1, 'keyless', 'x')")
+    assert owner_conn.execute("SELECT count(*) FROM guard_inh_child WHERE id = 30").fetchone() == (0,)
