@@ -81,8 +81,9 @@ COMMENT ON FUNCTION rls_audit._check_auditable(regclass) IS
 'Internal: refuse what cannot be audited: other relation kinds, temporary tables, tables without a primary key.';
 REVOKE ALL ON FUNCTION rls_audit._check_auditable(regclass) FROM PUBLIC;
 
--- Create the triggers of the registered operations that are missing, make them
--- ENABLE ALWAYS, and drop those of operations no longer registered.
+-- Create the triggers of the registered operations that are missing (or
+-- replace one a superuser changed), make them ENABLE ALWAYS, and drop those of
+-- operations no longer registered.
 CREATE FUNCTION rls_audit._place_triggers(tbl regclass)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -98,8 +99,10 @@ DECLARE
 BEGIN
     FOREACH op IN ARRAY coalesce(ops, '{}') LOOP
         trig := 'rls_audit_' || lower(op);
-        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = trig) THEN
-            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()',
+        -- Missing, or changed by a superuser: (re)create it as it must be.
+        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = tbl AND tgname = trig
+                                                AND rls_audit._trigger_problem(oid, true) IS NULL) THEN
+            EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()',
                            trig, op, target,
                            CASE op WHEN 'INSERT' THEN 'REFERENCING NEW TABLE AS new_rows'
                                    WHEN 'UPDATE' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
@@ -155,10 +158,10 @@ COMMENT ON FUNCTION rls_audit._register(regclass, text[], text[], text[]) IS
 'Internal: record a table''s audit options; true if they changed.';
 REVOKE ALL ON FUNCTION rls_audit._register(regclass, text[], text[], text[]) FROM PUBLIC;
 
--- Audit every partition and inheritance child of an audited table below the
--- given tables, with the options of its audited parents (the union of them
--- all, should it have several), and refuse an audited table with a parent
--- that is not audited.  Called by enable() and by the guard after DDL that can
+-- Audit each of the given tables that has an audited parent, and every
+-- partition and inheritance child below them, with the options of its audited
+-- parents (the union of them all, should it have several), and refuse an
+-- audited table among them with a parent that is not audited.  Called by enable() and by the guard after DDL that can
 -- change a tree (CREATE TABLE ... PARTITION OF / INHERITS, ATTACH PARTITION,
 -- INHERIT).  A child already registered with the right options is left alone
 -- even if triggers are missing: pg_restore creates them after the
@@ -175,12 +178,8 @@ DECLARE
     changed boolean := false;
 BEGIN
     FOR member IN
-        WITH RECURSIVE up(relid) AS (
-            SELECT unnest(rels)
-            UNION
-            SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid
-        ), down(relid, depth) AS (
-            SELECT relid, 0 FROM up
+        WITH RECURSIVE down(relid, depth) AS (
+            SELECT unnest(rels), 0
             UNION ALL
             SELECT i.inhrelid, down.depth + 1 FROM pg_inherits i JOIN down ON i.inhparent = down.relid
              WHERE down.depth < 1000
@@ -209,12 +208,8 @@ BEGIN
         END IF;
     END LOOP;
 
-    WITH RECURSIVE up(relid) AS (
+    WITH RECURSIVE down(relid) AS (
         SELECT unnest(rels)
-        UNION
-        SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid
-    ), down(relid) AS (
-        SELECT relid FROM up
         UNION
         SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.relid
     )
@@ -370,9 +365,14 @@ RETURNS SETOF rls_audit.log
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+    -- A primary key is unique across a partition tree, and a write is recorded
+    -- under the table its statement named: read the whole tree.
     SELECT * FROM rls_audit.log l
-     WHERE l.table_name = tbl::text AND l.row_key = history.row_key
+     WHERE l.table_name IN (SELECT tbl::text
+                            UNION
+                            SELECT t.relid::text FROM pg_partition_tree(coalesce(pg_partition_root(tbl), tbl)) t)
+       AND l.row_key = history.row_key
      ORDER BY l.id
 $$;
 COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
-'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see.';
+'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; for a partitioned table, whichever table of its partition tree the writes named.';

@@ -271,6 +271,22 @@ RESET SESSION AUTHORIZATION;
 SELECT table_name, operation, row_key, old_values, new_values FROM rls_audit.log
  WHERE table_name NOT LIKE '%acct' ORDER BY id;
 SELECT table_name, row_key, operation, count(*) FROM rls_audit.log GROUP BY 1, 2, 3 HAVING count(*) > 1;
+-- A row's history in a partition tree reads every table of the tree, from any of them.
+SELECT table_name, operation FROM rls_audit.history('regress_guard.part_2a', '{"id": 2, "site_id": 2}');
+SELECT count(*) AS same_from_the_root FROM rls_audit.history('regress_guard.part', '{"id": 2, "site_id": 2}');
+
+-- A trigger changed behind the guards' back (a superuser who switched them off) shows in
+-- rls_audit.status, and enable() by the owner puts it back.
+ALTER EVENT TRIGGER rls_audit_guard DISABLE;
+CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON regress_guard.part_1 REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT WHEN (false) EXECUTE FUNCTION rls_audit.capture();
+ALTER EVENT TRIGGER rls_audit_guard ENABLE ALWAYS;
+SELECT table_name, missing_triggers FROM rls_audit.status WHERE cardinality(missing_triggers) > 0;
+SET ROLE regress_guard_owner;
+SELECT rls_audit.enable('regress_guard.part_1', masked_columns => '{secret}') AS repaired;
+RESET ROLE;
+SELECT table_name, missing_triggers FROM rls_audit.status WHERE cardinality(missing_triggers) > 0;
+SELECT * FROM regress_triggers('regress_guard.part_1');
 
 -- disable() on the root stops the whole tree; a detached partition keeps its own auditing.
 SET ROLE regress_guard_owner;
