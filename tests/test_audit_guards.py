@@ -20,7 +20,7 @@ from tests.harness.cluster import BINDIR
 from tests.roles import APP_ROLE
 
 
-def log_rows(conn: psycopg.Connection, since: int, tables: tuple[str, ...]) -> list[tuple[str, str, str]]:
+def log_rows(conn: psycopg.Connection, since: int, tables: tuple[str, ...]) -> list[tuple[str, str, str | None]]:
     return [
         (table, operation, key)
         for table, operation, key in conn.execute(
@@ -124,6 +124,15 @@ def test_every_write_path_through_a_parent_is_recorded_once(
         ("public.guard_inh", "DELETE", "10"),
         ("public.guard_inh", "DELETE", "11"),
     ]
+
+
+def test_truncate_through_a_parent_records_each_table_it_empties_once(
+    trees: None, owner_conn: psycopg.Connection, admin_conn: psycopg.Connection
+) -> None:
+    start = newest_id(admin_conn)
+    owner_conn.execute("TRUNCATE guard_part")
+    tables = ("public.guard_part", "public.guard_part_1", "public.guard_part_2", "public.guard_part_2a")
+    assert sorted(log_rows(admin_conn, start, tables)) == [(table, "TRUNCATE", None) for table in tables]
 
 
 def test_a_partition_created_later_is_audited_and_written_through(

@@ -296,6 +296,12 @@ SELECT rls_audit.disable('part');
 SELECT table_name FROM rls_audit.status WHERE table_name::text LIKE 'part%' ORDER BY 1;
 SELECT count(*) AS triggers_left FROM pg_trigger WHERE tgrelid IN ('part'::regclass, 'part_1'::regclass, 'part_2a'::regclass);
 SELECT rls_audit.disable('part_4');
+-- INHERIT audits a new child with its parent's options; NO INHERIT leaves it audited on its own.
+CREATE TABLE inh_late (id int PRIMARY KEY, site_id int, v text);
+ALTER TABLE inh_late INHERIT inh;
+SELECT table_name, audited_through, missing_triggers FROM rls_audit.status WHERE table_name = 'inh_late'::regclass;
+ALTER TABLE inh_late NO INHERIT inh;
+SELECT table_name, audited_through, missing_triggers FROM rls_audit.status WHERE table_name = 'inh_late'::regclass;
 -- Dropping a masked column forgets it.
 ALTER TABLE acct DROP COLUMN pin;
 SELECT masked_columns FROM rls_audit.audited_tables WHERE table_oid = 'acct'::regclass;
