@@ -263,3 +263,14 @@ def test_dropping_the_primary_key_makes_audited_writes_fail(
     with pytest.raises(psycopg.Error):
         app_conn.execute("INSERT INTO guard_inh_child VALUES (30, 1, 'keyless', 'x')")
     assert owner_conn.execute("SELECT count(*) FROM guard_inh_child WHERE id = 30").fetchone() == (0,)
+
+
+def test_a_renamed_or_moved_table_stays_audited_under_its_new_name(
+    trees: None, owner_conn: psycopg.Connection, app_conn: psycopg.Connection, admin_conn: psycopg.Connection
+) -> None:
+    app_conn.execute("INSERT INTO guard_inh VALUES (40, 1, 'before')")  # the backend now holds a prepared capture
+    owner_conn.execute("ALTER TABLE guard_inh RENAME TO guard_inh_renamed")
+    start = newest_id(admin_conn)
+    app_conn.execute("INSERT INTO guard_inh_renamed VALUES (41, 1, 'after')")
+    assert log_rows(admin_conn, start, ("public.guard_inh_renamed",)) == [("public.guard_inh_renamed", "INSERT", "41")]
+    owner_conn.execute("ALTER TABLE guard_inh_renamed RENAME TO guard_inh")
