@@ -123,6 +123,7 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool) -> None:
           JOIN pg_class c ON c.oid = a.table_oid
           JOIN rls_audit.status s ON s.table_name = a.table_oid::regclass
          WHERE pg_table_is_visible(c.oid)
+           AND cardinality(s.audited_through) = 0  -- partitions and children follow their parent
         """
     )
     current = {

@@ -1,64 +1,110 @@
 -------------------------------------------------------------------------------
 -- Retention: monthly partitions, created ahead and dropped whole
+--
+-- A month is a month of UTC: partition bounds never depend on the caller's
+-- TimeZone (nor DateStyle), so callers in different zones agree on them.  The
+-- functions pin both settings, and read existing bounds under them too.
+-- ensure_partitions() also pins where and how its tables are stored, which a
+-- caller's default_tablespace / default_table_access_method would otherwise
+-- choose with the definer's rights.
 -------------------------------------------------------------------------------
+
+-- Every partition of the log but the default one, with its bounds (NULL for
+-- MINVALUE / MAXVALUE).
+CREATE FUNCTION rls_audit._log_partitions()
+RETURNS TABLE (part regclass, lower_bound timestamptz, upper_bound timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+AS $$
+    SELECT c.oid::regclass, b[1]::timestamptz, b[2]::timestamptz
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,
+           LATERAL (SELECT ARRAY[substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([^'']+)''\)'),
+                                 substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')] AS b) bounds
+     WHERE i.inhparent = 'rls_audit.log'::regclass
+       AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+$$;
+COMMENT ON FUNCTION rls_audit._log_partitions() IS
+'Internal: the monthly partitions of rls_audit.log and their bounds (NULL for an open end).';
+REVOKE ALL ON FUNCTION rls_audit._log_partitions() FROM PUBLIC;
 
 CREATE FUNCTION rls_audit.ensure_partitions(months_ahead integer DEFAULT 3)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
+SET default_tablespace = ''
+SET default_table_access_method = 'heap'
 AS $$
 DECLARE
-    month date;
+    month timestamptz;
+    lo timestamptz;
+    hi timestamptz;
     created integer := 0;
     name text;
 BEGIN
-    FOR month IN SELECT generate_series(date_trunc('month', now()), date_trunc('month', now()) + make_interval(months => months_ahead), '1 month')::date LOOP
+    IF months_ahead IS NULL OR months_ahead < 0 OR months_ahead > 1200 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 1200, not %', months_ahead
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep a few months ahead, say 3.';
+    END IF;
+    -- TimeZone is UTC here, so date_trunc() cuts UTC months.
+    FOR month IN SELECT generate_series(date_trunc('month', now()), date_trunc('month', now()) + make_interval(months => months_ahead),
+                                        interval '1 month') LOOP
         name := format('log_%s', to_char(month, 'YYYY_MM'));
-        IF to_regclass(format('rls_audit.%I', name)) IS NULL THEN
-            IF EXISTS (SELECT FROM rls_audit.log_default
-                        WHERE logged_at >= month AND logged_at < month + interval '1 month') THEN
-                -- Rows of this month already sit in the default partition: move them
-                -- into a new table and attach that, since a new partition may not
-                -- overlap rows of the default one.
-                EXECUTE format('CREATE TABLE rls_audit.%I (LIKE rls_audit.log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
-                EXECUTE format('WITH moved AS (DELETE FROM rls_audit.log_default WHERE logged_at >= %L AND logged_at < %L '
-                               'RETURNING *) INSERT INTO rls_audit.%I SELECT * FROM moved',
-                               month, month + interval '1 month', name);
-                EXECUTE format('ALTER TABLE rls_audit.log ATTACH PARTITION rls_audit.%I FOR VALUES FROM (%L) TO (%L)',
-                               name, month, month + interval '1 month');
-            ELSE
-                EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)',
-                               name, month, month + interval '1 month');
-            END IF;
-            PERFORM rls_audit._index_partition(format('rls_audit.%I', name)::regclass);
-            created := created + 1;
+        CONTINUE WHEN to_regclass(format('rls_audit.%I', name)) IS NOT NULL;
+        -- Partitions made by an earlier version in the caller's zone end or start
+        -- up to a day off a UTC month: meet them, so that neither a gap nor an
+        -- overlap arises.
+        lo := coalesce((SELECT max(upper_bound) FROM rls_audit._log_partitions()
+                         WHERE upper_bound BETWEEN month - interval '2 days' AND month + interval '2 days'), month);
+        hi := coalesce((SELECT min(lower_bound) FROM rls_audit._log_partitions()
+                         WHERE lower_bound BETWEEN month + interval '1 month' - interval '2 days'
+                                               AND month + interval '1 month' + interval '2 days'), month + interval '1 month');
+        -- Another partition already holds (part of) this month: leave it be.
+        CONTINUE WHEN lo >= hi OR EXISTS (SELECT FROM rls_audit._log_partitions()
+                                           WHERE coalesce(lower_bound, '-infinity') < hi
+                                             AND coalesce(upper_bound, 'infinity') > lo);
+        IF EXISTS (SELECT FROM rls_audit.log_default WHERE logged_at >= lo AND logged_at < hi) THEN
+            -- Rows of this month already sit in the default partition: move them
+            -- into a new table and attach that, since a new partition may not
+            -- overlap rows of the default one.
+            EXECUTE format('CREATE TABLE rls_audit.%I (LIKE rls_audit.log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+            EXECUTE format('WITH moved AS (DELETE FROM rls_audit.log_default WHERE logged_at >= %L AND logged_at < %L '
+                           'RETURNING *) INSERT INTO rls_audit.%I SELECT * FROM moved', lo, hi, name);
+            EXECUTE format('ALTER TABLE rls_audit.log ATTACH PARTITION rls_audit.%I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+        ELSE
+            EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
         END IF;
+        PERFORM rls_audit._index_partition(format('rls_audit.%I', name)::regclass);
+        created := created + 1;
     END LOOP;
     RETURN created;
 END
 $$;
 COMMENT ON FUNCTION rls_audit.ensure_partitions(integer) IS
-'Create the monthly partitions of rls_audit.log up to months_ahead; run it from a scheduled job.';
+'Create the monthly (UTC) partitions of rls_audit.log from this month to months_ahead months on; run it from a scheduled job.';
 
 CREATE FUNCTION rls_audit.drop_partitions_before(cutoff timestamptz)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, YMD'
 AS $$
 DECLARE
-    part record;
+    part regclass;
     dropped integer := 0;
 BEGIN
-    FOR part IN
-        SELECT c.oid::regclass AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
-          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'rls_audit.log'::regclass
-           AND c.oid <> 'rls_audit.log_default'::regclass
-    LOOP
-        IF substring(part.bound FROM 'TO \(''([^'']+)''\)')::timestamptz <= cutoff THEN
-            EXECUTE format('DROP TABLE %s', part.name);
-            dropped := dropped + 1;
-        END IF;
+    IF cutoff IS NULL THEN
+        RAISE EXCEPTION 'cutoff must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Pass the oldest time to keep, say now() - interval ''13 months''.';
+    END IF;
+    FOR part IN SELECT p.part FROM rls_audit._log_partitions() p WHERE p.upper_bound <= cutoff LOOP
+        EXECUTE format('DROP TABLE %I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = part),
+                       (SELECT relname FROM pg_class WHERE oid = part));
+        dropped := dropped + 1;
     END LOOP;
     RETURN dropped;
 END
@@ -68,4 +114,3 @@ COMMENT ON FUNCTION rls_audit.drop_partitions_before(timestamptz) IS
 
 -- Retention and partition upkeep are for an operator role: grant them explicitly.
 REVOKE ALL ON FUNCTION rls_audit.ensure_partitions(integer), rls_audit.drop_partitions_before(timestamptz) FROM PUBLIC;
-
