@@ -130,12 +130,14 @@ def check_binding(**kwargs: Any) -> list[CheckMessage]:
     from django_rls.database import protected_aliases
 
     try:
-        if rls_settings.SCOPE == "session":
-            return []  # a session context is sent once per request, whatever the binding
         aliases = protected_aliases()
+        session_scope = rls_settings.SCOPE == "session"
     except ImproperlyConfigured:
         return []  # reported by E001
-    return [
+    messages = _check_prepared_statements(aliases)
+    if session_scope:
+        return messages  # a session context is sent once per request, whatever the binding
+    return messages + [
         Warning(
             f"Database {alias!r} binds parameters client-side (Django's default), so its queries cannot carry "
             "the django_rls context: every query outside a transaction sends BEGIN, rls.set_context() and COMMIT "
@@ -146,6 +148,23 @@ def check_binding(**kwargs: Any) -> list[CheckMessage]:
         for alias in aliases
         if alias in connections.settings
         and connections.settings[alias].get("OPTIONS", {}).get("server_side_binding") is not True
+    ]
+
+
+def _check_prepared_statements(aliases: list[str]) -> list[CheckMessage]:
+    """E019: psycopg's automatic prepared statements on a connection that serves many requests."""
+    return [
+        Error(
+            f"Database {alias!r} sets OPTIONS['prepare_threshold'], so psycopg prepares statements under names that "
+            "injected SQL can read (pg_prepared_statements), DEALLOCATE and PREPARE again: the next request on the "
+            "connection, of any site, then runs the attacker's statement with its own context.",
+            hint=f"Remove \"prepare_threshold\" from DATABASES[{alias!r}]['OPTIONS'] (Django's default, None, "
+            "prepares nothing).",
+            id="django_rls.E019",
+        )
+        for alias in aliases
+        if alias in connections.settings
+        and connections.settings[alias].get("OPTIONS", {}).get("prepare_threshold") is not None
     ]
 
 

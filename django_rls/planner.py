@@ -313,6 +313,28 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[Table, list[Group]], r
     for oid, schema, name, display, group, current in cursor.fetchall():
         existing[Table(oid, schema, name, display)][group] = current
 
+    # Groups of one table must all name the same role, so a table protected for another role (the
+    # application role was renamed) loses its old groups first, in the same transaction.
+    cursor.execute(
+        """
+        SELECT DISTINCT p.polrelid FROM pg_policy p, unnest(p.polroles) AS r
+         WHERE p.polrelid = ANY(%s::oid[]) AND p.polname ~ %s
+           AND r IS DISTINCT FROM CASE WHEN %s = 'public' THEN 0 ELSE (SELECT oid FROM pg_roles WHERE rolname = %s) END
+        """,
+        [[t.oid for t in desired], POLICY_NAME, role, role],
+    )
+    other_role = {oid for (oid,) in cursor.fetchall()}
+    for table in sorted(desired, key=lambda t: t.display):
+        if table.oid in other_role:
+            plan.steps.append(
+                Step(
+                    f"unprotect {table.display}: its policies name another role than {role}",
+                    "SELECT rls.unprotect(%s::regclass)",
+                    (table.qualified,),
+                )
+            )
+            existing.pop(table, None)
+
     for (table, group), ok in zip(rows, in_sync, strict=True):
         if ok:
             continue

@@ -89,7 +89,9 @@ def test_sql_mode_prints_what_would_run_and_changes_nothing(restore):
     owner_sql("SELECT rls.unprotect('testapp_note'::regclass)")
     printed = run("--sql")
     assert printed.startswith("BEGIN;\nSELECT pg_advisory_xact_lock(")
-    assert "SELECT rls.protect('\"public\".\"testapp_note\"'::regclass, 'site', '\"site_id\" = rls.site_id()'" in printed
+    assert (
+        "SELECT rls.protect('\"public\".\"testapp_note\"'::regclass, 'site', '\"site_id\" = rls.site_id()'" in printed
+    )
     assert printed.endswith("COMMIT;\n")
     assert exit_code("--check")[0] == 1  # nothing was applied
 
