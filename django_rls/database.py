@@ -15,10 +15,11 @@ An execute wrapper on every protected database alias runs before each query:
   is sent in a pipeline with ``BEGIN``, the context and ``COMMIT``: one network
   round trip, like the query alone, but three more statements.
 - A request that runs no query sends nothing.
-- "No context" is sent like any other (carried, or ``rls.clear_context()``)
-  until this wrapper knows what the session holds, so a session-scoped context
-  that an earlier request left on a reused connection never reaches a query
-  that runs without one (an unknown host, a script outside ``context()``).
+- Inside a request or ``context()``, "no context" is sent like any other
+  (carried, or ``rls.clear_context()``) until this wrapper knows what the
+  session holds, so a session-scoped context that an earlier request left on a
+  reused connection never reaches a query that runs without one (an unknown
+  host, the site and user lookup).
 
 Values are always bound server-side (a plain ``psycopg.Cursor``, whatever
 cursor class Django uses), so they never appear in ``pg_stat_activity``. With
@@ -162,9 +163,11 @@ class ContextWrapper:
         ):
             applied = None
         # What the session holds is unknown until this wrapper has set it: an earlier request on a
-        # reused or pooled connection may have left a session-scoped context there. So even "no
-        # context" is sent explicitly, and a query never inherits a context it did not ask for.
-        held = applied.values if applied is not None else _UNKNOWN
+        # reused or pooled connection may have left a session-scoped context there. So inside a
+        # request or context() even "no context" is sent explicitly, and a query never inherits a
+        # context it did not ask for. Code outside both (migrate, check) sends nothing, as before:
+        # it may run before the extension exists.
+        held = applied.values if applied is not None else (_UNKNOWN if frame is not None else EMPTY)
         if frame is not None and frame.resolving:
             if held is not _UNKNOWN:
                 return execute(sql, params, many, context)
@@ -238,6 +241,11 @@ def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs
     install(connection)
     connection.connection.adapters.register_dumper(ContextParameter, ContextParameterDumper)
     setattr(connection, _APPLIED, None)
+    if connection.alias in protected_aliases():
+        # psycopg's prepared statements have names injected SQL can DEALLOCATE and PREPARE again,
+        # and the next request on the connection would run the planted statement with its own
+        # context (tests/test_session_state.py): never prepare on a connection that serves requests.
+        connection.connection.prepare_threshold = None
 
 
 def clear_session_context(aliases: list[str] | None = None) -> None:
