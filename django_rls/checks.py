@@ -152,15 +152,14 @@ def check_binding(**kwargs: Any) -> list[CheckMessage]:
 
 
 def _check_prepared_statements(aliases: list[str]) -> list[CheckMessage]:
-    """E019: psycopg's automatic prepared statements on a connection that serves many requests."""
+    """W006: psycopg's automatic prepared statements are switched off on protected aliases."""
     return [
-        Error(
-            f"Database {alias!r} sets OPTIONS['prepare_threshold'], so psycopg prepares statements under names that "
-            "injected SQL can read (pg_prepared_statements), DEALLOCATE and PREPARE again: the next request on the "
-            "connection, of any site, then runs the attacker's statement with its own context.",
-            hint=f"Remove \"prepare_threshold\" from DATABASES[{alias!r}]['OPTIONS'] (Django's default, None, "
-            "prepares nothing).",
-            id="django_rls.E019",
+        Warning(
+            f"Database {alias!r} sets OPTIONS['prepare_threshold'], which django_rls ignores: psycopg's prepared "
+            "statements have names that injected SQL can DEALLOCATE and PREPARE again, and the next request on the "
+            "connection, of any site, would run the planted statement with its own context.",
+            hint=f'Remove "prepare_threshold" from DATABASES[{alias!r}]["OPTIONS"].',
+            id="django_rls.W006",
         )
         for alias in aliases
         if alias in connections.settings

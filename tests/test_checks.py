@@ -156,3 +156,59 @@ def test_w004_drift_and_e016_plan_error(live_db, settings):
     assert ids(["owner"]) == []
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "APP_ROLE": "no_such_role"}
     assert ids(["owner"]) == ["django_rls.E016"]
+
+
+@pytest.fixture
+def loose_role_alias(database, extra_alias):
+    """An alias of a role that may create temporary tables and has the server's default search_path."""
+    import psycopg
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS rls_t_loose")
+        admin.execute("CREATE ROLE rls_t_loose LOGIN")
+        admin.execute(f"GRANT TEMPORARY ON DATABASE {database.name} TO rls_t_loose")
+        admin.execute("GRANT USAGE ON SCHEMA public TO rls_t_loose")
+    alias = extra_alias("loose", user="rls_t_loose", password="")
+    yield alias
+    connections[alias].close()
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP OWNED BY rls_t_loose")
+        admin.execute("DROP ROLE rls_t_loose")
+
+
+def test_e017_e018_temporary_objects_and_search_path(settings, loose_role_alias):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [loose_role_alias]}
+    assert ids([loose_role_alias]) == ["django_rls.E017", "django_rls.E018"]
+    messages = {m.id: m for m in checks.run_checks(databases=[loose_role_alias])}
+    assert "rls_roles" in messages["django_rls.E017"].hint and "PUBLIC" in messages["django_rls.E017"].hint
+    assert "pg_temp last" in messages["django_rls.E018"].hint
+
+
+def test_the_app_role_of_the_test_suite_is_hardened(live_db):
+    """The suite's app role is set up by rls_roles' own plan: no TEMPORARY, pg_temp last."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY'), current_setting('search_path')")
+        assert cursor.fetchone() == (False, "public, pg_temp")
+
+
+def test_w006_prepared_statements(monkeypatch):
+    monkeypatch.setitem(
+        connections.settings["default"], "OPTIONS", {"server_side_binding": True, "prepare_threshold": 5}
+    )
+    assert ids() == ["django_rls.W006"]
+
+
+def test_no_hint_tells_a_superuser_to_demote_itself(settings, extra_alias):
+    """E013 and E016 (the application connects as the cluster's superuser) name another role instead."""
+    server = urlparse(os.environ["DATABASE_URL"])
+    superuser = server.username or "postgres"
+    alias = extra_alias("superuser", user=superuser, password=server.password or "")
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [alias], "APP_ROLE": superuser}
+    messages = [
+        m for m in checks.run_checks(databases=[alias, "owner"]) if m.id in ("django_rls.E013", "django_rls.E016")
+    ]
+    assert sorted(m.id for m in messages) == ["django_rls.E013", "django_rls.E016"]
+    for message in messages:
+        text = f"{message.msg} {message.hint or ''}"
+        assert "ALTER ROLE" not in text, text  # the harmful advice: demoting the role in use
+        assert "another role" in text, text

@@ -10,10 +10,12 @@ query, must each read exactly their own rows, and a write must land in the real 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlparse
 
 import psycopg
@@ -202,3 +204,70 @@ def test_state_left_behind_pgbouncer_transaction_pooling(single_server_bouncer, 
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
                 (APP_ROLE, TEST_DB),
             )
+
+
+@pytest.fixture
+def preparing(live_db, monkeypatch) -> Iterator[str]:
+    """The application alias asking for psycopg's automatic prepared statements (what W006 reports)."""
+    connections.close_all()
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", None)
+    monkeypatch.setitem(
+        connections.settings["default"], "OPTIONS", {"server_side_binding": True, "prepare_threshold": 0}
+    )
+    yield "default"
+    connections["default"].close()
+
+
+def plant(client: Client, alias: str) -> list[str]:
+    """From a site-1 request: replace every prepared COUNT over the notes with an INSERT; the names replaced."""
+    listed = inject(
+        client,
+        alias,
+        "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'SELECT COUNT(*)%%testapp_note%%'",
+        H1,
+    )
+    names = [name for (name,) in json.loads(listed["outcome"])]
+    for name in names:
+        inject(client, alias, f'DEALLOCATE "{name}"', H1)
+        inject(
+            client,
+            alias,
+            f"PREPARE \"{name}\" AS INSERT INTO testapp_note (site_id, body) VALUES (rls.site_id(), 'planted') "
+            "RETURNING 3::bigint",
+            H1,
+        )
+    return names
+
+
+def test_prepared_statements_cannot_be_taken_over(preparing, client, admin_conn):
+    """A planted statement under one of psycopg's names would run in the next request, with its context.
+
+    The view reads the notes, then counts them, in one transaction: the count runs with the
+    context the first query carried. Were the count prepared, a site-1 request could put an
+    INSERT in its place, and a site-2 request would write into site 2. django_rls switches
+    psycopg's prepared statements off on the application's connections, whatever the OPTIONS.
+    """
+    assert client.get("/notes/atomic/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+    assert connections[preparing].connection.prepare_threshold is None
+    assert plant(client, preparing) == []  # nothing of the application's is prepared
+    assert client.get("/notes/atomic/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+    assert admin_conn.execute("SELECT count(*) FROM testapp_note WHERE body = 'planted'").fetchone() == (0,)
+
+
+def test_what_a_prepared_statement_would_allow(preparing, client, admin_conn):
+    """The same attack with prepared statements forced back on: it works, which is why they stay off."""
+    from django_rls import database
+
+    connections.close_all()
+    # Connect "default" (the site lookup of this request) with the switch-off skipped; the execute
+    # wrapper stays installed on the alias from earlier requests.
+    with mock.patch.object(database, "protected_aliases", lambda: []):
+        client.get("/notes/on/replica/", HTTP_HOST=H2)
+    assert connections[preparing].connection.prepare_threshold == 0
+    assert client.get("/notes/atomic/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+    try:
+        assert plant(client, preparing)
+        client.get("/notes/atomic/", HTTP_HOST=H2)
+        assert admin_conn.execute("SELECT site_id FROM testapp_note WHERE body = 'planted'").fetchall() == [(2,)]
+    finally:
+        admin_conn.execute("DELETE FROM testapp_note WHERE body = 'planted'")
