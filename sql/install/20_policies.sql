@@ -127,7 +127,7 @@ BEGIN
     IF to_role IS NULL OR (to_role <> 'public' AND to_regrole(quote_ident(to_role)) IS NULL) THEN
         RAISE EXCEPTION 'role "%" does not exist', to_role
             USING ERRCODE = 'undefined_object',
-                  HINT = 'Create the application role first, or pass ''public''.';
+                  HINT = 'Pass the role''s name as it is, without quotes (to_role => ''my-app''), create the role first, or pass ''public''.';
     END IF;
     check_expr := coalesce(nullif(btrim(check_expr), ''), using_expr);
     RETURN QUERY

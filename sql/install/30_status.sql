@@ -68,6 +68,17 @@ WITH protected AS (
 policy_roles AS (
     SELECT p.polrelid AS oid, r AS role_oid
       FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
+),
+-- Roles the policies of protected tables apply to, but for those reported
+-- already as bypassing them (superusers, BYPASSRLS, owners).
+app_roles AS (
+    SELECT DISTINCT pr.role_oid
+      FROM protected t
+      JOIN policy_roles pr ON pr.oid = t.oid
+      JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
+     WHERE NOT r.rolsuper AND NOT r.rolbypassrls
+       AND NOT EXISTS (SELECT FROM protected o JOIN policy_roles po ON po.oid = o.oid
+                        WHERE po.role_oid = r.oid AND pg_catalog.pg_has_role(r.oid, o.relowner, 'MEMBER'))
 )
 SELECT t.table_name, t.table_name::text AS object_name,
        'row level security is disabled, so the table''s policies are ignored' AS problem,
@@ -178,8 +189,7 @@ SELECT NULL, r.rolname::text,
        format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC, %I; then GRANT TEMPORARY ON DATABASE %I to the roles that need it, '
               'not to %I (manage.py rls_roles does this).', current_database(), r.rolname, current_database(), r.rolname)
   FROM pg_catalog.pg_roles r
- WHERE r.oid IN (SELECT role_oid FROM policy_roles)
-   AND NOT r.rolsuper
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
    AND pg_catalog.has_database_privilege(r.oid, current_database(), 'TEMPORARY')
 UNION ALL
 SELECT NULL, r.rolname::text,
@@ -191,8 +201,7 @@ SELECT NULL, r.rolname::text,
        format('ALTER ROLE %I IN DATABASE %I SET search_path = public, pg_temp (manage.py rls_roles does this).',
               r.rolname, current_database())
   FROM pg_catalog.pg_roles r
- WHERE r.oid IN (SELECT role_oid FROM policy_roles)
-   AND NOT r.rolsuper
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
    AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid));
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
