@@ -18,8 +18,8 @@ An execute wrapper on every protected database alias runs before each query:
 - Inside a request or ``context()``, "no context" is sent like any other
   (carried, or ``rls.clear_context()``) until this wrapper knows what the
   session holds, so a session-scoped context that an earlier request left on a
-  reused connection never reaches a query that runs without one (an unknown
-  host, the site and user lookup).
+  reused connection never reaches a query that runs without one (a request of
+  an unknown host, or without a user).
 
 Values are always bound server-side (a plain ``psycopg.Cursor``, whatever
 cursor class Django uses), so they never appear in ``pg_stat_activity``. With
@@ -155,6 +155,8 @@ class ContextWrapper:
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         connection: BaseDatabaseWrapper = context["connection"]
         frame = current_frame()
+        if frame is not None and frame.resolving:
+            return execute(sql, params, many, context)
         pgconn = connection.connection
         status = pgconn.info.transaction_status
         applied: AppliedContext | None = getattr(connection, _APPLIED, None)
@@ -168,12 +170,7 @@ class ContextWrapper:
         # context it did not ask for. Code outside both (migrate, check) sends nothing, as before:
         # it may run before the extension exists.
         held = applied.values if applied is not None else (_UNKNOWN if frame is not None else EMPTY)
-        if frame is not None and frame.resolving:
-            if held is not _UNKNOWN:
-                return execute(sql, params, many, context)
-            wanted = EMPTY  # the queries that look the site and user up run with no context
-        else:
-            wanted = frame.values() if frame is not None else EMPTY
+        wanted = frame.values() if frame is not None else EMPTY
 
         session_scope = rls_settings.SCOPE == "session"
         if held == wanted or status == TransactionStatus.INERROR:
