@@ -189,21 +189,24 @@ def single_server_bouncer(request, live_db, extra_alias) -> Iterator[str]:
         bouncer.stop()
 
 
+def discard_all(alias: str) -> None:
+    """Reset the one server connection behind PgBouncer between two states (DISCARD ALL, as session pooling does)."""
+    connections.close_all()
+    db = connections.settings[alias]
+    dsn = f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']} password={db['PASSWORD']}"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("DISCARD ALL")
+
+
 @pytest.mark.parametrize(
     "single_server_bouncer", [True, False], indirect=True, ids=["server-side binding", "client-side binding"]
 )
 def test_state_left_behind_pgbouncer_transaction_pooling(single_server_bouncer, client, admin_conn):
     for state in STATES:
-        # Each request opens its own client connection (CONN_MAX_AGE = 0); PgBouncer gives every one
-        # the same server connection, with whatever the previous client left on it.
+        # PgBouncer hands its one server connection to every client transaction, with whatever
+        # the previous one left on it.
         leave_and_check(client, single_server_bouncer, state, admin_conn, same_backend=True)
-        connections.close_all()
-        with psycopg.connect(admin_conn.info.dsn, autocommit=True) as admin:
-            # Start the next state on a clean server connection.
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
-                (APP_ROLE, TEST_DB),
-            )
+        discard_all(single_server_bouncer)
 
 
 @pytest.fixture
