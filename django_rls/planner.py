@@ -1,7 +1,9 @@
 """Compare what the declarations want with what the database has, and say how to get there.
 
 ``rls_apply`` and the drift check both use :func:`make_plan`. Reading the
-catalog takes two queries whatever the number of models; nothing is locked.
+catalog takes a fixed number of queries whatever the number of models; nothing
+is locked. Tables are looked up once the way Django names them, then named by
+oid in queries and by ``psycopg.sql.Identifier`` in statements.
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
     cursor.execute(
         """
         SELECT c.oid::regclass::text, a.excluded_columns, a.masked_columns, a.operations,
-               cardinality(s.missing_triggers) > 0, format('%%I.%%I', n.nspname, c.relname)
+               cardinality(s.missing_triggers) > 0, n.nspname, c.relname
           FROM rls_audit.audited_tables a
           JOIN pg_class c ON c.oid = a.table_oid
           JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -185,10 +187,11 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
         [list(wanted)],
     )
     rows = cursor.fetchall()
-    qualified.update({table: name for table, *_, name in rows if table not in qualified})
+    for table, *_, schema, name in rows:
+        qualified.setdefault(table, sql.Identifier(schema, name).as_string(None))
     current = {
         table: (sorted(excluded), sorted(masked), sorted(ops), broken)
-        for table, excluded, masked, ops, broken, _ in rows
+        for table, excluded, masked, ops, broken, _, _ in rows
     }
     all_operations = sorted(["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
     for table, (excluded, masked) in sorted(wanted.items()):

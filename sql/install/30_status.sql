@@ -92,7 +92,7 @@ SELECT t.table_name, t.table_name::text,
 UNION ALL
 SELECT t.table_name, t.table_name::text,
        'row level security is on but the table has no policy, so no role but a bypassing one sees any row',
-       'Protect the table (rls.protect_by_site and friends) or disable row level security on it.'
+       'Protect the table (rls.protect_by_site and friends). Disabling row level security instead opens every row to every role with privileges on it: do that only for a table that holds no per-site or per-user rows.'
   FROM protected t
  WHERE t.relrowsecurity AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
 UNION ALL
