@@ -160,3 +160,21 @@ def test_refuses_to_demote_a_superuser(superuser_alias):
     with pytest.raises(CommandError, match="--owner-role"):
         call_command("rls_roles", "--database", superuser_alias, *ARGS[:2], "--owner-role", superuser, stdout=out)
     assert attributes(superuser_alias, superuser)[0] is True
+
+
+def test_temporary_right_through_a_membership_is_reported(superuser_alias):
+    """TEMPORARY inherited from another role cannot be revoked from PUBLIC: rls_roles says which membership."""
+    run(superuser_alias)
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+        cursor.execute("CREATE ROLE rls_t_tempers")
+        cursor.execute(f'GRANT TEMPORARY ON DATABASE "{database}" TO rls_t_tempers')
+        cursor.execute("GRANT rls_t_tempers TO rls_t_app")
+    try:
+        with pytest.raises(CommandError, match="through its membership in rls_t_tempers"):
+            run(superuser_alias)
+    finally:
+        with connections[superuser_alias].cursor() as cursor:
+            cursor.execute("DROP OWNED BY rls_t_tempers")
+            cursor.execute("DROP ROLE rls_t_tempers")

@@ -61,9 +61,9 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         except DatabaseError as exc:
             raise CommandError(
-                f"{str(exc).splitlines()[0]}; rls_roles needs a role with CREATEROLE (and a superuser for BYPASSRLS "
-                "roles): run it with --database pointing at such a connection, or run --dry-run and hand the SQL "
-                "to your database administrator"
+                f"{str(exc).splitlines()[0]}; rls_roles needs a role with CREATEROLE that owns the database (and a "
+                "superuser for BYPASSRLS roles): run it with --database pointing at such a connection, or run "
+                "--dry-run and hand the SQL to your database administrator"
             ) from exc
         if not steps:
             self.stdout.write(f"Nothing to do: {', '.join(s.name for s in wanted)} are as django_rls expects.")
