@@ -274,3 +274,14 @@ def test_what_a_prepared_statement_would_allow(preparing, client, admin_conn):
         assert admin_conn.execute("SELECT site_id FROM testapp_note WHERE body = 'planted'").fetchall() == [(2,)]
     finally:
         admin_conn.execute("DELETE FROM testapp_note WHERE body = 'planted'")
+
+
+@pytest.mark.parametrize("reused", ["default"], indirect=True)
+def test_a_held_cursor_keeps_what_its_request_read(reused, client):
+    """The documented limit: a WITH HOLD cursor keeps its rows, read with the context of the request that
+    declared it, until the session ends; only SQL that names it (injected again) can fetch them."""
+    inject(client, reused, "DECLARE leftover CURSOR WITH HOLD FOR SELECT site_id FROM testapp_note", H1)
+    assert read_sites(client, reused, H2) == [2]  # Django's own queries are unaffected
+    fetched = inject(client, reused, "FETCH ALL FROM leftover", H2)
+    assert json.loads(fetched["outcome"]) == [[1], [1], [1]]  # site 1's rows, read when site 1 declared it
+    assert fetched["sites"] == [2]
