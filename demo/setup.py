@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from django_rls import roles
+
 DEMO = Path(__file__).resolve().parent
 DEMO_DB = "django_rls_demo"
 PASSWORD = "demo"
@@ -56,7 +58,11 @@ def create_database(server: str) -> str:
     with psycopg.connect(make_conninfo(server, dbname=DEMO_DB), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS django_rls")  # the Docker image has it in template1
         conn.execute("ALTER SCHEMA public OWNER TO demo_owner")
-        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        # What manage.py rls_roles does: no CREATE in any schema, no TEMPORARY on the database
+        # (PUBLIC has it by default), and a search_path with pg_temp last for demo_app.
+        with conn.transaction(), conn.cursor() as cursor:
+            for _, statement in roles.plan(cursor, roles.specs("demo_app", "demo_owner", "demo_maintenance", None, {})):
+                cursor.execute(statement)
     return key
 
 

@@ -130,12 +130,14 @@ def check_binding(**kwargs: Any) -> list[CheckMessage]:
     from django_rls.database import protected_aliases
 
     try:
-        if rls_settings.SCOPE == "session":
-            return []  # a session context is sent once per request, whatever the binding
         aliases = protected_aliases()
+        session_scope = rls_settings.SCOPE == "session"
     except ImproperlyConfigured:
         return []  # reported by E001
-    return [
+    messages = _check_prepared_statements(aliases)
+    if session_scope:
+        return messages  # a session context is sent once per request, whatever the binding
+    return messages + [
         Warning(
             f"Database {alias!r} binds parameters client-side (Django's default), so its queries cannot carry "
             "the django_rls context: every query outside a transaction sends BEGIN, rls.set_context() and COMMIT "
@@ -146,6 +148,22 @@ def check_binding(**kwargs: Any) -> list[CheckMessage]:
         for alias in aliases
         if alias in connections.settings
         and connections.settings[alias].get("OPTIONS", {}).get("server_side_binding") is not True
+    ]
+
+
+def _check_prepared_statements(aliases: list[str]) -> list[CheckMessage]:
+    """W006: psycopg's automatic prepared statements are switched off on protected aliases."""
+    return [
+        Warning(
+            f"Database {alias!r} sets OPTIONS['prepare_threshold'], which django_rls ignores: psycopg's prepared "
+            "statements have names that injected SQL can DEALLOCATE and PREPARE again, and the next request on the "
+            "connection, of any site, would run the planted statement with its own context.",
+            hint=f'Remove "prepare_threshold" from DATABASES[{alias!r}]["OPTIONS"].',
+            id="django_rls.W006",
+        )
+        for alias in aliases
+        if alias in connections.settings
+        and connections.settings[alias].get("OPTIONS", {}).get("prepare_threshold") is not None
     ]
 
 
@@ -198,11 +216,15 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             )
         cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         is_super, bypass = cursor.fetchone()
+        # Never advise demoting the role this alias connects as: it may be the only superuser of the cluster,
+        # or the maintenance role another alias needs. The way out is always another role.
         if is_super:
             messages.append(
                 Error(
                     f"database {alias!r} connects as a superuser, which bypasses every policy.",
-                    hint="Connect the application as a role with NOSUPERUSER NOBYPASSRLS that owns no table.",
+                    hint="Connect the application as another role, one with NOSUPERUSER NOBYPASSRLS that owns no table "
+                    "(manage.py rls_roles --app-role <name> creates it), and set that role as the alias's USER. "
+                    "Do not demote the superuser itself: it may be the only one the server has.",
                     id="django_rls.E013",
                 )
             )
@@ -210,7 +232,9 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             messages.append(
                 Error(
                     f"database {alias!r} connects as a role with BYPASSRLS, which bypasses every policy.",
-                    hint="ALTER ROLE <role> NOBYPASSRLS, or connect as another role.",
+                    hint="Connect the application as another role, one with NOBYPASSRLS that owns no table "
+                    "(manage.py rls_roles --app-role <name> creates it). Keep BYPASSRLS roles for maintenance "
+                    '(DJANGO_RLS["BYPASS_DATABASE"]) and backups only.',
                     id="django_rls.E014",
                 )
             )
@@ -231,12 +255,50 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                     id="django_rls.E015",
                 )
             )
-        cursor.execute("SELECT object_name, problem, hint FROM rls.problems ORDER BY 1, 2")
+        if not is_super:
+            messages.extend(_check_session_state(alias, cursor))
+        cursor.execute("SELECT object_name, problem, hint, current_user FROM rls.problems ORDER BY 1, 2")
         maintenance_role = _bypass_role()
-        for object_name, problem, hint in cursor.fetchall():
+        for object_name, problem, hint, role in cursor.fetchall():
             if object_name == maintenance_role and "BYPASSRLS" in problem:
                 continue  # the role behind django_rls.bypass() is meant to bypass
+            if object_name == role and ("temporary tables" in problem or "search_path" in problem):
+                continue  # reported for this connection by E017 and E018
             messages.append(Warning(f"{object_name}: {problem}", hint=hint, id="django_rls.W003"))
+    return messages
+
+
+def _check_session_state(alias: str, cursor: Any) -> list[CheckMessage]:
+    """E017/E018: what lets a request leave a temporary object that hides a table from the next request."""
+    from django_rls.roles import search_path_schemas
+
+    cursor.execute(
+        "SELECT current_user, current_database(), has_database_privilege(current_user, current_database(), "
+        "'TEMPORARY'), current_setting('search_path')"
+    )
+    role, database, temp, search_path = cursor.fetchone()
+    messages: list[CheckMessage] = []
+    if temp:
+        messages.append(
+            Error(
+                f"database {alias!r} connects as {role}, which may create temporary tables in {database}: one "
+                "request's temporary table hides the real table of the same name from every later request on the "
+                "same connection (CONN_MAX_AGE, a pool, PgBouncer), whatever site it serves.",
+                hint="Run manage.py rls_roles: it revokes TEMPORARY on the database from PUBLIC (which has it by "
+                "default) and from the application role, and grants it back to the owner and maintenance roles.",
+                id="django_rls.E017",
+            )
+        )
+    if search_path_schemas(search_path)[-1:] != ["pg_temp"]:
+        messages.append(
+            Error(
+                f"database {alias!r} connects with search_path {search_path!r}, which does not end with pg_temp, so "
+                "temporary objects are searched before the real ones.",
+                hint="Run manage.py rls_roles: it pins the application role's search_path in this database with "
+                "pg_temp last (ALTER ROLE ... IN DATABASE ... SET search_path = public, pg_temp).",
+                id="django_rls.E018",
+            )
+        )
     return messages
 
 

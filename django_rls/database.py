@@ -15,6 +15,11 @@ An execute wrapper on every protected database alias runs before each query:
   is sent in a pipeline with ``BEGIN``, the context and ``COMMIT``: one network
   round trip, like the query alone, but three more statements.
 - A request that runs no query sends nothing.
+- Inside a request or ``context()``, "no context" is sent like any other
+  (carried, or ``rls.clear_context()``) until this wrapper knows what the
+  session holds, so a session-scoped context that an earlier request left on a
+  reused connection never reaches a query that runs without one (a request of
+  an unknown host, or without a user).
 
 Values are always bound server-side (a plain ``psycopg.Cursor``, whatever
 cursor class Django uses), so they never appear in ``pg_stat_activity``. With
@@ -42,6 +47,7 @@ from django_rls.state import EMPTY, Values, current_frame
 from django_rls.tokens import sign_context
 
 _APPLIED = "_django_rls_applied"
+_UNKNOWN: Any = object()  # the context a session holds before this wrapper has set one
 
 # A query that carries its context starts with this comment; the context is bound as $1.
 MARKER = "/*django_rls:%s*/ "
@@ -152,14 +158,19 @@ class ContextWrapper:
         if frame is not None and frame.resolving:
             return execute(sql, params, many, context)
         pgconn = connection.connection
-        wanted = frame.values() if frame is not None else EMPTY
         status = pgconn.info.transaction_status
         applied: AppliedContext | None = getattr(connection, _APPLIED, None)
         if applied is not None and (
             applied.pgconn is not pgconn or (applied.transactional and status == TransactionStatus.IDLE)
         ):
             applied = None
-        held = applied.values if applied is not None else EMPTY
+        # What the session holds is unknown until this wrapper has set it: an earlier request on a
+        # reused or pooled connection may have left a session-scoped context there. So inside a
+        # request or context() even "no context" is sent explicitly, and a query never inherits a
+        # context it did not ask for. Code outside both (migrate, check) sends nothing, as before:
+        # it may run before the extension exists.
+        held = applied.values if applied is not None else (_UNKNOWN if frame is not None else EMPTY)
+        wanted = frame.values() if frame is not None else EMPTY
 
         session_scope = rls_settings.SCOPE == "session"
         if held == wanted or status == TransactionStatus.INERROR:
@@ -227,6 +238,11 @@ def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs
     install(connection)
     connection.connection.adapters.register_dumper(ContextParameter, ContextParameterDumper)
     setattr(connection, _APPLIED, None)
+    if connection.alias in protected_aliases():
+        # psycopg's prepared statements have names injected SQL can DEALLOCATE and PREPARE again,
+        # and the next request on the connection would run the planted statement with its own
+        # context (tests/test_session_state.py): never prepare on a connection that serves requests.
+        connection.connection.prepare_threshold = None
 
 
 def clear_session_context(aliases: list[str] | None = None) -> None:

@@ -1,7 +1,9 @@
 """Compare what the declarations want with what the database has, and say how to get there.
 
 ``rls_apply`` and the drift check both use :func:`make_plan`. Reading the
-catalog takes two queries whatever the number of models; nothing is locked.
+catalog takes a fixed number of queries whatever the number of models; nothing
+is locked. Tables are looked up once the way Django names them, then named by
+oid in queries and by ``psycopg.sql.Identifier`` in statements.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from django.apps import apps
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
+from psycopg import sql
 
 import django_rls
 from django_rls.conf import rls_settings
@@ -41,6 +44,56 @@ class Step:
     sql: str
     params: tuple[Any, ...] = ()
     details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as the catalog names it: its oid for queries, schema and name for statements, regclass text for people.
+
+    Queries use the oid, so that no name is folded or re-parsed, and a role without USAGE on
+    the table's schema can still be told what it lacks.
+    """
+
+    oid: int
+    schema: str
+    name: str
+    display: str
+
+    @property
+    def qualified(self) -> str:
+        """The schema-qualified, quoted name, which regclass input reads back exactly."""
+        return sql.Identifier(self.schema, self.name).as_string(None)
+
+    @property
+    def identifier(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+def resolve_tables(cursor: Any, db_tables: list[str]) -> dict[str, Table | None]:
+    """db_table -> the table Django's queries reach (None when it does not exist), in one query.
+
+    Django writes a db_table in quotes unless it is quoted already ('"other"."thing"'), so
+    its own quote_name() gives the SQL name; a qualified name is looked up in the catalog
+    (which needs no USAGE on the schema), an unqualified one on the search_path.
+    """
+    cursor.execute(
+        """
+        SELECT t, c.oid, n.nspname, c.relname, c.oid::regclass::text
+          FROM unnest(%s::text[], %s::text[]) AS x(t, q)
+          LEFT JOIN LATERAL (SELECT parse_ident(q) AS parts) p ON true
+          LEFT JOIN pg_class c
+                 ON c.oid = CASE WHEN cardinality(p.parts) = 1 THEN to_regclass(q)
+                                 WHEN cardinality(p.parts) = 2
+                                 THEN (SELECT k.oid FROM pg_class k JOIN pg_namespace s ON s.oid = k.relnamespace
+                                        WHERE s.nspname = p.parts[1] AND k.relname = p.parts[2]) END
+          LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+        """,
+        [db_tables, [cursor.db.ops.quote_name(t) for t in db_tables]],
+    )
+    return {
+        t: Table(oid, schema, name, display) if oid is not None else None
+        for t, oid, schema, name, display in cursor.fetchall()
+    }
 
 
 @dataclass
@@ -102,33 +155,44 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
     plan = Plan(app_role=role, tables=len(desired))
 
     with connection.cursor() as cursor:
-        _check_roles(cursor, role, list(desired))
-        _plan_policies(cursor, plan, desired, role, prune)
-        _plan_audit(cursor, plan, prune)
-        _plan_grants(cursor, plan, role)
+        tables = resolve_tables(cursor, sorted(set(desired) | {m._meta.db_table for m in _managed_tables()}))
+        _check_roles(cursor, role, tables, list(desired))
+        found = {t: table for t, table in tables.items() if table is not None}
+        _plan_policies(cursor, plan, {found[t]: groups for t, groups in desired.items()}, role, prune)
+        _plan_audit(cursor, plan, prune, found)
+        _plan_grants(cursor, plan, role, found)
     return plan
 
 
-def _plan_audit(cursor: Any, plan: Plan, prune: bool) -> None:
+def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) -> None:
     """Switch the audit trail on, off or to new options, per the declarations' audit flags."""
     wanted: dict[str, tuple[list[str], list[str]]] = {}
+    qualified: dict[str, str] = {}
     for declaration in all_declarations().values():
         if declaration.audit:
-            wanted[declaration.model_class()._meta.db_table] = declaration.audit_columns()
+            table = tables[declaration.model_class()._meta.db_table]
+            wanted[table.display] = declaration.audit_columns()
+            qualified[table.display] = table.qualified
+    # Tables are named by their regclass text, schema-qualified when off the search_path.
     cursor.execute(
         """
-        SELECT c.relname, a.excluded_columns, a.masked_columns, a.operations,
-               cardinality(s.missing_triggers) > 0
+        SELECT c.oid::regclass::text, a.excluded_columns, a.masked_columns, a.operations,
+               cardinality(s.missing_triggers) > 0, n.nspname, c.relname
           FROM rls_audit.audited_tables a
           JOIN pg_class c ON c.oid = a.table_oid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
           JOIN rls_audit.status s ON s.table_name = a.table_oid::regclass
-         WHERE pg_table_is_visible(c.oid)
+         WHERE (pg_table_is_visible(c.oid) OR c.oid::regclass::text = ANY(%s::text[]))
            AND cardinality(s.audited_through) = 0  -- partitions and children follow their parent
-        """
+        """,
+        [list(wanted)],
     )
+    rows = cursor.fetchall()
+    for table, *_, schema, name in rows:
+        qualified.setdefault(table, sql.Identifier(schema, name).as_string(None))
     current = {
         table: (sorted(excluded), sorted(masked), sorted(ops), broken)
-        for table, excluded, masked, ops, broken in cursor.fetchall()
+        for table, excluded, masked, ops, broken, _, _ in rows
     }
     all_operations = sorted(["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
     for table, (excluded, masked) in sorted(wanted.items()):
@@ -140,7 +204,7 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool) -> None:
             Step(
                 f"{verb} {table} ({detail})",
                 "SELECT rls_audit.enable(%s::regclass, %s::text[], %s::text[])",
-                (table, excluded, masked),
+                (qualified[table], excluded, masked),
             )
         )
     for table in sorted(set(current) - set(wanted)):
@@ -149,14 +213,14 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool) -> None:
                 Step(
                     f"stop auditing {table} (no declaration wants it)",
                     "SELECT rls_audit.disable(%s::regclass)",
-                    (table,),
+                    (qualified[table],),
                 )
             )
         else:
             plan.left_alone.append(f"{table}: audited though no declaration asks for it (use --prune to stop)")
 
 
-def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:
+def _check_roles(cursor: Any, role: str, tables: dict[str, Table | None], protected: list[str]) -> None:
     cursor.execute(
         """
         SELECT r.rolsuper, r.rolbypassrls, r.rolname = current_user,
@@ -167,7 +231,10 @@ def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:
     )
     row = cursor.fetchone()
     if row is None:
-        raise PlanError(f"the application role {role!r} does not exist: create it (NOSUPERUSER NOBYPASSRLS LOGIN)")
+        raise PlanError(
+            f"the application role {role!r} does not exist: create it with manage.py rls_roles "
+            "(or as NOSUPERUSER NOBYPASSRLS LOGIN)"
+        )
     is_super, bypass, is_me, i_am_super = row
     if is_me:
         raise PlanError(
@@ -175,30 +242,30 @@ def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:
             '(DJANGO_RLS["OWNER_DATABASE"] or --database)'
         )
     if is_super or bypass:
+        # Never advise demoting this role: it may be the cluster's only superuser, or the maintenance role.
         raise PlanError(
-            f"the application role {role!r} is a superuser or has BYPASSRLS, so no policy would apply to it: "
-            f"ALTER ROLE {role} NOSUPERUSER NOBYPASSRLS"
+            f"the application connects as {role!r}, which is a superuser or has BYPASSRLS, so no policy would apply "
+            "to it: connect the application as another role that is NOSUPERUSER NOBYPASSRLS and owns no table "
+            '(manage.py rls_roles --app-role <name> creates one), set DATABASES["default"]["USER"] or '
+            f'DJANGO_RLS["APP_ROLE"] to it, and leave {role!r} as it is'
         )
+    missing = sorted(t for t in protected if tables[t] is None)
+    if missing:
+        raise TablesMissing(f"protected tables do not exist yet: {', '.join(missing)}; run migrate first")
     cursor.execute(
         """
-        SELECT t, to_regclass(quote_ident(t)) IS NULL,
-               pg_has_role(%s, c.relowner, 'MEMBER'),
-               pg_has_role(current_user, c.relowner, 'MEMBER')
-          FROM unnest(%s::text[]) AS t
-          LEFT JOIN pg_class c ON c.oid = to_regclass(quote_ident(t))
+        SELECT t, pg_has_role(%s, c.relowner, 'MEMBER'), pg_has_role(current_user, c.relowner, 'MEMBER')
+          FROM unnest(%s::text[], %s::oid[]) AS x(t, o)
+          JOIN pg_class c ON c.oid = o
         """,
-        [role, tables],
+        [role, protected, [tables[t].oid for t in protected]],  # type: ignore[union-attr]
     )
-    missing, app_owned, not_mine = [], [], []
-    for table, is_missing, owned_by_app, mine in cursor.fetchall():
-        if is_missing:
-            missing.append(table)
-        elif owned_by_app:
-            app_owned.append(table)
+    app_owned, not_mine = [], []
+    for table, owned_by_app, mine in cursor.fetchall():
+        if owned_by_app:
+            app_owned.append(tables[table].display)  # type: ignore[union-attr]
         elif not mine and not i_am_super:
-            not_mine.append(table)
-    if missing:
-        raise TablesMissing(f"protected tables do not exist yet: {', '.join(sorted(missing))}; run migrate first")
+            not_mine.append(tables[table].display)  # type: ignore[union-attr]
     if app_owned:
         raise PlanError(
             f"the application role {role!r} owns {', '.join(sorted(app_owned))}, so it could switch row level "
@@ -211,20 +278,20 @@ def _check_roles(cursor: Any, role: str, tables: list[str]) -> None:
         )
 
 
-def _plan_policies(cursor: Any, plan: Plan, desired: dict[str, list[Group]], role: str, prune: bool) -> None:
-    rows = [(table, g) for table, groups in sorted(desired.items()) for g in groups]
+def _plan_policies(cursor: Any, plan: Plan, desired: dict[Table, list[Group]], role: str, prune: bool) -> None:
+    rows = [(table, g) for table, groups in sorted(desired.items(), key=lambda i: i[0].display) for g in groups]
     in_sync: list[bool] = []
     if rows:
         cursor.execute(
             """
-            SELECT rls.group_in_sync(to_regclass(quote_ident(t)), g, u, c, string_to_array(cmds, ','), %s)
-              FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+            SELECT rls.group_in_sync(t::regclass, g, u, c, string_to_array(cmds, ','), %s)
+              FROM unnest(%s::oid[], %s::text[], %s::text[], %s::text[], %s::text[])
                    WITH ORDINALITY AS x(t, g, u, c, cmds, i)
              ORDER BY i
             """,
             [
                 role,
-                [t for t, _ in rows],
+                [t.oid for t, _ in rows],
                 [g.name for _, g in rows],
                 [g.using for _, g in rows],
                 [g.check for _, g in rows],
@@ -233,21 +300,44 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[str, list[Group]], rol
         )
         in_sync = [r[0] for r in cursor.fetchall()]
 
+    # Policies on tables of the search_path, and on every declared table wherever it lives.
     cursor.execute(
         """
-        SELECT c.relname, substring(p.polname from %s), string_agg(
+        SELECT c.oid, n.nspname, c.relname, c.oid::regclass::text, substring(p.polname from %s), string_agg(
                    format('%%s: %%s', p.polname,
                           coalesce(pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))),
                    '; ' ORDER BY p.polname)
-          FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
-         WHERE p.polname ~ %s AND pg_table_is_visible(c.oid)
-         GROUP BY 1, 2
+          FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE p.polname ~ %s AND (pg_table_is_visible(c.oid) OR c.oid = ANY(%s::oid[]))
+         GROUP BY 1, 2, 3, 4, 5
         """,
-        [POLICY_NAME, POLICY_NAME],
+        [POLICY_NAME, POLICY_NAME, [t.oid for t in desired]],
     )
-    existing: dict[str, dict[str, str]] = defaultdict(dict)
-    for table, group, current in cursor.fetchall():
-        existing[table][group] = current
+    existing: dict[Table, dict[str, str]] = defaultdict(dict)
+    for oid, schema, name, display, group, current in cursor.fetchall():
+        existing[Table(oid, schema, name, display)][group] = current
+
+    # Groups of one table must all name the same role, so a table protected for another role (the
+    # application role was renamed) loses its old groups first, in the same transaction.
+    cursor.execute(
+        """
+        SELECT DISTINCT p.polrelid FROM pg_policy p, unnest(p.polroles) AS r
+         WHERE p.polrelid = ANY(%s::oid[]) AND p.polname ~ %s
+           AND r IS DISTINCT FROM CASE WHEN %s = 'public' THEN 0 ELSE (SELECT oid FROM pg_roles WHERE rolname = %s) END
+        """,
+        [[t.oid for t in desired], POLICY_NAME, role, role],
+    )
+    other_role = {oid for (oid,) in cursor.fetchall()}
+    for table in sorted(desired, key=lambda t: t.display):
+        if table.oid in other_role:
+            plan.steps.append(
+                Step(
+                    f"unprotect {table.display}: its policies name another role than {role}",
+                    "SELECT rls.unprotect(%s::regclass)",
+                    (table.qualified,),
+                )
+            )
+            existing.pop(table, None)
 
     for (table, group), ok in zip(rows, in_sync, strict=True):
         if ok:
@@ -260,93 +350,119 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[str, list[Group]], rol
             details.insert(0, f"now:  {existing[table][group.name]}")
         plan.steps.append(
             Step(
-                f"{verb} {table}: policy group {group.name!r} for {role}",
+                f"{verb} {table.display}: policy group {group.name!r} for {role}",
                 "SELECT rls.protect(%s::regclass, %s, %s, %s, %s::text[], %s)",
-                (table, group.name, group.using, group.check, list(group.commands), role),
+                (table.qualified, group.name, group.using, group.check, list(group.commands), role),
                 tuple(details),
             )
         )
 
-    for table, groups in sorted(existing.items()):
+    for table, groups in sorted(existing.items(), key=lambda i: i[0].display):
         wanted = {g.name for g in desired.get(table, [])}
-        for group in sorted(set(groups) - wanted):
-            summary = f"remove {table}: policy group {group!r} (no declaration wants it)"
+        for group_name in sorted(set(groups) - wanted):
+            summary = f"remove {table.display}: policy group {group_name!r} (no declaration wants it)"
             if prune:
-                plan.steps.append(Step(summary, "SELECT rls.unprotect(%s::regclass, %s)", (table, group)))
+                plan.steps.append(
+                    Step(summary, "SELECT rls.unprotect(%s::regclass, %s)", (table.qualified, group_name))
+                )
             else:
-                plan.left_alone.append(f"{table}: policy group {group!r} (use --prune to remove it)")
+                plan.left_alone.append(f"{table.display}: policy group {group_name!r} (use --prune to remove it)")
 
 
-def _plan_grants(cursor: Any, plan: Plan, role: str) -> None:
-    tables = sorted({m._meta.db_table for m in _managed_tables()})
+def _plan_grants(cursor: Any, plan: Plan, role: str, tables: dict[str, Table]) -> None:
+    managed = sorted(
+        {tables[m._meta.db_table] for m in _managed_tables() if m._meta.db_table in tables}, key=lambda t: t.display
+    )
     # runserver and showmigrations read the migration history; only migrate (as the owner) writes it.
+    migrations = tables.get(MIGRATIONS_TABLE)
+    if migrations is None:
+        resolved = resolve_tables(cursor, [MIGRATIONS_TABLE])[MIGRATIONS_TABLE]
+        migrations = resolved
+    if migrations is not None:
+        cursor.execute("SELECT has_table_privilege(%s, %s::oid, 'SELECT')", [role, migrations.oid])
+        if not cursor.fetchone()[0]:
+            plan.steps.append(
+                Step(
+                    f"grant SELECT on {migrations.display} to {role}",
+                    _statement("GRANT SELECT ON {} TO {}", migrations.identifier, sql.Identifier(role)),
+                )
+            )
+    # A table in a schema of its own is reachable only with USAGE on that schema.
     cursor.execute(
         """
-        SELECT has_table_privilege(%s, c.oid, 'SELECT') FROM pg_class c
-         WHERE c.oid = to_regclass(quote_ident(%s))
+        SELECT DISTINCT s FROM unnest(%s::text[]) AS s
+         WHERE NOT has_schema_privilege(%s, s, 'USAGE') ORDER BY 1
         """,
-        [role, MIGRATIONS_TABLE],
+        [sorted({t.schema for t in managed}), role],
     )
-    row = cursor.fetchone()
-    if row is not None and not row[0]:
+    for (schema,) in cursor.fetchall():
         plan.steps.append(
             Step(
-                f"grant SELECT on {MIGRATIONS_TABLE} to {role}", f"GRANT SELECT ON {MIGRATIONS_TABLE} TO {_quote(role)}"
+                f"grant USAGE on schema {sql.Identifier(schema).as_string(None)} to {role}",
+                _statement("GRANT USAGE ON SCHEMA {} TO {}", sql.Identifier(schema), sql.Identifier(role)),
             )
         )
     cursor.execute(
         """
-        SELECT t, p, has_table_privilege(%s, c.oid, p)
-          FROM unnest(%s::text[]) AS t
-          JOIN pg_class c ON c.oid = to_regclass(quote_ident(t))
+        SELECT i, p, has_table_privilege(%s, t, p)
+          FROM unnest(%s::oid[]) WITH ORDINALITY AS x(t, i)
           CROSS JOIN unnest(%s::text[]) AS p
         """,
-        [role, tables, list(TABLE_PRIVILEGES + FORBIDDEN_PRIVILEGES)],
+        [role, [t.oid for t in managed], list(TABLE_PRIVILEGES + FORBIDDEN_PRIVILEGES)],
     )
-    grant: dict[str, list[str]] = defaultdict(list)
-    revoke: dict[str, list[str]] = defaultdict(list)
-    for table, privilege, held in cursor.fetchall():
+    grant: dict[Table, list[str]] = defaultdict(list)
+    revoke: dict[Table, list[str]] = defaultdict(list)
+    for index, privilege, held in cursor.fetchall():
+        table = managed[index - 1]
         if privilege in TABLE_PRIVILEGES and not held:
             grant[table].append(privilege)
         elif privilege in FORBIDDEN_PRIVILEGES and held:
             revoke[table].append(privilege)
-    for table in sorted(grant):
-        privileges = ", ".join(grant[table])
-        plan.steps.append(
-            Step(f"grant {privileges} on {table} to {role}", f"GRANT {privileges} ON {_quote(table)} TO {_quote(role)}")
-        )
-    for table in sorted(revoke):
-        privileges = ", ".join(revoke[table])
-        plan.steps.append(
-            Step(
-                f"revoke {privileges} on {table} from {role}",
-                f"REVOKE {privileges} ON {_quote(table)} FROM {_quote(role)}",
+    for table in managed:
+        if table in grant:
+            privileges = ", ".join(grant[table])
+            plan.steps.append(
+                Step(
+                    f"grant {privileges} on {table.display} to {role}",
+                    _statement(f"GRANT {privileges} ON {{}} TO {{}}", table.identifier, sql.Identifier(role)),
+                )
             )
-        )
+    for table in managed:
+        if table in revoke:
+            privileges = ", ".join(revoke[table])
+            plan.steps.append(
+                Step(
+                    f"revoke {privileges} on {table.display} from {role}",
+                    _statement(f"REVOKE {privileges} ON {{}} FROM {{}}", table.identifier, sql.Identifier(role)),
+                )
+            )
 
     # Sequences behind serial and identity columns: nextval() needs USAGE; setval() (UPDATE) is never granted.
     cursor.execute(
         """
-        SELECT DISTINCT s.oid::regclass::text
-          FROM unnest(%s::text[]) AS t
-          JOIN pg_depend d ON d.refobjid = to_regclass(quote_ident(t)) AND d.classid = 'pg_class'::regclass
+        SELECT DISTINCT s.oid::regclass::text, n.nspname, s.relname
+          FROM unnest(%s::oid[]) AS t
+          JOIN pg_depend d ON d.refobjid = t AND d.classid = 'pg_class'::regclass
                           AND d.deptype IN ('a', 'i')
           JOIN pg_class s ON s.oid = d.objid
+          JOIN pg_namespace n ON n.oid = s.relnamespace
          WHERE CASE WHEN s.relkind = 'S' THEN NOT has_sequence_privilege(%s, s.oid, 'USAGE') END
          ORDER BY 1
         """,
-        [tables, role],
+        [[t.oid for t in managed], role],
     )
-    for (sequence,) in cursor.fetchall():
+    for display, schema, name in cursor.fetchall():
         plan.steps.append(
             Step(
-                f"grant USAGE on sequence {sequence} to {role}", f"GRANT USAGE ON SEQUENCE {sequence} TO {_quote(role)}"
+                f"grant USAGE on sequence {display} to {role}",
+                _statement("GRANT USAGE ON SEQUENCE {} TO {}", sql.Identifier(schema, name), sql.Identifier(role)),
             )
         )
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+def _statement(template: str, *identifiers: sql.Identifier) -> str:
+    """A statement with its identifiers quoted by psycopg (the one quoting helper)."""
+    return sql.SQL(template).format(*identifiers).as_string(None)
 
 
 def apply_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:

@@ -222,7 +222,7 @@ class Membership(Policy):
         column, _ = _key_kind(model, self.field)
         member_site, _ = _key_kind(membership, self.site_field)
         member_user, user_accessor = _accessor(membership, self.user_field, "user")
-        member_table = _qn(membership._meta.db_table)
+        member_table = connection.ops.quote_name(membership._meta.db_table)
         using = (
             f"{_qn(column)} IN (SELECT m.{_qn(member_site)} FROM {member_table} m "
             f"WHERE m.{member_user} = {user_accessor})"
@@ -247,7 +247,7 @@ class ThroughParent(Policy):
         return self.fields
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
-        table = _qn(model._meta.db_table)
+        table = connection.ops.quote_name(model._meta.db_table)
         conditions = []
         for name in self.fields:
             fk = _field(model, name)
@@ -256,7 +256,7 @@ class ThroughParent(Policy):
             parent = fk.related_model
             parent_key = fk.target_field.column  # type: ignore[attr-defined]
             conditions.append(
-                f"EXISTS (SELECT 1 FROM {_qn(parent._meta.db_table)} p "  # type: ignore[union-attr]
+                f"EXISTS (SELECT 1 FROM {connection.ops.quote_name(parent._meta.db_table)} p "  # type: ignore[union-attr]
                 f"WHERE p.{_qn(parent_key)} = {table}.{_qn(fk.column)})"
             )
         return [Group("parent", " AND ".join(conditions))]

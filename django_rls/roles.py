@@ -1,7 +1,9 @@
 """The database roles django_rls expects, and the statements that create or fix them (``manage.py rls_roles``).
 
 - the application role: logs in, no superuser, no BYPASSRLS, cannot create roles,
-  databases or objects in the schema, and is no member of the owner or maintenance role;
+  databases or objects in the schema, cannot create temporary objects in the database,
+  starts with a search_path that searches pg_temp last, and is no member of the owner
+  or maintenance role;
 - the owner role: owns the tables, runs migrate and rls_apply; no superuser, no BYPASSRLS;
 - the maintenance role (optional): BYPASSRLS and a member of the owner role, used only
   inside django_rls.bypass();
@@ -24,6 +26,13 @@ KEYWORDS = {
     "rolcanlogin": ("LOGIN", "NOLOGIN"),
     "rolreplication": ("REPLICATION", "NOREPLICATION"),
 }
+
+
+class RolesError(Exception):
+    """The roles cannot be brought in line by rls_roles; the message says what to do."""
+
+
+_OPTION = {"application": "app-role", "owner": "owner-role", "maintenance": "maintenance-role", "backup": "backup-role"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,22 @@ def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]
         steps.append((f"create the {spec.kind} role {spec.name}", statement))
     else:
         current = dict(zip(ROLE_FLAGS, row, strict=True))
+        # Demoting a superuser can leave a cluster with none (the only one is often the role connected here),
+        # and changing the role this command runs as can take away the rights it needs: refuse both, and
+        # point at another role instead.
+        if current["rolsuper"] and not spec.flags["rolsuper"]:
+            raise RolesError(
+                f"the {spec.kind} role {spec.name} is a superuser; rls_roles does not demote superusers (it may be "
+                f"the only one the server has): name another role for the {spec.kind} (--{_OPTION[spec.kind]}), "
+                "which rls_roles creates, and connect the application as that role"
+            )
+        cursor.execute("SELECT current_user = %s", [spec.name])
+        if cursor.fetchone()[0] and [f for f, v in spec.flags.items() if current[f] != v]:
+            raise RolesError(
+                f"rls_roles is connected as {spec.name}, the {spec.kind} role it would change: run it as another "
+                "role with CREATEROLE (--database), or name another role for the "
+                f"{spec.kind} (--{_OPTION[spec.kind]})"
+            )
         wrong = [KEYWORDS[flag][0 if value else 1] for flag, value in spec.flags.items() if current[flag] != value]
         if wrong:
             steps.append(
@@ -165,8 +190,129 @@ def _schema_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
     ]
 
 
+def _temp_steps(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
+    """Take the TEMPORARY right on this database away from the application role.
+
+    A temporary table (view, function, type) hides the object of the same name
+    from every later unqualified query of the same session, and a pooled or
+    reused connection serves many requests and sites. PostgreSQL grants
+    TEMPORARY on a database to PUBLIC by default, so revoking it from the
+    application role alone changes nothing: it is revoked from PUBLIC, and
+    granted back by name to the other roles django_rls manages.
+    """
+    app = next(spec.name for spec in wanted if spec.kind == "application")
+    others = [spec.name for spec in wanted if spec.kind != "application"]
+    cursor.execute("SELECT current_database()")
+    database = cursor.fetchone()[0]
+    steps: list[tuple[str, sql.Composable]] = []
+    cursor.execute(
+        """
+        SELECT EXISTS (SELECT FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+                        WHERE d.datname = current_database() AND a.privilege_type = 'TEMPORARY'
+                          AND a.grantee IN (0, (SELECT oid FROM pg_roles WHERE rolname = %s)))
+        """,
+        [app],
+    )
+    if cursor.fetchone()[0]:
+        revokees = [sql.SQL("PUBLIC")] + ([sql.Identifier(app)] if _exists(cursor, app) else [])
+        steps.append(
+            (
+                f"stop the application role {app} (and PUBLIC) from creating temporary objects in database {database}",
+                sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM {}").format(
+                    sql.Identifier(database), sql.SQL(", ").join(revokees)
+                ),
+            )
+        )
+        for other in others:
+            cursor.execute(
+                """
+                SELECT EXISTS (SELECT FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+                                WHERE d.datname = current_database() AND a.privilege_type = 'TEMPORARY'
+                                  AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = %s))
+                """,
+                [other],
+            )
+            if not cursor.fetchone()[0]:
+                steps.append(
+                    (
+                        f"let {other} keep creating temporary objects in database {database}",
+                        sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(
+                            sql.Identifier(database), sql.Identifier(other)
+                        ),
+                    )
+                )
+    elif _exists(cursor, app):
+        cursor.execute("SELECT has_database_privilege(%s, current_database(), 'TEMPORARY')", [app])
+        if cursor.fetchone()[0]:
+            # Through a role it is a member of: that membership is what must go.
+            cursor.execute(
+                """
+                SELECT string_agg(quote_ident(p.rolname), ', ' ORDER BY p.rolname) FROM pg_roles p
+                 WHERE pg_has_role(%s, p.oid, 'USAGE') AND p.rolname <> %s
+                   AND has_database_privilege(p.oid, current_database(), 'TEMPORARY')
+                """,
+                [app, app],
+            )
+            raise RolesError(
+                f"the application role {app} may create temporary objects in database {database} through its "
+                f"membership in {cursor.fetchone()[0]}: revoke that membership, or TEMPORARY from those roles"
+            )
+    return steps
+
+
+def search_path_schemas(setting: str) -> list[str]:
+    """The names of a search_path setting, unquoted."""
+    names = []
+    for item in setting.split(","):
+        name = item.strip()
+        if len(name) >= 2 and name.startswith('"') and name.endswith('"'):
+            name = name[1:-1].replace('""', '"')
+        if name:
+            names.append(name)
+    return names
+
+
+def pinned_search_path(current: str | None) -> list[str]:
+    """The schemas of a search_path setting, without "$user" and pg_temp, then pg_temp last.
+
+    "$user" goes because a schema named after the application role would come
+    first; pg_temp goes last so that no temporary object hides anything.
+    """
+    schemas = search_path_schemas(current if current is not None else '"$user", public')
+    return [name for name in schemas if name not in ("$user", "pg_temp")] + ["pg_temp"]
+
+
+def _search_path_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
+    """Pin the application role's search_path in this database with pg_temp last."""
+    cursor.execute(
+        """
+        SELECT current_database(),
+               (SELECT substr(c, length('search_path=') + 1)
+                  FROM pg_db_role_setting s, unnest(s.setconfig) AS c
+                 WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                   AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = %s))
+                   AND c LIKE 'search\\_path=%%'
+                 ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC
+                 LIMIT 1)
+        """,
+        [app],
+    )
+    database, current = cursor.fetchone()
+    schemas = pinned_search_path(current)
+    if current is not None and search_path_schemas(current)[-1:] == ["pg_temp"]:
+        return []
+    return [
+        (
+            f"pin the search_path of the application role {app} in database {database} to {', '.join(schemas)}",
+            sql.SQL("ALTER ROLE {} IN DATABASE {} SET search_path = {}").format(
+                sql.Identifier(app), sql.Identifier(database), sql.SQL(", ").join(map(sql.Identifier, schemas))
+            ),
+        )
+    ]
+
+
 def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
     """(summary, statement) pairs that bring the roles in line; empty when they already are."""
     steps = [step for spec in wanted for step in _role_steps(cursor, spec)]
     app = next(spec.name for spec in wanted if spec.kind == "application")
-    return steps + _schema_steps(cursor, app)
+    return steps + _schema_steps(cursor, app) + _temp_steps(cursor, wanted) + _search_path_steps(cursor, app)

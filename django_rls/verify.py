@@ -21,6 +21,7 @@ from django.db import DatabaseError, connections, models, transaction
 
 from django_rls import policies
 from django_rls.declarations import all_declarations
+from django_rls.planner import resolve_tables
 from django_rls.policies import Declaration
 from django_rls.state import context
 
@@ -54,40 +55,68 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
         if cursor.fetchone() is None:
             return ["the django_rls extension is not installed in this database"]
-        tables = sorted({d.model_class()._meta.db_table for d in declarations.values()})
+        failures.extend(_session_failures(cursor, role))
+        names = sorted({d.model_class()._meta.db_table for d in declarations.values()})
+        tables = resolve_tables(cursor, names)
+        found = {t: table for t, table in tables.items() if table is not None}
+        failures.extend(f"{t}: the table does not exist (run migrate)" for t in names if t not in found)
         cursor.execute(
             """
-            SELECT t, c.oid IS NULL, c.relrowsecurity, c.relforcerowsecurity,
-                   pg_has_role(current_user, c.relowner, 'MEMBER')
-              FROM unnest(%s::text[]) AS t LEFT JOIN pg_class c ON c.oid = to_regclass(quote_ident(t))
+            SELECT t, c.relrowsecurity, c.relforcerowsecurity, pg_has_role(current_user, c.relowner, 'MEMBER')
+              FROM unnest(%s::text[], %s::oid[]) AS x(t, o) JOIN pg_class c ON c.oid = o
              ORDER BY 1
             """,
-            [tables],
+            [list(found), [table.oid for table in found.values()]],
         )
-        for table, missing, enabled, forced, owned in cursor.fetchall():
-            if missing:
-                failures.append(f"{table}: the table does not exist (run migrate)")
-            elif not enabled:
+        for name, enabled, forced, owned in cursor.fetchall():
+            table = found[name].display
+            if not enabled:
                 failures.append(f"{table}: row level security is disabled")
             elif owned:
                 failures.append(f"{table}: the connection's role owns the table and can switch row level security off")
             elif not forced:
                 failures.append(f"{table}: FORCE ROW LEVEL SECURITY is off, so the table's owner bypasses it")
         for declaration in declarations.values():
-            table = declaration.model_class()._meta.db_table
+            name = declaration.model_class()._meta.db_table
+            if name not in found:
+                continue
             for group in declaration.groups(connections[alias]):
                 cursor.execute(
-                    "SELECT rls.group_in_sync(to_regclass(quote_ident(%s)), %s, %s, %s, %s::text[], %s)",
-                    [table, group.name, group.using, group.check, list(group.commands), role],
+                    "SELECT rls.group_in_sync(%s::oid::regclass, %s, %s, %s, %s::text[], %s)",
+                    [found[name].oid, group.name, group.using, group.check, list(group.commands), role],
                 )
                 if not cursor.fetchone()[0]:
                     failures.append(
-                        f"{table}: policy group {group.name!r} is missing or differs from the declaration (run rls_apply)"
+                        f"{found[name].display}: policy group {group.name!r} is missing or differs from the declaration "
+                        "(run rls_apply)"
                     )
         cursor.execute(
             "SELECT object_name, problem FROM rls.problems WHERE problem LIKE 'view %%' OR problem LIKE 'materialized view %%'"
         )
         failures.extend(f"{name}: {problem}" for name, problem in cursor.fetchall())
+    return failures
+
+
+def _session_failures(cursor: Any, role: str) -> list[str]:
+    """What lets one request's session hide tables from the next one on a reused connection."""
+    from django_rls.roles import search_path_schemas
+
+    cursor.execute("SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY'), current_database()")
+    temp, database = cursor.fetchone()
+    cursor.execute("SELECT current_setting('search_path')")
+    search_path = cursor.fetchone()[0]
+    failures = []
+    if temp:
+        failures.append(
+            f"the connection's role {role} may create temporary tables in database {database}: one request's "
+            "temporary table would hide the real table from every later request on the same connection "
+            "(run manage.py rls_roles)"
+        )
+    if search_path_schemas(search_path)[-1:] != ["pg_temp"]:
+        failures.append(
+            f"the connection's search_path ({search_path}) does not end with pg_temp, so temporary objects are "
+            "searched before the real ones (run manage.py rls_roles)"
+        )
     return failures
 
 

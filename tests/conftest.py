@@ -21,6 +21,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from django_rls.roles import plan as hardening_plan
+from django_rls.roles import specs as role_specs
 from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
 
 KEY_FILE = "django_rls_test.key"
@@ -77,8 +79,12 @@ def database() -> Iterator[Database]:
         if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone():
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
-        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+        # The hardening manage.py rls_roles applies (no CREATE in any schema, no TEMPORARY on the
+        # database, a search_path with pg_temp last), from the very same plan.
+        with conn.transaction(), conn.cursor() as cursor:
+            for _, statement in hardening_plan(cursor, role_specs(APP_ROLE, OWNER_ROLE, BYPASS_ROLE, None, {})):
+                cursor.execute(statement)
 
     db = Database(
         admin=admin,

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "django_rls",
     "tests.testapp",
     "tests.thirdparty",
+    "tests.quoting",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

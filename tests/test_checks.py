@@ -124,13 +124,14 @@ def test_e013_superuser(settings, extra_alias):
 
 def test_e014_bypassrls(live_db, settings):
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["bypass"]}
-    # The test's bypass role is also a member of the owner role, which E015 reports too.
-    assert ids(["bypass"]) == ["django_rls.E014", "django_rls.E015"]
+    # The test's bypass role is also a member of the owner role, which E015 reports too; it keeps
+    # TEMPORARY and the default search_path (E017, E018), which only the application role loses.
+    assert ids(["bypass"]) == ["django_rls.E014", "django_rls.E015", "django_rls.E017", "django_rls.E018"]
 
 
 def test_e015_owner_of_protected_tables(live_db, settings):
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": ["owner"], "OWNER_DATABASE": None}
-    assert ids(["owner"]) == ["django_rls.E015"]
+    assert ids(["owner"]) == ["django_rls.E015", "django_rls.E017", "django_rls.E018"]
 
 
 def test_w003_catalog_problem(live_db):
@@ -155,3 +156,59 @@ def test_w004_drift_and_e016_plan_error(live_db, settings):
     assert ids(["owner"]) == []
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "APP_ROLE": "no_such_role"}
     assert ids(["owner"]) == ["django_rls.E016"]
+
+
+@pytest.fixture
+def loose_role_alias(database, extra_alias):
+    """An alias of a role that may create temporary tables and has the server's default search_path."""
+    import psycopg
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS rls_t_loose")
+        admin.execute("CREATE ROLE rls_t_loose LOGIN")
+        admin.execute(f"GRANT TEMPORARY ON DATABASE {database.name} TO rls_t_loose")
+        admin.execute("GRANT USAGE ON SCHEMA public TO rls_t_loose")
+    alias = extra_alias("loose", user="rls_t_loose", password="")
+    yield alias
+    connections[alias].close()
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP OWNED BY rls_t_loose")
+        admin.execute("DROP ROLE rls_t_loose")
+
+
+def test_e017_e018_temporary_objects_and_search_path(settings, loose_role_alias):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [loose_role_alias]}
+    assert ids([loose_role_alias]) == ["django_rls.E017", "django_rls.E018"]
+    messages = {m.id: m for m in checks.run_checks(databases=[loose_role_alias])}
+    assert "rls_roles" in messages["django_rls.E017"].hint and "PUBLIC" in messages["django_rls.E017"].hint
+    assert "pg_temp last" in messages["django_rls.E018"].hint
+
+
+def test_the_app_role_of_the_test_suite_is_hardened(live_db):
+    """The suite's app role is set up by rls_roles' own plan: no TEMPORARY, pg_temp last."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY'), current_setting('search_path')")
+        assert cursor.fetchone() == (False, "public, pg_temp")
+
+
+def test_w006_prepared_statements(monkeypatch):
+    monkeypatch.setitem(
+        connections.settings["default"], "OPTIONS", {"server_side_binding": True, "prepare_threshold": 5}
+    )
+    assert ids() == ["django_rls.W006"]
+
+
+def test_no_hint_tells_a_superuser_to_demote_itself(settings, extra_alias):
+    """E013 and E016 (the application connects as the cluster's superuser) name another role instead."""
+    server = urlparse(os.environ["DATABASE_URL"])
+    superuser = server.username or "postgres"
+    alias = extra_alias("superuser", user=superuser, password=server.password or "")
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "DATABASES": [alias], "APP_ROLE": superuser}
+    messages = [
+        m for m in checks.run_checks(databases=[alias, "owner"]) if m.id in ("django_rls.E013", "django_rls.E016")
+    ]
+    assert sorted(m.id for m in messages) == ["django_rls.E013", "django_rls.E016"]
+    for message in messages:
+        text = f"{message.msg} {message.hint or ''}"
+        assert "ALTER ROLE" not in text, text  # the harmful advice: demoting the role in use
+        assert "another role" in text, text

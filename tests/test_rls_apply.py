@@ -29,6 +29,9 @@ PROTECTED = [
     "testapp_bookmark",
     "thirdparty_gadget",
     "thirdparty_widget",
+    '"MyTable"',  # names that need quoting: a mixed-case table and tables in another schema
+    "other.thing",
+    'other."Child"',
 ]
 
 
@@ -76,7 +79,7 @@ def test_fresh_apply_protects_every_declared_table(restore):
     assert f"Applied {len(PROTECTED) + 3} change(s)" in output  # Task, TenantDoc and Article have two groups
     with connections["owner"].cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_class WHERE relname = ANY(%s) AND relrowsecurity AND relforcerowsecurity",
+            "SELECT count(*) FROM pg_class WHERE oid = ANY(%s::regclass[]) AND relrowsecurity AND relforcerowsecurity",
             [PROTECTED],
         )
         assert cursor.fetchone()[0] == len(PROTECTED)
@@ -86,7 +89,9 @@ def test_sql_mode_prints_what_would_run_and_changes_nothing(restore):
     owner_sql("SELECT rls.unprotect('testapp_note'::regclass)")
     printed = run("--sql")
     assert printed.startswith("BEGIN;\nSELECT pg_advisory_xact_lock(")
-    assert "SELECT rls.protect('testapp_note'::regclass, 'site', '\"site_id\" = rls.site_id()'" in printed
+    assert (
+        "SELECT rls.protect('\"public\".\"testapp_note\"'::regclass, 'site', '\"site_id\" = rls.site_id()'" in printed
+    )
     assert printed.endswith("COMMIT;\n")
     assert exit_code("--check")[0] == 1  # nothing was applied
 

@@ -30,7 +30,10 @@ def superuser_alias(extra_alias):
     yield alias
     with connections[alias].cursor() as cursor:
         for role in ROLES:
-            cursor.execute(f"DROP ROLE IF EXISTS {role}")
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+            if cursor.fetchone():
+                cursor.execute(f"DROP OWNED BY {role}")  # the TEMPORARY right rls_roles grants on the database
+                cursor.execute(f"DROP ROLE {role}")
 
 
 def run(alias: str, *extra: str) -> str:
@@ -80,3 +83,98 @@ def test_creates_fixes_and_is_idempotent(superuser_alias):
 def test_refuses_clearly_without_createrole(live_db):
     with pytest.raises(CommandError, match="needs a role with CREATEROLE"):
         run("owner")
+
+
+def temp_and_search_path(alias: str, role: str) -> tuple:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT has_database_privilege(%s, current_database(), 'TEMPORARY'),
+                   (SELECT s.setconfig FROM pg_db_role_setting s
+                     WHERE s.setrole = (SELECT oid FROM pg_roles WHERE rolname = %s)
+                       AND s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database()))
+            """,
+            [role, role],
+        )
+        return cursor.fetchone()
+
+
+@pytest.fixture
+def public_temp(superuser_alias):
+    """PUBLIC's default TEMPORARY right on the test database, as on a fresh database; restored afterwards."""
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+        cursor.execute(f'GRANT TEMPORARY ON DATABASE "{database}" TO PUBLIC')
+    yield database
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute(f'REVOKE TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+
+
+def test_takes_temp_away_and_pins_search_path(superuser_alias, public_temp):
+    printed = run(superuser_alias, "--dry-run")
+    # TEMPORARY is PUBLIC's by default: revoking it from the app role alone would change nothing.
+    assert f'REVOKE TEMPORARY ON DATABASE "{public_temp}" FROM PUBLIC;' in printed
+    for role in ("rls_t_owner", "rls_t_maint", "rls_t_backup"):
+        assert f'GRANT TEMPORARY ON DATABASE "{public_temp}" TO "{role}";' in printed
+    assert f'ALTER ROLE "rls_t_app" IN DATABASE "{public_temp}" SET search_path = "public", "pg_temp";' in printed
+
+    output = run(superuser_alias)
+    assert "stop the application role rls_t_app (and PUBLIC) from creating temporary objects" in output
+    assert (
+        f"pin the search_path of the application role rls_t_app in database {public_temp} to public, pg_temp" in output
+    )
+    assert temp_and_search_path(superuser_alias, "rls_t_app") == (False, ["search_path=public, pg_temp"])
+    assert temp_and_search_path(superuser_alias, "rls_t_owner") == (True, None)
+    assert run(superuser_alias).startswith("Nothing to do")
+
+    # A search_path set by hand that does not end with pg_temp is pinned again, keeping its schemas.
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute(f'ALTER ROLE rls_t_app IN DATABASE "{public_temp}" SET search_path = "$user", public, extra')
+    assert "to public, extra, pg_temp" in run(superuser_alias)
+
+
+def test_the_app_role_cannot_create_temporary_objects_after_rls_roles(superuser_alias, public_temp, database):
+    import psycopg
+
+    run(superuser_alias)
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("ALTER ROLE rls_t_app PASSWORD 'x'")
+    dsn = psycopg.conninfo.make_conninfo(database.admin, user="rls_t_app", password="x")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("public, pg_temp",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="temporary tables"):
+            conn.execute("CREATE TEMP TABLE testapp_note (id int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="temporary tables"):
+            conn.execute("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+
+
+def test_refuses_to_demote_a_superuser(superuser_alias):
+    """Run as written, the old advice removed the only superuser of a cluster: rls_roles names another role."""
+    server = urlparse(os.environ["DATABASE_URL"])
+    superuser = server.username or "postgres"
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=rf"application role {superuser} is a superuser; rls_roles does not demote"):
+        call_command("rls_roles", "--database", superuser_alias, "--app-role", superuser, "--dry-run", stdout=out)
+    assert attributes(superuser_alias, superuser)[0] is True
+    with pytest.raises(CommandError, match="--owner-role"):
+        call_command("rls_roles", "--database", superuser_alias, *ARGS[:2], "--owner-role", superuser, stdout=out)
+    assert attributes(superuser_alias, superuser)[0] is True
+
+
+def test_temporary_right_through_a_membership_is_reported(superuser_alias):
+    """TEMPORARY inherited from another role cannot be revoked from PUBLIC: rls_roles says which membership."""
+    run(superuser_alias)
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+        cursor.execute("CREATE ROLE rls_t_tempers")
+        cursor.execute(f'GRANT TEMPORARY ON DATABASE "{database}" TO rls_t_tempers')
+        cursor.execute("GRANT rls_t_tempers TO rls_t_app")
+    try:
+        with pytest.raises(CommandError, match="through its membership in rls_t_tempers"):
+            run(superuser_alias)
+    finally:
+        with connections[superuser_alias].cursor() as cursor:
+            cursor.execute("DROP OWNED BY rls_t_tempers")
+            cursor.execute("DROP ROLE rls_t_tempers")

@@ -93,3 +93,24 @@ def test_missing_context_handling(live_db):
     finally:
         connection.execute_wrappers.append(wrapper)
     assert code == 1 and "could not be written in its own context" in out
+
+
+def test_a_role_that_can_leave_temporary_objects_fails(database, extra_alias, live_db):
+    """A connection that may create temporary tables, or searches pg_temp first, fails the catalog part."""
+    import psycopg
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS rls_t_loose_verify")
+        admin.execute("CREATE ROLE rls_t_loose_verify LOGIN IN ROLE rls_test_app")
+        admin.execute(f"GRANT TEMPORARY ON DATABASE {database.name} TO rls_t_loose_verify")
+    alias = extra_alias("loose_verify", user="rls_t_loose_verify", password="")
+    try:
+        code, out = verify(alias)
+        assert code == 1
+        assert "the connection's role rls_t_loose_verify may create temporary tables" in out
+        assert 'the connection\'s search_path ("$user", public) does not end with pg_temp' in out
+    finally:
+        connections[alias].close()
+        with psycopg.connect(database.admin, autocommit=True) as admin:
+            admin.execute("DROP OWNED BY rls_t_loose_verify")
+            admin.execute("DROP ROLE rls_t_loose_verify")

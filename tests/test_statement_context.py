@@ -118,12 +118,16 @@ def test_parallel_workers_get_the_carried_context(conn, owner_conn):
         owner_conn.execute("DROP TABLE carried_big")
 
 
-def test_queries_inside_functions_cannot_carry_a_context(conn):
-    conn.execute(
-        "CREATE FUNCTION pg_temp.sneak(p text) RETURNS bigint LANGUAGE plpgsql AS $$ "
+def test_queries_inside_functions_cannot_carry_a_context(conn, owner_conn):
+    # The app role can create functions nowhere (no CREATE on a schema, no TEMPORARY): the owner does.
+    owner_conn.execute(
+        "CREATE FUNCTION public.sneak(p text) RETURNS bigint LANGUAGE plpgsql AS $$ "
         "DECLARE r bigint; BEGIN EXECUTE '/*django_rls:$1*/ SELECT rls.site_id()' INTO r USING p; RETURN r; END $$"
     )
-    assert conn.execute("SELECT pg_temp.sneak(%s)", (unsigned(site=9),)).fetchone() == (None,)
+    try:
+        assert conn.execute("SELECT public.sneak(%s)", (unsigned(site=9),)).fetchone() == (None,)
+    finally:
+        owner_conn.execute("DROP FUNCTION public.sneak(text)")
 
 
 def test_unsigned_context_refused_when_signatures_are_required(conn, admin_conn):

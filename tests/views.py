@@ -96,12 +96,14 @@ def inject(request: HttpRequest) -> JsonResponse:
     """A deliberately injectable view: runs attacker-supplied SQL, then reads the notes table.
 
     It uses the "replica" alias, whose client-side binding sends the simple query protocol:
-    the one where an attacker can stack statements.
+    the one where an attacker can stack statements; ``?alias=default`` injects through
+    server-side binding instead (one statement per query).
     """
     outcome = "ok"
-    replica = connections["replica"]
+    alias = request.GET.get("alias", "replica")
+    replica = connections[alias]
     try:
-        with transaction.atomic(using="replica"), replica.cursor() as cursor:
+        with transaction.atomic(using=alias), replica.cursor() as cursor:
             cursor.execute(request.GET["sql"])
             rows: list = []
             while True:  # stacked statements: the attacker gets the last result

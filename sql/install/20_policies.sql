@@ -127,7 +127,7 @@ BEGIN
     IF to_role IS NULL OR (to_role <> 'public' AND to_regrole(quote_ident(to_role)) IS NULL) THEN
         RAISE EXCEPTION 'role "%" does not exist', to_role
             USING ERRCODE = 'undefined_object',
-                  HINT = 'Create the application role first, or pass ''public''.';
+                  HINT = 'Pass the role''s name as it is, without quotes (to_role => ''my-app''), create the role first, or pass ''public''.';
     END IF;
     check_expr := coalesce(nullif(btrim(check_expr), ''), using_expr);
     RETURN QUERY
@@ -148,14 +148,18 @@ RETURNS boolean
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    roles text;
+    roles text[];
     changed boolean := false;
     enabled boolean;
     forced boolean;
 BEGIN
-    SELECT string_agg(DISTINCT CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ',')
+    -- Role names as pg_roles spells them (not regrole's quoted form): to_role
+    -- is a name, quoted once where a statement is built.
+    SELECT array_agg(DISTINCT coalesce(a.rolname::text, 'public'))
       INTO roles
-      FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
+      FROM pg_catalog.pg_policy p
+     CROSS JOIN unnest(p.polroles) AS r
+      LEFT JOIN pg_catalog.pg_roles a ON a.oid = r
      WHERE p.polrelid = tbl AND p.polname LIKE 'rls\_%' AND p.polname <> 'rls_base'
        AND NOT p.polpermissive;
 
@@ -175,12 +179,12 @@ BEGIN
         RETURN changed;
     END IF;
 
-    IF position(',' IN roles) > 0 THEN
-        RAISE EXCEPTION 'django_rls policy groups on % apply to different roles (%)', tbl, roles
+    IF cardinality(roles) > 1 THEN
+        RAISE EXCEPTION 'django_rls policy groups on % apply to different roles (%)', tbl, array_to_string(roles, ', ')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Protect every group of one table for the same role.';
     END IF;
-    changed := rls._ensure_policy(tbl, 'rls_base', true, 'all', roles, 'true', 'true');
+    changed := rls._ensure_policy(tbl, 'rls_base', true, 'all', roles[1], 'true', 'true');
 
     SELECT relrowsecurity, relforcerowsecurity INTO enabled, forced
       FROM pg_catalog.pg_class WHERE oid = tbl;

@@ -24,6 +24,38 @@ $$;
 COMMENT ON FUNCTION rls._parameter_set_grants() IS
 'Internal: roles granted SET on a django_rls parameter.';
 
+-- The search_path a role starts with in this database, from the most specific
+-- ALTER ROLE / ALTER DATABASE setting (role and database, role, database,
+-- every role); NULL when none is set, so the server's default applies.
+CREATE FUNCTION rls._role_search_path(role_oid oid)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT substr(c, length('search_path=') + 1)
+      FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c
+     WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
+       AND s.setrole IN (0, role_oid)
+       AND c LIKE 'search\_path=%'
+     ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC
+     LIMIT 1
+$$;
+COMMENT ON FUNCTION rls._role_search_path(oid) IS
+'Internal: the search_path a role starts with in the current database (NULL when only the server default applies).';
+
+-- Whether a search_path setting searches pg_temp last: only then can no
+-- temporary object hide a table, function or type of the same name.
+CREATE FUNCTION rls._ends_with_pg_temp(path text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(btrim((regexp_split_to_array(btrim(path), '\s*,\s*'))[
+               cardinality(regexp_split_to_array(btrim(path), '\s*,\s*'))], '"') = 'pg_temp', false)
+$$;
+COMMENT ON FUNCTION rls._ends_with_pg_temp(text) IS
+'Internal: whether a search_path setting lists pg_temp last.';
+
 CREATE VIEW rls.problems AS
 WITH protected AS (
     SELECT c.oid::regclass AS table_name, c.oid, c.relowner, c.relkind,
@@ -36,6 +68,17 @@ WITH protected AS (
 policy_roles AS (
     SELECT p.polrelid AS oid, r AS role_oid
       FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
+),
+-- Roles the policies of protected tables apply to, but for those reported
+-- already as bypassing them (superusers, BYPASSRLS, owners).
+app_roles AS (
+    SELECT DISTINCT pr.role_oid
+      FROM protected t
+      JOIN policy_roles pr ON pr.oid = t.oid
+      JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
+     WHERE NOT r.rolsuper AND NOT r.rolbypassrls
+       AND NOT EXISTS (SELECT FROM protected o JOIN policy_roles po ON po.oid = o.oid
+                        WHERE po.role_oid = r.oid AND pg_catalog.pg_has_role(r.oid, o.relowner, 'MEMBER'))
 )
 SELECT t.table_name, t.table_name::text AS object_name,
        'row level security is disabled, so the table''s policies are ignored' AS problem,
@@ -49,7 +92,7 @@ SELECT t.table_name, t.table_name::text,
 UNION ALL
 SELECT t.table_name, t.table_name::text,
        'row level security is on but the table has no policy, so no role but a bypassing one sees any row',
-       'Protect the table (rls.protect_by_site and friends) or disable row level security on it.'
+       'Protect the table (rls.protect_by_site and friends). Disabling row level security instead opens every row to every role with privileges on it: do that only for a table that holds no per-site or per-user rows.'
   FROM protected t
  WHERE t.relrowsecurity AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
 UNION ALL
@@ -65,7 +108,7 @@ SELECT DISTINCT t.table_name, r.rolname::text,
               CASE WHEN r.rolsuper THEN 'is a superuser, so it bypasses row level security'
                    WHEN r.rolbypassrls THEN 'has BYPASSRLS, so it bypasses row level security'
                    ELSE 'owns the table, so it can switch row level security off' END),
-       'Connect the application with a role that is not a superuser, has NOBYPASSRLS and owns no protected table.'
+       'Protect the table for the role the application connects as, and make that a role that is not a superuser, has NOBYPASSRLS and owns no protected table (manage.py rls_roles creates one); never demote the role you administer the server with.'
   FROM protected t
   JOIN policy_roles pr ON pr.oid = t.oid
   JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
@@ -73,7 +116,8 @@ SELECT DISTINCT t.table_name, r.rolname::text,
 UNION ALL
 SELECT DISTINCT t.table_name, r.rolname::text,
        format('role %s has BYPASSRLS and privileges on the table, so it sees every row', r.rolname),
-       format('ALTER ROLE %I NOBYPASSRLS, or revoke its privileges on %s.', r.rolname, t.table_name)
+       format('If %I is not a maintenance or backup role that is meant to see every row, revoke its privileges on %s '
+              '(or ALTER ROLE %I NOBYPASSRLS, as a superuser connected as another role).', r.rolname, t.table_name, r.rolname)
   FROM protected t
   JOIN pg_catalog.pg_roles r ON r.rolbypassrls AND NOT r.rolsuper AND r.rolcanlogin
  WHERE pg_catalog.has_table_privilege(r.oid, t.oid, 'SELECT, INSERT, UPDATE, DELETE')
@@ -137,7 +181,28 @@ SELECT NULL, r.rolname::text,
   FROM pg_catalog.pg_roles r
  WHERE (rls.extension_info() ->> 'signing_key_configured')::boolean
    AND r.rolcanlogin AND NOT r.rolsuper
-   AND pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER');
+   AND pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER')
+UNION ALL
+SELECT NULL, r.rolname::text,
+       format('role %s may create temporary tables in database %s, and a temporary table hides the table of the same name '
+              'from every later query on the same pooled or reused connection', r.rolname, current_database()),
+       format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC, %I; then GRANT TEMPORARY ON DATABASE %I to the roles that need it, '
+              'not to %I (manage.py rls_roles does this).', current_database(), r.rolname, current_database(), r.rolname)
+  FROM pg_catalog.pg_roles r
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
+   AND pg_catalog.has_database_privilege(r.oid, current_database(), 'TEMPORARY')
+UNION ALL
+SELECT NULL, r.rolname::text,
+       CASE WHEN rls._role_search_path(r.oid) IS NULL
+            THEN format('role %s has no search_path of its own in database %s, so the server default searches pg_temp first',
+                        r.rolname, current_database())
+            ELSE format('role %s has search_path %s in database %s, which does not search pg_temp last',
+                        r.rolname, rls._role_search_path(r.oid), current_database()) END,
+       format('ALTER ROLE %I IN DATABASE %I SET search_path = public, pg_temp (manage.py rls_roles does this).',
+              r.rolname, current_database())
+  FROM pg_catalog.pg_roles r
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
+   AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid));
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
 

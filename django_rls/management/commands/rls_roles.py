@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections, transaction
 
 from django_rls.conf import rls_settings
-from django_rls.roles import plan, specs
+from django_rls.roles import RolesError, plan, specs
 
 
 def _user(alias: str | None) -> str | None:
@@ -17,8 +17,10 @@ def _user(alias: str | None) -> str | None:
 
 class Command(BaseCommand):
     help = (
-        "Create or fix the application, owner, maintenance and backup roles: attributes, memberships and "
-        "schema privileges. Needs a connection with CREATEROLE (BYPASSRLS roles need a superuser)."
+        "Create or fix the application, owner, maintenance and backup roles: attributes, memberships, "
+        "schema privileges, the database's TEMPORARY right (revoked from PUBLIC and the application role) and the "
+        "application role's search_path (pg_temp last). Needs a connection with CREATEROLE that owns the database "
+        "(BYPASSRLS roles need a superuser)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -55,11 +57,13 @@ class Command(BaseCommand):
                     for summary, statement in steps:
                         cursor.execute(statement.as_string(connection.connection))
                         self.stdout.write(f"  {summary}")
+        except RolesError as exc:
+            raise CommandError(str(exc)) from exc
         except DatabaseError as exc:
             raise CommandError(
-                f"{str(exc).splitlines()[0]}; rls_roles needs a role with CREATEROLE (and a superuser for BYPASSRLS "
-                "roles): run it with --database pointing at such a connection, or run --dry-run and hand the SQL "
-                "to your database administrator"
+                f"{str(exc).splitlines()[0]}; rls_roles needs a role with CREATEROLE that owns the database (and a "
+                "superuser for BYPASSRLS roles): run it with --database pointing at such a connection, or run "
+                "--dry-run and hand the SQL to your database administrator"
             ) from exc
         if not steps:
             self.stdout.write(f"Nothing to do: {', '.join(s.name for s in wanted)} are as django_rls expects.")

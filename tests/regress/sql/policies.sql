@@ -6,6 +6,8 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS regress_rls_owner;
 DROP ROLE IF EXISTS regress_rls_app;
 DROP ROLE IF EXISTS regress_rls_bypass;
+DROP ROLE IF EXISTS "regress_rls-app";
+DROP ROLE IF EXISTS "Regress_RlsApp";
 RESET client_min_messages;
 
 CREATE EXTENSION django_rls;
@@ -13,6 +15,9 @@ CREATE ROLE regress_rls_owner;
 CREATE ROLE regress_rls_app LOGIN;
 CREATE ROLE regress_rls_bypass LOGIN BYPASSRLS;
 CREATE SCHEMA regress_rls AUTHORIZATION regress_rls_owner;
+-- The application role as rls_roles leaves it (no TEMPORARY, pg_temp last); status.sql tests the opposite.
+DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); END $$;
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = public, pg_temp', current_database()); END $$;
 GRANT USAGE ON SCHEMA regress_rls TO regress_rls_app, regress_rls_bypass;
 
 -- A probe that reports every row a query lets it see, like core rowsecurity.sql.
@@ -176,8 +181,48 @@ CREATE POLICY sneak ON regress_rls.uitems USING (true); -- fail
 TRUNCATE regress_rls.uitems; -- fail
 RESET SESSION AUTHORIZATION;
 
+-- Role names that need quoting are quoted exactly once: rls_base, the policy
+-- groups and the drift check all name the same role.
+CREATE ROLE "regress_rls-app" LOGIN;
+CREATE ROLE "Regress_RlsApp" LOGIN;
+GRANT USAGE ON SCHEMA regress_rls TO "regress_rls-app", "Regress_RlsApp";
+CREATE TABLE regress_rls.quoted (id int, site_id bigint, user_id bigint);
+CREATE TABLE regress_rls."MixedCase" (id int, "SiteId" bigint, user_id bigint);
+ALTER TABLE regress_rls.quoted OWNER TO regress_rls_owner;
+ALTER TABLE regress_rls."MixedCase" OWNER TO regress_rls_owner;
+INSERT INTO regress_rls.quoted VALUES (1, 1, 10), (2, 2, 20);
+INSERT INTO regress_rls."MixedCase" VALUES (1, 1, 10), (2, 2, 20);
+GRANT SELECT ON regress_rls.quoted TO "regress_rls-app";
+GRANT SELECT ON regress_rls."MixedCase" TO "Regress_RlsApp";
+SET ROLE regress_rls_owner;
+SELECT rls.protect_by_site('regress_rls.quoted', to_role => 'regress_rls-app') AS changed;
+SELECT rls.protect_by_site('regress_rls.quoted', to_role => 'regress_rls-app') AS changed_again;
+SELECT rls.protect_by_site_and_owner('regress_rls."MixedCase"', 'SiteId', to_role => 'Regress_RlsApp') AS changed;
+SELECT rls.protect_by_site_and_owner('regress_rls."MixedCase"', 'SiteId', to_role => 'Regress_RlsApp') AS changed_again;
+SELECT rls.group_in_sync('regress_rls.quoted', 'site', 'site_id = rls.site_id()', to_role => 'regress_rls-app') AS in_sync,
+       rls.group_in_sync('regress_rls.quoted', 'site', 'site_id = rls.site_id()', to_role => 'regress_rls_app') AS other_role;
+SELECT c.relname, p.polname, p.polroles::regrole[] FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+ WHERE c.relname IN ('quoted', 'MixedCase') ORDER BY 1, 2;
+SELECT rls.protect_by_site('regress_rls.quoted', to_role => '"regress_rls-app"'); -- fail
+RESET ROLE;
+SELECT object_name, problem FROM rls.problems WHERE table_name::text LIKE '%quoted' OR table_name::text LIKE '%MixedCase%';
+
+-- viewpoint from "regress_rls-app" and "Regress_RlsApp"
+SET SESSION AUTHORIZATION "regress_rls-app";
+SELECT rls.set_context('2', NULL, is_local => false);
+SELECT id FROM regress_rls.quoted;
+RESET SESSION AUTHORIZATION;
+SET SESSION AUTHORIZATION "Regress_RlsApp";
+SELECT rls.set_context('1', '10', is_local => false);
+SELECT id FROM regress_rls."MixedCase";
+SELECT rls.clear_context();
+RESET SESSION AUTHORIZATION;
+
 DROP SCHEMA regress_rls CASCADE;
 DROP EXTENSION django_rls;
 DROP ROLE regress_rls_owner;
 DROP ROLE regress_rls_app;
 DROP ROLE regress_rls_bypass;
+DROP ROLE "regress_rls-app";
+DROP ROLE "Regress_RlsApp";
+DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', current_database()); END $$;

@@ -15,6 +15,11 @@ CREATE ROLE regress_rls_super LOGIN SUPERUSER;
 CREATE SCHEMA regress_rls AUTHORIZATION regress_rls_owner;
 SET search_path = regress_rls;
 
+-- The application role as rls_roles leaves it: no TEMPORARY right on the
+-- database (PUBLIC has it by default) and a search_path with pg_temp last.
+DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); END $$;
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = public, pg_temp', current_database()); END $$;
+
 -- A clean setup has no problems.
 CREATE TABLE clean (id int PRIMARY KEY, site_id int);
 ALTER TABLE clean OWNER TO regress_rls_owner;
@@ -55,7 +60,22 @@ SELECT rls.protect_by_site('parted_2', to_role => 'regress_rls_app');
 -- SET granted on a django_rls parameter.
 GRANT SET ON PARAMETER django_rls.require_signature TO regress_rls_app;
 
+-- The application role may create temporary objects again, and searches pg_temp first.
+DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC', current_database()); END $$;
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = pg_temp, public', current_database()); END $$;
+
 SELECT table_name, object_name, problem FROM rls.problems ORDER BY 1, 2, 3;
+SELECT hint FROM rls.problems WHERE problem LIKE '%temporary tables%' OR problem LIKE '%search_path%' ORDER BY 1;
+-- No search_path of its own: the server default searches pg_temp first.
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I RESET search_path', current_database()); END $$;
+SELECT problem FROM rls.problems WHERE problem LIKE '%search_path%' ORDER BY 1;
+-- A search_path set for the role in every database counts too; the
+-- database-specific setting wins over it.
+ALTER ROLE regress_rls_app SET search_path = public, "pg_temp";
+SELECT problem FROM rls.problems WHERE problem LIKE '%search_path%' ORDER BY 1;
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = "$user", public', current_database()); END $$;
+SELECT problem FROM rls.problems WHERE problem LIKE '%search_path%' ORDER BY 1;
+ALTER ROLE regress_rls_app RESET search_path;
 SELECT table_name, problems FROM rls.status WHERE table_name::text LIKE '%no_force' OR table_name::text LIKE '%clean' ORDER BY 1;
 
 -- The application role can read both views (they hold no row data).
