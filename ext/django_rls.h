@@ -78,6 +78,8 @@ extern void RlsParseContextObject(const char *json, int len, RlsContextValues *r
  * statement.c
  */
 extern void RlsInstallStatementHooks(void);
+extern void RlsNoteLateLoad(void);
+extern void RlsCheckStatementContext(void);
 
 /*
  * keys.c
@@ -90,14 +92,28 @@ extern bool RlsSignatureMatches(const char *signed_part, size_t signed_len,
 /*
  * replay.c
  */
-#define RLS_NONCE_MIN_LEN 16
-#define RLS_NONCE_MAX_LEN 64
+
+/* An issuer id is 16 to 64 base64url characters (16 random bytes encoded). */
+#define RLS_ISSUER_MIN_LEN 16
+#define RLS_ISSUER_MAX_LEN 64
+/* How far behind an issuer's newest accepted token a token may arrive. */
+#define RLS_REPLAY_WINDOW 4096
+
+typedef enum RlsReplayResult
+{
+	RLS_REPLAY_FRESH,			/* accepted and now spent */
+	RLS_REPLAY_SPENT,			/* used before */
+	RLS_REPLAY_TOO_OLD,			/* behind the issuer's window */
+	RLS_REPLAY_FULL				/* a new issuer, and no room for one */
+} RlsReplayResult;
 
 extern void RlsDefineReplaySettings(void);
 extern void RlsReplayShmemRequest(void);
 extern void RlsReplayShmemStartup(void);
 extern bool RlsReplayAvailable(void);
-extern bool RlsReplayRemember(const char *nonce, int64 expires_at, int64 now);
+extern int64 RlsReplayInitializedAt(void);
+extern RlsReplayResult RlsReplaySpend(const char *issuer, int64 sequence,
+									  int64 expires_at, int64 now);
 extern void RlsReplayUsage(int64 *used, int64 *capacity);
 
 #endif							/* DJANGO_RLS_H */

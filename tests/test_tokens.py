@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -113,12 +114,14 @@ def test_token_living_too_long_is_refused(app_conn, signing_keys):
         set_signed(app_conn, token)
 
 
-def test_token_issued_before_server_start_is_refused(app_conn, signing_keys):
+def test_token_issued_before_the_replay_memory_is_refused(app_conn, signing_keys):
     started = app_conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::bigint").fetchone()[0]
     token = sign_context(signing_keys[0], site=1, user=1, lifetime=290, now=started - 10)
     if started - 10 + 290 <= time.time():
         pytest.skip("the server started too long ago to build an unexpired pre-start token")
-    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="before the server started"):
+    with pytest.raises(
+        psycopg.errors.InvalidAuthorizationSpecification, match="before the server's replay memory was initialised"
+    ):
         set_signed(app_conn, token)
 
 
@@ -191,8 +194,10 @@ def test_unknown_member_is_refused(app_conn, signing_keys):
 @pytest.mark.parametrize(
     ("member", "value", "detail"),
     [
-        ("nonce", "short", '"nonce" must be'),
-        ("nonce", "not base64url!!!!!!", '"nonce" must be'),
+        ("iss", "short", '"iss" must be'),
+        ("iss", "not base64url!!!!!!", '"iss" must be'),
+        ("seq", 0, '"seq" must be a positive integer'),
+        ("seq", "7", '"seq" must be an integer'),
         ("exp", "soon", '"exp" must be an integer'),
         ("iat", 1.5, '"iat" must be an integer'),
         ("site", ["1"], '"site" must be a string, an integer or null'),
@@ -230,14 +235,66 @@ def test_session_scope_token(app_conn, signing_keys):
     assert app_conn.execute("SELECT rls.site_id()").fetchone()[0] is None
 
 
-def test_bad_tokens_do_not_fill_the_replay_cache(app_conn, signing_keys):
-    used_before = app_conn.execute("SELECT rls.extension_info()->>'replay_cache_used'").fetchone()[0]
-    bad = sign_context("x" * 64, site=1, user=1)
+def test_bad_tokens_do_not_fill_the_replay_memory(app_conn, signing_keys):
+    used_before = app_conn.execute("SELECT rls.extension_info()->>'replay_issuers_used'").fetchone()[0]
     for _ in range(200):
+        bad = sign_context("x" * 64, site=1, user=1, issuer=secrets.token_urlsafe(16), sequence=1)
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
             set_signed(app_conn, bad)
-    used_after = app_conn.execute("SELECT rls.extension_info()->>'replay_cache_used'").fetchone()[0]
+    used_after = app_conn.execute("SELECT rls.extension_info()->>'replay_issuers_used'").fetchone()[0]
     assert used_after == used_before
+
+
+def test_null_token_is_an_error_not_a_no_op(app_conn, signing_keys):
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context_signed(%s)", (sign_context(signing_keys[0], site=4, user=1),))
+        with pytest.raises(psycopg.errors.NullValueNotAllowed) as excinfo, app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context_signed(NULL)")
+        assert excinfo.value.diag.message_hint
+        with pytest.raises(psycopg.errors.NullValueNotAllowed), app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context_signed(%s::text, false)", (None,))
+    assert app_conn.execute(
+        "SELECT proisstrict FROM pg_proc WHERE oid = 'rls.set_context_signed(text, boolean)'::regprocedure"
+    ).fetchone() == (False,)
+
+
+class TestReplayWindow:
+    """Tokens are spent per issuer in a sliding window (ext/replay.c), on every connection."""
+
+    def test_each_number_once_in_any_order_within_the_window(self, app_conn, database: Database, signing_keys):
+        issuer = secrets.token_urlsafe(16)
+
+        def token(sequence: int) -> str:
+            return sign_context(signing_keys[0], site=sequence, user=1, issuer=issuer, sequence=sequence)
+
+        first, later, skipped = token(10), token(500), token(11)
+        assert set_signed(app_conn, first)["site"] == 10
+        assert set_signed(app_conn, later)["site"] == 500
+        assert set_signed(app_conn, skipped)["site"] == 11  # out of order, inside the window
+        with database.connect("app") as other:  # another connection: still spent
+            for spent in (first, later, skipped):
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+                    set_signed(other, spent)
+
+    def test_a_token_behind_the_window_is_refused(self, app_conn, signing_keys):
+        issuer = secrets.token_urlsafe(16)
+        late = sign_context(signing_keys[0], site=1, user=1, issuer=issuer, sequence=1)
+        set_signed(app_conn, sign_context(signing_keys[0], site=2, user=1, issuer=issuer, sequence=1 + 4096))
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="newer tokens of its issuer"):
+            set_signed(app_conn, late)
+        # Just inside the window is still fine.
+        set_signed(app_conn, sign_context(signing_keys[0], site=3, user=1, issuer=issuer, sequence=2))
+
+    def test_issuers_are_independent(self, app_conn, signing_keys):
+        one, two = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1, issuer=one, sequence=1))
+        assert set_signed(app_conn, sign_context(signing_keys[0], site=2, user=1, issuer=two, sequence=1))["site"] == 2
+
+    def test_the_python_signer_numbers_its_tokens_per_process(self, signing_keys):
+        a, b = (_payload(sign_context(signing_keys[0], site=1, user=1)) for _ in range(2))
+        assert a["iss"] == b["iss"] and b["seq"] == a["seq"] + 1
+        with pytest.raises(ValueError, match="both issuer and sequence"):
+            sign_context(signing_keys[0], site=1, user=1, issuer=a["iss"])
 
 
 def test_require_signature_leaves_only_signed_tokens(database: Database, admin_conn, signing_keys):
