@@ -115,15 +115,18 @@ ParseInt64(const char *s, int64 *result)
 }
 
 /*
- * Parse a UUID written as 32 hexadecimal digits, with optional hyphens
- * between digit pairs and optional surrounding braces (the forms uuid_in
- * accepts).  Hand-written because check hooks must not throw.
+ * Parse a UUID in one of exactly two forms: 8-4-4-4-12 hexadecimal digits
+ * with hyphens, or 32 hexadecimal digits without any; either may be enclosed
+ * in braces.  Hand-written because check hooks must not throw.
+ * django_rls/state.py's normalize_id accepts the same forms, and
+ * tests/id_vectors.json holds the cases both are tested against.
  */
 static bool
 ParseUuid(const char *s, pg_uuid_t *result)
 {
 	const char *p = s;
 	size_t		len = strlen(s);
+	bool		hyphens;
 	int			i;
 
 	if (len >= 2 && s[0] == '{' && s[len - 1] == '}')
@@ -131,22 +134,33 @@ ParseUuid(const char *s, pg_uuid_t *result)
 		p++;
 		len -= 2;
 	}
+	if (len == 36)
+		hyphens = true;
+	else if (len == 32)
+		hyphens = false;
+	else
+		return false;
 	for (i = 0; i < UUID_LEN; i++)
 	{
-		if (i > 0 && *p == '-' && len > 0)
+		/* Hyphens only before bytes 4, 6, 8 and 10: 8-4-4-4-12 digits. */
+		if (hyphens && (i == 4 || i == 6 || i == 8 || i == 10))
 		{
+			if (*p != '-')
+				return false;
 			p++;
-			len--;
 		}
-		if (len < 2 || !IsHexDigit(p[0]) || !IsHexDigit(p[1]))
+		if (!IsHexDigit(p[0]) || !IsHexDigit(p[1]))
 			return false;
 		result->data[i] = (unsigned char) (HexValue(p[0]) << 4 | HexValue(p[1]));
 		p += 2;
-		len -= 2;
 	}
-	return len == 0;
+	return true;
 }
 
+/*
+ * Parse a context identifier.  A UUID form is tried first, so that 32 digits
+ * that happen to be all decimal are a UUID, never an integer.
+ */
 static bool
 ParseId(const char *value, RlsId *id)
 {
@@ -156,14 +170,14 @@ ParseId(const char *value, RlsId *id)
 		id->kind = RLS_ID_UNSET;
 		return true;
 	}
-	if (ParseInt64(value, &id->int_value))
-	{
-		id->kind = RLS_ID_INT;
-		return true;
-	}
 	if (ParseUuid(value, &id->uuid_value))
 	{
 		id->kind = RLS_ID_UUID;
+		return true;
+	}
+	if (ParseInt64(value, &id->int_value))
+	{
+		id->kind = RLS_ID_INT;
 		return true;
 	}
 	return false;
@@ -296,7 +310,7 @@ RlsCanonicalId(const char *what, const char *value)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid %s identifier \"%s\"", what, value),
-				 errdetail("A context identifier must be a 64-bit integer or a UUID."),
+				 errdetail("A context identifier must be a 64-bit decimal integer, or a UUID as 8-4-4-4-12 or 32 hexadecimal digits."),
 				 errhint("Pass the primary key of the %s, such as '42' or 'a8098c1a-f86e-11da-bd1a-00112444be1e'.", what)));
 	switch (id.kind)
 	{

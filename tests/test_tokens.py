@@ -342,8 +342,39 @@ def test_bad_key_file_is_reported(app_conn, admin_conn, signing_keys, keys, mess
         with pytest.raises(psycopg.errors.ConfigFileError, match=message) as excinfo:
             set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1))
         assert "short-key" not in str(excinfo.value)
+        assert_no_path(excinfo.value, KEY_FILE)
     finally:
         write_key_file(admin_conn, *signing_keys)
+
+
+def assert_no_path(error: psycopg.Error, name: str) -> None:
+    """The app role learns what is wrong with the key file, not where the server keeps it."""
+    diag = error.diag
+    for part in (diag.message_primary, diag.message_detail, diag.message_hint, diag.context):
+        assert name not in (part or ""), part
+
+
+def test_missing_key_file_error_does_not_show_its_path(app_conn, admin_conn, signing_keys):
+    missing = "django_rls_no_such_dir/secret_place.key"
+    admin_conn.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(missing)))
+    admin_conn.execute("SELECT pg_reload_conf()")
+    try:
+
+        def refused() -> psycopg.Error:
+            try:
+                set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1))
+            except psycopg.errors.UndefinedFile as error:
+                return error
+            raise AssertionError("the backend still uses the old key file")
+
+        error = wait_for(refused)
+        assert "could not read the django_rls signing key file" in error.diag.message_primary
+        assert_no_path(error, "secret_place")
+        assert_no_path(error, "django_rls_no_such_dir")
+    finally:
+        admin_conn.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(KEY_FILE)))
+        admin_conn.execute("SELECT pg_reload_conf()")
+        wait_for(lambda: set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1)))
 
 
 def test_world_readable_key_file_outside_the_data_directory_is_refused(app_conn, admin_conn, signing_keys):
@@ -365,7 +396,9 @@ def test_world_readable_key_file_outside_the_data_directory_is_refused(app_conn,
                 return error
             raise AssertionError("the backend still uses the old key file")
 
-        assert "accessible to every user" in str(wait_for(refused))
+        error = wait_for(refused)
+        assert "accessible to every user" in str(error)
+        assert_no_path(error, outside.name)
         outside.chmod(0o600)
         assert set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1))["site"] == 1
     finally:
@@ -419,3 +452,25 @@ class TestKeyIsUnreadable:
         info = app_conn.execute("SELECT rls.extension_info()::text").fetchone()[0]
         assert '"signing_key_configured": true' in info
         assert not any(key in info for key in signing_keys)
+
+
+@pytest.mark.parametrize("lifetime", [301, 86400, 0, True, "30"])
+def test_token_lifetime_setting_stays_within_what_the_server_accepts(lifetime):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_rls.conf import validate
+
+    with pytest.raises(ImproperlyConfigured, match="TOKEN_LIFETIME") as excinfo:
+        validate({"TOKEN_LIFETIME": lifetime})
+    assert "django_rls.max_token_lifetime" in str(excinfo.value)
+
+
+def test_longest_token_lifetime_setting_is_accepted_by_the_server(app_conn, signing_keys):
+    from django_rls.conf import validate
+    from django_rls.tokens import SERVER_MAX_LIFETIME
+
+    assert app_conn.execute(
+        "SELECT boot_val::int FROM pg_settings WHERE name = 'django_rls.max_token_lifetime'"
+    ).fetchone() == (SERVER_MAX_LIFETIME,)
+    lifetime = validate({"TOKEN_LIFETIME": SERVER_MAX_LIFETIME})["TOKEN_LIFETIME"]
+    assert set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1, lifetime=lifetime))["site"] == 1
