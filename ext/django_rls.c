@@ -61,9 +61,12 @@ _PG_init(void)
 {
 	/*
 	 * CREATE EXTENSION and the first call of one of our functions load the
-	 * library inside a transaction; preloading happens outside of one.
+	 * library inside a transaction of a running session; preloading happens
+	 * in the postmaster, or while the backend initialises (from PostgreSQL 15
+	 * session_preload_libraries inside InitPostgres's transaction, so that
+	 * alone does not tell).
 	 */
-	rls_loaded_at_startup = !IsTransactionState();
+	rls_loaded_at_startup = !IsTransactionState() || !IsNormalProcessingMode();
 
 	/*
 	 * Clients ask this setting whether a statement may carry its context

@@ -72,7 +72,9 @@ static ProcessUtility_hook_type prev_process_utility_hook = NULL;
  * How many planner, executor and utility calls are under way in this
  * backend.  Zero means that the code running is the top level of a client
  * message, not a query that user code (a function, a DO block, EXECUTE)
- * started.
+ * started.  Every hook restores it in PG_FINALLY, so errors cannot leave it
+ * raised (and a transaction ended inside a procedure's CALL must not reset
+ * it).
  */
 static int	nesting_level = 0;
 
@@ -131,12 +133,6 @@ OnTransactionEnd(XactEvent event, void *arg)
 	{
 		ForgetAppliedContext();
 		context_missed = false;
-	}
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-	{
-		/* An error unwound the hooks without their PG_FINALLY blocks. */
-		nesting_level = 0;
-		utility_client_params = NULL;
 	}
 }
 

@@ -156,3 +156,21 @@ def test_bridge_sends_the_context_as_a_statement_when_not_preloaded(late_django_
         assert cursor.fetchone()[0] == [4, 4]
     with psycopg.connect(plain_cluster.dsn(), autocommit=True) as admin:
         admin.execute("DELETE FROM t WHERE site_id = 4 AND ctid <> (SELECT min(ctid) FROM t WHERE site_id = 4)")
+
+
+def test_session_preload_is_enough_for_a_carried_context(plain_cluster: Cluster):
+    with psycopg.connect(plain_cluster.dsn(), autocommit=True) as admin:
+        admin.execute("ALTER ROLE late_app SET session_preload_libraries = 'django_rls'")
+    try:
+        with psycopg.connect(plain_cluster.dsn(user="late_app"), autocommit=True) as conn:
+            conn.adapters.register_dumper(Text, TextDumper)
+            assert conn.info.parameter_status("django_rls.preloaded") == "on"
+            # The first statement of the backend: the hooks were in place before it started.
+            conn.execute(CARRIED + "INSERT INTO t VALUES (5)", (Text(json.dumps({"site": 5})),))
+            rows = conn.execute(CARRIED + "SELECT count(*) FROM t", (Text(json.dumps({"site": 5})),)).fetchall()
+            assert rows == [(2,)]
+            assert conn.execute("SHOW django_rls.preloaded").fetchone() == ("on",)
+    finally:
+        with psycopg.connect(plain_cluster.dsn(), autocommit=True) as admin:
+            admin.execute("ALTER ROLE late_app RESET session_preload_libraries")
+            admin.execute("DELETE FROM t WHERE site_id = 5 AND ctid <> (SELECT min(ctid) FROM t WHERE site_id = 5)")
