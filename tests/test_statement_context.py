@@ -242,3 +242,19 @@ def test_preloaded_server_says_so_and_the_bridge_carries():
     connection.ensure_connection()
     assert connection.connection.info.parameter_status("django_rls.preloaded") == "on"
     assert marker_supported(connection) is True
+
+
+def test_transaction_control_inside_a_procedure_leaves_the_marker_working(conn, owner_conn):
+    owner_conn.execute(
+        "CREATE PROCEDURE public.ends_transactions() LANGUAGE plpgsql AS $$ BEGIN ROLLBACK; COMMIT; END $$"
+    )
+    owner_conn.execute(
+        sql.SQL("GRANT EXECUTE ON PROCEDURE public.ends_transactions() TO {}").format(sql.Identifier(APP_ROLE))
+    )
+    try:
+        conn.execute("CALL public.ends_transactions()")
+        assert carried(conn, unsigned(site=6), "SELECT rls.site_id()") == [(6,)]
+        with pytest.raises(psycopg.errors.UndefinedParameter):
+            conn.execute("/*django_rls:$1*/ SELECT 1")
+    finally:
+        owner_conn.execute("DROP PROCEDURE public.ends_transactions()")
