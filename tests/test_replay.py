@@ -88,10 +88,23 @@ class TestCrash:
                 spend(conn, spent)
 
         # Kill a backend: the postmaster kills every other one and creates shared memory anew.
+        # A witness connection tells when it has done the killing; only then can a new
+        # connection be sure to reach the reinitialised server.
+        witness = psycopg.connect(cluster.dsn(), autocommit=True)
         with psycopg.connect(cluster.dsn(), autocommit=True) as victim:
             os.kill(victim.execute("SELECT pg_backend_pid()").fetchone()[0], signal.SIGKILL)
             with pytest.raises(psycopg.OperationalError):
                 victim.execute("SELECT 1")
+
+        def witness_gone() -> None:
+            try:
+                witness.execute("SELECT 1")
+            except psycopg.OperationalError:
+                return
+            raise AssertionError("the postmaster has not reset the other backends yet")
+
+        wait_for(witness_gone, timeout=60)
+        witness.close()
         after = wait_for(lambda: psycopg.connect(cluster.dsn(user=APP), autocommit=True), timeout=60)
         with after:
             for token in (spent, unspent):  # spent before, or merely issued before: both refused
