@@ -21,20 +21,14 @@
  */
 #include "postgres.h"
 
-#include <ctype.h>
-
 #include "access/parallel.h"
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/jsonb.h"
 
 #include "django_rls.h"
-
-/* Claims are meant for a handful of small values, not for documents. */
-#define RLS_CLAIMS_MAX_LEN 8192
 
 PG_FUNCTION_INFO_V1(rls_set_context);
 PG_FUNCTION_INFO_V1(rls_clear_context);
@@ -59,129 +53,6 @@ bool		rls_require_signature = false;
  * reset the flag through PG_FINALLY, so it can never stay open.
  */
 static bool setter_active = false;
-
-static bool
-IsHexDigit(char c)
-{
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-static int
-HexValue(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return c - 'A' + 10;
-}
-
-/*
- * Parse a decimal 64-bit integer with an optional sign and no surrounding
- * text.  Returns false on anything else, including overflow.
- */
-static bool
-ParseInt64(const char *s, int64 *result)
-{
-	bool		negative = false;
-	uint64		magnitude = 0;
-	const char *p = s;
-
-	if (*p == '+' || *p == '-')
-		negative = (*p++ == '-');
-	if (*p == '\0')
-		return false;
-	for (; *p; p++)
-	{
-		if (*p < '0' || *p > '9')
-			return false;
-		if (magnitude > (PG_UINT64_MAX - (*p - '0')) / 10)
-			return false;
-		magnitude = magnitude * 10 + (*p - '0');
-	}
-	if (negative)
-	{
-		if (magnitude > (uint64) PG_INT64_MAX + 1)
-			return false;
-		*result = (magnitude == (uint64) PG_INT64_MAX + 1) ? PG_INT64_MIN : -(int64) magnitude;
-	}
-	else
-	{
-		if (magnitude > (uint64) PG_INT64_MAX)
-			return false;
-		*result = (int64) magnitude;
-	}
-	return true;
-}
-
-/*
- * Parse a UUID in one of exactly two forms: 8-4-4-4-12 hexadecimal digits
- * with hyphens, or 32 hexadecimal digits without any; either may be enclosed
- * in braces.  Hand-written because check hooks must not throw.
- * django_rls/state.py's normalize_id accepts the same forms, and
- * tests/id_vectors.json holds the cases both are tested against.
- */
-static bool
-ParseUuid(const char *s, pg_uuid_t *result)
-{
-	const char *p = s;
-	size_t		len = strlen(s);
-	bool		hyphens;
-	int			i;
-
-	if (len >= 2 && s[0] == '{' && s[len - 1] == '}')
-	{
-		p++;
-		len -= 2;
-	}
-	if (len == 36)
-		hyphens = true;
-	else if (len == 32)
-		hyphens = false;
-	else
-		return false;
-	for (i = 0; i < UUID_LEN; i++)
-	{
-		/* Hyphens only before bytes 4, 6, 8 and 10: 8-4-4-4-12 digits. */
-		if (hyphens && (i == 4 || i == 6 || i == 8 || i == 10))
-		{
-			if (*p != '-')
-				return false;
-			p++;
-		}
-		if (!IsHexDigit(p[0]) || !IsHexDigit(p[1]))
-			return false;
-		result->data[i] = (unsigned char) (HexValue(p[0]) << 4 | HexValue(p[1]));
-		p += 2;
-	}
-	return true;
-}
-
-/*
- * Parse a context identifier.  A UUID form is tried first, so that 32 digits
- * that happen to be all decimal are a UUID, never an integer.
- */
-static bool
-ParseId(const char *value, RlsId *id)
-{
-	memset(id, 0, sizeof(RlsId));
-	if (value == NULL || value[0] == '\0')
-	{
-		id->kind = RLS_ID_UNSET;
-		return true;
-	}
-	if (ParseUuid(value, &id->uuid_value))
-	{
-		id->kind = RLS_ID_UUID;
-		return true;
-	}
-	if (ParseInt64(value, &id->int_value))
-	{
-		id->kind = RLS_ID_INT;
-		return true;
-	}
-	return false;
-}
 
 /*
  * Refuse a non-empty context value unless it comes from our own setter or is
@@ -209,7 +80,7 @@ CheckIdSetting(char **newval, void **extra, GucSource source)
 
 	if (!CheckContextSource(*newval))
 		return false;
-	if (!ParseId(*newval, &parsed))
+	if (!RlsParseId(*newval, &parsed))
 	{
 		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
 		GUC_check_errdetail("A context identifier must be a 64-bit integer or a UUID.");
@@ -297,66 +168,6 @@ RlsDefineContextSettings(void)
 }
 
 /*
- * Return the canonical text of a site or user identifier: the decimal form of
- * an integer or the lower-case hyphenated form of a UUID.  NULL and the empty
- * string mean "not set" and come back as "".
- */
-char *
-RlsCanonicalId(const char *what, const char *value)
-{
-	RlsId		id;
-
-	if (!ParseId(value, &id))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid %s identifier \"%s\"", what, value),
-				 errdetail("A context identifier must be a 64-bit decimal integer, or a UUID as 8-4-4-4-12 or 32 hexadecimal digits."),
-				 errhint("Pass the primary key of the %s, such as '42' or 'a8098c1a-f86e-11da-bd1a-00112444be1e'.", what)));
-	switch (id.kind)
-	{
-		case RLS_ID_INT:
-			return psprintf(INT64_FORMAT, id.int_value);
-		case RLS_ID_UUID:
-			return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&id.uuid_value)));
-		case RLS_ID_UNSET:
-			break;
-	}
-	return pstrdup("");
-}
-
-/*
- * Validate claims and return their canonical text ("" for none).  JSON null
- * counts as no claims.
- */
-char *
-RlsCanonicalClaims(Datum claims)
-{
-	Jsonb	   *jb = DatumGetJsonbP(claims);
-	char	   *text;
-
-	if (JB_ROOT_IS_SCALAR(jb))
-	{
-		JsonbValue	scalar;
-
-		if (JsonbExtractScalar(&jb->root, &scalar) && scalar.type == jbvNull)
-			return pstrdup("");
-	}
-	if (!JB_ROOT_IS_OBJECT(jb))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("django_rls claims must be a JSON object"),
-				 errhint("Pass claims like '{\"role\": \"editor\"}', or NULL for none.")));
-	text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-	if (strlen(text) > RLS_CLAIMS_MAX_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("django_rls claims are too large"),
-				 errdetail("The claims take %zu bytes; the limit is %d.", strlen(text), RLS_CLAIMS_MAX_LEN),
-				 errhint("Keep claims to a few small values and look larger data up in tables.")));
-	return text;
-}
-
-/*
  * Refuse to set a context from code that maintenance commands run.  action
  * completes "cannot ... within a security-restricted operation".
  */
@@ -391,7 +202,7 @@ RlsCheckScope(const char *function_name, bool is_local)
 
 /*
  * Set the whole context at once.  Values must already be canonical (see
- * RlsCanonicalId and RlsCanonicalClaims); "" clears a part.
+ * values.c); "" clears a part.
  */
 void
 RlsApplyContext(const char *site, const char *user, const char *claims,

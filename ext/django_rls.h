@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 #include "compat.h"
@@ -55,11 +56,9 @@ extern void RlsCheckNotRestricted(const char *action);
 extern void RlsCheckScope(const char *function_name, bool is_local);
 extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);
-extern char *RlsCanonicalId(const char *what, const char *value);
-extern char *RlsCanonicalClaims(Datum claims);
 
 /*
- * token.c
+ * values.c
  */
 
 /* A context ready for RlsApplyContext(): canonical texts, "" for none. */
@@ -70,9 +69,19 @@ typedef struct RlsContextValues
 	char	   *claims;
 } RlsContextValues;
 
+extern bool RlsParseId(const char *value, RlsId *id);
+extern char *RlsCanonicalId(const char *what, const char *value);
+extern char *RlsCanonicalClaims(Datum claims);
+extern char *RlsUnknownMember(Jsonb *object, const char *const *known, size_t nknown);
+extern const char *RlsReadContextMembers(Jsonb *object, RlsContextValues *result);
+extern const char *RlsContextMemberType(const char *member);
+extern void RlsParseContextObject(const char *json, int len, RlsContextValues *result);
+
+/*
+ * token.c
+ */
 extern void RlsDefineTokenSettings(void);
 extern void RlsVerifyToken(const char *token, int len, RlsContextValues *result);
-extern void RlsParseContextObject(const char *json, int len, RlsContextValues *result);
 
 /*
  * statement.c

@@ -13,7 +13,8 @@
  * is the base64url encoding of HMAC-SHA256 over "v1.<payload>" under one of
  * the keys in django_rls.signing_key_file.  The signature is checked before the
  * payload is decoded, so nothing but a key holder's bytes ever reaches the
- * JSON parser.
+ * JSON parser.  The context members are read by values.c, exactly as an
+ * unsigned context's are.
  *
  *-------------------------------------------------------------------------
  */
@@ -37,7 +38,6 @@ PG_FUNCTION_INFO_V1(rls_set_context_signed);
 
 /* The members a token's payload and an unsigned context may have. */
 static const char *const token_members[] = {"site", "user", "claims", "iat", "exp", "iss", "seq", "db"};
-static const char *const context_members[] = {"site", "user", "claims"};
 
 static int	max_token_lifetime = 300;
 
@@ -146,77 +146,10 @@ IntegerMember(JsonbValue *value, const char *name)
 	return result;
 }
 
-/* Read the site or user member: a string, an integer or null. */
-static char *
-IdMember(JsonbValue *value, const char *name)
-{
-	if (value == NULL || value->type == jbvNull)
-		return pstrdup("");
-	if (value->type == jbvString)
-		return RlsCanonicalId(name, pnstrdup(value->val.string.val, value->val.string.len));
-	if (value->type == jbvNumeric)
-		return RlsCanonicalId(name, DatumGetCString(DirectFunctionCall1(numeric_out,
-																		NumericGetDatum(value->val.numeric))));
-	ReportInvalidToken(psprintf("The payload member \"%s\" must be a string, an integer or null.", name));
-	return NULL;				/* keep compiler quiet */
-}
-
 static JsonbValue *
 Member(Jsonb *payload, const char *name, JsonbValue *buf)
 {
 	return getKeyJsonValueFromContainer(&payload->root, name, strlen(name), buf);
-}
-
-/*
- * The first member of the object that is not in known[], or NULL.  Callers
- * refuse it: a member this version does not know may carry a constraint that
- * would otherwise be ignored.
- */
-static char *
-UnknownMember(Jsonb *object, const char *const *known, size_t nknown)
-{
-	JsonbIterator *it = JsonbIteratorInit(&object->root);
-	JsonbValue	v;
-	JsonbIteratorToken r;
-
-	while ((r = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		bool		ok = false;
-		size_t		i;
-
-		if (r != WJB_KEY)
-			continue;
-		for (i = 0; i < nknown; i++)
-			if (strlen(known[i]) == (size_t) v.val.string.len &&
-				memcmp(known[i], v.val.string.val, v.val.string.len) == 0)
-				ok = true;
-		if (!ok)
-			return pnstrdup(v.val.string.val, v.val.string.len);
-	}
-	return NULL;
-}
-
-/*
- * Read the members site, user and claims, shared by tokens and unsigned
- * contexts.  Returns false when claims is neither an object nor null, for the
- * caller to report in its own terms.
- */
-static bool
-ContextMembers(Jsonb *object, RlsContextValues *result)
-{
-	JsonbValue	buf;
-	JsonbValue *value;
-
-	result->site = IdMember(Member(object, "site", &buf), "site");
-	result->user = IdMember(Member(object, "user", &buf), "user");
-	value = Member(object, "claims", &buf);
-	if (value == NULL || value->type == jbvNull)
-		result->claims = pstrdup("");
-	else if (value->type == jbvBinary)
-		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
-	else
-		return false;
-	return true;
 }
 
 static bool
@@ -250,6 +183,7 @@ ParseToken(const char *token, int len, RlsToken *result)
 	JsonbValue *value;
 	int			prefix_len = strlen(TOKEN_VERSION_PREFIX);
 	char	   *unknown;
+	const char *wrong;
 
 	if (len > TOKEN_MAX_LEN)
 		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
@@ -271,12 +205,13 @@ ParseToken(const char *token, int len, RlsToken *result)
 												 CStringGetDatum(pnstrdup((char *) payload_bytes, payload_len))));
 	if (!JB_ROOT_IS_OBJECT(payload))
 		ReportInvalidToken("The payload is not a JSON object.");
-	unknown = UnknownMember(payload, token_members, lengthof(token_members));
+	unknown = RlsUnknownMember(payload, token_members, lengthof(token_members));
 	if (unknown != NULL)
 		ReportInvalidToken(psprintf("The payload has an unknown member \"%s\".", unknown));
 
-	if (!ContextMembers(payload, &result->context))
-		ReportInvalidToken("The payload member \"claims\" must be a JSON object or null.");
+	wrong = RlsReadContextMembers(payload, &result->context);
+	if (wrong != NULL)
+		ReportInvalidToken(psprintf("The payload member \"%s\" must be %s.", wrong, RlsContextMemberType(wrong)));
 	result->issued_at = IntegerMember(Member(payload, "iat", &buf), "iat");
 	result->expires_at = IntegerMember(Member(payload, "exp", &buf), "exp");
 
@@ -394,35 +329,6 @@ RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 			break;
 	}
 	*result = parsed.context;
-}
-
-/*
- * Parse an unsigned context written as a JSON object with the members site,
- * user and claims (each optional), as a statement-carried context sends it.
- */
-void
-RlsParseContextObject(const char *json, int len, RlsContextValues *result)
-{
-	Jsonb	   *object;
-	char	   *unknown;
-
-	object = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(json, len))));
-	if (!JB_ROOT_IS_OBJECT(object))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a django_rls context must be a JSON object"),
-				 errhint("Send {\"site\": ..., \"user\": ..., \"claims\": ...}, or a signed token.")));
-	unknown = UnknownMember(object, context_members, lengthof(context_members));
-	if (unknown != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a django_rls context has an unknown member \"%s\"", unknown),
-				 errhint("Only site, user and claims are allowed.")));
-	if (!ContextMembers(object, result))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("django_rls claims must be a JSON object"),
-				 errhint("Pass claims like {\"role\": \"editor\"}, or null for none.")));
 }
 
 /*

@@ -144,6 +144,7 @@ def test_unsigned_context_refused_when_signatures_are_required(conn, admin_conn)
         (Text('{"site": 1, "tenant": 2}'), psycopg.errors.InvalidParameterValue, 'unknown member "tenant"'),
         (Text("[1]"), psycopg.errors.InvalidParameterValue, "must be a JSON object"),
         (Text('{"claims": 3}'), psycopg.errors.InvalidParameterValue, "claims must be a JSON object"),
+        (Text('{"site": [1]}'), psycopg.errors.InvalidParameterValue, 'member "site" must be a string'),
     ],
 )
 def test_bad_unsigned_context_is_an_error(conn, parameter, error, message):
