@@ -150,7 +150,7 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
         supported = reported == "on"
     elif pgconn.autocommit and pgconn.info.transaction_status == TransactionStatus.IDLE:
         row = psycopg.Cursor(pgconn).execute("SELECT current_setting(%s, true)", (PRELOADED_SETTING,)).fetchone()
-        supported = row is not None and row[0] == "on"
+        supported = bool(row is not None and row[0] == "on")
     else:
         return False  # cannot ask without touching the application's transaction; ask later
     setattr(connection, _PRELOADED, (pgconn, supported))
