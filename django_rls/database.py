@@ -141,16 +141,17 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
     for every backend a pooler may hand this connection; if it is wrong, the server
     refuses the statement rather than run it without its context.
     """
-    pgconn = connection.connection
+    pgconn: psycopg.Connection[Any] = connection.connection
     cached = getattr(connection, _PRELOADED, None)
     if cached is not None and cached[0] is pgconn:
         return bool(cached[1])
     reported = pgconn.info.parameter_status(PRELOADED_SETTING)
+    supported: bool
     if reported is not None:
         supported = reported == "on"
     elif pgconn.autocommit and pgconn.info.transaction_status == TransactionStatus.IDLE:
         row = psycopg.Cursor(pgconn).execute("SELECT current_setting(%s, true)", (PRELOADED_SETTING,)).fetchone()
-        supported = bool(row is not None and row[0] == "on")
+        supported = row is not None and row[0] == "on"
     else:
         return False  # cannot ask without touching the application's transaction; ask later
     setattr(connection, _PRELOADED, (pgconn, supported))
