@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import shutil
@@ -295,6 +296,22 @@ class TestReplayWindow:
         assert a["iss"] == b["iss"] and b["seq"] == a["seq"] + 1
         with pytest.raises(ValueError, match="both issuer and sequence"):
             sign_context(signing_keys[0], site=1, user=1, issuer=a["iss"])
+
+    def test_a_forked_process_is_a_new_issuer(self, signing_keys):
+        parent = _payload(sign_context(signing_keys[0], site=1, user=1))
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: sign one token and report its issuer and number
+            try:
+                child = _payload(sign_context(signing_keys[0], site=1, user=1))
+                os.write(write, json.dumps([child["iss"], child["seq"]]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            issuer, sequence = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        assert issuer != parent["iss"] and sequence == 1
 
 
 def test_require_signature_leaves_only_signed_tokens(database: Database, admin_conn, signing_keys):
