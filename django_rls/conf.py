@@ -17,6 +17,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
+from django_rls.tokens import SERVER_MAX_LIFETIME
+
 DEFAULTS: dict[str, Any] = {
     # Callable(request) -> site (model instance, pk or None); dotted path or callable.
     "SITE_RESOLVER": "django_rls.resolvers.current_site",
@@ -26,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "CLAIMS_RESOLVER": None,
     # Key shared with the server's django_rls.signing_key_file; None sends unsigned contexts.
     "SIGNING_KEY": None,
-    # Lifetime of each signed token, in seconds.
+    # Lifetime of each signed token, in seconds (at most the server's django_rls.max_token_lifetime, 300 by default).
     "TOKEN_LIFETIME": 30,
     # "transaction" (pool-safe, the default) or "session".
     "SCOPE": "transaction",
@@ -87,8 +89,13 @@ def validate(user_settings: Any) -> dict[str, Any]:
             "(the same key as in the server's django_rls.signing_key_file); generate one with manage.py rls_keygen"
         )
     lifetime = merged["TOKEN_LIFETIME"]
-    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 1 <= lifetime <= 86400:
-        raise ImproperlyConfigured('DJANGO_RLS["TOKEN_LIFETIME"] must be an int of seconds between 1 and 86400')
+    if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 1 <= lifetime <= SERVER_MAX_LIFETIME:
+        raise ImproperlyConfigured(
+            f'DJANGO_RLS["TOKEN_LIFETIME"] must be an int of seconds between 1 and {SERVER_MAX_LIFETIME}, '
+            f"not {lifetime!r}: the server refuses tokens that live longer than its django_rls.max_token_lifetime "
+            f"({SERVER_MAX_LIFETIME} s by default). A token is signed for each statement or transaction, "
+            "so a few seconds to a minute is plenty"
+        )
     if merged["DATABASES"] is not None and not isinstance(merged["DATABASES"], list | tuple):
         raise ImproperlyConfigured('DJANGO_RLS["DATABASES"] must be a list of database aliases or None')
     if not isinstance(merged["MODELS"], dict):

@@ -2,11 +2,15 @@
 
 An execute wrapper on every protected database alias runs before each query:
 
-- With server-side binding (``OPTIONS={"server_side_binding": True}``) a query
-  carries the context itself: it is sent as ``/*django_rls:$1*/ <query>`` with
-  the context bound as ``$1`` (ext/statement.c), so no extra statement is sent.
-  Inside a transaction only the first query that needs the context carries it;
-  the extension keeps it until the transaction ends.
+- With server-side binding (``OPTIONS={"server_side_binding": True}``) and the
+  library preloaded on the server, a query carries the context itself: it is
+  sent as ``/*django_rls:$1*/ <query>`` with the context bound as ``$1``
+  (ext/statement.c), so no extra statement is sent. Inside a transaction only
+  the first query that needs the context carries it; the extension keeps it
+  until the transaction ends. Whether the library is preloaded is asked once
+  per connection (``marker_supported``): without preloading the server would
+  load it too late for the first such query of each backend, so the context
+  is then always sent as a statement of its own.
 - Otherwise (Django's default client-side binding, named cursors, executemany,
   utility statements): inside a transaction (``atomic()``, ``ATOMIC_REQUESTS``)
   the first query of the transaction, and the first after the context changed
@@ -48,6 +52,9 @@ from django_rls.tokens import sign_context
 
 _APPLIED = "_django_rls_applied"
 _UNKNOWN: Any = object()  # the context a session holds before this wrapper has set one
+_PRELOADED = "_django_rls_preloaded"
+# Reported by the server at connection start (GUC_REPORT); absent where the library is not loaded.
+PRELOADED_SETTING = "django_rls.preloaded"
 
 # A query that carries its context starts with this comment; the context is bound as $1.
 MARKER = "/*django_rls:%s*/ "
@@ -131,6 +138,32 @@ def carrying(sql: str, params: Any, values: Values) -> tuple[str, Any]:
     return MARKER + sql, (parameter, *params)
 
 
+def marker_supported(connection: BaseDatabaseWrapper) -> bool:
+    """Whether queries on this connection may carry their context: the server preloads the library.
+
+    The server reports ``django_rls.preloaded`` when the connection starts, so this is
+    usually free; where a proxy (PgBouncer) does not pass it on, one query asks, once
+    per connection. Preloading is server or role configuration, so the answer holds
+    for every backend a pooler may hand this connection; if it is wrong, the server
+    refuses the statement rather than run it without its context.
+    """
+    pgconn: psycopg.Connection[Any] = connection.connection
+    cached = getattr(connection, _PRELOADED, None)
+    if cached is not None and cached[0] is pgconn:
+        return bool(cached[1])
+    reported = pgconn.info.parameter_status(PRELOADED_SETTING)
+    supported: bool
+    if reported is not None:
+        supported = reported == "on"
+    elif pgconn.autocommit and pgconn.info.transaction_status == TransactionStatus.IDLE:
+        row = psycopg.Cursor(pgconn).execute("SELECT current_setting(%s, true)", (PRELOADED_SETTING,)).fetchone()
+        supported = row is not None and row[0] == "on"
+    else:
+        return False  # cannot ask without touching the application's transaction; ask later
+    setattr(connection, _PRELOADED, (pgconn, supported))
+    return supported
+
+
 def protected_aliases() -> list[str]:
     """Database aliases whose connections get the context."""
     configured = rls_settings.DATABASES
@@ -175,7 +208,7 @@ class ContextWrapper:
         session_scope = rls_settings.SCOPE == "session"
         if held == wanted or status == TransactionStatus.INERROR:
             result = execute(sql, params, many, context)
-        elif not session_scope and can_carry(sql, many, context):
+        elif not session_scope and can_carry(sql, many, context) and marker_supported(connection):
             in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
             carried_sql, carried_params = carrying(sql, params, wanted)
             result = execute(carried_sql, carried_params, many, context)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -36,8 +37,36 @@ class Values:
 EMPTY = Values(None, None, None)
 
 
+# The id forms the extension accepts (ext/context.c, ParseId); tests/id_vectors.json holds
+# the cases both sides are tested against. A UUID form is tried first, so 32 decimal digits
+# are a UUID, never an integer.
+_UUID_HYPHENATED = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_UUID_PLAIN = re.compile(r"[0-9A-Fa-f]{32}")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def parse_id_text(text: str) -> str | None:
+    """The canonical text of an id written as text, exactly as the extension reads it.
+
+    "" means no id (None). A UUID is 8-4-4-4-12 or 32 hexadecimal digits, optionally in
+    braces; an integer is decimal with an optional sign and fits 64 bits. Anything else,
+    surrounding spaces included, raises ValueError.
+    """
+    if text == "":
+        return None
+    inner = text[1:-1] if len(text) >= 2 and text[0] == "{" and text[-1] == "}" else text
+    if _UUID_HYPHENATED.fullmatch(inner) or _UUID_PLAIN.fullmatch(inner):
+        return str(uuid.UUID(hex=inner))
+    if _INTEGER.fullmatch(text):
+        number = int(text)
+        if _INT64_MIN <= number <= _INT64_MAX:
+            return str(number)
+    raise ValueError(f"{text!r} is neither a 64-bit integer nor a UUID (8-4-4-4-12 or 32 hexadecimal digits)")
+
+
 def normalize_id(value: Any, what: str) -> str | None:
-    """Turn a model instance, pk, UUID or numeric string into the id text the extension expects."""
+    """Turn a model instance, pk, UUID or id text into the canonical id text the extension expects."""
     if value is None:
         return None
     if hasattr(value, "_meta") and hasattr(value, "pk"):
@@ -47,19 +76,16 @@ def normalize_id(value: Any, what: str) -> str | None:
     if isinstance(value, bool):
         raise TypeError(f"a {what} id must be an int, a UUID or a model instance, not a bool")
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"{what} id {value} does not fit in 64 bits")
         return str(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, str):
-        text = value.strip()
         try:
-            return str(int(text))
+            return parse_id_text(value)
         except ValueError:
-            pass
-        try:
-            return str(uuid.UUID(text))
-        except ValueError:
-            raise ValueError(f"{what} id {value!r} is neither an integer nor a UUID") from None
+            raise ValueError(f"{what} id {value!r} is neither a 64-bit integer nor a UUID") from None
     raise TypeError(f"a {what} id must be an int, a UUID or a model instance, not {type(value).__name__}")
 
 

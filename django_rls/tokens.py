@@ -2,7 +2,13 @@
 
 The token format is specified in docs/security.md; this module is the
 reference implementation. A token is single-use and short-lived: sign a new
-one for every transaction.
+one for every statement or transaction.
+
+Each token names its issuer and carries the issuer's next sequence number; the
+server remembers, per issuer, which recent numbers were spent (a sliding
+window), so its memory does not grow with the rate of tokens. Every process
+is its own issuer: the id is drawn at random on import and again in a forked
+child, so two processes never share one.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +28,31 @@ from typing import Any
 TOKEN_VERSION = "v1"
 MIN_KEY_LENGTH = 32
 DEFAULT_LIFETIME = 30
+# The server's default django_rls.max_token_lifetime: longer-lived tokens are refused.
+SERVER_MAX_LIFETIME = 300
+
+
+class _Issuer:
+    """This process's issuer id and its last sequence number."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.issuer = secrets.token_urlsafe(16)
+        self._sequence = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> tuple[str, int]:
+        with self._lock:
+            self._sequence += 1
+            return self.issuer, self._sequence
+
+
+_issuer = _Issuer()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_issuer.reset)
 
 
 def _b64url(data: bytes) -> str:
@@ -48,19 +81,26 @@ def sign_context(
     claims: Mapping[str, Any] | None = None,
     lifetime: int = DEFAULT_LIFETIME,
     database: str | None = None,
-    nonce: str | None = None,
+    issuer: str | None = None,
+    sequence: int | None = None,
     now: float | None = None,
 ) -> str:
     """Return a token that sets this context once, within ``lifetime`` seconds.
 
-    ``key`` must be one of the keys in the server's ``django_rls.signing_key``.
-    ``database``, when given, binds the token to that database name.
+    ``key`` must be one of the keys in the server's ``django_rls.signing_key_file``.
+    ``database``, when given, binds the token to that database name. ``issuer`` and
+    ``sequence`` default to this process's issuer and its next number; pass both to
+    sign as another issuer (each issuer's numbers must increase).
     """
     key_bytes = key.encode() if isinstance(key, str) else key
     if len(key_bytes) < MIN_KEY_LENGTH:
         raise ValueError(f"the signing key must be at least {MIN_KEY_LENGTH} bytes long")
     if lifetime < 1:
         raise ValueError("the token lifetime must be at least one second")
+    if (issuer is None) != (sequence is None):
+        raise ValueError("pass both issuer and sequence, or neither")
+    if issuer is None or sequence is None:
+        issuer, sequence = _issuer.next()
     issued_at = int(now if now is not None else time.time())
     payload: dict[str, Any] = {
         "site": _id_member(site, "site"),
@@ -68,7 +108,8 @@ def sign_context(
         "claims": dict(claims) if claims is not None else None,
         "iat": issued_at,
         "exp": issued_at + lifetime,
-        "nonce": nonce if nonce is not None else secrets.token_urlsafe(16),
+        "iss": issuer,
+        "seq": sequence,
     }
     if database is not None:
         payload["db"] = database

@@ -8,7 +8,9 @@
  * They are STABLE, never IMMUTABLE: an IMMUTABLE accessor would be folded
  * into cached plans, and a prepared statement would keep serving the first
  * tenant's rows after the context changed.  They are PARALLEL SAFE because
- * the settings they read are copied into every parallel worker.
+ * the settings they read are copied into every parallel worker.  Each first
+ * checks that no context carried by the running statement was missed
+ * (statement.c), so that a missing preload is an error, not a wrong answer.
  *
  *-------------------------------------------------------------------------
  */
@@ -67,6 +69,7 @@ static Datum
 IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
 		  FunctionCallInfo fcinfo)
 {
+	RlsCheckStatementContext();
 	if (id->kind == RLS_ID_INT)
 		PG_RETURN_INT64(id->int_value);
 	if (id->kind == RLS_ID_UUID)
@@ -82,6 +85,7 @@ IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
 {
 	pg_uuid_t  *result;
 
+	RlsCheckStatementContext();
 	if (id->kind == RLS_ID_UUID)
 	{
 		result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
@@ -127,6 +131,7 @@ rls_user_uuid(PG_FUNCTION_ARGS)
 Datum
 rls_site_id_lenient(PG_FUNCTION_ARGS)
 {
+	RlsCheckStatementContext();
 	if (rls_current_site.kind != RLS_ID_INT)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(rls_current_site.int_value);
@@ -137,6 +142,7 @@ rls_site_uuid_lenient(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *result;
 
+	RlsCheckStatementContext();
 	if (rls_current_site.kind != RLS_ID_UUID)
 		PG_RETURN_NULL();
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
@@ -150,6 +156,7 @@ CurrentClaims(void)
 {
 	MemoryContext oldcontext;
 
+	RlsCheckStatementContext();
 	if (rls_claims_setting == NULL || rls_claims_setting[0] == '\0')
 		return NULL;
 	if (claims_cache != NULL && claims_cache_generation == rls_claims_generation)
@@ -245,6 +252,7 @@ rls_context(PG_FUNCTION_ARGS)
 {
 	StringInfoData buf;
 
+	RlsCheckStatementContext();
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
 	AppendId(&buf, "site", &rls_current_site);

@@ -122,4 +122,16 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #define RLS_MODULE_MAGIC PG_MODULE_MAGIC
 #endif
 
+/*
+ * PostgreSQL 18 dropped ExecutorRun()'s execute_once argument (statement.c's
+ * nesting counter wraps ExecutorRun).
+ */
+#if PG_VERSION_NUM >= 180000
+#define RLS_EXECUTOR_RUN_PARAMS QueryDesc *query_desc, ScanDirection direction, uint64 count
+#define RLS_EXECUTOR_RUN_ARGS query_desc, direction, count
+#else
+#define RLS_EXECUTOR_RUN_PARAMS QueryDesc *query_desc, ScanDirection direction, uint64 count, bool execute_once
+#define RLS_EXECUTOR_RUN_ARGS query_desc, direction, count, execute_once
+#endif
+
 #endif							/* DJANGO_RLS_COMPAT_H */

@@ -21,20 +21,14 @@
  */
 #include "postgres.h"
 
-#include <ctype.h>
-
 #include "access/parallel.h"
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/jsonb.h"
 
 #include "django_rls.h"
-
-/* Claims are meant for a handful of small values, not for documents. */
-#define RLS_CLAIMS_MAX_LEN 8192
 
 PG_FUNCTION_INFO_V1(rls_set_context);
 PG_FUNCTION_INFO_V1(rls_clear_context);
@@ -59,115 +53,6 @@ bool		rls_require_signature = false;
  * reset the flag through PG_FINALLY, so it can never stay open.
  */
 static bool setter_active = false;
-
-static bool
-IsHexDigit(char c)
-{
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
-static int
-HexValue(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return c - 'A' + 10;
-}
-
-/*
- * Parse a decimal 64-bit integer with an optional sign and no surrounding
- * text.  Returns false on anything else, including overflow.
- */
-static bool
-ParseInt64(const char *s, int64 *result)
-{
-	bool		negative = false;
-	uint64		magnitude = 0;
-	const char *p = s;
-
-	if (*p == '+' || *p == '-')
-		negative = (*p++ == '-');
-	if (*p == '\0')
-		return false;
-	for (; *p; p++)
-	{
-		if (*p < '0' || *p > '9')
-			return false;
-		if (magnitude > (PG_UINT64_MAX - (*p - '0')) / 10)
-			return false;
-		magnitude = magnitude * 10 + (*p - '0');
-	}
-	if (negative)
-	{
-		if (magnitude > (uint64) PG_INT64_MAX + 1)
-			return false;
-		*result = (magnitude == (uint64) PG_INT64_MAX + 1) ? PG_INT64_MIN : -(int64) magnitude;
-	}
-	else
-	{
-		if (magnitude > (uint64) PG_INT64_MAX)
-			return false;
-		*result = (int64) magnitude;
-	}
-	return true;
-}
-
-/*
- * Parse a UUID written as 32 hexadecimal digits, with optional hyphens
- * between digit pairs and optional surrounding braces (the forms uuid_in
- * accepts).  Hand-written because check hooks must not throw.
- */
-static bool
-ParseUuid(const char *s, pg_uuid_t *result)
-{
-	const char *p = s;
-	size_t		len = strlen(s);
-	int			i;
-
-	if (len >= 2 && s[0] == '{' && s[len - 1] == '}')
-	{
-		p++;
-		len -= 2;
-	}
-	for (i = 0; i < UUID_LEN; i++)
-	{
-		if (i > 0 && *p == '-' && len > 0)
-		{
-			p++;
-			len--;
-		}
-		if (len < 2 || !IsHexDigit(p[0]) || !IsHexDigit(p[1]))
-			return false;
-		result->data[i] = (unsigned char) (HexValue(p[0]) << 4 | HexValue(p[1]));
-		p += 2;
-		len -= 2;
-	}
-	return len == 0;
-}
-
-static bool
-ParseId(const char *value, RlsId *id)
-{
-	memset(id, 0, sizeof(RlsId));
-	if (value == NULL || value[0] == '\0')
-	{
-		id->kind = RLS_ID_UNSET;
-		return true;
-	}
-	if (ParseInt64(value, &id->int_value))
-	{
-		id->kind = RLS_ID_INT;
-		return true;
-	}
-	if (ParseUuid(value, &id->uuid_value))
-	{
-		id->kind = RLS_ID_UUID;
-		return true;
-	}
-	return false;
-}
 
 /*
  * Refuse a non-empty context value unless it comes from our own setter or is
@@ -195,7 +80,7 @@ CheckIdSetting(char **newval, void **extra, GucSource source)
 
 	if (!CheckContextSource(*newval))
 		return false;
-	if (!ParseId(*newval, &parsed))
+	if (!RlsParseId(*newval, &parsed))
 	{
 		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
 		GUC_check_errdetail("A context identifier must be a 64-bit integer or a UUID.");
@@ -283,66 +168,6 @@ RlsDefineContextSettings(void)
 }
 
 /*
- * Return the canonical text of a site or user identifier: the decimal form of
- * an integer or the lower-case hyphenated form of a UUID.  NULL and the empty
- * string mean "not set" and come back as "".
- */
-char *
-RlsCanonicalId(const char *what, const char *value)
-{
-	RlsId		id;
-
-	if (!ParseId(value, &id))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid %s identifier \"%s\"", what, value),
-				 errdetail("A context identifier must be a 64-bit integer or a UUID."),
-				 errhint("Pass the primary key of the %s, such as '42' or 'a8098c1a-f86e-11da-bd1a-00112444be1e'.", what)));
-	switch (id.kind)
-	{
-		case RLS_ID_INT:
-			return psprintf(INT64_FORMAT, id.int_value);
-		case RLS_ID_UUID:
-			return DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&id.uuid_value)));
-		case RLS_ID_UNSET:
-			break;
-	}
-	return pstrdup("");
-}
-
-/*
- * Validate claims and return their canonical text ("" for none).  JSON null
- * counts as no claims.
- */
-char *
-RlsCanonicalClaims(Datum claims)
-{
-	Jsonb	   *jb = DatumGetJsonbP(claims);
-	char	   *text;
-
-	if (JB_ROOT_IS_SCALAR(jb))
-	{
-		JsonbValue	scalar;
-
-		if (JsonbExtractScalar(&jb->root, &scalar) && scalar.type == jbvNull)
-			return pstrdup("");
-	}
-	if (!JB_ROOT_IS_OBJECT(jb))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("django_rls claims must be a JSON object"),
-				 errhint("Pass claims like '{\"role\": \"editor\"}', or NULL for none.")));
-	text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-	if (strlen(text) > RLS_CLAIMS_MAX_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("django_rls claims are too large"),
-				 errdetail("The claims take %zu bytes; the limit is %d.", strlen(text), RLS_CLAIMS_MAX_LEN),
-				 errhint("Keep claims to a few small values and look larger data up in tables.")));
-	return text;
-}
-
-/*
  * Refuse to set a context from code that maintenance commands run.  action
  * completes "cannot ... within a security-restricted operation".
  */
@@ -377,7 +202,7 @@ RlsCheckScope(const char *function_name, bool is_local)
 
 /*
  * Set the whole context at once.  Values must already be canonical (see
- * RlsCanonicalId and RlsCanonicalClaims); "" clears a part.
+ * values.c); "" clears a part.
  */
 void
 RlsApplyContext(const char *site, const char *user, const char *claims,

@@ -5,9 +5,11 @@
  *
  * The library should be loaded through shared_preload_libraries: that is the
  * only way to reserve the shared memory that replay protection of signed
- * tokens needs, and it guarantees that the django_rls.* settings exist before
- * any SQL runs.  Loaded later it still works, and placeholders set before
- * the load are refused by the settings' check hooks.
+ * tokens needs, and it guarantees that the django_rls.* settings exist and the
+ * statement hooks are in place before any SQL runs.  Loaded later, the setter
+ * functions still work and placeholders set before the load are refused by
+ * the settings' check hooks; a statement carrying its context, which needs
+ * the hooks from its start, is refused (statement.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +27,9 @@ RLS_MODULE_MAGIC;
 
 /* True when the library was loaded at server or session start. */
 bool		rls_loaded_at_startup = false;
+
+/* The same, as the setting django_rls.preloaded. */
+static bool preloaded_setting = false;
 
 #ifdef RLS_HAVE_SHMEM_REQUEST_HOOK
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -56,10 +61,25 @@ _PG_init(void)
 {
 	/*
 	 * CREATE EXTENSION and the first call of one of our functions load the
-	 * library inside a transaction; preloading happens outside of one.
+	 * library inside a transaction of a running session; preloading happens
+	 * in the postmaster, or while the backend initialises (from PostgreSQL 15
+	 * session_preload_libraries inside InitPostgres's transaction, so that
+	 * alone does not tell).
 	 */
-	rls_loaded_at_startup = !IsTransactionState();
+	rls_loaded_at_startup = !IsTransactionState() || !IsNormalProcessingMode();
 
+	/*
+	 * Clients ask this setting whether a statement may carry its context
+	 * (statement.c needs its hooks in place before the statement starts).
+	 * It is reported to the client at connection start, so asking costs
+	 * nothing; it does not exist in a backend that has not loaded the library.
+	 */
+	DefineCustomBoolVariable(RLS_GUC_PREFIX ".preloaded",
+							 "Whether the django_rls library was loaded at server or session start in this backend.",
+							 "Statements can carry their context (the /*django_rls:$1*/ marker) only when it is on.",
+							 &preloaded_setting, rls_loaded_at_startup, PGC_INTERNAL,
+							 GUC_REPORT | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
 	RlsDefineContextSettings();
 	RlsDefineTokenSettings();
 	RlsDefineKeySettings();
@@ -67,6 +87,8 @@ _PG_init(void)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);
 	RlsInstallStatementHooks();
+	if (!rls_loaded_at_startup)
+		RlsNoteLateLoad();
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;

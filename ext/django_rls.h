@@ -10,6 +10,7 @@
 
 #include "postgres.h"
 
+#include "utils/jsonb.h"
 #include "utils/uuid.h"
 
 #include "compat.h"
@@ -55,11 +56,9 @@ extern void RlsCheckNotRestricted(const char *action);
 extern void RlsCheckScope(const char *function_name, bool is_local);
 extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);
-extern char *RlsCanonicalId(const char *what, const char *value);
-extern char *RlsCanonicalClaims(Datum claims);
 
 /*
- * token.c
+ * values.c
  */
 
 /* A context ready for RlsApplyContext(): canonical texts, "" for none. */
@@ -70,14 +69,26 @@ typedef struct RlsContextValues
 	char	   *claims;
 } RlsContextValues;
 
+extern bool RlsParseId(const char *value, RlsId *id);
+extern char *RlsCanonicalId(const char *what, const char *value);
+extern char *RlsCanonicalClaims(Datum claims);
+extern char *RlsUnknownMember(Jsonb *object, const char *const *known, size_t nknown);
+extern const char *RlsReadContextMembers(Jsonb *object, RlsContextValues *result);
+extern const char *RlsContextMemberType(const char *member);
+extern void RlsParseContextObject(const char *json, int len, RlsContextValues *result);
+
+/*
+ * token.c
+ */
 extern void RlsDefineTokenSettings(void);
 extern void RlsVerifyToken(const char *token, int len, RlsContextValues *result);
-extern void RlsParseContextObject(const char *json, int len, RlsContextValues *result);
 
 /*
  * statement.c
  */
 extern void RlsInstallStatementHooks(void);
+extern void RlsNoteLateLoad(void);
+extern void RlsCheckStatementContext(void);
 
 /*
  * keys.c
@@ -90,14 +101,28 @@ extern bool RlsSignatureMatches(const char *signed_part, size_t signed_len,
 /*
  * replay.c
  */
-#define RLS_NONCE_MIN_LEN 16
-#define RLS_NONCE_MAX_LEN 64
+
+/* An issuer id is 16 to 64 base64url characters (16 random bytes encoded). */
+#define RLS_ISSUER_MIN_LEN 16
+#define RLS_ISSUER_MAX_LEN 64
+/* How far behind an issuer's newest accepted token a token may arrive. */
+#define RLS_REPLAY_WINDOW 4096
+
+typedef enum RlsReplayResult
+{
+	RLS_REPLAY_FRESH,			/* accepted and now spent */
+	RLS_REPLAY_SPENT,			/* used before */
+	RLS_REPLAY_TOO_OLD,			/* behind the issuer's window */
+	RLS_REPLAY_FULL				/* a new issuer, and no room for one */
+} RlsReplayResult;
 
 extern void RlsDefineReplaySettings(void);
 extern void RlsReplayShmemRequest(void);
 extern void RlsReplayShmemStartup(void);
 extern bool RlsReplayAvailable(void);
-extern bool RlsReplayRemember(const char *nonce, int64 expires_at, int64 now);
+extern int64 RlsReplayInitializedAt(void);
+extern RlsReplayResult RlsReplaySpend(const char *issuer, int64 sequence,
+									  int64 expires_at, int64 now);
 extern void RlsReplayUsage(int64 *used, int64 *capacity);
 
 #endif							/* DJANGO_RLS_H */

@@ -36,7 +36,7 @@ rls_extension_info(PG_FUNCTION_ARGS)
 					 "{\"library_version\": \"%s\", \"loaded_at_startup\": %s, "
 					 "\"replay_protection\": %s, \"signing_key_configured\": %s, "
 					 "\"require_signature\": %s, \"strict\": %s, "
-					 "\"replay_cache_used\": " INT64_FORMAT ", \"replay_cache_capacity\": " INT64_FORMAT "}",
+					 "\"replay_issuers_used\": " INT64_FORMAT ", \"replay_issuers_capacity\": " INT64_FORMAT "}",
 					 DJANGO_RLS_VERSION,
 					 rls_loaded_at_startup ? "true" : "false",
 					 RlsReplayAvailable() ? "true" : "false",

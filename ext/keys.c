@@ -84,6 +84,18 @@ SameFile(const struct stat *a, const struct stat *b)
 		a->st_ctime == b->st_ctime;
 }
 
+/*
+ * Where the key file is goes to the server log only: errors about it reach
+ * whichever role verified a token, usually the application role, which has
+ * no business learning the server's file layout (superusers can read the log
+ * or SHOW django_rls.signing_key_file).
+ */
+static int
+KeyFileDetail(const char *path)
+{
+	return errdetail_log("The file is \"%s\" (django_rls.signing_key_file).", path);
+}
+
 /* Parse the file's text into keys: one per line, blank lines and #-comments skipped. */
 static void
 ParseKeys(char *text, const char *path)
@@ -112,8 +124,9 @@ ParseKeys(char *text, const char *path)
 			if (len < SIGNING_KEY_MIN_LEN)
 				ereport(ERROR,
 						(errcode(ERRCODE_CONFIG_FILE_ERROR),
-						 errmsg("line %d of django_rls signing key file \"%s\" holds a key shorter than %d bytes",
-								lineno, path, SIGNING_KEY_MIN_LEN),
+						 errmsg("line %d of the django_rls signing key file holds a key shorter than %d bytes",
+								lineno, SIGNING_KEY_MIN_LEN),
+						 KeyFileDetail(path),
 						 errhint("Generate keys with manage.py rls_keygen or: openssl rand -base64 48")));
 			if (nkeys == capacity)
 			{
@@ -131,7 +144,8 @@ ParseKeys(char *text, const char *path)
 	if (nkeys == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("django_rls signing key file \"%s\" holds no key", signing_key_file),
+				 errmsg("the django_rls signing key file holds no key"),
+				 KeyFileDetail(path),
 				 errhint("Put one key per line in the file; generate one with manage.py rls_keygen.")));
 }
 
@@ -171,7 +185,8 @@ LoadKeys(void)
 	if (stat(path, &st) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not read django_rls signing key file \"%s\": %m", path),
+				 errmsg("could not read the django_rls signing key file: %m"),
+				 KeyFileDetail(path),
 				 errhint("Check django_rls.signing_key_file; relative paths start at the data directory.")));
 	if (loaded_path != NULL && strcmp(loaded_path, path) == 0 && SameFile(&st, &loaded_stat))
 		return;
@@ -180,12 +195,15 @@ LoadKeys(void)
 	if ((st.st_mode & S_IRWXO) != 0 && !InsideDataDirectory(path))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("django_rls signing key file \"%s\" is accessible to every user of the machine", path),
+				 errmsg("the django_rls signing key file is accessible to every user of the machine"),
+				 KeyFileDetail(path),
 				 errhint("Run chmod 600 on the file (or 640 with a group only the server belongs to).")));
 	if (st.st_size > KEY_FILE_MAX_SIZE)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("django_rls signing key file \"%s\" is larger than %d bytes", path, KEY_FILE_MAX_SIZE)));
+				 errmsg("the django_rls signing key file is larger than %d bytes", KEY_FILE_MAX_SIZE),
+				 KeyFileDetail(path),
+				 errhint("Keep one key per line, and only a few keys.")));
 
 	if (keys_context == NULL)
 		keys_context = AllocSetContextCreate(TopMemoryContext, "django_rls signing keys",
@@ -194,7 +212,9 @@ LoadKeys(void)
 	if (file == NULL)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not open django_rls signing key file \"%s\": %m", path)));
+				 errmsg("could not open the django_rls signing key file: %m"),
+				 KeyFileDetail(path),
+				 errhint("Check that the server's operating system user can read the file.")));
 	text = MemoryContextAllocZero(keys_context, st.st_size + 1);
 	nread = fread(text, 1, st.st_size, file);
 	if (ferror(file))
@@ -202,7 +222,9 @@ LoadKeys(void)
 		FreeFile(file);
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not read django_rls signing key file \"%s\": %m", path)));
+				 errmsg("could not read the django_rls signing key file: %m"),
+				 KeyFileDetail(path),
+				 errhint("Check that the server's operating system user can read the file.")));
 	}
 	FreeFile(file);
 	text[nread] = '\0';

@@ -8,11 +8,13 @@
  *		v1.<payload>.<signature>
  *
  * <payload> is the base64url (no padding) encoding of a JSON object with the
- * members site, user, claims, iat, exp, nonce and optionally db; <signature>
+ * members site, user, claims, iat, exp, iss, seq and optionally db (iss and
+ * seq name the token for replay protection, see replay.c); <signature>
  * is the base64url encoding of HMAC-SHA256 over "v1.<payload>" under one of
  * the keys in django_rls.signing_key_file.  The signature is checked before the
  * payload is decoded, so nothing but a key holder's bytes ever reaches the
- * JSON parser.
+ * JSON parser.  The context members are read by values.c, exactly as an
+ * unsigned context's are.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,8 +37,7 @@
 PG_FUNCTION_INFO_V1(rls_set_context_signed);
 
 /* The members a token's payload and an unsigned context may have. */
-static const char *const token_members[] = {"site", "user", "claims", "iat", "exp", "nonce", "db"};
-static const char *const context_members[] = {"site", "user", "claims"};
+static const char *const token_members[] = {"site", "user", "claims", "iat", "exp", "iss", "seq", "db"};
 
 static int	max_token_lifetime = 300;
 
@@ -46,7 +47,8 @@ typedef struct RlsToken
 	RlsContextValues context;
 	int64		issued_at;
 	int64		expires_at;
-	char	   *nonce;
+	char	   *issuer;
+	int64		sequence;
 } RlsToken;
 
 void
@@ -54,7 +56,7 @@ RlsDefineTokenSettings(void)
 {
 	DefineCustomIntVariable(RLS_GUC_PREFIX ".max_token_lifetime",
 							"Longest lifetime a signed context token may have.",
-							"Tokens whose expiry lies further in the future are refused; this bounds how many nonces the replay cache must hold.",
+							"Tokens whose expiry lies further in the future are refused. The application's DJANGO_RLS[\"TOKEN_LIFETIME\"] must not exceed it.",
 							&max_token_lifetime, 300, 1, 86400, PGC_SIGHUP,
 							GUC_UNIT_S, NULL, NULL, NULL);
 }
@@ -144,95 +146,28 @@ IntegerMember(JsonbValue *value, const char *name)
 	return result;
 }
 
-/* Read the site or user member: a string, an integer or null. */
-static char *
-IdMember(JsonbValue *value, const char *name)
-{
-	if (value == NULL || value->type == jbvNull)
-		return pstrdup("");
-	if (value->type == jbvString)
-		return RlsCanonicalId(name, pnstrdup(value->val.string.val, value->val.string.len));
-	if (value->type == jbvNumeric)
-		return RlsCanonicalId(name, DatumGetCString(DirectFunctionCall1(numeric_out,
-																		NumericGetDatum(value->val.numeric))));
-	ReportInvalidToken(psprintf("The payload member \"%s\" must be a string, an integer or null.", name));
-	return NULL;				/* keep compiler quiet */
-}
-
 static JsonbValue *
 Member(Jsonb *payload, const char *name, JsonbValue *buf)
 {
 	return getKeyJsonValueFromContainer(&payload->root, name, strlen(name), buf);
 }
 
-/*
- * The first member of the object that is not in known[], or NULL.  Callers
- * refuse it: a member this version does not know may carry a constraint that
- * would otherwise be ignored.
- */
-static char *
-UnknownMember(Jsonb *object, const char *const *known, size_t nknown)
-{
-	JsonbIterator *it = JsonbIteratorInit(&object->root);
-	JsonbValue	v;
-	JsonbIteratorToken r;
-
-	while ((r = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		bool		ok = false;
-		size_t		i;
-
-		if (r != WJB_KEY)
-			continue;
-		for (i = 0; i < nknown; i++)
-			if (strlen(known[i]) == (size_t) v.val.string.len &&
-				memcmp(known[i], v.val.string.val, v.val.string.len) == 0)
-				ok = true;
-		if (!ok)
-			return pnstrdup(v.val.string.val, v.val.string.len);
-	}
-	return NULL;
-}
-
-/*
- * Read the members site, user and claims, shared by tokens and unsigned
- * contexts.  Returns false when claims is neither an object nor null, for the
- * caller to report in its own terms.
- */
 static bool
-ContextMembers(Jsonb *object, RlsContextValues *result)
-{
-	JsonbValue	buf;
-	JsonbValue *value;
-
-	result->site = IdMember(Member(object, "site", &buf), "site");
-	result->user = IdMember(Member(object, "user", &buf), "user");
-	value = Member(object, "claims", &buf);
-	if (value == NULL || value->type == jbvNull)
-		result->claims = pstrdup("");
-	else if (value->type == jbvBinary)
-		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
-	else
-		return false;
-	return true;
-}
-
-static bool
-ValidNonce(const char *nonce, int len)
+ValidIssuer(const char *issuer, int len)
 {
 	int			i;
 
-	if (len < RLS_NONCE_MIN_LEN || len > RLS_NONCE_MAX_LEN)
+	if (len < RLS_ISSUER_MIN_LEN || len > RLS_ISSUER_MAX_LEN)
 		return false;
 	for (i = 0; i < len; i++)
-		if (Base64UrlValue(nonce[i]) < 0)
+		if (Base64UrlValue(issuer[i]) < 0)
 			return false;
 	return true;
 }
 
 /*
  * Check the signature, then decode and check the payload.  Every failure
- * raises an error; on return the token is authentic but its nonce has not
+ * raises an error; on return the token is authentic but it has not
  * been spent yet.
  */
 static void
@@ -248,6 +183,7 @@ ParseToken(const char *token, int len, RlsToken *result)
 	JsonbValue *value;
 	int			prefix_len = strlen(TOKEN_VERSION_PREFIX);
 	char	   *unknown;
+	const char *wrong;
 
 	if (len > TOKEN_MAX_LEN)
 		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
@@ -269,21 +205,25 @@ ParseToken(const char *token, int len, RlsToken *result)
 												 CStringGetDatum(pnstrdup((char *) payload_bytes, payload_len))));
 	if (!JB_ROOT_IS_OBJECT(payload))
 		ReportInvalidToken("The payload is not a JSON object.");
-	unknown = UnknownMember(payload, token_members, lengthof(token_members));
+	unknown = RlsUnknownMember(payload, token_members, lengthof(token_members));
 	if (unknown != NULL)
 		ReportInvalidToken(psprintf("The payload has an unknown member \"%s\".", unknown));
 
-	if (!ContextMembers(payload, &result->context))
-		ReportInvalidToken("The payload member \"claims\" must be a JSON object or null.");
+	wrong = RlsReadContextMembers(payload, &result->context);
+	if (wrong != NULL)
+		ReportInvalidToken(psprintf("The payload member \"%s\" must be %s.", wrong, RlsContextMemberType(wrong)));
 	result->issued_at = IntegerMember(Member(payload, "iat", &buf), "iat");
 	result->expires_at = IntegerMember(Member(payload, "exp", &buf), "exp");
 
-	value = Member(payload, "nonce", &buf);
+	value = Member(payload, "iss", &buf);
 	if (value == NULL || value->type != jbvString ||
-		!ValidNonce(value->val.string.val, value->val.string.len))
-		ReportInvalidToken(psprintf("The payload member \"nonce\" must be %d to %d base64url characters.",
-									RLS_NONCE_MIN_LEN, RLS_NONCE_MAX_LEN));
-	result->nonce = pnstrdup(value->val.string.val, value->val.string.len);
+		!ValidIssuer(value->val.string.val, value->val.string.len))
+		ReportInvalidToken(psprintf("The payload member \"iss\" must be %d to %d base64url characters.",
+									RLS_ISSUER_MIN_LEN, RLS_ISSUER_MAX_LEN));
+	result->issuer = pnstrdup(value->val.string.val, value->val.string.len);
+	result->sequence = IntegerMember(Member(payload, "seq", &buf), "seq");
+	if (result->sequence < 1)
+		ReportInvalidToken("The payload member \"seq\" must be a positive integer.");
 
 	value = Member(payload, "db", &buf);
 	if (value != NULL)
@@ -297,42 +237,48 @@ ParseToken(const char *token, int len, RlsToken *result)
 	}
 }
 
-/* Refuse tokens that are expired, too long-lived or older than the server. */
+/*
+ * Refuse tokens that are expired, too long-lived, or issued before the replay
+ * memory was created.
+ */
 static void
 CheckTokenTimes(const RlsToken *token, int64 now)
 {
-	int64		started = (int64) timestamptz_to_time_t(PgStartTime);
+	int64		initialized = RlsReplayInitializedAt();
 
 	if (token->expires_at <= now)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("django_rls context token has expired"),
 				 errdetail("It expired %lld seconds ago.", (long long) (now - token->expires_at)),
-				 errhint("Sign a fresh token for every transaction, and keep the clocks of the application and database servers in sync.")));
+				 errhint("Sign a fresh token for every statement or transaction, and keep the clocks of the application and database servers in sync.")));
 	if (token->expires_at - now > max_token_lifetime)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("django_rls context token lives too long"),
 				 errdetail("It expires in %lld seconds; django_rls.max_token_lifetime allows %d.",
 						   (long long) (token->expires_at - now), max_token_lifetime),
-				 errhint("Sign tokens with a shorter lifetime, or check the application server's clock.")));
+				 errhint("Sign tokens with a shorter lifetime (DJANGO_RLS[\"TOKEN_LIFETIME\"]), or check the application server's clock.")));
 	if (token->issued_at > token->expires_at)
 		ReportInvalidToken("The token was issued after it expired (iat > exp).");
 
 	/*
-	 * Spent nonces live in shared memory and are lost in a restart, so a
-	 * token issued before the server started might already have been used.
+	 * Spent tokens are remembered in shared memory, which a restart or the
+	 * reinitialisation after a backend crash empties.  A token issued before
+	 * then, or within the same second (iat has a resolution of one second),
+	 * might have been spent already.
 	 */
-	if (token->issued_at < started)
+	if (token->issued_at <= initialized)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("django_rls context token was issued before the server started"),
-				 errdetail("The server cannot tell whether it was used before the restart."),
+				 errmsg("django_rls context token was issued before the server's replay memory was initialised"),
+				 errdetail("The server restarted or recovered from a crash at Unix time %lld and cannot tell whether the token was used before.",
+						   (long long) initialized),
 				 errhint("Sign a fresh token.")));
 }
 
 /*
- * Verify a signed token and spend its nonce.  Every failure raises an error;
+ * Verify a signed token and spend it.  Every failure raises an error;
  * on return *result holds the canonical context the token authorizes.
  */
 void
@@ -356,42 +302,33 @@ RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 	ParseToken(token, len, &parsed);
 	now = (int64) timestamptz_to_time_t(GetCurrentTimestamp());
 	CheckTokenTimes(&parsed, now);
-	if (!RlsReplayRemember(parsed.nonce, parsed.expires_at, now))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("django_rls context token has already been used"),
-				 errdetail("Every token is accepted once, on any connection to this server."),
-				 errhint("Sign a new token (with a new nonce) for every transaction.")));
+	switch (RlsReplaySpend(parsed.issuer, parsed.sequence, parsed.expires_at, now))
+	{
+		case RLS_REPLAY_FRESH:
+			break;
+		case RLS_REPLAY_SPENT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("django_rls context token has already been used"),
+					 errdetail("Every token is accepted once, on any connection to this server."),
+					 errhint("Sign a new token (with the next sequence number) for every statement or transaction.")));
+			break;
+		case RLS_REPLAY_TOO_OLD:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("django_rls context token arrived after %d newer tokens of its issuer", RLS_REPLAY_WINDOW),
+					 errdetail("The server cannot tell a token that far behind its issuer's newest from a replayed one."),
+					 errhint("Sign the token right before sending it; retry with a fresh token.")));
+			break;
+		case RLS_REPLAY_FULL:
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("too many django_rls token issuers"),
+					 errdetail("Tokens of django_rls.replay_issuers other issuers (signing processes) have not expired yet; tokens of known issuers are still accepted."),
+					 errhint("Raise django_rls.replay_issuers (needs a restart) to the number of application processes that sign tokens.")));
+			break;
+	}
 	*result = parsed.context;
-}
-
-/*
- * Parse an unsigned context written as a JSON object with the members site,
- * user and claims (each optional), as a statement-carried context sends it.
- */
-void
-RlsParseContextObject(const char *json, int len, RlsContextValues *result)
-{
-	Jsonb	   *object;
-	char	   *unknown;
-
-	object = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(json, len))));
-	if (!JB_ROOT_IS_OBJECT(object))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a django_rls context must be a JSON object"),
-				 errhint("Send {\"site\": ..., \"user\": ..., \"claims\": ...}, or a signed token.")));
-	unknown = UnknownMember(object, context_members, lengthof(context_members));
-	if (unknown != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a django_rls context has an unknown member \"%s\"", unknown),
-				 errhint("Only site, user and claims are allowed.")));
-	if (!ContextMembers(object, result))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("django_rls claims must be a JSON object"),
-				 errhint("Pass claims like {\"role\": \"editor\"}, or null for none.")));
 }
 
 /*
@@ -400,10 +337,21 @@ RlsParseContextObject(const char *json, int len, RlsContextValues *result)
 Datum
 rls_set_context_signed(PG_FUNCTION_ARGS)
 {
-	text	   *token_text = PG_GETARG_TEXT_PP(0);
+	text	   *token_text;
 	bool		is_local = PG_ARGISNULL(1) ? true : PG_GETARG_BOOL(1);
 	RlsContextValues context;
 
+	/*
+	 * Not STRICT: a NULL token must not pass for "nothing to do", which would
+	 * leave whatever context was set before in force.
+	 */
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("django_rls context token must not be null"),
+				 errdetail("rls.set_context_signed() sets a context only from a signed token."),
+				 errhint("Sign a token with the application's key, or call rls.clear_context() to clear the context.")));
+	token_text = PG_GETARG_TEXT_PP(0);
 	RlsCheckScope("rls.set_context_signed", is_local);
 	RlsVerifyToken(VARDATA_ANY(token_text), VARSIZE_ANY_EXHDR(token_text), &context);
 	RlsApplyContext(context.site, context.user, context.claims, is_local);

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import django_rls
-from django_rls.state import current_values, make_values
+from django_rls.state import current_values, make_values, normalize_id, parse_id_text
 from tests.testapp.models import Note
 
 
@@ -178,3 +180,36 @@ def test_context_change_inside_one_transaction(live_db):
         assert sites() == set()  # the transaction continues, the context does not
         with django_rls.context(site=1):
             assert sites() == {1}
+
+
+ID_CASES = json.loads((Path(__file__).parent / "id_vectors.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize(("text", "canonical"), ID_CASES)
+def test_python_reads_ids_as_the_extension_does(text, canonical):
+    if canonical is None:
+        with pytest.raises(ValueError):
+            parse_id_text(text)
+        with pytest.raises(ValueError, match="site id"):
+            normalize_id(text, "site")
+    else:
+        assert (parse_id_text(text) or "") == canonical
+
+
+def test_the_extension_reads_ids_as_python_does(app_conn):
+    """The same vectors through rls.set_context(), as the app role."""
+    for text, canonical in ID_CASES:
+        with app_conn.transaction():
+            if canonical is None:
+                with pytest.raises(Exception, match="invalid user identifier") as excinfo, app_conn.transaction():
+                    app_conn.execute("SELECT rls.set_context(NULL, %s)", (text,))
+                assert excinfo.value.sqlstate == "22023", text
+                continue
+            app_conn.execute("SELECT rls.set_context(NULL, %s)", (text,))
+            assert app_conn.execute("SELECT current_setting('django_rls.user')").fetchone()[0] == canonical, text
+
+
+def test_integer_ids_beyond_64_bits_are_refused():
+    with pytest.raises(ValueError, match="64 bits"):
+        normalize_id(2**63, "user")
+    assert normalize_id(-(2**63), "user") == str(-(2**63))

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from django_rls.tokens import sign_context
+from tests.conftest import wait_for
 from tests.harness.cluster import BINDIR, Cluster, as_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +57,14 @@ def test_init_script_creates_the_extension_and_installs_the_key():
             conn.execute("CREATE DATABASE fresh")  # from template1, which has the extension
         with psycopg.connect(cluster.dsn(dbname="fresh"), autocommit=True) as conn:
             assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'").fetchone()
-            with conn.transaction():
-                conn.execute("SELECT rls.set_context_signed(%s)", (sign_context(key, site=3, user=4),))
-                assert conn.execute("SELECT rls.site_id()").fetchone() == (3,)
+
+            def signed_site() -> int:
+                with conn.transaction():
+                    conn.execute("SELECT rls.set_context_signed(%s)", (sign_context(key, site=3, user=4),))
+                    return conn.execute("SELECT rls.site_id()").fetchone()[0]
+
+            # Tokens issued in the second the server started are refused (docs/security.md, replay).
+            assert wait_for(signed_site) == 3
     finally:
         cluster.stop()
         cluster.remove()

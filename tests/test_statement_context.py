@@ -148,6 +148,7 @@ def test_unsigned_context_refused_when_signatures_are_required(conn, admin_conn)
         (Text('{"site": 1, "tenant": 2}'), psycopg.errors.InvalidParameterValue, 'unknown member "tenant"'),
         (Text("[1]"), psycopg.errors.InvalidParameterValue, "must be a JSON object"),
         (Text('{"claims": 3}'), psycopg.errors.InvalidParameterValue, "claims must be a JSON object"),
+        (Text('{"site": [1]}'), psycopg.errors.InvalidParameterValue, 'member "site" must be a string'),
     ],
 )
 def test_bad_unsigned_context_is_an_error(conn, parameter, error, message):
@@ -161,3 +162,104 @@ def test_marker_needs_a_text_parameter(conn):
         conn.execute(MARKER + "SELECT 1", (42,))
     with pytest.raises(psycopg.errors.UndefinedParameter, match="no bound parameter"):
         conn.execute("/*django_rls:$1*/ SELECT 1")
+
+
+class TestOnlyTheClientsBindCounts:
+    """A marker counts only with the parameters the client bound (ext/statement.c, IsClientBound).
+
+    Each case below runs, as the app role in unsigned mode, server-side text that starts
+    with the marker and is equal to the client's statement, with parameters that SQL chose.
+    """
+
+    def test_prepare_and_execute_in_one_simple_query(self, conn):
+        with pytest.raises(psycopg.errors.UndefinedParameter, match="no bound parameter"):
+            conn.execute("/*django_rls:$1*/ PREPARE p(text) AS SELECT rls.site_id(); EXECUTE p('{\"site\": 2}')")
+        assert conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+    def test_do_block_running_the_query_again_with_using(self, conn):
+        with pytest.raises(psycopg.errors.UndefinedParameter, match="no bound parameter"):
+            conn.execute(
+                "/*django_rls:$1*/ DO $$BEGIN IF current_setting('x.again', true) IS NULL THEN "
+                "PERFORM set_config('x.again', '1', true); "
+                "EXECUTE current_query() USING '{\"site\": 2}'::text; END IF; END$$; "
+                "SELECT rls.site_id()"
+            )
+        assert conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+    def test_bound_do_block_running_its_text_again(self, conn):
+        with conn.transaction():
+            conn.execute(
+                MARKER + "DO $$BEGIN IF current_setting('x.again', true) IS NULL THEN "
+                "PERFORM set_config('x.again', '1', true); "
+                "EXECUTE current_query() USING '{\"site\": 2}'::text; END IF; END$$",
+                (unsigned(site=1),),
+            )
+            assert conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+    @pytest.mark.parametrize(
+        "again",
+        [
+            "EXECUTE current_query() USING p",  # SPI, no portal
+            "FOR r IN EXECUTE current_query() USING p LOOP END LOOP",  # SPI cursor: a portal of its own
+        ],
+    )
+    def test_function_running_the_clients_statement_again(self, conn, owner_conn, again):
+        """The injection case: code inside a carried statement re-runs that very text with its own $1."""
+        owner_conn.execute(
+            "CREATE FUNCTION public.run_again(p text) RETURNS bigint LANGUAGE plpgsql AS $$ "
+            "DECLARE r record; BEGIN "
+            "IF current_setting('x.again', true) IS NULL THEN "
+            f"PERFORM set_config('x.again', '1', true); {again}; END IF; "
+            "RETURN rls.site_id(); END $$"
+        )
+        owner_conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION public.run_again(text) TO {}").format(sql.Identifier(APP_ROLE))
+        )
+        try:
+            with conn.transaction():
+                rows = carried(conn, unsigned(site=1), "SELECT public.run_again('{\"site\": 2}')")
+                assert rows == [(1,)]
+                assert conn.execute("SELECT rls.site_id()").fetchone() == (1,)
+        finally:
+            owner_conn.execute("DROP FUNCTION public.run_again(text)")
+
+    def test_prepared_from_a_bound_statement_then_executed(self, conn):
+        with conn.transaction():
+            conn.execute(MARKER + "PREPARE again(text) AS SELECT rls.site_id()", (unsigned(site=1),))
+            assert conn.execute("EXECUTE again('{\"site\": 2}')").fetchone() == (None,)
+            conn.execute("DEALLOCATE again")
+
+    def test_explain_of_a_bound_statement_still_carries(self, conn):
+        plan = carried(
+            conn, unsigned(site=4), "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT rls.site_id()"
+        )
+        assert plan and carried(conn, unsigned(site=4), "SELECT rls.site_id()") == [(4,)]
+
+
+@pytest.mark.django_db
+def test_preloaded_server_says_so_and_the_bridge_carries():
+    """With the library preloaded (this cluster), the bridge relies on the marker; test_late_load covers the rest."""
+    from django.db import connections
+
+    from django_rls.database import marker_supported
+
+    connection = connections["default"]
+    connection.ensure_connection()
+    assert connection.connection.info.parameter_status("django_rls.preloaded") == "on"
+    assert marker_supported(connection) is True
+
+
+def test_transaction_control_inside_a_procedure_leaves_the_marker_working(conn, owner_conn):
+    owner_conn.execute(
+        "CREATE PROCEDURE public.ends_transactions() LANGUAGE plpgsql AS $$ BEGIN ROLLBACK; COMMIT; END $$"
+    )
+    owner_conn.execute(
+        sql.SQL("GRANT EXECUTE ON PROCEDURE public.ends_transactions() TO {}").format(sql.Identifier(APP_ROLE))
+    )
+    try:
+        conn.execute("CALL public.ends_transactions()")
+        assert carried(conn, unsigned(site=6), "SELECT rls.site_id()") == [(6,)]
+        with pytest.raises(psycopg.errors.UndefinedParameter):
+            conn.execute("/*django_rls:$1*/ SELECT 1")
+    finally:
+        owner_conn.execute("DROP PROCEDURE public.ends_transactions()")

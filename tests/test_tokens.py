@@ -6,7 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -113,12 +115,14 @@ def test_token_living_too_long_is_refused(app_conn, signing_keys):
         set_signed(app_conn, token)
 
 
-def test_token_issued_before_server_start_is_refused(app_conn, signing_keys):
+def test_token_issued_before_the_replay_memory_is_refused(app_conn, signing_keys):
     started = app_conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())::bigint").fetchone()[0]
     token = sign_context(signing_keys[0], site=1, user=1, lifetime=290, now=started - 10)
     if started - 10 + 290 <= time.time():
         pytest.skip("the server started too long ago to build an unexpired pre-start token")
-    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="before the server started"):
+    with pytest.raises(
+        psycopg.errors.InvalidAuthorizationSpecification, match="before the server's replay memory was initialised"
+    ):
         set_signed(app_conn, token)
 
 
@@ -191,8 +195,10 @@ def test_unknown_member_is_refused(app_conn, signing_keys):
 @pytest.mark.parametrize(
     ("member", "value", "detail"),
     [
-        ("nonce", "short", '"nonce" must be'),
-        ("nonce", "not base64url!!!!!!", '"nonce" must be'),
+        ("iss", "short", '"iss" must be'),
+        ("iss", "not base64url!!!!!!", '"iss" must be'),
+        ("seq", 0, '"seq" must be a positive integer'),
+        ("seq", "7", '"seq" must be an integer'),
         ("exp", "soon", '"exp" must be an integer'),
         ("iat", 1.5, '"iat" must be an integer'),
         ("site", ["1"], '"site" must be a string, an integer or null'),
@@ -230,14 +236,82 @@ def test_session_scope_token(app_conn, signing_keys):
     assert app_conn.execute("SELECT rls.site_id()").fetchone()[0] is None
 
 
-def test_bad_tokens_do_not_fill_the_replay_cache(app_conn, signing_keys):
-    used_before = app_conn.execute("SELECT rls.extension_info()->>'replay_cache_used'").fetchone()[0]
-    bad = sign_context("x" * 64, site=1, user=1)
+def test_bad_tokens_do_not_fill_the_replay_memory(app_conn, signing_keys):
+    used_before = app_conn.execute("SELECT rls.extension_info()->>'replay_issuers_used'").fetchone()[0]
     for _ in range(200):
+        bad = sign_context("x" * 64, site=1, user=1, issuer=secrets.token_urlsafe(16), sequence=1)
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification):
             set_signed(app_conn, bad)
-    used_after = app_conn.execute("SELECT rls.extension_info()->>'replay_cache_used'").fetchone()[0]
+    used_after = app_conn.execute("SELECT rls.extension_info()->>'replay_issuers_used'").fetchone()[0]
     assert used_after == used_before
+
+
+def test_null_token_is_an_error_not_a_no_op(app_conn, signing_keys):
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context_signed(%s)", (sign_context(signing_keys[0], site=4, user=1),))
+        with pytest.raises(psycopg.errors.NullValueNotAllowed) as excinfo, app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context_signed(NULL)")
+        assert excinfo.value.diag.message_hint
+        with pytest.raises(psycopg.errors.NullValueNotAllowed), app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context_signed(%s::text, false)", (None,))
+    assert app_conn.execute(
+        "SELECT proisstrict FROM pg_proc WHERE oid = 'rls.set_context_signed(text, boolean)'::regprocedure"
+    ).fetchone() == (False,)
+
+
+class TestReplayWindow:
+    """Tokens are spent per issuer in a sliding window (ext/replay.c), on every connection."""
+
+    def test_each_number_once_in_any_order_within_the_window(self, app_conn, database: Database, signing_keys):
+        issuer = secrets.token_urlsafe(16)
+
+        def token(sequence: int) -> str:
+            return sign_context(signing_keys[0], site=sequence, user=1, issuer=issuer, sequence=sequence)
+
+        first, later, skipped = token(10), token(500), token(11)
+        assert set_signed(app_conn, first)["site"] == 10
+        assert set_signed(app_conn, later)["site"] == 500
+        assert set_signed(app_conn, skipped)["site"] == 11  # out of order, inside the window
+        with database.connect("app") as other:  # another connection: still spent
+            for spent in (first, later, skipped):
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+                    set_signed(other, spent)
+
+    def test_a_token_behind_the_window_is_refused(self, app_conn, signing_keys):
+        issuer = secrets.token_urlsafe(16)
+        late = sign_context(signing_keys[0], site=1, user=1, issuer=issuer, sequence=1)
+        set_signed(app_conn, sign_context(signing_keys[0], site=2, user=1, issuer=issuer, sequence=1 + 4096))
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="newer tokens of its issuer"):
+            set_signed(app_conn, late)
+        # Just inside the window is still fine.
+        set_signed(app_conn, sign_context(signing_keys[0], site=3, user=1, issuer=issuer, sequence=2))
+
+    def test_issuers_are_independent(self, app_conn, signing_keys):
+        one, two = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1, issuer=one, sequence=1))
+        assert set_signed(app_conn, sign_context(signing_keys[0], site=2, user=1, issuer=two, sequence=1))["site"] == 2
+
+    def test_the_python_signer_numbers_its_tokens_per_process(self, signing_keys):
+        a, b = (_payload(sign_context(signing_keys[0], site=1, user=1)) for _ in range(2))
+        assert a["iss"] == b["iss"] and b["seq"] == a["seq"] + 1
+        with pytest.raises(ValueError, match="both issuer and sequence"):
+            sign_context(signing_keys[0], site=1, user=1, issuer=a["iss"])
+
+    def test_a_forked_process_is_a_new_issuer(self, signing_keys):
+        parent = _payload(sign_context(signing_keys[0], site=1, user=1))
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: sign one token and report its issuer and number
+            try:
+                child = _payload(sign_context(signing_keys[0], site=1, user=1))
+                os.write(write, json.dumps([child["iss"], child["seq"]]).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            issuer, sequence = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        assert issuer != parent["iss"] and sequence == 1
 
 
 def test_require_signature_leaves_only_signed_tokens(database: Database, admin_conn, signing_keys):
@@ -285,8 +359,39 @@ def test_bad_key_file_is_reported(app_conn, admin_conn, signing_keys, keys, mess
         with pytest.raises(psycopg.errors.ConfigFileError, match=message) as excinfo:
             set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1))
         assert "short-key" not in str(excinfo.value)
+        assert_no_path(excinfo.value, KEY_FILE)
     finally:
         write_key_file(admin_conn, *signing_keys)
+
+
+def assert_no_path(error: psycopg.Error, name: str) -> None:
+    """The app role learns what is wrong with the key file, not where the server keeps it."""
+    diag = error.diag
+    for part in (diag.message_primary, diag.message_detail, diag.message_hint, diag.context):
+        assert name not in (part or ""), part
+
+
+def test_missing_key_file_error_does_not_show_its_path(app_conn, admin_conn, signing_keys):
+    missing = "django_rls_no_such_dir/secret_place.key"
+    admin_conn.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(missing)))
+    admin_conn.execute("SELECT pg_reload_conf()")
+    try:
+
+        def refused() -> psycopg.Error:
+            try:
+                set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1))
+            except psycopg.errors.UndefinedFile as error:
+                return error
+            raise AssertionError("the backend still uses the old key file")
+
+        error = wait_for(refused)
+        assert "could not read the django_rls signing key file" in error.diag.message_primary
+        assert_no_path(error, "secret_place")
+        assert_no_path(error, "django_rls_no_such_dir")
+    finally:
+        admin_conn.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(KEY_FILE)))
+        admin_conn.execute("SELECT pg_reload_conf()")
+        wait_for(lambda: set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1)))
 
 
 def test_world_readable_key_file_outside_the_data_directory_is_refused(app_conn, admin_conn, signing_keys):
@@ -308,7 +413,9 @@ def test_world_readable_key_file_outside_the_data_directory_is_refused(app_conn,
                 return error
             raise AssertionError("the backend still uses the old key file")
 
-        assert "accessible to every user" in str(wait_for(refused))
+        error = wait_for(refused)
+        assert "accessible to every user" in str(error)
+        assert_no_path(error, outside.name)
         outside.chmod(0o600)
         assert set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1))["site"] == 1
     finally:
@@ -362,3 +469,25 @@ class TestKeyIsUnreadable:
         info = app_conn.execute("SELECT rls.extension_info()::text").fetchone()[0]
         assert '"signing_key_configured": true' in info
         assert not any(key in info for key in signing_keys)
+
+
+@pytest.mark.parametrize("lifetime", [301, 86400, 0, True, "30"])
+def test_token_lifetime_setting_stays_within_what_the_server_accepts(lifetime):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_rls.conf import validate
+
+    with pytest.raises(ImproperlyConfigured, match="TOKEN_LIFETIME") as excinfo:
+        validate({"TOKEN_LIFETIME": lifetime})
+    assert "django_rls.max_token_lifetime" in str(excinfo.value)
+
+
+def test_longest_token_lifetime_setting_is_accepted_by_the_server(app_conn, signing_keys):
+    from django_rls.conf import validate
+    from django_rls.tokens import SERVER_MAX_LIFETIME
+
+    assert app_conn.execute(
+        "SELECT boot_val::int FROM pg_settings WHERE name = 'django_rls.max_token_lifetime'"
+    ).fetchone() == (SERVER_MAX_LIFETIME,)
+    lifetime = validate({"TOKEN_LIFETIME": SERVER_MAX_LIFETIME})["TOKEN_LIFETIME"]
+    assert set_signed(app_conn, sign_context(signing_keys[0], site=1, user=1, lifetime=lifetime))["site"] == 1

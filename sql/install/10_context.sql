@@ -13,9 +13,9 @@ COMMENT ON FUNCTION rls.set_context(text, text, jsonb, boolean) IS
 CREATE FUNCTION rls.set_context_signed(token text, is_local boolean DEFAULT true)
 RETURNS void
 AS 'MODULE_PATHNAME', 'rls_set_context_signed'
-LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION rls.set_context_signed(text, boolean) IS
-'Set the request context from a single-use token signed with a key from django_rls.signing_key_file (format: docs/security.md).';
+'Set the request context from a single-use token signed with a key from django_rls.signing_key_file (format: docs/security.md). A NULL token is an error.';
 
 -- Any role may call the setters: a context only matters to roles that policies
 -- apply to, and django_rls.require_signature is what stops a role from

@@ -81,8 +81,8 @@ def one_input(data: bytes) -> None:
         token = signed(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4000)))
     else:
         now = int(time.time())
-        payload: dict = {"iat": now - 1, "exp": now + 60, "nonce": secrets.token_urlsafe(16)}
-        for member in ("site", "user", "claims", "iat", "exp", "nonce", "db", "extra"):
+        payload: dict = {"iat": now - 1, "exp": now + 60, "iss": secrets.token_urlsafe(16), "seq": 1}
+        for member in ("site", "user", "claims", "iat", "exp", "iss", "seq", "db", "extra"):
             if fdp.ConsumeBool():
                 choice = fdp.ConsumeIntInRange(0, len(VALUES))
                 payload[member] = VALUES[choice] if choice < len(VALUES) else fdp.ConsumeUnicodeNoSurrogates(64)

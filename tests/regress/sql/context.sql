@@ -110,7 +110,8 @@ DISCARD ALL;
 SET SESSION AUTHORIZATION regress_rls_app;
 SELECT rls.site_id() AS after_discard_all;
 
--- Integer and UUID identifiers, in the forms uuid_in accepts.
+-- Integer and UUID identifiers: 8-4-4-4-12 or 32 hex digits, optionally in braces
+-- (tests/id_vectors.json lists every case, run against Python too).
 BEGIN;
 SELECT rls.set_context('A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '{a0eebc999c0b4ef8bb6d6bb9bd380a12}');
 SELECT rls.site_uuid(), rls.user_uuid();
@@ -124,6 +125,19 @@ ROLLBACK;
 BEGIN;
 SELECT rls.set_context(NULL, '7');
 SELECT rls.site_id() IS NULL AS no_site, rls.user_id();
+ROLLBACK;
+-- 32 decimal digits are a UUID, never an integer.
+BEGIN;
+SELECT rls.set_context('00000000000000000000000000000042', NULL);
+SELECT rls.site_uuid();
+ROLLBACK;
+BEGIN;
+SELECT rls.set_context('a0eebc99-9c0b4ef8-bb6d-6bb9bd380a11', NULL); -- fail
+ROLLBACK;
+-- A NULL token is an error, not a call that leaves the context as it was.
+BEGIN;
+SELECT rls.set_context('3', '4');
+SELECT rls.set_context_signed(NULL); -- fail
 ROLLBACK;
 
 -- Bad input is refused with a reason.
