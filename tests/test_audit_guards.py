@@ -222,10 +222,10 @@ def test_rls_apply_leaves_partitions_to_their_parent(trees: None) -> None:
     out = io.StringIO()
     call_command("rls_apply", "--dry-run", "--prune", database="owner", stdout=out)
     plan = out.getvalue()
-    assert "rls_audit.disable('guard_part'::regclass)" in plan
-    assert "rls_audit.disable('guard_inh'::regclass)" in plan
+    assert """rls_audit.disable('"public"."guard_part"'::regclass)""" in plan
+    assert """rls_audit.disable('"public"."guard_inh"'::regclass)""" in plan
     for partition in ("guard_part_1", "guard_part_2", "guard_part_2a", "guard_inh_child"):
-        assert f"'{partition}'" not in plan
+        assert f'"{partition}"' not in plan
 
 
 def test_replica_mode_switches_neither_the_triggers_nor_the_guards_off(
