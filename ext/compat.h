@@ -122,4 +122,43 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #define RLS_MODULE_MAGIC PG_MODULE_MAGIC
 #endif
 
+/*
+ * PostgreSQL 14 gave ProcessUtility_hook the readOnlyTree argument, and
+ * PostgreSQL 18 took execute_once away from ExecutorRun_hook.  The audit
+ * context hooks (audit_context.c) declare and pass their arguments through
+ * these lists.
+ */
+#if PG_VERSION_NUM >= 140000
+#define RLS_UTILITY_HOOK_ARGS PlannedStmt *pstmt, const char *queryString, \
+	bool readOnlyTree, ProcessUtilityContext context, ParamListInfo params, \
+	QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc
+#define RLS_UTILITY_HOOK_PASS pstmt, queryString, readOnlyTree, context, \
+	params, queryEnv, dest, qc
+#else
+#define RLS_UTILITY_HOOK_ARGS PlannedStmt *pstmt, const char *queryString, \
+	ProcessUtilityContext context, ParamListInfo params, \
+	QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc
+#define RLS_UTILITY_HOOK_PASS pstmt, queryString, context, params, queryEnv, \
+	dest, qc
+#endif
+
+#if PG_VERSION_NUM >= 180000
+#define RLS_EXECUTOR_RUN_ARGS QueryDesc *queryDesc, ScanDirection direction, \
+	uint64 count
+#define RLS_EXECUTOR_RUN_PASS queryDesc, direction, count
+#else
+#define RLS_EXECUTOR_RUN_ARGS QueryDesc *queryDesc, ScanDirection direction, \
+	uint64 count, bool execute_once
+#define RLS_EXECUTOR_RUN_PASS queryDesc, direction, count, execute_once
+#endif
+
+/*
+ * PostgreSQL 14 added numeric infinity; before it only NaN is not a number.
+ */
+#if PG_VERSION_NUM >= 140000
+#define RlsNumericIsSpecial(num) (numeric_is_nan(num) || numeric_is_inf(num))
+#else
+#define RlsNumericIsSpecial(num) numeric_is_nan(num)
+#endif
+
 #endif							/* DJANGO_RLS_COMPAT_H */

@@ -66,6 +66,8 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);
+	/* First, so that statement.c's hooks run before audit_context.c's. */
+	RlsInstallAuditContextHooks();
 	RlsInstallStatementHooks();
 
 	if (!process_shared_preload_libraries_in_progress)
