@@ -266,6 +266,9 @@ def test_the_apps_temp_cast_never_runs(app_conn, admin_conn):
             "FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()"
         )
     app_conn.rollback()
+    # Dropped explicitly: a temporary table gone with its session takes no registration with it.
+    app_conn.execute("DROP TABLE x")
+    app_conn.commit()
     assert admin_conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone() == (False,)
     assert admin_conn.execute("SELECT count(*) FROM rls_audit.log WHERE table_name LIKE 'pg\\_temp%'").fetchone() == (
         0,
