@@ -224,6 +224,7 @@ def test_the_trail_survives_dump_and_restore(database):
         conn.execute("CREATE EXTENSION django_rls")
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("SELECT rls_audit.enable('t')")
+        conn.execute("SELECT rls_audit.set_read_rule('t', site_column => 'id')")
         conn.execute("SELECT rls_audit.ensure_partitions(1)")
         with conn.transaction():
             conn.execute("SELECT rls.set_context('5', '6')")
@@ -238,6 +239,7 @@ def test_the_trail_survives_dump_and_restore(database):
     with psycopg.connect(dst, autocommit=True) as conn:
         assert conn.execute("SELECT count(*), min(site_id), max(user_id) FROM rls_audit.log").fetchone() == (10, 5, 6)
         assert conn.execute("SELECT table_name::text FROM rls_audit.status").fetchall() == [("t",)]
+        assert conn.execute("SELECT table_oid::text, site_column FROM rls_audit.read_rules").fetchall() == [("t", "id")]
         conn.execute("INSERT INTO t VALUES (11, 'after restore')")
         assert conn.execute("SELECT count(*) FROM rls_audit.log").fetchone()[0] == 11
     with psycopg.connect(database.admin, autocommit=True) as admin:
