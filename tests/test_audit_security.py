@@ -16,6 +16,7 @@ from django_rls.planner import audit_read_rule
 from django_rls.policies import ByOwner, BySite, Custom, Declaration, Membership, OwnerOrShared, Shared
 from django_rls.tokens import sign_context
 from tests.roles import APP_ROLE, OWNER_ROLE
+from tests.test_statement_context import MARKER, Text, TextDumper, unsigned
 
 TABLES = ("audit_owned", "audit_members", "audit_nogrant", "audit_sites")
 
@@ -273,3 +274,20 @@ def test_the_apps_temp_cast_never_runs(app_conn, admin_conn):
     assert admin_conn.execute("SELECT count(*) FROM rls_audit.log WHERE table_name LIKE 'pg\\_temp%'").fetchone() == (
         0,
     )
+
+
+@pytest.mark.usefixtures("audited")
+def test_context_carried_by_the_statement(app_conn, admin_conn):
+    """A statement carrying its context (/*django_rls:$1*/) is recorded with it, even if it clears it."""
+    app_conn.adapters.register_dumper(Text, TextDumper)
+    app_conn.execute(
+        MARKER + "WITH u AS (INSERT INTO audit_sites VALUES (7, 2, 5, 'carried') RETURNING id) "
+        "SELECT (SELECT count(*) FROM u), rls.clear_context()",
+        (unsigned(site=2, user=5),),
+    )
+    app_conn.commit()
+    row = admin_conn.execute(
+        "SELECT site_id, user_id FROM rls_audit.log WHERE table_name = 'public.audit_sites' AND row_key = '7' AND id > %s",
+        (START["id"],),
+    ).fetchall()
+    assert row == [(2, 5)]
