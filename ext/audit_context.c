@@ -17,8 +17,8 @@
  *
  * Snapshots live in a list kept in TopMemoryContext.  A query removes its own
  * at ExecutorEnd; queries that fail never get there, so an aborted
- * subtransaction drops the snapshots taken inside it, and the end of the
- * transaction drops them all.  Which snapshot is firing is remembered by a
+ * subtransaction drops the snapshots taken inside it (a released one hands
+ * them to its parent), and the end of the transaction drops them all.  Which snapshot is firing is remembered by a
  * serial number, never by pointer, so a dropped snapshot cannot be read.
  *
  * When no snapshot applies (the library was loaded by the very statement
@@ -160,8 +160,18 @@ static void
 OnSubtransactionEnd(SubXactEvent event, SubTransactionId mySubid,
 					SubTransactionId parentSubid, void *arg)
 {
+	StatementFrame *frame;
+	int			level = GetCurrentTransactionNestLevel();
+
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-		DropFramesFrom(GetCurrentTransactionNestLevel());
+		DropFramesFrom(level);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		/* A portal opened inside a released savepoint now belongs to the parent. */
+		for (frame = frames; frame != NULL; frame = frame->next)
+			if (frame->nest_level >= level)
+				frame->nest_level = level - 1;
+	}
 }
 
 static void
