@@ -344,6 +344,17 @@ SELECT operation, row_key, site_id, user_id, new_values FROM rls_audit.log
                                                    AND operation = 'UPDATE' AND row_key = '1' AND new_values ? 'site_id')
  ORDER BY id;
 
+-- What a backend cached about a table follows ALTER TABLE and new options.
+INSERT INTO memos VALUES (5, 1, 8, 'before');
+ALTER TABLE memos ADD COLUMN tag text;
+INSERT INTO memos VALUES (6, 1, 8, 'after', 'new column');
+SET ROLE regress_rls_owner;
+SELECT rls_audit.enable('memos', masked_columns => '{body}');
+RESET ROLE;
+INSERT INTO memos VALUES (7, 1, 8, 'masked now', 'x');
+SELECT row_key, new_values FROM rls_audit.log
+ WHERE table_name = 'regress_rls.memos' AND row_key IN ('5', '6', '7') ORDER BY id;
+
 --
 -- A trigger on a partitioned parent or an inheritance parent records the
 -- parent's name and rows in the parent's row type (set up here by hand,
