@@ -344,6 +344,20 @@ SELECT operation, row_key, site_id, user_id, new_values FROM rls_audit.log
                                                    AND operation = 'UPDATE' AND row_key = '1' AND new_values ? 'site_id')
  ORDER BY id;
 
+-- TRUNCATE fires its triggers outside the executor: a BEFORE TRUNCATE trigger
+-- that clears the context does not change what is recorded.
+CREATE FUNCTION regress_rls.clear_ctx() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN PERFORM rls.clear_context(); RETURN NULL; END$$;
+CREATE TRIGGER clear_ctx BEFORE TRUNCATE ON regress_rls.secrets FOR EACH STATEMENT
+    EXECUTE FUNCTION regress_rls.clear_ctx();
+BEGIN;
+SELECT rls.set_context('3', '4');
+TRUNCATE regress_rls.secrets;
+SELECT rls.context();
+COMMIT;
+SELECT operation, site_id, user_id FROM rls_audit.log
+ WHERE table_name = 'regress_rls.secrets' AND operation = 'TRUNCATE';
+
 -- What a backend cached about a table follows ALTER TABLE and new options.
 INSERT INTO memos VALUES (5, 1, 8, 'before');
 ALTER TABLE memos ADD COLUMN tag text;
