@@ -1,7 +1,8 @@
 """A read-only audit browser for the Django admin, and a mixin that links any model admin to it.
 
 It queries as the application role, inside the admin request's django_rls
-context, so every admin sees only the current site's trail.
+context, so an admin sees only the entries of rows the audited models'
+policies let that context read (rls_audit.log's policy mirrors them).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ class AuditEntry(models.Model):
     """One changed row of an audited table, with the django_rls context that changed it.
 
     Rows are written only by the database's audit triggers; this model cannot save or delete.
-    Reading it as the application role shows only the current site's trail.
+    Reading it as the application role shows only the entries of rows the model's policies
+    let the current context read (see ``read_rule``); the table's owner and the bypass alias
+    read every entry. Excluded and masked columns are never stored, so no reader sees them.
     """
 
     OPERATIONS = tuple((op, op.title()) for op in ("INSERT", "UPDATE", "DELETE", "TRUNCATE"))
@@ -49,6 +51,10 @@ class AuditEntry(models.Model):
     db_role = models.TextField()
     application_name = models.TextField(null=True)  # noqa: DJ001
     client_addr = models.GenericIPAddressField(null=True)
+    read_rule = models.TextField(  # noqa: DJ001
+        null=True, help_text="Which of the row's values a reader's context must match; empty: owner only."
+    )
+    read_keys = ArrayField(models.TextField(), null=True, help_text="The row's own site/owner values.")
 
     objects = AuditEntryQuerySet.as_manager()
 

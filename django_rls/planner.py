@@ -20,7 +20,16 @@ from psycopg import sql
 import django_rls
 from django_rls.conf import rls_settings
 from django_rls.declarations import all_declarations
-from django_rls.policies import Group
+from django_rls.policies import (
+    ByOwner,
+    BySite,
+    BySiteAndOwner,
+    Declaration,
+    Group,
+    OwnerOrShared,
+    Shared,
+    key_column,
+)
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 FORBIDDEN_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
@@ -164,15 +173,66 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
     return plan
 
 
+ReadRule = tuple[str | None, str | None, bool]  # site column, owner column, NULL means shared
+
+
+def audit_read_rule(declaration: Declaration) -> ReadRule | None:
+    """What the audit log mirrors of a model's policies, so the app role reads only entries of rows it may read.
+
+    Only site and owner comparisons can be mirrored (BySite, ByOwner,
+    BySiteAndOwner, and Shared / OwnerOrShared without a flag field, alone);
+    any other policy, or two different site or owner columns, gives ``None``:
+    the app role then reads none of the table's entries (its owner and the
+    bypass alias still do).
+    """
+    model = declaration.model_class()
+    sites: set[str] = set()
+    owners: set[str] = set()
+    shared = False
+    for policy in declaration.policies:
+        if type(policy) is BySite:
+            sites.add(key_column(model, policy.field))
+        elif type(policy) is ByOwner:
+            owners.add(key_column(model, policy.field))
+        elif type(policy) is BySiteAndOwner:
+            sites.add(key_column(model, policy.site_field))
+            owners.add(key_column(model, policy.owner_field))
+        elif type(policy) is Shared:
+            sites.add(key_column(model, policy.field))
+            shared = True
+        elif type(policy) is OwnerOrShared and policy.shared_field is None:
+            owners.add(key_column(model, policy.field))
+            shared = True
+        else:
+            return None
+    if len(sites) > 1 or len(owners) > 1 or (shared and len(declaration.policies) > 1) or not (sites or owners):
+        return None
+    return (next(iter(sites), None), next(iter(owners), None), shared)
+
+
+def _describe_rule(rule: ReadRule | None) -> str:
+    if rule is None:
+        return "readable by the table owner only"
+    site, owner, shared = rule
+    parts = [f"site column {site}" if site else "", f"owner column {owner}" if owner else ""]
+    return "by " + " and ".join(p for p in parts if p) + (" (NULL: shared)" if shared else "")
+
+
 def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) -> None:
-    """Switch the audit trail on, off or to new options, per the declarations' audit flags."""
+    """Switch the audit trail on, off or to new options, per the declarations' audit flags.
+
+    Each audited table also gets the read rule that mirrors its policies in
+    the log (:func:`audit_read_rule`).
+    """
     wanted: dict[str, tuple[list[str], list[str]]] = {}
     qualified: dict[str, str] = {}
+    rules: dict[str, ReadRule | None] = {}
     for declaration in all_declarations().values():
         if declaration.audit:
             table = tables[declaration.model_class()._meta.db_table]
             wanted[table.display] = declaration.audit_columns()
             qualified[table.display] = table.qualified
+            rules[table.display] = audit_read_rule(declaration)
     # Tables are named by their regclass text, schema-qualified when off the search_path.
     cursor.execute(
         """
@@ -194,19 +254,40 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
         table: (sorted(excluded), sorted(masked), sorted(ops), broken)
         for table, excluded, masked, ops, broken, _, _ in rows
     }
+    cursor.execute(
+        """
+        SELECT c.oid::regclass::text, r.site_column, r.owner_column, r.null_is_shared
+          FROM rls_audit.read_rules r
+          JOIN pg_class c ON c.oid = r.table_oid
+         WHERE pg_table_is_visible(c.oid) OR c.oid::regclass::text = ANY(%s::text[])
+        """,
+        [list(wanted)],
+    )
+    current_rules: dict[str, ReadRule] = {
+        table: (site, owner, shared) for table, site, owner, shared in cursor.fetchall()
+    }
     all_operations = sorted(["INSERT", "UPDATE", "DELETE", "TRUNCATE"])
     for table, (excluded, masked) in sorted(wanted.items()):
-        if current.get(table) == (excluded, masked, all_operations, False):
-            continue
-        detail = f"excluding {', '.join(excluded) or 'nothing'}, masking {', '.join(masked) or 'nothing'}"
-        verb = "change the audit options of" if table in current else "audit"
-        plan.steps.append(
-            Step(
-                f"{verb} {table} ({detail})",
-                "SELECT rls_audit.enable(%s::regclass, %s::text[], %s::text[])",
-                (qualified[table], excluded, masked),
+        if current.get(table) != (excluded, masked, all_operations, False):
+            detail = f"excluding {', '.join(excluded) or 'nothing'}, masking {', '.join(masked) or 'nothing'}"
+            verb = "change the audit options of" if table in current else "audit"
+            plan.steps.append(
+                Step(
+                    f"{verb} {table} ({detail})",
+                    "SELECT rls_audit.enable(%s::regclass, %s::text[], %s::text[])",
+                    (qualified[table], excluded, masked),
+                )
             )
-        )
+        rule = rules[table]
+        if current_rules.get(table) != rule:
+            site, owner, shared = rule if rule is not None else (None, None, False)
+            plan.steps.append(
+                Step(
+                    f"let the app role read the audit trail of {table} {_describe_rule(rule)}",
+                    "SELECT rls_audit.set_read_rule(%s::regclass, %s, %s, %s)",
+                    (qualified[table], site, owner, shared),
+                )
+            )
     for table in sorted(set(current) - set(wanted)):
         if prune:
             plan.steps.append(

@@ -89,6 +89,11 @@ def _key_kind(model: type[models.Model], name: str) -> tuple[str, str]:
     )
 
 
+def key_column(model: type[models.Model], name: str) -> str:
+    """The database column of a site/user key field (checked to hold integers or UUIDs)."""
+    return _key_kind(model, name)[0]
+
+
 def _accessor(model: type[models.Model], name: str, who: str) -> tuple[str, str]:
     column, kind = _key_kind(model, name)
     return _qn(column), f"rls.{who}_{kind}()"

@@ -123,8 +123,8 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #endif
 
 /*
- * PostgreSQL 18 dropped ExecutorRun()'s execute_once argument (statement.c's
- * nesting counter wraps ExecutorRun).
+ * PostgreSQL 18 dropped ExecutorRun()'s execute_once argument; statement.c
+ * and audit_context.c both wrap ExecutorRun.
  */
 #if PG_VERSION_NUM >= 180000
 #define RLS_EXECUTOR_RUN_PARAMS QueryDesc *query_desc, ScanDirection direction, uint64 count
@@ -132,6 +132,15 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #else
 #define RLS_EXECUTOR_RUN_PARAMS QueryDesc *query_desc, ScanDirection direction, uint64 count, bool execute_once
 #define RLS_EXECUTOR_RUN_ARGS query_desc, direction, count, execute_once
+#endif
+
+/*
+ * PostgreSQL 14 added numeric infinity; before it only NaN is not a number.
+ */
+#if PG_VERSION_NUM >= 140000
+#define RlsNumericIsSpecial(num) (numeric_is_nan(num) || numeric_is_inf(num))
+#else
+#define RlsNumericIsSpecial(num) numeric_is_nan(num)
 #endif
 
 #endif							/* DJANGO_RLS_COMPAT_H */

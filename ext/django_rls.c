@@ -86,6 +86,8 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);
+	/* First, so that statement.c's hooks run before audit_context.c's. */
+	RlsInstallAuditContextHooks();
 	RlsInstallStatementHooks();
 	if (!rls_loaded_at_startup)
 		RlsNoteLateLoad();

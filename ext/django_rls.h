@@ -10,6 +10,9 @@
 
 #include "postgres.h"
 
+#include "access/tupdesc.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
@@ -89,6 +92,60 @@ extern void RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 extern void RlsInstallStatementHooks(void);
 extern void RlsNoteLateLoad(void);
 extern void RlsCheckStatementContext(void);
+
+/*
+ * audit_context.c
+ */
+
+/* The context a statement started with (claims: canonical text, "" for none). */
+typedef struct RlsStatementContext
+{
+	RlsId		site;
+	RlsId		user;
+	char	   *claims;
+} RlsStatementContext;
+
+extern void RlsInstallAuditContextHooks(void);
+extern bool RlsFiringStatementContext(RlsStatementContext *result);
+
+/*
+ * audit_image.c
+ */
+
+/* How a column's values become JSON in a row image. */
+typedef enum RlsJsonKind
+{
+	RLS_JSON_TEXT = 0,			/* a string from the type's output function */
+	RLS_JSON_BOOL,
+	RLS_JSON_INTEGER,
+	RLS_JSON_FLOAT,
+	RLS_JSON_NUMERIC,
+	RLS_JSON_DATETIME,
+	RLS_JSON_JSON,
+	RLS_JSON_JSONB
+} RlsJsonKind;
+
+typedef struct RlsAuditColumn
+{
+	char	   *name;
+	Oid			type;			/* the column's type, a domain's base type resolved */
+	int16		typlen;
+	bool		typbyval;
+	RlsJsonKind kind;
+	FmgrInfo	output;			/* the type's output function */
+	bool		excluded;		/* never in the log */
+	bool		masked;			/* named in changed_columns, never with values */
+} RlsAuditColumn;
+
+extern void RlsAuditColumnInit(RlsAuditColumn *column, Form_pg_attribute attr,
+							   MemoryContext cxt);
+extern bool RlsAuditValuesEqual(RlsAuditColumn *column, Datum a, bool a_null,
+								Datum b, bool b_null);
+extern char *RlsAuditValueText(RlsAuditColumn *column, Datum value);
+extern Jsonb *RlsAuditRowImage(RlsAuditColumn *columns, int ncolumns,
+							   TupleTableSlot *slot, const bool *only);
+extern char *RlsAuditKeyText(RlsAuditColumn *columns, const AttrNumber *key,
+							 int nkey, TupleTableSlot *slot);
 
 /*
  * keys.c

@@ -2,15 +2,16 @@
 -- The audit trail
 --
 -- rls_audit.log holds one row per changed table row, written by a C
--- statement-level trigger (rls_audit.capture) that reads the request context
--- and runs one set-based INSERT ... SELECT over the statement's transition
--- tables.  The SQL of that INSERT is generated per table and operation by
--- rls_audit._capture_sql() and cached as a prepared plan in each backend.
+-- statement-level trigger (rls_audit.capture) that reads the statement's
+-- transition tables, builds the row images in C and inserts the rows as the
+-- log's owner, running only built-in code (see ext/audit.c).
 --
--- Only the extension owner (a superuser) owns and writes the log.  The
--- application role may read it, and row level security shows it only the
--- current site's rows.  An event trigger refuses to disable or drop an audit
--- trigger behind rls_audit.disable()'s back.
+-- Only the extension owner (a superuser) owns and writes the log.  Each entry
+-- records which rule lets the application role read it and the row's own
+-- site and owner values (read_rule, read_keys); the policy rls_audit._may_read
+-- shows an entry to a role with SELECT on the table whose context matches
+-- them, and every entry to the table's owner.  An event trigger refuses to
+-- disable or drop an audit trigger behind rls_audit.disable()'s back.
 -------------------------------------------------------------------------------
 
 CREATE SCHEMA rls_audit;
@@ -36,7 +37,9 @@ CREATE TABLE rls_audit.log (
     claims jsonb,
     db_role name NOT NULL,
     application_name text,
-    client_addr inet
+    client_addr inet,
+    read_rule text CHECK (read_rule IN ('site', 'owner', 'site_owner')),
+    read_keys text[]
 ) PARTITION BY RANGE (logged_at);
 COMMENT ON TABLE rls_audit.log IS
 'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it. Partitioned by month.';
@@ -46,6 +49,10 @@ COMMENT ON COLUMN rls_audit.log.new_values IS 'INSERT: the row; UPDATE: the chan
 COMMENT ON COLUMN rls_audit.log.changed_columns IS 'UPDATE: every changed column, masked ones included.';
 COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name; it survives a dump and restore, the oid does not.';
 COMMENT ON COLUMN rls_audit.log.db_role IS 'The database role that ran the statement (outside any SECURITY DEFINER function).';
+COMMENT ON COLUMN rls_audit.log.read_rule IS
+'Which of the row''s values a reader''s context must match (site, owner, site_owner); NULL: only the table''s owner and roles that bypass row level security read the entry.';
+COMMENT ON COLUMN rls_audit.log.read_keys IS
+'The row''s own site and/or owner values (canonical text, "site owner" for site_owner) before and after the change; "*" when the row is shared with everyone.';
 
 CREATE TABLE rls_audit.log_default PARTITION OF rls_audit.log DEFAULT;
 COMMENT ON TABLE rls_audit.log_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
@@ -73,23 +80,18 @@ COMMENT ON FUNCTION rls_audit._index_partition(regclass) IS
 REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
 SELECT rls_audit._index_partition('rls_audit.log_default');
 
--- Readers see only the current site's trail; nobody but the owner writes.
-CREATE FUNCTION rls._site_id_lenient()
-RETURNS bigint
-AS 'MODULE_PATHNAME', 'rls_site_id_lenient'
+-- Readers see only the entries of rows their policies would let them read;
+-- nobody but the owner writes.
+CREATE FUNCTION rls_audit._may_read(table_name text, read_rule text, read_keys text[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rls_audit_may_read'
 LANGUAGE C STABLE PARALLEL SAFE;
-COMMENT ON FUNCTION rls._site_id_lenient() IS
-'Internal: rls.site_id(), but NULL (never an error) when the site is unset or a UUID.';
-CREATE FUNCTION rls._site_uuid_lenient()
-RETURNS uuid
-AS 'MODULE_PATHNAME', 'rls_site_uuid_lenient'
-LANGUAGE C STABLE PARALLEL SAFE;
-COMMENT ON FUNCTION rls._site_uuid_lenient() IS
-'Internal: rls.site_uuid(), but NULL (never an error) when the site is unset or an integer.';
+COMMENT ON FUNCTION rls_audit._may_read(text, text, text[]) IS
+'Internal: the read policy of rls_audit.log. True for the table''s owner; otherwise the reader needs SELECT on the table and a context matching one of read_keys under read_rule.';
 
 ALTER TABLE rls_audit.log ENABLE ROW LEVEL SECURITY;
 CREATE POLICY log_read ON rls_audit.log FOR SELECT TO PUBLIC
-    USING (site_id = rls._site_id_lenient() OR site_uuid = rls._site_uuid_lenient());
+    USING (rls_audit._may_read(table_name, read_rule, read_keys));
 REVOKE ALL ON rls_audit.log FROM PUBLIC;
 GRANT SELECT ON rls_audit.log TO PUBLIC;
 

@@ -1,113 +1,100 @@
 -------------------------------------------------------------------------------
--- Capture: the C trigger and the statement it runs per table and operation
+-- Capture: the C trigger, and the read rules it records with every entry
 -------------------------------------------------------------------------------
 
+-- Not SECURITY DEFINER: it reads the rows and builds their images with the
+-- writer's rights, and switches to the log's owner only around its INSERT
+-- into rls_audit.log, which runs nothing but built-in code (ext/audit.c).
 CREATE FUNCTION rls_audit.capture()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'rls_audit_capture'
-LANGUAGE C SECURITY DEFINER
+LANGUAGE C
 SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION rls_audit.capture() IS
-'The audit trigger: records a statement''s changed rows with the request context. Runs as the extension owner.';
+'The audit trigger: records a statement''s changed rows with the context the statement started with. Only the insert into the log runs as the log''s owner.';
+-- rls_audit.enable() creates the triggers; nobody else attaches this function.
+REVOKE ALL ON FUNCTION rls_audit.capture() FROM PUBLIC;
 
--- The INSERT ... SELECT that records one statement's rows for a table and operation.
--- $1..$6 are bound by rls_audit.capture(): site_id, site_uuid, user_id, user_uuid, claims, db_role.
-CREATE FUNCTION rls_audit._key_expr(pk text[], alias text)
-RETURNS text
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT CASE WHEN cardinality(pk) = 1 THEN format('%I.%I::text', alias, pk[1])
-                ELSE 'jsonb_build_object(' || (SELECT string_agg(format('%L, %I.%I', c, alias, c), ', ')
-                                                 FROM unnest(pk) c) || ')::text' END
-$$;
-COMMENT ON FUNCTION rls_audit._key_expr(text[], text) IS
-'Internal: a row''s primary key as text (a JSON object for composite keys).';
+CREATE TABLE rls_audit.read_rules (
+    table_oid regclass PRIMARY KEY,  -- regclass, not oid: a dump stores the name, so a restore finds the table
+    site_column name,
+    owner_column name,
+    null_is_shared boolean NOT NULL DEFAULT false,
+    CHECK (site_column IS NOT NULL OR owner_column IS NOT NULL),
+    CHECK (NOT null_is_shared OR site_column IS NULL OR owner_column IS NULL)
+);
+COMMENT ON TABLE rls_audit.read_rules IS
+'Which column of an audited table holds the site and which the owner, so that the log shows the application role only the entries of rows it may read (rls_audit.set_read_rule()). A table without a rule: only its owner reads its entries.';
+REVOKE ALL ON rls_audit.read_rules FROM PUBLIC;
+GRANT SELECT ON rls_audit.read_rules TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('rls_audit.read_rules', '');
 
-CREATE FUNCTION rls_audit._capture_sql(tbl regclass, op text)
-RETURNS text
-LANGUAGE plpgsql STABLE
+CREATE FUNCTION rls_audit.set_read_rule(tbl regclass, site_column name DEFAULT NULL,
+                                        owner_column name DEFAULT NULL,
+                                        null_is_shared boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cfg rls_audit.audited_tables;
-    pk text[];
-    cols text[];
-    logged text[];
-    hidden text;
-    head text;
-    meta text;
-    empty text := '''{}''::jsonb';
+    col name;
+    typ oid;
+    existing rls_audit.read_rules;
 BEGIN
-    SELECT * INTO cfg FROM rls_audit.audited_tables WHERE table_oid = tbl;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION '% is not audited', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Call rls_audit.enable() for the table, or drop the stray rls_audit trigger.';
+    IF NOT pg_has_role(rls_audit._invoking_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to set the audit read rule of %', tbl
+            USING ERRCODE = 'insufficient_privilege', HINT = 'Only the table''s owner can change its auditing.';
     END IF;
-    SELECT array_agg(a.attname::text ORDER BY array_position(i.indkey, a.attnum)) INTO pk
-      FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-     WHERE i.indrelid = tbl AND i.indisprimary;
-    SELECT array_agg(attname::text ORDER BY attnum) INTO cols
-      FROM pg_attribute WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped
-       AND attname::text <> ALL (cfg.excluded_columns);
-    logged := ARRAY(SELECT c FROM unnest(cols) c WHERE c <> ALL (cfg.masked_columns));
-    -- Columns a row image leaves out: excluded and masked ones.
-    hidden := CASE WHEN cardinality(cfg.excluded_columns || cfg.masked_columns) = 0 THEN ''
-                   ELSE format(' - %L::text[]', cfg.excluded_columns || cfg.masked_columns) END;
-
-    head := 'INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, old_values, new_values, '
-            'changed_columns, site_id, site_uuid, user_id, user_uuid, claims, db_role, application_name, client_addr) ';
-    meta := format('$1, $2, $3, $4, $5, $6, m.app, m.addr FROM (SELECT current_setting(%L, true) AS app, '
-                   'inet_client_addr() AS addr) m', 'application_name');
-
-    IF op = 'TRUNCATE' THEN
-        RETURN head || format('SELECT %s, %L, %L, NULL, NULL, NULL, NULL, ', tbl::oid, tbl::text, op) || meta;
-    END IF;
-    IF op IN ('INSERT', 'DELETE') THEN
-        RETURN head || format('SELECT %s, %L, %L, %s, %s, %s, NULL, ', tbl::oid, tbl::text, op,
-                              rls_audit._key_expr(pk, 'r'),
-                              CASE WHEN op = 'DELETE' THEN 'to_jsonb(r)' || hidden ELSE 'NULL' END,
-                              CASE WHEN op = 'INSERT' THEN 'to_jsonb(r)' || hidden ELSE 'NULL' END)
-               || meta || CASE WHEN op = 'INSERT' THEN ', new_rows r' ELSE ', old_rows r' END;
+    FOREACH col IN ARRAY ARRAY[site_column, owner_column] LOOP
+        CONTINUE WHEN col IS NULL;
+        SELECT atttypid INTO typ FROM pg_attribute
+         WHERE attrelid = tbl AND attname = col AND attnum > 0 AND NOT attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
+                USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the site or owner id.';
+        END IF;
+        IF typ NOT IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype) THEN
+            RAISE EXCEPTION 'column "%" of % has type %, not an integer or uuid', col, tbl, typ::regtype
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Only site and owner keys the context can hold can be mirrored; leave the rule unset.';
+        END IF;
+    END LOOP;
+    IF null_is_shared AND site_column IS NOT NULL AND owner_column IS NOT NULL THEN
+        RAISE EXCEPTION 'null_is_shared needs exactly one of site_column and owner_column'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Shared rows are those with no site, or with no owner.';
     END IF;
 
-    -- UPDATE: pair old and new rows by primary key and keep only changed columns; a row whose
-    -- key changed has no partner and is logged whole on each side.  Unchanged rows write nothing.
-    RETURN head || format(
-        'SELECT %s, %L, %L, CASE WHEN n.%I IS NULL THEN %s ELSE %s END, '
-        'CASE WHEN o.%I IS NULL THEN NULL WHEN n.%I IS NULL THEN to_jsonb(o)%s ELSE d.old_values END, '
-        'CASE WHEN n.%I IS NULL THEN NULL WHEN o.%I IS NULL THEN to_jsonb(n)%s ELSE d.new_values END, '
-        'd.changed, ',
-        tbl::oid, tbl::text, op, pk[1], rls_audit._key_expr(pk, 'o'), rls_audit._key_expr(pk, 'n'),
-        pk[1], pk[1], hidden, pk[1], pk[1], hidden)
-        || meta
-        || ', new_rows n FULL JOIN old_rows o ON '
-        || (SELECT string_agg(format('o.%1$I = n.%1$I', c), ' AND ') FROM unnest(pk) c)
-        || ' CROSS JOIN LATERAL (SELECT '
-        || coalesce((SELECT string_agg(format('CASE WHEN o.%1$I IS DISTINCT FROM n.%1$I '
-                                              'THEN jsonb_build_object(%1$L, o.%1$I) ELSE %2$s END', c, empty), ' || ')
-                       FROM unnest(logged) c), empty) || ' AS old_values, '
-        || coalesce((SELECT string_agg(format('CASE WHEN o.%1$I IS DISTINCT FROM n.%1$I '
-                                              'THEN jsonb_build_object(%1$L, n.%1$I) ELSE %2$s END', c, empty), ' || ')
-                       FROM unnest(logged) c), empty) || ' AS new_values, '
-        || 'array_remove(ARRAY['
-        || (SELECT string_agg(format('CASE WHEN o.%1$I IS DISTINCT FROM n.%1$I THEN %1$L END', c), ', ') FROM unnest(cols) c)
-        || ']::text[], NULL) AS changed) d WHERE n.' || quote_ident(pk[1]) || ' IS NULL OR o.' || quote_ident(pk[1])
-        || ' IS NULL OR ('
-        || (SELECT string_agg(format('o.%I', c), ', ') FROM unnest(cols) c) || ', NULL) IS DISTINCT FROM ('
-        || (SELECT string_agg(format('n.%I', c), ', ') FROM unnest(cols) c) || ', NULL)';
+    SELECT * INTO existing FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
+    IF site_column IS NULL AND owner_column IS NULL THEN
+        IF existing IS NULL THEN
+            RETURN false;
+        END IF;
+        DELETE FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
+    ELSIF existing IS NOT NULL AND existing.site_column IS NOT DISTINCT FROM set_read_rule.site_column
+          AND existing.owner_column IS NOT DISTINCT FROM set_read_rule.owner_column
+          AND existing.null_is_shared = coalesce(set_read_rule.null_is_shared, false) THEN
+        RETURN false;
+    ELSE
+        INSERT INTO rls_audit.read_rules VALUES (tbl, site_column, owner_column, coalesce(null_is_shared, false))
+            ON CONFLICT (table_oid) DO UPDATE
+            SET site_column = EXCLUDED.site_column, owner_column = EXCLUDED.owner_column,
+                null_is_shared = EXCLUDED.null_is_shared;
+    END IF;
+    -- Rules of tables that are gone.
+    DELETE FROM rls_audit.read_rules r WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = r.table_oid);
+    PERFORM rls_audit._invalidate(tbl);
+    RETURN true;
 END
 $$;
-COMMENT ON FUNCTION rls_audit._capture_sql(regclass, text) IS
-'Internal: the INSERT ... SELECT rls_audit.capture() runs for a table and operation.';
+COMMENT ON FUNCTION rls_audit.set_read_rule(regclass, name, name, boolean) IS
+'Which log entries of a table the application role reads: those of rows whose site_column and/or owner_column match its context (and, with null_is_shared, those of rows where that column is NULL). Without columns, none (the default). Entries keep the rule they were written with. Only the table''s owner may call it.';
 
 CREATE FUNCTION rls_audit._invalidate(tbl regclass)
 RETURNS void
 AS 'MODULE_PATHNAME', 'rls_audit_invalidate'
 LANGUAGE C STRICT;
 COMMENT ON FUNCTION rls_audit._invalidate(regclass) IS
-'Internal: make every backend rebuild its audit statements for a table (after its options changed).';
+'Internal: make every backend reload its description of an audited table (after its options changed).';
 REVOKE ALL ON FUNCTION rls_audit._invalidate(regclass) FROM PUBLIC;
 
 CREATE FUNCTION rls_audit._invoking_role()
@@ -116,4 +103,3 @@ AS 'MODULE_PATHNAME', 'rls_audit_invoking_role'
 LANGUAGE C STABLE;
 COMMENT ON FUNCTION rls_audit._invoking_role() IS
 'Internal: the role that called, even from inside a SECURITY DEFINER function.';
-
