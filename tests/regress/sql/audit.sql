@@ -379,7 +379,7 @@ CREATE TABLE parted_2 (extra text, site_id int NOT NULL, id int NOT NULL);
 ALTER TABLE parted ATTACH PARTITION parted_2 FOR VALUES IN (2);
 CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1);
 CREATE TABLE animals (id int PRIMARY KEY, name text);
-CREATE TABLE dogs (bark text) INHERITS (animals);
+CREATE TABLE dogs (bark text, PRIMARY KEY (id)) INHERITS (animals);
 INSERT INTO rls_audit.audited_tables (table_oid) VALUES ('parted'), ('animals');
 CREATE TRIGGER rls_audit_insert AFTER INSERT ON parted REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture();

@@ -87,7 +87,8 @@ SELECT rls_audit.enable('acct', masked_columns => '{secret}', operations => '{IN
 SELECT * FROM regress_triggers('acct');
 CREATE FUNCTION regress_guard.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
 
--- CREATE OR REPLACE TRIGGER: every change of the trigger is refused ...
+-- CREATE OR REPLACE TRIGGER: every change of the trigger is refused (the owner may not
+-- even name rls_audit.capture(); the superuser's view below shows the guard's own refusals) ...
 SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON acct REFERENCING NEW TABLE AS new_rows
                      FOR EACH STATEMENT WHEN (false) EXECUTE FUNCTION rls_audit.capture()$$) AS when_false;
 SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER UPDATE ON acct REFERENCING NEW TABLE AS new_rows
@@ -107,7 +108,8 @@ SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON 
                      FOR EACH STATEMENT EXECUTE FUNCTION regress_guard.noop()$$) AS other_function;
 SELECT regress_try($$CREATE OR REPLACE CONSTRAINT TRIGGER rls_audit_insert AFTER INSERT ON acct DEFERRABLE INITIALLY DEFERRED
                      FOR EACH ROW EXECUTE FUNCTION rls_audit.capture()$$) AS constraint_trigger;
--- ... and an identical one is harmless: it stays ENABLE ALWAYS.
+-- The same trigger again, and more capture triggers: a second record of each write, or a
+-- trigger for an operation not audited.
 SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON acct REFERENCING NEW TABLE AS new_rows
                      FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS identical;
 -- More capture triggers: a second record of each write, or a trigger for an operation not audited.
@@ -156,6 +158,29 @@ CREATE FUNCTION regress_guard.fail() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN
 CREATE TRIGGER z_fail AFTER UPDATE ON acct FOR EACH STATEMENT EXECUTE FUNCTION regress_guard.fail();
 CREATE RULE divert AS ON INSERT TO acct WHERE new.site_id = 99 DO INSTEAD INSERT INTO shadow VALUES (new.*);
 RESET ROLE;
+
+-- viewpoint from a superuser, the one role that may still name rls_audit.capture()
+-- in a trigger (as pg_restore does): the guard compares the whole trigger for it too.
+SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON acct REFERENCING NEW TABLE AS new_rows
+                     FOR EACH STATEMENT WHEN (false) EXECUTE FUNCTION rls_audit.capture()$$) AS when_false;
+SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER UPDATE ON acct REFERENCING NEW TABLE AS new_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS other_event;
+SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert BEFORE INSERT ON acct
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS before;
+SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON acct REFERENCING NEW TABLE AS new_rows
+                     FOR EACH ROW EXECUTE FUNCTION rls_audit.capture()$$) AS per_row;
+SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON acct REFERENCING NEW TABLE AS other_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS other_transition_name;
+SELECT regress_try($$CREATE TRIGGER zz_again AFTER INSERT ON acct REFERENCING NEW TABLE AS new_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS second_capture;
+SELECT regress_try($$CREATE TRIGGER rls_audit_delete AFTER DELETE ON acct REFERENCING OLD TABLE AS old_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS unaudited_operation;
+SELECT regress_try($$CREATE TRIGGER capture_here AFTER INSERT ON plain REFERENCING NEW TABLE AS new_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS capture_on_unaudited_table;
+-- ... and an identical one is harmless: it stays ENABLE ALWAYS.
+SELECT regress_try($$CREATE OR REPLACE TRIGGER rls_audit_insert AFTER INSERT ON acct REFERENCING NEW TABLE AS new_rows
+                     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture()$$) AS identical;
+SELECT * FROM regress_triggers('acct');
 
 -- viewpoint from the application role: the same routes fail for want of ownership
 SET SESSION AUTHORIZATION regress_guard_app;
