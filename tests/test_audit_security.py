@@ -240,7 +240,27 @@ def test_the_owners_casts_never_run(owner_conn, admin_conn):
 
 
 def test_the_apps_temp_cast_never_runs(app_conn, admin_conn):
-    """The issue's repro as the app role: pg_temp enum, cast to json, temporary table."""
+    """The issue's repro as the app role: pg_temp enum, cast to json, temporary table.
+
+    The hardened app role (rls_roles) cannot even start it; with TEMP granted back, as on a
+    site that skipped rls_roles, the capture must still run none of the role's code.
+    """
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app_conn.execute("CREATE TYPE pg_temp.e AS ENUM ('x')")
+    app_conn.rollback()
+    database = sql.Identifier(admin_conn.info.dbname)
+    admin_conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(database, sql.Identifier(APP_ROLE)))
+    admin_conn.commit()
+    try:
+        _run_the_temp_cast_repro(app_conn, admin_conn)
+    finally:
+        admin_conn.execute(
+            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM {}").format(database, sql.Identifier(APP_ROLE))
+        )
+        admin_conn.commit()
+
+
+def _run_the_temp_cast_repro(app_conn, admin_conn):
     app_conn.execute("CREATE TYPE pg_temp.e AS ENUM ('x')")
     app_conn.execute(
         sql.SQL(
