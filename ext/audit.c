@@ -847,6 +847,8 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 				 errmsg("rls_audit trigger on \"%s\" has no transition tables", RelationGetRelationName(rel)),
 				 errhint("Use rls_audit.enable(table) to create the audit triggers.")));
 
+	/* A statement whose carried context was missed must not be recorded as context-free. */
+	RlsCheckStatementContext();
 	(void) RlsFiringStatementContext(&context);
 	if (rls_strict && context.site.kind == RLS_ID_UNSET && context.user.kind == RLS_ID_UNSET)
 		ereport(ERROR,

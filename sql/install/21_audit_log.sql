@@ -95,7 +95,10 @@ CREATE POLICY log_read ON rls_audit.log FOR SELECT TO PUBLIC
 REVOKE ALL ON rls_audit.log FROM PUBLIC;
 GRANT SELECT ON rls_audit.log TO PUBLIC;
 
-SELECT pg_catalog.pg_extension_config_dump('rls_audit.log', '');
+-- The partitioned parent holds no rows of its own, so only its partitions are
+-- marked (marking the parent too makes pg_dump 14 crash).  The id sequence is
+-- dumped as well, so that ids go on from where they were after a restore.
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('rls_audit.log', 'id')::regclass, '');
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.log_default', '');
 
 CREATE TABLE rls_audit.audited_tables (
