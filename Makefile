@@ -42,7 +42,7 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXT
 HARNESS = tests/harness
 VENV ?= .venv
 
-.PHONY: deps test test-sql test-python test-memcheck fuzz bench lint demo
+.PHONY: deps test test-sql test-python test-matrix test-memcheck fuzz bench lint demo
 
 # Install the server headers when missing, and the project's virtualenv.
 deps:
@@ -58,6 +58,11 @@ test-sql: installcheck
 
 test-python:
 	$(VENV)/bin/pytest
+
+# Both suites on every supported PostgreSQL major (14-18) and Django line (5.2, 6.0, 6.1),
+# fetching what this machine lacks; prints one table (tests/harness/matrix.py).
+test-matrix: deps lint
+	$(VENV)/bin/python $(HARNESS)/matrix.py
 
 # Both suites with the server under valgrind memcheck (see tests/harness/memcheck.sh).
 test-memcheck: deps

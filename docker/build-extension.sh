@@ -6,7 +6,13 @@
 # exercise. Installs the server headers and a compiler when they are missing.
 #   PG_MAJOR=15 docker/build-extension.sh [source dir]
 set -euo pipefail
-PG_MAJOR="${PG_MAJOR:?set PG_MAJOR to the PostgreSQL major version (13 to 18)}"
+# The supported majors; tests/harness/matrix.py and docs/getting-started.md list the same.
+SUPPORTED_MAJORS="14 15 16 17 18"
+PG_MAJOR="${PG_MAJOR:?set PG_MAJOR to the PostgreSQL major version (one of ${SUPPORTED_MAJORS})}"
+case " ${SUPPORTED_MAJORS} " in
+    *" ${PG_MAJOR} "*) ;;
+    *) echo "build-extension.sh: PostgreSQL ${PG_MAJOR} is not supported; use one of ${SUPPORTED_MAJORS}" >&2; exit 2 ;;
+esac
 SRC="${1:-$(cd "$(dirname "$0")/.." && pwd)}"
 PG_CONFIG="/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config"
 

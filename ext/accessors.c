@@ -39,8 +39,8 @@ static MemoryContext claims_context = NULL;
 static Jsonb *claims_cache = NULL;
 static uint64 claims_cache_generation = 0;
 
-static void ReportMissing(const char *what) pg_attribute_noreturn();
-static void ReportWrongKind(const char *what, const char *holds, const char *wanted, const char *use) pg_attribute_noreturn();
+pg_noreturn static void ReportMissing(const char *what);
+pg_noreturn static void ReportWrongKind(const char *what, const char *holds, const char *wanted, const char *use);
 
 static void
 ReportMissing(const char *what)

@@ -3,7 +3,7 @@
  * ext/compat.h
  *		Every PostgreSQL version difference django_rls depends on.
  *
- * The extension supports PostgreSQL 13 to 18.  Each shim below names the
+ * The extension supports PostgreSQL 14 to 18.  Each shim below names the
  * release that introduced the API it papers over, so that a shim can be
  * deleted as soon as the oldest supported release has the API itself.
  *
@@ -14,8 +14,22 @@
 
 #include "postgres.h"
 
-#if PG_VERSION_NUM < 130000
-#error "django_rls requires PostgreSQL 13 or later"
+#if PG_VERSION_NUM < 140000
+#error "django_rls requires PostgreSQL 14 or later"
+#endif
+
+/*
+ * PostgreSQL 18 replaced pg_attribute_noreturn(), written after a
+ * declaration, with pg_noreturn, written before it.  GCC and Clang accept the
+ * attribute in front as well, so older releases spell pg_noreturn with it.
+ */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
+/* PostgreSQL 15 added strtoi64(); int64 is long long on every 64-bit target. */
+#if PG_VERSION_NUM < 150000
+#define strtoi64(str, endptr, base) ((int64) strtoll((str), (endptr), (base)))
 #endif
 
 /*
@@ -43,11 +57,9 @@
 #endif
 
 /*
- * PostgreSQL 14 added the pg_hmac_* API (and pg_hmac_error in 15).  On 13 the
- * HMAC is built by hand from the SHA-256 primitives of common/sha2.h, as
- * RFC 2104 describes; both paths return false on failure instead of raising.
+ * HMAC-SHA256 through the pg_hmac_* API (PostgreSQL 14 and later); false on
+ * failure instead of raising.
  */
-#if PG_VERSION_NUM >= 140000
 #include "common/hmac.h"
 #include "common/sha2.h"
 
@@ -66,44 +78,6 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 	pg_hmac_free(ctx);
 	return ok;
 }
-#else
-#include "common/sha2.h"
-
-static inline bool
-RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen,
-			  uint8 *out)
-{
-	uint8		block[PG_SHA256_BLOCK_LENGTH];
-	uint8		inner[PG_SHA256_DIGEST_LENGTH];
-	pg_sha256_ctx ctx;
-	int			i;
-
-	memset(block, 0, sizeof(block));
-	if (keylen > PG_SHA256_BLOCK_LENGTH)
-	{
-		pg_sha256_init(&ctx);
-		pg_sha256_update(&ctx, key, keylen);
-		pg_sha256_final(&ctx, block);
-	}
-	else
-		memcpy(block, key, keylen);
-
-	for (i = 0; i < PG_SHA256_BLOCK_LENGTH; i++)
-		block[i] ^= 0x36;
-	pg_sha256_init(&ctx);
-	pg_sha256_update(&ctx, block, PG_SHA256_BLOCK_LENGTH);
-	pg_sha256_update(&ctx, data, datalen);
-	pg_sha256_final(&ctx, inner);
-
-	for (i = 0; i < PG_SHA256_BLOCK_LENGTH; i++)
-		block[i] ^= 0x36 ^ 0x5c;
-	pg_sha256_init(&ctx);
-	pg_sha256_update(&ctx, block, PG_SHA256_BLOCK_LENGTH);
-	pg_sha256_update(&ctx, inner, PG_SHA256_DIGEST_LENGTH);
-	pg_sha256_final(&ctx, out);
-	return true;
-}
-#endif
 
 /*
  * PostgreSQL 16 exported guc_malloc() for check hooks' "extra" data; before

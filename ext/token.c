@@ -61,7 +61,7 @@ RlsDefineTokenSettings(void)
 							GUC_UNIT_S, NULL, NULL, NULL);
 }
 
-static void ReportInvalidToken(const char *detail) pg_attribute_noreturn();
+pg_noreturn static void ReportInvalidToken(const char *detail);
 
 static void
 ReportInvalidToken(const char *detail)

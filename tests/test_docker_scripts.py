@@ -83,3 +83,23 @@ def test_docker_files_only_reference_what_exists():
         assert (ROOT / dockerfile).exists()
     assert "shared_preload_libraries = 'django_rls'" in (DOCKER / "Dockerfile").read_text()
     assert "/docker-entrypoint-initdb.d/" in (DOCKER / "Dockerfile").read_text()
+
+
+def test_every_place_that_lists_the_supported_majors_agrees():
+    from tests.harness.matrix import PG_MAJORS
+
+    script = (DOCKER / "build-extension.sh").read_text()
+    assert re.search(r'SUPPORTED_MAJORS="([0-9 ]+)"', script).group(1).split() == PG_MAJORS
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert re.search(r"PG_MAJOR: one of ([0-9 ]+)", dockerfile).group(1).split() == PG_MAJORS
+    started = (ROOT / "docs" / "getting-started.md").read_text()
+    listed = re.search(r"Supported: PostgreSQL ([0-9, and]+) \(", started).group(1)
+    assert re.findall(r"\d+", listed) == PG_MAJORS
+
+
+def test_build_script_refuses_an_unsupported_major():
+    result = subprocess.run(
+        [str(DOCKER / "build-extension.sh")], env={**os.environ, "PG_MAJOR": "13"}, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "PostgreSQL 13 is not supported; use one of 14 15 16 17 18" in result.stderr

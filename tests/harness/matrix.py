@@ -1,0 +1,206 @@
+"""Run both suites on every supported PostgreSQL major and Django line, and print one table.
+
+    python tests/harness/matrix.py                 # everything
+    python tests/harness/matrix.py --pg 14 18      # some majors, default Django only
+    python tests/harness/matrix.py --django 6.1    # some Django lines, on PostgreSQL 15 only
+
+Each PostgreSQL major (tests/harness/pg_binaries.sh finds or fetches it) gets the
+extension built with -Werror from a copy of the tree, a throwaway cluster,
+pg_regress and pytest with the default virtualenv's Django.  Each Django line
+gets a virtualenv of its own, on a Python it supports, and runs pytest against
+PostgreSQL 15.  Logs go to matrix-logs/; the table says where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESS = ROOT / "tests" / "harness"
+LOGS = ROOT / "matrix-logs"
+
+PG_MAJORS = ["14", "15", "16", "17", "18"]
+DEFAULT_PG = "15"
+# Django line -> the Python it is tested on (Django 6 needs 3.12+).
+DJANGO_LINES = {"5.2": "3.11", "6.0": "3.12", "6.1": "3.13"}
+DEFAULT_DJANGO = "5.2"
+
+
+@dataclass
+class Row:
+    pg: str
+    django: str
+    results: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r == "passed" for r in self.results.values())
+
+
+def log_path(name: str) -> Path:
+    LOGS.mkdir(exist_ok=True)
+    return LOGS / f"{name}.log"
+
+
+def step(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> bool:
+    """Run one command, appending its output to log; True when it succeeded."""
+    with log.open("a") as out:
+        out.write(f"\n$ {' '.join(argv)}\n")
+        out.flush()
+        return subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd) == 0
+
+
+def pg_bindir(major: str) -> Path:
+    found = subprocess.run([str(HARNESS / "pg_binaries.sh"), major], check=True, capture_output=True, text=True)
+    return Path(found.stdout.strip())
+
+
+def python_for(version: str) -> str:
+    """The interpreter for a Python version: on PATH, or one pyenv installed."""
+    candidates = [shutil.which(f"python{version}") or ""]
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"), reverse=True)
+    for candidate in candidates:
+        if (
+            candidate
+            and subprocess.call([candidate, "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+        ):
+            return candidate
+    raise RuntimeError(f"no Python {version} found (looked on PATH and in {pyenv_root}/versions)")
+
+
+def venv_for(line: str, log: Path) -> Path:
+    """A virtualenv with the project, its test extras and Django `line`; the default one for the default line."""
+    if line == DEFAULT_DJANGO:
+        return ROOT / ".venv"
+    venv = ROOT / f".venv-django{line}"
+    stamp = venv / ".installed-pyproject"
+    if not (venv / "bin" / "python").exists():
+        if not step([python_for(DJANGO_LINES[line]), "-m", "venv", str(venv)], log):
+            raise RuntimeError(f"could not create {venv}")
+    if not stamp.exists() or stamp.read_bytes() != (ROOT / "pyproject.toml").read_bytes():
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        if not step([*pip, "--upgrade", "pip"], log) or not step([*pip, "-e", ".[test]", f"Django=={line}.*"], log):
+            raise RuntimeError(f"could not install Django {line} into {venv}")
+        shutil.copy(ROOT / "pyproject.toml", stamp)
+    return venv
+
+
+def copy_tree(dest: Path) -> None:
+    """The files git knows (tracked or new, not ignored): a clean place to build for another major."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (entry.decode() for entry in listed)):
+        source = ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def run_row(pg: str, django: str, regress: bool) -> Row:
+    row = Row(pg, django)
+    log = log_path(f"pg{pg}-django{django}")
+    log.unlink(missing_ok=True)
+    started = time.monotonic()
+    try:
+        bindir = pg_bindir(pg)
+        venv = venv_for(django, log)
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        with log.open("a") as out:
+            out.write(f"setup failed: {exc}\n")
+        row.results["setup"] = "failed"
+        return row
+
+    pg_config = f"PG_CONFIG={bindir / 'pg_config'}"
+    with tempfile.TemporaryDirectory(prefix=f"django_rls-build{pg}-") as build_dir:
+        build = Path(build_dir)
+        copy_tree(build)
+        # with_llvm=no: the JIT bitcode would need the clang the server was built with.
+        make = ["make", "-C", str(build), "-s", pg_config, "with_llvm=no"]
+        if not step([*make, "install"], log):
+            row.results["build"] = "failed"
+            return row
+        row.results["build"] = "passed"
+        # One throwaway cluster for both suites; the script reports each suite's status in the log.
+        suites = []
+        if regress:
+            suites.append(
+                f"if {' '.join(make)} installcheck; then echo MATRIX:regress:passed;"
+                f" else cat {build}/regression.diffs; echo MATRIX:regress:failed; fi"
+            )
+        suites.append(
+            f"{venv}/bin/pytest -q -p no:cacheprovider && echo MATRIX:pytest:passed || echo MATRIX:pytest:failed"
+        )
+        env = {**os.environ, "PG_BINDIR": str(bindir)}
+        env.pop("PG_MAJOR", None)
+        step(
+            [
+                str(ROOT / ".venv" / "bin" / "python"),
+                str(HARNESS / "cluster.py"),
+                "run",
+                "--",
+                "sh",
+                "-c",
+                "; ".join(suites),
+            ],
+            log,
+            env=env,
+        )
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("MATRIX:"):
+            _, suite, status = line.split(":")
+            row.results[suite] = status
+    for suite in (["regress"] if regress else []) + ["pytest"]:
+        row.results.setdefault(suite, "failed")
+    row.seconds = time.monotonic() - started
+    return row
+
+
+def print_table(rows: list[Row], total: float) -> None:
+    suites = ["build", "regress", "pytest"]
+    print("\n| PostgreSQL | Django | " + " | ".join(suites) + " | time | log |")
+    print("|---|---|" + "---|" * len(suites) + "---|---|")
+    for row in rows:
+        cells = [row.results.get(s, "failed" if "setup" in row.results else "-") for s in suites]
+        log = log_path(f"pg{row.pg}-django{row.django}").relative_to(ROOT)
+        print(f"| {row.pg} | {row.django} | " + " | ".join(cells) + f" | {row.seconds:.0f} s | {log} |")
+    print(f"\nmatrix: {sum(r.ok for r in rows)}/{len(rows)} rows passed in {total / 60:.1f} min")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pg", nargs="*", choices=PG_MAJORS, help="PostgreSQL majors to run with the default Django")
+    parser.add_argument(
+        "--django", nargs="*", choices=list(DJANGO_LINES), help=f"Django lines to run on PostgreSQL {DEFAULT_PG}"
+    )
+    args = parser.parse_args()
+    if args.pg is None and args.django is None:
+        args.pg, args.django = PG_MAJORS, list(DJANGO_LINES)
+
+    plan = [(pg, DEFAULT_DJANGO, True) for pg in args.pg or []]
+    plan += [(DEFAULT_PG, line, False) for line in args.django or [] if (DEFAULT_PG, line, True) not in plan]
+    started = time.monotonic()
+    rows = []
+    for pg, django, regress in plan:
+        print(f"matrix: PostgreSQL {pg}, Django {django} ...", flush=True)
+        rows.append(run_row(pg, django, regress))
+    print_table(rows, time.monotonic() - started)
+    return 0 if all(row.ok for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
