@@ -59,7 +59,7 @@ NOT_AS_REQUIRED = (AssertionError, pytest.fail.Exception)
 fails_open = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=RESTRICTIVE_DROPPED)
 context_lost = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=CONTEXT_NOT_ON_WORKERS)
 
-TABLES = ("items", "items_protected_first", "items_repaired")
+TABLES = ("items", "items_protected_first", "items_repaired", "items_moved")
 
 
 class Text(str):
@@ -159,7 +159,10 @@ def citus() -> Iterator[CitusCluster]:
                         "FROM generate_series(1, 110) AS g"
                     ).format(ident)
                 )
+            # A shard move creates the table on the target worker as its owner.
+            admin.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
             _restore_restrictive_on_shards(admin, "items_repaired")
+            _restore_restrictive_on_shards(admin, "items_moved")
         yield cluster
     except Exception:
         print(cluster.log_tails())
@@ -404,3 +407,25 @@ def test_repaired_propagated_set_commands_do_not_carry_the_context(app):
     app.execute("SET citus.propagate_set_commands = 'local'")
     ids = {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM items_repaired").fetchall()}
     assert ids == SITE_ROWS
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=NOT_AS_REQUIRED,
+    reason="issue 17: a shard move copies the policies again without AS RESTRICTIVE, undoing a repair made by hand",
+)
+def test_repair_by_hand_survives_a_shard_move(admin, app):
+    shard = admin.execute("SELECT get_shard_id_for_distribution_column('items_moved', %s)", (SITE,)).fetchone()[0]
+    (source,) = admin.execute(
+        "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
+    ).fetchone()
+    (target,) = admin.execute(
+        "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND isactive AND groupid <> 0",
+        (source,),
+    ).fetchone()
+    assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
+    admin.execute(
+        "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, 'block_writes')",
+        (shard, source, target),
+    )
+    assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
