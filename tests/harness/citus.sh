@@ -5,11 +5,11 @@
 #
 #   tests/harness/citus.sh [--deps] [SOURCE]
 #
-# SOURCE is a Citus source tree (a checkout or an unpacked release tarball),
-# a git repository (a bare mirror works) or a git URL; by default
-# https://github.com/citusdata/citus.git.  From a git repository the script
-# takes CITUS_REF, by default the newest release known to support the server's
-# major version:
+# SOURCE is a Citus source tree (a checkout or an unpacked release tarball,
+# built as it is unless CITUS_REF is set), a git repository (a bare mirror
+# works) or a git URL; by default https://github.com/citusdata/citus.git.
+# From git the script takes CITUS_REF, by default the newest release known to
+# support the server's major version:
 #
 #   PostgreSQL 14      v12.1.12   (Citus 12.1 supports 14-16)
 #   PostgreSQL 15      v13.2.2    (Citus 13 supports 15-17; the last for 15)
@@ -88,9 +88,11 @@ if [ "$install_deps" -eq 1 ]; then
         echo "citus.sh: --deps needs root (apt-get)" >&2
         exit 1
     fi
+    # The server headers include OpenSSL, GSSAPI and ICU headers when the server was built with
+    # them (Debian's is); lz4 and zstd are for Citus's columnar storage; configure is shipped,
+    # so autoconf is not needed.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        build-essential autoconf git libssl-dev liblz4-dev libzstd-dev libkrb5-dev \
-        libicu-dev libxml2-dev libxslt1-dev libselinux1-dev libpam0g-dev libreadline-dev >/dev/null
+        build-essential git libssl-dev libkrb5-dev libicu-dev liblz4-dev libzstd-dev >/dev/null
 fi
 
 scratch_owned=0
@@ -109,16 +111,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+is_tree=0
 if [ -f "$source_arg/configure" ] && [ -d "$source_arg/src/backend/distributed" ]; then
-    echo "citus.sh: building the source tree $source_arg"
+    is_tree=1
+fi
+if [ "$is_tree" -eq 1 ] && [ -z "${CITUS_REF:-}" ]; then
+    echo "citus.sh: building the source tree $source_arg as it is"
     cp -a "$source_arg/." "$build_dir/"
     rm -rf "$build_dir/.git"
-elif git --git-dir="$source_arg" rev-parse --git-dir >/dev/null 2>&1; then
+elif git --git-dir="$source_arg" rev-parse --git-dir >/dev/null 2>&1 && [ "$is_tree" -eq 0 ]; then
     echo "citus.sh: building $ref from the git repository $source_arg"
     git --git-dir="$source_arg" archive "$ref" | tar -x -C "$build_dir"
 elif git -C "$source_arg" rev-parse --git-dir >/dev/null 2>&1; then
     echo "citus.sh: building $ref from the checkout $source_arg"
     git -C "$source_arg" archive "$ref" | tar -x -C "$build_dir"
+elif [ "$is_tree" -eq 1 ]; then
+    echo "citus.sh: CITUS_REF is set but $source_arg is not a git checkout" >&2
+    exit 1
 else
     echo "citus.sh: cloning $ref from $source_arg"
     git clone --quiet --depth 1 --branch "$ref" "$source_arg" "$build_dir/clone"
