@@ -123,7 +123,7 @@ def _restore_restrictive_on_shards(admin: psycopg.Connection, table: str) -> Non
 
 @pytest.fixture(scope="module")
 def citus() -> Iterator[CitusCluster]:
-    """The cluster, with the owner and app roles and the three protected, distributed tables."""
+    """The cluster, with the owner and app roles and the protected, distributed tables."""
     cluster = CitusCluster()
     try:
         cluster.start()
@@ -155,9 +155,10 @@ def citus() -> Iterator[CitusCluster]:
                 # Site 3 owns ids 1-6; the other 104 rows spread over sites 4-11.
                 admin.execute(
                     sql.SQL(
-                        "INSERT INTO {} SELECT g, CASE WHEN g <= 6 THEN 3 ELSE 4 + g % 8 END, 'row ' || g "
-                        "FROM generate_series(1, 110) AS g"
-                    ).format(ident)
+                        "INSERT INTO {} SELECT g, CASE WHEN g <= 6 THEN 3 ELSE 4 + g %% 8 END, 'row ' || g "
+                        "FROM generate_series(1, %s) AS g"
+                    ).format(ident),
+                    (TOTAL_ROWS,),
                 )
             # A shard move creates the table on the target worker as its owner.
             admin.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
@@ -221,6 +222,22 @@ NO_CONTEXT_MODES = ["transaction", "autocommit"]
 
 
 # -- what Citus propagates ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_every_table_holds_the_rows_the_tests_expect(admin, table):
+    """As a superuser (no policies apply): 110 rows on the shards, ids 1-6 of site 3, some of site 5."""
+    counts = admin.execute(
+        sql.SQL(
+            "SELECT count(*), count(*) FILTER (WHERE site_id = %s), count(*) FILTER (WHERE site_id = %s) FROM {}"
+        ).format(sql.Identifier(table)),
+        (SITE, OTHER_SITE),
+    ).fetchone()
+    assert counts == (TOTAL_ROWS, len(SITE_ROWS), 13)
+    ids = admin.execute(
+        sql.SQL("SELECT id FROM {} WHERE site_id = %s").format(sql.Identifier(table)), (SITE,)
+    ).fetchall()
+    assert {id_ for (id_,) in ids} == SITE_ROWS
 
 
 def test_extension_roles_grants_and_row_security_reach_every_shard(admin):
