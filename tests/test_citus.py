@@ -453,3 +453,85 @@ def test_repair_by_hand_survives_a_shard_move(admin, app):
         (shard, source, target),
     )
     assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
+
+
+# -- a policy structure that does not depend on RESTRICTIVE surviving a copy ----------------------
+#
+# Investigation for issue 17, not what rls.protect() creates yet: every policy of the table, the
+# permissive one per command and the RESTRICTIVE guard per command, carries the conjunction of all
+# groups for that command. On one server the guard keeps any other permissive policy from widening
+# it; where a copy loses RESTRICTIVE the guard becomes a permissive policy with the same expression,
+# and OR-ing identical expressions changes nothing. Literal stand-ins (site 3, user 7) replace the
+# accessors, because the context does not reach the workers yet.
+
+CONJUNCTION = "site_id = 3 AND user_id = 7"
+STRUCTURE = [
+    f"CREATE POLICY rls_select ON {{table}} FOR SELECT TO {APP_ROLE} USING ({CONJUNCTION})",
+    f"CREATE POLICY rls_insert ON {{table}} FOR INSERT TO {APP_ROLE} WITH CHECK ({CONJUNCTION})",
+    f"CREATE POLICY rls_update ON {{table}} FOR UPDATE TO {APP_ROLE} USING ({CONJUNCTION}) WITH CHECK ({CONJUNCTION})",
+    f"CREATE POLICY rls_delete ON {{table}} FOR DELETE TO {APP_ROLE} USING ({CONJUNCTION})",
+    f"CREATE POLICY rls_guard_select ON {{table}} AS RESTRICTIVE FOR SELECT TO {APP_ROLE} USING ({CONJUNCTION})",
+    f"CREATE POLICY rls_guard_insert ON {{table}} AS RESTRICTIVE FOR INSERT TO {APP_ROLE} WITH CHECK ({CONJUNCTION})",
+    f"CREATE POLICY rls_guard_update ON {{table}} AS RESTRICTIVE FOR UPDATE TO {APP_ROLE} "
+    f"USING ({CONJUNCTION}) WITH CHECK ({CONJUNCTION})",
+    f"CREATE POLICY rls_guard_delete ON {{table}} AS RESTRICTIVE FOR DELETE TO {APP_ROLE} USING ({CONJUNCTION})",
+]
+
+
+@pytest.mark.parametrize("order", ["policies first", "distributed first"])
+def test_conjunction_in_every_policy_holds_on_shards_and_after_a_move(admin, app, order):
+    table = f"conjunction_{order.split()[0]}"
+    admin.execute(
+        f"CREATE TABLE {table} (id bigint NOT NULL, site_id int NOT NULL, user_id int NOT NULL, "
+        "PRIMARY KEY (site_id, id))"
+    )
+    try:
+        # Sites 3 and 4 times users 7 and 8, five rows each: site 3's user 7 owns ids 1-5.
+        admin.execute(
+            f"INSERT INTO {table} SELECT g, 3 + (g - 1) / 10, 7 + ((g - 1) / 5) %% 2 FROM generate_series(1, %s) g",
+            (20,),
+        )
+        admin.execute(f"ALTER TABLE {table} OWNER TO {OWNER_ROLE}")
+        admin.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE}")
+        if order == "distributed first":
+            admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+        for statement in STRUCTURE:
+            admin.execute(statement.format(table=table))
+        if order == "policies first":
+            admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+        # The guards did lose RESTRICTIVE on the shards: what follows holds without it.
+        guards = on_placements(
+            admin,
+            table,
+            "SELECT bool_or(NOT polpermissive) FROM pg_policy WHERE polrelid = '%s'::regclass AND polname LIKE 'rls\\_guard\\_%%'",
+        )
+        assert set(guards) == {"f"}
+
+        def holds() -> None:
+            assert {id_ for (id_,) in app.execute(f"SELECT id FROM {table}").fetchall()} == {1, 2, 3, 4, 5}
+            for site, user in ((3, 8), (4, 7)):
+                with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+                    app.execute(f"INSERT INTO {table} VALUES (%s, %s, %s)", (NEW_ID, site, user))
+            assert app.execute(f"UPDATE {table} SET id = id WHERE site_id = 3").rowcount == 5
+            with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+                app.execute(f"UPDATE {table} SET user_id = 8 WHERE id = 1")
+            with app.transaction():
+                assert app.execute(f"DELETE FROM {table}").rowcount == 5
+                raise psycopg.Rollback
+
+        holds()
+        shard = admin.execute("SELECT get_shard_id_for_distribution_column(%s, 3)", (table,)).fetchone()[0]
+        (source,) = admin.execute(
+            "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
+        ).fetchone()
+        (target,) = admin.execute(
+            "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND groupid <> 0", (source,)
+        ).fetchone()
+        admin.execute(
+            "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, 'block_writes')",
+            (shard, source, target),
+        )
+        holds()
+    finally:
+        admin.execute(f"DROP TABLE {table}")
