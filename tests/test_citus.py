@@ -308,6 +308,31 @@ def test_problems_on_the_coordinator_report_the_shards(admin):
     assert admin.execute("SELECT count(*) FROM rls.problems WHERE table_name = 'items'::regclass").fetchone()[0] > 0
 
 
+RUN_ON_NODES = (
+    "master_run_on_worker",
+    "run_command_on_workers",
+    "run_command_on_all_nodes",
+    "run_command_on_coordinator",
+    "run_command_on_placements",
+    "run_command_on_shards",
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=NOT_AS_REQUIRED,
+    reason="issue 17: Citus grants EXECUTE on its run-on-nodes functions to PUBLIC, so the app role can send "
+    "any statement to the workers itself, past the coordinator",
+)
+def test_app_role_cannot_run_statements_on_the_workers(app):
+    runnable = app.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname = ANY (%s) "
+        "AND has_function_privilege(p.oid, 'EXECUTE') ORDER BY 1",
+        (list(RUN_ON_NODES),),
+    ).fetchall()
+    assert runnable == []
+
+
 # -- the table as Citus leaves it: fails open ---------------------------------------------------
 
 
