@@ -1,0 +1,171 @@
+"""A throwaway Citus cluster: a coordinator and two workers on loopback, with django_rls.
+
+    .venv/bin/python -m tests.harness.citus_cluster run -- psql
+
+Each node is a tests.harness.cluster.Cluster started from PG_BINDIR with
+``shared_preload_libraries = 'citus, django_rls'``. One database (``DATABASE``)
+is created on every node with the citus extension; the coordinator registers
+itself and adds the workers, then creates django_rls, which Citus propagates to
+the workers. ``run`` points PGHOST/PGPORT/PGDATABASE/DATABASE_URL at the
+coordinator as the superuser, exports CITUS_WORKER_URLS (space separated), runs
+the command and removes the cluster afterwards, whatever happened.
+
+Citus is not in any package registry these machines use: build it with
+tests/harness/citus.sh (docs/scale-out.md). ``citus_missing()`` says why the
+cluster cannot start, for tests to skip with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from tests.harness.cluster import BINDIR, Cluster, _interrupt, as_postgres
+
+DATABASE = "django_rls_citus"
+
+# Citus must come first. Multi-shard writes commit with two-phase commit, shard
+# moves use logical replication.
+CITUS_SETTINGS = """
+shared_preload_libraries = 'citus, django_rls'
+max_prepared_transactions = 20
+wal_level = logical
+citus.log_remote_commands = off
+"""
+
+SKIP_REASON = "Citus is not installed for this PostgreSQL: see docs/scale-out.md"
+
+
+def pkglibdir() -> Path | None:
+    try:
+        out = subprocess.run(
+            [str(BINDIR / "pg_config"), "--pkglibdir"], check=True, capture_output=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Path(out.strip())
+
+
+def citus_missing() -> str | None:
+    """None when Citus and django_rls are installed for the server in PG_BINDIR, else why not."""
+    libdir = pkglibdir()
+    if libdir is None or not (libdir / "citus.so").exists():
+        return f"{SKIP_REASON} (no citus.so in {libdir or BINDIR})"
+    if not (libdir / "django_rls.so").exists():
+        return f"django_rls is not installed in {libdir}: run make install"
+    return None
+
+
+class CitusCluster:
+    """A coordinator and ``workers`` workers, each a throwaway Cluster on a free loopback port."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.coordinator = Cluster(preload=False)
+        self.workers = [Cluster(preload=False) for _ in range(workers)]
+
+    @property
+    def nodes(self) -> list[Cluster]:
+        return [self.coordinator, *self.workers]
+
+    @staticmethod
+    def url(node: Cluster, user: str = "postgres", dbname: str = DATABASE) -> str:
+        return f"postgresql://{user}@127.0.0.1:{node.port}/{dbname}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **self.coordinator.env,
+            "PGDATABASE": DATABASE,
+            "DATABASE_URL": self.url(self.coordinator),
+            "CITUS_WORKER_URLS": " ".join(self.url(worker) for worker in self.workers),
+        }
+
+    def start(self) -> None:
+        """Start every node, create the database and citus on each, add the workers, create django_rls."""
+        for node in self.nodes:
+            node.init()
+            subprocess.run(
+                as_postgres(["sh", "-c", f"cat >> '{node.data_dir}/postgresql.conf'"]),
+                input=CITUS_SETTINGS.encode(),
+                check=True,
+            )
+            node.start()
+        for node in self.nodes:
+            with psycopg.connect(self.url(node, dbname="postgres"), autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+            with psycopg.connect(self.url(node), autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION citus")
+        with self.connect() as conn:
+            conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (self.coordinator.port,))
+            for worker in self.workers:
+                conn.execute("SELECT citus_add_node('127.0.0.1', %s)", (worker.port,))
+            conn.execute("CREATE EXTENSION django_rls")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.remove()
+
+    def connect(
+        self, user: str = "postgres", password: str | None = None, node: Cluster | None = None
+    ) -> psycopg.Connection:
+        """An autocommit connection to the coordinator (or ``node``) as ``user``."""
+        return psycopg.connect(self.url(node or self.coordinator, user), password=password, autocommit=True)
+
+    def log_tails(self) -> str:
+        return "\n".join(
+            f"--- {'coordinator' if node is self.coordinator else 'worker'} :{node.port}\n{node.log_tail()}"
+            for node in self.nodes
+        )
+
+
+def run(command: list[str]) -> int:
+    missing = citus_missing()
+    if missing:
+        print(f"citus_cluster.py: {missing}", file=sys.stderr)
+        return 1
+    cluster = CitusCluster()
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    try:
+        cluster.start()
+        ports = ", ".join(str(node.port) for node in cluster.nodes)
+        print(f"citus_cluster.py: coordinator and workers on 127.0.0.1 ports {ports}", file=sys.stderr)
+        child = subprocess.Popen(command, env={**os.environ, **cluster.env})
+        try:
+            status = child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            status = child.wait()
+        if status != 0:
+            print(f"citus_cluster.py: command failed ({status}); server logs:\n{cluster.log_tails()}", file=sys.stderr)
+        return status
+    finally:
+        cluster.stop()
+        cluster.remove()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    run_parser = sub.add_parser("run", help="run a command against a throwaway Citus cluster")
+    run_parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("run needs a command after --")
+    return run(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
