@@ -142,15 +142,22 @@ def test_replay_on_another_connection_is_refused(database: Database, signing_key
 
 
 def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database, signing_keys):
-    """A2 sees the victim's statement text (client-side binding puts the token in it) and replays it."""
+    """A2 sees the victim's statement text (client-side binding puts the token in it) and replays it.
+
+    The attacker reads the text once the victim's statement is over and its transaction idles,
+    which is when pg_stat_activity still shows it; reading it earlier would be a race against
+    the victim for the token, not a replay.
+    """
     token = sign_context(signing_keys[0], site=1, user=1)
-    victim_done = threading.Event()
+    attacker_done = threading.Event()
+    victim_result: list[object] = []
 
     def victim() -> None:
         with psycopg.connect(database.app, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
             with conn.transaction():
-                conn.execute("SELECT rls.set_context_signed(%s), pg_sleep(1)", (token,))
-        victim_done.set()
+                conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+                attacker_done.wait(10)
+                victim_result.append(conn.execute("SELECT rls.site_id()").fetchone())
 
     thread = threading.Thread(target=victim)
     thread.start()
@@ -160,7 +167,8 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
             deadline = time.monotonic() + 5
             while seen is None and time.monotonic() < deadline:
                 for (query,) in attacker.execute(
-                    "SELECT query FROM pg_stat_activity WHERE query LIKE '%%set_context_signed(''v1.%%'"
+                    "SELECT query FROM pg_stat_activity WHERE state = 'idle in transaction'"
+                    " AND query LIKE '%%set_context_signed(''v1.%%'"
                 ).fetchall():
                     match = re.search(r"'(v1\.[A-Za-z0-9_\-.]+)'", query)
                     if match:
@@ -169,8 +177,9 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
             with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
                 set_signed(attacker, seen)
     finally:
+        attacker_done.set()
         thread.join()
-    assert victim_done.is_set()
+    assert victim_result == [(1,)]
 
 
 def test_server_side_binding_keeps_the_token_out_of_pg_stat_activity(database: Database, signing_keys):
