@@ -11,21 +11,18 @@ that its own context does.
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, connections, models, transaction
 
-from django_rls import policies
+from django_rls import policies, probes
+from django_rls.conf import rls_settings
 from django_rls.declarations import all_declarations
 from django_rls.planner import resolve_tables
 from django_rls.policies import Declaration
 from django_rls.state import context
-
-MARK = "rls-verify"
 
 
 @dataclass
@@ -37,10 +34,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-class Unprobeable(Exception):
-    """A probe row cannot be built for this model; the reason says why."""
 
 
 def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[str]:
@@ -55,6 +48,13 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
         if cursor.fetchone() is None:
             return ["the django_rls extension is not installed in this database"]
+        cursor.execute("SELECT current_setting('django_rls.require_signature', true)")
+        if cursor.fetchone()[0] == "on" and not rls_settings.SIGNING_KEY:
+            return [
+                f"the server requires signed contexts from {role} (django_rls.require_signature = on) but "
+                'DJANGO_RLS["SIGNING_KEY"] is not set, so every query in a context is refused: set the key the '
+                "server's django_rls.signing_key_file holds (manage.py rls_keygen makes a pair)"
+            ]
         failures.extend(_session_failures(cursor, role))
         names = sorted({d.model_class()._meta.db_table for d in declarations.values()})
         tables = resolve_tables(cursor, names)
@@ -120,63 +120,6 @@ def _session_failures(cursor: Any, role: str) -> list[str]:
     return failures
 
 
-def _filler(model_field: models.Field[Any, Any]) -> Any:
-    if isinstance(model_field, models.UUIDField):
-        return uuid.uuid4()
-    if isinstance(model_field, models.BooleanField):
-        return False
-    if isinstance(model_field, models.DecimalField):
-        return decimal.Decimal(0)
-    if isinstance(model_field, models.IntegerField | models.FloatField):
-        return 0
-    if isinstance(model_field, models.DateTimeField):
-        return datetime.datetime.now(datetime.UTC)
-    if isinstance(model_field, models.DateField):
-        return datetime.date.today()
-    if isinstance(model_field, models.TimeField):
-        return datetime.time()
-    if isinstance(model_field, models.DurationField):
-        return datetime.timedelta()
-    if isinstance(model_field, models.JSONField):
-        return {}
-    if isinstance(model_field, models.GenericIPAddressField):
-        return "127.0.0.1"
-    if isinstance(model_field, models.EmailField):
-        return f"{uuid.uuid4().hex[:12]}@{MARK}.invalid"
-    if isinstance(model_field, models.CharField | models.TextField):
-        text = f"{MARK}-{uuid.uuid4().hex}"
-        return text[: model_field.max_length] if model_field.max_length else text
-    raise Unprobeable(f"cannot invent a value for {model_field.name} ({model_field.get_internal_type()})")
-
-
-def _parent_row(relation: Any, alias: str, protected: set[str]) -> Any:
-    """Create a throwaway row for a foreign key to point at; returns its primary key."""
-    target = relation.related_model
-    if target._meta.label in protected:
-        raise Unprobeable(f"its {relation.name} needs a {target._meta.label} row, which is protected itself")
-    parent = _build(target, alias, protected, {})
-    parent.save(using=alias)
-    return parent.pk
-
-
-def _build(model: type[models.Model], alias: str, protected: set[str], overrides: dict[str, Any]) -> models.Model:
-    """An unsaved row with every required field filled; parents of required foreign keys are created."""
-    values: dict[str, Any] = {}
-    for model_field in model._meta.concrete_fields:
-        if model_field.name in overrides:
-            values[model_field.attname] = overrides[model_field.name]
-            continue
-        if model_field.primary_key and isinstance(model_field, models.AutoField):
-            continue
-        if model_field.has_default() or model_field.null:
-            continue
-        if model_field.is_relation:
-            values[model_field.attname] = _parent_row(model_field, alias, protected)
-        else:
-            values[model_field.attname] = _filler(model_field)
-    return model(**values)
-
-
 def _keys(declaration: Declaration) -> dict[str, str]:
     """field name -> "site" or "user", for the policies a probe can exercise."""
     keys: dict[str, str] = {}
@@ -189,14 +132,14 @@ def _keys(declaration: Declaration) -> dict[str, str]:
             keys[policy.site_field] = "site"
             keys[policy.owner_field] = "user"
         else:
-            raise Unprobeable(f"{type(policy).__name__} policies are checked in the catalog only")
+            raise probes.Unprobeable(f"{type(policy).__name__} policies are checked in the catalog only")
     return keys
 
 
 def _key_value(model: type[models.Model], name: str, alias: str, protected: set[str]) -> Any:
     key_field = model._meta.get_field(name)
     if key_field.is_relation:
-        return _parent_row(key_field, alias, protected)
+        return probes.parent_row(key_field, alias, protected)
     if isinstance(key_field, models.UUIDField):
         return uuid.uuid4()
     return -int(uuid.uuid4().int % 1_000_000_000) - 1
@@ -215,10 +158,10 @@ def _probe(declaration: Declaration, alias: str, protected: set[str]) -> str | N
 
     manager = model._base_manager.using(alias)
     with ctx(a):
-        row = _build(model, alias, protected, a)
+        row = probes.build(model, alias, protected, a)
         try:
             with transaction.atomic(using=alias):
-                row.save(using=alias, force_insert=True)
+                probes.insert(row, alias)
         except DatabaseError as exc:
             return f"{table}: a row could not be written in its own context ({str(exc).splitlines()[0]}); is the context sent?"
         if not manager.filter(pk=row.pk).exists():
@@ -244,17 +187,22 @@ def verify(alias: str = "default") -> Report:
     if report.failures:
         return report
     protected = set(declarations)
-    for _, declaration in sorted(declarations.items()):
+    for label, declaration in sorted(declarations.items()):
         table = declaration.model_class()._meta.db_table
-        with transaction.atomic(using=alias):
-            try:
-                failure = _probe(declaration, alias, protected)
-            except Unprobeable as reason:
-                report.skipped.append(f"{table}: not probed: {reason}")
+        try:
+            with transaction.atomic(using=alias):
+                try:
+                    failure = _probe(declaration, alias, protected)
+                finally:
+                    transaction.set_rollback(True, using=alias)
+        except probes.Unprobeable as reason:
+            report.skipped.append(f"{table}: not probed: {reason}")
+        except Exception as exc:  # whatever the application or the server raises is a finding, not a crash
+            first_line = (str(exc).splitlines() or [""])[0]
+            report.failures.append(f"{table} ({label}): the probe failed: {type(exc).__name__}: {first_line}")
+        else:
+            if failure:
+                report.failures.append(failure)
             else:
-                if failure:
-                    report.failures.append(failure)
-                else:
-                    report.passed.append(f"{table}: another site or user cannot read, change or delete its rows")
-            transaction.set_rollback(True, using=alias)
+                report.passed.append(f"{table}: another site or user cannot read, change or delete its rows")
     return report

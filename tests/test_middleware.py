@@ -233,8 +233,8 @@ def test_signed_contexts_with_signatures_required(live_db, client, settings, sig
 class TestLateSite:
     """A tenant middleware after RlsMiddleware: queries before it sets the site must not freeze the request."""
 
-    LATE = [*settings_middleware(), "tests.tenant_middleware.LateTenantMiddleware"]
-    SWITCHING = [*settings_middleware(), "tests.tenant_middleware.SwitchingTenantMiddleware"]
+    LATE = (*settings_middleware(), "tests.tenant_middleware.LateTenantMiddleware")
+    SWITCHING = (*settings_middleware(), "tests.tenant_middleware.SwitchingTenantMiddleware")
 
     @pytest.fixture
     def from_tenant(self, settings):
@@ -244,20 +244,20 @@ class TestLateSite:
         return settings
 
     def test_site_set_after_a_query_is_used(self, live_db, client, from_tenant):
-        from_tenant.MIDDLEWARE = self.LATE
+        from_tenant.MIDDLEWARE = list(self.LATE)
         assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
         assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
         assert client.get("/notes/", HTTP_HOST=NOWHERE).json() == {"sites": [], "count": 0}
 
     async def test_site_set_after_a_query_is_used_async(self, live_db, async_client, from_tenant):
-        from_tenant.MIDDLEWARE = self.LATE
+        from_tenant.MIDDLEWARE = list(self.LATE)
         response = await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})
         assert response.json() == {"sites": [2]}
 
     def test_another_site_after_queries_with_one_is_an_error(self, live_db, client, from_tenant):
         from django_rls.middleware import SiteChanged
 
-        from_tenant.MIDDLEWARE = self.SWITCHING
+        from_tenant.MIDDLEWARE = list(self.SWITCHING)
         with pytest.raises(SiteChanged, match="changed from 1 to 2 after queries had run with site 1"):
             client.get("/notes/", HTTP_HOST=H2)
         # The same site again is no change.
@@ -266,6 +266,6 @@ class TestLateSite:
     async def test_another_site_after_queries_with_one_is_an_error_async(self, live_db, async_client, from_tenant):
         from django_rls.middleware import SiteChanged
 
-        from_tenant.MIDDLEWARE = self.SWITCHING
+        from_tenant.MIDDLEWARE = list(self.SWITCHING)
         with pytest.raises(SiteChanged, match="changed from 1 to none"):
             await async_client.get("/notes/async/", headers={"x-forwarded-host": NOWHERE})

@@ -114,3 +114,75 @@ def test_a_role_that_can_leave_temporary_objects_fails(database, extra_alias, li
         with psycopg.connect(database.admin, autocommit=True) as admin:
             admin.execute("DROP OWNED BY rls_t_loose_verify")
             admin.execute("DROP ROLE rls_t_loose_verify")
+
+
+@pytest.fixture
+def raising_handlers():
+    """post_save handlers that raise, on a protected model and on the parent rows probes need."""
+    from django.contrib.sites.models import Site
+    from django.db.models.signals import post_save, pre_save
+
+    from tests.testapp.models import Note
+
+    def boom(sender, **kwargs):
+        raise RuntimeError(f"the application's handler for {sender.__name__} ran")
+
+    receivers = [(post_save, Note), (post_save, Site), (pre_save, Note)]
+    for signal, sender in receivers:
+        signal.connect(boom, sender=sender, weak=False, dispatch_uid=f"test_verify_{signal}_{sender}")
+    yield
+    for signal, sender in receivers:
+        signal.disconnect(sender=sender, dispatch_uid=f"test_verify_{signal}_{sender}")
+
+
+def test_probes_go_in_without_signals(live_db, raising_handlers):
+    """An application's save handlers neither run for probe rows nor stop the report."""
+    code, out = verify()
+    assert code == 0, out
+    assert "ok    testapp_note: another site or user cannot read, change or delete its rows" in out
+
+
+def test_the_leak_matrix_writes_without_signals(live_db, raising_handlers):
+    from django.contrib.auth.models import User
+
+    from django_rls.testing import leak_matrix
+
+    users = {u.username: u.pk for u in User.objects.all()}
+    contexts = [{"site": 1, "user": users["alice"]}, {"site": 2, "user": users["bob"]}]
+    assert leak_matrix(contexts, ["testapp.Note"]) == []
+
+
+def test_an_unexpected_error_is_a_fail_line_naming_the_model(live_db):
+    from django.db.models.signals import pre_init
+
+    from tests.testapp.models import Task
+
+    def boom(sender, **kwargs):
+        raise ValueError("a model __init__ hook refused")
+
+    pre_init.connect(boom, sender=Task, weak=False, dispatch_uid="test_verify_pre_init")
+    try:
+        code, out = verify()
+    finally:
+        pre_init.disconnect(sender=Task, dispatch_uid="test_verify_pre_init")
+    assert code == 1
+    assert "FAIL  testapp_task (testapp.Task): the probe failed: ValueError: a model __init__ hook refused" in out
+    assert "ok    testapp_note:" in out  # the other models are still probed
+
+
+def test_signatures_required_without_a_key_is_a_fail_line(live_db, signing_keys, admin_conn, settings):
+    from psycopg import sql
+
+    from tests.roles import APP_ROLE
+
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": None}
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
+    try:
+        connections["default"].close()
+        code, out = verify()
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+        connections["default"].close()
+    assert code == 1
+    assert "requires signed contexts from rls_test_app (django_rls.require_signature = on)" in out
+    assert 'DJANGO_RLS["SIGNING_KEY"] is not set' in out
