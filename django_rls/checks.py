@@ -238,6 +238,8 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                     id="django_rls.E014",
                 )
             )
+        if not is_super and not bypass:
+            messages.extend(_check_set_role(alias, cursor))
         cursor.execute(
             """
             SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY 1)
@@ -264,8 +266,32 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                 continue  # the role behind django_rls.bypass() is meant to bypass
             if object_name == role and ("temporary tables" in problem or "search_path" in problem):
                 continue  # reported for this connection by E017 and E018
+            if object_name == role and "can SET ROLE to" in problem:
+                continue  # reported for this connection by E015 and E019
             messages.append(Warning(f"{object_name}: {problem}", hint=hint, id="django_rls.W003"))
     return messages
+
+
+def _check_set_role(alias: str, cursor: Any) -> list[CheckMessage]:
+    """E019: one SET ROLE away from a role that bypasses every policy."""
+    from django_rls.roles import bypassing_roles
+
+    roles = bypassing_roles(cursor)
+    if not roles:
+        return []
+    cursor.execute("SELECT current_user")
+    role = cursor.fetchone()[0]
+    listed = ", ".join(f"{name} ({why})" for name, why in roles)
+    return [
+        Error(
+            f"database {alias!r} connects as {role}, which can SET ROLE to {listed}: any SQL the application runs "
+            "(an injected statement included) can switch to that role and bypass every policy.",
+            hint=f"Run manage.py rls_roles: it takes the application role out of the roles it is directly a member "
+            f"of that lead there; or, as a superuser, REVOKE those memberships from {role}. Keep bypassing roles for "
+            "maintenance and backups, with no member that serves requests.",
+            id="django_rls.E019",
+        )
+    ]
 
 
 def _check_session_state(alias: str, cursor: Any) -> list[CheckMessage]:

@@ -3,7 +3,8 @@
 - the application role: logs in, no superuser, no BYPASSRLS, cannot create roles,
   databases or objects in the schema, cannot create temporary objects in the database,
   starts with a search_path that searches pg_temp last, and is no member of the owner
-  or maintenance role;
+  or maintenance role, nor of any role through which it could SET ROLE to a
+  superuser or BYPASSRLS role;
 - the owner role: owns the tables, runs migrate and rls_apply; no superuser, no BYPASSRLS;
 - the maintenance role (optional): BYPASSRLS and a member of the owner role, used only
   inside django_rls.bypass();
@@ -108,6 +109,20 @@ def _is_member(cursor: Any, role: str, parent: str) -> bool:
     return cursor.fetchone() is not None
 
 
+def bypassing_roles(cursor: Any) -> list[tuple[str, str]]:
+    """(role, why) for every other role the connection's role can SET ROLE to that bypasses row level security."""
+    cursor.execute(
+        """
+        SELECT b.rolname, CASE WHEN b.rolsuper THEN 'a superuser' ELSE 'has BYPASSRLS' END
+          FROM pg_roles b
+         WHERE b.rolname <> current_user AND (b.rolsuper OR b.rolbypassrls)
+           AND pg_has_role(current_user, b.oid, 'MEMBER')
+         ORDER BY 1
+        """
+    )
+    return [(name, why) for name, why in cursor.fetchall()]
+
+
 def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]:
     steps: list[tuple[str, sql.Composable]] = []
     cursor.execute(f"SELECT {', '.join(ROLE_FLAGS)} FROM pg_roles WHERE rolname = %s", [spec.name])
@@ -152,7 +167,10 @@ def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(spec.name)),
                 )
             )
-    for parent in spec.not_member_of:
+    not_member_of = list(spec.not_member_of)
+    if spec.kind == "application" and row is not None:
+        not_member_of += [name for name in _escape_parents(cursor, spec.name) if name not in not_member_of]
+    for parent in not_member_of:
         if row is not None and _is_member(cursor, spec.name, parent):
             steps.append(
                 (
@@ -161,6 +179,21 @@ def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]
                 )
             )
     return steps
+
+
+def _escape_parents(cursor: Any, role: str) -> list[str]:
+    """The roles ``role`` is directly a member of through which it can SET ROLE to a superuser or BYPASSRLS role."""
+    cursor.execute(
+        """
+        SELECT p.rolname FROM pg_auth_members m
+          JOIN pg_roles p ON p.oid = m.roleid JOIN pg_roles c ON c.oid = m.member
+         WHERE c.rolname = %s
+           AND EXISTS (SELECT FROM pg_roles b WHERE (b.rolsuper OR b.rolbypassrls) AND pg_has_role(p.oid, b.oid, 'MEMBER'))
+         ORDER BY 1
+        """,
+        [role],
+    )
+    return [r[0] for r in cursor.fetchall()]
 
 
 def _schema_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:

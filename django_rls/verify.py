@@ -45,6 +45,15 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
             return [f"the connection's role {role} is a superuser: every policy is bypassed"]
         if bypass:
             return [f"the connection's role {role} has BYPASSRLS: every policy is bypassed"]
+        from django_rls.roles import bypassing_roles
+
+        escapes = bypassing_roles(cursor)
+        if escapes:
+            listed = ", ".join(f"{name} ({why})" for name, why in escapes)
+            return [
+                f"the connection's role {role} can SET ROLE to {listed}: one statement bypasses every policy "
+                "(run manage.py rls_roles)"
+            ]
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
         if cursor.fetchone() is None:
             return ["the django_rls extension is not installed in this database"]

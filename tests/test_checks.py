@@ -212,3 +212,38 @@ def test_no_hint_tells_a_superuser_to_demote_itself(settings, extra_alias):
         text = f"{message.msg} {message.hint or ''}"
         assert "ALTER ROLE" not in text, text  # the harmful advice: demoting the role in use
         assert "another role" in text, text
+
+
+@pytest.fixture
+def app_can_set_role(database):
+    """The app role made a member of a BYPASSRLS role and of a superuser role (which it cannot use by inheritance)."""
+    import psycopg
+
+    from tests.roles import APP_ROLE
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS rls_t_bypasser, rls_t_super")
+        admin.execute("CREATE ROLE rls_t_bypasser NOLOGIN BYPASSRLS")
+        admin.execute("CREATE ROLE rls_t_super NOLOGIN SUPERUSER")
+        admin.execute(f"GRANT rls_t_bypasser, rls_t_super TO {APP_ROLE}")
+    connections["default"].close()
+    yield
+    connections["default"].close()
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE rls_t_bypasser, rls_t_super")
+
+
+def test_e019_app_role_can_set_role_to_a_bypassing_role(live_db, app_can_set_role):
+    # Reported once, as E019: rls.problems' line for the same role (W003) is left out.
+    assert ids(["default"]) == ["django_rls.E019"]
+    [message] = [m for m in checks.run_checks(databases=["default"]) if m.id == "django_rls.E019"]
+    assert "can SET ROLE to rls_t_bypasser (has BYPASSRLS), rls_t_super (a superuser)" in message.msg
+    assert "rls_roles" in message.hint
+    with connections["owner"].cursor() as cursor:
+        cursor.execute("SELECT problem FROM rls.problems WHERE problem LIKE '%%SET ROLE%%' ORDER BY 1")
+        assert [r[0] for r in cursor.fetchall()] == [
+            "role rls_test_app is named in the policies but can SET ROLE to rls_t_bypasser, which has BYPASSRLS, "
+            "so any SQL it runs can bypass row level security",
+            "role rls_test_app is named in the policies but can SET ROLE to rls_t_super, which is a superuser, "
+            "so any SQL it runs can bypass row level security",
+        ]

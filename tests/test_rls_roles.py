@@ -178,3 +178,23 @@ def test_temporary_right_through_a_membership_is_reported(superuser_alias):
         with connections[superuser_alias].cursor() as cursor:
             cursor.execute("DROP OWNED BY rls_t_tempers")
             cursor.execute("DROP ROLE rls_t_tempers")
+
+
+def test_takes_the_app_role_out_of_roles_that_lead_to_a_bypassing_role(superuser_alias):
+    """A membership through which the application role can SET ROLE to a superuser or BYPASSRLS role goes."""
+    run(superuser_alias)
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("CREATE ROLE rls_t_bypasser NOLOGIN BYPASSRLS")
+        cursor.execute("CREATE ROLE rls_t_middle NOLOGIN")
+        cursor.execute("CREATE ROLE rls_t_harmless NOLOGIN")
+        cursor.execute("GRANT rls_t_bypasser TO rls_t_middle")
+        cursor.execute("GRANT rls_t_middle, rls_t_harmless TO rls_t_app")
+    try:
+        output = run(superuser_alias)
+        assert "take the application role rls_t_app out of rls_t_middle" in output
+        assert not member(superuser_alias, "rls_t_app", "rls_t_bypasser")
+        assert member(superuser_alias, "rls_t_app", "rls_t_harmless")  # leads nowhere: left alone
+        assert run(superuser_alias).startswith("Nothing to do")
+    finally:
+        with connections[superuser_alias].cursor() as cursor:
+            cursor.execute("DROP ROLE rls_t_middle, rls_t_bypasser, rls_t_harmless")

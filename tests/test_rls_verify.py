@@ -186,3 +186,23 @@ def test_signatures_required_without_a_key_is_a_fail_line(live_db, signing_keys,
     assert code == 1
     assert "requires signed contexts from rls_test_app (django_rls.require_signature = on)" in out
     assert 'DJANGO_RLS["SIGNING_KEY"] is not set' in out
+
+
+def test_an_app_role_that_can_set_role_to_a_bypassing_role_fails(live_db, database):
+    import psycopg
+
+    from tests.roles import APP_ROLE
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS rls_t_verify_bypasser")
+        admin.execute("CREATE ROLE rls_t_verify_bypasser NOLOGIN BYPASSRLS")
+        admin.execute(f"GRANT rls_t_verify_bypasser TO {APP_ROLE}")
+    try:
+        connections["default"].close()
+        code, out = verify()
+    finally:
+        connections["default"].close()
+        with psycopg.connect(database.admin, autocommit=True) as admin:
+            admin.execute("DROP ROLE rls_t_verify_bypasser")
+    assert code == 1
+    assert "the connection's role rls_test_app can SET ROLE to rls_t_verify_bypasser (has BYPASSRLS)" in out
