@@ -88,6 +88,37 @@ def check_declarations(**kwargs: Any) -> list[CheckMessage]:
             declaration.groups(connections["default"])
         except DeclarationError as exc:
             messages.append(Error(str(exc), obj=model, id="django_rls.E006"))
+    messages.extend(_check_recursion(declarations))
+    return messages
+
+
+def _check_recursion(declarations: Any) -> list[CheckMessage]:
+    """E020: policies that read each other's tables in a circle fail every query on them."""
+    from django_rls.policies import policy_cycles
+
+    messages: list[CheckMessage] = []
+    for cycle in policy_cycles(declarations):
+        if len(cycle) == 2:
+            what = f"the policy of {cycle[0]} reads its own table"
+            hint = (
+                "On a membership model, declare Members(user_field, site_field) (a user's own memberships and the "
+                "current site's members), not Membership() through itself; on a model whose foreign key points at "
+                "the model itself (a tree), protect each row by its own site (BySite) instead of ThroughParent."
+            )
+        else:
+            what = f"the policies of {' -> '.join(cycle)} read each other's tables in a circle"
+            hint = (
+                "Break the circle: protect one of these models by its own columns (BySite, ByOwner, Members) "
+                "instead of through another protected model."
+            )
+        messages.append(
+            Error(
+                f"{what}: PostgreSQL applies a table's policies to the policies' own reads too, so every query on "
+                "it would fail with 'infinite recursion detected in policy for relation'.",
+                hint=hint,
+                id="django_rls.E020",
+            )
+        )
     return messages
 
 

@@ -140,6 +140,9 @@ def _keys(declaration: Declaration) -> dict[str, str]:
         elif isinstance(policy, policies.BySiteAndOwner):
             keys[policy.site_field] = "site"
             keys[policy.owner_field] = "user"
+        elif isinstance(policy, policies.Members):
+            keys[policy.site_field] = "site"
+            keys[policy.user_field] = "user"
         else:
             raise probes.Unprobeable(f"{type(policy).__name__} policies are checked in the catalog only")
     return keys

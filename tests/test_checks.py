@@ -247,3 +247,36 @@ def test_e019_app_role_can_set_role_to_a_bypassing_role(live_db, app_can_set_rol
             "role rls_test_app is named in the policies but can SET ROLE to rls_t_super, which is a superuser, "
             "so any SQL it runs can bypass row level security",
         ]
+
+
+def test_e020_membership_through_itself(monkeypatch):
+    """The membership model protected through itself: every query on it would recurse."""
+    from django_rls.policies import Membership
+
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.SiteMembership",
+        Declaration("testapp.SiteMembership", (Membership("testapp.SiteMembership"),), origin="here"),
+    )
+    assert ids() == ["django_rls.E020"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
+    assert message.msg.startswith("the policy of testapp.SiteMembership reads its own table")
+    assert "Members(user_field, site_field)" in message.hint
+
+
+def test_e020_a_circle_of_parents(monkeypatch):
+    """Order protected through Project's membership table, which is protected through Order: a circle of three."""
+    from django_rls.policies import Membership, ThroughParent
+
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.SiteMembership",
+        Declaration("testapp.SiteMembership", (ThroughParent("site"),), origin="here"),
+    )
+    monkeypatch.setitem(
+        declarations._registry,
+        "sites.Site",
+        Declaration("sites.Site", (Membership("testapp.SiteMembership", field="id"),), origin="here"),
+    )
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
+    assert "sites.Site -> testapp.SiteMembership -> sites.Site read each other's tables" in message.msg

@@ -88,3 +88,59 @@ def test_bad_declarations_say_what_to_fix(model, policies, message):
 def test_commands_are_validated():
     with pytest.raises(DeclarationError, match="subset"):
         BySite("site", commands=["truncate"])
+
+
+def test_members_reads_no_other_row_and_writes_in_the_current_site():
+    from django_rls.policies import Members
+    from tests.testapp.models import SiteMembership
+
+    assert groups(SiteMembership, Members("user", "site")) == [
+        Group("members", '"site_id" = rls.site_id() OR "user_id" = rls.user_id()', None, ("select",)),
+        Group("members_site", '"site_id" = rls.site_id()', None, ("insert", "update", "delete")),
+    ]
+
+
+def test_policy_cycles():
+    from django_rls.policies import Members, policy_cycles
+
+    def declared(**policies):
+        return {label.replace("__", "."): Declaration(label.replace("__", "."), (p,)) for label, p in policies.items()}
+
+    assert policy_cycles(declared(testapp__SiteMembership=Membership("testapp.SiteMembership"))) == [
+        ["testapp.SiteMembership", "testapp.SiteMembership"]
+    ]
+    assert (
+        policy_cycles(
+            declared(testapp__SiteMembership=Members(), testapp__Project=Membership("testapp.SiteMembership"))
+        )
+        == []
+    )
+    # A membership model that is not protected is no circle either.
+    assert policy_cycles(declared(testapp__Project=Membership("testapp.SiteMembership"))) == []
+    assert policy_cycles(declared(testapp__OrderLine=ThroughParent("order"), testapp__Order=BySite("site"))) == []
+
+
+def test_members_as_the_app_role(live_db):
+    """As the app role, the membership table protected by Members answers without recursion, and so does
+    the Membership policy that reads it."""
+    from django.contrib.auth.models import User
+
+    import django_rls
+    from tests.testapp.models import Project, SiteMembership
+
+    users = {u.username: u.pk for u in User.objects.all()}
+    names = {pk: name for name, pk in users.items()}
+
+    def memberships(site, user):
+        with django_rls.context(site=site, user=users[user]):
+            rows = SiteMembership.objects.values_list("user_id", "site_id")
+            return sorted((names[u], s) for u, s in rows)
+
+    # alice on site 2: her own membership (site 1) and site 2's members; nothing else of site 1.
+    assert memberships(2, "alice") == [("alice", 1), ("bob", 2), ("carol", 2)]
+    assert memberships(1, "bob") == [("alice", 1), ("bob", 2), ("carol", 1)]
+    with django_rls.context(site=1, user=users["carol"]):
+        assert sorted(Project.objects.values_list("name", flat=True)) == ["project 1", "project 2"]
+        # Writes stay in the current site.
+        assert SiteMembership.objects.filter(site_id=2).update(site_id=2) == 0
+        assert SiteMembership.objects.filter(site_id=1).update(site_id=1) == 2

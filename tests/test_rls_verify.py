@@ -37,6 +37,7 @@ def test_passes_and_leaves_no_probe_rows(live_db):
     assert "ok    testapp_note: another site or user cannot read, change or delete its rows" in out
     assert "ok    testapp_tenantdoc:" in out  # UUID keys
     assert "ok    thirdparty_widget:" in out  # a plain integer owner column
+    assert "ok    testapp_sitemembership:" in out  # Members
     assert "skip  testapp_orderline: not probed: ThroughParent policies are checked in the catalog only" in out
     import django_rls
 
