@@ -374,7 +374,9 @@ def _check_drift(alias: str) -> list[CheckMessage]:
         plan = make_plan(connections[alias])
     except TablesMissing:
         return []  # before the first migrate: nothing to compare yet, and migrate must not be blocked
-    except (PlanError, DeclarationError) as exc:
+    except DeclarationError:
+        return []  # a declaration that does not compile is reported by E006 (or E004/E005)
+    except PlanError as exc:
         return [Error(str(exc), id="django_rls.E016")]
     if plan.in_sync:
         return []
