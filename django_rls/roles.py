@@ -6,6 +6,7 @@
   or maintenance role, nor of any role through which it could SET ROLE to a
   superuser or BYPASSRLS role;
 - the owner role: owns the tables, runs migrate and rls_apply; no superuser, no BYPASSRLS;
+  CREATEDB when it creates the test databases (``rls_roles --owner-createdb``);
 - the maintenance role (optional): BYPASSRLS and a member of the owner role, used only
   inside django_rls.bypass();
 - a backup role (optional): BYPASSRLS and pg_read_all_data, for pg_dump.
@@ -47,8 +48,20 @@ class RoleSpec:
 
 
 def specs(
-    app: str, owner: str | None, maintenance: str | None, backup: str | None, passwords: dict[str, str]
+    app: str,
+    owner: str | None,
+    maintenance: str | None,
+    backup: str | None,
+    passwords: dict[str, str],
+    *,
+    owner_createdb: bool | None = None,
 ) -> list[RoleSpec]:
+    """The roles wanted. ``owner_createdb``: True gives the owner CREATEDB, None leaves it as it is.
+
+    The owner is the role the test runner creates test databases as (pytest-django,
+    ``manage.py test``), which needs CREATEDB; nothing else django_rls does needs it,
+    and it never lets the owner read or change rows another way.
+    """
     plain = {
         "rolsuper": False,
         "rolcreaterole": False,
@@ -58,7 +71,12 @@ def specs(
     }
     result = []
     if owner:
-        result.append(RoleSpec("owner", owner, {**plain, "rolbypassrls": False}, passwords.get(owner)))
+        owner_flags = {**plain, "rolbypassrls": False}
+        if owner_createdb is None:
+            del owner_flags["rolcreatedb"]
+        else:
+            owner_flags["rolcreatedb"] = owner_createdb
+        result.append(RoleSpec("owner", owner, owner_flags, passwords.get(owner)))
     result.append(
         RoleSpec(
             "application",

@@ -198,3 +198,18 @@ def test_takes_the_app_role_out_of_roles_that_lead_to_a_bypassing_role(superuser
     finally:
         with connections[superuser_alias].cursor() as cursor:
             cursor.execute("DROP ROLE rls_t_middle, rls_t_bypasser, rls_t_harmless")
+
+
+def test_the_owner_may_create_the_test_database(superuser_alias):
+    """pytest-django creates the test database as the owner: rls_roles never takes CREATEDB from it, and grants it
+    with --owner-createdb; the application role never gets it."""
+    printed = run(superuser_alias, "--dry-run", "--owner-createdb")
+    assert 'CREATE ROLE "rls_t_owner" NOSUPERUSER NOCREATEROLE CREATEDB LOGIN NOREPLICATION NOBYPASSRLS;' in printed
+    run(superuser_alias)
+    assert attributes(superuser_alias, "rls_t_owner")[3] is False  # created without CREATEDB by default
+    assert "set CREATEDB on the owner role rls_t_owner" in run(superuser_alias, "--owner-createdb")
+    assert attributes(superuser_alias, "rls_t_owner")[3] is True
+    # A later plain run leaves it: the role setup and the test setup agree.
+    assert run(superuser_alias).startswith("Nothing to do")
+    assert run(superuser_alias, "--dry-run") == run(superuser_alias, "--dry-run", "--owner-createdb")
+    assert attributes(superuser_alias, "rls_t_app")[3] is False

@@ -30,6 +30,13 @@ class Command(BaseCommand):
         parser.add_argument("--owner-role", help='Default: the USER of DJANGO_RLS["OWNER_DATABASE"].')
         parser.add_argument("--maintenance-role", help='Default: the USER of DJANGO_RLS["BYPASS_DATABASE"].')
         parser.add_argument("--backup-role", help="Also create a BYPASSRLS role with pg_read_all_data for pg_dump.")
+        parser.add_argument(
+            "--owner-createdb",
+            action="store_true",
+            help="Give the owner role CREATEDB, which the test runner (pytest-django, manage.py test) needs to create "
+            "the test database as the owner; on development and CI servers. Without it the owner's CREATEDB is left "
+            "as it is.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
@@ -43,7 +50,9 @@ class Command(BaseCommand):
         passwords = {
             db["USER"]: db["PASSWORD"] for db in connections.settings.values() if db.get("USER") and db.get("PASSWORD")
         }
-        wanted = specs(app, owner, maintenance, options["backup_role"], passwords)
+        wanted = specs(
+            app, owner, maintenance, options["backup_role"], passwords, owner_createdb=options["owner_createdb"] or None
+        )
 
         connection = connections[alias]
         try:
