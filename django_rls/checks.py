@@ -122,6 +122,88 @@ def _check_recursion(declarations: Any) -> list[CheckMessage]:
     return messages
 
 
+SITE_RESOLVER_HINT = (
+    'Tell django_rls how a request finds its site: DJANGO_RLS["SITE_RESOLVER"] = a function (request) -> your '
+    'tenant (or its id), or django_rls.resolvers.from_attribute("tenant") with a middleware that sets '
+    'request.tenant; or, to use the default, add "django.contrib.sites" to INSTALLED_APPS with one Site per '
+    'domain (docs/getting-started.md, "Choosing the site").'
+)
+
+
+def check_site_resolver(**kwargs: Any) -> list[CheckMessage]:
+    """W007/W008: the default site resolver (django.contrib.sites) cannot give this project's sites."""
+    from django.apps import apps
+
+    from django_rls import resolvers
+    from django_rls.conf import rls_settings
+    from django_rls.declarations import all_declarations
+    from django_rls.policies import DeclarationError
+
+    try:
+        if rls_settings.SITE_RESOLVER is not resolvers.current_site:
+            return []
+        declarations = all_declarations()
+    except (ImproperlyConfigured, DeclarationError):
+        return []  # reported by E001 / E004
+    if not apps.is_installed("django.contrib.sites") and getattr(settings, "SITE_ID", None) is None:
+        return [
+            Warning(
+                "the default SITE_RESOLVER reads django.contrib.sites, which is not installed, and SITE_ID is not "
+                "set: every request runs without a site and sees no row of a table protected by site, while check, "
+                "rls_apply and rls_verify have nothing to object to.",
+                hint=SITE_RESOLVER_HINT,
+                id="django_rls.W007",
+            )
+        ]
+    keys = _site_key_targets(declarations)
+    others = sorted({target for target in keys.values() if target != "sites.Site"})
+    if keys and "sites.Site" not in keys.values() and others:
+        fields = ", ".join(f"{field} ({target})" for field, target in sorted(keys.items()))
+        return [
+            Warning(
+                f"the default SITE_RESOLVER gives django.contrib.sites ids, but no protected model keys its rows by "
+                f"a Site: {fields}. Requests would look for rows of Site ids in columns that hold ids of "
+                f"{', '.join(others)}, and see none (or another tenant's).",
+                hint=SITE_RESOLVER_HINT,
+                id="django_rls.W008",
+            )
+        ]
+    return []
+
+
+def _site_key_targets(declarations: Any) -> dict[str, str]:
+    """Map "app.Model.field" to what its site key holds: the label of the model it points at, or "UUID"."""
+    from django.core.exceptions import FieldDoesNotExist
+    from django.db import models
+
+    from django_rls import policies
+
+    found: dict[str, str] = {}
+    for label, declaration in declarations.items():
+        try:
+            model = declaration.model_class()
+        except LookupError:
+            continue  # reported by E005
+        for policy in declaration.policies:
+            if isinstance(policy, policies.BySite | policies.Shared | policies.Membership):
+                names = [policy.field]
+            elif isinstance(policy, policies.BySiteAndOwner | policies.Members):
+                names = [policy.site_field]
+            else:
+                continue
+            for name in names:
+                try:
+                    field = model._meta.get_field(name)
+                except FieldDoesNotExist:
+                    continue  # reported by E006
+                target = getattr(field, "related_model", None)
+                if target is not None and not isinstance(target, str):
+                    found[f"{label}.{name}"] = target._meta.label
+                elif isinstance(field, models.UUIDField):
+                    found[f"{label}.{name}"] = "UUID"
+    return found
+
+
 def check_scope(**kwargs: Any) -> list[CheckMessage]:
     from django_rls.conf import rls_settings
     from django_rls.database import protected_aliases

@@ -280,3 +280,32 @@ def test_e020_a_circle_of_parents(monkeypatch):
     )
     [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
     assert "sites.Site -> testapp.SiteMembership -> sites.Site read each other's tables" in message.msg
+
+
+def test_w007_default_site_resolver_without_contrib_sites(monkeypatch, settings):
+    from django.apps import apps
+
+    installed = apps.is_installed
+    monkeypatch.setattr(apps, "is_installed", lambda name: name != "django.contrib.sites" and installed(name))
+    assert ids() == ["django_rls.W007"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.W007"]
+    assert "SITE_RESOLVER" in message.hint and "from_attribute" in message.hint
+    settings.SITE_ID = 1  # one site for every request: the default resolver works
+    assert ids() == []
+    del settings.SITE_ID
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": lambda request: 1}
+    assert ids() == []  # a resolver of the project's own
+
+
+def test_w008_default_site_resolver_with_a_tenant_model_of_its_own(monkeypatch, settings):
+    """Every site key points at the project's own tenant model: Site ids would find none of its rows."""
+    from django_rls.policies import BySiteAndOwner
+
+    doc = Declaration("testapp.TenantDoc", (BySiteAndOwner("tenant", "owner_uuid"),), origin="here")
+    monkeypatch.setattr(declarations, "_registry", {"testapp.TenantDoc": doc})
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "MODELS": {}}
+    assert ids() == ["django_rls.W008"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.W008"]
+    assert "testapp.TenantDoc.tenant (testapp.Tenant)" in message.msg
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": lambda request: None}
+    assert ids() == []
