@@ -41,6 +41,9 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT rolsuper, rolbypassrls, current_user FROM pg_roles WHERE rolname = current_user")
         is_super, bypass, role = cursor.fetchone()
+        wrong_alias = _not_the_application(alias, role)
+        if wrong_alias:
+            return [wrong_alias]
         if is_super:
             return [f"the connection's role {role} is a superuser: every policy is bypassed"]
         if bypass:
@@ -104,6 +107,19 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
         )
         failures.extend(f"{name}: {problem}" for name, problem in cursor.fetchall())
     return failures
+
+
+def _not_the_application(alias: str, role: str) -> str | None:
+    """The owner or maintenance alias is not what rls_verify tests: say which command to run instead."""
+    for kind, other in (("owner", rls_settings.OWNER_DATABASE), ("maintenance", rls_settings.BYPASS_DATABASE)):
+        user = connections.settings[other].get("USER") if other in connections.settings else None
+        if other and (alias == other or role == user):
+            return (
+                f"rls_verify is connected as {role}, the {kind} role (alias {other!r}), which policies do not limit: "
+                "it proves what the application sees, so run it as the application, "
+                "manage.py rls_verify --database default (or the alias your site connects as)"
+            )
+    return None
 
 
 def _session_failures(cursor: Any, role: str) -> list[str]:

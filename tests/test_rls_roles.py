@@ -213,3 +213,24 @@ def test_the_owner_may_create_the_test_database(superuser_alias):
     assert run(superuser_alias).startswith("Nothing to do")
     assert run(superuser_alias, "--dry-run") == run(superuser_alias, "--dry-run", "--owner-createdb")
     assert attributes(superuser_alias, "rls_t_app")[3] is False
+
+
+def test_first_setup_says_to_connect_as_an_administrator(live_db, extra_alias, settings):
+    """On a first setup the owner role does not exist yet: even --dry-run cannot connect as it."""
+    alias = extra_alias("future_owner", user="rls_t_not_created_yet")
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "OWNER_DATABASE": alias}
+    out = io.StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("rls_roles", "--dry-run", stdout=out)
+    message = str(raised.value)
+    assert "cannot connect through database alias 'future_owner' as rls_t_not_created_yet" in message
+    assert "does not exist yet on a first setup" in message
+    assert "manage.py rls_roles --database admin" in message
+
+
+def test_plain_migrate_as_the_app_role_names_the_command(live_db):
+    """migrate through "default" (the app role, which may not create tables) stops before the first migration."""
+    with pytest.raises(CommandError, match=r"run manage.py migrate --database owner, which connects as the owner"):
+        call_command("migrate", "testapp", "zero", database="default", verbosity=0)
+    # Nothing to migrate: nothing to say.
+    call_command("migrate", database="default", verbosity=0)

@@ -45,14 +45,27 @@ def test_passes_and_leaves_no_probe_rows(live_db):
         assert not Note.objects.filter(body__startswith="rls-verify").exists()
 
 
-def test_superuser_or_bypassrls_connection(live_db):
-    code, out = verify("bypass")
-    assert code == 1 and "has BYPASSRLS: every policy is bypassed" in out
+def test_superuser_or_bypassrls_connection(live_db, extra_alias):
+    alias = extra_alias("bypass_copy", user="rls_test_bypass")
+    code, out = verify(alias)
+    assert code == 1
+    assert "rls_verify is connected as rls_test_bypass, the maintenance role (alias 'bypass')" in out
 
 
-def test_owner_connection(live_db):
+def test_owner_connection_names_the_command_to_run(live_db):
+    """Connected as the owner, rls_verify says to run it as the application, not to run rls_apply."""
     code, out = verify("owner")
-    assert code == 1 and "testapp_note: the connection's role owns the table" in out
+    assert code == 1
+    assert "rls_verify is connected as rls_test_owner, the owner role (alias 'owner')" in out
+    assert "manage.py rls_verify --database default" in out
+    assert "run rls_apply" not in out
+
+
+def test_a_bypassrls_application_role(live_db, settings):
+    """A BYPASSRLS role that is not the maintenance role is reported as such."""
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "BYPASS_DATABASE": None}
+    code, out = verify("bypass")
+    assert code == 1 and "the connection's role rls_test_bypass has BYPASSRLS: every policy is bypassed" in out
 
 
 def test_missing_force(restore):

@@ -15,6 +15,19 @@ def _user(alias: str | None) -> str | None:
     return connections.settings[alias]["USER"] if alias and alias in connections.settings else None
 
 
+def _cannot_connect(alias: str, owner: str | None, exc: Exception) -> str:
+    user = _user(alias)
+    message = f"cannot connect through database alias {alias!r} as {user}: {str(exc).strip().splitlines()[0]}"
+    if user and user == owner:
+        return (
+            f"{message}. rls_roles connects as the owner role by default, which does not exist yet on a first "
+            "setup (rls_roles creates it). Run it, or rls_roles --dry-run, through an administrator's connection: a "
+            'superuser or a role with CREATEROLE, for example an "admin" entry in DATABASES with the same NAME, then '
+            "manage.py rls_roles --database admin"
+        )
+    return f"{message}. Check the alias's USER, PASSWORD, HOST and NAME, or pass --database with another alias"
+
+
 class Command(BaseCommand):
     help = (
         "Create or fix the application, owner, maintenance and backup roles: attributes, memberships, "
@@ -55,6 +68,10 @@ class Command(BaseCommand):
         )
 
         connection = connections[alias]
+        try:
+            connection.ensure_connection()
+        except DatabaseError as exc:
+            raise CommandError(_cannot_connect(alias, owner, exc)) from exc
         try:
             with transaction.atomic(using=alias), connection.cursor() as cursor:
                 steps = plan(cursor, wanted)
