@@ -60,17 +60,16 @@ def insert(row: models.Model, using: str, *, returning: bool = True) -> Any:
     SELECT policy would check too: what a WITH CHECK alone lets through shows.
     """
     model = type(row)
-    if model._meta.parents:
+    meta = model._meta.concrete_model._meta  # a proxy model writes its concrete model's table
+    if meta.parents:
         raise Unprobeable("multi-table inheritance: a probe row would need rows in the parent tables too")
     fields = [
         f
-        for f in model._meta.local_concrete_fields
+        for f in meta.local_concrete_fields
         if not (f.primary_key and row.pk is None) and not getattr(f, "generated", False)
     ]
     manager = model._base_manager.using(using)
-    result = manager._insert(
-        [row], fields=fields, returning_fields=[model._meta.pk] if returning else None, using=using
-    )
+    result = manager._insert([row], fields=fields, returning_fields=[meta.pk] if returning else None, using=using)
     row._state.adding, row._state.db = False, using
     if returning:
         row.pk = result[0][0]
