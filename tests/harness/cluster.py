@@ -205,6 +205,11 @@ def env_from_url(url: str) -> dict[str, str]:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Turn a signal into KeyboardInterrupt (tests/harness/citus_cluster.py uses it)."""
+    raise KeyboardInterrupt
+
+
 class _Stopper:
     """Ctrl-C, SIGTERM (timeout, CI, a process manager) or SIGHUP: stop the command, then the cluster.
 
