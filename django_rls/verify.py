@@ -80,18 +80,25 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
             """,
             [list(found), [table.oid for table in found.values()]],
         )
+        owned_tables: set[str] = set()
         for name, enabled, forced, owned in cursor.fetchall():
             table = found[name].display
+            if owned:
+                owned_tables.add(name)
             if not enabled:
                 failures.append(f"{table}: row level security is disabled")
             elif owned:
-                failures.append(f"{table}: the connection's role owns the table and can switch row level security off")
+                failures.append(
+                    f"{table}: the connection's role owns the table and can switch row level security off (run "
+                    "migrations as a separate owner role, transfer the table to it, and connect the application as "
+                    "a role that owns nothing)"
+                )
             elif not forced:
                 failures.append(f"{table}: FORCE ROW LEVEL SECURITY is off, so the table's owner bypasses it")
         for declaration in declarations.values():
             name = declaration.model_class()._meta.db_table
-            if name not in found:
-                continue
+            if name not in found or name in owned_tables:
+                continue  # an owner is not what the policies are for: rls_apply is not the fix
             for group in declaration.groups(connections[alias]):
                 cursor.execute(
                     "SELECT rls.group_in_sync(%s::oid::regclass, %s, %s, %s, %s::text[], %s)",
@@ -111,6 +118,10 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
 
 def _not_the_application(alias: str, role: str) -> str | None:
     """The owner or maintenance alias is not what rls_verify tests: say which command to run instead."""
+    from django_rls.database import protected_aliases
+
+    if alias in protected_aliases():
+        return None  # an application alias, whatever its role: the other checks say what is wrong with it
     for kind, other in (("owner", rls_settings.OWNER_DATABASE), ("maintenance", rls_settings.BYPASS_DATABASE)):
         user = connections.settings[other].get("USER") if other in connections.settings else None
         if other and (alias == other or role == user):

@@ -46,8 +46,11 @@ def test_passes_and_leaves_no_probe_rows(live_db):
 
 
 def test_superuser_or_bypassrls_connection(live_db, extra_alias):
+    """An application alias that connects as a BYPASSRLS role, and the maintenance alias itself."""
     alias = extra_alias("bypass_copy", user="rls_test_bypass")
     code, out = verify(alias)
+    assert code == 1 and "the connection's role rls_test_bypass has BYPASSRLS: every policy is bypassed" in out
+    code, out = verify("bypass")
     assert code == 1
     assert "rls_verify is connected as rls_test_bypass, the maintenance role (alias 'bypass')" in out
 
@@ -59,13 +62,6 @@ def test_owner_connection_names_the_command_to_run(live_db):
     assert "rls_verify is connected as rls_test_owner, the owner role (alias 'owner')" in out
     assert "manage.py rls_verify --database default" in out
     assert "run rls_apply" not in out
-
-
-def test_a_bypassrls_application_role(live_db, settings):
-    """A BYPASSRLS role that is not the maintenance role is reported as such."""
-    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "BYPASS_DATABASE": None}
-    code, out = verify("bypass")
-    assert code == 1 and "the connection's role rls_test_bypass has BYPASSRLS: every policy is bypassed" in out
 
 
 def test_missing_force(restore):
@@ -220,3 +216,13 @@ def test_an_app_role_that_can_set_role_to_a_bypassing_role_fails(live_db, databa
             admin.execute("DROP ROLE rls_t_verify_bypasser")
     assert code == 1
     assert "the connection's role rls_test_app can SET ROLE to rls_t_verify_bypasser (has BYPASSRLS)" in out
+
+
+def test_an_application_alias_that_owns_the_tables(live_db, extra_alias):
+    """The application connecting as the tables' owner: ownership is the fix, not rls_apply."""
+    alias = extra_alias("app_as_owner", user="rls_test_owner")
+    code, out = verify(alias)
+    assert code == 1
+    assert "testapp_note: the connection's role owns the table and can switch row level security off" in out
+    assert "transfer the table to it" in out
+    assert "run rls_apply" not in out
