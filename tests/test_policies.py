@@ -144,3 +144,35 @@ def test_members_as_the_app_role(live_db):
         # Writes stay in the current site.
         assert SiteMembership.objects.filter(site_id=2).update(site_id=2) == 0
         assert SiteMembership.objects.filter(site_id=1).update(site_id=1) == 2
+
+
+def test_a_membership_table_through_itself_really_recurses(owner_conn, app_conn):
+    """What E020 refuses, as PostgreSQL runs it for the app role; and the Members() condition on the same table."""
+    import psycopg
+    from psycopg import sql as pgsql
+
+    from tests.roles import APP_ROLE
+
+    owner_conn.execute("DROP TABLE IF EXISTS members_demo")
+    owner_conn.execute("CREATE TABLE members_demo (id serial PRIMARY KEY, user_id bigint, site_id bigint)")
+    owner_conn.execute("INSERT INTO members_demo (user_id, site_id) VALUES (1, 1), (2, 1), (1, 2), (3, 2)")
+    owner_conn.execute(pgsql.SQL("GRANT SELECT ON members_demo TO {}").format(pgsql.Identifier(APP_ROLE)))
+    try:
+        owner_conn.execute(
+            "SELECT rls.protect('members_demo', 'membership', "
+            "'site_id IN (SELECT m.site_id FROM members_demo m WHERE m.user_id = rls.user_id())', to_role => %s)",
+            (APP_ROLE,),
+        )
+        app_conn.execute("SELECT rls.set_context('2', '3', is_local => false)")
+        with pytest.raises(psycopg.errors.InvalidObjectDefinition, match="infinite recursion detected in policy"):
+            app_conn.execute("SELECT count(*) FROM members_demo")
+        owner_conn.execute("SELECT rls.unprotect('members_demo')")
+        owner_conn.execute(
+            "SELECT rls.protect('members_demo', 'members', 'site_id = rls.site_id() OR user_id = rls.user_id()', "
+            "to_role => %s)",
+            (APP_ROLE,),
+        )
+        rows = app_conn.execute("SELECT user_id, site_id FROM members_demo ORDER BY 1, 2").fetchall()
+        assert rows == [(1, 2), (3, 2)]  # user 3 in site 2: site 2's members (user 3 has no other membership)
+    finally:
+        owner_conn.execute("DROP TABLE members_demo")
