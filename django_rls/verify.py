@@ -222,7 +222,11 @@ def _probe(declaration: Declaration, alias: str, protected: set[str]) -> str | N
 def verify(alias: str = "default") -> Report:
     report = Report()
     declarations = all_declarations()
-    report.failures.extend(_catalog_failures(alias, declarations))
+    try:
+        report.failures.extend(_catalog_failures(alias, declarations))
+    except DatabaseError as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        report.failures.append(f"could not inspect database {alias!r}: {type(exc).__name__}: {first_line}")
     if report.failures:
         return report
     protected = set(declarations)

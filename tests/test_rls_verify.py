@@ -226,3 +226,10 @@ def test_an_application_alias_that_owns_the_tables(live_db, extra_alias):
     assert "testapp_note: the connection's role owns the table and can switch row level security off" in out
     assert "transfer the table to it" in out
     assert "run rls_apply" not in out
+
+
+def test_an_unreachable_database_is_a_fail_line(live_db, extra_alias):
+    alias = extra_alias("nowhere", "django_rls_no_such_database")
+    code, out = verify(alias)
+    assert code == 1
+    assert "FAIL  could not inspect database 'nowhere': OperationalError:" in out
