@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -95,12 +96,29 @@ def main() -> int:
     manage(env, "check", "--database", "default", "--fail-level", "WARNING")
     manage(env, "demo_check")
     if args.serve:
-        print(f"\nServing the demo on http://{args.host}:{args.port}/ (Ctrl-C stops it).", flush=True)
-        try:
-            manage(env, "runserver", f"{args.host}:{args.port}", "--noreload")
-        except KeyboardInterrupt:
-            pass
+        return serve(env, args.host, args.port)
     return 0
+
+
+def serve(env: dict[str, str], host: str, port: int) -> int:
+    """Run the development server until it stops; Ctrl-C, SIGTERM and SIGHUP are the normal way to end."""
+    print(f"\nServing the demo on http://{host}:{port}/ (Ctrl-C stops it).", flush=True)
+    server = subprocess.Popen(
+        [sys.executable, str(DEMO / "manage.py"), "runserver", f"{host}:{port}", "--noreload"], env=env
+    )
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, frame: object) -> None:
+        if server.poll() is None:
+            server.terminate()  # the server dies quietly of SIGTERM; a KeyboardInterrupt would print a traceback
+
+    for signum in stop_signals:
+        signal.signal(signum, stop)
+    status = server.wait()
+    if status in (0, *(-signum for signum in stop_signals)):
+        print("Demo stopped.", flush=True)
+        return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Public API::
 
     from django_rls import context, no_context, bypass, protect, register
-    from django_rls.policies import BySite, ByOwner, BySiteAndOwner, Shared, OwnerOrShared, Membership, ThroughParent, Custom
+    from django_rls.policies import BySite, ByOwner, BySiteAndOwner, Shared, OwnerOrShared, Membership, Members,
+        ThroughParent, Custom
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from django.core import checks
 from django.core.signals import request_finished
 from django.db import connections
 from django.db.backends.signals import connection_created
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_migrate, pre_migrate
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -26,11 +26,13 @@ class DjangoRlsConfig(AppConfig):
         connection_created.connect(database.on_connection_created, dispatch_uid="django_rls.install")
         request_finished.connect(_clear_session_context, dispatch_uid="django_rls.clear_session")
         post_migrate.connect(_apply_after_migrate, dispatch_uid="django_rls.apply_after_migrate")
+        pre_migrate.connect(_migrate_as_application, dispatch_uid="django_rls.migrate_as_application")
         for alias in connections:
             database.install(connections[alias])
 
         checks.register(rls_checks.check_settings)
         checks.register(rls_checks.check_middleware)
+        checks.register(rls_checks.check_site_resolver)
         checks.register(rls_checks.check_declarations)
         checks.register(rls_checks.check_scope)
         checks.register(rls_checks.check_binding)
@@ -58,3 +60,32 @@ def _apply_after_migrate(sender: AppConfig, using: str, **kwargs: Any) -> None:
     if with_models and sender is with_models[-1]:
         options = {"stdout": kwargs["stdout"]} if kwargs.get("stdout") else {}
         call_command("rls_apply", database=using, verbosity=kwargs.get("verbosity", 1), **options)
+
+
+def _migrate_as_application(sender: AppConfig, using: str, plan: Any = None, **kwargs: Any) -> None:
+    """Plain ``migrate`` runs through "default", the application's role, which may not create tables.
+
+    It would fail half-way with "permission denied for schema public"; stop it
+    before the first migration and name the command that works. Only when it
+    would fail: a role that may create tables is left to migrate.
+    """
+    from django.core.management.base import CommandError
+
+    from django_rls.conf import rls_settings
+    from django_rls.database import protected_aliases
+
+    owner = rls_settings.OWNER_DATABASE
+    if not plan or not owner or using == owner or using not in protected_aliases():
+        return
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT has_schema_privilege(coalesce(current_schema(), 'public'), 'CREATE'), "
+            "coalesce(current_schema(), 'public'), current_user"
+        )
+        can_create, schema, role = cursor.fetchone()
+    if not can_create:
+        raise CommandError(
+            f"migrate --database {using} connects as {role}, the application role, which may not create or change "
+            f"tables (no CREATE on schema {schema}, as django_rls wants it): run manage.py migrate --database {owner}, "
+            "which connects as the owner role"
+        )

@@ -88,7 +88,120 @@ def check_declarations(**kwargs: Any) -> list[CheckMessage]:
             declaration.groups(connections["default"])
         except DeclarationError as exc:
             messages.append(Error(str(exc), obj=model, id="django_rls.E006"))
+    messages.extend(_check_recursion(declarations))
     return messages
+
+
+def _check_recursion(declarations: Any) -> list[CheckMessage]:
+    """E020: policies that read each other's tables in a circle fail every query on them."""
+    from django_rls.policies import policy_cycles
+
+    messages: list[CheckMessage] = []
+    for cycle in policy_cycles(declarations):
+        if len(cycle) == 2:
+            what = f"the policy of {cycle[0]} reads its own table"
+            hint = (
+                "On a membership model, declare Members(user_field, site_field) (a user's own memberships and the "
+                "current site's members), not Membership() through itself; on a model whose foreign key points at "
+                "the model itself (a tree), protect each row by its own site (BySite) instead of ThroughParent."
+            )
+        else:
+            what = f"the policies of {' -> '.join(cycle)} read each other's tables in a circle"
+            hint = (
+                "Break the circle: protect one of these models by its own columns (BySite, ByOwner, Members) "
+                "instead of through another protected model."
+            )
+        messages.append(
+            Error(
+                f"{what}: PostgreSQL applies a table's policies to the policies' own reads too, so every query on "
+                "it would fail with 'infinite recursion detected in policy for relation'.",
+                hint=hint,
+                id="django_rls.E020",
+            )
+        )
+    return messages
+
+
+SITE_RESOLVER_HINT = (
+    'Tell django_rls how a request finds its site: DJANGO_RLS["SITE_RESOLVER"] = a function (request) -> your '
+    'tenant (or its id), or django_rls.resolvers.from_attribute("tenant") with a middleware that sets '
+    'request.tenant; or, to use the default, add "django.contrib.sites" to INSTALLED_APPS with one Site per '
+    'domain (docs/getting-started.md, "Choosing the site").'
+)
+
+
+def check_site_resolver(**kwargs: Any) -> list[CheckMessage]:
+    """W007/W008: the default site resolver (django.contrib.sites) cannot give this project's sites."""
+    from django.apps import apps
+
+    from django_rls import resolvers
+    from django_rls.conf import rls_settings
+    from django_rls.declarations import all_declarations
+    from django_rls.policies import DeclarationError
+
+    try:
+        if rls_settings.SITE_RESOLVER is not resolvers.current_site:
+            return []
+        declarations = all_declarations()
+    except (ImproperlyConfigured, DeclarationError):
+        return []  # reported by E001 / E004
+    if not apps.is_installed("django.contrib.sites") and getattr(settings, "SITE_ID", None) is None:
+        return [
+            Warning(
+                "the default SITE_RESOLVER reads django.contrib.sites, which is not installed, and SITE_ID is not "
+                "set: every request runs without a site and sees no row of a table protected by site, while check, "
+                "rls_apply and rls_verify have nothing to object to.",
+                hint=SITE_RESOLVER_HINT,
+                id="django_rls.W007",
+            )
+        ]
+    keys = _site_key_targets(declarations)
+    others = sorted({target for target in keys.values() if target != "sites.Site"})
+    if keys and "sites.Site" not in keys.values() and others:
+        fields = ", ".join(f"{field} ({target})" for field, target in sorted(keys.items()))
+        return [
+            Warning(
+                f"the default SITE_RESOLVER gives django.contrib.sites ids, but no protected model keys its rows by "
+                f"a Site: {fields}. Requests would look for rows of Site ids in columns that hold ids of "
+                f"{', '.join(others)}, and see none (or another tenant's).",
+                hint=SITE_RESOLVER_HINT,
+                id="django_rls.W008",
+            )
+        ]
+    return []
+
+
+def _site_key_targets(declarations: Any) -> dict[str, str]:
+    """Map "app.Model.field" to what its site key holds: the label of the model it points at, or "UUID"."""
+    from django.core.exceptions import FieldDoesNotExist
+    from django.db import models
+
+    from django_rls import policies
+
+    found: dict[str, str] = {}
+    for label, declaration in declarations.items():
+        try:
+            model = declaration.model_class()
+        except LookupError:
+            continue  # reported by E005
+        for policy in declaration.policies:
+            if isinstance(policy, policies.BySite | policies.Shared | policies.Membership):
+                names = [policy.field]
+            elif isinstance(policy, policies.BySiteAndOwner | policies.Members):
+                names = [policy.site_field]
+            else:
+                continue
+            for name in names:
+                try:
+                    field = model._meta.get_field(name)
+                except FieldDoesNotExist:
+                    continue  # reported by E006
+                target = getattr(field, "related_model", None)
+                if target is not None and not isinstance(target, str):
+                    found[f"{label}.{name}"] = target._meta.label
+                elif isinstance(field, models.UUIDField):
+                    found[f"{label}.{name}"] = "UUID"
+    return found
 
 
 def check_scope(**kwargs: Any) -> list[CheckMessage]:
@@ -238,6 +351,8 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                     id="django_rls.E014",
                 )
             )
+        if not is_super and not bypass:
+            messages.extend(_check_set_role(alias, cursor))
         cursor.execute(
             """
             SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY 1)
@@ -264,8 +379,32 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                 continue  # the role behind django_rls.bypass() is meant to bypass
             if object_name == role and ("temporary tables" in problem or "search_path" in problem):
                 continue  # reported for this connection by E017 and E018
+            if object_name == role and "can SET ROLE to" in problem:
+                continue  # reported for this connection by E015 and E019
             messages.append(Warning(f"{object_name}: {problem}", hint=hint, id="django_rls.W003"))
     return messages
+
+
+def _check_set_role(alias: str, cursor: Any) -> list[CheckMessage]:
+    """E019: one SET ROLE away from a role that bypasses every policy."""
+    from django_rls.roles import bypassing_roles
+
+    roles = bypassing_roles(cursor)
+    if not roles:
+        return []
+    cursor.execute("SELECT current_user")
+    role = cursor.fetchone()[0]
+    listed = ", ".join(f"{name} ({why})" for name, why in roles)
+    return [
+        Error(
+            f"database {alias!r} connects as {role}, which can SET ROLE to {listed}: any SQL the application runs "
+            "(an injected statement included) can switch to that role and bypass every policy.",
+            hint=f"Run manage.py rls_roles: it takes the application role out of the roles it is directly a member "
+            f"of that lead there; or, as a superuser, REVOKE those memberships from {role}. Keep bypassing roles for "
+            "maintenance and backups, with no member that serves requests.",
+            id="django_rls.E019",
+        )
+    ]
 
 
 def _check_session_state(alias: str, cursor: Any) -> list[CheckMessage]:
@@ -317,7 +456,9 @@ def _check_drift(alias: str) -> list[CheckMessage]:
         plan = make_plan(connections[alias])
     except TablesMissing:
         return []  # before the first migrate: nothing to compare yet, and migrate must not be blocked
-    except (PlanError, DeclarationError) as exc:
+    except DeclarationError:
+        return []  # a declaration that does not compile is reported by E006 (or E004/E005)
+    except PlanError as exc:
         return [Error(str(exc), id="django_rls.E016")]
     if plan.in_sync:
         return []

@@ -32,6 +32,7 @@ SETTINGS_POLICIES: dict[str, Callable[..., Policy]] = {
     "shared": policies.Shared,
     "owner_or_shared": policies.OwnerOrShared,
     "membership": policies.Membership,
+    "members": policies.Members,
     "parent": policies.ThroughParent,
 }
 

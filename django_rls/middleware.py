@@ -3,6 +3,13 @@
 Place it after ``AuthenticationMiddleware``. It resolves nothing up front: the
 site and user are looked up when the request first queries a protected
 database, so a request that never touches the database costs no query.
+
+The site is looked up again before every query of the request, so middleware
+placed after this one may still set what the resolver reads (for instance a
+tenant attribute) after its own first query: until the resolver returns a
+site, queries run without one. Once queries have run with a site, a resolver
+that returns another one (or None) raises ``SiteChanged`` instead of moving
+the rest of the request to another tenant.
 """
 
 from __future__ import annotations
@@ -19,19 +26,27 @@ from django_rls.state import Frame, Values, enter_frame, make_values, reset_fram
 _UNRESOLVED = object()
 
 
+class SiteChanged(Exception):
+    """The site resolver returned another site after queries had run with the first one."""
+
+
 class RequestFrame(Frame):
     """The context of one request, resolved on first use.
 
-    The user is read again before every query that follows, because Django REST
-    framework authenticates inside the view and replaces ``request.user`` there.
+    The site and the user are read again before every query that follows:
+    Django REST framework authenticates inside the view and replaces
+    ``request.user`` there, and a tenant middleware placed after RlsMiddleware
+    may set the site after a session or user lookup has queried.
     """
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
-        self._site: Any = _UNRESOLVED
         self._claims: Any = _UNRESOLVED
-        # values() runs before every query: the site and claims are resolved once, and the
-        # normalised Values are reused for as long as the resolved user is the same object.
+        # The site id that queries have run with; None until one has.
+        self._used_site: str | None = None
+        # values() runs before every query: the normalised Values are reused for as long as
+        # the resolved site and user are the same objects.
+        self._site: Any = _UNRESOLVED
         self._user: Any = _UNRESOLVED
         self._values: Values | None = None
 
@@ -45,15 +60,28 @@ class RequestFrame(Frame):
             self.resolving = False
 
     def values(self) -> Values:
-        if self._site is _UNRESOLVED:
-            self._site = self._resolve(rls_settings.SITE_RESOLVER)
         if self._claims is _UNRESOLVED:
             self._claims = self._resolve(rls_settings.CLAIMS_RESOLVER)
+        site = self._resolve(rls_settings.SITE_RESOLVER)
         user = self._resolve(rls_settings.USER_RESOLVER)
-        if self._values is None or user is not self._user:
-            self._user = user
-            self._values = make_values(self._site, user, self._claims)
+        if self._values is None or site is not self._site or user is not self._user:
+            values = make_values(site, user, self._claims)
+            if self._used_site is not None and values.site != self._used_site:
+                raise SiteChanged(_site_changed_message(self._used_site, values.site))
+            self._site, self._user, self._values = site, user, values
+        self._used_site = self._values.site
         return self._values
+
+
+def _site_changed_message(used: str, now: str | None) -> str:
+    resolver = rls_settings.SITE_RESOLVER
+    name = getattr(resolver, "__qualname__", repr(resolver))
+    return (
+        f"the request's site changed from {used} to {now or 'none'} after queries had run with site {used}: "
+        f"django_rls does not move a request to another site half-way. Make the site resolver ({name}) return "
+        "the request's final site from the first query on: set what it reads (a tenant attribute) before any "
+        "middleware or view queries with another value."
+    )
 
 
 class RlsMiddleware:

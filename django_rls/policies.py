@@ -8,7 +8,7 @@ one table combine with AND, so ``[BySite("site"), ByOwner("author")]`` means
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,10 @@ class Policy:
 
     def key_fields(self) -> tuple[str, ...]:
         """The model fields that say whose a row is (what a leak test tries to forge)."""
+        return ()
+
+    def reads(self, model: type[models.Model]) -> tuple[type[models.Model], ...]:
+        """The models whose tables this policy's conditions read (their own policies apply to that read)."""
         return ()
 
     def __repr__(self) -> str:
@@ -219,6 +223,12 @@ class Membership(Policy):
     def key_fields(self) -> tuple[str, ...]:
         return (self.field,)
 
+    def reads(self, model: type[models.Model]) -> tuple[type[models.Model], ...]:
+        try:
+            return (apps.get_model(self.through),)
+        except (LookupError, ValueError):
+            return ()  # groups() says so
+
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         try:
             membership = apps.get_model(self.through)
@@ -233,6 +243,34 @@ class Membership(Policy):
             f"WHERE m.{member_user} = {user_accessor})"
         )
         return [Group("membership", using)]
+
+
+class Members(Policy):
+    """For the membership table itself: a user's own memberships, in every site, and the current site's members.
+
+    ``Membership("app.SiteMember")`` on the membership model would read the
+    table its own policy protects, and PostgreSQL refuses every query with
+    "infinite recursion detected in policy" (check E020). This reads no other
+    row: ``user = current user OR site = current site``. Rows are written in
+    the current site only (insert, update and delete see only its rows), so a
+    request never adds, moves or removes a membership of another site.
+    """
+
+    def __init__(self, user_field: str = "user", site_field: str = "site") -> None:
+        self.user_field = user_field
+        self.site_field = site_field
+
+    def key_fields(self) -> tuple[str, ...]:
+        return (self.site_field, self.user_field)
+
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
+        site, site_accessor = _accessor(model, self.site_field, "site")
+        user, user_accessor = _accessor(model, self.user_field, "user")
+        in_site = f"{site} = {site_accessor}"
+        return [
+            Group("members", f"{in_site} OR {user} = {user_accessor}", None, ("select",)),
+            Group("members_site", in_site, None, ("insert", "update", "delete")),
+        ]
 
 
 class ThroughParent(Policy):
@@ -250,6 +288,17 @@ class ThroughParent(Policy):
 
     def key_fields(self) -> tuple[str, ...]:
         return self.fields
+
+    def reads(self, model: type[models.Model]) -> tuple[type[models.Model], ...]:
+        parents = []
+        for name in self.fields:
+            try:
+                fk = model._meta.get_field(name)
+            except FieldDoesNotExist:
+                continue  # groups() says so
+            if fk.is_relation and fk.related_model is not None and not isinstance(fk.related_model, str):
+                parents.append(fk.related_model)
+        return tuple(parents)
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         table = connection.ops.quote_name(model._meta.db_table)
@@ -358,6 +407,37 @@ class Declaration:
                     )
                 groups[group.name] = group
         return list(groups.values())
+
+
+def policy_cycles(declarations: Mapping[str, Declaration]) -> list[list[str]]:
+    """Declared models whose policies read each other's tables in a circle (a model reading itself included).
+
+    PostgreSQL applies a table's policies to every read of it, policies' own
+    reads too, so such a circle fails every query with "infinite recursion
+    detected in policy". Custom SQL is not followed. Each cycle is listed
+    once, as labels from its smallest label back to it.
+    """
+    reads: dict[str, list[str]] = {}
+    for label, declaration in declarations.items():
+        try:
+            model = declaration.model_class()
+        except LookupError:
+            continue  # reported by E005
+        targets = {m._meta.label for policy in declaration.policies for m in policy.reads(model)}
+        reads[label] = sorted(t for t in targets if t in declarations)
+    cycles: set[tuple[str, ...]] = set()
+
+    def walk(path: list[str]) -> None:
+        for target in reads.get(path[-1], []):
+            if target == path[0]:
+                start = path.index(min(path))
+                cycles.add(tuple(path[start:] + path[:start]))
+            elif target not in path and target > path[0]:
+                walk([*path, target])
+
+    for label in sorted(reads):
+        walk([label])
+    return [[*cycle, cycle[0]] for cycle in sorted(cycles)]
 
 
 def as_policies(policies: Sequence[Policy]) -> tuple[Policy, ...]:

@@ -3,8 +3,10 @@
 - the application role: logs in, no superuser, no BYPASSRLS, cannot create roles,
   databases or objects in the schema, cannot create temporary objects in the database,
   starts with a search_path that searches pg_temp last, and is no member of the owner
-  or maintenance role;
+  or maintenance role, nor of any role through which it could SET ROLE to a
+  superuser or BYPASSRLS role;
 - the owner role: owns the tables, runs migrate and rls_apply; no superuser, no BYPASSRLS;
+  CREATEDB when it creates the test databases (``rls_roles --owner-createdb``);
 - the maintenance role (optional): BYPASSRLS and a member of the owner role, used only
   inside django_rls.bypass();
 - a backup role (optional): BYPASSRLS and pg_read_all_data, for pg_dump.
@@ -46,8 +48,20 @@ class RoleSpec:
 
 
 def specs(
-    app: str, owner: str | None, maintenance: str | None, backup: str | None, passwords: dict[str, str]
+    app: str,
+    owner: str | None,
+    maintenance: str | None,
+    backup: str | None,
+    passwords: dict[str, str],
+    *,
+    owner_createdb: bool | None = None,
 ) -> list[RoleSpec]:
+    """The roles wanted. ``owner_createdb``: True gives the owner CREATEDB, None leaves it as it is.
+
+    The owner is the role the test runner creates test databases as (pytest-django,
+    ``manage.py test``), which needs CREATEDB; nothing else django_rls does needs it,
+    and it never lets the owner read or change rows another way.
+    """
     plain = {
         "rolsuper": False,
         "rolcreaterole": False,
@@ -57,7 +71,12 @@ def specs(
     }
     result = []
     if owner:
-        result.append(RoleSpec("owner", owner, {**plain, "rolbypassrls": False}, passwords.get(owner)))
+        owner_flags = {**plain, "rolbypassrls": False}
+        if owner_createdb is None:
+            del owner_flags["rolcreatedb"]
+        else:
+            owner_flags["rolcreatedb"] = owner_createdb
+        result.append(RoleSpec("owner", owner, owner_flags, passwords.get(owner)))
     result.append(
         RoleSpec(
             "application",
@@ -108,6 +127,20 @@ def _is_member(cursor: Any, role: str, parent: str) -> bool:
     return cursor.fetchone() is not None
 
 
+def bypassing_roles(cursor: Any) -> list[tuple[str, str]]:
+    """(role, why) for every other role the connection's role can SET ROLE to that bypasses row level security."""
+    cursor.execute(
+        """
+        SELECT b.rolname, CASE WHEN b.rolsuper THEN 'a superuser' ELSE 'has BYPASSRLS' END
+          FROM pg_roles b
+         WHERE b.rolname <> current_user AND (b.rolsuper OR b.rolbypassrls)
+           AND pg_has_role(current_user, b.oid, 'MEMBER')
+         ORDER BY 1
+        """
+    )
+    return [(name, why) for name, why in cursor.fetchall()]
+
+
 def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]:
     steps: list[tuple[str, sql.Composable]] = []
     cursor.execute(f"SELECT {', '.join(ROLE_FLAGS)} FROM pg_roles WHERE rolname = %s", [spec.name])
@@ -152,7 +185,10 @@ def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]
                     sql.SQL("GRANT {} TO {}").format(sql.Identifier(parent), sql.Identifier(spec.name)),
                 )
             )
-    for parent in spec.not_member_of:
+    not_member_of = list(spec.not_member_of)
+    if spec.kind == "application" and row is not None:
+        not_member_of += [name for name in _escape_parents(cursor, spec.name) if name not in not_member_of]
+    for parent in not_member_of:
         if row is not None and _is_member(cursor, spec.name, parent):
             steps.append(
                 (
@@ -161,6 +197,21 @@ def _role_steps(cursor: Any, spec: RoleSpec) -> list[tuple[str, sql.Composable]]
                 )
             )
     return steps
+
+
+def _escape_parents(cursor: Any, role: str) -> list[str]:
+    """The roles ``role`` is directly a member of through which it can SET ROLE to a superuser or BYPASSRLS role."""
+    cursor.execute(
+        """
+        SELECT p.rolname FROM pg_auth_members m
+          JOIN pg_roles p ON p.oid = m.roleid JOIN pg_roles c ON c.oid = m.member
+         WHERE c.rolname = %s
+           AND EXISTS (SELECT FROM pg_roles b WHERE (b.rolsuper OR b.rolbypassrls) AND pg_has_role(p.oid, b.oid, 'MEMBER'))
+         ORDER BY 1
+        """,
+        [role],
+    )
+    return [r[0] for r in cursor.fetchall()]
 
 
 def _schema_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:

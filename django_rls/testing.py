@@ -19,6 +19,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models, transaction
 
+from django_rls import probes
 from django_rls.declarations import all_declarations
 from django_rls.state import context
 
@@ -82,15 +83,20 @@ def _check_pair(
             leaks.append(Leak(label, "delete", f"{dict(a)} deleted {deleted} of {dict(b)}'s rows"))
         clone = _clone(b_row)
         # No RETURNING clause: it would be refused by the SELECT policy and hide a missing WITH CHECK.
-        fields = [f for f in model._meta.concrete_fields if not (f.primary_key and clone.pk is None)]
-        if not _refused(using, lambda: manager._insert([clone], fields=fields, using=using)):
+        if not _refused(using, lambda: probes.insert(clone, using, returning=False)):
             leaks.append(Leak(label, "insert", f"{dict(a)} inserted a row with {dict(b)}'s keys"))
         if only_a and key_fields:
-            mine = manager.get(pk=only_a[0])
-            for name in key_fields:
-                attname = model._meta.get_field(name).attname
-                setattr(mine, attname, getattr(b_row, attname))
-            if not _refused(using, lambda: mine.save(using=using, force_update=True)):
+            # A queryset UPDATE of the key columns: what save() would change, without its signals.
+            keys = {
+                model._meta.get_field(name).attname: getattr(b_row, model._meta.get_field(name).attname)
+                for name in key_fields
+            }
+
+            def move() -> None:
+                if not manager.filter(pk=only_a[0]).update(**keys):
+                    raise DatabaseError("no row was updated")
+
+            if not _refused(using, move):
                 leaks.append(Leak(label, "move", f"{dict(a)} moved its row onto {dict(b)}'s keys {list(key_fields)}"))
     return leaks
 

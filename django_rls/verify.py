@@ -11,21 +11,18 @@ that its own context does.
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DatabaseError, connections, models, transaction
 
-from django_rls import policies
+from django_rls import policies, probes
+from django_rls.conf import rls_settings
 from django_rls.declarations import all_declarations
 from django_rls.planner import resolve_tables
 from django_rls.policies import Declaration
 from django_rls.state import context
-
-MARK = "rls-verify"
 
 
 @dataclass
@@ -39,22 +36,37 @@ class Report:
         return not self.failures
 
 
-class Unprobeable(Exception):
-    """A probe row cannot be built for this model; the reason says why."""
-
-
 def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[str]:
     failures: list[str] = []
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT rolsuper, rolbypassrls, current_user FROM pg_roles WHERE rolname = current_user")
         is_super, bypass, role = cursor.fetchone()
+        wrong_alias = _not_the_application(alias, role)
+        if wrong_alias:
+            return [wrong_alias]
         if is_super:
             return [f"the connection's role {role} is a superuser: every policy is bypassed"]
         if bypass:
             return [f"the connection's role {role} has BYPASSRLS: every policy is bypassed"]
+        from django_rls.roles import bypassing_roles
+
+        escapes = bypassing_roles(cursor)
+        if escapes:
+            listed = ", ".join(f"{name} ({why})" for name, why in escapes)
+            return [
+                f"the connection's role {role} can SET ROLE to {listed}: one statement bypasses every policy "
+                "(run manage.py rls_roles)"
+            ]
         cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
         if cursor.fetchone() is None:
             return ["the django_rls extension is not installed in this database"]
+        cursor.execute("SELECT current_setting('django_rls.require_signature', true)")
+        if cursor.fetchone()[0] == "on" and not rls_settings.SIGNING_KEY:
+            return [
+                f"the server requires signed contexts from {role} (django_rls.require_signature = on) but "
+                'DJANGO_RLS["SIGNING_KEY"] is not set, so every query in a context is refused: set the key the '
+                "server's django_rls.signing_key_file holds (manage.py rls_keygen makes a pair)"
+            ]
         failures.extend(_session_failures(cursor, role))
         names = sorted({d.model_class()._meta.db_table for d in declarations.values()})
         tables = resolve_tables(cursor, names)
@@ -68,18 +80,25 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
             """,
             [list(found), [table.oid for table in found.values()]],
         )
+        owned_tables: set[str] = set()
         for name, enabled, forced, owned in cursor.fetchall():
             table = found[name].display
+            if owned:
+                owned_tables.add(name)
             if not enabled:
                 failures.append(f"{table}: row level security is disabled")
             elif owned:
-                failures.append(f"{table}: the connection's role owns the table and can switch row level security off")
+                failures.append(
+                    f"{table}: the connection's role owns the table and can switch row level security off (run "
+                    "migrations as a separate owner role, transfer the table to it, and connect the application as "
+                    "a role that owns nothing)"
+                )
             elif not forced:
                 failures.append(f"{table}: FORCE ROW LEVEL SECURITY is off, so the table's owner bypasses it")
         for declaration in declarations.values():
             name = declaration.model_class()._meta.db_table
-            if name not in found:
-                continue
+            if name not in found or name in owned_tables:
+                continue  # an owner is not what the policies are for: rls_apply is not the fix
             for group in declaration.groups(connections[alias]):
                 cursor.execute(
                     "SELECT rls.group_in_sync(%s::oid::regclass, %s, %s, %s, %s::text[], %s)",
@@ -95,6 +114,23 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
         )
         failures.extend(f"{name}: {problem}" for name, problem in cursor.fetchall())
     return failures
+
+
+def _not_the_application(alias: str, role: str) -> str | None:
+    """The owner or maintenance alias is not what rls_verify tests: say which command to run instead."""
+    from django_rls.database import protected_aliases
+
+    if alias in protected_aliases():
+        return None  # an application alias, whatever its role: the other checks say what is wrong with it
+    for kind, other in (("owner", rls_settings.OWNER_DATABASE), ("maintenance", rls_settings.BYPASS_DATABASE)):
+        user = connections.settings[other].get("USER") if other in connections.settings else None
+        if other and (alias == other or role == user):
+            return (
+                f"rls_verify is connected as {role}, the {kind} role (alias {other!r}), which policies do not limit: "
+                "it proves what the application sees, so run it as the application, "
+                "manage.py rls_verify --database default (or the alias your site connects as)"
+            )
+    return None
 
 
 def _session_failures(cursor: Any, role: str) -> list[str]:
@@ -120,63 +156,6 @@ def _session_failures(cursor: Any, role: str) -> list[str]:
     return failures
 
 
-def _filler(model_field: models.Field[Any, Any]) -> Any:
-    if isinstance(model_field, models.UUIDField):
-        return uuid.uuid4()
-    if isinstance(model_field, models.BooleanField):
-        return False
-    if isinstance(model_field, models.DecimalField):
-        return decimal.Decimal(0)
-    if isinstance(model_field, models.IntegerField | models.FloatField):
-        return 0
-    if isinstance(model_field, models.DateTimeField):
-        return datetime.datetime.now(datetime.UTC)
-    if isinstance(model_field, models.DateField):
-        return datetime.date.today()
-    if isinstance(model_field, models.TimeField):
-        return datetime.time()
-    if isinstance(model_field, models.DurationField):
-        return datetime.timedelta()
-    if isinstance(model_field, models.JSONField):
-        return {}
-    if isinstance(model_field, models.GenericIPAddressField):
-        return "127.0.0.1"
-    if isinstance(model_field, models.EmailField):
-        return f"{uuid.uuid4().hex[:12]}@{MARK}.invalid"
-    if isinstance(model_field, models.CharField | models.TextField):
-        text = f"{MARK}-{uuid.uuid4().hex}"
-        return text[: model_field.max_length] if model_field.max_length else text
-    raise Unprobeable(f"cannot invent a value for {model_field.name} ({model_field.get_internal_type()})")
-
-
-def _parent_row(relation: Any, alias: str, protected: set[str]) -> Any:
-    """Create a throwaway row for a foreign key to point at; returns its primary key."""
-    target = relation.related_model
-    if target._meta.label in protected:
-        raise Unprobeable(f"its {relation.name} needs a {target._meta.label} row, which is protected itself")
-    parent = _build(target, alias, protected, {})
-    parent.save(using=alias)
-    return parent.pk
-
-
-def _build(model: type[models.Model], alias: str, protected: set[str], overrides: dict[str, Any]) -> models.Model:
-    """An unsaved row with every required field filled; parents of required foreign keys are created."""
-    values: dict[str, Any] = {}
-    for model_field in model._meta.concrete_fields:
-        if model_field.name in overrides:
-            values[model_field.attname] = overrides[model_field.name]
-            continue
-        if model_field.primary_key and isinstance(model_field, models.AutoField):
-            continue
-        if model_field.has_default() or model_field.null:
-            continue
-        if model_field.is_relation:
-            values[model_field.attname] = _parent_row(model_field, alias, protected)
-        else:
-            values[model_field.attname] = _filler(model_field)
-    return model(**values)
-
-
 def _keys(declaration: Declaration) -> dict[str, str]:
     """field name -> "site" or "user", for the policies a probe can exercise."""
     keys: dict[str, str] = {}
@@ -188,15 +167,18 @@ def _keys(declaration: Declaration) -> dict[str, str]:
         elif isinstance(policy, policies.BySiteAndOwner):
             keys[policy.site_field] = "site"
             keys[policy.owner_field] = "user"
+        elif isinstance(policy, policies.Members):
+            keys[policy.site_field] = "site"
+            keys[policy.user_field] = "user"
         else:
-            raise Unprobeable(f"{type(policy).__name__} policies are checked in the catalog only")
+            raise probes.Unprobeable(f"{type(policy).__name__} policies are checked in the catalog only")
     return keys
 
 
 def _key_value(model: type[models.Model], name: str, alias: str, protected: set[str]) -> Any:
     key_field = model._meta.get_field(name)
     if key_field.is_relation:
-        return _parent_row(key_field, alias, protected)
+        return probes.parent_row(key_field, alias, protected)
     if isinstance(key_field, models.UUIDField):
         return uuid.uuid4()
     return -int(uuid.uuid4().int % 1_000_000_000) - 1
@@ -215,10 +197,10 @@ def _probe(declaration: Declaration, alias: str, protected: set[str]) -> str | N
 
     manager = model._base_manager.using(alias)
     with ctx(a):
-        row = _build(model, alias, protected, a)
+        row = probes.build(model, alias, protected, a)
         try:
             with transaction.atomic(using=alias):
-                row.save(using=alias, force_insert=True)
+                probes.insert(row, alias)
         except DatabaseError as exc:
             return f"{table}: a row could not be written in its own context ({str(exc).splitlines()[0]}); is the context sent?"
         if not manager.filter(pk=row.pk).exists():
@@ -240,21 +222,30 @@ def _probe(declaration: Declaration, alias: str, protected: set[str]) -> str | N
 def verify(alias: str = "default") -> Report:
     report = Report()
     declarations = all_declarations()
-    report.failures.extend(_catalog_failures(alias, declarations))
+    try:
+        report.failures.extend(_catalog_failures(alias, declarations))
+    except DatabaseError as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        report.failures.append(f"could not inspect database {alias!r}: {type(exc).__name__}: {first_line}")
     if report.failures:
         return report
     protected = set(declarations)
-    for _, declaration in sorted(declarations.items()):
+    for label, declaration in sorted(declarations.items()):
         table = declaration.model_class()._meta.db_table
-        with transaction.atomic(using=alias):
-            try:
-                failure = _probe(declaration, alias, protected)
-            except Unprobeable as reason:
-                report.skipped.append(f"{table}: not probed: {reason}")
+        try:
+            with transaction.atomic(using=alias):
+                try:
+                    failure = _probe(declaration, alias, protected)
+                finally:
+                    transaction.set_rollback(True, using=alias)
+        except probes.Unprobeable as reason:
+            report.skipped.append(f"{table}: not probed: {reason}")
+        except Exception as exc:  # whatever the application or the server raises is a finding, not a crash
+            first_line = (str(exc).splitlines() or [""])[0]
+            report.failures.append(f"{table} ({label}): the probe failed: {type(exc).__name__}: {first_line}")
+        else:
+            if failure:
+                report.failures.append(failure)
             else:
-                if failure:
-                    report.failures.append(failure)
-                else:
-                    report.passed.append(f"{table}: another site or user cannot read, change or delete its rows")
-            transaction.set_rollback(True, using=alias)
+                report.passed.append(f"{table}: another site or user cannot read, change or delete its rows")
     return report

@@ -212,3 +212,100 @@ def test_no_hint_tells_a_superuser_to_demote_itself(settings, extra_alias):
         text = f"{message.msg} {message.hint or ''}"
         assert "ALTER ROLE" not in text, text  # the harmful advice: demoting the role in use
         assert "another role" in text, text
+
+
+@pytest.fixture
+def app_can_set_role(database):
+    """The app role made a member of a BYPASSRLS role and of a superuser role (which it cannot use by inheritance)."""
+    import psycopg
+
+    from tests.roles import APP_ROLE
+
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE IF EXISTS rls_t_bypasser, rls_t_super")
+        admin.execute("CREATE ROLE rls_t_bypasser NOLOGIN BYPASSRLS")
+        admin.execute("CREATE ROLE rls_t_super NOLOGIN SUPERUSER")
+        admin.execute(f"GRANT rls_t_bypasser, rls_t_super TO {APP_ROLE}")
+    connections["default"].close()
+    yield
+    connections["default"].close()
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute("DROP ROLE rls_t_bypasser, rls_t_super")
+
+
+def test_e019_app_role_can_set_role_to_a_bypassing_role(live_db, app_can_set_role):
+    # Reported once, as E019: rls.problems' line for the same role (W003) is left out.
+    assert ids(["default"]) == ["django_rls.E019"]
+    [message] = [m for m in checks.run_checks(databases=["default"]) if m.id == "django_rls.E019"]
+    assert "can SET ROLE to rls_t_bypasser (has BYPASSRLS), rls_t_super (a superuser)" in message.msg
+    assert "rls_roles" in message.hint
+    with connections["owner"].cursor() as cursor:
+        cursor.execute("SELECT problem FROM rls.problems WHERE problem LIKE '%%SET ROLE%%' ORDER BY 1")
+        assert [r[0] for r in cursor.fetchall()] == [
+            "role rls_test_app is named in the policies but can SET ROLE to rls_t_bypasser, which has BYPASSRLS, "
+            "so any SQL it runs can bypass row level security",
+            "role rls_test_app is named in the policies but can SET ROLE to rls_t_super, which is a superuser, "
+            "so any SQL it runs can bypass row level security",
+        ]
+
+
+def test_e020_membership_through_itself(monkeypatch):
+    """The membership model protected through itself: every query on it would recurse."""
+    from django_rls.policies import Membership
+
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.SiteMembership",
+        Declaration("testapp.SiteMembership", (Membership("testapp.SiteMembership"),), origin="here"),
+    )
+    assert ids() == ["django_rls.E020"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
+    assert message.msg.startswith("the policy of testapp.SiteMembership reads its own table")
+    assert "Members(user_field, site_field)" in message.hint
+
+
+def test_e020_a_circle_of_parents(monkeypatch):
+    """Order protected through Project's membership table, which is protected through Order: a circle of three."""
+    from django_rls.policies import Membership, ThroughParent
+
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.SiteMembership",
+        Declaration("testapp.SiteMembership", (ThroughParent("site"),), origin="here"),
+    )
+    monkeypatch.setitem(
+        declarations._registry,
+        "sites.Site",
+        Declaration("sites.Site", (Membership("testapp.SiteMembership", field="id"),), origin="here"),
+    )
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
+    assert "sites.Site -> testapp.SiteMembership -> sites.Site read each other's tables" in message.msg
+
+
+def test_w007_default_site_resolver_without_contrib_sites(monkeypatch, settings):
+    from django.apps import apps
+
+    installed = apps.is_installed
+    monkeypatch.setattr(apps, "is_installed", lambda name: name != "django.contrib.sites" and installed(name))
+    assert ids() == ["django_rls.W007"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.W007"]
+    assert "SITE_RESOLVER" in message.hint and "from_attribute" in message.hint
+    settings.SITE_ID = 1  # one site for every request: the default resolver works
+    assert ids() == []
+    del settings.SITE_ID
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": lambda request: 1}
+    assert ids() == []  # a resolver of the project's own
+
+
+def test_w008_default_site_resolver_with_a_tenant_model_of_its_own(monkeypatch, settings):
+    """Every site key points at the project's own tenant model: Site ids would find none of its rows."""
+    from django_rls.policies import BySiteAndOwner
+
+    doc = Declaration("testapp.TenantDoc", (BySiteAndOwner("tenant", "owner_uuid"),), origin="here")
+    monkeypatch.setattr(declarations, "_registry", {"testapp.TenantDoc": doc})
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "MODELS": {}}
+    assert ids() == ["django_rls.W008"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.W008"]
+    assert "testapp.TenantDoc.tenant (testapp.Tenant)" in message.msg
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": lambda request: None}
+    assert ids() == []

@@ -13,6 +13,7 @@ INT_MODELS = [
     "testapp.Task",
     "testapp.Category",
     "testapp.Project",
+    "testapp.SiteMembership",  # Members: the membership table itself
     "testapp.Order",
     "testapp.OrderLine",
     "testapp.Tag",

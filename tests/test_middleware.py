@@ -16,6 +16,12 @@ from tests.roles import APP_ROLE
 H1, H2, NOWHERE = "megacorp1.test", "megacorp2.test", "nowhere.test"
 
 
+def settings_middleware() -> list[str]:
+    from tests import settings
+
+    return list(settings.MIDDLEWARE)
+
+
 @pytest.fixture
 def persistent(live_db: None) -> Iterator[None]:
     """Keep the app role's connection open across requests, as CONN_MAX_AGE does in production."""
@@ -222,3 +228,44 @@ def test_signed_contexts_with_signatures_required(live_db, client, settings, sig
         admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
         for connection in connections.all():
             connection.close()
+
+
+class TestLateSite:
+    """A tenant middleware after RlsMiddleware: queries before it sets the site must not freeze the request."""
+
+    LATE = (*settings_middleware(), "tests.tenant_middleware.LateTenantMiddleware")
+    SWITCHING = (*settings_middleware(), "tests.tenant_middleware.SwitchingTenantMiddleware")
+
+    @pytest.fixture
+    def from_tenant(self, settings):
+        from django_rls.resolvers import from_attribute
+
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": from_attribute("tenant")}
+        return settings
+
+    def test_site_set_after_a_query_is_used(self, live_db, client, from_tenant):
+        from_tenant.MIDDLEWARE = list(self.LATE)
+        assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+        assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        assert client.get("/notes/", HTTP_HOST=NOWHERE).json() == {"sites": [], "count": 0}
+
+    async def test_site_set_after_a_query_is_used_async(self, live_db, async_client, from_tenant):
+        from_tenant.MIDDLEWARE = list(self.LATE)
+        response = await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})
+        assert response.json() == {"sites": [2]}
+
+    def test_another_site_after_queries_with_one_is_an_error(self, live_db, client, from_tenant):
+        from django_rls.middleware import SiteChanged
+
+        from_tenant.MIDDLEWARE = list(self.SWITCHING)
+        with pytest.raises(SiteChanged, match="changed from 1 to 2 after queries had run with site 1"):
+            client.get("/notes/", HTTP_HOST=H2)
+        # The same site again is no change.
+        assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+
+    async def test_another_site_after_queries_with_one_is_an_error_async(self, live_db, async_client, from_tenant):
+        from django_rls.middleware import SiteChanged
+
+        from_tenant.MIDDLEWARE = list(self.SWITCHING)
+        with pytest.raises(SiteChanged, match="changed from 1 to none"):
+            await async_client.get("/notes/async/", headers={"x-forwarded-host": NOWHERE})

@@ -50,8 +50,18 @@ def test_sdist_carries_and_builds_the_extension(dist, tmp_path):
         names = archive.getnames()
         archive.extractall(tmp_path, filter="data")
     top = tmp_path / sdist.name.removesuffix(".tar.gz")
-    for needed in ("Makefile", "django_rls.control.in", "ext/context.c", "ext/compat.h", "sql/install/10_context.sql"):
+    for needed in (
+        "Makefile",
+        "django_rls.control.in",
+        "LICENSE",
+        "ext/context.c",
+        "ext/compat.h",
+        "sql/install/10_context.sql",
+    ):
         assert f"{top.name}/{needed}" in names, needed
+    # The install script `make` builds (present in the checkout once make ran) is never shipped: the
+    # sdist's own `make` builds it from sql/install/, so the sdist is the same whether make ran or not.
+    assert f"{top.name}/sql/django_rls--{django_rls.__version__}.sql" not in names
     result = subprocess.run(
         ["make", "-C", str(top), "PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config", "with_llvm=no"],
         capture_output=True,
@@ -60,3 +70,16 @@ def test_sdist_carries_and_builds_the_extension(dist, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (top / "django_rls.so").exists()
     assert f"default_version = '{django_rls.__version__}'" in (top / "django_rls.control").read_text()
+
+
+def test_license_and_no_fuzz_artifacts(dist):
+    import zipfile
+
+    assert "MIT License" in (ROOT / "LICENSE").read_text()
+    assert "Copyright (c) 2026 django_rls contributors" in (ROOT / "LICENSE").read_text()
+    with zipfile.ZipFile(next(dist.glob("*.whl"))) as wheel:
+        assert any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel.namelist())
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "crash-*"], capture_output=True, text=True)
+    assert tracked.returncode == 0 and tracked.stdout == ""
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "crash-0123abcd"])
+    assert ignored.returncode == 0  # libFuzzer's crash-<sha1> files are ignored

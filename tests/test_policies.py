@@ -88,3 +88,91 @@ def test_bad_declarations_say_what_to_fix(model, policies, message):
 def test_commands_are_validated():
     with pytest.raises(DeclarationError, match="subset"):
         BySite("site", commands=["truncate"])
+
+
+def test_members_reads_no_other_row_and_writes_in_the_current_site():
+    from django_rls.policies import Members
+    from tests.testapp.models import SiteMembership
+
+    assert groups(SiteMembership, Members("user", "site")) == [
+        Group("members", '"site_id" = rls.site_id() OR "user_id" = rls.user_id()', None, ("select",)),
+        Group("members_site", '"site_id" = rls.site_id()', None, ("insert", "update", "delete")),
+    ]
+
+
+def test_policy_cycles():
+    from django_rls.policies import Members, policy_cycles
+
+    def declared(**policies):
+        return {label.replace("__", "."): Declaration(label.replace("__", "."), (p,)) for label, p in policies.items()}
+
+    assert policy_cycles(declared(testapp__SiteMembership=Membership("testapp.SiteMembership"))) == [
+        ["testapp.SiteMembership", "testapp.SiteMembership"]
+    ]
+    assert (
+        policy_cycles(
+            declared(testapp__SiteMembership=Members(), testapp__Project=Membership("testapp.SiteMembership"))
+        )
+        == []
+    )
+    # A membership model that is not protected is no circle either.
+    assert policy_cycles(declared(testapp__Project=Membership("testapp.SiteMembership"))) == []
+    assert policy_cycles(declared(testapp__OrderLine=ThroughParent("order"), testapp__Order=BySite("site"))) == []
+
+
+def test_members_as_the_app_role(live_db):
+    """As the app role, the membership table protected by Members answers without recursion, and so does
+    the Membership policy that reads it."""
+    from django.contrib.auth.models import User
+
+    import django_rls
+    from tests.testapp.models import Project, SiteMembership
+
+    users = {u.username: u.pk for u in User.objects.all()}
+    names = {pk: name for name, pk in users.items()}
+
+    def memberships(site, user):
+        with django_rls.context(site=site, user=users[user]):
+            rows = SiteMembership.objects.values_list("user_id", "site_id")
+            return sorted((names[u], s) for u, s in rows)
+
+    # alice on site 2: her own membership (site 1) and site 2's members; nothing else of site 1.
+    assert memberships(2, "alice") == [("alice", 1), ("bob", 2), ("carol", 2)]
+    assert memberships(1, "bob") == [("alice", 1), ("bob", 2), ("carol", 1)]
+    with django_rls.context(site=1, user=users["carol"]):
+        assert sorted(Project.objects.values_list("name", flat=True)) == ["project 1", "project 2"]
+        # Writes stay in the current site.
+        assert SiteMembership.objects.filter(site_id=2).update(site_id=2) == 0
+        assert SiteMembership.objects.filter(site_id=1).update(site_id=1) == 2
+
+
+def test_a_membership_table_through_itself_really_recurses(owner_conn, app_conn):
+    """What E020 refuses, as PostgreSQL runs it for the app role; and the Members() condition on the same table."""
+    import psycopg
+    from psycopg import sql as pgsql
+
+    from tests.roles import APP_ROLE
+
+    owner_conn.execute("DROP TABLE IF EXISTS members_demo")
+    owner_conn.execute("CREATE TABLE members_demo (id serial PRIMARY KEY, user_id bigint, site_id bigint)")
+    owner_conn.execute("INSERT INTO members_demo (user_id, site_id) VALUES (1, 1), (2, 1), (1, 2), (3, 2)")
+    owner_conn.execute(pgsql.SQL("GRANT SELECT ON members_demo TO {}").format(pgsql.Identifier(APP_ROLE)))
+    try:
+        owner_conn.execute(
+            "SELECT rls.protect('members_demo', 'membership', "
+            "'site_id IN (SELECT m.site_id FROM members_demo m WHERE m.user_id = rls.user_id())', to_role => %s)",
+            (APP_ROLE,),
+        )
+        app_conn.execute("SELECT rls.set_context('2', '3', is_local => false)")
+        with pytest.raises(psycopg.errors.InvalidObjectDefinition, match="infinite recursion detected in policy"):
+            app_conn.execute("SELECT count(*) FROM members_demo")
+        owner_conn.execute("SELECT rls.unprotect('members_demo')")
+        owner_conn.execute(
+            "SELECT rls.protect('members_demo', 'members', 'site_id = rls.site_id() OR user_id = rls.user_id()', "
+            "to_role => %s)",
+            (APP_ROLE,),
+        )
+        rows = app_conn.execute("SELECT user_id, site_id FROM members_demo ORDER BY 1, 2").fetchall()
+        assert rows == [(1, 2), (3, 2)]  # user 3 in site 2: site 2's members (user 3 has no other membership)
+    finally:
+        owner_conn.execute("DROP TABLE members_demo")

@@ -69,7 +69,7 @@ def test_apply_check_checks_and_verify_with_quoted_names(app_role_alias):
     assert "protect \"MyTable\": policy group 'site' for App-Role" in out
     assert "protect other.thing: policy group 'site' for App-Role" in out
     assert 'grant USAGE on schema "other" to App-Role' in out  # a table elsewhere needs USAGE on its schema
-    assert run("rls_apply", "--check") == (0, "In sync: 16 protected tables, nothing to change.\n")
+    assert run("rls_apply", "--check") == (0, "In sync: 17 protected tables, nothing to change.\n")
 
     with connections["owner"].cursor() as cursor:
         cursor.execute(

@@ -21,6 +21,7 @@ PROTECTED = [
     "testapp_tenantdoc",
     "testapp_category",
     "testapp_project",
+    "testapp_sitemembership",
     "testapp_order",
     "testapp_orderline",
     "testapp_tag",
@@ -76,7 +77,7 @@ def test_fresh_apply_protects_every_declared_table(restore):
     assert code == 1
     assert all(f"protect {table}:" in diff for table in PROTECTED)
     output = run()
-    assert f"Applied {len(PROTECTED) + 3} change(s)" in output  # Task, TenantDoc and Article have two groups
+    assert f"Applied {len(PROTECTED) + 4} change(s)" in output  # Task, TenantDoc, Article, SiteMembership: two groups
     with connections["owner"].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_class WHERE oid = ANY(%s::regclass[]) AND relrowsecurity AND relforcerowsecurity",

@@ -178,3 +178,59 @@ def test_temporary_right_through_a_membership_is_reported(superuser_alias):
         with connections[superuser_alias].cursor() as cursor:
             cursor.execute("DROP OWNED BY rls_t_tempers")
             cursor.execute("DROP ROLE rls_t_tempers")
+
+
+def test_takes_the_app_role_out_of_roles_that_lead_to_a_bypassing_role(superuser_alias):
+    """A membership through which the application role can SET ROLE to a superuser or BYPASSRLS role goes."""
+    run(superuser_alias)
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("CREATE ROLE rls_t_bypasser NOLOGIN BYPASSRLS")
+        cursor.execute("CREATE ROLE rls_t_middle NOLOGIN")
+        cursor.execute("CREATE ROLE rls_t_harmless NOLOGIN")
+        cursor.execute("GRANT rls_t_bypasser TO rls_t_middle")
+        cursor.execute("GRANT rls_t_middle, rls_t_harmless TO rls_t_app")
+    try:
+        output = run(superuser_alias)
+        assert "take the application role rls_t_app out of rls_t_middle" in output
+        assert not member(superuser_alias, "rls_t_app", "rls_t_bypasser")
+        assert member(superuser_alias, "rls_t_app", "rls_t_harmless")  # leads nowhere: left alone
+        assert run(superuser_alias).startswith("Nothing to do")
+    finally:
+        with connections[superuser_alias].cursor() as cursor:
+            cursor.execute("DROP ROLE rls_t_middle, rls_t_bypasser, rls_t_harmless")
+
+
+def test_the_owner_may_create_the_test_database(superuser_alias):
+    """pytest-django creates the test database as the owner: rls_roles never takes CREATEDB from it, and grants it
+    with --owner-createdb; the application role never gets it."""
+    printed = run(superuser_alias, "--dry-run", "--owner-createdb")
+    assert 'CREATE ROLE "rls_t_owner" NOSUPERUSER NOCREATEROLE CREATEDB LOGIN NOREPLICATION NOBYPASSRLS;' in printed
+    run(superuser_alias)
+    assert attributes(superuser_alias, "rls_t_owner")[3] is False  # created without CREATEDB by default
+    assert "set CREATEDB on the owner role rls_t_owner" in run(superuser_alias, "--owner-createdb")
+    assert attributes(superuser_alias, "rls_t_owner")[3] is True
+    # A later plain run leaves it: the role setup and the test setup agree.
+    assert run(superuser_alias).startswith("Nothing to do")
+    assert run(superuser_alias, "--dry-run") == run(superuser_alias, "--dry-run", "--owner-createdb")
+    assert attributes(superuser_alias, "rls_t_app")[3] is False
+
+
+def test_first_setup_says_to_connect_as_an_administrator(live_db, extra_alias, settings):
+    """On a first setup the owner role does not exist yet: even --dry-run cannot connect as it."""
+    alias = extra_alias("future_owner", user="rls_t_not_created_yet")
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "OWNER_DATABASE": alias}
+    out = io.StringIO()
+    with pytest.raises(CommandError) as raised:
+        call_command("rls_roles", "--dry-run", stdout=out)
+    message = str(raised.value)
+    assert "cannot connect through database alias 'future_owner' as rls_t_not_created_yet" in message
+    assert "does not exist yet on a first setup" in message
+    assert "manage.py rls_roles --database admin" in message
+
+
+def test_plain_migrate_as_the_app_role_names_the_command(live_db):
+    """migrate through "default" (the app role, which may not create tables) stops before the first migration."""
+    with pytest.raises(CommandError, match=r"run manage.py migrate --database owner, which connects as the owner"):
+        call_command("migrate", "testapp", "zero", database="default", verbosity=0)
+    # Nothing to migrate: nothing to say.
+    call_command("migrate", database="default", verbosity=0)

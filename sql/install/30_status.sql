@@ -107,12 +107,24 @@ SELECT DISTINCT t.table_name, r.rolname::text,
        format('role %s is named in the policies but %s', r.rolname,
               CASE WHEN r.rolsuper THEN 'is a superuser, so it bypasses row level security'
                    WHEN r.rolbypassrls THEN 'has BYPASSRLS, so it bypasses row level security'
-                   ELSE 'owns the table, so it can switch row level security off' END),
+                   WHEN r.oid = t.relowner THEN 'owns the table, so it can switch row level security off'
+                   ELSE format('can SET ROLE to %s, the table''s owner, and switch row level security off',
+                               t.relowner::regrole) END),
        'Protect the table for the role the application connects as, and make that a role that is not a superuser, has NOBYPASSRLS and owns no protected table (manage.py rls_roles creates one); never demote the role you administer the server with.'
   FROM protected t
   JOIN policy_roles pr ON pr.oid = t.oid
   JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
  WHERE r.rolsuper OR r.rolbypassrls OR pg_catalog.pg_has_role(r.oid, t.relowner, 'MEMBER')
+UNION ALL
+SELECT DISTINCT NULL::regclass, r.rolname::text,
+       format('role %s is named in the policies but can SET ROLE to %s, which %s, so any SQL it runs can bypass row level security',
+              r.rolname, b.rolname, CASE WHEN b.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END),
+       format('As a superuser, revoke the membership that lets %I become %I (REVOKE %I FROM %I when it is direct; '
+              'manage.py rls_roles does this for the application role).', r.rolname, b.rolname, b.rolname, r.rolname)
+  FROM pg_catalog.pg_roles r
+  JOIN pg_catalog.pg_roles b ON b.oid <> r.oid AND (b.rolsuper OR b.rolbypassrls)
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
+   AND pg_catalog.pg_has_role(r.oid, b.oid, 'MEMBER')
 UNION ALL
 SELECT DISTINCT t.table_name, r.rolname::text,
        format('role %s has BYPASSRLS and privileges on the table, so it sees every row', r.rolname),

@@ -202,8 +202,38 @@ def env_from_url(url: str) -> dict[str, str]:
     return env
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    """Turn a signal into KeyboardInterrupt (tests/harness/citus_cluster.py uses it)."""
     raise KeyboardInterrupt
+
+
+class _Stopper:
+    """Ctrl-C, SIGTERM (timeout, CI, a process manager) or SIGHUP: stop the command, then the cluster.
+
+    While the command runs, the signal is passed on to it as SIGINT and its exit
+    is awaited as usual, so a command that handles the signal (the demo's
+    server) ends cleanly; before it runs, the signal aborts the setup.
+    """
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        if self.child is None:
+            raise KeyboardInterrupt
+        if self.child.poll() is None:
+            self.child.send_signal(signal.SIGINT)
+
+
+def _ignore_stop_signals() -> None:
+    """A second signal must not cut short stopping and removing the cluster."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def run(command: list[str]) -> int:
@@ -212,25 +242,29 @@ def run(command: list[str]) -> int:
         return subprocess.call(command, env={**os.environ, **env_from_url(os.environ["DATABASE_URL"])})
 
     cluster = Cluster()
-    # A SIGTERM (from timeout, CI or a process manager) must still stop the cluster.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    stopper = _Stopper()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stopper)
     try:
         cluster.init()
         cluster.start()
         print(f"cluster.py: throwaway cluster on 127.0.0.1:{cluster.port} in {cluster.base_dir}", file=sys.stderr)
-        child = subprocess.Popen(command, env={**os.environ, **cluster.env})
-        try:
-            status = child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            status = child.wait()
-        if status != 0:
+        stopper.child = subprocess.Popen(command, env={**os.environ, **cluster.env})
+        status = stopper.child.wait()
+        if stopper.signum is not None:
+            # Stopped on purpose: the server's log explains nothing, and the command's own status says
+            # whether it ended cleanly (the demo does; an interrupted test run does not).
+            print(f"cluster.py: stopped by {signal.Signals(stopper.signum).name}", file=sys.stderr)
+        elif status != 0:
             print(
                 f"cluster.py: command failed ({status}); last server log lines:\n{cluster.log_tail()}", file=sys.stderr
             )
-        return status
+        return status if status >= 0 else 128 - status
+    except KeyboardInterrupt:
+        print("cluster.py: interrupted while setting up the cluster", file=sys.stderr)
+        return 128 + (stopper.signum or signal.SIGINT)
     finally:
+        _ignore_stop_signals()
         cluster.stop()
         cluster.remove()
 

@@ -15,6 +15,7 @@ from django_rls.policies import (
     BySite,
     BySiteAndOwner,
     Custom,
+    Members,
     Membership,
     OwnerOrShared,
     Shared,
@@ -57,6 +58,9 @@ class Category(models.Model):
     name = models.CharField(max_length=50)
 
 
+# The membership table itself: a user's own memberships and the current site's members (Membership()
+# through itself would recurse, check E020).
+@django_rls.protect(Members("user", "site"))
 class SiteMembership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     site = models.ForeignKey(Site, on_delete=models.CASCADE)

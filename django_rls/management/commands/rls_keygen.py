@@ -26,8 +26,8 @@ class Command(BaseCommand):
 1. On the database server, as the postgres OS user:
      echo '{key}' >> "$PGDATA/django_rls.key" && chmod 600 "$PGDATA/django_rls.key"
      psql -c "ALTER SYSTEM SET django_rls.signing_key_file = 'django_rls.key'" -c "SELECT pg_reload_conf()"
-2. In Django settings (from a secret store, not from source control):
-     DJANGO_RLS = {{"SIGNING_KEY": os.environ["DJANGO_RLS_SIGNING_KEY"]}}
+2. In Django settings, below your DJANGO_RLS dict (the key from a secret store, not from source control):
+     DJANGO_RLS["SIGNING_KEY"] = os.environ["DJANGO_RLS_SIGNING_KEY"]
 3. When both sides have it, make signatures mandatory:
      ALTER ROLE <app role> SET django_rls.require_signature = on;
 """

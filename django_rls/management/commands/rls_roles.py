@@ -15,6 +15,19 @@ def _user(alias: str | None) -> str | None:
     return connections.settings[alias]["USER"] if alias and alias in connections.settings else None
 
 
+def _cannot_connect(alias: str, owner: str | None, exc: Exception) -> str:
+    user = _user(alias)
+    message = f"cannot connect through database alias {alias!r} as {user}: {str(exc).strip().splitlines()[0]}"
+    if user and user == owner:
+        return (
+            f"{message}. rls_roles connects as the owner role by default, which does not exist yet on a first "
+            "setup (rls_roles creates it). Run it, or rls_roles --dry-run, through an administrator's connection: a "
+            'superuser or a role with CREATEROLE, for example an "admin" entry in DATABASES with the same NAME, then '
+            "manage.py rls_roles --database admin"
+        )
+    return f"{message}. Check the alias's USER, PASSWORD, HOST and NAME, or pass --database with another alias"
+
+
 class Command(BaseCommand):
     help = (
         "Create or fix the application, owner, maintenance and backup roles: attributes, memberships, "
@@ -30,6 +43,13 @@ class Command(BaseCommand):
         parser.add_argument("--owner-role", help='Default: the USER of DJANGO_RLS["OWNER_DATABASE"].')
         parser.add_argument("--maintenance-role", help='Default: the USER of DJANGO_RLS["BYPASS_DATABASE"].')
         parser.add_argument("--backup-role", help="Also create a BYPASSRLS role with pg_read_all_data for pg_dump.")
+        parser.add_argument(
+            "--owner-createdb",
+            action="store_true",
+            help="Give the owner role CREATEDB, which the test runner (pytest-django, manage.py test) needs to create "
+            "the test database as the owner; on development and CI servers. Without it the owner's CREATEDB is left "
+            "as it is.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
@@ -43,9 +63,15 @@ class Command(BaseCommand):
         passwords = {
             db["USER"]: db["PASSWORD"] for db in connections.settings.values() if db.get("USER") and db.get("PASSWORD")
         }
-        wanted = specs(app, owner, maintenance, options["backup_role"], passwords)
+        wanted = specs(
+            app, owner, maintenance, options["backup_role"], passwords, owner_createdb=options["owner_createdb"] or None
+        )
 
         connection = connections[alias]
+        try:
+            connection.ensure_connection()
+        except DatabaseError as exc:
+            raise CommandError(_cannot_connect(alias, owner, exc)) from exc
         try:
             with transaction.atomic(using=alias), connection.cursor() as cursor:
                 steps = plan(cursor, wanted)

@@ -6,6 +6,8 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS regress_rls_owner;
 DROP ROLE IF EXISTS regress_rls_app;
 DROP ROLE IF EXISTS regress_rls_super;
+DROP ROLE IF EXISTS regress_rls_bypasser;
+DROP ROLE IF EXISTS regress_rls_middle;
 RESET client_min_messages;
 
 CREATE EXTENSION django_rls;
@@ -77,6 +79,25 @@ DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search
 SELECT problem FROM rls.problems WHERE problem LIKE '%search_path%' ORDER BY 1;
 ALTER ROLE regress_rls_app RESET search_path;
 SELECT table_name, problems FROM rls.status WHERE table_name::text LIKE '%no_force' OR table_name::text LIKE '%clean' ORDER BY 1;
+
+-- An application role that can SET ROLE to a BYPASSRLS role, to a superuser
+-- (here through a role in between) or to a table's owner bypasses the
+-- policies with one statement.
+CREATE ROLE regress_rls_bypasser NOLOGIN BYPASSRLS;
+CREATE ROLE regress_rls_middle NOLOGIN;
+GRANT regress_rls_bypasser TO regress_rls_app;
+GRANT regress_rls_super TO regress_rls_middle;
+GRANT regress_rls_middle TO regress_rls_app;
+SELECT table_name, object_name, problem FROM rls.problems WHERE problem LIKE '%SET ROLE%' ORDER BY 1, 2, 3;
+SELECT DISTINCT hint FROM rls.problems WHERE problem LIKE '%SET ROLE%' ORDER BY 1;
+REVOKE regress_rls_bypasser FROM regress_rls_app;
+REVOKE regress_rls_middle FROM regress_rls_app;
+GRANT regress_rls_owner TO regress_rls_app;
+SELECT table_name, object_name, problem FROM rls.problems WHERE problem LIKE '%SET ROLE%' ORDER BY 1, 2, 3;
+REVOKE regress_rls_owner FROM regress_rls_app;
+SELECT count(*) AS set_role_problems FROM rls.problems WHERE problem LIKE '%SET ROLE%';
+DROP ROLE regress_rls_bypasser;
+DROP ROLE regress_rls_middle;
 
 -- The application role can read both views (they hold no row data).
 SET SESSION AUTHORIZATION regress_rls_app;
