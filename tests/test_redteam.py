@@ -229,3 +229,24 @@ def test_set_read_rule_refuses_temporary_tables(app_conn, admin_conn, database):
         )
         _grant_temp(admin_conn, False)
     assert dangling == (0,)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="redteam: a dropped table's read rule stays in rls_audit.read_rules as a bare oid"
+)
+def test_dropping_an_audited_table_drops_its_read_rule(owner_conn, admin_conn):
+    """_guard_drop forgets a dropped table's registration but not its read rule.
+
+    The row stays (dumped as a bare oid) until some later set_read_rule() call happens to
+    change a rule; a restore, or oid reuse after wraparound, hands the rule to whatever table
+    then has that oid -- e.g. a Membership table whose entries were meant for the owner only.
+    """
+    _drop(owner_conn, "public.rt_gone")
+    owner_conn.execute("CREATE TABLE rt_gone (id int PRIMARY KEY, site_id bigint)")
+    owner_conn.execute("SELECT rls_audit.enable('rt_gone')")
+    owner_conn.execute("SELECT rls_audit.set_read_rule('rt_gone', 'site_id')")
+    oid = owner_conn.execute("SELECT 'rt_gone'::regclass::oid").fetchone()[0]
+    owner_conn.execute("DROP TABLE rt_gone")
+    left = admin_conn.execute("SELECT count(*) FROM rls_audit.read_rules WHERE table_oid = %s::oid", (oid,)).fetchone()
+    admin_conn.execute("DELETE FROM rls_audit.read_rules WHERE table_oid = %s::oid", (oid,))
+    assert left == (0,)
