@@ -29,6 +29,12 @@ def _drop(owner_conn: psycopg.Connection, *tables: str) -> None:
             owner_conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(schema, name)))
 
 
+def _drop_role(admin_conn: psycopg.Connection, name: str) -> None:
+    if admin_conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+        admin_conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
 def _entries(admin_conn: psycopg.Connection, table_name: str) -> list[tuple[str, str | None]]:
     return admin_conn.execute(
         "SELECT operation, row_key FROM rls_audit.log WHERE table_name = %s ORDER BY id", (table_name,)
@@ -100,9 +106,7 @@ def second_owner(
     """Another non-superuser role that may create tables in public (a second app's owner, say)."""
     _drop(owner_conn, "public.rt_secret_renamed", "public.rt_secret")
     role = sql.Identifier(SECOND_OWNER)
-    if admin_conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (SECOND_OWNER,)).fetchone():
-        admin_conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-        admin_conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    _drop_role(admin_conn, SECOND_OWNER)
     admin_conn.execute(
         sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}").format(role, sql.Literal(PASSWORD))
     )
@@ -110,8 +114,7 @@ def second_owner(
     with psycopg.connect(make_conninfo(database.admin, user=SECOND_OWNER, password=PASSWORD), autocommit=True) as conn:
         yield conn
     _drop(owner_conn, "public.rt_secret_renamed", "public.rt_secret")
-    admin_conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-    admin_conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    _drop_role(admin_conn, SECOND_OWNER)
 
 
 @pytest.mark.xfail(strict=True, reason="redteam: _may_read trusts table_name, so a new table under an old name reads")
@@ -250,3 +253,50 @@ def test_dropping_an_audited_table_drops_its_read_rule(owner_conn, admin_conn):
     left = admin_conn.execute("SELECT count(*) FROM rls_audit.read_rules WHERE table_oid = %s::oid", (oid,)).fetchone()
     admin_conn.execute("DELETE FROM rls_audit.read_rules WHERE table_oid = %s::oid", (oid,))
     assert left == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. _may_read asks only "may the reader SELECT the table, and does its context match the row".
+#    A role with SELECT to which none of the table's policies apply (they are TO the app role:
+#    a reporting role, a pg_read_all_data member) reads no row of the table, yet reads every
+#    entry of it whose keys match a context it sets itself (any, in unsigned mode).
+# ---------------------------------------------------------------------------------------------
+
+READER = "rls_redteam_reader"
+
+
+@pytest.fixture
+def reader(
+    database: Database, admin_conn: psycopg.Connection, owner_conn: psycopg.Connection
+) -> Iterator[psycopg.Connection]:
+    role = sql.Identifier(READER)
+    _drop_role(admin_conn, READER)
+    admin_conn.execute(
+        sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}").format(role, sql.Literal(PASSWORD))
+    )
+    admin_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+    _drop(owner_conn, "public.rt_accounts")
+    owner_conn.execute("CREATE TABLE rt_accounts (id int PRIMARY KEY, site_id bigint, body text)")
+    owner_conn.execute("SELECT rls.protect_by_site('rt_accounts', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT ON rt_accounts TO {}").format(sql.Identifier(APP_ROLE)))
+    owner_conn.execute(sql.SQL("GRANT SELECT ON rt_accounts TO {}").format(role))
+    owner_conn.execute("SELECT rls_audit.enable('rt_accounts')")
+    owner_conn.execute("SELECT rls_audit.set_read_rule('rt_accounts', 'site_id')")
+    with psycopg.connect(make_conninfo(database.admin, user=READER, password=PASSWORD), autocommit=True) as conn:
+        yield conn
+    _drop(owner_conn, "public.rt_accounts")
+    _drop_role(admin_conn, READER)
+
+
+@pytest.mark.xfail(strict=True, reason="redteam: _may_read ignores whether the table's policies apply to the reader")
+def test_a_role_no_policy_lets_read_the_table_reads_none_of_its_entries(app_conn, reader):
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('1', '7')")
+        app_conn.execute("INSERT INTO rt_accounts VALUES (1, 1, 'site 1 salary')")
+    with reader.transaction():
+        reader.execute("SELECT rls.set_context('1', NULL)")
+        assert reader.execute("SELECT count(*) FROM rt_accounts").fetchone() == (0,)  # the table: nothing
+        entries = reader.execute(
+            "SELECT new_values->>'body' FROM rls_audit.log WHERE table_name = 'public.rt_accounts'"
+        ).fetchall()
+    assert entries == []
