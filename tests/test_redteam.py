@@ -300,3 +300,25 @@ def test_a_role_no_policy_lets_read_the_table_reads_none_of_its_entries(app_conn
             "SELECT new_values->>'body' FROM rls_audit.log WHERE table_name = 'public.rt_accounts'"
         ).fetchall()
     assert entries == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Session state docs/security.md does not list: a setting one request leaves on a kept or
+#    pooled connection changes what the next request (another site's) reads, and what the
+#    trail records of its writes.  extra_float_digits is USERSET; so are application_name
+#    (recorded in every later entry) and synchronous_commit (later commits, audit rows included,
+#    can be lost in a crash after being acknowledged).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="redteam: extra_float_digits left on a connection rounds later requests' reads")
+@pytest.mark.usefixtures("float_table")
+def test_a_setting_left_by_one_request_does_not_change_what_the_next_one_reads(app_conn, admin_conn):
+    with app_conn.transaction():  # site 1's request, injected
+        app_conn.execute("SELECT rls.set_context('1', '7')")
+        app_conn.execute("SET extra_float_digits = -15")  # session-level: outlives the request
+    admin_conn.execute("INSERT INTO rt_floats VALUES (3, 2, 149.99, point(0, 0), '{}')")
+    with app_conn.transaction():  # site 2's request on the same connection
+        app_conn.execute("SELECT rls.set_context('2', '9')")
+        amount = app_conn.execute("SELECT amount FROM rt_floats WHERE id = 3").fetchone()
+    assert amount == (149.99,)
