@@ -322,3 +322,34 @@ def test_a_setting_left_by_one_request_does_not_change_what_the_next_one_reads(a
         app_conn.execute("SELECT rls.set_context('2', '9')")
         amount = app_conn.execute("SELECT amount FROM rt_floats WHERE id = 3").fetchone()
     assert amount == (149.99,)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. enable(), disable() and set_read_rule() authorise the caller by _invoking_role(), which is
+#    GetOuterUserId(): the session's role, not the function that called them.  A SECURITY
+#    DEFINER function (or trigger function) of a lesser role, run by a more privileged role
+#    (another table owner, a maintenance role, a superuser), acts on django_rls with the
+#    caller's rights -- PostgreSQL confines such code to its definer's.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="redteam: _invoking_role() lets a definer's code use its caller's audit rights")
+def test_another_roles_security_definer_code_cannot_disable_the_owners_audit(owner_conn, second_owner):
+    _drop(owner_conn, "public.rt_guarded")
+    owner_conn.execute("CREATE TABLE rt_guarded (id int PRIMARY KEY)")
+    owner_conn.execute("SELECT rls_audit.enable('rt_guarded')")
+    second_owner.execute(
+        "CREATE FUNCTION public.rt_helper() RETURNS int LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog AS $$BEGIN PERFORM rls_audit.disable('public.rt_guarded'); RETURN 1; END$$"
+    )
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        second_owner.execute("SELECT rls_audit.disable('public.rt_guarded')")  # directly: refused
+    try:
+        owner_conn.execute("SELECT public.rt_helper()")  # the owner runs the other role's helper
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    audited = owner_conn.execute(
+        "SELECT count(*) FROM rls_audit.audited_tables WHERE table_oid = 'rt_guarded'::regclass"
+    ).fetchone()
+    _drop(owner_conn, "public.rt_guarded")
+    assert audited == (1,)
