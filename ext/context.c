@@ -197,7 +197,7 @@ RlsCheckSetterAllowed(const char *function_name)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("%s() is disabled because django_rls.statement_bound is on for this role", function_name),
 				 errdetail("A statement-bound role receives its context only from the /*django_rls:$1*/ marker of a statement the client binds, so SQL injected into the application's statements cannot choose one."),
-				 errhint("Let the Django bridge carry the context, or have a superuser run ALTER ROLE ... RESET django_rls.statement_bound for a role that must call the setter functions.")));
+				 errhint("Let the Django bridge carry the context (transaction scope, library preloaded), or have a superuser run ALTER ROLE ... RESET django_rls.statement_bound for a role that must call the setter functions.")));
 }
 
 /*
