@@ -204,7 +204,7 @@ class TestNoLeftovers:
 def test_session_scope_fails_closed_for_a_statement_bound_role(live_db, client, settings):
     """A session-scoped context needs rls.set_context(), which a statement-bound role is refused."""
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "session"}
-    with pytest.raises(Exception, match="disabled because django_rls.statement_bound is on"):
+    with pytest.raises(Exception, match=r"disabled because django_rls\.statement_bound is on"):
         client.get("/count/", HTTP_HOST=H1)
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "transaction"}
     assert client.get("/count/", HTTP_HOST=H1).content == b"3"
