@@ -105,7 +105,7 @@ def inject(request: HttpRequest) -> JsonResponse:
     It uses the "default" alias, with Django's default client-side binding: a query that
     does not carry the context (one that is no planned statement) goes through the simple
     query protocol, where an attacker can stack statements; ``?alias=replica`` injects
-    through server-side binding instead (one statement per query).
+    through server-side binding instead.
     """
     outcome = "ok"
     alias = request.GET.get("alias", "default")
