@@ -105,7 +105,9 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
     parameter, $1, through the extended protocol: never as text in the query.
     """
 
-    _django_rls_many_rowcount: int | None = None
+    # The ClientCursor that ran the last executemany(): its rowcount is known only once a
+    # pipeline the call ran in has synced.
+    _django_rls_many: psycopg.ClientCursor[Any] | None = None
 
     def _inline(self, query: Any, params: Any) -> Any:
         """The query with its parameters inlined; untouched without parameters, as ClientCursor leaves it."""
@@ -117,7 +119,7 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
         self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
     ) -> Any:
         carry = self._take_carry()
-        self._django_rls_many_rowcount = None
+        self._django_rls_many = None
         query = self._inline(query, params)
         if carry is None:
             return super().execute(query, None, prepare=False, binary=binary)
@@ -134,14 +136,13 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
             raise psycopg.NotSupportedError(
                 "executemany(returning=True) is not supported on a django_rls connection; run execute() per row"
             )
-        many = DjangoClientCursor(self.connection)
-        many.executemany(query, params_seq)
-        self._django_rls_many_rowcount = many.rowcount
+        self._django_rls_many = DjangoClientCursor(self.connection)
+        self._django_rls_many.executemany(query, params_seq)
 
     @property
     def rowcount(self) -> int:
-        if self._django_rls_many_rowcount is not None:
-            return self._django_rls_many_rowcount
+        if self._django_rls_many is not None:
+            return self._django_rls_many.rowcount
         return super().rowcount
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
