@@ -125,9 +125,11 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
 
     The server reports ``django_rls.preloaded`` when the connection starts, so this is
     usually free; where a proxy (PgBouncer) does not pass it on, one query asks, once
-    per connection. Preloading is server or role configuration, so the answer holds
-    for every backend a pooler may hand this connection; if it is wrong, the server
-    refuses the statement rather than run it without its context.
+    per connection, inside the application's transaction if one is open (it reads a
+    setting and changes nothing; a failed transaction never gets here). Preloading is
+    server or role configuration, so the answer holds for every backend a pooler may
+    hand this connection; if it is wrong, the server refuses the statement rather than
+    run it without its context.
     """
     pgconn: psycopg.Connection[Any] = connection.connection
     cached = getattr(connection, _PRELOADED, None)
@@ -137,11 +139,9 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
     supported: bool
     if reported is not None:
         supported = reported == "on"
-    elif pgconn.autocommit and pgconn.info.transaction_status == TransactionStatus.IDLE:
+    else:
         row = psycopg.Cursor(pgconn).execute("SELECT current_setting(%s, true)", (PRELOADED_SETTING,)).fetchone()
         supported = row is not None and row[0] == "on"
-    else:
-        return False  # cannot ask without touching the application's transaction; ask later
     setattr(connection, _PRELOADED, (pgconn, supported))
     return supported
 

@@ -87,6 +87,18 @@ def test_interleaved_requests_through_transaction_pooling(bouncer_alias):
     assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
 
 
+def test_atomic_requests_through_transaction_pooling(bouncer_alias):
+    """PgBouncer does not pass django_rls.preloaded on: the bridge asks inside the request's transaction."""
+    connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = True
+    connections.close_all()
+    try:
+        for host, site in ((HOSTS[0], 1), (HOSTS[1], 2)):
+            assert Client().get("/notes/on/bouncer/", HTTP_HOST=host).json() == {"sites": [site]}
+            connections.close_all()  # every request on a new connection: its first query is in a transaction
+    finally:
+        connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = False
+
+
 def connect(bouncer: PgBouncer) -> psycopg.Connection:
     return psycopg.connect(bouncer_dsn(bouncer), autocommit=True, prepare_threshold=None)
 
