@@ -129,3 +129,25 @@ def test_no_stale_context_when_it_changes_inside_a_transaction(alias):
 def test_bypass_uses_its_own_role_and_needs_no_context(live_db):
     with django_rls.bypass("test: count every site"):
         assert Note.objects.using("bypass").values("site_id").distinct().count() == 2
+
+
+def test_the_role_cannot_switch_it_off(database):
+    """SET, set_config(), RESET need a superuser; RESET ALL and DISCARD ALL restore the login value; so do startup options."""
+    import psycopg
+
+    with database.connect("app") as conn:
+        for statement in (
+            "SET django_rls.statement_bound = off",
+            "SELECT set_config('django_rls.statement_bound', 'off', false)",
+            "RESET django_rls.statement_bound",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        for statement in ("RESET ALL", "DISCARD ALL"):
+            conn.execute(statement)
+            assert conn.execute("SHOW django_rls.statement_bound").fetchone() == ("on",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="statement_bound is on"):
+            with conn.transaction():
+                conn.execute("SELECT rls.set_context('2', NULL)")
+    with pytest.raises(psycopg.OperationalError, match="permission denied to set parameter"):
+        psycopg.connect(database.app, options="-c django_rls.statement_bound=off")
