@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,11 +50,18 @@ class Database:
         return unbound_session(self, lambda: psycopg.connect(self.app, autocommit=True, **kwargs))
 
 
+_unbound_logins = threading.Lock()
+
+
 def unbound_session(db: Database, connect: Callable[[], T]) -> T:
-    """Open one app-role session without django_rls.statement_bound (read at login only)."""
+    """Open one app-role session without django_rls.statement_bound (read at login only).
+
+    One at a time: a test that connects from two threads must not log one of them in
+    after the other has put the setting back.
+    """
     setting = sql.SQL("ALTER ROLE {} IN DATABASE {} {}")
     role, name = sql.Identifier(APP_ROLE), sql.Identifier(db.name)
-    with psycopg.connect(db.admin, autocommit=True) as admin:
+    with _unbound_logins, psycopg.connect(db.admin, autocommit=True) as admin:
         admin.execute(setting.format(role, name, sql.SQL("SET django_rls.statement_bound = off")))
         try:
             return connect()
