@@ -8,7 +8,8 @@ same time, as the application role, each with persistent database connections:
 - none:        no middleware and an unprotected table (the floor),
 - ours:        django_rls's RlsMiddleware and a table protected by rls.protect_by_site();
                the query carries its context (server-side binding),
-- ours-client: the same with client-side binding: BEGIN, context, query, COMMIT pipelined,
+- ours-client: the same with Django's default client-side binding: the query's own values
+               inlined, the context carried as its one bound parameter,
 - classic:     the tutorials' middleware (session-level set before, RESET after every
                request) and the policy site_id = current_setting('app.site')::int.
 

@@ -60,7 +60,8 @@ def create_database(server: str) -> str:
         conn.execute("CREATE EXTENSION IF NOT EXISTS django_rls")  # the Docker image has it in template1
         conn.execute("ALTER SCHEMA public OWNER TO demo_owner")
         # What manage.py rls_roles does: no CREATE in any schema, no TEMPORARY on the database
-        # (PUBLIC has it by default), and a search_path with pg_temp last for demo_app.
+        # (PUBLIC has it by default), a search_path with pg_temp last for demo_app, and demo_app
+        # statement-bound (its context comes only with the statements the application binds).
         with conn.transaction(), conn.cursor() as cursor:
             for _, statement in roles.plan(cursor, roles.specs("demo_app", "demo_owner", "demo_maintenance", None, {})):
                 cursor.execute(statement)

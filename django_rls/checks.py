@@ -239,29 +239,14 @@ def check_scope(**kwargs: Any) -> list[CheckMessage]:
 
 
 def check_binding(**kwargs: Any) -> list[CheckMessage]:
-    from django_rls.conf import rls_settings
+    """Either binding carries the context in the query itself (django_rls/wire.py): only W006 is left."""
     from django_rls.database import protected_aliases
 
     try:
         aliases = protected_aliases()
-        session_scope = rls_settings.SCOPE == "session"
     except ImproperlyConfigured:
         return []  # reported by E001
-    messages = _check_prepared_statements(aliases)
-    if session_scope:
-        return messages  # a session context is sent once per request, whatever the binding
-    return messages + [
-        Warning(
-            f"Database {alias!r} binds parameters client-side (Django's default), so its queries cannot carry "
-            "the django_rls context: every query outside a transaction sends BEGIN, rls.set_context() and COMMIT "
-            "with it (one round trip, but four statements).",
-            hint=f'Add "OPTIONS": {{"server_side_binding": True}} to DATABASES[{alias!r}] (docs/settings.md).',
-            id="django_rls.W005",
-        )
-        for alias in aliases
-        if alias in connections.settings
-        and connections.settings[alias].get("OPTIONS", {}).get("server_side_binding") is not True
-    ]
+    return _check_prepared_statements(aliases)
 
 
 def _check_prepared_statements(aliases: list[str]) -> list[CheckMessage]:

@@ -1,41 +1,43 @@
 """Hand the current context to PostgreSQL, lazily, once per transaction.
 
-An execute wrapper on every protected database alias runs before each query:
+An execute wrapper on every protected database alias runs before each query and
+makes one choice (``ContextWrapper.__call__``):
 
-- With server-side binding (``OPTIONS={"server_side_binding": True}``) and the
-  library preloaded on the server, a query carries the context itself: it is
-  sent as ``/*django_rls:$1*/ <query>`` with the context bound as ``$1``
-  (ext/statement.c), so no extra statement is sent. Inside a transaction only
-  the first query that needs the context carries it; the extension keeps it
-  until the transaction ends. Whether the library is preloaded is asked once
-  per connection (``marker_supported``): without preloading the server would
-  load it too late for the first such query of each backend, so the context
-  is then always sent as a statement of its own.
-- Otherwise (Django's default client-side binding, named cursors, executemany,
-  utility statements): inside a transaction (``atomic()``, ``ATOMIC_REQUESTS``)
-  the first query of the transaction, and the first after the context changed
-  or a savepoint was rolled back, is preceded by one ``rls.set_context(...)``
-  statement; in autocommit, where each query is its own transaction, the query
-  is sent in a pipeline with ``BEGIN``, the context and ``COMMIT``: one network
-  round trip, like the query alone, but three more statements.
+- **as is**: the session already holds the wanted context (a later query of the
+  same transaction), or the transaction has failed anyway.
+- **carry**: the query itself carries the context: it is sent as
+  ``/*django_rls:$1*/ <query>`` with the context bound as ``$1`` (wire.py,
+  ext/statement.c), whatever binding the alias uses for the query's own
+  parameters, so no extra statement is sent. Inside a transaction only the first
+  query that needs the context carries it; the extension keeps it until the
+  transaction ends.
+- **send first**: a query that cannot carry (a named cursor's ``DECLARE``, as
+  ``QuerySet.iterator()`` sends; ``executemany``; a utility statement) inside a
+  transaction is preceded by a statement that carries the context and does
+  nothing else; in autocommit, where each query is its own transaction, the query
+  is wrapped in ``BEGIN``, that statement and ``COMMIT``, pipelined where psycopg
+  can (one round trip).
+- **setter**: only where the marker cannot work (the server did not preload the
+  library, asked once per connection by ``marker_supported``, or ``SCOPE =
+  "session"``) the context goes through ``rls.set_context()``. A statement-bound
+  application role (``manage.py rls_roles``) is refused that by the server: such
+  a query fails, it never runs without its context.
 - A request that runs no query sends nothing.
-- Inside a request or ``context()``, "no context" is sent like any other
-  (carried, or ``rls.clear_context()``) until this wrapper knows what the
-  session holds, so a session-scoped context that an earlier request left on a
-  reused connection never reaches a query that runs without one (a request of
-  an unknown host, or without a user).
+- Inside a request or ``context()``, "no context" is sent like any other until this
+  wrapper knows what the session holds, so a session-scoped context that an
+  earlier request left on a reused connection never reaches a query that runs
+  without one (a request of an unknown host, or without a user).
 
-Values are always bound server-side (a plain ``psycopg.Cursor``, whatever
-cursor class Django uses), so they never appear in ``pg_stat_activity``. With
-``DJANGO_RLS["SIGNING_KEY"]`` each statement carries a fresh single-use token.
-The context is transaction-scoped (``SET LOCAL`` semantics), so nothing is left
-on a connection that goes back to a pool or to PgBouncer.
+Values are always bound (never formatted into SQL), so they never appear in
+``pg_stat_activity``. With ``DJANGO_RLS["SIGNING_KEY"]`` each statement carries a
+fresh single-use token. The context is transaction-scoped (``SET LOCAL``
+semantics), so nothing is left on a connection that goes back to a pool or to
+PgBouncer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
@@ -44,33 +46,27 @@ import psycopg
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.pq import TransactionStatus
-from psycopg.types.string import StrDumper
 
 from django_rls.conf import rls_settings
 from django_rls.state import EMPTY, Values, current_frame
 from django_rls.tokens import sign_context
+from django_rls.wire import (
+    CARRIER,
+    MARKER,
+    CarryingMixin,
+    ContextParameter,
+    ContextParameterDumper,
+    carrying_cursor_class,
+    is_planned,
+)
+
+__all__ = ["MARKER", "ContextParameter", "context_parameter", "install", "marker_supported", "wrapper"]
 
 _APPLIED = "_django_rls_applied"
 _UNKNOWN: Any = object()  # the context a session holds before this wrapper has set one
 _PRELOADED = "_django_rls_preloaded"
 # Reported by the server at connection start (GUC_REPORT); absent where the library is not loaded.
 PRELOADED_SETTING = "django_rls.preloaded"
-
-# A query that carries its context starts with this comment; the context is bound as $1.
-MARKER = "/*django_rls:%s*/ "
-MARKER_NAMED = "/*django_rls:%(django_rls_context)s*/ "
-# Statements the server plans and executes, where the extension applies a carried context.
-PLANNED = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE", "EXPLAIN")
-
-
-class ContextParameter(str):
-    """A context as the $1 of a query that carries it: a signed token or a JSON object."""
-
-
-class ContextParameterDumper(StrDumper):
-    """Binds a ContextParameter as text: the query never reads $1, so the server cannot infer its type."""
-
-    oid = psycopg.adapters.types["text"].oid
 
 
 class AppliedContext:
@@ -116,26 +112,12 @@ def context_parameter(values: Values) -> ContextParameter:
     return _unsigned_parameter(values) if token is None else ContextParameter(token)
 
 
-def can_carry(sql: Any, many: bool, context: dict[str, Any]) -> bool:
-    """Whether this query can carry its context: one planned statement bound server-side."""
+def carrier(sql: Any, many: bool, context: dict[str, Any]) -> CarryingMixin | None:
+    """The cursor that can carry the context on this very query: one planned statement, not executemany."""
     cursor = getattr(context.get("cursor"), "cursor", None)
-    return (
-        not many
-        and isinstance(sql, str)
-        and isinstance(cursor, psycopg.Cursor)
-        and not isinstance(cursor, (psycopg.ClientCursor, psycopg.ServerCursor))
-        and sql.lstrip(" \t\r\n(")[:7].upper().startswith(PLANNED)
-    )
-
-
-def carrying(sql: str, params: Any, values: Values) -> tuple[str, Any]:
-    """The query and parameters that carry these values."""
-    parameter = context_parameter(values)
-    if params is None:  # psycopg now reads placeholders: a literal % must be doubled
-        return MARKER + sql.replace("%", "%%"), (parameter,)
-    if isinstance(params, Mapping):
-        return MARKER_NAMED + sql, {**params, "django_rls_context": parameter}
-    return MARKER + sql, (parameter, *params)
+    if many or not isinstance(cursor, CarryingMixin) or not is_planned(sql):
+        return None
+    return cursor
 
 
 def marker_supported(connection: BaseDatabaseWrapper) -> bool:
@@ -143,9 +125,11 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
 
     The server reports ``django_rls.preloaded`` when the connection starts, so this is
     usually free; where a proxy (PgBouncer) does not pass it on, one query asks, once
-    per connection. Preloading is server or role configuration, so the answer holds
-    for every backend a pooler may hand this connection; if it is wrong, the server
-    refuses the statement rather than run it without its context.
+    per connection, inside the application's transaction if one is open (it reads a
+    setting and changes nothing; a failed transaction never gets here). Preloading is
+    server or role configuration, so the answer holds for every backend a pooler may
+    hand this connection; if it is wrong, the server refuses the statement rather than
+    run it without its context.
     """
     pgconn: psycopg.Connection[Any] = connection.connection
     cached = getattr(connection, _PRELOADED, None)
@@ -155,11 +139,9 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
     supported: bool
     if reported is not None:
         supported = reported == "on"
-    elif pgconn.autocommit and pgconn.info.transaction_status == TransactionStatus.IDLE:
+    else:
         row = psycopg.Cursor(pgconn).execute("SELECT current_setting(%s, true)", (PRELOADED_SETTING,)).fetchone()
         supported = row is not None and row[0] == "on"
-    else:
-        return False  # cannot ask without touching the application's transaction; ask later
     setattr(connection, _PRELOADED, (pgconn, supported))
     return supported
 
@@ -180,6 +162,11 @@ def protected_aliases() -> list[str]:
 def _send(pgconn: psycopg.Connection[Any], values: Values, is_local: bool) -> None:
     sql, params = context_statement(values, is_local)
     psycopg.Cursor(pgconn).execute(sql, params)
+
+
+def _carry_first(pgconn: psycopg.Connection[Any], values: Values) -> None:
+    """Set the context for the rest of the transaction with a statement that carries it and does nothing else."""
+    psycopg.Cursor(pgconn).execute(CARRIER, (context_parameter(values),))
 
 
 class ContextWrapper:
@@ -206,21 +193,25 @@ class ContextWrapper:
         wanted = frame.values() if frame is not None else EMPTY
 
         session_scope = rls_settings.SCOPE == "session"
+        in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
         if held == wanted or status == TransactionStatus.INERROR:
             result = execute(sql, params, many, context)
-        elif not session_scope and can_carry(sql, many, context) and marker_supported(connection):
-            in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
-            carried_sql, carried_params = carrying(sql, params, wanted)
-            result = execute(carried_sql, carried_params, many, context)
+        elif session_scope or not marker_supported(connection):
+            result = self._execute_after_setter(connection, pgconn, wanted, execute, sql, params, many, context)
+        elif (cursor := carrier(sql, many, context)) is not None:
+            cursor.django_rls_carry = context_parameter(wanted)
+            try:
+                result = execute(sql, params, many, context)
+            finally:
+                cursor.django_rls_carry = None
             if in_transaction:
                 setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=True))
-        elif pgconn.autocommit and status == TransactionStatus.IDLE and not session_scope:
-            result = self._execute_in_pipeline(connection, pgconn, wanted, execute, sql, params, many, context)
-        else:
-            in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
-            _send(pgconn, wanted, is_local=not session_scope)
-            setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=in_transaction))
+        elif in_transaction:
+            _carry_first(pgconn, wanted)
+            setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=True))
             result = execute(sql, params, many, context)
+        else:
+            result = self._execute_in_transaction(connection, pgconn, wanted, execute, sql, params, many, context)
 
         # ROLLBACK TO SAVEPOINT restores whatever context the savepoint saw,
         # which may not be the one recorded here: forget it, re-send if needed.
@@ -228,8 +219,8 @@ class ContextWrapper:
             setattr(connection, _APPLIED, None)
         return result
 
-    @staticmethod
-    def _execute_in_pipeline(
+    def _execute_after_setter(
+        self,
         connection: BaseDatabaseWrapper,
         pgconn: psycopg.Connection[Any],
         values: Values,
@@ -239,9 +230,36 @@ class ContextWrapper:
         many: bool,
         context: dict[str, Any],
     ) -> Any:
-        """Run one autocommit query in its own transaction with the context, in one round trip."""
+        """Set the context with the setter functions, where the marker cannot work."""
+        status = pgconn.info.transaction_status
+        session_scope = rls_settings.SCOPE == "session"
+        if pgconn.autocommit and status == TransactionStatus.IDLE and not session_scope:
+            setter = context_statement(values, is_local=True)
+            return self._execute_in_transaction(connection, pgconn, values, execute, sql, params, many, context, setter)
+        in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
+        _send(pgconn, values, is_local=not session_scope)
+        setattr(connection, _APPLIED, AppliedContext(pgconn, values, transactional=in_transaction))
+        return execute(sql, params, many, context)
+
+    @staticmethod
+    def _execute_in_transaction(
+        connection: BaseDatabaseWrapper,
+        pgconn: psycopg.Connection[Any],
+        values: Values,
+        execute: Any,
+        sql: str,
+        params: Any,
+        many: bool,
+        context: dict[str, Any],
+        setter: tuple[str, tuple[Any, ...]] | None = None,
+    ) -> Any:
+        """Run one autocommit query in a transaction of its own that first sets the context.
+
+        The context goes in a statement that carries it (or, where the marker cannot
+        work, the setter statement), in one round trip where psycopg can pipeline.
+        """
         raw = psycopg.Cursor(pgconn)
-        context_sql, context_params = context_statement(values, is_local=True)
+        context_sql, context_params = setter if setter is not None else (CARRIER, (context_parameter(values),))
         # psycopg cannot pipeline a named (server-side) cursor, as QuerySet.iterator() uses;
         # those four statements then go one by one.
         named = isinstance(getattr(context.get("cursor"), "cursor", None), psycopg.ServerCursor)
@@ -272,6 +290,12 @@ def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs
     connection.connection.adapters.register_dumper(ContextParameter, ContextParameterDumper)
     setattr(connection, _APPLIED, None)
     if connection.alias in protected_aliases():
+        # Django's own cursor classes, able to carry a context; the binding of the query's own
+        # parameters stays what the alias chose (wire.py). A cursor_factory set in OPTIONS is kept:
+        # its queries get the context from a statement sent first.
+        carrying_class = carrying_cursor_class(connection.connection.cursor_factory)
+        if carrying_class is not None:
+            connection.connection.cursor_factory = carrying_class
         # psycopg's prepared statements have names injected SQL can DEALLOCATE and PREPARE again,
         # and the next request on the connection would run the planted statement with its own
         # context (tests/test_session_state.py): never prepare on a connection that serves requests.

@@ -2,7 +2,9 @@
 
 - the application role: logs in, no superuser, no BYPASSRLS, cannot create roles,
   databases or objects in the schema, cannot create temporary objects in the database,
-  starts with a search_path that searches pg_temp last, and is no member of the owner
+  starts with a search_path that searches pg_temp last, is statement-bound (it can
+  receive a context only from the statement marker the bridge binds, never from
+  ``rls.set_context()``, so injected SQL cannot choose one), and is no member of the owner
   or maintenance role, nor of any role through which it could SET ROLE to a
   superuser or BYPASSRLS role;
 - the owner role: owns the tables, runs migrate and rls_apply; no superuser, no BYPASSRLS;
@@ -362,8 +364,39 @@ def _search_path_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]
     ]
 
 
+STATEMENT_BOUND = "django_rls.statement_bound"
+
+
+def _statement_bound_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
+    """Make the application role statement-bound in every database, unless it already is."""
+    cursor.execute(
+        """
+        SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) AS c
+         WHERE s.setdatabase = 0 AND s.setrole = (SELECT oid FROM pg_roles WHERE rolname = %s) AND c = %s
+        """,
+        [app, f"{STATEMENT_BOUND}=on"],
+    )
+    if cursor.fetchone() is not None:
+        return []
+    return [
+        (
+            f"make the application role {app} statement-bound: it may receive a context only from the statements "
+            "the application binds, never from rls.set_context()",
+            sql.SQL("ALTER ROLE {} SET {} = on").format(
+                sql.Identifier(app), sql.Identifier(*STATEMENT_BOUND.split("."))
+            ),
+        )
+    ]
+
+
 def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
     """(summary, statement) pairs that bring the roles in line; empty when they already are."""
     steps = [step for spec in wanted for step in _role_steps(cursor, spec)]
     app = next(spec.name for spec in wanted if spec.kind == "application")
-    return steps + _schema_steps(cursor, app) + _temp_steps(cursor, wanted) + _search_path_steps(cursor, app)
+    return (
+        steps
+        + _schema_steps(cursor, app)
+        + _temp_steps(cursor, wanted)
+        + _search_path_steps(cursor, app)
+        + _statement_bound_steps(cursor, app)
+    )

@@ -47,6 +47,7 @@ uint64		rls_claims_generation = 0;
 
 bool		rls_strict = false;
 bool		rls_require_signature = false;
+bool		rls_statement_bound = false;
 
 /*
  * True only while RlsApplyContext() is setting the context.  Errors inside it
@@ -165,6 +166,38 @@ RlsDefineContextSettings(void)
 							 NULL,
 							 &rls_require_signature, false, PGC_SUSET, 0,
 							 NULL, NULL, NULL);
+
+	/*
+	 * Set per role by a superuser (ALTER ROLE ... SET, which rls_roles does
+	 * for the application role).  Values set at login become the reset
+	 * value, so RESET ALL and DISCARD ALL put it back on rather than off.
+	 * Off for roles nobody configured: a statement-bound role needs the
+	 * library preloaded, and owners, maintenance roles and psql sessions
+	 * set their context with the functions.  rls.problems reports an
+	 * application role left unbound and unsigned.
+	 */
+	DefineCustomBoolVariable(RLS_GUC_PREFIX ".statement_bound",
+							 "Accept a context from non-superusers only through the statement marker, never from the setter functions.",
+							 "When on, rls.set_context() and rls.set_context_signed() refuse non-superusers; a client statement starting with /*django_rls:$1*/ is the only way to set a context.",
+							 &rls_statement_bound, false, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * Refuse the setter functions to a statement-bound role.  SQL injected into
+ * a statement the application sends can call a function, but cannot bind the
+ * parameter of a statement the client sends: refusing the functions leaves
+ * injected SQL no way to choose a context.
+ */
+void
+RlsCheckSetterAllowed(const char *function_name)
+{
+	if (rls_statement_bound && !superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s() is disabled because django_rls.statement_bound is on for this role", function_name),
+				 errdetail("A statement-bound role receives its context only from the /*django_rls:$1*/ marker of a statement the client binds, so SQL injected into the application's statements cannot choose one."),
+				 errhint("Let the Django bridge carry the context (transaction scope, library preloaded), or have a superuser run ALTER ROLE ... RESET django_rls.statement_bound for a role that must call the setter functions.")));
 }
 
 /*
@@ -238,6 +271,7 @@ rls_set_context(PG_FUNCTION_ARGS)
 	char	   *user;
 	char	   *claims;
 
+	RlsCheckSetterAllowed("rls.set_context");
 	RlsCheckScope("rls.set_context", is_local);
 	if (rls_require_signature && !superuser())
 		ereport(ERROR,
@@ -256,8 +290,8 @@ rls_set_context(PG_FUNCTION_ARGS)
 
 /*
  * rls.clear_context() clears the context for the rest of the session, whatever
- * scope it was set with.  Clearing is always allowed: it can only take access
- * away.
+ * scope it was set with.  Clearing is always allowed, statement-bound or not:
+ * it can only take access away.
  */
 Datum
 rls_clear_context(PG_FUNCTION_ARGS)

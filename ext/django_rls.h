@@ -53,9 +53,11 @@ extern char *rls_claims_setting;
 extern uint64 rls_claims_generation;
 extern bool rls_strict;
 extern bool rls_require_signature;
+extern bool rls_statement_bound;
 
 extern void RlsDefineContextSettings(void);
 extern void RlsCheckNotRestricted(const char *action);
+extern void RlsCheckSetterAllowed(const char *function_name);
 extern void RlsCheckScope(const char *function_name, bool is_local);
 extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);

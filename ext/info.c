@@ -35,13 +35,14 @@ rls_extension_info(PG_FUNCTION_ARGS)
 	appendStringInfo(&buf,
 					 "{\"library_version\": \"%s\", \"loaded_at_startup\": %s, "
 					 "\"replay_protection\": %s, \"signing_key_configured\": %s, "
-					 "\"require_signature\": %s, \"strict\": %s, "
+					 "\"require_signature\": %s, \"statement_bound\": %s, \"strict\": %s, "
 					 "\"replay_issuers_used\": " INT64_FORMAT ", \"replay_issuers_capacity\": " INT64_FORMAT "}",
 					 DJANGO_RLS_VERSION,
 					 rls_loaded_at_startup ? "true" : "false",
 					 RlsReplayAvailable() ? "true" : "false",
 					 RlsSigningKeyConfigured() ? "true" : "false",
 					 rls_require_signature ? "true" : "false",
+					 rls_statement_bound ? "true" : "false",
 					 rls_strict ? "true" : "false",
 					 used, capacity);
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));

@@ -345,6 +345,7 @@ rls_set_context_signed(PG_FUNCTION_ARGS)
 	 * Not STRICT: a NULL token must not pass for "nothing to do", which would
 	 * leave whatever context was set before in force.
 	 */
+	RlsCheckSetterAllowed("rls.set_context_signed");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +41,32 @@ class Database:
     name: str
 
     def connect(self, role: str = "app", **kwargs: object) -> psycopg.Connection:
-        return psycopg.connect(getattr(self, role), autocommit=True, **kwargs)
+        """A connection as "admin", "owner", "app" (statement-bound, as rls_roles leaves it) or
+        "app_unbound": the app role in a session that may call the setter functions, as a
+        superuser may allow for the role (the tests of what those functions refuse, and of
+        everything else done with them, use it)."""
+        if role != "app_unbound":
+            return psycopg.connect(getattr(self, role), autocommit=True, **kwargs)
+        return unbound_session(self, lambda: psycopg.connect(self.app, autocommit=True, **kwargs))
+
+
+_unbound_logins = threading.Lock()
+
+
+def unbound_session(db: Database, connect: Callable[[], T]) -> T:
+    """Open one app-role session without django_rls.statement_bound (read at login only).
+
+    One at a time: a test that connects from two threads must not log one of them in
+    after the other has put the setting back.
+    """
+    setting = sql.SQL("ALTER ROLE {} IN DATABASE {} {}")
+    role, name = sql.Identifier(APP_ROLE), sql.Identifier(db.name)
+    with _unbound_logins, psycopg.connect(db.admin, autocommit=True) as admin:
+        admin.execute(setting.format(role, name, sql.SQL("SET django_rls.statement_bound = off")))
+        try:
+            return connect()
+        finally:
+            admin.execute(setting.format(role, name, sql.SQL("RESET django_rls.statement_bound")))
 
 
 def _server_dsn() -> str:
@@ -145,8 +171,29 @@ def owner_conn(database: Database) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def app_conn(database: Database) -> Iterator[psycopg.Connection]:
+    """The app role, in a session that may call rls.set_context() (see Database.connect)."""
+    with database.connect("app_unbound") as conn:
+        yield conn
+
+
+@pytest.fixture
+def bound_app_conn(database: Database) -> Iterator[psycopg.Connection]:
+    """The app role as rls_roles leaves it: statement-bound."""
     with database.connect("app") as conn:
         yield conn
+
+
+@pytest.fixture
+def unbound_app_role(admin_conn: psycopg.Connection) -> Iterator[None]:
+    """The app role without django_rls.statement_bound for the connections Django opens in this test."""
+    from django.db import connections
+
+    role = sql.Identifier(APP_ROLE)
+    admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.statement_bound").format(role))
+    connections.close_all()
+    yield
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.statement_bound = on").format(role))
+    connections.close_all()
 
 
 def wait_for(attempt: Callable[[], T], timeout: float = 10) -> T:

@@ -68,8 +68,8 @@ TEMPLATES = [
     }
 ]
 DATABASES = {
-    # Server-side binding, as docs/getting-started.md recommends: queries carry their context.
-    "default": _database(APP_ROLE, OPTIONS={"server_side_binding": True}),
+    # Django's default client-side binding, as docs/getting-started.md sets it up: queries carry their context.
+    "default": _database(APP_ROLE),
     "owner": _database(OWNER_ROLE),
     "bypass": _database(BYPASS_ROLE),
 }
@@ -80,8 +80,8 @@ DJANGO_RLS = {
     "MODELS": {"thirdparty.Widget": {"policy": "owner", "field": "owner_id"}},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# A second alias of the application role (as a read replica would be), with Django's default
-# client-side binding (the context then goes in its own statement), and one that uses Django's
-# psycopg connection pool: both must get the context too.
-DATABASES["replica"] = _database(APP_ROLE)
-DATABASES["pooled"] = _database(APP_ROLE, OPTIONS={"pool": {"min_size": 1, "max_size": 4}, "server_side_binding": True})
+# A second alias of the application role (as a read replica would be), with server-side binding
+# (queries carry their context too, their own parameters bound after it), and one that uses
+# Django's psycopg connection pool: both must get the context too.
+DATABASES["replica"] = _database(APP_ROLE, OPTIONS={"server_side_binding": True})
+DATABASES["pooled"] = _database(APP_ROLE, OPTIONS={"pool": {"min_size": 1, "max_size": 4}})

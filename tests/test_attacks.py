@@ -2,9 +2,12 @@
 
 The view runs the attacker's statement inside the request (as the app role), then
 reads the notes table again; both the attack's own output and the later read
-must stay within site 1. Signed mode with require_signature is the hardened
-configuration; the one route it closes that unsigned mode leaves open
-(calling rls.set_context() directly) is tested in both modes.
+must stay within site 1. Every attack runs in both configurations that close
+injection: statement-bound with no key (what rls_roles sets up, the quickstart),
+and signed with require_signature; through Django's default client-side binding
+(where the simple protocol lets an attacker stack statements) and through
+server-side binding. The route both close, calling the setter functions, is also
+shown open on a role that is neither: what rls.problems reports.
 """
 
 from __future__ import annotations
@@ -55,21 +58,49 @@ ATTACKS = [
     "DELETE FROM testapp_note WHERE site_id = 2 RETURNING body",
     "UPDATE testapp_note SET body = 'pwned' WHERE site_id = 2 RETURNING body",
     "INSERT INTO testapp_note (site_id, body) VALUES (2, 'planted') RETURNING id",
+    # The setter functions, alone, stacked behind a statement that does not carry the context
+    # (so the view sends the text through the simple protocol), or inside a function.
+    "SELECT rls.set_context('2', NULL)",
+    "SELECT rls.set_context('2', NULL, NULL, false)",
+    "SELECT rls.set_context('2', '2', '{\"admin\": true}')",
+    "SELECT rls.set_context_signed('v1.eyJzaXRlIjoyfQ.AAAA', false)",
+    "SELECT rls.clear_context(); SELECT rls.set_context('2', NULL); SELECT body FROM testapp_note",
+    "SET statement_timeout = '1min'; SELECT rls.set_context('2', NULL); SELECT body FROM testapp_note",
+    "SET statement_timeout = '1min'; SELECT rls.set_context('2', NULL, NULL, false); SELECT body FROM testapp_note",
+    "DO $$ BEGIN PERFORM rls.set_context('2', NULL); END $$; SELECT body FROM testapp_note",
+    "SELECT body FROM testapp_note WHERE rls.set_context('2', NULL) IS NULL",
+    "SELECT rls.clear_context()",
+    "SET django_rls.statement_bound = off",
+    "SELECT set_config('django_rls.statement_bound', 'off', false)",
+    "RESET django_rls.statement_bound",
+    "ALTER ROLE CURRENT_USER SET django_rls.statement_bound = off",
     # A statement-carried context needs a bound $1; stacked text cannot bind one.
     "/*django_rls:$1*/ SELECT body FROM testapp_note WHERE site_id = 2",
     """/*django_rls:$1*/ SELECT body FROM testapp_note; /*django_rls:$1*/ SELECT body FROM testapp_note""",
 ]
 
 
-@pytest.fixture
-def hardened(live_db, settings, signing_keys, admin_conn):
-    """Signed contexts, and signatures required of the app role."""
-    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
+@pytest.fixture(params=["statement-bound", "signed"])
+def mode(request, live_db, settings, signing_keys, admin_conn):
+    """Statement-bound with no key (the test role as rls_roles leaves it), or signed contexts with
+    signatures required of the app role (which is statement-bound too)."""
+    if request.param == "signed":
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+        admin_conn.execute(
+            sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE))
+        )
+    else:
+        assert settings.DJANGO_RLS.get("SIGNING_KEY") is None
     connections.close_all()
-    yield
-    admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+    yield request.param
+    if request.param == "signed":
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
     connections.close_all()
+
+
+@pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
+def alias(request):
+    return request.param
 
 
 def site2_state(admin_conn) -> tuple:
@@ -82,9 +113,9 @@ def site2_state(admin_conn) -> tuple:
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_attack_stays_inside_site_1(hardened, client, admin_conn, attack):
+def test_attack_stays_inside_site_1(mode, alias, client, admin_conn, attack):
     before = site2_state(admin_conn)
-    result = client.get("/inject/", {"sql": attack}, HTTP_HOST=H1).json()
+    result = client.get("/inject/", {"sql": attack, "alias": alias}, HTTP_HOST=H1).json()
     assert result["sites"] in ([1], []), result
     assert SITE2_NOTE not in result["outcome"], result
     after = site2_state(admin_conn)
@@ -92,15 +123,54 @@ def test_attack_stays_inside_site_1(hardened, client, admin_conn, attack):
     assert after[2] >= before[2], "audit rows disappeared"
 
 
-def test_calling_the_setter_is_refused_when_signatures_are_required(hardened, client):
-    result = client.get("/inject/", {"sql": "SELECT rls.set_context('2', NULL)"}, HTTP_HOST=H1).json()
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "SELECT rls.set_context('2', NULL)",
+        "SET statement_timeout = '1min'; SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note",
+        "SELECT rls.set_context_signed('v1.eyJzaXRlIjoyfQ.AAAA')",
+    ],
+)
+def test_statement_bound_refuses_the_setters_without_a_key(mode, alias, client, attack):
+    result = client.get("/inject/", {"sql": attack, "alias": alias}, HTTP_HOST=H1).json()
+    # Stacked statements reach the server behind a first one that does not carry the context (psycopg
+    # sends a query without parameters through the simple protocol, whatever the binding).
+    assert "disabled because django_rls.statement_bound is on" in result["outcome"], result
+    assert result["sites"] == [1]
+
+
+def test_carried_query_cannot_stack_statements(mode, client):
+    """A query that carries its context goes through the extended protocol: one statement, nothing stacked."""
+    attack = "SELECT 1; SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note"
+    result = client.get("/inject/", {"sql": attack}, HTTP_HOST=H1).json()
+    assert "cannot insert multiple commands into a prepared statement" in result["outcome"], result
+    assert result["sites"] == [1]
+
+
+def test_calling_the_setter_is_refused_when_signatures_are_required(
+    live_db, unbound_app_role, settings, signing_keys, admin_conn, client
+):
+    """Signed mode alone (a role that is not statement-bound) closes the same route."""
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
+    try:
+        result = client.get("/inject/", {"sql": "SELECT rls.set_context('2', NULL)"}, HTTP_HOST=H1).json()
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+        connections.close_all()
     assert "require_signature is on" in result["outcome"]
     assert result["sites"] == [1]
 
 
-def test_unsigned_mode_does_not_stop_a_direct_setter_call(live_db, client):
-    """The documented limit of unsigned mode: injected SQL may call rls.set_context() itself."""
-    attack = "SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note"
+def test_a_role_neither_bound_nor_signing_does_not_stop_a_direct_setter_call(
+    live_db, unbound_app_role, client, admin_conn
+):
+    """The hole both modes close, and that rls.problems reports: injected SQL may call rls.set_context() itself."""
+    attack = (
+        "SET statement_timeout = '1min'; SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note"
+    )
     result = client.get("/inject/", {"sql": attack}, HTTP_HOST=H1).json()
     assert result["outcome"] == "[[2]]"  # inside its own transaction the attacker reached site 2
     assert result["sites"] == [1]  # the request's next transaction has its own context again
+    problems = admin_conn.execute("SELECT problem FROM rls.problems WHERE object_name = %s", (APP_ROLE,)).fetchall()
+    assert any("neither django_rls.statement_bound nor django_rls.require_signature" in p for (p,) in problems)

@@ -16,6 +16,7 @@ import django_rls
 from django_rls import declarations
 from django_rls.models import AuditEntry
 from django_rls.policies import BySite, Declaration
+from tests.conftest import unbound_session
 from tests.harness.cluster import BINDIR
 from tests.seed import OWNER_A, TENANT_A
 from tests.testapp.models import Note, TenantDoc
@@ -85,9 +86,12 @@ def test_raw_sql_is_logged(alice):
 
 
 def test_a_plain_database_connection_is_logged(cleanup_notes, database):
-    """Writes from psql or a cron job, outside Django, are logged with whatever context they set."""
+    """Writes from psql or a cron job, outside Django, are logged with whatever context they set.
+
+    (The app role in a session that may call the setter functions: see tests/conftest.py.)
+    """
     start = last_id()
-    with psycopg.connect(database.app) as conn:
+    with unbound_session(database, lambda: psycopg.connect(database.app)) as conn:
         conn.execute("SELECT rls.set_context('2', '99')")
         conn.execute("INSERT INTO testapp_note (site_id, body) VALUES (2, 'from a script')")
         conn.commit()

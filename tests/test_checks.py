@@ -15,13 +15,9 @@ from django_rls.policies import BySite, Declaration
 
 
 def ids(databases: list[str] | None = None) -> list[str]:
-    """The django_rls check IDs raised, but W005: aliases with client-side binding are everywhere here on purpose."""
+    """The django_rls check IDs raised."""
     messages = checks.run_checks(databases=databases)
-    return sorted(m.id for m in messages if m.id and m.id.startswith("django_rls.") and m.id != "django_rls.W005")
-
-
-def w005_aliases() -> list[str]:
-    return sorted(m.msg.split("'")[1] for m in checks.run_checks() if m.id == "django_rls.W005")
+    return sorted(m.id for m in messages if m.id and m.id.startswith("django_rls."))
 
 
 def test_quiet_on_a_correct_setup(live_db):
@@ -80,12 +76,11 @@ def test_w001_w002_session_scope_with_reused_connections(settings, monkeypatch):
     assert ids() == ["django_rls.W001", "django_rls.W002"]
 
 
-def test_w005_client_side_binding(monkeypatch):
-    assert w005_aliases() == ["replica"]  # the test settings' one client-side alias
-    monkeypatch.setitem(connections.settings["default"], "OPTIONS", {})
-    assert w005_aliases() == ["default", "replica"]
-    message = next(m for m in checks.run_checks() if m.id == "django_rls.W005")
-    assert "server_side_binding" in message.hint
+def test_either_binding_is_quiet(monkeypatch):
+    """W005 (client-side binding cannot carry the context) is gone: both bindings carry it."""
+    assert connections.settings["default"]["OPTIONS"].get("server_side_binding") is not True
+    assert connections.settings["replica"]["OPTIONS"].get("server_side_binding") is True
+    assert ids() == []
 
 
 def test_e010_unreachable_database(settings, extra_alias):
@@ -309,3 +304,10 @@ def test_w008_default_site_resolver_with_a_tenant_model_of_its_own(monkeypatch, 
     assert "testapp.TenantDoc.tenant (testapp.Tenant)" in message.msg
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": lambda request: None}
     assert ids() == []
+
+
+def test_w003_app_role_that_injection_could_switch(live_db, unbound_app_role):
+    """Neither statement-bound nor required to sign: rls.problems, and so W003, say injection could choose a context."""
+    messages = [m for m in checks.run_checks(databases=["default"]) if m.id == "django_rls.W003"]
+    assert [m for m in messages if "neither django_rls.statement_bound nor django_rls.require_signature" in m.msg]
+    assert any("SET django_rls.statement_bound = on" in m.hint for m in messages)

@@ -32,15 +32,15 @@ def persistent(live_db: None) -> Iterator[None]:
     settings_dict["CONN_MAX_AGE"] = saved
 
 
-@pytest.fixture
-def client_binding(persistent: None) -> Iterator[None]:
-    """Django's default client-side binding on the app role's connection: the context goes in its own statement."""
+@pytest.fixture(params=["client", "server"])
+def binding(request: pytest.FixtureRequest, persistent: None) -> Iterator[str]:
+    """Both bindings on the app role's connection: Django's default client-side one, and server-side."""
     connection = connections["default"]
     options = connection.settings_dict["OPTIONS"]
     saved = options.get("server_side_binding")
-    options["server_side_binding"] = False
+    options["server_side_binding"] = request.param == "server"
     connection.close()
-    yield
+    yield request.param
     options["server_side_binding"] = saved
     connection.close()
 
@@ -125,7 +125,7 @@ class TestQueryCount:
         assert (await async_client.get("/nodb/", headers={"x-forwarded-host": H1})).content == b"ok"
         assert counter.since() == {}
 
-    def test_one_query_view_carries_the_context_in_the_query(self, persistent, client):
+    def test_one_query_view_carries_the_context_in_the_query(self, binding, client):
         client.get("/count/", HTTP_HOST=H1)
         with wire.traced(connections["default"]) as log:
             assert client.get("/count/", HTTP_HOST=H1).content == b"3"
@@ -134,13 +134,6 @@ class TestQueryCount:
         assert log.round_trips == 1
         assert log.statements == 1  # no BEGIN, no COMMIT
 
-    def test_one_query_view_with_client_side_binding_pipelines_the_context(self, client_binding, client):
-        client.get("/count/", HTTP_HOST=H1)
-        with wire.traced(connections["default"]) as log:
-            assert client.get("/count/", HTTP_HOST=H1).content == b"3"
-        assert log.context_statements == 1
-        assert log.round_trips == 1  # BEGIN, context, query and COMMIT go in one pipeline
-
     async def test_one_query_async_view_sends_no_context_statement(self, live_db, async_client, statements):
         await async_client.get("/notes/async/", headers={"x-forwarded-host": H2})  # caches the site
         counter = statements()
@@ -148,24 +141,14 @@ class TestQueryCount:
         assert counter.context_statements() == 0
         assert counter.total() == 1
 
-    def test_transaction_carries_the_context_in_its_first_query(self, persistent, client):
+    def test_transaction_carries_the_context_in_its_first_query(self, binding, client):
         client.get("/notes/atomic/", HTTP_HOST=H1)
         with wire.traced(connections["default"]) as log:
             assert client.get("/notes/atomic/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
         assert (log.context_statements, log.carried) == (0, 1)
         assert log.round_trips == 4  # BEGIN, two queries, COMMIT
 
-    def test_transaction_with_client_side_binding_sends_the_context_once(self, client_binding, client):
-        client.get("/notes/atomic/", HTTP_HOST=H1)
-        with wire.traced(connections["default"]) as log:
-            assert client.get("/notes/atomic/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
-        assert log.context_statements == 1
-        assert log.round_trips == 5  # BEGIN, the context, two queries, COMMIT
-
-    @pytest.mark.parametrize("binding", ["server", "client"])
-    def test_atomic_requests_send_the_context_once(self, persistent, client, request, binding):
-        if binding == "client":
-            request.getfixturevalue("client_binding")
+    def test_atomic_requests_send_the_context_once(self, binding, client):
         settings_dict = connections["default"].settings_dict
         settings_dict["ATOMIC_REQUESTS"] = True
         try:
@@ -174,19 +157,30 @@ class TestQueryCount:
                 assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
         finally:
             settings_dict["ATOMIC_REQUESTS"] = False
-        assert log.context_statements + log.carried == 1
+        assert (log.context_statements, log.carried) == (0, 1)
 
-    @pytest.mark.parametrize("binding", ["server", "client"])
-    def test_values_are_bound_server_side(self, persistent, client, request, binding):
-        if binding == "client":
-            request.getfixturevalue("client_binding")
+    def test_values_are_bound_server_side(self, binding, client):
         client.get("/count/", HTTP_HOST=H2)
         with wire.traced(connections["default"]) as log:
             client.get("/count/", HTTP_HOST=H2)
-        parse = [
-            line for line in log.sent if "\tParse\t" in line and ("rls.set_context" in line or "django_rls:" in line)
-        ]
+        parse = [line for line in log.sent if "\tParse\t" in line and "django_rls:" in line]
         assert parse and "$1" in parse[0] and '"2"' not in parse[0] and "'2'" not in parse[0]
+        bind = [line for line in log.sent if "\tBind\t" in line]
+        assert bind and '"site":"2"' in bind[0]
+
+    def test_only_the_context_is_bound(self, binding, client):
+        """With Django's default binding the query's own values are inlined, as its ClientCursor inlines them."""
+        client.get("/notes/search/", {"q": "x"}, HTTP_HOST=H1)
+        with wire.traced(connections["default"]) as log:
+            assert client.get("/notes/search/", {"q": "it's 100%"}, HTTP_HOST=H1).json() == {"bodies": []}
+        [parse] = [line for line in log.sent if "\tParse\t" in line]
+        assert parse.count("/*django_rls:$1*/") == 1
+        if binding == "client":
+            # psycopg's ClientCursor writes a literal with a backslash as E'...'.
+            assert "LIKE  E'%it''s 100\\\\%%'" in parse and "$2" not in parse
+        else:
+            assert "$2" in parse and "it''s" not in parse
+        assert log.statements == 1
 
 
 class TestNoLeftovers:
@@ -204,13 +198,22 @@ class TestNoLeftovers:
         whoami = (await async_client.get("/whoami/", headers={"x-forwarded-host": NOWHERE})).json()
         assert whoami == {"site": None, "user": None, "claims": None}
 
-    def test_session_scope_is_cleared_when_the_request_ends(self, persistent, client, settings):
+    def test_session_scope_is_cleared_when_the_request_ends(self, unbound_app_role, persistent, client, settings):
         settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "session"}
         assert client.get("/count/", HTTP_HOST=H1).content == b"3"
         assert context_now()["site"] is None
         from tests.testapp.models import Note
 
         assert Note.objects.count() == 0
+
+
+def test_session_scope_fails_closed_for_a_statement_bound_role(live_db, client, settings):
+    """A session-scoped context needs rls.set_context(), which a statement-bound role is refused."""
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "session"}
+    with pytest.raises(Exception, match=r"disabled because django_rls\.statement_bound is on"):
+        client.get("/count/", HTTP_HOST=H1)
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "transaction"}
+    assert client.get("/count/", HTTP_HOST=H1).content == b"3"
 
 
 def test_signed_contexts_with_signatures_required(live_db, client, settings, signing_keys, admin_conn):

@@ -87,11 +87,23 @@ def test_interleaved_requests_through_transaction_pooling(bouncer_alias):
     assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
 
 
+def test_atomic_requests_through_transaction_pooling(bouncer_alias):
+    """PgBouncer does not pass django_rls.preloaded on: the bridge asks inside the request's transaction."""
+    connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = True
+    connections.close_all()
+    try:
+        for host, site in ((HOSTS[0], 1), (HOSTS[1], 2)):
+            assert Client().get("/notes/on/bouncer/", HTTP_HOST=host).json() == {"sites": [site]}
+            connections.close_all()  # every request on a new connection: its first query is in a transaction
+    finally:
+        connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = False
+
+
 def connect(bouncer: PgBouncer) -> psycopg.Connection:
     return psycopg.connect(bouncer_dsn(bouncer), autocommit=True, prepare_threshold=None)
 
 
-def test_transaction_scope_leaves_nothing_on_a_shared_server_connection(single_server_pool):
+def test_transaction_scope_leaves_nothing_on_a_shared_server_connection(unbound_app_role, single_server_pool):
     with connect(single_server_pool) as first, connect(single_server_pool) as second:
         with first.transaction():
             first.execute("SELECT rls.set_context('1', NULL)")
@@ -104,14 +116,14 @@ def test_transaction_scope_leaves_nothing_on_a_shared_server_connection(single_s
         assert second.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == []
 
 
-def test_session_scope_would_leak_there_which_is_why_it_is_not_the_default(single_server_pool):
+def test_session_scope_would_leak_there_which_is_why_it_is_not_the_default(unbound_app_role, single_server_pool):
     with connect(single_server_pool) as first, connect(single_server_pool) as second:
         first.execute("SELECT rls.set_context('2', NULL, NULL, false)")
         assert second.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == [(2,)]
         second.execute("SELECT rls.clear_context()")
 
 
-def test_signed_tokens_and_replay_through_transaction_pooling(transaction_pool, signing_keys):
+def test_signed_tokens_and_replay_through_transaction_pooling(unbound_app_role, transaction_pool, signing_keys):
     token = sign_context(signing_keys[0], site=1, user=1)
     with connect(transaction_pool) as a, connect(transaction_pool) as b:
         with a.transaction():
@@ -122,7 +134,7 @@ def test_signed_tokens_and_replay_through_transaction_pooling(transaction_pool, 
                 b.execute("SELECT rls.set_context_signed(%s)", (token,))
 
 
-def test_session_pooling_discards_a_session_context(session_pool):
+def test_session_pooling_discards_a_session_context(unbound_app_role, session_pool):
     dsn = bouncer_dsn(session_pool)
     with psycopg.connect(dsn, autocommit=True) as first:
         first.execute("SELECT rls.set_context('2', NULL, NULL, false)")

@@ -55,10 +55,11 @@ def test_rls_roles_creates_and_pins_a_role_that_needs_quoting(app_role_alias, su
     with connections[superuser_alias].cursor() as cursor:
         cursor.execute(
             "SELECT has_database_privilege(%s, current_database(), 'TEMPORARY'), "
-            "(SELECT setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole)",
-            [ROLE, '"App-Role"'],
+            "(SELECT setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole AND setdatabase <> 0), "
+            "(SELECT setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole AND setdatabase = 0)",
+            [ROLE, '"App-Role"', '"App-Role"'],
         )
-        assert cursor.fetchone() == (False, ["search_path=public, pg_temp"])
+        assert cursor.fetchone() == (False, ["search_path=public, pg_temp"], ["django_rls.statement_bound=on"])
     code, out = run("rls_roles", "--database", superuser_alias, "--app-role", ROLE)
     assert code == 0 and out.startswith("Nothing to do: rls_test_owner, App-Role, rls_test_bypass"), out
 

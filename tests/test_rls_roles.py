@@ -234,3 +234,27 @@ def test_plain_migrate_as_the_app_role_names_the_command(live_db):
         call_command("migrate", "testapp", "zero", database="default", verbosity=0)
     # Nothing to migrate: nothing to say.
     call_command("migrate", database="default", verbosity=0)
+
+
+def statement_bound(alias: str, role: str) -> list | None:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = 0 AND setrole = "
+            "(SELECT oid FROM pg_roles WHERE rolname = %s)",
+            [role],
+        )
+        row = cursor.fetchone()
+        return row[0] if row else None
+
+
+def test_makes_the_app_role_statement_bound(superuser_alias):
+    assert 'ALTER ROLE "rls_t_app" SET "django_rls"."statement_bound" = on;' in run(superuser_alias, "--dry-run")
+    output = run(superuser_alias)
+    assert "make the application role rls_t_app statement-bound" in output
+    assert statement_bound(superuser_alias, "rls_t_app") == ["django_rls.statement_bound=on"]
+    assert statement_bound(superuser_alias, "rls_t_owner") is None  # the owner keeps the setter functions
+    assert run(superuser_alias).startswith("Nothing to do")
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("ALTER ROLE rls_t_app SET django_rls.statement_bound = off")
+    assert "statement-bound" in run(superuser_alias)
+    assert statement_bound(superuser_alias, "rls_t_app") == ["django_rls.statement_bound=on"]

@@ -28,6 +28,7 @@ from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
 
 H1, H2, NOSITE = "megacorp1.test", "megacorp2.test", "nosite.test"
 EXPECTED = {H1: [1], H2: [2], NOSITE: []}
+BOUND = "disabled because django_rls.statement_bound is on"
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,14 @@ STATES = [
     State("row security off", "SET row_security = off", next_read="error", next_write="error"),
     State("the context's own settings", "SET django_rls.site = '2'", refused="permission denied"),
     State("strict mode", "SET django_rls.strict = on", next_read="strict"),
-    # A session-scoped context: every later query sends its own, empty when it has none.
-    State("session context", "SELECT rls.set_context('2', NULL, NULL, false)"),
-    State("session context with user and claims", """SELECT rls.set_context('2', '2', '{"admin": true}', false)"""),
+    # A session-scoped context: the statement-bound application role cannot set one at all
+    # (test_session_context_left_by_a_role_that_is_not_statement_bound covers the other case).
+    State("session context", "SELECT rls.set_context('2', NULL, NULL, false)", refused=BOUND),
+    State(
+        "session context with user and claims",
+        """SELECT rls.set_context('2', '2', '{"admin": true}', false)""",
+        refused=BOUND,
+    ),
     # Objects Django never names: prepared statements, held cursors, locks, listeners.
     State("prepared statement", "PREPARE leftover AS SELECT site_id FROM testapp_note"),
     State("psycopg's prepared statement name", "PREPARE _pg3_0 AS SELECT 2::bigint AS site_id"),
@@ -77,6 +83,7 @@ STATES = [
     State("advisory lock", "SELECT pg_advisory_lock(4242)"),
     State("LISTEN", "LISTEN leftover"),
 ]
+UNBOUND_SESSION_CONTEXT = State("session context", """SELECT rls.set_context('2', '2', '{"admin": true}', false)""")
 
 
 def inject(client: Client, alias: str, sql: str, host: str = H1) -> dict:
@@ -159,9 +166,20 @@ def reused(request, live_db, monkeypatch) -> Iterator[str]:
 
 @pytest.mark.parametrize("state", STATES, ids=[s.name for s in STATES])
 @pytest.mark.parametrize(
-    "reused", ["default", "replica"], indirect=True, ids=["server-side binding", "client-side binding"]
+    "reused", ["default", "replica"], indirect=True, ids=["client-side binding", "server-side binding"]
 )
 def test_state_left_on_a_reused_connection(reused, state, client, admin_conn):
+    leave_and_check(client, reused, state, admin_conn, same_backend=True)
+
+
+@pytest.mark.parametrize("state", [UNBOUND_SESSION_CONTEXT], ids=["session context"])
+@pytest.mark.parametrize(
+    "reused", ["default", "replica"], indirect=True, ids=["client-side binding", "server-side binding"]
+)
+def test_session_context_left_by_a_role_that_is_not_statement_bound(
+    unbound_app_role, reused, state, client, admin_conn
+):
+    """Without statement_bound injected SQL can leave a session context; every later query sends its own."""
     leave_and_check(client, reused, state, admin_conn, same_backend=True)
 
 

@@ -263,3 +263,28 @@ def test_transaction_control_inside_a_procedure_leaves_the_marker_working(conn, 
             conn.execute("/*django_rls:$1*/ SELECT 1")
     finally:
         owner_conn.execute("DROP PROCEDURE public.ends_transactions()")
+
+
+def test_the_bridge_asks_inside_a_transaction_where_a_proxy_hides_the_report(live_db, monkeypatch):
+    """A proxy that does not pass django_rls.preloaded on: the bridge asks, even inside the app's transaction."""
+    from django.db import connections, transaction
+
+    import django_rls
+    from tests import wire
+
+    reported = psycopg.ConnectionInfo.parameter_status
+    monkeypatch.setattr(
+        psycopg.ConnectionInfo,
+        "parameter_status",
+        lambda info, name: None if name == "django_rls.preloaded" else reported(info, name),
+    )
+    connection = connections["default"]
+    connection.close()
+    connection.ensure_connection()
+    with wire.traced(connection) as log, django_rls.context(site=2), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT DISTINCT site_id FROM testapp_note")
+            assert cursor.fetchall() == [(2,)]
+    assert log.carried == 1 and log.context_statements == 0
+    assert any("current_setting" in line for line in log.sent)
+    connection.close()

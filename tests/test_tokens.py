@@ -135,7 +135,7 @@ def test_replay_on_the_same_connection_is_refused(app_conn, signing_keys):
 
 def test_replay_on_another_connection_is_refused(database: Database, signing_keys):
     token = sign_context(signing_keys[0], site=1, user=1)
-    with database.connect("app") as first, database.connect("app") as second:
+    with database.connect("app_unbound") as first, database.connect("app_unbound") as second:
         set_signed(first, token)
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
             set_signed(second, token)
@@ -153,7 +153,7 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
     victim_result: list[object] = []
 
     def victim() -> None:
-        with psycopg.connect(database.app, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        with database.connect("app_unbound", cursor_factory=psycopg.ClientCursor) as conn:
             with conn.transaction():
                 conn.execute("SELECT rls.set_context_signed(%s)", (token,))
                 attacker_done.wait(10)
@@ -162,7 +162,7 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
     thread = threading.Thread(target=victim)
     thread.start()
     try:
-        with database.connect("app") as attacker:
+        with database.connect("app_unbound") as attacker:
             seen = None
             deadline = time.monotonic() + 5
             while seen is None and time.monotonic() < deadline:
@@ -184,7 +184,7 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
 
 def test_server_side_binding_keeps_the_token_out_of_pg_stat_activity(database: Database, signing_keys):
     token = sign_context(signing_keys[0], site=1, user=1)
-    with database.connect("app") as victim, database.connect("app") as observer:
+    with database.connect("app_unbound") as victim, database.connect("app_unbound") as observer:
         victim.execute("BEGIN")
         victim.execute("SELECT rls.set_context_signed(%s)", (token,))
         queries = [q for (q,) in observer.execute("SELECT query FROM pg_stat_activity WHERE usename = %s", (APP_ROLE,))]
@@ -281,7 +281,7 @@ class TestReplayWindow:
         assert set_signed(app_conn, first)["site"] == 10
         assert set_signed(app_conn, later)["site"] == 500
         assert set_signed(app_conn, skipped)["site"] == 11  # out of order, inside the window
-        with database.connect("app") as other:  # another connection: still spent
+        with database.connect("app_unbound") as other:  # another connection: still spent
             for spent in (first, later, skipped):
                 with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
                     set_signed(other, spent)
@@ -326,7 +326,7 @@ class TestReplayWindow:
 def test_require_signature_leaves_only_signed_tokens(database: Database, admin_conn, signing_keys):
     admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
     try:
-        with database.connect("app") as conn:
+        with database.connect("app_unbound") as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="require_signature is on"):
                 with conn.transaction():
                     conn.execute("SELECT rls.set_context('1', '1')")

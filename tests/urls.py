@@ -17,6 +17,7 @@ urlpatterns = [
     path("whoami/", views.whoami),
     path("count/", views.note_count),
     path("notes/atomic/", views.notes_atomic),
+    path("notes/search/", views.notes_search),
     path("notes/on/<str:alias>/", views.notes_on),
     path("tasks/late-user/", views.user_then_tasks),
     path("tasks/drf/", views.DrfTasks.as_view()),

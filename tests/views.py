@@ -66,6 +66,13 @@ def note_count(request: HttpRequest) -> HttpResponse:
     return HttpResponse(str(Note.objects.count()))
 
 
+def notes_search(request: HttpRequest) -> JsonResponse:
+    """A query with a parameter of its own, the way an app filters on user input."""
+    return JsonResponse(
+        {"bodies": sorted(Note.objects.filter(body__contains=request.GET["q"]).values_list("body", flat=True))}
+    )
+
+
 def notes_atomic(request: HttpRequest) -> JsonResponse:
     with transaction.atomic():
         sites = sorted({n.site_id for n in Note.objects.all()})
@@ -95,12 +102,13 @@ class DrfTasks(APIView):
 def inject(request: HttpRequest) -> JsonResponse:
     """A deliberately injectable view: runs attacker-supplied SQL, then reads the notes table.
 
-    It uses the "replica" alias, whose client-side binding sends the simple query protocol:
-    the one where an attacker can stack statements; ``?alias=default`` injects through
-    server-side binding instead (one statement per query).
+    It uses the "default" alias, with Django's default client-side binding: a query that
+    does not carry the context (one that is no planned statement) goes through the simple
+    query protocol, where an attacker can stack statements; ``?alias=replica`` injects
+    through server-side binding instead.
     """
     outcome = "ok"
-    alias = request.GET.get("alias", "replica")
+    alias = request.GET.get("alias", "default")
     replica = connections[alias]
     try:
         with transaction.atomic(using=alias), replica.cursor() as cursor:

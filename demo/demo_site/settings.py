@@ -20,8 +20,6 @@ def _database(role: str) -> dict[str, object]:
         "PASSWORD": DEMO_PASSWORD,
         "HOST": _server.hostname or "127.0.0.1",
         "PORT": str(_server.port or 5432),
-        # Server-side binding keeps context tokens out of pg_stat_activity.
-        "OPTIONS": {"server_side_binding": True},
     }
 
 

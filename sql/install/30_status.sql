@@ -43,6 +43,30 @@ $$;
 COMMENT ON FUNCTION rls._role_search_path(oid) IS
 'Internal: the search_path a role starts with in the current database (NULL when only the server default applies).';
 
+-- Whether a django_rls switch is on for a role in this database: the most
+-- specific ALTER ROLE / ALTER DATABASE setting, else the server's own value
+-- (configuration file or command line), else off.
+CREATE FUNCTION rls._role_switch(role_oid oid, name text)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(
+        (SELECT substr(c, length(name) + 2)::boolean
+           FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c
+          WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
+            AND s.setrole IN (0, role_oid)
+            AND c LIKE name || '=%'
+          ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC
+          LIMIT 1),
+        (SELECT g.reset_val::boolean
+           FROM pg_catalog.pg_settings g
+          WHERE g.name = _role_switch.name AND g.source IN ('configuration file', 'command line')),
+        false)
+$$;
+COMMENT ON FUNCTION rls._role_switch(oid, text) IS
+'Internal: whether a boolean django_rls setting is on for a role in the current database.';
+
 -- Whether a search_path setting searches pg_temp last: only then can no
 -- temporary object hide a table, function or type of the same name.
 CREATE FUNCTION rls._ends_with_pg_temp(path text)
@@ -214,7 +238,18 @@ SELECT NULL, r.rolname::text,
               r.rolname, current_database())
   FROM pg_catalog.pg_roles r
  WHERE r.oid IN (SELECT role_oid FROM app_roles)
-   AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid));
+   AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid))
+UNION ALL
+SELECT NULL, r.rolname::text,
+       format('role %s may set any context with rls.set_context(), so SQL injected into the application''s statements '
+              'can switch to another site: neither django_rls.statement_bound nor django_rls.require_signature is on for it',
+              r.rolname),
+       format('As a superuser: ALTER ROLE %I SET django_rls.statement_bound = on (manage.py rls_roles does this), '
+              'or require signed contexts with django_rls.require_signature.', r.rolname)
+  FROM pg_catalog.pg_roles r
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
+   AND NOT rls._role_switch(r.oid, 'django_rls.statement_bound')
+   AND NOT rls._role_switch(r.oid, 'django_rls.require_signature');
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
 

@@ -184,6 +184,33 @@ ROLLBACK;
 RESET SESSION AUTHORIZATION;
 RESET django_rls.require_signature;
 
+-- Statement-bound: the setter functions refuse non-superusers even unsigned
+-- or signed, and the role cannot turn the setting off; clearing still works.
+RESET SESSION AUTHORIZATION;
+SET django_rls.statement_bound = on; -- superusers only
+SET SESSION AUTHORIZATION regress_rls_app;
+SET django_rls.statement_bound = off; -- fail
+SELECT set_config('django_rls.statement_bound', 'off', false); -- fail
+BEGIN;
+SELECT rls.set_context('1', '1'); -- fail
+ROLLBACK;
+BEGIN;
+SELECT rls.set_context('1', '1', NULL, false); -- fail
+ROLLBACK;
+BEGIN;
+SELECT rls.set_context_signed('v1.e30.AAAA'); -- fail
+ROLLBACK;
+SELECT rls.clear_context();
+SELECT rls.site_id() IS NULL AS cleared;
+SELECT (rls.extension_info() ->> 'statement_bound')::boolean AS statement_bound;
+-- A superuser is not bound by it, so maintenance keeps the functions.
+RESET SESSION AUTHORIZATION;
+BEGIN;
+SELECT rls.set_context('1', '1');
+SELECT rls.site_id();
+ROLLBACK;
+RESET django_rls.statement_bound;
+
 -- The superuser is bound by the check hook too: only the setter sets it.
 SET django_rls.site = '666'; -- fail
 SELECT set_config('django_rls.site', '666', false); -- fail

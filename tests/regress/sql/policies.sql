@@ -18,6 +18,7 @@ CREATE SCHEMA regress_rls AUTHORIZATION regress_rls_owner;
 -- The application role as rls_roles leaves it (no TEMPORARY, pg_temp last); status.sql tests the opposite.
 DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); END $$;
 DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = public, pg_temp', current_database()); END $$;
+ALTER ROLE regress_rls_app SET django_rls.statement_bound = on;
 GRANT USAGE ON SCHEMA regress_rls TO regress_rls_app, regress_rls_bypass;
 
 -- A probe that reports every row a query lets it see, like core rowsecurity.sql.

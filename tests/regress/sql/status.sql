@@ -21,6 +21,8 @@ SET search_path = regress_rls;
 -- database (PUBLIC has it by default) and a search_path with pg_temp last.
 DO $$ BEGIN EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database()); END $$;
 DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = public, pg_temp', current_database()); END $$;
+-- Statement-bound, so injected SQL cannot call the setter functions.
+ALTER ROLE regress_rls_app SET django_rls.statement_bound = on;
 
 -- A clean setup has no problems.
 CREATE TABLE clean (id int PRIMARY KEY, site_id int);
@@ -78,6 +80,22 @@ SELECT problem FROM rls.problems WHERE problem LIKE '%search_path%' ORDER BY 1;
 DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET search_path = "$user", public', current_database()); END $$;
 SELECT problem FROM rls.problems WHERE problem LIKE '%search_path%' ORDER BY 1;
 ALTER ROLE regress_rls_app RESET search_path;
+-- Neither statement-bound nor signatures required: injection can choose
+-- a context.  Either switch, for the role or in this database, closes it.
+ALTER ROLE regress_rls_app RESET django_rls.statement_bound;
+SELECT object_name, problem FROM rls.problems WHERE problem LIKE '%statement_bound%';
+ALTER ROLE regress_rls_app SET django_rls.require_signature = on;
+SELECT count(*) AS unbound FROM rls.problems WHERE problem LIKE '%statement_bound%';
+ALTER ROLE regress_rls_app RESET django_rls.require_signature;
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I SET django_rls.statement_bound = on', current_database()); END $$;
+SELECT count(*) AS unbound FROM rls.problems WHERE problem LIKE '%statement_bound%';
+-- As at login, the role's setting in this database wins over its setting for every database.
+ALTER ROLE regress_rls_app SET django_rls.statement_bound = off;
+SELECT count(*) AS unbound FROM rls.problems WHERE problem LIKE '%statement_bound%';
+ALTER ROLE regress_rls_app RESET django_rls.statement_bound;
+SELECT count(*) AS unbound FROM rls.problems WHERE problem LIKE '%statement_bound%';
+DO $$ BEGIN EXECUTE format('ALTER ROLE regress_rls_app IN DATABASE %I RESET django_rls.statement_bound', current_database()); END $$;
+ALTER ROLE regress_rls_app SET django_rls.statement_bound = on;
 SELECT table_name, problems FROM rls.status WHERE table_name::text LIKE '%no_force' OR table_name::text LIKE '%clean' ORDER BY 1;
 
 -- An application role that can SET ROLE to a BYPASSRLS role, to a superuser
