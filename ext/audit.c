@@ -843,16 +843,23 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 		WriteLog(rows, count);
 
 		/*
-		 * A transaction that wrote audit rows commits durably: a
-		 * synchronous_commit = off left on the session (by an earlier
-		 * request on a pooled connection, say) would let a crash lose the
-		 * commit, and its trail, after the client was told it happened.  A
-		 * LOCAL setting outlives the SET clauses of this function's own
-		 * call and ends with the transaction.
+		 * A transaction that wrote audit rows commits as durably as the
+		 * server, database and role say: a synchronous_commit = off that the
+		 * session set itself (an earlier request on a pooled connection,
+		 * say) would let a crash lose the commit, and its trail, after the
+		 * client was told it happened.  The value RESET would restore is put
+		 * back for this transaction only (a LOCAL setting outlives the SET
+		 * clauses of this function's own call and ends with the
+		 * transaction); where an operator configured off, off stays.
 		 */
 		if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
-			(void) set_config_option("synchronous_commit", "local", PGC_USERSET, PGC_S_SESSION,
-									 GUC_ACTION_LOCAL, true, 0, false);
+		{
+			const char *configured = GetConfigOptionResetString("synchronous_commit");
+
+			if (configured != NULL && strcmp(configured, "off") != 0)
+				(void) set_config_option("synchronous_commit", configured, PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
+		}
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	ExecDropSingleTupleTableSlot(other);
