@@ -28,10 +28,18 @@
  * changing options) frees the entry, so entries of dropped tables do not
  * accumulate.
  *
- * Reading.  Each log row records which rule lets the application role read
- * it (read_rule) and the row's own site and owner values before and after
- * the change (read_keys); rls_audit._may_read(), the log's policy, compares
- * them with the reader's context.  See docs/audit.md.
+ * Reading.  Each log row records the table's trail id (rls_audit.trails),
+ * which rule lets the application role read it (read_rule) and the row's own
+ * site and owner values before and after the change (read_keys);
+ * rls_audit._may_read(), the log's policy, finds the table by the trail id
+ * (never by the recorded name, which another table may take), lets its owner
+ * read, and compares the keys with the context of a reader that the table's
+ * row level security constrains as it constrains its policies' roles.  See
+ * docs/audit.md.
+ *
+ * Administration.  rls_audit.enable(), disable() and set_read_rule() are
+ * rls_audit_admin() below: an ownership check on the role calling, then the
+ * internal SECURITY DEFINER function that does the work.
  *
  *-------------------------------------------------------------------------
  */
