@@ -300,7 +300,11 @@ def test_a_role_no_policy_lets_read_the_table_reads_none_of_its_entries(app_conn
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: extra_float_digits left on a connection rounds later requests' reads")
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (docs/security.md, 'What a request can leave on a connection'): "
+    "extra_float_digits left on a connection rounds later requests' reads; the trail is unaffected",
+)
 @pytest.mark.usefixtures("float_table")
 def test_a_setting_left_by_one_request_does_not_change_what_the_next_one_reads(app_conn, admin_conn):
     with app_conn.transaction():  # site 1's request, injected
