@@ -301,3 +301,19 @@ def test_rows_an_attached_table_brings_are_not_recorded_later_writes_are(owner_c
     assert admin_conn.execute(entries, (tables,)).fetchall() == []
     owner_conn.execute("UPDATE public.rt_tree SET body = 'changed' WHERE id = 1 AND site_id = 3")
     assert admin_conn.execute(entries, (tables,)).fetchall() == [("UPDATE",)]
+
+
+def test_history_follows_a_renamed_table(owner_conn):
+    owner_conn.execute("DROP TABLE IF EXISTS public.rt_hist_a, public.rt_hist_b")
+    owner_conn.execute("CREATE TABLE public.rt_hist_a (id int PRIMARY KEY, body text)")
+    owner_conn.execute("SELECT rls_audit.enable('public.rt_hist_a')")
+    owner_conn.execute("INSERT INTO public.rt_hist_a VALUES (1, 'before')")
+    owner_conn.execute("ALTER TABLE public.rt_hist_a RENAME TO rt_hist_b")
+    owner_conn.execute("UPDATE public.rt_hist_b SET body = 'after'")
+    try:
+        history = owner_conn.execute(
+            "SELECT operation, table_name FROM rls_audit.history('public.rt_hist_b', '1')"
+        ).fetchall()
+        assert history == [("INSERT", "public.rt_hist_a"), ("UPDATE", "public.rt_hist_b")]
+    finally:
+        owner_conn.execute("DROP TABLE public.rt_hist_b")

@@ -73,8 +73,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- history of a row; what a site did when; what a user did when; time ranges
-    EXECUTE format('CREATE INDEX ON %s (table_name, row_key)', part);
+    -- history of a row (by the table's trail id, which follows renames); what a
+    -- site did when; what a user did when; time ranges
+    EXECUTE format('CREATE INDEX ON %s (trail_id, row_key)', part);
     EXECUTE format('CREATE INDEX ON %s (site_id, logged_at) WHERE site_id IS NOT NULL', part);
     EXECUTE format('CREATE INDEX ON %s (site_uuid, logged_at) WHERE site_uuid IS NOT NULL', part);
     EXECUTE format('CREATE INDEX ON %s (user_id, logged_at) WHERE user_id IS NOT NULL', part);

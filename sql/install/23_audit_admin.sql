@@ -382,13 +382,15 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- A primary key is unique across a partition tree, and a write is recorded
-    -- under the table its statement named: read the whole tree.
+    -- under the table its statement named: read the whole tree.  Entries are
+    -- found by the tables' trail ids, so they follow a renamed table.
     SELECT * FROM rls_audit.log l
-     WHERE l.table_name IN (SELECT tbl::text
-                            UNION
-                            SELECT t.relid::text FROM pg_partition_tree(coalesce(pg_partition_root(tbl), tbl)) t)
+     WHERE l.trail_id IN (SELECT r.trail_id FROM rls_audit.trails r
+                           WHERE r.table_oid IN (SELECT tbl
+                                                 UNION
+                                                 SELECT t.relid FROM pg_partition_tree(coalesce(pg_partition_root(tbl), tbl)) t))
        AND l.row_key = history.row_key
      ORDER BY l.id
 $$;
 COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
-'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; for a partitioned table, whichever table of its partition tree the writes named.';
+'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; for a partitioned table, whichever table of its partition tree the writes named; under whatever name the table had when they were written.';
