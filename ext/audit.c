@@ -181,14 +181,18 @@ AuditAttribute(Oid relid, const char *name)
 /*
  * The row of rls_audit.<config> whose column attname equals value (compared
  * with the built-in equality function eqproc), copied, or NULL.  Read with a
- * table scan, never through SQL.
+ * table scan, never through SQL, under the latest snapshot (the capture: a
+ * configuration committed since the statement started counts), or under the
+ * active one where a new snapshot cannot be taken (a policy, which runs in
+ * parallel workers too).
  */
 static HeapTuple
-ConfigRowBy(const char *config, const char *attname, RegProcedure eqproc, Datum value, TupleDesc *desc)
+ConfigRowBy(const char *config, const char *attname, RegProcedure eqproc, Datum value, TupleDesc *desc,
+			bool latest)
 {
 	Oid			cfgid = AuditRelation(config);
 	Relation	cfg = table_open(cfgid, AccessShareLock);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	Snapshot	snapshot = RegisterSnapshot(latest ? GetLatestSnapshot() : GetActiveSnapshot());
 	ScanKeyData key;
 	TableScanDesc scan;
 	HeapTuple	tuple;
@@ -209,7 +213,7 @@ ConfigRowBy(const char *config, const char *attname, RegProcedure eqproc, Datum 
 static HeapTuple
 ConfigRow(const char *config, Oid relid, TupleDesc *desc)
 {
-	return ConfigRowBy(config, "table_oid", F_OIDEQ, ObjectIdGetDatum(relid), desc);
+	return ConfigRowBy(config, "table_oid", F_OIDEQ, ObjectIdGetDatum(relid), desc, true);
 }
 
 /*
@@ -1034,15 +1038,20 @@ rls_audit_admin(PG_FUNCTION_ARGS)
 	return result;
 }
 
-/* What rls_audit._may_read() knows about the last trail it looked at, per call site. */
+/* What rls_audit._may_read() knows about one trail, for one reader. */
 typedef struct ReaderTable
 {
-	Oid			user;
-	pg_uuid_t	trail_id;
-	bool		valid;
+	pg_uuid_t	trail_id;		/* hash key */
 	bool		is_owner;
 	bool		may_read;		/* row level security constrains the reader as its policies' roles */
 } ReaderTable;
+
+/* Per call site (one query's policy): the trails looked up so far, for one reader. */
+typedef struct ReaderCache
+{
+	Oid			user;
+	HTAB	   *tables;
+} ReaderCache;
 
 /*
  * Whether the table's row level security shows user what it shows the roles
@@ -1100,7 +1109,7 @@ PoliciesConstrainReader(Oid relid, bool rowsecurity, Oid user)
 }
 
 static void
-LookUpReaderTable(ReaderTable *reader)
+LookUpReaderTable(ReaderTable *reader, Oid user)
 {
 	TupleDesc	desc;
 	HeapTuple	row;
@@ -1112,7 +1121,7 @@ LookUpReaderTable(ReaderTable *reader)
 
 	reader->is_owner = false;
 	reader->may_read = false;
-	row = ConfigRowBy("trails", "trail_id", F_UUID_EQ, UUIDPGetDatum(&reader->trail_id), &desc);
+	row = ConfigRowBy("trails", "trail_id", F_UUID_EQ, UUIDPGetDatum(&reader->trail_id), &desc, false);
 	if (row == NULL)
 		return;					/* the table was dropped: only bypassing roles read */
 	value = heap_getattr(row, AuditAttribute(AuditRelation("trails"), "table_oid"), desc, &isnull);
@@ -1123,13 +1132,13 @@ LookUpReaderTable(ReaderTable *reader)
 	if (!HeapTupleIsValid(tuple))
 		return;
 	rel = (Form_pg_class) GETSTRUCT(tuple);
-	reader->is_owner = has_privs_of_role(reader->user, rel->relowner);
+	reader->is_owner = has_privs_of_role(user, rel->relowner);
 	reader->may_read = !reader->is_owner &&
-		DatumGetBool(DirectFunctionCall3(has_schema_privilege_id_id, ObjectIdGetDatum(reader->user),
+		DatumGetBool(DirectFunctionCall3(has_schema_privilege_id_id, ObjectIdGetDatum(user),
 										 ObjectIdGetDatum(rel->relnamespace),
 										 CStringGetTextDatum("USAGE"))) &&
-		pg_class_aclcheck(relid, reader->user, ACL_SELECT) == ACLCHECK_OK &&
-		PoliciesConstrainReader(relid, rel->relrowsecurity, reader->user);
+		pg_class_aclcheck(relid, user, ACL_SELECT) == ACLCHECK_OK &&
+		PoliciesConstrainReader(relid, rel->relrowsecurity, user);
 	ReleaseSysCache(tuple);
 }
 
@@ -1147,7 +1156,8 @@ LookUpReaderTable(ReaderTable *reader)
 Datum
 rls_audit_may_read(PG_FUNCTION_ARGS)
 {
-	ReaderTable *reader = (ReaderTable *) fcinfo->flinfo->fn_extra;
+	ReaderCache *cache = (ReaderCache *) fcinfo->flinfo->fn_extra;
+	ReaderTable *reader;
 	pg_uuid_t  *trail;
 	char	   *rule;
 	char	   *wanted;
@@ -1160,19 +1170,34 @@ rls_audit_may_read(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		PG_RETURN_BOOL(false);
 	trail = PG_GETARG_UUID_P(0);
+	if (cache == NULL)
+	{
+		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ReaderCache));
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	if (cache->tables == NULL || cache->user != GetUserId())
+	{
+		HASHCTL		info;
+
+		if (cache->tables != NULL)
+			hash_destroy(cache->tables);
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(pg_uuid_t);
+		info.entrysize = sizeof(ReaderTable);
+		info.hcxt = fcinfo->flinfo->fn_mcxt;
+		cache->tables = hash_create("django_rls audit readers", 16, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		cache->user = GetUserId();
+	}
+	reader = (ReaderTable *) hash_search(cache->tables, trail, HASH_FIND, NULL);
 	if (reader == NULL)
 	{
-		reader = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ReaderTable));
-		fcinfo->flinfo->fn_extra = reader;
-	}
-	if (!reader->valid || reader->user != GetUserId() ||
-		memcmp(&reader->trail_id, trail, sizeof(pg_uuid_t)) != 0)
-	{
-		reader->valid = false;
-		reader->trail_id = *trail;
-		reader->user = GetUserId();
-		LookUpReaderTable(reader);
-		reader->valid = true;
+		ReaderTable found;
+
+		/* Looked up before it enters the cache, so that an error leaves nothing half made. */
+		found.trail_id = *trail;
+		LookUpReaderTable(&found, cache->user);
+		reader = (ReaderTable *) hash_search(cache->tables, trail, HASH_ENTER, NULL);
+		*reader = found;
 	}
 	if (reader->is_owner)
 		PG_RETURN_BOOL(true);

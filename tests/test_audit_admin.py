@@ -84,6 +84,23 @@ def test_the_app_role_reads_its_sites_entries_and_the_shared_ones(readers_table,
     assert _read(app_conn, "2") == ["site 2", "shared"]
 
 
+def test_the_read_policy_runs_in_parallel_workers(readers_table, app_conn):
+    """_may_read looks the trail up under the query's snapshot, which parallel workers share."""
+    for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+        app_conn.execute(sql.SQL("SET {} = 0").format(sql.Identifier(setting)))
+    app_conn.execute("SET max_parallel_workers_per_gather = 2")
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('1', NULL)")
+        plan = "\n".join(
+            line for (line,) in app_conn.execute("EXPLAIN (COSTS OFF) SELECT count(*) FROM rls_audit.log").fetchall()
+        )
+        count = app_conn.execute(
+            "SELECT count(*) FROM rls_audit.log WHERE table_name = 'rt_reads_s.rt_reads'"
+        ).fetchone()
+    assert "Parallel Seq Scan" in plan and "_may_read" in plan
+    assert count == (2,)
+
+
 def test_the_owner_reads_every_entry(readers_table, owner_conn):
     assert _read(owner_conn, None) == ["site 1", "site 2", "shared"]
 
