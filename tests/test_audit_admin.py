@@ -334,3 +334,21 @@ def test_history_follows_a_renamed_table(owner_conn):
         assert history == [("INSERT", "public.rt_hist_a"), ("UPDATE", "public.rt_hist_b")]
     finally:
         owner_conn.execute("DROP TABLE public.rt_hist_b")
+
+
+def test_a_table_made_under_a_dropped_tables_name_reads_none_of_its_entries(other_owner, owner_conn):
+    owner_conn.execute("DROP TABLE IF EXISTS public.rt_reborn")
+    owner_conn.execute("CREATE TABLE public.rt_reborn (id int PRIMARY KEY, body text)")
+    owner_conn.execute("SELECT rls_audit.enable('public.rt_reborn')")
+    owner_conn.execute("INSERT INTO public.rt_reborn VALUES (1, 'the first owner''s')")
+    owner_conn.execute("DROP TABLE public.rt_reborn")
+    other_owner.execute("CREATE TABLE public.rt_reborn (id int PRIMARY KEY, body text)")
+    other_owner.execute("SELECT rls_audit.enable('public.rt_reborn')")
+    other_owner.execute("INSERT INTO public.rt_reborn VALUES (2, 'mine')")
+    try:
+        read = other_owner.execute(
+            "SELECT new_values->>'body' FROM rls_audit.log WHERE table_name = 'public.rt_reborn' ORDER BY id"
+        ).fetchall()
+        assert read == [("mine",)]
+    finally:
+        other_owner.execute("DROP TABLE public.rt_reborn")

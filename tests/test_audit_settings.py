@@ -56,6 +56,15 @@ FAMILIES = [
     ("xm", "xml", "<x>1</x>", "<x>2</x>"),
     ("rc", "regclass", "pg_class", "pg_type"),
     ("mr", "datemultirange", "{[2024-03-04,2024-04-03)}", "{[2024-03-04,2024-04-04)}"),
+    ("dm", "rt_settings_amount", "1.9", "1.7"),  # a domain prints through its base type
+    ("en", "rt_settings_mood", "calm", "vexed"),
+    ("js", "json", '{"a": 1.9}', '{"a": 1.7}'),
+    ("jb", "jsonb", '{"a": 1.9}', '{"a": 1.7}'),
+    ("tv", "tsvector", "a:1 b:2", "a:1 c:2"),
+    ("ip", "inet", "10.0.0.1/8", "10.0.0.2/8"),
+    ("bt", "bit(4)", "0101", "0110"),
+    ("uu", "uuid", "a8098c1a-f86e-11da-bd1a-00112444be1e", "00000000-0000-0000-0000-000000000000"),
+    ("tt", "timetz", "03:04:05+05:45", "03:04:05+05:30"),
 ]
 COLUMNS = [name for name, _, _, _ in FAMILIES]
 
@@ -63,8 +72,11 @@ COLUMNS = [name for name, _, _, _ in FAMILIES]
 @pytest.fixture
 def family_table(owner_conn: psycopg.Connection) -> Iterator[None]:
     owner_conn.execute("DROP TABLE IF EXISTS public.rt_settings_families")
-    owner_conn.execute("DROP TYPE IF EXISTS public.rt_settings_pair")
+    owner_conn.execute("DROP TYPE IF EXISTS public.rt_settings_pair, public.rt_settings_mood")
+    owner_conn.execute("DROP DOMAIN IF EXISTS public.rt_settings_amount")
     owner_conn.execute("CREATE TYPE public.rt_settings_pair AS (x float8, at timestamptz)")
+    owner_conn.execute("CREATE TYPE public.rt_settings_mood AS ENUM ('calm', 'vexed')")
+    owner_conn.execute("CREATE DOMAIN public.rt_settings_amount AS float8 CHECK (VALUE > 0)")
     columns = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t, _, _ in FAMILIES)
     owner_conn.execute(
         sql.SQL("CREATE TABLE public.rt_settings_families (id int PRIMARY KEY, site_id bigint, {})").format(columns)
@@ -73,12 +85,16 @@ def family_table(owner_conn: psycopg.Connection) -> Iterator[None]:
     owner_conn.execute(
         sql.SQL("GRANT SELECT, INSERT, UPDATE ON rt_settings_families TO {}").format(sql.Identifier(APP_ROLE))
     )
-    owner_conn.execute(sql.SQL("GRANT USAGE ON TYPE rt_settings_pair TO {}").format(sql.Identifier(APP_ROLE)))
+    for name in ("rt_settings_pair", "rt_settings_mood", "rt_settings_amount"):
+        owner_conn.execute(
+            sql.SQL("GRANT USAGE ON TYPE {} TO {}").format(sql.Identifier(name), sql.Identifier(APP_ROLE))
+        )
     owner_conn.execute("SELECT rls_audit.enable('rt_settings_families')")
     owner_conn.execute("SELECT rls_audit.set_read_rule('rt_settings_families', 'site_id')")
     yield
     owner_conn.execute("DROP TABLE public.rt_settings_families")
-    owner_conn.execute("DROP TYPE public.rt_settings_pair")
+    owner_conn.execute("DROP TYPE public.rt_settings_pair, public.rt_settings_mood")
+    owner_conn.execute("DROP DOMAIN public.rt_settings_amount")
 
 
 def _set(conn: psycopg.Connection, settings: dict[str, str]) -> None:
