@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import psycopg
 import pytest
+from psycopg import sql
 from django.db import DatabaseError, connections
 from django.test import Client
 
@@ -331,3 +332,23 @@ def test_an_operators_synchronous_commit_off_stays(live_db, database, admin_conn
             audited = conn.execute("SHOW synchronous_commit").fetchone()
     admin_conn.execute("DELETE FROM testapp_note WHERE body = 'sync probe'")
     assert audited == ("off",)
+
+
+@pytest.mark.parametrize("reused", ["default"], indirect=True)
+def test_role_defaults_the_role_sets_for_itself_reach_later_sessions(reused, client, admin_conn, database):
+    """PostgreSQL lets every role ALTER its own defaults for USERSET settings: what a request sets
+    this way applies to every later session of the role, not only to its own connection. It can
+    choose no context (django_rls.* settings are refused) and the next requests still read only
+    their own rows; the values it changes are those of the settings rows above."""
+    left = inject(client, reused, "ALTER ROLE CURRENT_USER SET extra_float_digits = -15", H1)
+    try:
+        assert not left["outcome"].startswith("error"), left
+        refused = inject(client, reused, "ALTER ROLE CURRENT_USER SET django_rls.site = '2'", H1)
+        assert refused["outcome"].startswith("error"), refused
+        connections.close_all()
+        for host in (H2, NOSITE, H1):
+            assert read_sites(client, reused, host) == EXPECTED[host]
+        with psycopg.connect(database.app) as later:
+            assert later.execute("SHOW extra_float_digits").fetchone() == ("-15",)
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET extra_float_digits").format(sql.Identifier(APP_ROLE)))
