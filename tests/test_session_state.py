@@ -20,9 +20,9 @@ from urllib.parse import urlparse
 
 import psycopg
 import pytest
-from psycopg import sql
 from django.db import DatabaseError, connections
 from django.test import Client
+from psycopg import sql
 
 from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
 from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
