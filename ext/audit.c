@@ -61,6 +61,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
+#include "pgtime.h"
 #include "parser/parse_func.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -880,6 +881,76 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 }
 
 /*
+ * The settings that change what a built-in output function prints, with the
+ * value the capture prints under: floats (and everything printing them:
+ * geometric types, arrays, composites, domains), date and time types and
+ * their ranges, intervals, timestamptz (its zone), bytea, money, xml and the
+ * reg* types.  DateStyle's order does not change ISO output, so PostgreSQL's
+ * default order is kept and a default session needs no change.
+ */
+static const char *const pinned_settings[][2] = {
+	{"extra_float_digits", "1"},
+	{"DateStyle", "ISO, MDY"},
+	{"IntervalStyle", "postgres"},
+	{"TimeZone", "UTC"},
+	{"bytea_output", "hex"},
+	{"lc_monetary", "C"},
+	{"xmlbinary", "base64"},
+	{"xmloption", "content"},
+	{"quote_all_identifiers", "off"},
+};
+
+/*
+ * Whether a setting already prints as its pinned value does: the same value,
+ * or for TimeZone any zone at a fixed offset of zero (ISO output prints the
+ * offset, never the zone's name), or for lc_monetary a C locale by another
+ * name (their monetary conventions are C's).
+ */
+static bool
+AlreadyPinned(const char *name, const char *pinned)
+{
+	const char *current = GetConfigOption(name, false, false);
+	long int	offset;
+
+	if (current == NULL)
+		return false;
+	if (strcmp(current, pinned) == 0)
+		return true;
+	if (strcmp(name, "TimeZone") == 0)
+		return session_timezone != NULL && pg_get_timezone_offset(session_timezone, &offset) && offset == 0;
+	if (strcmp(name, "lc_monetary") == 0)
+		return pg_strcasecmp(current, "POSIX") == 0 || pg_strcasecmp(current, "C.UTF-8") == 0 ||
+			pg_strcasecmp(current, "C.utf8") == 0;
+	return false;
+}
+
+/*
+ * Give every output setting its pinned value for the capture's run, so that
+ * neither the images nor the UPDATE diff (which compares printed texts where
+ * bytes differ) depend on the writer's session.  Only settings that differ
+ * are set, inside a GUC nest level of their own: the level to close with
+ * AtEOXact_GUC(true, level), or -1 when nothing was set.  An error closes it
+ * with the (sub)transaction, as for a function's SET clauses.
+ */
+static int
+PinOutputSettings(void)
+{
+	int			level = -1;
+	int			i;
+
+	for (i = 0; i < (int) lengthof(pinned_settings); i++)
+	{
+		if (AlreadyPinned(pinned_settings[i][0], pinned_settings[i][1]))
+			continue;
+		if (level < 0)
+			level = NewGUCNestLevel();
+		(void) set_config_option(pinned_settings[i][0], pinned_settings[i][1], PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
+	return level;
+}
+
+/*
  * rls_audit.capture(): AFTER INSERT/UPDATE/DELETE/TRUNCATE ... FOR EACH STATEMENT.
  */
 Datum
@@ -939,7 +1010,11 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 	table = AcquireAuditTable(rel);
 	PG_TRY();
 	{
+		int			level = PinOutputSettings();
+
 		Capture(trigdata, table, &context);
+		if (level >= 0)
+			AtEOXact_GUC(true, level);
 	}
 	PG_FINALLY();
 	{

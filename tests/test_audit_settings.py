@@ -176,3 +176,25 @@ def test_the_app_role_reads_the_entries_of_its_site(app_conn):
             "SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.rt_settings_families'"
         ).fetchone()
     assert (mine, theirs) == ((1,), (0,))
+
+
+@pytest.mark.usefixtures("family_table")
+def test_the_writers_own_settings_are_left_as_they_were(app_conn):
+    """The capture pins the settings for its own run only: the session keeps its values, in the
+    transaction that wrote and after it."""
+    _set(app_conn, HOSTILE)
+    shown = "SELECT " + ", ".join(f"current_setting('{name}')" for name in HOSTILE)
+    before = app_conn.execute(shown).fetchone()
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('1', '7')")
+        _insert_in_transaction(app_conn, 3)
+        within = app_conn.execute(shown).fetchone()
+    after = app_conn.execute(shown).fetchone()
+    for name in HOSTILE:
+        app_conn.execute(sql.SQL("RESET {}").format(sql.Identifier(name)))
+    assert before == within == after
+    assert before[0] == "-15"
+
+
+def _insert_in_transaction(app_conn: psycopg.Connection, row_id: int) -> None:
+    app_conn.execute("INSERT INTO rt_settings_families (id, site_id, f8) VALUES (%s, 1, 1.5)", (row_id,))
