@@ -23,7 +23,7 @@ from psycopg import errors, sql
 from psycopg.conninfo import make_conninfo
 
 from tests.conftest import Database
-from tests.roles import APP_ROLE, PASSWORD
+from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
 
 READER = "rls_audit_admin_reader"
 OTHER = "rls_audit_admin_other"
@@ -193,6 +193,24 @@ def test_another_roles_definer_code_acts_with_its_owners_rights_only(other_owner
     assert owner_conn.execute(
         "SELECT operations FROM rls_audit.audited_tables WHERE table_oid = 'public.rt_admin'::regclass"
     ).fetchone() == (["DELETE", "INSERT", "TRUNCATE", "UPDATE"],)
+
+
+def test_another_roles_definer_trigger_on_the_owners_writes_cannot_disable_its_audit(other_owner, owner_conn):
+    """A SECURITY DEFINER trigger function of another role fires on the owner's write into that
+    role's table: it acts with its definer's rights, so disable() refuses it."""
+    other_owner.execute("CREATE TABLE public.rt_admin_inbox (id int PRIMARY KEY)")
+    other_owner.execute(
+        "CREATE FUNCTION public.rt_admin_sneak() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog AS $$BEGIN PERFORM rls_audit.disable('public.rt_admin'); RETURN NULL; END$$"
+    )
+    other_owner.execute(
+        "CREATE TRIGGER sneak AFTER INSERT ON public.rt_admin_inbox "
+        "FOR EACH STATEMENT EXECUTE FUNCTION public.rt_admin_sneak()"
+    )
+    other_owner.execute(sql.SQL("GRANT INSERT ON public.rt_admin_inbox TO {}").format(sql.Identifier(OWNER_ROLE)))
+    with pytest.raises(errors.InsufficientPrivilege, match=f"role calling is {OTHER}"):
+        owner_conn.execute("INSERT INTO public.rt_admin_inbox VALUES (1)")
+    assert _audited(owner_conn)
 
 
 def test_the_owners_own_definer_code_and_invoker_code_may_manage_its_audit(other_owner, owner_conn):
