@@ -23,7 +23,7 @@
  * same guarantee.
  *
  * Per table, a backend caches what the capture needs (columns and their
- * output functions, key, options, read rule).  A relcache invalidation of the
+ * output functions, key, options, read rule, trail id).  A relcache invalidation of the
  * table (ALTER TABLE, DROP TABLE, rls_audit.enable() or set_read_rule()
  * changing options) frees the entry, so entries of dropped tables do not
  * accumulate.
