@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
-from django.db import models
+from django.db import connections, models
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
@@ -14,8 +14,13 @@ class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
         return self.for_model(type(obj)).filter(row_key=str(obj.pk)).order_by("id")
 
     def for_model(self, model: type[models.Model]) -> AuditEntryQuerySet:
+        """Every entry of the model's table, by its trail id: also those written before a rename."""
         return self.filter(
-            table_name=models.expressions.RawSQL("rls_audit.table_name(%s::regclass)", [model._meta.db_table])
+            models.expressions.RawSQL(
+                "trail_id = (SELECT trail_id FROM rls_audit.trails WHERE table_oid = %s::regclass)",
+                [connections[self.db].ops.quote_name(model._meta.db_table)],
+                output_field=models.BooleanField(),
+            )
         )
 
 

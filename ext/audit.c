@@ -23,15 +23,23 @@
  * same guarantee.
  *
  * Per table, a backend caches what the capture needs (columns and their
- * output functions, key, options, read rule).  A relcache invalidation of the
+ * output functions, key, options, read rule, trail id).  A relcache invalidation of the
  * table (ALTER TABLE, DROP TABLE, rls_audit.enable() or set_read_rule()
  * changing options) frees the entry, so entries of dropped tables do not
  * accumulate.
  *
- * Reading.  Each log row records which rule lets the application role read
- * it (read_rule) and the row's own site and owner values before and after
- * the change (read_keys); rls_audit._may_read(), the log's policy, compares
- * them with the reader's context.  See docs/audit.md.
+ * Reading.  Each log row records the table's trail id (rls_audit.trails),
+ * which rule lets the application role read it (read_rule) and the row's own
+ * site and owner values before and after the change (read_keys);
+ * rls_audit._may_read(), the log's policy, finds the table by the trail id
+ * (never by the recorded name, which another table may take), lets its owner
+ * read, and compares the keys with the context of a reader that the table's
+ * row level security constrains as it constrains its policies' roles.  See
+ * docs/audit.md.
+ *
+ * Administration.  rls_audit.enable(), disable() and set_read_rule() are
+ * rls_audit_admin() below: an ownership check on the role calling, then the
+ * internal SECURITY DEFINER function that does the work.
  *
  *-------------------------------------------------------------------------
  */
@@ -43,12 +51,18 @@
 #include "access/skey.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_policy.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "pgtime.h"
+#include "parser/parse_func.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -72,14 +86,14 @@
 
 PG_FUNCTION_INFO_V1(rls_audit_capture);
 PG_FUNCTION_INFO_V1(rls_audit_invalidate);
-PG_FUNCTION_INFO_V1(rls_audit_invoking_role);
+PG_FUNCTION_INFO_V1(rls_audit_admin);
 PG_FUNCTION_INFO_V1(rls_audit_may_read);
 
 /* The columns of rls_audit.log the capture fills, in this order. */
 #define LOG_COLUMNS "table_oid, table_name, operation, row_key, old_values, new_values, " \
 	"changed_columns, site_id, site_uuid, user_id, user_uuid, claims, db_role, " \
-	"application_name, client_addr, read_rule, read_keys"
-#define LOG_NATTS 17
+	"application_name, client_addr, read_rule, read_keys, trail_id"
+#define LOG_NATTS 18
 #define CAPTURED_RELATION "rls_audit_captured"
 
 /* Read rules: which of the row's values a reader's context must match. */
@@ -100,6 +114,7 @@ typedef struct AuditTable
 	int			in_use;			/* captures running with this entry */
 	bool		valid;
 	char	   *name;			/* schema-qualified, quoted as needed */
+	pg_uuid_t	trail_id;		/* the table's identity in the trail */
 	int			ncolumns;
 	RlsAuditColumn *columns;	/* by attribute number - 1; name NULL if dropped */
 	int			nkey;
@@ -165,21 +180,25 @@ AuditAttribute(Oid relid, const char *name)
 }
 
 /*
- * The row of rls_audit.<config> for relid, copied, or NULL.  Read with a
- * table scan and a built-in equality function, never through SQL.
+ * The row of rls_audit.<config> whose column attname equals value (compared
+ * with the built-in equality function eqproc), copied, or NULL.  Read with a
+ * table scan, never through SQL, under the latest snapshot (the capture: a
+ * configuration committed since the statement started counts), or under the
+ * active one where a new snapshot cannot be taken (a policy, which runs in
+ * parallel workers too).
  */
 static HeapTuple
-ConfigRow(const char *config, Oid relid, TupleDesc *desc)
+ConfigRowBy(const char *config, const char *attname, RegProcedure eqproc, Datum value, TupleDesc *desc,
+			bool latest)
 {
 	Oid			cfgid = AuditRelation(config);
 	Relation	cfg = table_open(cfgid, AccessShareLock);
-	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	Snapshot	snapshot = RegisterSnapshot(latest ? GetLatestSnapshot() : GetActiveSnapshot());
 	ScanKeyData key;
 	TableScanDesc scan;
 	HeapTuple	tuple;
 
-	ScanKeyInit(&key, AuditAttribute(cfgid, "table_oid"), BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(relid));
+	ScanKeyInit(&key, AuditAttribute(cfgid, attname), BTEqualStrategyNumber, eqproc, value);
 	scan = table_beginscan(cfg, snapshot, 1, &key);
 	tuple = heap_getnext(scan, ForwardScanDirection);
 	if (tuple != NULL)
@@ -189,6 +208,37 @@ ConfigRow(const char *config, Oid relid, TupleDesc *desc)
 	*desc = CreateTupleDescCopy(RelationGetDescr(cfg));
 	table_close(cfg, AccessShareLock);
 	return tuple;
+}
+
+/* The row of rls_audit.<config> for relid, copied, or NULL. */
+static HeapTuple
+ConfigRow(const char *config, Oid relid, TupleDesc *desc)
+{
+	return ConfigRowBy(config, "table_oid", F_OIDEQ, ObjectIdGetDatum(relid), desc, true);
+}
+
+/*
+ * The trail id of a table (rls_audit.trails): what its entries are recorded
+ * under, whatever the table is called later and whatever oid a restore gives
+ * it.
+ */
+static void
+LoadTrailId(AuditTable *table, Relation rel)
+{
+	TupleDesc	desc;
+	HeapTuple	row = ConfigRow("trails", table->relid, &desc);
+	bool		isnull = true;
+	Datum		value = (Datum) 0;
+
+	if (row != NULL)
+		value = heap_getattr(row, AuditAttribute(AuditRelation("trails"), "trail_id"), desc, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("audited table \"%s\" has no trail id", RelationGetRelationName(rel)),
+				 errdetail("The table is registered in rls_audit.audited_tables but not in rls_audit.trails."),
+				 errhint("Call rls_audit.enable() for the table again.")));
+	table->trail_id = *DatumGetUUIDP(value);
 }
 
 /* Mark the columns named in a text[] attribute of a config row. */
@@ -364,6 +414,7 @@ AcquireAuditTable(Relation rel)
 		index_close(index, AccessShareLock);
 	}
 	LoadReadRule(table);
+	LoadTrailId(table, rel);
 	MemoryContextSwitchTo(old);
 
 	{
@@ -395,12 +446,12 @@ LogDescriptor(void)
 	static const Oid types[LOG_NATTS] = {
 		OIDOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TEXTARRAYOID,
 		INT8OID, UUIDOID, INT8OID, UUIDOID, JSONBOID, NAMEOID, TEXTOID, INETOID,
-		TEXTOID, TEXTARRAYOID
+		TEXTOID, TEXTARRAYOID, UUIDOID
 	};
 	static const char *const names[LOG_NATTS] = {
 		"table_oid", "table_name", "operation", "row_key", "old_values", "new_values",
 		"changed_columns", "site_id", "site_uuid", "user_id", "user_uuid", "claims", "db_role",
-		"application_name", "client_addr", "read_rule", "read_keys"
+		"application_name", "client_addr", "read_rule", "read_keys", "trail_id"
 	};
 	MemoryContext old;
 	int			i;
@@ -455,6 +506,13 @@ InitStatementValues(StatementValues *sv, AuditTable *table, const char *operatio
 	sv->values[1] = CStringGetTextDatum(table->name);
 	sv->values[2] = CStringGetTextDatum(operation);
 	sv->nulls[0] = sv->nulls[1] = sv->nulls[2] = false;
+	{
+		pg_uuid_t  *trail = palloc(sizeof(pg_uuid_t));
+
+		*trail = table->trail_id;
+		sv->values[17] = UUIDPGetDatum(trail);
+	}
+	sv->nulls[17] = false;
 	SetId(&context->site, sv, 7, 8);
 	SetId(&context->user, sv, 9, 10);
 	if (context->claims[0] != '\0')
@@ -794,11 +852,102 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 							   slot, other, rowcxt);
 
 	if (count > 0)
+	{
 		WriteLog(rows, count);
+
+		/*
+		 * A transaction that wrote audit rows commits as durably as the
+		 * server, database and role say: a synchronous_commit = off that the
+		 * session set itself (an earlier request on a pooled connection,
+		 * say) would let a crash lose the commit, and its trail, after the
+		 * client was told it happened.  The value RESET would restore is put
+		 * back for this transaction only (a LOCAL setting outlives the SET
+		 * clauses of this function's own call and ends with the
+		 * transaction); where an operator configured off, off stays.
+		 */
+		if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+		{
+			const char *configured = GetConfigOptionResetString("synchronous_commit");
+
+			if (configured != NULL && strcmp(configured, "off") != 0)
+				(void) set_config_option("synchronous_commit", configured, PGC_USERSET, PGC_S_SESSION,
+										 GUC_ACTION_LOCAL, true, 0, false);
+		}
+	}
 	ExecDropSingleTupleTableSlot(slot);
 	ExecDropSingleTupleTableSlot(other);
 	MemoryContextDelete(rowcxt);
 	tuplestore_end(rows);
+}
+
+/*
+ * The settings that change what a built-in output function prints, with the
+ * value the capture prints under: floats (and everything printing them:
+ * geometric types, arrays, composites, domains), date and time types and
+ * their ranges, intervals, timestamptz (its zone), bytea, money, xml and the
+ * reg* types.  DateStyle's order does not change ISO output, so PostgreSQL's
+ * default order is kept and a default session needs no change.
+ */
+static const char *const pinned_settings[][2] = {
+	{"extra_float_digits", "1"},
+	{"DateStyle", "ISO, MDY"},
+	{"IntervalStyle", "postgres"},
+	{"TimeZone", "UTC"},
+	{"bytea_output", "hex"},
+	{"lc_monetary", "C"},
+	{"xmlbinary", "base64"},
+	{"xmloption", "content"},
+	{"quote_all_identifiers", "off"},
+};
+
+/*
+ * Whether a setting already prints as its pinned value does: the same value,
+ * or for TimeZone any zone at a fixed offset of zero (ISO output prints the
+ * offset, never the zone's name), or for lc_monetary a C locale by another
+ * name (their monetary conventions are C's).
+ */
+static bool
+AlreadyPinned(const char *name, const char *pinned)
+{
+	const char *current = GetConfigOption(name, false, false);
+	long int	offset;
+
+	if (current == NULL)
+		return false;
+	if (strcmp(current, pinned) == 0)
+		return true;
+	if (strcmp(name, "TimeZone") == 0)
+		return session_timezone != NULL && pg_get_timezone_offset(session_timezone, &offset) && offset == 0;
+	if (strcmp(name, "lc_monetary") == 0)
+		return pg_strcasecmp(current, "POSIX") == 0 || pg_strcasecmp(current, "C.UTF-8") == 0 ||
+			pg_strcasecmp(current, "C.utf8") == 0;
+	return false;
+}
+
+/*
+ * Give every output setting its pinned value for the capture's run, so that
+ * neither the images nor the UPDATE diff (which compares printed texts where
+ * bytes differ) depend on the writer's session.  Only settings that differ
+ * are set, inside a GUC nest level of their own: the level to close with
+ * AtEOXact_GUC(true, level), or -1 when nothing was set.  An error closes it
+ * with the (sub)transaction, as for a function's SET clauses.
+ */
+static int
+PinOutputSettings(void)
+{
+	int			level = -1;
+	int			i;
+
+	for (i = 0; i < (int) lengthof(pinned_settings); i++)
+	{
+		if (AlreadyPinned(pinned_settings[i][0], pinned_settings[i][1]))
+			continue;
+		if (level < 0)
+			level = NewGUCNestLevel();
+		(void) set_config_option(pinned_settings[i][0], pinned_settings[i][1], PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
+	return level;
 }
 
 /*
@@ -861,7 +1010,11 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 	table = AcquireAuditTable(rel);
 	PG_TRY();
 	{
+		int			level = PinOutputSettings();
+
 		Capture(trigdata, table, &context);
+		if (level >= 0)
+			AtEOXact_GUC(true, level);
 	}
 	PG_FINALLY();
 	{
@@ -882,68 +1035,205 @@ rls_audit_invalidate(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static char *
+QualifiedName(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
+}
+
 /*
- * rls_audit._invoking_role(): the role that called, which a SECURITY DEFINER
- * function does not see as current_user.
+ * rls_audit.enable(), disable() and set_read_rule(): check that the role that
+ * called owns the table, then run the internal SECURITY DEFINER function of
+ * the same name with a leading underscore (rls_audit._enable, ...).
+ *
+ * The role that called is GetUserId() here, because these functions are not
+ * SECURITY DEFINER themselves: inside another role's SECURITY DEFINER
+ * function (or a trigger function of it) that is the definer, as PostgreSQL
+ * confines such code, never the session's role.  The internal functions are
+ * revoked from PUBLIC, so no SQL reaches them; fmgr calls them here without
+ * an EXECUTE check, and their SECURITY DEFINER switch is fmgr's own.
  */
 Datum
-rls_audit_invoking_role(PG_FUNCTION_ARGS)
+rls_audit_admin(PG_FUNCTION_ARGS)
 {
-	return DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
+	Oid			fn = fcinfo->flinfo->fn_oid;
+	char	   *name = get_func_name(fn);
+	Oid		   *argtypes;
+	int			nargs;
+	Oid			internal;
+	Oid			relid;
+	HeapTuple	tuple;
+	Oid			owner;
+	FmgrInfo	flinfo;
+	Datum		result;
+	int			i;
+
+	LOCAL_FCINFO(inner, 4);
+
+	(void) get_func_signature(fn, &argtypes, &nargs);
+	if (nargs < 1 || nargs > 4 || argtypes[0] != REGCLASSOID ||
+		get_func_namespace(fn) != get_namespace_oid("rls_audit", false))
+		elog(ERROR, "rls_audit_admin called as %s", name);
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the table passed to rls_audit.%s() must not be NULL", name),
+				 errhint("Name an existing table.")));
+	relid = PG_GETARG_OID(0);
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid),
+				 errhint("Name an existing table.")));
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 strcmp(name, "set_read_rule") == 0 ?
+				 errmsg("permission denied to set the audit read rule of %s", QualifiedName(relid)) :
+				 errmsg("permission denied to audit %s", QualifiedName(relid)),
+				 errdetail("The role calling is %s; inside a SECURITY DEFINER function that is the function's owner.",
+						   GetUserNameFromId(GetUserId(), false)),
+				 errhint("Only the table's owner can change its auditing.")));
+
+	internal = LookupFuncName(list_make2(makeString("rls_audit"), makeString(psprintf("_%s", name))),
+							  nargs, argtypes, false);
+	fmgr_info(internal, &flinfo);
+	InitFunctionCallInfoData(*inner, &flinfo, nargs, fcinfo->fncollation, NULL, NULL);
+	for (i = 0; i < nargs; i++)
+	{
+		inner->args[i].value = PG_GETARG_DATUM(i);
+		inner->args[i].isnull = PG_ARGISNULL(i);
+	}
+	result = FunctionCallInvoke(inner);
+	if (inner->isnull)
+		PG_RETURN_NULL();
+	return result;
 }
 
-/* What rls_audit._may_read() knows about the last table it looked at, per call site. */
+/* What rls_audit._may_read() knows about one trail, for one reader. */
 typedef struct ReaderTable
 {
-	Oid			user;
-	char	   *name;
-	bool		exists;
+	pg_uuid_t	trail_id;		/* hash key */
 	bool		is_owner;
-	bool		may_select;
+	bool		may_read;		/* row level security constrains the reader as its policies' roles */
 } ReaderTable;
 
-static void
-LookUpReaderTable(ReaderTable *reader, const char *name)
+/* Per call site (one query's policy): the trails looked up so far, for one reader. */
+typedef struct ReaderCache
 {
-	char	   *copy = pstrdup(name);
-	List	   *parts;
-	Oid			nsp;
-	Oid			relid = InvalidOid;
+	Oid			user;
+	HTAB	   *tables;
+} ReaderCache;
 
-	reader->exists = false;
-	reader->is_owner = false;
-	reader->may_select = false;
-	/* Only names the capture wrote (always schema-qualified) count. */
-	if (!SplitIdentifierString(copy, '.', &parts) || list_length(parts) != 2)
-		return;
-	nsp = get_namespace_oid((char *) linitial(parts), true);
-	if (OidIsValid(nsp))
-		relid = get_relname_relid((char *) lsecond(parts), nsp);
-	if (OidIsValid(relid))
+/*
+ * Whether the table's row level security shows user what it shows the roles
+ * its policies name: the table has row level security and every policy that
+ * applies to SELECT (FOR SELECT or FOR ALL) applies to user (names PUBLIC or
+ * a role whose privileges user has), one of them permissive.  A table
+ * without row level security shows user every row, so the read rule's subset
+ * of its entries is never more.  Anything else (policies for other roles
+ * only, a mix, none) and user reads no entry.
+ */
+static bool
+PoliciesConstrainReader(Oid relid, bool rowsecurity, Oid user)
+{
+	Relation	pol;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		all_apply = true;
+	bool		permissive = false;
+
+	if (!rowsecurity)
+		return true;
+	pol = table_open(PolicyRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_policy_polrelid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(pol, PolicyPolrelidPolnameIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
-		HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+		Form_pg_policy form = (Form_pg_policy) GETSTRUCT(tuple);
+		bool		isnull;
+		Datum		roles;
+		Datum	   *oids;
+		int			n;
+		int			i;
+		bool		applies = false;
 
-		if (HeapTupleIsValid(tuple))
+		if (form->polcmd != ACL_SELECT_CHR && form->polcmd != '*')
+			continue;
+		roles = heap_getattr(tuple, Anum_pg_policy_polroles, RelationGetDescr(pol), &isnull);
+		if (!isnull)
 		{
-			reader->exists = true;
-			reader->is_owner = has_privs_of_role(reader->user, ((Form_pg_class) GETSTRUCT(tuple))->relowner);
-			ReleaseSysCache(tuple);
-			reader->may_select = pg_class_aclcheck(relid, reader->user, ACL_SELECT) == ACLCHECK_OK;
+			deconstruct_array(DatumGetArrayTypeP(roles), OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+							  &oids, NULL, &n);
+			for (i = 0; i < n && !applies; i++)
+				applies = DatumGetObjectId(oids[i]) == ACL_ID_PUBLIC ||
+					has_privs_of_role(user, DatumGetObjectId(oids[i]));
 		}
+		if (!applies)
+			all_apply = false;
+		else if (form->polpermissive)
+			permissive = true;
 	}
+	systable_endscan(scan);
+	table_close(pol, AccessShareLock);
+	return all_apply && permissive;
+}
+
+static void
+LookUpReaderTable(ReaderTable *reader, Oid user)
+{
+	TupleDesc	desc;
+	HeapTuple	row;
+	bool		isnull;
+	Datum		value;
+	HeapTuple	tuple;
+	Form_pg_class rel;
+	Oid			relid;
+
+	reader->is_owner = false;
+	reader->may_read = false;
+	row = ConfigRowBy("trails", "trail_id", F_UUID_EQ, UUIDPGetDatum(&reader->trail_id), &desc, false);
+	if (row == NULL)
+		return;					/* the table was dropped: only bypassing roles read */
+	value = heap_getattr(row, AuditAttribute(AuditRelation("trails"), "table_oid"), desc, &isnull);
+	if (isnull)
+		return;
+	relid = DatumGetObjectId(value);
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		return;
+	rel = (Form_pg_class) GETSTRUCT(tuple);
+	reader->is_owner = has_privs_of_role(user, rel->relowner);
+	reader->may_read = !reader->is_owner &&
+		DatumGetBool(DirectFunctionCall3(has_schema_privilege_id_id, ObjectIdGetDatum(user),
+										 ObjectIdGetDatum(rel->relnamespace),
+										 CStringGetTextDatum("USAGE"))) &&
+		pg_class_aclcheck(relid, user, ACL_SELECT) == ACLCHECK_OK &&
+		PoliciesConstrainReader(relid, rel->relrowsecurity, user);
+	ReleaseSysCache(tuple);
 }
 
 /*
- * rls_audit._may_read(table_name, read_rule, read_keys): the policy of
- * rls_audit.log.  The owner of the table (and anyone with its privileges)
- * reads every entry about it; another role needs SELECT on the table and a
- * context that the entry's read rule matches against the row's own values.
+ * rls_audit._may_read(trail_id, read_rule, read_keys): the policy of
+ * rls_audit.log.  An entry is about the table its trail id names now
+ * (rls_audit.trails), whatever that table is called and whatever oid it has,
+ * never about another table that took its old name.  The owner of the table
+ * (and anyone with its privileges) reads every entry about it; another role
+ * needs USAGE on the table's schema, SELECT on the table, row level security
+ * that constrains it as it constrains the roles the table's policies name,
+ * and a context that the entry's read rule matches against the row's own
+ * values.
  */
 Datum
 rls_audit_may_read(PG_FUNCTION_ARGS)
 {
-	ReaderTable *reader = (ReaderTable *) fcinfo->flinfo->fn_extra;
-	char	   *name;
+	ReaderCache *cache = (ReaderCache *) fcinfo->flinfo->fn_extra;
+	ReaderTable *reader;
+	pg_uuid_t  *trail;
 	char	   *rule;
 	char	   *wanted;
 	ArrayType  *keys;
@@ -954,25 +1244,39 @@ rls_audit_may_read(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_BOOL(false);
-	name = TextDatumGetCString(PG_GETARG_DATUM(0));
+	trail = PG_GETARG_UUID_P(0);
+	if (cache == NULL)
+	{
+		cache = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ReaderCache));
+		fcinfo->flinfo->fn_extra = cache;
+	}
+	if (cache->tables == NULL || cache->user != GetUserId())
+	{
+		HASHCTL		info;
+
+		if (cache->tables != NULL)
+			hash_destroy(cache->tables);
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(pg_uuid_t);
+		info.entrysize = sizeof(ReaderTable);
+		info.hcxt = fcinfo->flinfo->fn_mcxt;
+		cache->tables = hash_create("django_rls audit readers", 16, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		cache->user = GetUserId();
+	}
+	reader = (ReaderTable *) hash_search(cache->tables, trail, HASH_FIND, NULL);
 	if (reader == NULL)
 	{
-		reader = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ReaderTable));
-		fcinfo->flinfo->fn_extra = reader;
+		ReaderTable found;
+
+		/* Looked up before it enters the cache, so that an error leaves nothing half made. */
+		found.trail_id = *trail;
+		LookUpReaderTable(&found, cache->user);
+		reader = (ReaderTable *) hash_search(cache->tables, trail, HASH_ENTER, NULL);
+		*reader = found;
 	}
-	if (reader->name == NULL || reader->user != GetUserId() || strcmp(reader->name, name) != 0)
-	{
-		if (reader->name != NULL)
-			pfree(reader->name);
-		reader->name = MemoryContextStrdup(fcinfo->flinfo->fn_mcxt, name);
-		reader->user = GetUserId();
-		LookUpReaderTable(reader, name);
-	}
-	if (!reader->exists)
-		PG_RETURN_BOOL(false);
 	if (reader->is_owner)
 		PG_RETURN_BOOL(true);
-	if (!reader->may_select || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+	if (!reader->may_read || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		PG_RETURN_BOOL(false);
 
 	rule = TextDatumGetCString(PG_GETARG_DATUM(1));

@@ -23,7 +23,11 @@
  *
  * Two values are equal when their bytes are (after detoasting), or else when
  * their output texts are: a type's output is what the log shows, and binary
- * equality never calls type-specific code.
+ * equality never calls type-specific code.  Output texts depend on settings a
+ * session may SET (extra_float_digits prints 1.9 and 1.7 alike at -15); the
+ * SET clauses of rls_audit.capture() pin every one of them while the trigger
+ * runs, so neither the images nor this comparison depend on the writer's
+ * session.
  *
  *-------------------------------------------------------------------------
  */

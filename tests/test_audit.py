@@ -18,6 +18,7 @@ from django_rls.models import AuditEntry
 from django_rls.policies import BySite, Declaration
 from tests.conftest import unbound_session
 from tests.harness.cluster import BINDIR
+from tests.roles import OWNER_ROLE
 from tests.seed import OWNER_A, TENANT_A
 from tests.testapp.models import Note, TenantDoc
 
@@ -226,13 +227,21 @@ def test_the_trail_survives_dump_and_restore(database):
     src = psycopg.conninfo.make_conninfo(database.admin, dbname="django_rls_dump_src")
     with psycopg.connect(src, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
-        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        conn.execute("SELECT rls_audit.enable('t')")
-        conn.execute("SELECT rls_audit.set_read_rule('t', site_column => 'id')")
+        # Written under another name, then renamed: entries stay with the table (rls_audit.trails).
+        conn.execute("CREATE TABLE t_before (id int PRIMARY KEY, v text)")
+        conn.execute("SELECT rls_audit.enable('t_before')")
+        conn.execute("SELECT rls_audit.set_read_rule('t_before', site_column => 'id')")
         conn.execute("SELECT rls_audit.ensure_partitions(1)")
         with conn.transaction():
             conn.execute("SELECT rls.set_context('5', '6')")
-            conn.execute("INSERT INTO t SELECT i, 'v' FROM generate_series(1, 10) i")
+            conn.execute("INSERT INTO t_before SELECT i, 'v' FROM generate_series(1, 10) i")
+        conn.execute("ALTER TABLE t_before RENAME TO t")
+        conn.execute(sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
+        # A dropped table's rule and trail id leave nothing behind to dump (no bare oid).
+        conn.execute("CREATE TABLE gone (id int PRIMARY KEY)")
+        conn.execute("SELECT rls_audit.enable('gone')")
+        conn.execute("SELECT rls_audit.set_read_rule('gone', site_column => 'id')")
+        conn.execute("DROP TABLE gone")
     dump = subprocess.run(
         [str(BINDIR / "pg_dump"), "-Fc", "-d", "django_rls_dump_src"], env=env, capture_output=True, check=True
     ).stdout
@@ -244,8 +253,12 @@ def test_the_trail_survives_dump_and_restore(database):
         assert conn.execute("SELECT count(*), min(site_id), max(user_id) FROM rls_audit.log").fetchone() == (10, 5, 6)
         assert conn.execute("SELECT table_name::text FROM rls_audit.status").fetchall() == [("t",)]
         assert conn.execute("SELECT table_oid::text, site_column FROM rls_audit.read_rules").fetchall() == [("t", "id")]
+        assert conn.execute("SELECT table_oid::text FROM rls_audit.trails").fetchall() == [("t",)]
         conn.execute("INSERT INTO t VALUES (11, 'after restore')")
         assert conn.execute("SELECT count(*), count(DISTINCT id) FROM rls_audit.log").fetchone() == (11, 11)
+    # The restored table has a new oid; its owner reads the entries from before the dump and after.
+    with psycopg.connect(psycopg.conninfo.make_conninfo(database.owner, dbname="django_rls_dump_dst")) as owner:
+        assert owner.execute("SELECT count(*) FROM rls_audit.log").fetchone() == (11,)
     with psycopg.connect(database.admin, autocommit=True) as admin:
         for name in ("django_rls_dump_src", "django_rls_dump_dst"):
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

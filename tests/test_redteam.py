@@ -71,7 +71,6 @@ def audited_parent(owner_conn: psycopg.Connection) -> Iterator[None]:
     owner_conn.execute("DROP SCHEMA IF EXISTS rt_child_schema, rt_part_schema CASCADE")
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: CREATE SCHEMA ... CREATE TABLE ... INHERITS bypasses rls_audit_guard")
 @pytest.mark.usefixtures("audited_parent")
 def test_inheritance_child_made_inside_create_schema_is_audited(owner_conn, admin_conn):
     owner_conn.execute(
@@ -81,7 +80,6 @@ def test_inheritance_child_made_inside_create_schema_is_audited(owner_conn, admi
     assert _entries(admin_conn, "rt_child_schema.rt_note_child") == [("INSERT", "1")]
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: CREATE SCHEMA ... CREATE TABLE ... PARTITION OF bypasses the guard")
 @pytest.mark.usefixtures("audited_parent")
 def test_partition_made_inside_create_schema_is_audited(owner_conn, admin_conn):
     owner_conn.execute(
@@ -117,7 +115,6 @@ def second_owner(
     _drop_role(admin_conn, SECOND_OWNER)
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: _may_read trusts table_name, so a new table under an old name reads")
 def test_a_table_created_under_an_audited_tables_old_name_reads_none_of_its_entries(owner_conn, second_owner):
     owner_conn.execute("CREATE TABLE rt_secret (id int PRIMARY KEY, body text)")
     owner_conn.execute("SELECT rls_audit.enable('rt_secret')")  # no read rule: owner only
@@ -134,7 +131,6 @@ def test_a_table_created_under_an_audited_tables_old_name_reads_none_of_its_entr
     assert leaked == []
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: after a rename the owner no longer reads the table's old entries")
 def test_the_owner_still_reads_its_entries_after_renaming_the_table(owner_conn):
     _drop(owner_conn, "public.rt_renamed_hist", "public.rt_hist")
     owner_conn.execute("CREATE TABLE rt_hist (id int PRIMARY KEY, body text)")
@@ -180,7 +176,6 @@ def _write(app_conn: psycopg.Connection, statement: str) -> None:
         app_conn.execute(statement)
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: extra_float_digits makes a real UPDATE compare equal and vanish")
 @pytest.mark.usefixtures("float_table")
 def test_an_update_the_session_settings_round_away_is_still_recorded(app_conn, admin_conn):
     _write(app_conn, "INSERT INTO rt_floats VALUES (1, 1, 100.25, point(1.9, 2.9), '{1.9}')")
@@ -190,7 +185,6 @@ def test_an_update_the_session_settings_round_away_is_still_recorded(app_conn, a
     assert _entries(admin_conn, "public.rt_floats") == [("INSERT", "1"), ("UPDATE", "1")]
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: the recorded image depends on the writer's extra_float_digits")
 @pytest.mark.usefixtures("float_table")
 def test_recorded_values_do_not_depend_on_the_writers_settings(app_conn, admin_conn):
     app_conn.execute("SET extra_float_digits = -15")  # e.g. left on a pooled connection by an earlier request
@@ -213,7 +207,6 @@ def test_recorded_values_do_not_depend_on_the_writers_settings(app_conn, admin_c
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: set_read_rule() accepts temporary tables and leaves dangling rows")
 def test_set_read_rule_refuses_temporary_tables(app_conn, admin_conn, database):
     _grant_temp(admin_conn, True)
     try:
@@ -234,9 +227,6 @@ def test_set_read_rule_refuses_temporary_tables(app_conn, admin_conn, database):
     assert dangling == (0,)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="redteam: a dropped table's read rule stays in rls_audit.read_rules as a bare oid"
-)
 def test_dropping_an_audited_table_drops_its_read_rule(owner_conn, admin_conn):
     """_guard_drop forgets a dropped table's registration but not its read rule.
 
@@ -288,7 +278,6 @@ def reader(
     _drop_role(admin_conn, READER)
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: _may_read ignores whether the table's policies apply to the reader")
 def test_a_role_no_policy_lets_read_the_table_reads_none_of_its_entries(app_conn, reader):
     with app_conn.transaction():
         app_conn.execute("SELECT rls.set_context('1', '7')")
@@ -311,7 +300,11 @@ def test_a_role_no_policy_lets_read_the_table_reads_none_of_its_entries(app_conn
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: extra_float_digits left on a connection rounds later requests' reads")
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (docs/security.md, 'What a request can leave on a connection'): "
+    "extra_float_digits left on a connection rounds later requests' reads; the trail is unaffected",
+)
 @pytest.mark.usefixtures("float_table")
 def test_a_setting_left_by_one_request_does_not_change_what_the_next_one_reads(app_conn, admin_conn):
     with app_conn.transaction():  # site 1's request, injected
@@ -333,7 +326,6 @@ def test_a_setting_left_by_one_request_does_not_change_what_the_next_one_reads(a
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="redteam: _invoking_role() lets a definer's code use its caller's audit rights")
 def test_another_roles_security_definer_code_cannot_disable_the_owners_audit(owner_conn, second_owner):
     _drop(owner_conn, "public.rt_guarded")
     owner_conn.execute("CREATE TABLE rt_guarded (id int PRIMARY KEY)")

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from django.db import DatabaseError, connections
 from django.test import Client
+from psycopg import sql
 
 from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
 from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
@@ -68,6 +69,11 @@ STATES = [
     State("row security off", "SET row_security = off", next_read="error", next_write="error"),
     State("the context's own settings", "SET django_rls.site = '2'", refused="permission denied"),
     State("strict mode", "SET django_rls.strict = on", next_read="strict"),
+    # Settings that change what later requests read or record, without crossing a site: see the
+    # dedicated tests below and docs/security.md.
+    State("extra_float_digits", "SET extra_float_digits = -15"),
+    State("application_name", "SET application_name = 'forged by site 1'"),
+    State("synchronous_commit off", "SET synchronous_commit = off"),
     # A session-scoped context: the statement-bound application role cannot set one at all
     # (test_session_context_left_by_a_role_that_is_not_statement_bound covers the other case).
     State("session context", "SELECT rls.set_context('2', NULL, NULL, false)", refused=BOUND),
@@ -303,3 +309,64 @@ def test_a_held_cursor_keeps_what_its_request_read(reused, client):
     fetched = inject(client, reused, "FETCH ALL FROM leftover", H2)
     assert json.loads(fetched["outcome"]) == [[1], [1], [1]]  # site 1's rows, read when site 1 declared it
     assert fetched["sites"] == [2]
+
+
+@pytest.mark.parametrize("reused", ["default"], indirect=True)
+def test_a_left_application_name_labels_the_next_requests_audit_entries(reused, client, admin_conn):
+    """The documented limit: application_name is the client's own label, USERSET like any other,
+    and the trail records what the session says; it is never evidence of who wrote."""
+    inject(client, reused, "SET application_name = 'forged by site 1'", H1)
+    assert write_probe(client, reused, H2, admin_conn) == "rows"
+    recorded = admin_conn.execute(
+        "SELECT site_id, application_name FROM rls_audit.log WHERE table_name = 'public.testapp_note' "
+        "AND operation = 'INSERT' AND new_values->>'body' = 'state probe' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    assert recorded == (2, "forged by site 1")
+
+
+def test_synchronous_commit_off_left_behind_does_not_reach_an_audited_commit(live_db, database, admin_conn):
+    """A session's own synchronous_commit = off would let a crash lose an acknowledged commit, its
+    trail included. A transaction that writes audit rows commits with the configured value (what
+    RESET restores; here the connection's); other transactions keep what the session set."""
+    with psycopg.connect(database.app, autocommit=True, options="-c synchronous_commit=on") as conn:
+        conn.execute("SET synchronous_commit = off")  # left by an earlier request
+        with conn.transaction():
+            conn.execute("SELECT rls.set_context('1', NULL)")
+            conn.execute("SELECT count(*) FROM testapp_note")
+            unaudited = conn.execute("SHOW synchronous_commit").fetchone()
+            conn.execute("INSERT INTO testapp_note (site_id, body) VALUES (1, 'sync probe')")
+            audited = conn.execute("SHOW synchronous_commit").fetchone()
+        after = conn.execute("SHOW synchronous_commit").fetchone()
+    admin_conn.execute("DELETE FROM testapp_note WHERE body = 'sync probe'")
+    assert (unaudited, audited, after) == (("off",), ("on",), ("off",))
+
+
+def test_an_operators_synchronous_commit_off_stays(live_db, database, admin_conn):
+    """Where the connection (or role, database, server) is configured with off, an audited write keeps it."""
+    with psycopg.connect(database.app, autocommit=True, options="-c synchronous_commit=off") as conn:
+        with conn.transaction():
+            conn.execute("SELECT rls.set_context('1', NULL)")
+            conn.execute("INSERT INTO testapp_note (site_id, body) VALUES (1, 'sync probe')")
+            audited = conn.execute("SHOW synchronous_commit").fetchone()
+    admin_conn.execute("DELETE FROM testapp_note WHERE body = 'sync probe'")
+    assert audited == ("off",)
+
+
+@pytest.mark.parametrize("reused", ["default"], indirect=True)
+def test_role_defaults_the_role_sets_for_itself_reach_later_sessions(reused, client, admin_conn, database):
+    """PostgreSQL lets every role ALTER its own defaults for USERSET settings: what a request sets
+    this way applies to every later session of the role, not only to its own connection. It can
+    choose no context (django_rls.* settings are refused) and the next requests still read only
+    their own rows; the values it changes are those of the settings rows above."""
+    left = inject(client, reused, "ALTER ROLE CURRENT_USER SET extra_float_digits = -15", H1)
+    try:
+        assert not left["outcome"].startswith("error"), left
+        refused = inject(client, reused, "ALTER ROLE CURRENT_USER SET django_rls.site = '2'", H1)
+        assert refused["outcome"].startswith("error"), refused
+        connections.close_all()
+        for host in (H2, NOSITE, H1):
+            assert read_sites(client, reused, host) == EXPECTED[host]
+        with psycopg.connect(database.app) as later:
+            assert later.execute("SHOW extra_float_digits").fetchone() == ("-15",)
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET extra_float_digits").format(sql.Identifier(APP_ROLE)))

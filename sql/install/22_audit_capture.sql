@@ -5,6 +5,13 @@
 -- Not SECURITY DEFINER: it reads the rows and builds their images with the
 -- writer's rights, and switches to the log's owner only around its INSERT
 -- into rls_audit.log, which runs nothing but built-in code (ext/audit.c).
+-- While it runs, it also pins every setting that changes what a built-in
+-- output function prints (extra_float_digits, DateStyle, IntervalStyle,
+-- TimeZone, bytea_output, lc_monetary, xmlbinary, xmloption,
+-- quote_all_identifiers; search_path here), so that the row images and the
+-- UPDATE diff do not depend on the writer's session.  It pins them in C, and
+-- only those that differ: SET clauses for all of them would cost every
+-- audited statement about ten microseconds.
 CREATE FUNCTION rls_audit.capture()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'rls_audit_capture'
@@ -29,9 +36,9 @@ REVOKE ALL ON rls_audit.read_rules FROM PUBLIC;
 GRANT SELECT ON rls_audit.read_rules TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.read_rules', '');
 
-CREATE FUNCTION rls_audit.set_read_rule(tbl regclass, site_column name DEFAULT NULL,
-                                        owner_column name DEFAULT NULL,
-                                        null_is_shared boolean DEFAULT false)
+-- The work of rls_audit.set_read_rule(), which checks that the role calling
+-- owns the table and is the only way here (see rls_audit.enable()).
+CREATE FUNCTION rls_audit._set_read_rule(tbl regclass, site_column name, owner_column name, null_is_shared boolean)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -41,9 +48,17 @@ DECLARE
     typ oid;
     existing rls_audit.read_rules;
 BEGIN
-    IF NOT pg_has_role(rls_audit._invoking_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'permission denied to set the audit read rule of %', tbl
-            USING ERRCODE = 'insufficient_privilege', HINT = 'Only the table''s owner can change its auditing.';
+    -- A rule is a row of a dumped configuration table: only for tables a dump
+    -- names as they are (never pg_temp_N) and that live on after the session.
+    IF (SELECT relpersistence FROM pg_class WHERE oid = tbl) = 't' THEN
+        RAISE EXCEPTION '% is a temporary table', tbl
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'A temporary table lives in one session only and is never audited.',
+                  HINT = 'Set read rules on permanent tables only.';
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', tbl
+            USING ERRCODE = 'wrong_object_type', HINT = 'Set read rules on the audited tables.';
     END IF;
     FOREACH col IN ARRAY ARRAY[site_column, owner_column] LOOP
         CONTINUE WHEN col IS NULL;
@@ -70,9 +85,9 @@ BEGIN
             RETURN false;
         END IF;
         DELETE FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
-    ELSIF existing IS NOT NULL AND existing.site_column IS NOT DISTINCT FROM set_read_rule.site_column
-          AND existing.owner_column IS NOT DISTINCT FROM set_read_rule.owner_column
-          AND existing.null_is_shared = coalesce(set_read_rule.null_is_shared, false) THEN
+    ELSIF existing IS NOT NULL AND existing.site_column IS NOT DISTINCT FROM _set_read_rule.site_column
+          AND existing.owner_column IS NOT DISTINCT FROM _set_read_rule.owner_column
+          AND existing.null_is_shared = coalesce(_set_read_rule.null_is_shared, false) THEN
         RETURN false;
     ELSE
         INSERT INTO rls_audit.read_rules VALUES (tbl, site_column, owner_column, coalesce(null_is_shared, false))
@@ -80,12 +95,23 @@ BEGIN
             SET site_column = EXCLUDED.site_column, owner_column = EXCLUDED.owner_column,
                 null_is_shared = EXCLUDED.null_is_shared;
     END IF;
-    -- Rules of tables that are gone.
-    DELETE FROM rls_audit.read_rules r WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = r.table_oid);
     PERFORM rls_audit._invalidate(tbl);
     RETURN true;
 END
 $$;
+COMMENT ON FUNCTION rls_audit._set_read_rule(regclass, name, name, boolean) IS
+'Internal: the work of rls_audit.set_read_rule(), reached only through it.';
+REVOKE ALL ON FUNCTION rls_audit._set_read_rule(regclass, name, name, boolean) FROM PUBLIC;
+
+-- Not SECURITY DEFINER: the C function checks that the role calling it (in
+-- another role's SECURITY DEFINER function, that role) owns the table, then
+-- runs rls_audit._set_read_rule() (ext/audit.c, rls_audit_admin).
+CREATE FUNCTION rls_audit.set_read_rule(tbl regclass, site_column name DEFAULT NULL,
+                                        owner_column name DEFAULT NULL,
+                                        null_is_shared boolean DEFAULT false)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rls_audit_admin'
+LANGUAGE C;
 COMMENT ON FUNCTION rls_audit.set_read_rule(regclass, name, name, boolean) IS
 'Which log entries of a table the application role reads: those of rows whose site_column and/or owner_column match its context (and, with null_is_shared, those of rows where that column is NULL). Without columns, none (the default). Entries keep the rule they were written with. Only the table''s owner may call it.';
 
@@ -96,10 +122,3 @@ LANGUAGE C STRICT;
 COMMENT ON FUNCTION rls_audit._invalidate(regclass) IS
 'Internal: make every backend reload its description of an audited table (after its options changed).';
 REVOKE ALL ON FUNCTION rls_audit._invalidate(regclass) FROM PUBLIC;
-
-CREATE FUNCTION rls_audit._invoking_role()
-RETURNS name
-AS 'MODULE_PATHNAME', 'rls_audit_invoking_role'
-LANGUAGE C STABLE;
-COMMENT ON FUNCTION rls_audit._invoking_role() IS
-'Internal: the role that called, even from inside a SECURITY DEFINER function.';

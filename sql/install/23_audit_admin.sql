@@ -150,6 +150,8 @@ BEGIN
         ON CONFLICT (table_oid) DO UPDATE
         SET excluded_columns = EXCLUDED.excluded_columns, masked_columns = EXCLUDED.masked_columns,
             operations = EXCLUDED.operations;
+    -- The table's identity in the trail, made once and kept while it exists.
+    INSERT INTO rls_audit.trails (table_oid) VALUES (tbl) ON CONFLICT (table_oid) DO NOTHING;
     PERFORM rls_audit._invalidate(tbl);
     RETURN true;
 END
@@ -231,25 +233,24 @@ COMMENT ON FUNCTION rls_audit._sync_tree(oid[]) IS
 'Internal: audit the partitions and children of audited tables with their parents'' options; refuse an audited table under a parent that is not audited.';
 REVOKE ALL ON FUNCTION rls_audit._sync_tree(oid[]) FROM PUBLIC;
 
-CREATE FUNCTION rls_audit.enable(tbl regclass,
-                                 excluded_columns text[] DEFAULT '{}',
-                                 masked_columns text[] DEFAULT '{}',
-                                 operations text[] DEFAULT '{INSERT,UPDATE,DELETE,TRUNCATE}')
+-- rls_audit.enable(), disable() and set_read_rule() are C functions, not
+-- SECURITY DEFINER: they check that the role calling them owns the table --
+-- GetUserId() at the point of call, which inside another role's SECURITY
+-- DEFINER function (or trigger function) is that function's owner, never the
+-- session's role -- and then run the SECURITY DEFINER function of the same
+-- name with a leading underscore.  Those are revoked from PUBLIC, so that SQL
+-- cannot reach them around the check (ext/audit.c, rls_audit_admin).
+CREATE FUNCTION rls_audit._enable(tbl regclass, excluded_columns text[], masked_columns text[], operations text[])
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    caller name := rls_audit._invoking_role();
     unknown text[];
     parents text;
     current rls_audit.audited_tables;
     changed boolean;
 BEGIN
-    IF NOT pg_has_role(caller, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'permission denied to audit %', tbl
-            USING ERRCODE = 'insufficient_privilege', HINT = 'Only the table''s owner can change its auditing.';
-    END IF;
     PERFORM rls_audit._check_auditable(tbl);
     unknown := ARRAY(SELECT c FROM unnest(excluded_columns || masked_columns) c
                       WHERE NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = tbl AND attname = c
@@ -302,10 +303,21 @@ BEGIN
     RETURN changed;
 END
 $$;
+COMMENT ON FUNCTION rls_audit._enable(regclass, text[], text[], text[]) IS
+'Internal: the work of rls_audit.enable(), reached only through it.';
+REVOKE ALL ON FUNCTION rls_audit._enable(regclass, text[], text[], text[]) FROM PUBLIC;
+
+CREATE FUNCTION rls_audit.enable(tbl regclass,
+                                 excluded_columns text[] DEFAULT '{}',
+                                 masked_columns text[] DEFAULT '{}',
+                                 operations text[] DEFAULT '{INSERT,UPDATE,DELETE,TRUNCATE}')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rls_audit_admin'
+LANGUAGE C;
 COMMENT ON FUNCTION rls_audit.enable(regclass, text[], text[], text[]) IS
 'Audit a table, and every partition and inheritance child of it (idempotent; call again to change the options). Excluded columns never reach the log; masked ones are logged as changed, without values. Only the table''s owner may call it.';
 
-CREATE FUNCTION rls_audit.disable(tbl regclass)
+CREATE FUNCTION rls_audit._disable(tbl regclass)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -314,10 +326,6 @@ DECLARE
     member record;
     parents text;
 BEGIN
-    IF NOT pg_has_role(rls_audit._invoking_role(), (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'permission denied to audit %', tbl
-            USING ERRCODE = 'insufficient_privilege', HINT = 'Only the table''s owner can change its auditing.';
-    END IF;
     IF NOT EXISTS (SELECT FROM rls_audit.audited_tables WHERE table_oid = tbl) THEN
         RETURN false;
     END IF;
@@ -349,6 +357,14 @@ BEGIN
     RETURN true;
 END
 $$;
+COMMENT ON FUNCTION rls_audit._disable(regclass) IS
+'Internal: the work of rls_audit.disable(), reached only through it.';
+REVOKE ALL ON FUNCTION rls_audit._disable(regclass) FROM PUBLIC;
+
+CREATE FUNCTION rls_audit.disable(tbl regclass)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rls_audit_admin'
+LANGUAGE C;
 COMMENT ON FUNCTION rls_audit.disable(regclass) IS
 'Stop auditing a table and the partitions and children audited through it; the trail stays. Only the table''s owner may call it.';
 
@@ -366,13 +382,15 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- A primary key is unique across a partition tree, and a write is recorded
-    -- under the table its statement named: read the whole tree.
+    -- under the table its statement named: read the whole tree.  Entries are
+    -- found by the tables' trail ids, so they follow a renamed table.
     SELECT * FROM rls_audit.log l
-     WHERE l.table_name IN (SELECT tbl::text
-                            UNION
-                            SELECT t.relid::text FROM pg_partition_tree(coalesce(pg_partition_root(tbl), tbl)) t)
+     WHERE l.trail_id IN (SELECT r.trail_id FROM rls_audit.trails r
+                           WHERE r.table_oid IN (SELECT tbl
+                                                 UNION
+                                                 SELECT t.relid FROM pg_partition_tree(coalesce(pg_partition_root(tbl), tbl)) t))
        AND l.row_key = history.row_key
      ORDER BY l.id
 $$;
 COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
-'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; for a partitioned table, whichever table of its partition tree the writes named.';
+'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; for a partitioned table, whichever table of its partition tree the writes named; under whatever name the table had when they were written.';

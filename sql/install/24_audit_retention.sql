@@ -101,6 +101,15 @@ BEGIN
         RAISE EXCEPTION 'cutoff must not be NULL'
             USING ERRCODE = 'null_value_not_allowed', HINT = 'Pass the oldest time to keep, say now() - interval ''13 months''.';
     END IF;
+    -- TimeZone is UTC here: the current month is a UTC month.  Its partition
+    -- (and any later one) holds the trail being written, never old rows.
+    IF cutoff > date_trunc('month', now()) THEN
+        RAISE EXCEPTION 'cutoff is later than the start of the current month'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The cutoff is %s and the current month (UTC) started at %s. Retention drops only months that have ended; the current month''s partition holds the trail being written.',
+                                  cutoff, date_trunc('month', now())),
+                  HINT = 'Pass the oldest time to keep, say now() - interval ''13 months''.';
+    END IF;
     FOR part IN SELECT p.part FROM rls_audit._log_partitions() p WHERE p.upper_bound <= cutoff LOOP
         EXECUTE format('DROP TABLE %I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = part),
                        (SELECT relname FROM pg_class WHERE oid = part));
@@ -110,7 +119,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls_audit.drop_partitions_before(timestamptz) IS
-'Retention: drop every monthly partition whose rows are all older than cutoff. Never deletes single rows.';
+'Retention: drop every monthly partition whose rows are all older than cutoff, which may not be later than the start of the current UTC month. Never deletes single rows.';
 
 -- Retention and partition upkeep are for an operator role: grant them explicitly.
 REVOKE ALL ON FUNCTION rls_audit.ensure_partitions(integer), rls_audit.drop_partitions_before(timestamptz) FROM PUBLIC;

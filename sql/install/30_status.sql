@@ -201,6 +201,11 @@ SELECT s.table_name, s.table_name::text,
   FROM rls_audit.status s
  WHERE cardinality(s.missing_triggers) > 0
 UNION ALL
+SELECT s.table_name, c::text,
+       format('%s is a partition or child of audited table %s but is not audited, so writes that name it go unrecorded', c, s.table_name),
+       format('SELECT rls_audit.enable(%L) as the table owner: it audits every partition and child.', s.table_name)
+  FROM rls_audit.status s, unnest(s.unaudited_children) c
+UNION ALL
 SELECT NULL, g.parameter,
        format('role %s may SET %s', g.grantee, g.parameter),
        format('REVOKE SET ON PARAMETER %s FROM %s;', g.parameter, g.grantee)

@@ -381,6 +381,7 @@ CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1);
 CREATE TABLE animals (id int PRIMARY KEY, name text);
 CREATE TABLE dogs (bark text, PRIMARY KEY (id)) INHERITS (animals);
 INSERT INTO rls_audit.audited_tables (table_oid) VALUES ('parted'), ('animals');
+INSERT INTO rls_audit.trails (table_oid) VALUES ('parted'), ('animals');
 CREATE TRIGGER rls_audit_insert AFTER INSERT ON parted REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION rls_audit.capture();
 CREATE TRIGGER rls_audit_update AFTER UPDATE ON parted REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows

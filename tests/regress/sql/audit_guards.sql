@@ -358,13 +358,41 @@ LANGUAGE sql AS $$
               FROM rls_audit._log_partitions()) p
 $$;
 SELECT * FROM regress_partitions_cover(0, 6);
+-- Two past UTC months, made by hand (ensure_partitions makes none before this month).
+SET TimeZone = 'UTC';
+DO $$
+DECLARE m timestamptz;
+BEGIN
+    FOR m IN SELECT generate_series(date_trunc('month', now()) - interval '2 months',
+                                    date_trunc('month', now()) - interval '1 month', interval '1 month') LOOP
+        EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)',
+                       'log_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
+    END LOOP;
+END $$;
+SELECT * FROM regress_partitions_cover(-2, 6);
 -- drop_partitions_before agrees, from any zone: a cutoff at a UTC month start
 -- drops exactly the months before it.
 SET TimeZone = 'Pacific/Kiritimati';
-SELECT rls_audit.drop_partitions_before((date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 months') AT TIME ZONE 'UTC') AS dropped;
+SELECT rls_audit.drop_partitions_before((date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month') AT TIME ZONE 'UTC') AS dropped;
 SET TimeZone = 'America/Adak';
-SELECT * FROM regress_partitions_cover(2, 6);
-SELECT rls_audit.drop_partitions_before('infinity') AS dropped;
+SELECT * FROM regress_partitions_cover(-1, 6);
+SELECT rls_audit.drop_partitions_before(date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS dropped;
+SELECT * FROM regress_partitions_cover(0, 6);
+-- A cutoff later than the start of the current UTC month would drop the
+-- partition being written (and later ones): refused, from any zone.
+SET TimeZone = 'Pacific/Kiritimati';
+SELECT regress_try($$SELECT rls_audit.drop_partitions_before((date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 second') AT TIME ZONE 'UTC')$$) AS one_second_into_the_month;
+SELECT regress_try($$SELECT rls_audit.drop_partitions_before(now() + interval '2 months')$$) AS future;
+SELECT regress_try($$SELECT rls_audit.drop_partitions_before('infinity')$$) AS infinity;
+SELECT * FROM regress_partitions_cover(0, 6);
+-- Clear the months for the next part (as the superuser, by hand).
+DO $$
+DECLARE p regclass;
+BEGIN
+    FOR p IN SELECT part FROM rls_audit._log_partitions() LOOP
+        EXECUTE format('DROP TABLE %s', p);
+    END LOOP;
+END $$;
 -- A partition an earlier version made in the caller's zone (next month, from
 -- Kiritimati's midnight): the UTC months next to it meet it, with neither a gap
 -- nor an overlap error.
