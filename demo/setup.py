@@ -116,6 +116,10 @@ def serve(env: dict[str, str], host: str, port: int) -> int:
     for signum in stop_signals:
         signal.signal(signum, stop)
     status = server.wait()
+    # A signal sent to the whole process group can also arrive late, forwarded by
+    # cluster.py; during interpreter shutdown it would kill this process.
+    for signum in stop_signals:
+        signal.signal(signum, signal.SIG_IGN)
     if status in (0, *(-signum for signum in stop_signals)):
         print("Demo stopped.", flush=True)
         return 0

@@ -328,7 +328,7 @@ def test_synchronous_commit_off_left_behind_does_not_reach_an_audited_commit(liv
     """A session's own synchronous_commit = off would let a crash lose an acknowledged commit, its
     trail included. A transaction that writes audit rows commits with the configured value (what
     RESET restores; here the connection's); other transactions keep what the session set."""
-    with psycopg.connect(database.app, autocommit=True, options="-c synchronous_commit=on") as conn:
+    with database.connect("app_unbound", options="-c synchronous_commit=on") as conn:
         conn.execute("SET synchronous_commit = off")  # left by an earlier request
         with conn.transaction():
             conn.execute("SELECT rls.set_context('1', NULL)")
@@ -343,7 +343,7 @@ def test_synchronous_commit_off_left_behind_does_not_reach_an_audited_commit(liv
 
 def test_an_operators_synchronous_commit_off_stays(live_db, database, admin_conn):
     """Where the connection (or role, database, server) is configured with off, an audited write keeps it."""
-    with psycopg.connect(database.app, autocommit=True, options="-c synchronous_commit=off") as conn:
+    with database.connect("app_unbound", options="-c synchronous_commit=off") as conn:
         with conn.transaction():
             conn.execute("SELECT rls.set_context('1', NULL)")
             conn.execute("INSERT INTO testapp_note (site_id, body) VALUES (1, 'sync probe')")
