@@ -1,0 +1,326 @@
+"""Run django_rls's DDL on a live database: short lock waits, retries, and a clear message when it gives up.
+
+Changing a policy, switching row level security on, or adding audit triggers
+locks the table (ACCESS EXCLUSIVE for policies, SHARE ROW EXCLUSIVE for
+triggers). PostgreSQL queues lock requests in order, so a DDL statement waiting
+behind one long report makes every later query of that table wait behind the
+DDL. Every unit of work here therefore:
+
+- runs in its own transaction (a savepoint when the caller is inside one),
+- takes the locks it needs first, in one ``LOCK TABLE`` statement bounded by
+  ``lock_timeout`` and ``statement_timeout``, so no other session queues
+  behind it for longer than the lock timeout,
+- and on a lock timeout rolls back, waits (exponential backoff with jitter)
+  and tries again until the budget is spent. Then it raises
+  :class:`LockWaitExhausted`, naming the table, the lock and the sessions that
+  hold conflicting locks.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from django.db import transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from psycopg import sql
+
+T = TypeVar("T")
+
+ACCESS_EXCLUSIVE = "ACCESS EXCLUSIVE"
+SHARE_ROW_EXCLUSIVE = "SHARE ROW EXCLUSIVE"
+
+# The modes of pg_locks that conflict with the mode asked for (PostgreSQL's lock conflict table).
+_ALL_MODES = (
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+)
+CONFLICTS = {
+    ACCESS_EXCLUSIVE: _ALL_MODES,
+    SHARE_ROW_EXCLUSIVE: _ALL_MODES[2:],
+}
+_STRENGTH = {SHARE_ROW_EXCLUSIVE: 1, ACCESS_EXCLUSIVE: 2}
+
+FIRST_BACKOFF = 0.25  # seconds before the second attempt; doubles each time, up to MAX_BACKOFF
+MAX_BACKOFF = 5.0
+QUERY_START = 120  # characters of a blocking session's query shown in the message
+
+
+@dataclass(frozen=True)
+class LockRequest:
+    """A table lock a unit of work takes before its statements.
+
+    ``only`` locks the table alone; otherwise its partitions and inheritance
+    children are locked in the same mode (audit triggers are created and
+    dropped on them too).
+    """
+
+    table: str  # schema-qualified, quoted: what LOCK TABLE and regclass read back exactly
+    display: str
+    mode: str
+    only: bool = True
+
+    def merge(self, other: LockRequest) -> LockRequest:
+        """One request covering both: the stronger mode, children if either wants them."""
+        mode = self.mode if _STRENGTH[self.mode] >= _STRENGTH[other.mode] else other.mode
+        return LockRequest(self.table, self.display, mode, self.only and other.only)
+
+    def statement(self) -> str:
+        template = "LOCK TABLE ONLY {} IN {} MODE" if self.only else "LOCK TABLE {} IN {} MODE"
+        return sql.SQL(template).format(sql.SQL(self.table), sql.SQL(self.mode)).as_string(None)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A session that holds (or waits for, ahead of us) a lock that conflicts with ours."""
+
+    pid: int
+    application_name: str
+    role: str
+    relation: str
+    mode: str
+    granted: bool
+    state: str | None
+    seconds: float | None
+    query: str | None
+
+    def describe(self) -> str:
+        what = "holds" if self.granted else "is waiting ahead of it for"
+        since = f"in its transaction for {self.seconds:.1f} s" if self.seconds is not None else "for an unknown time"
+        if self.query is None:
+            query = "query hidden (grant pg_read_all_stats to this role to see it)"
+        else:
+            start = " ".join(self.query.split())
+            query = f"query: {start[:QUERY_START]}{'…' if len(start) > QUERY_START else ''}"
+        state = f", {self.state}" if self.state else ""
+        return (
+            f"pid {self.pid} (application_name {self.application_name!r}, role {self.role}{state}) {what} "
+            f"{self.mode} on {self.relation}, {since}, {query}"
+        )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How long one lock wait may last, and how long all attempts of a run together may take (seconds)."""
+
+    lock_timeout: float
+    budget: float
+
+    def timeout_setting(self) -> str:
+        return f"{max(1, round(self.lock_timeout * 1000))}ms"
+
+
+class LockWaitExhausted(Exception):
+    """The budget is spent and the lock is still held elsewhere; nothing of the unit was changed."""
+
+    def __init__(self, what: str, lock: LockRequest | None, holders: list[Holder], attempts: int, waited: float):
+        self.what = what
+        self.lock = lock
+        self.holders = holders
+        self.attempts = attempts
+        self.waited = waited
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        wanted = (
+            f"{self.lock.mode} lock on {self.lock.display}{'' if self.lock.only else ' and its partitions'}"
+            if self.lock
+            else "a lock"
+        )
+        message = (
+            f"gave up on {self.what} after {self.attempts} attempt(s) in {self.waited:.1f} s: it needs an {wanted}"
+        )
+        if self.holders:
+            message += "; " + "; ".join(h.describe() for h in self.holders)
+        else:
+            message += "; no session holds a conflicting lock any more (it ended just now): run it again"
+        return message
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    while exc is not None:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate:
+            return exc.sqlstate
+        exc = exc.__cause__  # type: ignore[assignment]
+    return None
+
+
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
+
+
+class _LockPhaseTimeout(Exception):
+    pass
+
+
+def holders(connection: BaseDatabaseWrapper, lock: LockRequest) -> list[Holder]:
+    """Sessions of this database that hold (or queue for) a lock conflicting with ``lock``, longest first."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH wanted AS (
+                SELECT %s::regclass AS rel
+                UNION
+                SELECT i.inhrelid FROM pg_inherits i WHERE NOT %s AND i.inhparent = %s::regclass
+            )
+            SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, '?'),
+                   l.relation::regclass::text, l.mode, l.granted, a.state,
+                   extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, a.query_start))::float8,
+                   CASE WHEN a.query IS NOT NULL AND a.query <> '<insufficient privilege>' THEN a.query END
+              FROM pg_locks l
+              JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'relation'
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.relation IN (SELECT rel FROM wanted)
+               AND l.mode = ANY(%s::text[])
+               AND l.pid <> pg_backend_pid()
+             ORDER BY l.granted DESC, 8 DESC NULLS LAST, a.pid
+            """,
+            [lock.table, lock.only, lock.table, list(CONFLICTS[lock.mode])],
+        )
+        seen: set[int] = set()
+        found = []
+        for row in cursor.fetchall():
+            if row[0] not in seen:
+                seen.add(row[0])
+                found.append(Holder(*row))
+        return found
+
+
+def advisory_holders(connection: BaseDatabaseWrapper, key: str) -> list[Holder]:
+    """The sessions that hold the advisory lock ``hashtext(key)``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, '?'),
+                   'advisory lock ' || %s, 'ExclusiveLock', l.granted, a.state,
+                   extract(epoch FROM clock_timestamp() - coalesce(a.xact_start, a.backend_start))::float8,
+                   CASE WHEN a.query IS NOT NULL AND a.query <> '<insufficient privilege>' THEN a.query END
+              FROM pg_locks l
+              JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted
+               AND ((l.classid::int8 << 32) | l.objid::int8) = hashtext(%s)::int8
+               AND l.pid <> pg_backend_pid()
+            """,
+            [key, key],
+        )
+        return [Holder(*row) for row in cursor.fetchall()]
+
+
+class Runner:
+    """Runs units of DDL on one connection within one budget shared by every unit."""
+
+    def __init__(
+        self,
+        connection: BaseDatabaseWrapper,
+        bounds: Bounds,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connection = connection
+        self.bounds = bounds
+        self.sleep = sleep
+        self.clock = clock
+        self.deadline = clock() + bounds.budget
+        self.started = clock()
+        self.attempts_failed = 0
+
+    def run(self, what: str, locks: Sequence[LockRequest], work: Callable[[Any], T]) -> T:
+        """Run ``work(cursor)`` in a transaction that first takes ``locks``; retry on lock timeouts.
+
+        Raises :class:`LockWaitExhausted` once the budget is spent; the
+        transaction of the failed attempt is rolled back, so nothing of this
+        unit is changed.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._attempt(locks, work)
+            except _LockPhaseTimeout as exc:
+                lock: LockRequest | None = exc.args[0]
+            except Exception as exc:
+                if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                    raise
+                lock = locks[0] if locks else None
+            self.attempts_failed += 1
+            remaining = self.deadline - self.clock()
+            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if remaining <= 0 or remaining < backoff:
+                found = holders(self.connection, lock) if lock else []
+                raise LockWaitExhausted(what, lock, found, attempt, self.clock() - self.started)
+            self.sleep(backoff)
+
+    def advisory_lock(self, what: str, key: str) -> None:
+        """Take the session advisory lock ``hashtext(key)``, retrying until the budget is spent.
+
+        Release it with :meth:`advisory_unlock`. Only one run of a command that
+        plans from the catalog may apply its plan at a time.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            with self.connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+                if cursor.fetchone()[0]:
+                    return
+            remaining = self.deadline - self.clock()
+            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            if remaining <= 0 or remaining < backoff:
+                raise LockWaitExhausted(
+                    what, None, advisory_holders(self.connection, key), attempt, self.clock() - self.started
+                )
+            self.sleep(backoff)
+
+    def advisory_unlock(self, key: str) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+    def _attempt(self, locks: Sequence[LockRequest], work: Callable[[Any], T]) -> T:
+        timeout = self.bounds.timeout_setting()
+        with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), current_setting('statement_timeout')", [timeout]
+            )
+            statement_timeout = cursor.fetchone()[1]
+            for lock in locks:
+                # statement_timeout bounds the whole statement, whose waits for each partition would
+                # otherwise add up; lock_timeout alone would bound each wait.
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+                try:
+                    cursor.execute(lock.statement())
+                except Exception as exc:
+                    if _sqlstate(exc) in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
+                        raise _LockPhaseTimeout(lock) from exc
+                    raise
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [statement_timeout])
+            return work(cursor)
+
+
+def merge_locks(locks: Sequence[LockRequest]) -> list[LockRequest]:
+    """One request per table, in first-seen order."""
+    merged: dict[str, LockRequest] = {}
+    for lock in locks:
+        merged[lock.table] = merged[lock.table].merge(lock) if lock.table in merged else lock
+    return list(merged.values())
+
+
+def bounds_from(lock_timeout: float | None, budget: float | None) -> Bounds:
+    """The bounds of one run: the options given, else DJANGO_RLS["LOCK_TIMEOUT"] and ["LOCK_BUDGET"]."""
+    from django_rls.conf import rls_settings
+
+    return Bounds(
+        lock_timeout=rls_settings.LOCK_TIMEOUT if lock_timeout is None else lock_timeout,
+        budget=rls_settings.LOCK_BUDGET if budget is None else budget,
+    )
