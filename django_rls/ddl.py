@@ -18,6 +18,7 @@ DDL. Every unit of work here therefore:
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -132,14 +133,15 @@ class LockWaitExhausted(Exception):
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        wanted = (
-            f"{self.lock.mode} lock on {self.lock.display}{'' if self.lock.only else ' and its partitions'}"
-            if self.lock
-            else "a lock"
-        )
-        message = (
-            f"gave up on {self.what} after {self.attempts} attempt(s) in {self.waited:.1f} s: it needs an {wanted}"
-        )
+        if self.lock is not None:
+            article = "an" if self.lock.mode[0] in "AEIOU" else "a"
+            needs = (
+                f"it needs {article} {self.lock.mode} lock on {self.lock.display}"
+                f"{'' if self.lock.only else ' and its partitions'}"
+            )
+        else:
+            needs = "another session holds what it needs"
+        message = f"gave up on {self.what} after {self.attempts} attempt(s) in {self.waited:.1f} s: {needs}"
         if self.holders:
             message += "; " + "; ".join(h.describe() for h in self.holders)
         else:
@@ -236,12 +238,20 @@ class Runner:
         self.started = clock()
         self.attempts_failed = 0
 
-    def run(self, what: str, locks: Sequence[LockRequest], work: Callable[[Any], T]) -> T:
+    def run(
+        self,
+        what: str,
+        locks: Sequence[LockRequest],
+        work: Callable[[Any], T],
+        blocked_on: LockRequest | None = None,
+    ) -> T:
         """Run ``work(cursor)`` in a transaction that first takes ``locks``; retry on lock timeouts.
 
         Raises :class:`LockWaitExhausted` once the budget is spent; the
         transaction of the failed attempt is rolled back, so nothing of this
-        unit is changed.
+        unit is changed. ``blocked_on`` names the lock to report when ``work``
+        itself (not the lock phase) times out: for functions that lock what the
+        caller may not lock first, such as the audit log's partitions.
         """
         attempt = 0
         while True:
@@ -253,7 +263,7 @@ class Runner:
             except Exception as exc:
                 if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
                     raise
-                lock = locks[0] if locks else None
+                lock = blocked_on or (locks[0] if locks else None)
             self.attempts_failed += 1
             remaining = self.deadline - self.clock()
             backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -314,6 +324,36 @@ def merge_locks(locks: Sequence[LockRequest]) -> list[LockRequest]:
     for lock in locks:
         merged[lock.table] = merged[lock.table].merge(lock) if lock.table in merged else lock
     return list(merged.values())
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, not {value!r}")
+    return seconds
+
+
+def add_lock_options(parser: Any) -> None:
+    """--lock-timeout and --lock-budget, shared by every command that runs DDL."""
+    parser.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="How long one lock may be waited for (and other queries held up behind it) before the transaction "
+        'rolls back and is tried again (default: DJANGO_RLS["LOCK_TIMEOUT"], 2).',
+    )
+    parser.add_argument(
+        "--lock-budget",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="How long all attempts may take together before the command gives up, names the session in the way "
+        'and exits 1 (default: DJANGO_RLS["LOCK_BUDGET"], 60).',
+    )
 
 
 def bounds_from(lock_timeout: float | None, budget: float | None) -> Bounds:

@@ -247,3 +247,48 @@ def test_no_table_is_granted_or_reachable_before_it_is_protected(restore, databa
         assert seen[-1][2] == {1} and seen[-2][2] == {1}  # at the end both are readable, in site 1 only
     finally:
         admin_conn.execute("DELETE FROM other.thing WHERE body IN ('one', 'two')")
+
+
+@pytest.fixture
+def partition_job(admin_conn: psycopg.Connection) -> Iterator[str]:
+    """The owner alias may run the partition functions; the furthest partition is gone, so there is one to create."""
+    functions = "rls_audit.ensure_partitions(integer), rls_audit.drop_partitions_before(timestamptz)"
+    admin_conn.execute(
+        sql.SQL(f"GRANT EXECUTE ON FUNCTION {functions} TO {{}}").format(sql.Identifier(OWNER_ROLE))
+    )
+    admin_conn.execute("SELECT rls_audit.ensure_partitions(3)")
+    (last,) = admin_conn.execute(
+        "SELECT max(part::text) FROM rls_audit._log_partitions() WHERE upper_bound IS NOT NULL"
+    ).fetchone()
+    admin_conn.execute(f"DROP TABLE {last}")
+    yield last
+    admin_conn.execute(
+        sql.SQL(f"REVOKE EXECUTE ON FUNCTION {functions} FROM {{}}").format(sql.Identifier(OWNER_ROLE))
+    )
+    admin_conn.execute("SELECT rls_audit.ensure_partitions(3)")
+
+
+def partition_exists(admin_conn: psycopg.Connection, name: str) -> bool:
+    return admin_conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+
+
+def test_partition_upkeep_waits_bounded_for_an_open_audited_write(live_db, partition_job, admin_conn, database):
+    """An audited write keeps the log locked until it commits; the partition job gives up on it, then succeeds."""
+    with database.connect("app", application_name="slow import") as writer:
+        writer.execute("SELECT rls.set_context('1', NULL, is_local => false)")
+        writer.execute("BEGIN")
+        writer.execute("""INSERT INTO "MyTable" ("SiteId", body) VALUES (1, 'slow import')""")
+        with pytest.raises(CommandError) as caught:
+            call_command(
+                "rls_audit_partitions", database="owner", lock_timeout=0.3, lock_budget=1, stdout=io.StringIO()
+            )
+        message = str(caught.value)
+        assert "it needs an ACCESS EXCLUSIVE lock on rls_audit.log and its partitions" in message
+        assert f"pid {writer.info.backend_pid} (application_name 'slow import'" in message
+        assert "RowExclusiveLock on rls_audit.log" in message
+        assert not partition_exists(admin_conn, partition_job)  # rolled back whole
+        writer.execute("ROLLBACK")
+    out = io.StringIO()
+    call_command("rls_audit_partitions", database="owner", lock_timeout=0.3, lock_budget=5, stdout=out)
+    assert "Created 1 partition(s) of rls_audit.log." in out.getvalue()
+    assert partition_exists(admin_conn, partition_job)

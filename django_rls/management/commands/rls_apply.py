@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from django_rls.conf import rls_settings
-from django_rls.ddl import bounds_from
+from django_rls.ddl import add_lock_options, bounds_from
 from django_rls.planner import APPLY_LOCK, Plan, PlanError, Unit, apply_plan, make_plan, units
 from django_rls.policies import DeclarationError
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0
-    if not 0 < seconds <= 86400:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, not {value!r}")
-    return seconds
 
 
 class Command(BaseCommand):
@@ -50,22 +39,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prune", action="store_true", help="Also remove policy groups that no declaration wants any more."
         )
-        parser.add_argument(
-            "--lock-timeout",
-            type=_seconds,
-            default=None,
-            metavar="SECONDS",
-            help="How long one table lock may be waited for (and other queries held up) before the table's "
-            'transaction rolls back and is tried again (default: DJANGO_RLS["LOCK_TIMEOUT"], 2).',
-        )
-        parser.add_argument(
-            "--lock-budget",
-            type=_seconds,
-            default=None,
-            metavar="SECONDS",
-            help="How long all attempts may take together before rls_apply gives up, names the session in the way "
-            'and exits 1 (default: DJANGO_RLS["LOCK_BUDGET"], 60).',
-        )
+        add_lock_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
