@@ -140,12 +140,16 @@ class LockWaitExhausted(Exception):
                 f"{'' if self.lock.only else ' and its partitions'}"
             )
         else:
-            needs = "another session holds what it needs"
+            needs = (
+                "a statement waited longer than the lock timeout for a row or catalog entry another transaction changed"
+            )
         message = f"gave up on {self.what} after {self.attempts} attempt(s) in {self.waited:.1f} s: {needs}"
         if self.holders:
             message += "; " + "; ".join(h.describe() for h in self.holders)
-        else:
+        elif self.lock is not None:
             message += "; no session holds a conflicting lock any more (it ended just now): run it again"
+        else:
+            message += "; no write transaction is open any more (it ended just now): run it again"
         return message
 
 
@@ -219,6 +223,32 @@ def advisory_holders(connection: BaseDatabaseWrapper, key: str) -> list[Holder]:
         return [Holder(*row) for row in cursor.fetchall()]
 
 
+def open_writers(connection: BaseDatabaseWrapper, older_than: float) -> list[Holder]:
+    """Sessions whose write transaction has been open longer than ``older_than`` seconds, longest first.
+
+    For waits that lock no table (a concurrent change of the same role, grant
+    or catalog row): PostgreSQL does not say whom a statement waited for once
+    the wait is over, but such a wait is always for an open write transaction.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, '?'),
+                   'transaction ' || l.transactionid::text, 'an open write', true, a.state,
+                   extract(epoch FROM clock_timestamp() - a.xact_start)::float8,
+                   CASE WHEN a.query IS NOT NULL AND a.query <> '<insufficient privilege>' THEN a.query END
+              FROM pg_locks l
+              JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'transactionid' AND l.granted AND l.mode = 'ExclusiveLock'
+               AND l.pid <> pg_backend_pid()
+               AND (a.xact_start IS NULL OR a.xact_start < clock_timestamp() - make_interval(secs => %s))
+             ORDER BY 8 DESC NULLS LAST, a.pid
+            """,
+            [older_than],
+        )
+        return [Holder(*row) for row in cursor.fetchall()]
+
+
 class Runner:
     """Runs units of DDL on one connection within one budget shared by every unit."""
 
@@ -268,7 +298,10 @@ class Runner:
             remaining = self.deadline - self.clock()
             backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             if remaining <= 0 or remaining < backoff:
-                found = holders(self.connection, lock) if lock else []
+                if lock is not None:
+                    found = holders(self.connection, lock)
+                else:
+                    found = open_writers(self.connection, self.bounds.lock_timeout)
                 raise LockWaitExhausted(what, lock, found, attempt, self.clock() - self.started)
             self.sleep(backoff)
 

@@ -12,17 +12,21 @@ another site or misses one of its own.
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
 import psycopg
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import connections
 from psycopg import sql
 
+from django_rls.conf import validate
 from django_rls.ddl import Bounds
 from django_rls.planner import Unit, apply_plan
 from tests.roles import APP_ROLE, OWNER_ROLE
@@ -253,18 +257,14 @@ def test_no_table_is_granted_or_reachable_before_it_is_protected(restore, databa
 def partition_job(admin_conn: psycopg.Connection) -> Iterator[str]:
     """The owner alias may run the partition functions; the furthest partition is gone, so there is one to create."""
     functions = "rls_audit.ensure_partitions(integer), rls_audit.drop_partitions_before(timestamptz)"
-    admin_conn.execute(
-        sql.SQL(f"GRANT EXECUTE ON FUNCTION {functions} TO {{}}").format(sql.Identifier(OWNER_ROLE))
-    )
+    admin_conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {functions} TO {{}}").format(sql.Identifier(OWNER_ROLE)))
     admin_conn.execute("SELECT rls_audit.ensure_partitions(3)")
     (last,) = admin_conn.execute(
         "SELECT max(part::text) FROM rls_audit._log_partitions() WHERE upper_bound IS NOT NULL"
     ).fetchone()
     admin_conn.execute(f"DROP TABLE {last}")
     yield last
-    admin_conn.execute(
-        sql.SQL(f"REVOKE EXECUTE ON FUNCTION {functions} FROM {{}}").format(sql.Identifier(OWNER_ROLE))
-    )
+    admin_conn.execute(sql.SQL(f"REVOKE EXECUTE ON FUNCTION {functions} FROM {{}}").format(sql.Identifier(OWNER_ROLE)))
     admin_conn.execute("SELECT rls_audit.ensure_partitions(3)")
 
 
@@ -292,3 +292,54 @@ def test_partition_upkeep_waits_bounded_for_an_open_audited_write(live_db, parti
     call_command("rls_audit_partitions", database="owner", lock_timeout=0.3, lock_budget=5, stdout=out)
     assert "Created 1 partition(s) of rls_audit.log." in out.getvalue()
     assert partition_exists(admin_conn, partition_job)
+
+
+LT_ROLES = ["rls_lt_app", "rls_lt_owner", "rls_lt_maint"]
+
+
+@pytest.fixture
+def roles_admin(extra_alias) -> Iterator[str]:
+    server = urlparse(os.environ["DATABASE_URL"])
+    alias = extra_alias("lt_admin", user=server.username or "postgres", password=server.password or "")
+    yield alias
+    with connections[alias].cursor() as cursor:
+        for role in LT_ROLES:
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+            if cursor.fetchone():
+                cursor.execute(f"DROP OWNED BY {role}")
+                cursor.execute(f"DROP ROLE {role}")
+
+
+def test_rls_roles_waits_bounded_for_a_concurrent_role_change(roles_admin, database):
+    args = ["--database", roles_admin, "--app-role", LT_ROLES[0], "--owner-role", LT_ROLES[1]]
+    args += ["--maintenance-role", LT_ROLES[2], "--lock-timeout", "0.3"]
+    call_command("rls_roles", *args, stdout=io.StringIO())
+    with database.connect("admin") as admin:
+        admin.execute(f"ALTER ROLE {LT_ROLES[0]} CREATEDB")  # drift rls_roles will repair
+    with database.connect("admin", application_name="role tweak") as other:
+        other.execute("BEGIN")
+        other.execute(f"ALTER ROLE {LT_ROLES[0]} CONNECTION LIMIT 5")  # keeps the role's row until it ends
+        with pytest.raises(CommandError) as caught:
+            call_command("rls_roles", *args, "--lock-budget", "1", stdout=io.StringIO())
+        message = str(caught.value)
+        assert "rls_roles gave up on the role changes after" in message and "nothing was changed" in message
+        assert f"pid {other.info.backend_pid} (application_name 'role tweak'" in message
+        assert f"query: ALTER ROLE {LT_ROLES[0]} CONNECTION LIMIT 5" in message
+        other.execute("ROLLBACK")
+    out = io.StringIO()
+    call_command("rls_roles", *args, stdout=out)
+    with connections[roles_admin].cursor() as cursor:
+        cursor.execute("SELECT rolcreatedb FROM pg_roles WHERE rolname = %s", [LT_ROLES[0]])
+        assert cursor.fetchone()[0] is False
+
+
+@pytest.mark.parametrize("value", [0, -1, "2s", True, None, 86401])
+@pytest.mark.parametrize("name", ["LOCK_TIMEOUT", "LOCK_BUDGET"])
+def test_lock_settings_are_positive_seconds(name, value):
+    with pytest.raises(ImproperlyConfigured, match=name):
+        validate({name: value})
+
+
+def test_lock_settings_take_fractions():
+    assert validate({"LOCK_TIMEOUT": 0.5, "LOCK_BUDGET": 30})["LOCK_TIMEOUT"] == 0.5
+    assert Bounds(lock_timeout=0.5, budget=1).timeout_setting() == "500ms"

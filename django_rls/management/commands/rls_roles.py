@@ -88,7 +88,7 @@ class Command(BaseCommand):
             # Role and grant changes wait for concurrent changes of the same catalog rows: bounded
             # like rls_apply's, all or nothing per attempt.
             runner = Runner(connection, bounds_from(options["lock_timeout"], options["lock_budget"]))
-            steps = runner.run("rls_roles", [], work)
+            steps = runner.run("the role changes", [], work)
         except LockWaitExhausted as exc:
             raise CommandError(f"rls_roles {exc}; nothing was changed") from exc
         except RolesError as exc:
