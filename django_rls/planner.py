@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.apps import apps
-from django.db import models
+from django.db import DatabaseError, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
@@ -645,10 +645,15 @@ def apply_plan(
 
     runner = Runner(connection, bounds or bounds_from(None, None))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('application_name', 'django_rls rls_apply', false)")
+        # For the session's whole run (it spans transactions), so that others see who holds their tables.
+        cursor.execute(
+            "SELECT current_setting('application_name'), set_config('application_name', 'django_rls rls_apply', false)"
+        )
+        previous_name = cursor.fetchone()[0]
     try:
         runner.advisory_lock("waiting for another rls_apply to finish", APPLY_LOCK)
     except LockWaitExhausted as exc:
+        _restore_name(connection, previous_name)
         raise ApplyGaveUp(f"rls_apply {exc}") from exc
     try:
         plan = make_plan(connection, prune=prune)  # under the lock
@@ -666,8 +671,20 @@ def apply_plan(
             if progress is not None:
                 progress(unit)
     finally:
-        runner.advisory_unlock(APPLY_LOCK)
+        try:
+            runner.advisory_unlock(APPLY_LOCK)
+        except DatabaseError:
+            pass  # a broken connection has released its session lock with the session
+        _restore_name(connection, previous_name)
     return plan
+
+
+def _restore_name(connection: BaseDatabaseWrapper, name: str) -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false)", [name])
+    except DatabaseError:
+        pass  # as above: the session is gone, and its name with it
 
 
 def _apply_unit(cursor: Any, unit: Unit) -> None:

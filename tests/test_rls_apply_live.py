@@ -244,7 +244,15 @@ def test_no_table_is_granted_or_reachable_before_it_is_protected(restore, databa
                 seen.append((unit.name, table, sites))
 
     try:
-        apply_plan(connections["owner"], bounds=Bounds(lock_timeout=LOCK_TIMEOUT, budget=10), progress=probe)
+        with connections["owner"].cursor() as cursor:
+            cursor.execute("SELECT current_setting('application_name')")
+            before = cursor.fetchone()[0]
+            apply_plan(connections["owner"], bounds=Bounds(lock_timeout=LOCK_TIMEOUT, budget=10), progress=probe)
+            cursor.execute("SELECT current_setting('application_name')")
+            assert cursor.fetchone()[0] == before  # the session is named as it was
+        with database.connect("owner") as other:  # and the run's session lock is released
+            locked = other.execute("SELECT pg_try_advisory_xact_lock(hashtext('django_rls.rls_apply'))").fetchone()
+            assert locked == (True,)
         names = [name for name, _, _ in seen]
         assert '"public"."testapp_note"' in names and '"other"."thing"' in names and "schemas and sequences" in names
         assert all(sites in ("denied", {1}) for _, _, sites in seen), seen
