@@ -77,8 +77,20 @@ class LockRequest:
         return LockRequest(self.table, self.display, mode, self.only and other.only)
 
     def statement(self) -> str:
-        template = "LOCK TABLE ONLY {} IN {} MODE" if self.only else "LOCK TABLE {} IN {} MODE"
-        return sql.SQL(template).format(sql.SQL(self.table), sql.SQL(self.mode)).as_string(None)
+        return lock_statements([self])[0][1]
+
+
+def lock_statements(locks: Sequence[LockRequest]) -> list[tuple[list[LockRequest], str]]:
+    """As few LOCK TABLE statements as take ``locks``: one per mode and ONLY-ness, tables in the order given."""
+    batches: dict[tuple[str, bool], list[LockRequest]] = {}
+    for lock in locks:
+        batches.setdefault((lock.mode, lock.only), []).append(lock)
+    found = []
+    for (mode, only), batch in batches.items():
+        template = "LOCK TABLE ONLY {} IN {} MODE" if only else "LOCK TABLE {} IN {} MODE"
+        tables = sql.SQL(", ").join(sql.SQL(lock.table) for lock in batch)
+        found.append((batch, sql.SQL(template).format(tables, sql.SQL(mode)).as_string(None)))
+    return found
 
 
 @dataclass(frozen=True)
@@ -289,7 +301,7 @@ class Runner:
             try:
                 return self._attempt(locks, work)
             except _LockPhaseTimeout as exc:
-                lock: LockRequest | None = exc.args[0]
+                lock: LockRequest | None = self._blocked(exc.args[0])
             except Exception as exc:
                 if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
                     raise
@@ -304,6 +316,14 @@ class Runner:
                     found = open_writers(self.connection, self.bounds.lock_timeout)
                 raise LockWaitExhausted(what, lock, found, attempt, self.clock() - self.started)
             self.sleep(backoff)
+
+    def _blocked(self, batch: list[LockRequest]) -> LockRequest:
+        """The first table of a LOCK statement that another session holds (the first one when none is now)."""
+        if len(batch) > 1:
+            for lock in batch:
+                if holders(self.connection, lock):
+                    return lock
+        return batch[0]
 
     def advisory_lock(self, what: str, key: str) -> None:
         """Take the session advisory lock ``hashtext(key)``, retrying until the budget is spent.
@@ -337,16 +357,19 @@ class Runner:
                 "SELECT set_config('lock_timeout', %s, true), current_setting('statement_timeout')", [timeout]
             )
             statement_timeout = cursor.fetchone()[1]
-            for lock in locks:
-                # statement_timeout bounds the whole statement, whose waits for each partition would
-                # otherwise add up; lock_timeout alone would bound each wait.
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+            # lock_timeout bounds each wait; the waits for several tables (or for each partition)
+            # would add up, so statement_timeout bounds the lock phase as a whole to one lock timeout.
+            ends = self.clock() + self.bounds.lock_timeout
+            for batch, statement in lock_statements(locks):
+                left = max(1, round((ends - self.clock()) * 1000))
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{left}ms"])
                 try:
-                    cursor.execute(lock.statement())
+                    cursor.execute(statement)
                 except Exception as exc:
                     if _sqlstate(exc) in (LOCK_NOT_AVAILABLE, QUERY_CANCELED):
-                        raise _LockPhaseTimeout(lock) from exc
+                        raise _LockPhaseTimeout(batch) from exc
                     raise
+            if locks:
                 cursor.execute("SELECT set_config('statement_timeout', %s, true)", [statement_timeout])
             return work(cursor)
 

@@ -90,6 +90,9 @@ class Unit:
 def units(plan: Plan) -> list[Unit]:
     """The plan split into one transaction per table, in plan order, then one for schemas and sequences.
 
+    Tables whose declared policies read one another (ThroughParent, Membership)
+    and that both change share one transaction.
+
     Everything a table needs (its policies, RLS switches, audit triggers and the
     application role's grants on it) commits together, so the table goes from
     its old state to its new one at once: never granted before it is protected,
@@ -100,7 +103,26 @@ def units(plan: Plan) -> list[Unit]:
     for step in plan.steps:
         by_unit.setdefault(step.unit, []).append(step)
     closing = by_unit.pop(None, [])
-    found = [Unit(name, tuple(steps)) for name, steps in by_unit.items() if name is not None]
+    # Tables whose policies read each other's change together: a child protected through its
+    # parent must not meet the parent's new policies with its own old ones, or the reverse.
+    locking = {name for name, steps in by_unit.items() if any(s.lock is not None for s in steps)}
+    root: dict[str, str] = {name: name for name in by_unit if name is not None}
+
+    def find(name: str) -> str:
+        while root[name] != name:
+            name = root[name]
+        return name
+
+    for reader, read in plan.links:
+        if reader in locking and read in locking:
+            first, second = sorted((find(reader), find(read)), key=list(root).index)
+            root[second] = first
+    merged: dict[str, list[str]] = {}
+    for name in root:
+        merged.setdefault(find(name), []).append(name)
+    found = [
+        Unit(" + ".join(names), tuple(step for name in names for step in by_unit[name])) for names in merged.values()
+    ]
     if closing:
         found.append(Unit("schemas and sequences", tuple(closing)))
     return found
@@ -166,6 +188,8 @@ class Plan:
     app_role: str
     tables: int = 0
     steps: list[Step] = field(default_factory=list)
+    # (reader, read): a declared policy of the first table reads the second (ThroughParent, Membership)
+    links: list[tuple[str, str]] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # stale groups kept because --prune was not given
 
     @property
@@ -224,9 +248,24 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
         _check_roles(cursor, role, tables, list(desired))
         found = {t: table for t, table in tables.items() if table is not None}
         _plan_policies(cursor, plan, {found[t]: groups for t, groups in desired.items()}, role, prune)
+        plan.links = _links(found)
         _plan_audit(cursor, plan, prune, found)
         _plan_grants(cursor, plan, role, found)
     return plan
+
+
+def _links(tables: dict[str, Table]) -> list[tuple[str, str]]:
+    """Which protected tables' policies read which other tables (Custom SQL is not followed)."""
+    links = []
+    for declaration in all_declarations().values():
+        model = declaration.model_class()
+        reader = tables.get(model._meta.db_table)
+        for policy in declaration.policies:
+            for read in policy.reads(model):
+                target = tables.get(read._meta.db_table)
+                if reader is not None and target is not None and target != reader:
+                    links.append((reader.qualified, target.qualified))
+    return sorted(set(links))
 
 
 ReadRule = tuple[str | None, str | None, bool]  # site column, owner column, NULL means shared

@@ -351,3 +351,62 @@ def test_lock_settings_are_positive_seconds(name, value):
 def test_lock_settings_take_fractions():
     assert validate({"LOCK_TIMEOUT": 0.5, "LOCK_BUDGET": 30})["LOCK_TIMEOUT"] == 0.5
     assert Bounds(lock_timeout=0.5, budget=1).timeout_setting() == "500ms"
+
+
+def drift(owner_conn: psycopg.Connection, table: str) -> None:
+    """Rewrite one of django_rls's select policies of ``table`` into an equivalent one, so rls_apply must replace it."""
+    name, expr = owner_conn.execute(
+        "SELECT polname, pg_get_expr(polqual, polrelid) FROM pg_policy "
+        "WHERE polrelid = %s::regclass AND polname ~ '^rls_.+_select$' ORDER BY polname LIMIT 1",
+        (table,),
+    ).fetchone()
+    owner_conn.execute(
+        sql.SQL("ALTER POLICY {} ON {} USING ({} AND true)").format(
+            sql.Identifier(name), sql.Identifier(table), sql.SQL(expr)
+        )
+    )
+
+
+def test_tables_whose_policies_read_each_other_change_in_one_transaction(restore, owner_conn, database):
+    """OrderLine is protected through Order: the two never meet each other's old and new policies."""
+    for table in ("testapp_note", "testapp_order", "testapp_orderline"):
+        drift(owner_conn, table)
+    printed = run("--sql", lock_timeout=LOCK_TIMEOUT)
+    pair = '"public"."testapp_order" + "public"."testapp_orderline"'
+    assert (
+        f"-- {pair}\nBEGIN;\nSET LOCAL lock_timeout = '500ms';\n"
+        'LOCK TABLE ONLY "public"."testapp_order", "public"."testapp_orderline" IN ACCESS EXCLUSIVE MODE;\n'
+    ) in printed
+    assert '-- "public"."testapp_note"\n' in printed
+
+    # A report on the child holds up the pair; the message names the report, and neither table changed.
+    reader = database.connect("app", application_name="order report")
+    try:
+        reader.execute("SELECT rls.set_context('1', NULL, is_local => false)")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM testapp_orderline").fetchone()
+        with pytest.raises(CommandError) as caught:
+            run(lock_timeout=0.3, lock_budget=1)
+    finally:
+        reader.close()
+    message = str(caught.value)
+    assert f"gave up on {pair} after" in message
+    # Reading the child reads the parent too (its policy's EXISTS): the report holds both.
+    assert "it needs an ACCESS EXCLUSIVE lock on testapp_order;" in message
+    assert "holds AccessShareLock on testapp_order," in message
+    assert "application_name 'order report'" in message
+    # A lock on the second table of the LOCK statement alone: that is the table the message names.
+    with database.connect("owner", application_name="line maintenance") as other:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE testapp_orderline IN ACCESS SHARE MODE")
+        with pytest.raises(CommandError) as caught:
+            run(lock_timeout=0.3, lock_budget=1)
+        other.execute("ROLLBACK")
+    assert "it needs an ACCESS EXCLUSIVE lock on testapp_orderline;" in str(caught.value)
+    assert "application_name 'line maintenance'" in str(caught.value)
+    out = io.StringIO()
+    try:
+        call_command("rls_apply", "--check", stdout=out)
+    except SystemExit:
+        pass
+    assert "replace testapp_order:" in out.getvalue() and "replace testapp_orderline:" in out.getvalue()

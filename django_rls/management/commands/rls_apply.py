@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from django_rls.conf import rls_settings
-from django_rls.ddl import add_lock_options, bounds_from
+from django_rls.ddl import add_lock_options, bounds_from, lock_statements
 from django_rls.planner import APPLY_LOCK, Plan, PlanError, Unit, apply_plan, make_plan, units
 from django_rls.policies import DeclarationError
 
@@ -73,8 +73,8 @@ class Command(BaseCommand):
             self.stdout.write(f"-- {unit.name}")
             self.stdout.write("BEGIN;")
             self.stdout.write(f"SET LOCAL lock_timeout = '{lock_timeout}';")
-            for lock in unit.locks:
-                self.stdout.write(f"{lock.statement()};")
+            for _, statement in lock_statements(unit.locks):
+                self.stdout.write(f"{statement};")
             for step in unit.steps:
                 sql = connection.ops.compose_sql(step.sql, step.params) if step.params else step.sql
                 self.stdout.write(f"{sql};")
