@@ -278,7 +278,6 @@ class Runner:
         self.clock = clock
         self.deadline = clock() + bounds.budget
         self.started = clock()
-        self.attempts_failed = 0
 
     def run(
         self,
@@ -306,10 +305,10 @@ class Runner:
                 if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
                     raise
                 lock = blocked_on or (locks[0] if locks else None)
-            self.attempts_failed += 1
             remaining = self.deadline - self.clock()
             backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            if remaining <= 0 or remaining < backoff:
+            # Another attempt only if it can wait its full lock timeout within the budget.
+            if remaining < backoff + self.bounds.lock_timeout:
                 if lock is not None:
                     found = holders(self.connection, lock)
                 else:
@@ -340,7 +339,7 @@ class Runner:
                     return
             remaining = self.deadline - self.clock()
             backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            if remaining <= 0 or remaining < backoff:
+            if remaining < backoff:
                 raise LockWaitExhausted(
                     what, None, advisory_holders(self.connection, key), attempt, self.clock() - self.started
                 )

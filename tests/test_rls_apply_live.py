@@ -167,6 +167,7 @@ def test_gives_up_naming_the_session_in_the_way_and_changes_nothing(drifted, own
     assert "query: SELECT count(*) FROM testapp_note" in message
     assert "Applied 0 of 1 table(s)" in message and "--lock-budget" in message
     assert reader.ended_at is None or reader.ended_at > started + gave_up_after  # it gave up, not the reader
+    assert gave_up_after <= 2 + SLACK  # within its budget: no attempt starts that could overrun it
     # Nothing half done: the old policies are all there, unchanged.
     assert note_policy() == "((site_id = rls.site_id()) AND (id > 0))"
     assert not in_sync()
