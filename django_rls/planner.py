@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.apps import apps
@@ -324,10 +325,10 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
     rules: dict[str, ReadRule | None] = {}
     for declaration in all_declarations().values():
         if declaration.audit:
-            table = tables[declaration.model_class()._meta.db_table]
-            wanted[table.display] = declaration.audit_columns()
-            qualified[table.display] = table.qualified
-            rules[table.display] = audit_read_rule(declaration)
+            audited = tables[declaration.model_class()._meta.db_table]
+            wanted[audited.display] = declaration.audit_columns()
+            qualified[audited.display] = audited.qualified
+            rules[audited.display] = audit_read_rule(declaration)
     # Tables are named by their regclass text, schema-qualified when off the search_path.
     cursor.execute(
         """
@@ -699,7 +700,7 @@ def apply_plan(
         todo = units(plan)
         for done, unit in enumerate(todo):
             try:
-                runner.run(unit.name, unit.locks, lambda cursor, unit=unit: _apply_unit(cursor, unit))
+                runner.run(unit.name, unit.locks, partial(_apply_unit, unit=unit))
             except LockWaitExhausted as exc:
                 left = ", ".join(u.name for u in todo[done:])
                 raise ApplyGaveUp(
@@ -726,6 +727,6 @@ def _restore_name(connection: BaseDatabaseWrapper, name: str) -> None:
         pass  # as above: the session is gone, and its name with it
 
 
-def _apply_unit(cursor: Any, unit: Unit) -> None:
+def _apply_unit(cursor: Any, *, unit: Unit) -> None:
     for step in unit.steps:
         cursor.execute(step.sql, step.params or None)
