@@ -186,10 +186,10 @@ def holders(connection: BaseDatabaseWrapper, lock: LockRequest) -> list[Holder]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            WITH wanted AS (
-                SELECT %s::regclass AS rel
+            WITH RECURSIVE wanted AS (
+                SELECT %s::regclass::oid AS rel
                 UNION
-                SELECT i.inhrelid FROM pg_inherits i WHERE NOT %s AND i.inhparent = %s::regclass
+                SELECT i.inhrelid FROM pg_inherits i JOIN wanted w ON i.inhparent = w.rel WHERE NOT %s
             )
             SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.usename::text, '?'),
                    l.relation::regclass::text, l.mode, l.granted, a.state,
@@ -204,7 +204,7 @@ def holders(connection: BaseDatabaseWrapper, lock: LockRequest) -> list[Holder]:
                AND l.pid <> pg_backend_pid()
              ORDER BY l.granted DESC, 8 DESC NULLS LAST, a.pid
             """,
-            [lock.table, lock.only, lock.table, list(CONFLICTS[lock.mode])],
+            [lock.table, lock.only, list(CONFLICTS[lock.mode])],
         )
         seen: set[int] = set()
         found = []
