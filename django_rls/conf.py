@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     "MODELS": {},
     # Run rls_apply after every migrate on the owner database.
     "APPLY_AFTER_MIGRATE": False,
+    # Seconds one DDL statement of rls_apply / rls_roles may wait for a table lock (and so
+    # hold up the queries queued behind it) before it rolls back and tries again.
+    "LOCK_TIMEOUT": 2,
+    # Seconds all attempts of one run may take together before it gives up and names the blocker.
+    "LOCK_BUDGET": 60,
 }
 
 IMPORT_STRINGS = {"SITE_RESOLVER", "USER_RESOLVER", "CLAIMS_RESOLVER"}
@@ -96,6 +101,12 @@ def validate(user_settings: Any) -> dict[str, Any]:
             f"({SERVER_MAX_LIFETIME} s by default). A token is signed for each statement or transaction, "
             "so a few seconds to a minute is plenty"
         )
+    for name in ("LOCK_TIMEOUT", "LOCK_BUDGET"):
+        value = merged[name]
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 86400:
+            raise ImproperlyConfigured(
+                f'DJANGO_RLS["{name}"] must be a number of seconds greater than 0 (at most a day), not {value!r}'
+            )
     if merged["DATABASES"] is not None and not isinstance(merged["DATABASES"], list | tuple):
         raise ImproperlyConfigured('DJANGO_RLS["DATABASES"] must be a list of database aliases or None')
     if not isinstance(merged["MODELS"], dict):

@@ -9,16 +9,27 @@ oid in queries and by ``psycopg.sql.Identifier`` in statements.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from django.apps import apps
-from django.db import models
+from django.db import DatabaseError, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
 import django_rls
 from django_rls.conf import rls_settings
+from django_rls.ddl import (
+    ACCESS_EXCLUSIVE,
+    SHARE_ROW_EXCLUSIVE,
+    Bounds,
+    LockRequest,
+    LockWaitExhausted,
+    Runner,
+    merge_locks,
+)
 from django_rls.declarations import all_declarations
 from django_rls.policies import (
     ByOwner,
@@ -45,14 +56,82 @@ class TablesMissing(PlanError):
     """Declared tables do not exist yet: migrate has not run."""
 
 
+class ApplyGaveUp(PlanError):
+    """A table stayed locked by other sessions for the whole budget; the tables before it were applied."""
+
+
 @dataclass(frozen=True)
 class Step:
-    """One change: a human-readable line and the statement that makes it."""
+    """One change: a human-readable line and the statement that makes it.
+
+    ``unit`` names the table whose transaction the step belongs to (None: the
+    closing unit, after every table); ``lock`` is the table lock it needs.
+    """
 
     summary: str
     sql: str
     params: tuple[Any, ...] = ()
     details: tuple[str, ...] = ()
+    unit: str | None = None
+    lock: LockRequest | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The steps of one table, applied in one transaction that takes its locks first."""
+
+    name: str
+    steps: tuple[Step, ...]
+
+    @property
+    def locks(self) -> list[LockRequest]:
+        return merge_locks([s.lock for s in self.steps if s.lock is not None])
+
+
+def units(plan: Plan) -> list[Unit]:
+    """The plan split into one transaction per table, in plan order, then one for schemas and sequences.
+
+    Tables whose declared policies read one another (ThroughParent, Membership)
+    and that both change share one transaction.
+
+    Everything a table needs (its policies, RLS switches, audit triggers and the
+    application role's grants on it) commits together, so the table goes from
+    its old state to its new one at once: never granted before it is protected,
+    never with policies dropped and not yet recreated. USAGE on schemas comes
+    last, once every table they hold is protected.
+    """
+    by_unit: dict[str | None, list[Step]] = {}
+    for step in plan.steps:
+        by_unit.setdefault(step.unit, []).append(step)
+    closing = by_unit.pop(None, [])
+    # Tables whose policies read each other's change together: a child protected through its
+    # parent must not meet the parent's new policies with its own old ones, or the reverse.
+    locking = {name for name, steps in by_unit.items() if any(s.lock is not None for s in steps)}
+    root: dict[str, str] = {name: name for name in by_unit if name is not None}
+
+    def find(name: str) -> str:
+        while root[name] != name:
+            name = root[name]
+        return name
+
+    for reader, read in plan.links:
+        if reader in locking and read in locking:
+            first, second = sorted((find(reader), find(read)), key=list(root).index)
+            root[second] = first
+    merged: dict[str, list[str]] = {}
+    for name in root:
+        merged.setdefault(find(name), []).append(name)
+    found = [
+        Unit(" + ".join(names), tuple(step for name in names for step in by_unit[name])) for names in merged.values()
+    ]
+    if closing:
+        found.append(Unit("schemas and sequences", tuple(closing)))
+    return found
+
+
+def _policy_lock(table: Table) -> LockRequest:
+    # CREATE/ALTER/DROP POLICY and ALTER TABLE ... ROW LEVEL SECURITY take ACCESS EXCLUSIVE on the table alone.
+    return LockRequest(table.qualified, table.display, ACCESS_EXCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -110,6 +189,8 @@ class Plan:
     app_role: str
     tables: int = 0
     steps: list[Step] = field(default_factory=list)
+    # (reader, read): a declared policy of the first table reads the second (ThroughParent, Membership)
+    links: list[tuple[str, str]] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # stale groups kept because --prune was not given
 
     @property
@@ -168,9 +249,24 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
         _check_roles(cursor, role, tables, list(desired))
         found = {t: table for t, table in tables.items() if table is not None}
         _plan_policies(cursor, plan, {found[t]: groups for t, groups in desired.items()}, role, prune)
+        plan.links = _links(found)
         _plan_audit(cursor, plan, prune, found)
         _plan_grants(cursor, plan, role, found)
     return plan
+
+
+def _links(tables: dict[str, Table]) -> list[tuple[str, str]]:
+    """Which protected tables' policies read which other tables (Custom SQL is not followed)."""
+    links = []
+    for declaration in all_declarations().values():
+        model = declaration.model_class()
+        reader = tables.get(model._meta.db_table)
+        for policy in declaration.policies:
+            for read in policy.reads(model):
+                target = tables.get(read._meta.db_table)
+                if reader is not None and target is not None and target != reader:
+                    links.append((reader.qualified, target.qualified))
+    return sorted(set(links))
 
 
 ReadRule = tuple[str | None, str | None, bool]  # site column, owner column, NULL means shared
@@ -229,10 +325,10 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
     rules: dict[str, ReadRule | None] = {}
     for declaration in all_declarations().values():
         if declaration.audit:
-            table = tables[declaration.model_class()._meta.db_table]
-            wanted[table.display] = declaration.audit_columns()
-            qualified[table.display] = table.qualified
-            rules[table.display] = audit_read_rule(declaration)
+            audited = tables[declaration.model_class()._meta.db_table]
+            wanted[audited.display] = declaration.audit_columns()
+            qualified[audited.display] = audited.qualified
+            rules[audited.display] = audit_read_rule(declaration)
     # Tables are named by their regclass text, schema-qualified when off the search_path.
     cursor.execute(
         """
@@ -276,6 +372,9 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
                     f"{verb} {table} ({detail})",
                     "SELECT rls_audit.enable(%s::regclass, %s::text[], %s::text[])",
                     (qualified[table], excluded, masked),
+                    unit=qualified[table],
+                    # CREATE TRIGGER on the table and its partitions: SHARE ROW EXCLUSIVE (reads go on).
+                    lock=LockRequest(qualified[table], table, SHARE_ROW_EXCLUSIVE, only=False),
                 )
             )
         rule = rules[table]
@@ -286,6 +385,7 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
                     f"let the app role read the audit trail of {table} {_describe_rule(rule)}",
                     "SELECT rls_audit.set_read_rule(%s::regclass, %s, %s, %s)",
                     (qualified[table], site, owner, shared),
+                    unit=qualified[table],
                 )
             )
     for table in sorted(set(current) - set(wanted)):
@@ -295,6 +395,9 @@ def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) 
                     f"stop auditing {table} (no declaration wants it)",
                     "SELECT rls_audit.disable(%s::regclass)",
                     (qualified[table],),
+                    unit=qualified[table],
+                    # DROP TRIGGER on the table and its partitions: ACCESS EXCLUSIVE.
+                    lock=LockRequest(qualified[table], table, ACCESS_EXCLUSIVE, only=False),
                 )
             )
         else:
@@ -416,6 +519,8 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[Table, list[Group]], r
                     f"unprotect {table.display}: its policies name another role than {role}",
                     "SELECT rls.unprotect(%s::regclass)",
                     (table.qualified,),
+                    unit=table.qualified,
+                    lock=_policy_lock(table),
                 )
             )
             existing.pop(table, None)
@@ -435,6 +540,8 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[Table, list[Group]], r
                 "SELECT rls.protect(%s::regclass, %s, %s, %s, %s::text[], %s)",
                 (table.qualified, group.name, group.using, group.check, list(group.commands), role),
                 tuple(details),
+                unit=table.qualified,
+                lock=_policy_lock(table),
             )
         )
 
@@ -444,7 +551,13 @@ def _plan_policies(cursor: Any, plan: Plan, desired: dict[Table, list[Group]], r
             summary = f"remove {table.display}: policy group {group_name!r} (no declaration wants it)"
             if prune:
                 plan.steps.append(
-                    Step(summary, "SELECT rls.unprotect(%s::regclass, %s)", (table.qualified, group_name))
+                    Step(
+                        summary,
+                        "SELECT rls.unprotect(%s::regclass, %s)",
+                        (table.qualified, group_name),
+                        unit=table.qualified,
+                        lock=_policy_lock(table),
+                    )
                 )
             else:
                 plan.left_alone.append(f"{table.display}: policy group {group_name!r} (use --prune to remove it)")
@@ -466,6 +579,7 @@ def _plan_grants(cursor: Any, plan: Plan, role: str, tables: dict[str, Table]) -
                 Step(
                     f"grant SELECT on {migrations.display} to {role}",
                     _statement("GRANT SELECT ON {} TO {}", migrations.identifier, sql.Identifier(role)),
+                    unit=migrations.qualified,
                 )
             )
     # A table in a schema of its own is reachable only with USAGE on that schema.
@@ -506,6 +620,7 @@ def _plan_grants(cursor: Any, plan: Plan, role: str, tables: dict[str, Table]) -
                 Step(
                     f"grant {privileges} on {table.display} to {role}",
                     _statement(f"GRANT {privileges} ON {{}} TO {{}}", table.identifier, sql.Identifier(role)),
+                    unit=table.qualified,
                 )
             )
     for table in managed:
@@ -515,6 +630,7 @@ def _plan_grants(cursor: Any, plan: Plan, role: str, tables: dict[str, Table]) -
                 Step(
                     f"revoke {privileges} on {table.display} from {role}",
                     _statement(f"REVOKE {privileges} ON {{}} FROM {{}}", table.identifier, sql.Identifier(role)),
+                    unit=table.qualified,
                 )
             )
 
@@ -546,14 +662,71 @@ def _statement(template: str, *identifiers: sql.Identifier) -> str:
     return sql.SQL(template).format(*identifiers).as_string(None)
 
 
-def apply_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
-    """Apply the plan in one transaction under an advisory lock; returns what was done."""
-    from django.db import transaction
+APPLY_LOCK = "django_rls.rls_apply"
 
-    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('django_rls.rls_apply'))")
-        cursor.execute("SET LOCAL application_name = 'django_rls rls_apply'")
-        plan = make_plan(connection, prune=prune)  # again, under the lock
-        for step in plan.steps:
-            cursor.execute(step.sql, step.params or None)
+
+def apply_plan(
+    connection: BaseDatabaseWrapper,
+    prune: bool = False,
+    bounds: Bounds | None = None,
+    progress: Callable[[Unit], None] | None = None,
+) -> Plan:
+    """Apply the plan one table at a time, under an advisory lock; returns what was done.
+
+    Each table's unit runs in its own transaction that first locks the table
+    with ``bounds.lock_timeout`` and retries within ``bounds.budget``
+    (DJANGO_RLS["LOCK_TIMEOUT"] and ["LOCK_BUDGET"] by default). ``progress``
+    is called after each unit commits. When the budget runs out,
+    :class:`ApplyGaveUp` says which table, which lock and which sessions hold
+    it; the tables before it are applied whole, that table and the rest are
+    untouched, and a rerun finishes the work.
+    """
+    from django_rls.ddl import bounds_from
+
+    runner = Runner(connection, bounds or bounds_from(None, None))
+    with connection.cursor() as cursor:
+        # For the session's whole run (it spans transactions), so that others see who holds their tables.
+        cursor.execute(
+            "SELECT current_setting('application_name'), set_config('application_name', 'django_rls rls_apply', false)"
+        )
+        previous_name = cursor.fetchone()[0]
+    try:
+        runner.advisory_lock("waiting for another rls_apply to finish", APPLY_LOCK)
+    except LockWaitExhausted as exc:
+        _restore_name(connection, previous_name)
+        raise ApplyGaveUp(f"rls_apply {exc}") from exc
+    try:
+        plan = make_plan(connection, prune=prune)  # under the lock
+        todo = units(plan)
+        for done, unit in enumerate(todo):
+            try:
+                runner.run(unit.name, unit.locks, partial(_apply_unit, unit=unit))
+            except LockWaitExhausted as exc:
+                left = ", ".join(u.name for u in todo[done:])
+                raise ApplyGaveUp(
+                    f"rls_apply {exc}. Applied {done} of {len(todo)} table(s), each whole; nothing of {left} was "
+                    "changed. Run rls_apply again once that session is done (it carries on where it stopped), or "
+                    "allow more time with --lock-budget"
+                ) from exc
+            if progress is not None:
+                progress(unit)
+    finally:
+        try:
+            runner.advisory_unlock(APPLY_LOCK)
+        except DatabaseError:
+            pass  # a broken connection has released its session lock with the session
+        _restore_name(connection, previous_name)
     return plan
+
+
+def _restore_name(connection: BaseDatabaseWrapper, name: str) -> None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('application_name', %s, false)", [name])
+    except DatabaseError:
+        pass  # as above: the session is gone, and its name with it
+
+
+def _apply_unit(cursor: Any, *, unit: Unit) -> None:
+    for step in unit.steps:
+        cursor.execute(step.sql, step.params or None)

@@ -88,12 +88,15 @@ def test_fresh_apply_protects_every_declared_table(restore):
 
 def test_sql_mode_prints_what_would_run_and_changes_nothing(restore):
     owner_sql("SELECT rls.unprotect('testapp_note'::regclass)")
-    printed = run("--sql")
-    assert printed.startswith("BEGIN;\nSELECT pg_advisory_xact_lock(")
+    printed = run("--sql", lock_timeout=1.5)
+    assert printed.startswith("SELECT pg_advisory_lock(hashtext('django_rls.rls_apply'));\n")
+    # One transaction for the table: a bounded lock wait, the lock, then its steps.
     assert (
-        "SELECT rls.protect('\"public\".\"testapp_note\"'::regclass, 'site', '\"site_id\" = rls.site_id()'" in printed
-    )
-    assert printed.endswith("COMMIT;\n")
+        '-- "public"."testapp_note"\nBEGIN;\nSET LOCAL lock_timeout = \'1500ms\';\n'
+        'LOCK TABLE ONLY "public"."testapp_note" IN ACCESS EXCLUSIVE MODE;\n'
+        "SELECT rls.protect('\"public\".\"testapp_note\"'::regclass, 'site', '\"site_id\" = rls.site_id()'"
+    ) in printed
+    assert printed.endswith("COMMIT;\nSELECT pg_advisory_unlock(hashtext('django_rls.rls_apply'));\n")
     assert exit_code("--check")[0] == 1  # nothing was applied
 
 

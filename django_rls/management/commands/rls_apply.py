@@ -8,14 +8,16 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from django_rls.conf import rls_settings
-from django_rls.planner import Plan, PlanError, apply_plan, make_plan
+from django_rls.ddl import add_lock_options, bounds_from, lock_statements
+from django_rls.planner import APPLY_LOCK, Plan, PlanError, Unit, apply_plan, make_plan, units
 from django_rls.policies import DeclarationError
 
 
 class Command(BaseCommand):
     help = (
         "Bring row level security policies and the application role's grants in line with the declarations. "
-        "Idempotent; runs in one transaction as the owner role."
+        "Idempotent; runs as the owner role, one transaction per table, each waiting at most --lock-timeout for its "
+        "table lock and retrying until --lock-budget is spent."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,22 +39,24 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prune", action="store_true", help="Also remove policy groups that no declaration wants any more."
         )
+        add_lock_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
         if alias not in connections.settings:
             raise CommandError(f"unknown database alias {alias!r}")
         connection = connections[alias]
+        bounds = bounds_from(options["lock_timeout"], options["lock_budget"])
         try:
             if options["check"] or options["dry_run"]:
                 plan = make_plan(connection, prune=options["prune"])
             else:
-                plan = apply_plan(connection, prune=options["prune"])
+                plan = apply_plan(connection, prune=options["prune"], bounds=bounds, progress=self._print_unit)
         except (PlanError, DeclarationError) as exc:
             raise CommandError(str(exc)) from exc
 
         if options["dry_run"]:
-            self._print_sql(connection, plan)
+            self._print_sql(connection, plan, bounds.timeout_setting())
         elif options["check"]:
             self._print_diff(plan)
             if not plan.in_sync:
@@ -60,16 +64,26 @@ class Command(BaseCommand):
         else:
             self._print_applied(plan)
 
-    def _print_sql(self, connection: Any, plan: Plan) -> None:
+    def _print_sql(self, connection: Any, plan: Plan, lock_timeout: str) -> None:
         if plan.in_sync:
             self.stdout.write("-- nothing to do")
             return
-        self.stdout.write("BEGIN;")
-        self.stdout.write("SELECT pg_advisory_xact_lock(hashtext('django_rls.rls_apply'));")
-        for step in plan.steps:
-            sql = connection.ops.compose_sql(step.sql, step.params) if step.params else step.sql
-            self.stdout.write(f"{sql};")
-        self.stdout.write("COMMIT;")
+        self.stdout.write(f"SELECT pg_advisory_lock(hashtext('{APPLY_LOCK}'));")
+        for unit in units(plan):
+            self.stdout.write(f"-- {unit.name}")
+            self.stdout.write("BEGIN;")
+            self.stdout.write(f"SET LOCAL lock_timeout = '{lock_timeout}';")
+            for _, statement in lock_statements(unit.locks):
+                self.stdout.write(f"{statement};")
+            for step in unit.steps:
+                sql = connection.ops.compose_sql(step.sql, step.params) if step.params else step.sql
+                self.stdout.write(f"{sql};")
+            self.stdout.write("COMMIT;")
+        self.stdout.write(f"SELECT pg_advisory_unlock(hashtext('{APPLY_LOCK}'));")
+
+    def _print_unit(self, unit: Unit) -> None:
+        for step in unit.steps:
+            self.stdout.write(f"  {step.summary}")
 
     def _print_diff(self, plan: Plan) -> None:
         if plan.in_sync:
@@ -87,8 +101,6 @@ class Command(BaseCommand):
         if plan.in_sync:
             self.stdout.write(f"Nothing to do: {plan.tables} protected tables already match the declarations.")
         else:
-            for step in plan.steps:
-                self.stdout.write(f"  {step.summary}")
             self.stdout.write(
                 self.style.SUCCESS(f"Applied {len(plan.steps)} change(s) to {plan.tables} protected tables.")
             )

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections, transaction
 
 from django_rls.conf import rls_settings
+from django_rls.ddl import LockWaitExhausted, Runner, add_lock_options, bounds_from
 from django_rls.roles import RolesError, plan, specs
 
 
@@ -50,6 +51,7 @@ class Command(BaseCommand):
             "the test database as the owner; on development and CI servers. Without it the owner's CREATEDB is left "
             "as it is.",
         )
+        add_lock_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
@@ -72,17 +74,23 @@ class Command(BaseCommand):
             connection.ensure_connection()
         except DatabaseError as exc:
             raise CommandError(_cannot_connect(alias, owner, exc)) from exc
+
+        def work(cursor: Any) -> list[Any]:
+            steps = plan(cursor, wanted)
+            if options["dry_run"]:
+                transaction.set_rollback(True, using=alias)
+            else:
+                for _, statement in steps:
+                    cursor.execute(statement.as_string(connection.connection))
+            return steps
+
         try:
-            with transaction.atomic(using=alias), connection.cursor() as cursor:
-                steps = plan(cursor, wanted)
-                if options["dry_run"]:
-                    for _, statement in steps:
-                        self.stdout.write(f"{statement.as_string(connection.connection)};")
-                    transaction.set_rollback(True, using=alias)
-                else:
-                    for summary, statement in steps:
-                        cursor.execute(statement.as_string(connection.connection))
-                        self.stdout.write(f"  {summary}")
+            # Role and grant changes wait for concurrent changes of the same catalog rows: bounded
+            # like rls_apply's, all or nothing per attempt.
+            runner = Runner(connection, bounds_from(options["lock_timeout"], options["lock_budget"]))
+            steps = runner.run("the role changes", [], work)
+        except LockWaitExhausted as exc:
+            raise CommandError(f"rls_roles {exc}; nothing was changed") from exc
         except RolesError as exc:
             raise CommandError(str(exc)) from exc
         except DatabaseError as exc:
@@ -91,6 +99,10 @@ class Command(BaseCommand):
                 "superuser for BYPASSRLS roles): run it with --database pointing at such a connection, or run "
                 "--dry-run and hand the SQL to your database administrator"
             ) from exc
+        for summary, statement in steps:
+            self.stdout.write(
+                f"{statement.as_string(connection.connection)};" if options["dry_run"] else f"  {summary}"
+            )
         if not steps:
             self.stdout.write(f"Nothing to do: {', '.join(s.name for s in wanted)} are as django_rls expects.")
         elif not options["dry_run"]:
