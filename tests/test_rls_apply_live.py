@@ -77,7 +77,7 @@ class LongReader:
     """A report as the app role: one transaction whose SELECT keeps ACCESS SHARE on testapp_note until released."""
 
     def __init__(self, database, hold_at_most: float) -> None:
-        self.conn = database.connect("app", application_name="long report")
+        self.conn = database.connect("app_unbound", application_name="long report")
         self.conn.execute("SELECT rls.set_context('1', NULL, is_local => false)")
         self.pid = self.conn.info.backend_pid
         self.release = threading.Event()
@@ -121,7 +121,7 @@ class Prober:
         self.thread.join()
 
     def _run(self) -> None:
-        with self.database.connect("app", application_name=f"prober site {self.site}") as conn:  # type: ignore[attr-defined]
+        with self.database.connect("app_unbound", application_name=f"prober site {self.site}") as conn:  # type: ignore[attr-defined]
             conn.execute("SELECT rls.set_context(%s, NULL, is_local => false)", (str(self.site),))
             while not self.stop.is_set():
                 started = time.monotonic()
@@ -235,7 +235,7 @@ def test_no_table_is_granted_or_reachable_before_it_is_protected(restore, databa
     seen: list[tuple[str, str, object]] = []
 
     def probe(unit: Unit) -> None:
-        with database.connect("app") as conn:
+        with database.connect("app_unbound") as conn:
             conn.execute("SELECT rls.set_context('1', NULL, is_local => false)")
             for table in ("testapp_note", "other.thing"):
                 try:
@@ -283,7 +283,7 @@ def partition_exists(admin_conn: psycopg.Connection, name: str) -> bool:
 
 def test_partition_upkeep_waits_bounded_for_an_open_audited_write(live_db, partition_job, admin_conn, database):
     """An audited write keeps the log locked until it commits; the partition job gives up on it, then succeeds."""
-    with database.connect("app", application_name="slow import") as writer:
+    with database.connect("app_unbound", application_name="slow import") as writer:
         writer.execute("SELECT rls.set_context('1', NULL, is_local => false)")
         writer.execute("BEGIN")
         writer.execute("""INSERT INTO "MyTable" ("SiteId", body) VALUES (1, 'slow import')""")
@@ -381,7 +381,7 @@ def test_tables_whose_policies_read_each_other_change_in_one_transaction(restore
     assert '-- "public"."testapp_note"\n' in printed
 
     # A report on the child holds up the pair; the message names the report, and neither table changed.
-    reader = database.connect("app", application_name="order report")
+    reader = database.connect("app_unbound", application_name="order report")
     try:
         reader.execute("SELECT rls.set_context('1', NULL, is_local => false)")
         reader.execute("BEGIN")
