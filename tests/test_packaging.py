@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
@@ -60,3 +61,16 @@ def test_sdist_carries_and_builds_the_extension(dist, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (top / "django_rls.so").exists()
     assert f"default_version = '{django_rls.__version__}'" in (top / "django_rls.control").read_text()
+
+
+def test_nothing_needs_an_app_the_readme_does_not_list():
+    """django.contrib.postgres would have to join INSTALLED_APPS (Django 6 checks it); django_rls uses none of it."""
+    from django_rls.models import AuditEntry
+
+    uses = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "django_rls").rglob("*.py"))
+        if re.search(r"^\s*(from|import) django\.contrib\.postgres\b", path.read_text(), re.MULTILINE)
+    ]
+    assert uses == []
+    assert AuditEntry.check() == []
