@@ -159,8 +159,11 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
             seen = None
             deadline = time.monotonic() + 5
             while seen is None and time.monotonic() < deadline:
+                # Once the victim sleeps, its set_context_signed() (evaluated first) has run: the
+                # attacker replays a spent token, instead of racing the victim to spend it.
                 for (query,) in attacker.execute(
-                    "SELECT query FROM pg_stat_activity WHERE query LIKE '%%set_context_signed(''v1.%%'"
+                    "SELECT query FROM pg_stat_activity"
+                    " WHERE query LIKE '%%set_context_signed(''v1.%%' AND wait_event = 'PgSleep'"
                 ).fetchall():
                     match = re.search(r"'(v1\.[A-Za-z0-9_\-.]+)'", query)
                     if match:
