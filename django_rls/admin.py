@@ -28,6 +28,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_per_page = 50
     show_full_result_count = False  # counting a large trail is slow; the paginator does not need it
     change_form_template = "admin/django_rls/auditentry/change_form.html"
+    actions = None  # no bulk actions, and no selection column, on a read-only trail
     readonly_fields = tuple(f.name for f in AuditEntry._meta.fields)
 
     @admin.display(description="changed columns")
@@ -42,9 +43,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        return {}
 
     def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         entry = context.get("original")

@@ -4,8 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.postgres.fields import ArrayField
 from django.db import connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.sql.compiler import SQLCompiler
+
+
+class TextArrayField(models.Field):
+    """A ``text[]`` column, read as a list of str (psycopg returns arrays as lists).
+
+    The audit trail needs only this much of an array field, and django.contrib.postgres's
+    ArrayField would require that app in INSTALLED_APPS (a system check error from Django 6).
+    """
+
+    description = "Array of text"
+
+    def db_type(self, connection: BaseDatabaseWrapper) -> str:
+        return "text[]"
+
+    def get_prep_value(self, value: Any) -> Any:
+        return None if value is None else [str(item) for item in value]
+
+
+@TextArrayField.register_lookup
+class TextArrayContains(models.Lookup):
+    """``field__contains=[...]``: the array holds every given element (``@>``)."""
+
+    lookup_name = "contains"
+
+    def as_sql(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} @> ({rhs})::text[]", [*lhs_params, *rhs_params]
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
@@ -47,7 +76,7 @@ class AuditEntry(models.Model):
     row_key = models.TextField(null=True, help_text="The row's primary key (JSON for composite keys).")  # noqa: DJ001
     old_values = models.JSONField(null=True)
     new_values = models.JSONField(null=True)
-    changed_columns = ArrayField(models.TextField(), null=True)
+    changed_columns = TextArrayField(null=True)
     site_id = models.BigIntegerField(null=True)
     site_uuid = models.UUIDField(null=True)
     user_id = models.BigIntegerField(null=True)
@@ -59,7 +88,7 @@ class AuditEntry(models.Model):
     read_rule = models.TextField(  # noqa: DJ001
         null=True, help_text="Which of the row's values a reader's context must match; empty: owner only."
     )
-    read_keys = ArrayField(models.TextField(), null=True, help_text="The row's own site/owner values.")
+    read_keys = TextArrayField(null=True, help_text="The row's own site/owner values.")
 
     objects = AuditEntryQuerySet.as_manager()
 

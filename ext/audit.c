@@ -374,7 +374,7 @@ AcquireAuditTable(Relation rel)
 				 errmsg("%s is not audited", RelationGetRelationName(rel)),
 				 errdetail("The table has an rls_audit trigger but no entry in rls_audit.audited_tables."),
 				 errhint("Call rls_audit.enable() for the table, or drop the stray rls_audit trigger.")));
-	pkindex = RelationGetPrimaryKeyIndex(rel);
+	pkindex = RlsPrimaryKeyIndex(rel);
 	if (!OidIsValid(pkindex))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TABLE_DEFINITION),

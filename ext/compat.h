@@ -109,6 +109,18 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #endif
 
 /*
+ * PostgreSQL 18 made RelationGetPrimaryKeyIndex() return a deferrable primary
+ * key only when asked to.  Older releases never return one (their index list
+ * skips indexes that are not immediate), so asking for none keeps every
+ * release alike: the audit trail identifies rows by an immediate key only.
+ */
+#if PG_VERSION_NUM >= 180000
+#define RlsPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex((rel), false)
+#else
+#define RlsPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
+#endif
+
+/*
  * PostgreSQL 14 added numeric infinity; before it only NaN is not a number.
  */
 #if PG_VERSION_NUM >= 140000

@@ -73,13 +73,19 @@ _PG_init(void)
 	 * (statement.c needs its hooks in place before the statement starts).
 	 * It is reported to the client at connection start, so asking costs
 	 * nothing; it does not exist in a backend that has not loaded the library.
+	 * It starts off and is then switched on, rather than starting on: a
+	 * setting is reported when the backend starts reporting, or later when
+	 * its value changes, and PostgreSQL 14 loads session_preload_libraries
+	 * only after the backend has started reporting.
 	 */
 	DefineCustomBoolVariable(RLS_GUC_PREFIX ".preloaded",
 							 "Whether the django_rls library was loaded at server or session start in this backend.",
 							 "Statements can carry their context (the /*django_rls:$1*/ marker) only when it is on.",
-							 &preloaded_setting, rls_loaded_at_startup, PGC_INTERNAL,
+							 &preloaded_setting, false, PGC_INTERNAL,
 							 GUC_REPORT | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							 NULL, NULL, NULL);
+	if (rls_loaded_at_startup)
+		SetConfigOption(RLS_GUC_PREFIX ".preloaded", "on", PGC_INTERNAL, PGC_S_OVERRIDE);
 	RlsDefineContextSettings();
 	RlsDefineTokenSettings();
 	RlsDefineKeySettings();

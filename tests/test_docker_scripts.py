@@ -95,6 +95,8 @@ def test_every_place_that_lists_the_supported_majors_agrees():
     started = (ROOT / "docs" / "getting-started.md").read_text()
     listed = re.search(r"Supported: PostgreSQL ([0-9, and]+) \(", started).group(1)
     assert re.findall(r"\d+", listed) == PG_MAJORS
+    fetched = (ROOT / "tests" / "harness" / "pg_binaries.sh").read_text()
+    assert re.findall(r"^\s+(\d+)\) version=", fetched, re.MULTILINE) == PG_MAJORS
 
 
 def test_build_script_refuses_an_unsupported_major():

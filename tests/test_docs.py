@@ -120,3 +120,15 @@ def test_shell_block_commands_exist(where, code):
                     assert (ROOT / word).exists(), f"{where}: {word} does not exist"
         else:
             pytest.fail(f"{where}: unknown command {line!r}; check it here or mark the block <!-- excerpt -->")
+
+
+def test_ci_runs_the_test_commands_of_the_readme():
+    """.ci/run runs exactly the commands README.md's "Run the tests" gives, in the same order."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"^## Run the tests\n+```sh\n(.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    assert block, "README.md has no sh block under '## Run the tests'"
+    documented = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    run = [line.strip() for line in script if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert run == [line for line in documented if line]
+    assert {"test", "test-matrix"} <= _make_targets()

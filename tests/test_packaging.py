@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
@@ -83,3 +84,16 @@ def test_license_and_no_fuzz_artifacts(dist):
     assert tracked.returncode == 0 and tracked.stdout == ""
     ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "crash-0123abcd"])
     assert ignored.returncode == 0  # libFuzzer's crash-<sha1> files are ignored
+
+
+def test_nothing_needs_an_app_the_readme_does_not_list():
+    """django.contrib.postgres would have to join INSTALLED_APPS (Django 6 checks it); django_rls uses none of it."""
+    from django_rls.models import AuditEntry
+
+    uses = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "django_rls").rglob("*.py"))
+        if re.search(r"^\s*(from|import) django\.contrib\.postgres\b", path.read_text(), re.MULTILINE)
+    ]
+    assert uses == []
+    assert AuditEntry.check() == []

@@ -166,6 +166,8 @@ def test_token_read_from_pg_stat_activity_cannot_be_replayed(database: Database,
             seen = None
             deadline = time.monotonic() + 5
             while seen is None and time.monotonic() < deadline:
+                # Once the victim sleeps, its set_context_signed() (evaluated first) has run: the
+                # attacker replays a spent token, instead of racing the victim to spend it.
                 for (query,) in attacker.execute(
                     "SELECT query FROM pg_stat_activity WHERE state = 'idle in transaction'"
                     " AND query LIKE '%%set_context_signed(''v1.%%'"

@@ -49,9 +49,14 @@ BEGIN
         RAISE EXCEPTION 'months_ahead must be between 0 and 1200, not %', months_ahead
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Keep a few months ahead, say 3.';
     END IF;
-    -- TimeZone is UTC here, so date_trunc() cuts UTC months.
+    -- TimeZone is UTC here, so date_trunc() cuts UTC months.  Earlier months
+    -- whose rows wait in the default partition get their partitions too: until
+    -- then retention never drops those rows, and pg_dump 14 leaves them out.
     FOR month IN SELECT generate_series(date_trunc('month', now()), date_trunc('month', now()) + make_interval(months => months_ahead),
-                                        interval '1 month') LOOP
+                                        interval '1 month')
+                 UNION
+                 SELECT DISTINCT date_trunc('month', logged_at) FROM rls_audit.log_default
+                 ORDER BY 1 LOOP
         name := format('log_%s', to_char(month, 'YYYY_MM'));
         CONTINUE WHEN to_regclass(format('rls_audit.%I', name)) IS NOT NULL;
         -- Partitions made by an earlier version in the caller's zone end or start
@@ -84,7 +89,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls_audit.ensure_partitions(integer) IS
-'Create the monthly (UTC) partitions of rls_audit.log from this month to months_ahead months on; run it from a scheduled job.';
+'Create the monthly (UTC) partitions of rls_audit.log from this month to months_ahead months on, and for earlier months whose rows wait in rls_audit.log_default (moving them there); run it from a scheduled job.';
 
 CREATE FUNCTION rls_audit.drop_partitions_before(cutoff timestamptz)
 RETURNS integer

