@@ -100,6 +100,12 @@ def validate(user_settings: Any) -> dict[str, Any]:
         raise ImproperlyConfigured('DJANGO_RLS["DATABASES"] must be a list of database aliases or None')
     if not isinstance(merged["MODELS"], dict):
         raise ImproperlyConfigured('DJANGO_RLS["MODELS"] must be a dict of "app_label.Model" -> declaration')
+    for label, spec in merged["MODELS"].items():
+        if not isinstance(label, str) or label.count(".") != 1 or not isinstance(spec, dict):
+            raise ImproperlyConfigured(
+                f'DJANGO_RLS["MODELS"] maps "app_label.Model" to a dict (one "policy" with its arguments, or a '
+                f'"policies" list), not {label!r}: {spec!r}'
+            )
     for name in IMPORT_STRINGS:
         merged[name] = _import(name, merged[name])
     return merged
