@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "MODELS": {},
     # Run rls_apply after every migrate on the owner database.
     "APPLY_AFTER_MIGRATE": False,
+    # A BYPASSRLS role the application role may SET ROLE to in test databases only (names starting
+    # with "test_"), for django_rls.testing.test_bypass(); None disables it. docs/testing.md.
+    "TEST_BYPASS_ROLE": None,
 }
 
 IMPORT_STRINGS = {"SITE_RESOLVER", "USER_RESOLVER", "CLAIMS_RESOLVER"}

@@ -78,6 +78,8 @@ def rls_django_db_setup(
     from django.core.management import call_command
     from django.db import connections
 
+    from django_rls.conf import rls_settings
+
     if not isinstance(django_db_modify_db_settings, dict):
         raise pytest.UsageError(
             "rls_django_db_setup needs rls_django_db_modify_db_settings in place of django_db_modify_db_settings "
@@ -91,6 +93,11 @@ def rls_django_db_setup(
     _connect_default_as(django_db_modify_db_settings)
     with django_db_blocker.unblock():
         call_command("rls_apply", database=owner, verbosity=0, stdout=io.StringIO())
+        if rls_settings.TEST_BYPASS_ROLE:
+            with connections[owner].cursor() as cursor:
+                _grant_like(
+                    cursor, rls_settings.APP_ROLE or django_db_modify_db_settings["USER"], rls_settings.TEST_BYPASS_ROLE
+                )
     for connection in connections.all():
         connection.close()
     yield
@@ -98,6 +105,52 @@ def rls_django_db_setup(
     for connection in connections.all():
         connection.close()
     _connect_default_as(owner_credentials)
+
+
+def _grant_like(cursor: Any, app_role: str, test_bypass: str) -> None:
+    """Give the test bypass role the application role's privileges in the test database, no more.
+
+    It cannot inherit them: the application role is a member of it (test_bypass() sets
+    that role), and PostgreSQL refuses circular memberships.
+    """
+    from psycopg import sql
+
+    to = sql.Identifier(test_bypass)
+    cursor.execute(
+        "SELECT n.nspname FROM pg_namespace n WHERE has_schema_privilege(%s, n.oid, 'USAGE') "
+        "AND pg_has_role(current_user, n.nspowner, 'USAGE')",
+        (app_role,),
+    )
+    for (schema,) in cursor.fetchall():
+        cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), to))
+    cursor.execute(
+        "SELECT table_schema, table_name, string_agg(privilege_type, ',') FROM information_schema.role_table_grants "
+        "WHERE grantee = %s GROUP BY 1, 2",
+        (app_role,),
+    )
+    for schema, table, privileges in cursor.fetchall():
+        cursor.execute(
+            sql.SQL("GRANT {} ON {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privileges.split(",") if p.isalpha()),
+                sql.Identifier(schema, table),
+                to,
+            )
+        )
+    cursor.execute(
+        "SELECT object_schema, object_name FROM information_schema.usage_privileges "
+        "WHERE grantee = %s AND object_type = 'SEQUENCE'",
+        (app_role,),
+    )
+    for schema, name in cursor.fetchall():
+        cursor.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, name), to))
+
+
+@pytest.fixture
+def rls_bypass(db: None) -> Any:
+    """``django_rls.testing.test_bypass``: every site's rows on the test's own connection (docs/testing.md)."""
+    from django_rls.testing import test_bypass
+
+    return test_bypass
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER, APP, TEMPLATE = "rls_plug_owner", "rls_plug_app", "rls_plug_template"
+TEST_BYPASS = "rls_plug_test_bypass"
 
 SETTINGS = f"""
 from tests.settings import *  # noqa: F403
@@ -27,7 +28,7 @@ DATABASES = {{
     "owner": {{**base.DATABASES["default"], "NAME": "rls_plug", "USER": "{OWNER}", "TEST": _test}},
 }}
 DATABASE_ROUTERS = []
-DJANGO_RLS = {{**base.DJANGO_RLS, "OWNER_DATABASE": "owner", "BYPASS_DATABASE": None}}
+DJANGO_RLS = {{**base.DJANGO_RLS, "OWNER_DATABASE": "owner", "BYPASS_DATABASE": None, "TEST_BYPASS_ROLE": "{TEST_BYPASS}"}}
 """
 
 # As docs/testing.md shows it.
@@ -37,10 +38,13 @@ from django_rls.pytest_plugin import rls_django_db_setup as django_db_setup  # n
 """
 
 TESTS = f"""
+import psycopg
 import pytest
 from django.contrib.sites.models import Site
 from django.db import connection
 
+from django_rls.checks import _check_set_role
+from django_rls.testing import TestBypassRefused
 from tests.testapp.models import Note
 
 
@@ -64,6 +68,52 @@ def test_built_by_the_owner_served_as_the_app_role(rls_context):
         assert Note.objects.count() == 1
     with rls_context(site=site.id + 1):
         assert Note.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_bypass_on_the_tests_own_connection(rls_bypass, rls_context, client):
+    one = Site.objects.get()
+    two = Site.objects.create(domain="two.test", name="two")
+    with rls_bypass():
+        # Fixture-style writes and reads across sites, uncommitted, in the test's transaction.
+        Note.objects.create(site=one, body="one")
+        Note.objects.create(site=two, body="two")
+        assert Note.objects.count() == 2
+        # A request inside runs as the app role with the middleware's context ...
+        assert client.get("/count/", HTTP_HOST="two.test").content == b"1"
+        # ... and the bypass resumes after it.
+        assert Note.objects.count() == 2
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_user")
+            assert cursor.fetchone() == ("{TEST_BYPASS}",)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user")
+        assert cursor.fetchone() == ("{APP}",)
+    assert Note.objects.count() == 0  # no bypass, no context: nothing
+    with rls_context(site=one.id):
+        assert list(Note.objects.values_list("body", flat=True)) == ["one"]
+        assert client.get("/count/", HTTP_HOST="two.test").content == b"1"
+        # The request left the context as it found it.
+        assert list(Note.objects.values_list("body", flat=True)) == ["one"]
+
+
+@pytest.mark.django_db
+def test_bypass_needs_the_setting(rls_bypass, settings):
+    settings.DJANGO_RLS = {{**settings.DJANGO_RLS, "TEST_BYPASS_ROLE": None}}
+    with pytest.raises(TestBypassRefused, match="TEST_BYPASS_ROLE"):
+        with rls_bypass():
+            pass
+
+
+@pytest.mark.django_db
+def test_the_membership_is_refused_outside_test_databases():
+    with connection.cursor() as cursor:
+        assert _check_set_role("default", cursor) == []  # test_rls_plug: a test database
+    dsn = psycopg.conninfo.make_conninfo(connection.connection.info.dsn, dbname="{TEMPLATE}")
+    with psycopg.connect(dsn) as other, other.cursor() as cursor:
+        (error,) = _check_set_role("default", cursor)
+    assert error.id == "django_rls.E019" and "{TEST_BYPASS}" in error.msg
+    assert "for test databases only" in error.hint
 """
 
 
@@ -72,12 +122,15 @@ def plugin_roles(admin_conn: psycopg.Connection) -> Iterator[None]:
     def drop() -> None:
         for name in ("test_rls_plug", TEMPLATE):
             admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        for role in (APP, OWNER):
+        for role in (TEST_BYPASS, APP, OWNER):
             admin_conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
     drop()
     admin_conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD 'x'").format(sql.Identifier(OWNER)))
     admin_conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'x'").format(sql.Identifier(APP)))
+    # As docs/testing.md sets it up, on a test server only.
+    admin_conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN BYPASSRLS").format(sql.Identifier(TEST_BYPASS)))
+    admin_conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(TEST_BYPASS), sql.Identifier(APP)))
     admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(TEMPLATE), sql.Identifier(OWNER)))
     template = psycopg.conninfo.make_conninfo(admin_conn.info.dsn, dbname=TEMPLATE)
     with psycopg.connect(template, autocommit=True) as conn:
@@ -105,6 +158,6 @@ def test_documented_conftest_builds_as_owner_and_tests_as_app(
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout
+    assert "4 passed" in result.stdout
     assert "teardown test databases" not in result.stdout  # the owner dropped it, no session left on it
     assert admin_conn.execute("SELECT 1 FROM pg_database WHERE datname = 'test_rls_plug'").fetchone() is None
