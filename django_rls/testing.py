@@ -14,6 +14,7 @@ import copy
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
@@ -136,6 +137,10 @@ def is_test_database(name: str) -> bool:
     return name.startswith(TEST_DATABASE_PREFIX)
 
 
+# The aliases a test_bypass() block is active on.
+_bypassing: ContextVar[frozenset[str]] = ContextVar("django_rls_test_bypass", default=frozenset())
+
+
 class TestBypassRefused(RuntimeError):
     """test_bypass() was asked for where it must not work."""
 
@@ -157,6 +162,9 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
 
     from django_rls.conf import rls_settings
 
+    if using in _bypassing.get():
+        yield  # already bypassing on this connection: the outer block switches back
+        return
     role = rls_settings.TEST_BYPASS_ROLE
     if not role:
         raise TestBypassRefused('test_bypass() needs DJANGO_RLS["TEST_BYPASS_ROLE"] in the test settings')
@@ -181,11 +189,13 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
 
     with connection.cursor() as cursor:
         cursor.execute(switch)
+    token = _bypassing.set(_bypassing.get() | {using})
     request_started.connect(suspend, dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
     request_finished.connect(resume, dispatch_uid=f"django_rls.test_bypass.{using}.resume")
     try:
         yield
     finally:
+        _bypassing.reset(token)
         request_started.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
         request_finished.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.resume")
         if not connection.needs_rollback and connection.connection is not None:
