@@ -372,21 +372,36 @@ def _check_alias(alias: str) -> list[CheckMessage]:
 
 def _check_set_role(alias: str, cursor: Any) -> list[CheckMessage]:
     """E019: one SET ROLE away from a role that bypasses every policy."""
+    from django_rls.conf import rls_settings
     from django_rls.roles import bypassing_roles
+    from django_rls.testing import is_test_database
 
     roles = bypassing_roles(cursor)
+    cursor.execute("SELECT current_user, current_database()")
+    role, database = cursor.fetchone()
+    test_bypass = rls_settings.TEST_BYPASS_ROLE
+    if test_bypass and is_test_database(database):
+        # test_bypass() needs exactly this membership, and only a test database may have it.
+        roles = [(name, why) for name, why in roles if name != test_bypass]
     if not roles:
         return []
-    cursor.execute("SELECT current_user")
-    role = cursor.fetchone()[0]
     listed = ", ".join(f"{name} ({why})" for name, why in roles)
+    hint = (
+        f"Run manage.py rls_roles: it takes the application role out of the roles it is directly a member "
+        f"of that lead there; or, as a superuser, REVOKE those memberships from {role}. Keep bypassing roles for "
+        "maintenance and backups, with no member that serves requests."
+    )
+    if test_bypass in {name for name, _ in roles}:
+        hint = (
+            f'DJANGO_RLS["TEST_BYPASS_ROLE"] ({test_bypass}) is for test databases only, whose names start with '
+            f'"test_"; {database} is not one. REVOKE {test_bypass} FROM {role} on any server that serves requests, '
+            "and unset TEST_BYPASS_ROLE outside the test settings."
+        )
     return [
         Error(
             f"database {alias!r} connects as {role}, which can SET ROLE to {listed}: any SQL the application runs "
             "(an injected statement included) can switch to that role and bypass every policy.",
-            hint=f"Run manage.py rls_roles: it takes the application role out of the roles it is directly a member "
-            f"of that lead there; or, as a superuser, REVOKE those memberships from {role}. Keep bypassing roles for "
-            "maintenance and backups, with no member that serves requests.",
+            hint=hint,
             id="django_rls.E019",
         )
     ]

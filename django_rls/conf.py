@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TIMEOUT": 2,
     # Seconds all attempts of one run may take together before it gives up and names the blocker.
     "LOCK_BUDGET": 60,
+    # A BYPASSRLS role the application role may SET ROLE to in test databases only (names starting
+    # with "test_"), for django_rls.testing.test_bypass(); None disables it. docs/testing.md.
+    "TEST_BYPASS_ROLE": None,
 }
 
 IMPORT_STRINGS = {"SITE_RESOLVER", "USER_RESOLVER", "CLAIMS_RESOLVER"}
@@ -111,6 +114,12 @@ def validate(user_settings: Any) -> dict[str, Any]:
         raise ImproperlyConfigured('DJANGO_RLS["DATABASES"] must be a list of database aliases or None')
     if not isinstance(merged["MODELS"], dict):
         raise ImproperlyConfigured('DJANGO_RLS["MODELS"] must be a dict of "app_label.Model" -> declaration')
+    for label, spec in merged["MODELS"].items():
+        if not isinstance(label, str) or label.count(".") != 1 or not isinstance(spec, dict):
+            raise ImproperlyConfigured(
+                f'DJANGO_RLS["MODELS"] maps "app_label.Model" to a dict (one "policy" with its arguments, or a '
+                f'"policies" list), not {label!r}: {spec!r}'
+            )
     for name in IMPORT_STRINGS:
         merged[name] = _import(name, merged[name])
     return merged

@@ -65,6 +65,7 @@ __all__ = ["MARKER", "ContextParameter", "context_parameter", "install", "marker
 _APPLIED = "_django_rls_applied"
 _UNKNOWN: Any = object()  # the context a session holds before this wrapper has set one
 _PRELOADED = "_django_rls_preloaded"
+_PREPARED = "_django_rls_prepared"  # the psycopg connection prepare() has readied
 # Reported by the server at connection start (GUC_REPORT); absent where the library is not loaded.
 PRELOADED_SETTING = "django_rls.preloaded"
 
@@ -178,6 +179,8 @@ class ContextWrapper:
         if frame is not None and frame.resolving:
             return execute(sql, params, many, context)
         pgconn = connection.connection
+        if getattr(connection, _PREPARED, None) is not pgconn:
+            prepare(connection)
         status = pgconn.info.transaction_status
         applied: AppliedContext | None = getattr(connection, _APPLIED, None)
         if applied is not None and (
@@ -285,21 +288,36 @@ def install(connection: BaseDatabaseWrapper) -> None:
         connection.execute_wrappers.append(wrapper)
 
 
-def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-    install(connection)
-    connection.connection.adapters.register_dumper(ContextParameter, ContextParameterDumper)
+def prepare(connection: BaseDatabaseWrapper) -> None:
+    """Ready a new psycopg connection for carrying a context (idempotent, once per connection).
+
+    Run by the first of our ``connection_created`` receiver and this wrapper's first
+    query on the connection, so the order of receivers does not matter: another app's
+    receiver (``django.contrib.postgres`` reads ``pg_type``) may query through the
+    wrapper before ours has run, inside a request or ``context()``.
+    """
+    pgconn: psycopg.Connection[Any] = connection.connection
+    if getattr(connection, _PREPARED, None) is pgconn:
+        return
+    setattr(connection, _PREPARED, pgconn)
+    pgconn.adapters.register_dumper(ContextParameter, ContextParameterDumper)
     setattr(connection, _APPLIED, None)
     if connection.alias in protected_aliases():
         # Django's own cursor classes, able to carry a context; the binding of the query's own
         # parameters stays what the alias chose (wire.py). A cursor_factory set in OPTIONS is kept:
         # its queries get the context from a statement sent first.
-        carrying_class = carrying_cursor_class(connection.connection.cursor_factory)
+        carrying_class = carrying_cursor_class(pgconn.cursor_factory)
         if carrying_class is not None:
-            connection.connection.cursor_factory = carrying_class
+            pgconn.cursor_factory = carrying_class
         # psycopg's prepared statements have names injected SQL can DEALLOCATE and PREPARE again,
         # and the next request on the connection would run the planted statement with its own
         # context (tests/test_session_state.py): never prepare on a connection that serves requests.
-        connection.connection.prepare_threshold = None
+        pgconn.prepare_threshold = None
+
+
+def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+    install(connection)
+    prepare(connection)
 
 
 def clear_session_context(aliases: list[str] | None = None) -> None:

@@ -34,7 +34,9 @@ SETTINGS_POLICIES: dict[str, Callable[..., Policy]] = {
     "membership": policies.Membership,
     "members": policies.Members,
     "parent": policies.ThroughParent,
+    "custom": policies.Custom,
 }
+_DECLARATION_KEYS = ("audit", "audit_exclude", "audit_mask")
 
 
 def _caller() -> str:
@@ -103,25 +105,59 @@ def register(
     )
 
 
-def _from_settings(label: str, spec: Any) -> Declaration:
+def _policy_from_settings(where: str, spec: Any) -> Policy:
+    """One policy of a settings entry: a Policy instance, or a dict naming its kind and arguments."""
+    if isinstance(spec, Policy):
+        return spec
     if not isinstance(spec, dict) or "policy" not in spec:
-        raise DeclarationError(f'DJANGO_RLS["MODELS"][{label!r}] must be a dict with a "policy" key')
+        raise DeclarationError(
+            f'{where} must be a django_rls policy (BySite("site"), Custom(...), ...) '
+            f'or a dict with a "policy" key, not {spec!r}'
+        )
     options = dict(spec)
     kind = options.pop("policy")
-    audit = bool(options.pop("audit", False))
-    audit_exclude = tuple(options.pop("audit_exclude", ()))
-    audit_mask = tuple(options.pop("audit_mask", ()))
+    if isinstance(kind, Policy):
+        if options:
+            raise DeclarationError(f"{where}: unexpected key(s) {', '.join(sorted(options))} beside a policy instance")
+        return kind
     factory = SETTINGS_POLICIES.get(kind)
     if factory is None:
-        raise DeclarationError(
-            f'DJANGO_RLS["MODELS"][{label!r}]: unknown policy {kind!r}; use one of {", ".join(SETTINGS_POLICIES)}'
-        )
+        raise DeclarationError(f"{where}: unknown policy {kind!r}; use one of {', '.join(SETTINGS_POLICIES)}")
     fields = options.pop("fields", None)
     try:
-        policy = factory(*fields, **options) if fields is not None else factory(**options)
+        return factory(*fields, **options) if fields is not None else factory(**options)
     except TypeError as exc:
-        raise DeclarationError(f'DJANGO_RLS["MODELS"][{label!r}]: {exc}') from None
-    return Declaration(label, (policy,), audit, audit_exclude, audit_mask, "settings.DJANGO_RLS")
+        raise DeclarationError(f"{where}: {exc}") from None
+
+
+def _from_settings(label: str, spec: Any) -> Declaration:
+    """A settings entry: ``{"policy": ..., <arguments>}`` for one policy, or ``{"policies": [...]}`` for several.
+
+    Each policy is a dict (``{"policy": "custom", "using": "...", "check": ...}``) or a
+    policy instance, the same kinds ``register()`` takes; several are combined with AND.
+    """
+    where = f'DJANGO_RLS["MODELS"][{label!r}]'
+    if not isinstance(spec, dict) or ("policy" in spec) == ("policies" in spec):
+        raise DeclarationError(f'{where} must be a dict with either a "policy" key or a "policies" list')
+    options = dict(spec)
+    audit = options.pop("audit", False)
+    if not isinstance(audit, bool):
+        raise DeclarationError(f'{where}["audit"] must be True or False, not {audit!r}')
+    audit_exclude = tuple(options.pop("audit_exclude", ()))
+    audit_mask = tuple(options.pop("audit_mask", ()))
+    if "policies" in options:
+        listed = options.pop("policies")
+        if options:
+            raise DeclarationError(
+                f'{where}: unexpected key(s) {", ".join(sorted(options))} beside "policies" '
+                f"(put a policy's arguments in its own dict; {', '.join(_DECLARATION_KEYS)} apply to the model)"
+            )
+        if not isinstance(listed, list | tuple) or not listed:
+            raise DeclarationError(f'{where}["policies"] must be a non-empty list of policies')
+        chosen = tuple(_policy_from_settings(f'{where}["policies"][{i}]', item) for i, item in enumerate(listed))
+    else:
+        chosen = (_policy_from_settings(where, options),)
+    return Declaration(label, chosen, audit, audit_exclude, audit_mask, "settings.DJANGO_RLS")
 
 
 def all_declarations() -> dict[str, Declaration]:

@@ -3,14 +3,154 @@
 - ``rls_context``: ``django_rls.context``, to run code as a site and user.
 - ``rls_leak_matrix``: ``check(contexts, models=None, using="default")`` runs
   :func:`django_rls.testing.leak_matrix` and fails the test with every leak found.
+- ``rls_django_db_modify_db_settings`` and ``rls_django_db_setup``: pytest-django
+  builds the test database through ``"default"``, the application role, which may not
+  create databases or tables. Put them in place of pytest-django's fixtures of the same
+  name, in your ``conftest.py``, and the test database is created and migrated by the
+  owner role (``DJANGO_RLS["OWNER_DATABASE"]``), ``rls_apply`` runs on it, and every test
+  then connects to it as the application role (docs/testing.md)::
+
+      from django_rls.pytest_plugin import rls_django_db_modify_db_settings as django_db_modify_db_settings
+      from django_rls.pytest_plugin import rls_django_db_setup as django_db_setup
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+
+# The settings of "default" that say who connects; swapped for the owner's while the test database is built.
+_CREDENTIALS = ("USER", "PASSWORD")
+
+
+def _owner_alias() -> str:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_rls.conf import rls_settings
+
+    owner = rls_settings.OWNER_DATABASE
+    if not owner or owner == "default":
+        raise ImproperlyConfigured(
+            'rls_django_db_setup builds the test database as the owner role: set DJANGO_RLS["OWNER_DATABASE"] '
+            "to the alias that connects as it (docs/testing.md)"
+        )
+    return str(owner)
+
+
+def _connect_default_as(credentials: Mapping[str, Any]) -> None:
+    from django.db import connections
+
+    connection = connections["default"]
+    connection.close()
+    connection.settings_dict.update(credentials)
+
+
+@pytest.fixture(scope="session")
+def rls_django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> dict[str, Any]:
+    """Until ``rls_django_db_setup`` has built the test database, "default" connects as the owner role.
+
+    Django creates and migrates the test database through "default" (data migrations
+    of other apps use it too), so the owner does all of it. Returns the application
+    role's own credentials.
+    """
+    from django.db import connections
+
+    owner = connections[_owner_alias()].settings_dict
+    default = connections["default"].settings_dict
+    application = {key: default.get(key) for key in _CREDENTIALS}
+    _connect_default_as({key: owner.get(key) for key in _CREDENTIALS})
+    return application
+
+
+@pytest.fixture(scope="session")
+def rls_django_db_setup(
+    django_db_setup: None, django_db_modify_db_settings: dict[str, Any], django_db_blocker: Any
+) -> Iterator[None]:
+    """pytest-django's test database, built by the owner; then ``rls_apply`` on it, and "default" as the app role.
+
+    The owner role needs ``CREATEDB`` (``manage.py rls_roles --owner-createdb``), and
+    the test database needs the extension: create it in the template Django copies
+    (``template1``, or ``DATABASES["default"]["TEST"]["TEMPLATE"]``).
+    """
+    from django.core.management import call_command
+    from django.db import connections
+
+    from django_rls.conf import rls_settings
+
+    if not isinstance(django_db_modify_db_settings, dict):
+        raise pytest.UsageError(
+            "rls_django_db_setup needs rls_django_db_modify_db_settings in place of django_db_modify_db_settings "
+            "(docs/testing.md): without it the application role would have built the test database"
+        )
+    owner = _owner_alias()
+    owner_credentials = {key: connections[owner].settings_dict.get(key) for key in _CREDENTIALS}
+    # pytest-django sets up only the aliases its tests use; the owner must reach the test database all the same.
+    connections[owner].creation.set_as_test_mirror(connections["default"].settings_dict)
+    # Back to the application role first: rls_apply grants to the USER of "default" (or APP_ROLE).
+    _connect_default_as(django_db_modify_db_settings)
+    with django_db_blocker.unblock():
+        call_command("rls_apply", database=owner, verbosity=0, stdout=io.StringIO())
+        if rls_settings.TEST_BYPASS_ROLE:
+            with connections[owner].cursor() as cursor:
+                _grant_like(
+                    cursor, rls_settings.APP_ROLE or django_db_modify_db_settings["USER"], rls_settings.TEST_BYPASS_ROLE
+                )
+    for connection in connections.all():
+        connection.close()
+    yield
+    # pytest-django drops the test database through "default": as its owner, with no session left on it.
+    for connection in connections.all():
+        connection.close()
+    _connect_default_as(owner_credentials)
+
+
+def _grant_like(cursor: Any, app_role: str, test_bypass: str) -> None:
+    """Give the test bypass role the application role's privileges in the test database, no more.
+
+    It cannot inherit them: the application role is a member of it (test_bypass() sets
+    that role), and PostgreSQL refuses circular memberships.
+    """
+    from psycopg import sql
+
+    to = sql.Identifier(test_bypass)
+    cursor.execute(
+        "SELECT n.nspname FROM pg_namespace n WHERE has_schema_privilege(%s, n.oid, 'USAGE') "
+        "AND pg_has_role(current_user, n.nspowner, 'USAGE')",
+        (app_role,),
+    )
+    for (schema,) in cursor.fetchall():
+        cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), to))
+    cursor.execute(
+        "SELECT table_schema, table_name, string_agg(privilege_type, ',') FROM information_schema.role_table_grants "
+        "WHERE grantee = %s GROUP BY 1, 2",
+        (app_role,),
+    )
+    for schema, table, privileges in cursor.fetchall():
+        cursor.execute(
+            sql.SQL("GRANT {} ON {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privileges.split(",") if p.isalpha()),
+                sql.Identifier(schema, table),
+                to,
+            )
+        )
+    cursor.execute(
+        "SELECT object_schema, object_name FROM information_schema.usage_privileges "
+        "WHERE grantee = %s AND object_type = 'SEQUENCE'",
+        (app_role,),
+    )
+    for schema, name in cursor.fetchall():
+        cursor.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, name), to))
+
+
+@pytest.fixture
+def rls_bypass(db: None) -> Any:
+    """``django_rls.testing.test_bypass``: every site's rows on the test's own connection (docs/testing.md)."""
+    from django_rls.testing import test_bypass
+
+    return test_bypass
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Test helpers for your own project: the leak matrix.
+"""Test helpers for your own project: the leak matrix, and a bypass on the test's own connection.
 
 ``leak_matrix(contexts)`` takes every protected model (or the ones you name)
 and every ordered pair of contexts (A, B), as the application role, and tries
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models, transaction
+from psycopg import sql as psycopg_sql
 
 from django_rls import probes
 from django_rls.declarations import all_declarations
@@ -125,3 +128,76 @@ def leak_matrix(
                 leaks.extend(_check_pair(declaration.model_class(), declaration.key_fields(), using, a, b))
                 transaction.set_rollback(True, using=using)
     return leaks
+
+
+def is_test_database(name: str) -> bool:
+    """Whether a database name is one Django gives test databases (``test_`` + NAME, or a TEST NAME so prefixed)."""
+    from django.db.backends.base.creation import TEST_DATABASE_PREFIX
+
+    return name.startswith(TEST_DATABASE_PREFIX)
+
+
+# The aliases a test_bypass() block is active on.
+_bypassing: ContextVar[frozenset[str]] = ContextVar("django_rls_test_bypass", default=frozenset())
+
+
+class TestBypassRefused(RuntimeError):
+    """test_bypass() was asked for where it must not work."""
+
+
+@contextmanager
+def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
+    """Read and write every site's rows on the test's own connection, inside its transaction.
+
+    ``django_rls.bypass()`` uses another connection, which cannot see the rows a test has
+    not committed. This switches the test's connection to ``DJANGO_RLS["TEST_BYPASS_ROLE"]``
+    (``SET ROLE``; a BYPASSRLS role the application role is a member of on test servers
+    only) and back. It refuses outside a test database (a name starting with ``test_``)
+    and outside a transaction, and check E019 refuses the membership it needs anywhere
+    else. Test-client requests made inside it run as the application role with the
+    middleware's context, as in production, and the bypass resumes after each one.
+    """
+    from django.core.signals import request_finished, request_started
+    from django.db import connections
+
+    from django_rls.conf import rls_settings
+
+    if using in _bypassing.get():
+        yield  # already bypassing on this connection: the outer block switches back
+        return
+    role = rls_settings.TEST_BYPASS_ROLE
+    if not role:
+        raise TestBypassRefused('test_bypass() needs DJANGO_RLS["TEST_BYPASS_ROLE"] in the test settings')
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        raise TestBypassRefused("test_bypass() works inside a test's transaction only (pytest.mark.django_db)")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+    if not is_test_database(database):
+        raise TestBypassRefused(f"test_bypass() refuses to run outside a test database; {database!r} is not one")
+    switch = psycopg_sql.SQL("SET ROLE {}").format(psycopg_sql.Identifier(role))
+
+    def suspend(**kwargs: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+
+    def resume(**kwargs: Any) -> None:
+        if not connection.needs_rollback:
+            with connection.cursor() as cursor:
+                cursor.execute(switch)
+
+    with connection.cursor() as cursor:
+        cursor.execute(switch)
+    token = _bypassing.set(_bypassing.get() | {using})
+    request_started.connect(suspend, dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
+    request_finished.connect(resume, dispatch_uid=f"django_rls.test_bypass.{using}.resume")
+    try:
+        yield
+    finally:
+        _bypassing.reset(token)
+        request_started.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
+        request_finished.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.resume")
+        if not connection.needs_rollback and connection.connection is not None:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET ROLE")

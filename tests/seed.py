@@ -76,3 +76,4 @@ def seed() -> None:
     tp.Gadget.objects.using(DB).create(site_id=2, name="gadget 2")
     tp.Widget.objects.using(DB).create(owner_id=alice.id, name="alice widget")
     tp.Widget.objects.using(DB).create(owner_id=bob.id, name="bob widget")
+    tp.Widget.objects.using(DB).create(owner_id=alice.id, name="hidden")  # refused by a Custom policy from settings

@@ -77,7 +77,15 @@ DATABASE_ROUTERS = ["django_rls.maintenance.BypassRouter"]
 DJANGO_RLS = {
     "OWNER_DATABASE": "owner",
     "BYPASS_DATABASE": "bypass",
-    "MODELS": {"thirdparty.Widget": {"policy": "owner", "field": "owner_id"}},
+    # Two policies from settings, one of them Custom: a user's own widgets, never the "hidden" ones.
+    "MODELS": {
+        "thirdparty.Widget": {
+            "policies": [
+                {"policy": "owner", "field": "owner_id"},
+                {"policy": "custom", "using": "name <> 'hidden'", "name": "not_hidden"},
+            ]
+        }
+    },
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A second alias of the application role (as a read replica would be), with server-side binding

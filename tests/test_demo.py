@@ -31,6 +31,10 @@ def test_demo_sets_up_and_each_company_sees_only_its_rows():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "megacorp1: every page shows only megacorp1's rows" in result.stdout
     assert "megacorp2: every page shows only megacorp2's rows" in result.stdout
+    # /admin/ (one Django superuser per company) and the audit trail, as the app role (demo_check).
+    assert "admin admin1" in result.stdout and "admin admin2" in result.stdout
+    for company in ("megacorp1", "megacorp2"):
+        assert f"{company}: the admin and the audit trail show only {company}'s rows and entries" in result.stdout
     assert "System check identified no issues" in result.stdout
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -97,3 +99,45 @@ def test_nothing_needs_an_app_the_readme_does_not_list():
     ]
     assert uses == []
     assert AuditEntry.check() == []
+
+
+def _readme_install_blocks() -> list[list[str]]:
+    """The commands of each sh block in the README's Install section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("\n## Install\n") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = []
+    for block in section.split("```sh\n")[1:]:
+        lines = [line.split("#", 1)[0].strip() for line in block.split("```", 1)[0].splitlines()]
+        blocks.append([line for line in lines if line])
+    return blocks
+
+
+def _checkout_copy(where: Path) -> Path:
+    """A copy of this checkout as a user would clone it (no build products, no virtualenv)."""
+    ignore = shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "*.o", "*.so", "*.bc", "__pycache__", "results", "log"
+    )
+    return Path(shutil.copytree(ROOT, where / "django_rls", ignore=ignore))
+
+
+@pytest.mark.parametrize("way", ["checkout", "sdist"])
+def test_readme_install_commands_work_in_a_fresh_venv(way, tmp_path):
+    blocks = _readme_install_blocks()
+    assert len(blocks) == 2, blocks
+    commands = blocks[0] if way == "checkout" else blocks[1]
+    assert not any("django-pg-rls" in command.split() for command in commands)  # not on PyPI
+    _checkout_copy(tmp_path)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    env = {**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(env_dir)}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        ["bash", "-e", "-c", "\n".join(commands)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"{commands}: {result.stderr[-3000:]}"
+    probe = "import django_rls, importlib.metadata as m; print(django_rls.__file__, m.version('django-pg-rls'))"
+    out = subprocess.run(
+        [env_dir / "bin" / "python", "-c", probe], cwd="/", check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert out[0].startswith(str(env_dir)) and out[1] == django_rls.__version__, out

@@ -77,7 +77,8 @@ def test_fresh_apply_protects_every_declared_table(restore):
     assert code == 1
     assert all(f"protect {table}:" in diff for table in PROTECTED)
     output = run()
-    assert f"Applied {len(PROTECTED) + 4} change(s)" in output  # Task, TenantDoc, Article, SiteMembership: two groups
+    # Task, TenantDoc, Article, SiteMembership and Widget (two policies from settings): two groups
+    assert f"Applied {len(PROTECTED) + 5} change(s)" in output
     with connections["owner"].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_class WHERE oid = ANY(%s::regclass[]) AND relrowsecurity AND relforcerowsecurity",

@@ -36,7 +36,9 @@ def test_passes_and_leaves_no_probe_rows(live_db):
     assert code == 0, out
     assert "ok    testapp_note: another site or user cannot read, change or delete its rows" in out
     assert "ok    testapp_tenantdoc:" in out  # UUID keys
-    assert "ok    thirdparty_widget:" in out  # a plain integer owner column
+    assert "ok    thirdparty_gadget:" in out  # a plain integer site column, from register()
+    # Owner and Custom, from settings.DJANGO_RLS["MODELS"]
+    assert "skip  thirdparty_widget: not probed: Custom policies are checked in the catalog only" in out
     assert "ok    testapp_sitemembership:" in out  # Members
     assert "skip  testapp_orderline: not probed: ThroughParent policies are checked in the catalog only" in out
     import django_rls

@@ -28,6 +28,8 @@ DEBUG = True
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver", "0.0.0.0"]
 ROOT_URLCONF = "demo_site.urls"
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.messages",
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django.contrib.sessions",
@@ -39,6 +41,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "shop.middleware.SiteFromPathMiddleware",
     "django_rls.middleware.RlsMiddleware",
 ]
@@ -50,6 +53,8 @@ TEMPLATES = [
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.template.context_processors.csrf",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
             ]
         },
     }
@@ -61,7 +66,8 @@ DATABASES = {
 }
 DATABASE_ROUTERS = ["django_rls.maintenance.BypassRouter"]
 DJANGO_RLS = {
-    "SITE_RESOLVER": from_attribute("site"),  # set by shop.middleware from the URL
+    # set by shop.middleware from the URL (/admin/: from the logged-in user's company)
+    "SITE_RESOLVER": from_attribute("site"),
     "OWNER_DATABASE": "owner",
     "BYPASS_DATABASE": "maintenance",
     "SIGNING_KEY": os.environ.get("DJANGO_RLS_SIGNING_KEY"),

@@ -10,7 +10,7 @@ import django_rls
 from django_rls.policies import BySite, BySiteAndOwner
 
 
-@django_rls.protect(BySite("site"))
+@django_rls.protect(BySite("site"), audit=True)
 class Invoice(models.Model):
     site = models.ForeignKey(Site, on_delete=models.CASCADE)
     customer = models.CharField(max_length=100)
@@ -20,7 +20,7 @@ class Invoice(models.Model):
         return f"{self.customer}: {self.amount}"
 
 
-@django_rls.protect(BySiteAndOwner("site", "author"))
+@django_rls.protect(BySiteAndOwner("site", "author"), audit=True)
 class Note(models.Model):
     site = models.ForeignKey(Site, on_delete=models.CASCADE)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)

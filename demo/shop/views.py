@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 import django_rls
+from django_rls.models import AuditEntry
 
 from .models import Invoice, Note
 
@@ -79,3 +80,10 @@ def my_notes(request: HttpRequest, company: str) -> HttpResponse:
         "shop/notes.html",
         {"company": company, "notes": Note.objects.order_by("id"), "users": User.objects.order_by("username")},
     )
+
+
+def audit(request: HttpRequest, company: str) -> HttpResponse:
+    """The audit trail as the application role: only entries of rows this context may read."""
+    _require_site(request)
+    entries = [(entry, entry.changes()) for entry in AuditEntry.objects.order_by("id")]
+    return render(request, "shop/audit.html", {"company": company, "entries": entries})
