@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 
 import psycopg
 import pytest
@@ -17,6 +16,7 @@ from django_rls import declarations
 from django_rls.models import AuditEntry
 from django_rls.policies import BySite, Declaration
 from tests.conftest import unbound_session
+from tests.dumps import dump_and_restore
 from tests.harness.cluster import BINDIR
 from tests.roles import OWNER_ROLE
 from tests.seed import OWNER_A, TENANT_A
@@ -206,40 +206,6 @@ class TestAdmin:
         page = admin_client.get(f"/admin/django_rls/auditentry/{update.pk}/change/", HTTP_HOST=H1).content.decode()
         assert 'id="audit-changes"' in page
         assert "<td>body</td><td><code>before</code></td><td><code>after</code></td>" in page
-
-
-def dump_and_restore(database, prepare, check) -> None:
-    """Run prepare on a new database with the extension, pg_dump it, pg_restore it into another, run check there."""
-    import os
-    from urllib.parse import urlparse
-
-    server = urlparse(os.environ["DATABASE_URL"])
-    env = {
-        **os.environ,
-        "PGHOST": server.hostname or "127.0.0.1",
-        "PGPORT": str(server.port or 5432),
-        "PGUSER": server.username or "postgres",
-        "PGPASSWORD": server.password or "",
-    }
-    names = ("django_rls_dump_src", "django_rls_dump_dst")
-    with psycopg.connect(database.admin, autocommit=True) as admin:
-        for name in names:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        with psycopg.connect(psycopg.conninfo.make_conninfo(database.admin, dbname=names[0]), autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION django_rls")
-            prepare(conn)
-        dump = subprocess.run(
-            [str(BINDIR / "pg_dump"), "-Fc", "-d", names[0]], env=env, capture_output=True, check=True
-        ).stdout
-        subprocess.run([str(BINDIR / "pg_restore"), "--exit-on-error", "-d", names[1]], input=dump, env=env, check=True)
-        with psycopg.connect(psycopg.conninfo.make_conninfo(database.admin, dbname=names[1]), autocommit=True) as conn:
-            check(conn)
-    finally:
-        with psycopg.connect(database.admin, autocommit=True) as admin:
-            for name in names:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.mark.skipif(not (BINDIR / "pg_dump").exists(), reason="pg_dump is not installed here")

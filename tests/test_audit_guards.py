@@ -5,10 +5,7 @@ rls_apply leaving partitions to their parent."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 import psycopg
 import pytest
@@ -16,7 +13,7 @@ from django.core.management import call_command
 from psycopg import errors, sql
 
 from tests.conftest import Database
-from tests.harness.cluster import BINDIR
+from tests.dumps import dump_and_restore
 from tests.roles import APP_ROLE
 
 
@@ -172,67 +169,46 @@ def test_a_partition_created_later_is_audited_and_written_through(
 
 def test_audited_trees_survive_dump_and_restore(database: Database) -> None:
     """pg_restore creates the registrations first and the triggers one by one: the guards let it, and leave them ALWAYS."""
-    server = urlparse(os.environ["DATABASE_URL"])
-    env = {
-        **os.environ,
-        "PGHOST": server.hostname or "127.0.0.1",
-        "PGPORT": str(server.port or 5432),
-        "PGUSER": server.username or "postgres",
-        "PGPASSWORD": server.password or "",
-    }
-    names = ("django_rls_guard_src", "django_rls_guard_dst")
-    with psycopg.connect(database.admin, autocommit=True) as admin:
-        for name in names:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        src = psycopg.conninfo.make_conninfo(database.admin, dbname=names[0])
-        with psycopg.connect(src, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION django_rls")
-            conn.execute("CREATE TABLE p (id int, k int, secret text, PRIMARY KEY (id, k)) PARTITION BY LIST (k)")
-            conn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)")
-            conn.execute("CREATE TABLE p2 PARTITION OF p FOR VALUES IN (2)")
-            conn.execute("CREATE TABLE i (id int PRIMARY KEY, v text)")
-            conn.execute("CREATE TABLE ic (PRIMARY KEY (id)) INHERITS (i)")
-            conn.execute("SELECT rls_audit.enable('p', masked_columns => '{secret}', operations => '{INSERT,UPDATE}')")
-            conn.execute("SELECT rls_audit.enable('i')")
-            conn.execute("INSERT INTO p VALUES (1, 1, 's')")
-        dump = subprocess.run(
-            [str(BINDIR / "pg_dump"), "-Fc", "-d", names[0]], env=env, capture_output=True, check=True
-        ).stdout
-        subprocess.run([str(BINDIR / "pg_restore"), "--exit-on-error", "-d", names[1]], input=dump, env=env, check=True)
-        dst = psycopg.conninfo.make_conninfo(database.admin, dbname=names[1])
-        with psycopg.connect(dst, autocommit=True) as conn:
-            status = conn.execute(
-                "SELECT table_name::text, operations, masked_columns, missing_triggers, audited_through::text[]"
-                "  FROM rls_audit.status ORDER BY 1"
+
+    def prepare(conn: psycopg.Connection) -> None:
+        conn.execute("CREATE TABLE p (id int, k int, secret text, PRIMARY KEY (id, k)) PARTITION BY LIST (k)")
+        conn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)")
+        conn.execute("CREATE TABLE p2 PARTITION OF p FOR VALUES IN (2)")
+        conn.execute("CREATE TABLE i (id int PRIMARY KEY, v text)")
+        conn.execute("CREATE TABLE ic (PRIMARY KEY (id)) INHERITS (i)")
+        conn.execute("SELECT rls_audit.enable('p', masked_columns => '{secret}', operations => '{INSERT,UPDATE}')")
+        conn.execute("SELECT rls_audit.enable('i')")
+        conn.execute("INSERT INTO p VALUES (1, 1, 's')")
+
+    def check(conn: psycopg.Connection) -> None:
+        status = conn.execute(
+            "SELECT table_name::text, operations, masked_columns, missing_triggers, audited_through::text[]"
+            "  FROM rls_audit.status ORDER BY 1"
+        ).fetchall()
+        assert status == [
+            ("i", ["DELETE", "INSERT", "TRUNCATE", "UPDATE"], [], [], []),
+            ("ic", ["DELETE", "INSERT", "TRUNCATE", "UPDATE"], [], [], ["i"]),
+            ("p", ["INSERT", "UPDATE"], ["secret"], [], []),
+            ("p1", ["INSERT", "UPDATE"], ["secret"], [], ["p"]),
+            ("p2", ["INSERT", "UPDATE"], ["secret"], [], ["p"]),
+        ]
+        assert conn.execute(
+            "SELECT count(*), bool_and(rls_audit._trigger_problem(oid) IS NULL) FROM pg_trigger"
+            " WHERE tgfoid = 'rls_audit.capture()'::regprocedure"
+        ).fetchone() == (2 * 4 + 3 * 2, True)
+        with conn.transaction():
+            conn.execute("UPDATE p SET secret = 't'")
+            conn.execute("INSERT INTO p2 VALUES (2, 2, 'u')")
+            written = conn.execute(
+                "SELECT table_name, operation, row_key FROM rls_audit.log"
+                " WHERE xact_id = pg_current_xact_id() ORDER BY logged_at, id"
             ).fetchall()
-            assert status == [
-                ("i", ["DELETE", "INSERT", "TRUNCATE", "UPDATE"], [], [], []),
-                ("ic", ["DELETE", "INSERT", "TRUNCATE", "UPDATE"], [], [], ["i"]),
-                ("p", ["INSERT", "UPDATE"], ["secret"], [], []),
-                ("p1", ["INSERT", "UPDATE"], ["secret"], [], ["p"]),
-                ("p2", ["INSERT", "UPDATE"], ["secret"], [], ["p"]),
-            ]
-            assert conn.execute(
-                "SELECT count(*), bool_and(rls_audit._trigger_problem(oid) IS NULL) FROM pg_trigger"
-                " WHERE tgfoid = 'rls_audit.capture()'::regprocedure"
-            ).fetchone() == (2 * 4 + 3 * 2, True)
-            with conn.transaction():
-                conn.execute("UPDATE p SET secret = 't'")
-                conn.execute("INSERT INTO p2 VALUES (2, 2, 'u')")
-                written = conn.execute(
-                    "SELECT table_name, operation, row_key FROM rls_audit.log"
-                    " WHERE xact_id = pg_current_xact_id() ORDER BY logged_at, id"
-                ).fetchall()
-            assert written == [
-                ("public.p", "UPDATE", '{"k": 1, "id": 1}'),
-                ("public.p2", "INSERT", '{"k": 2, "id": 2}'),
-            ]
-    finally:
-        with psycopg.connect(database.admin, autocommit=True) as admin:
-            for name in names:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        assert written == [
+            ("public.p", "UPDATE", '{"k": 1, "id": 1}'),
+            ("public.p2", "INSERT", '{"k": 2, "id": 2}'),
+        ]
+
+    dump_and_restore(database, prepare, check, names=("django_rls_guard_src", "django_rls_guard_dst"))
 
 
 @pytest.mark.usefixtures("live_db")
