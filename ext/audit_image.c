@@ -211,7 +211,7 @@ PushValue(JsonbParseState **state, RlsAuditColumn *column, Datum value, bool isn
 				return;
 			}
 		case RLS_JSON_NUMERIC:
-			if (RlsNumericIsSpecial(DatumGetNumeric(value)))
+			if (numeric_is_nan(DatumGetNumeric(value)) || numeric_is_inf(DatumGetNumeric(value)))
 				PushString(state, RlsAuditValueText(column, value));
 			else
 				PushNumeric(state, value);

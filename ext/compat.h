@@ -120,13 +120,5 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #define RlsPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
 #endif
 
-/*
- * PostgreSQL 14 added numeric infinity; before it only NaN is not a number.
- */
-#if PG_VERSION_NUM >= 140000
-#define RlsNumericIsSpecial(num) (numeric_is_nan(num) || numeric_is_inf(num))
-#else
-#define RlsNumericIsSpecial(num) numeric_is_nan(num)
-#endif
 
 #endif							/* DJANGO_RLS_COMPAT_H */
