@@ -59,6 +59,9 @@ def create_database(server: str) -> str:
     with psycopg.connect(make_conninfo(server, dbname=DEMO_DB), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS django_rls")  # the Docker image has it in template1
         conn.execute("ALTER SCHEMA public OWNER TO demo_owner")
+        # What the scheduled job of docs/audit.md does: the audit trail's monthly partitions,
+        # so the demo's entries never wait in the default one (rls.problems reports that on 14).
+        conn.execute("SELECT rls_audit.ensure_partitions(3)")
         # What manage.py rls_roles does: no CREATE in any schema, no TEMPORARY on the database
         # (PUBLIC has it by default), a search_path with pg_temp last for demo_app, and demo_app
         # statement-bound (its context comes only with the statements the application binds).
