@@ -17,9 +17,6 @@ cluster cannot start, for tests to skip with.
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.harness.cluster import BINDIR, Cluster, _interrupt, as_postgres
+from tests.harness.cluster import BINDIR, Cluster, as_postgres, main, supervise
 
 DATABASE = "django_rls_citus"
 
@@ -135,37 +132,17 @@ def run(command: list[str]) -> int:
         print(f"citus_cluster.py: {missing}", file=sys.stderr)
         return 1
     cluster = CitusCluster()
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
-    try:
+
+    def start() -> str:
         cluster.start()
-        ports = ", ".join(str(node.port) for node in cluster.nodes)
-        print(f"citus_cluster.py: coordinator and workers on 127.0.0.1 ports {ports}", file=sys.stderr)
-        child = subprocess.Popen(command, env={**os.environ, **cluster.env})
-        try:
-            status = child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            status = child.wait()
-        if status != 0:
-            print(f"citus_cluster.py: command failed ({status}); server logs:\n{cluster.log_tails()}", file=sys.stderr)
-        return status
-    finally:
+        return f"coordinator and workers on 127.0.0.1 ports {', '.join(str(node.port) for node in cluster.nodes)}"
+
+    def teardown() -> None:
         cluster.stop()
         cluster.remove()
 
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True)
-    run_parser = sub.add_parser("run", help="run a command against a throwaway Citus cluster")
-    run_parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("run needs a command after --")
-    return run(command)
+    return supervise(command, "citus_cluster.py", start, lambda: cluster.env, cluster.log_tails, teardown)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(__doc__ or "", run))

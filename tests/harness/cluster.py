@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -205,11 +206,6 @@ def env_from_url(url: str) -> dict[str, str]:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """Turn a signal into KeyboardInterrupt (tests/harness/citus_cluster.py uses it)."""
-    raise KeyboardInterrupt
-
-
 class _Stopper:
     """Ctrl-C, SIGTERM (timeout, CI, a process manager) or SIGHUP: stop the command, then the cluster.
 
@@ -236,41 +232,64 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def supervise(
+    command: list[str],
+    name: str,
+    start: Callable[[], str],
+    env: Callable[[], dict[str, str]],
+    logs: Callable[[], str],
+    teardown: Callable[[], None],
+) -> int:
+    """Start a throwaway cluster, run command against it, tear the cluster down whatever happened.
+
+    start() brings the cluster up and says where it is; env() is what the command
+    gets; logs() is shown when the command fails. Shared by this harness and
+    tests/harness/citus_cluster.py.
+    """
+    stopper = _Stopper()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stopper)
+    try:
+        print(f"{name}: {start()}", file=sys.stderr)
+        stopper.child = subprocess.Popen(command, env={**os.environ, **env()})
+        status = stopper.child.wait()
+        if stopper.signum is not None:
+            # Stopped on purpose: the server's log explains nothing, and the command's own status says
+            # whether it ended cleanly (the demo does; an interrupted test run does not).
+            print(f"{name}: stopped by {signal.Signals(stopper.signum).name}", file=sys.stderr)
+        elif status != 0:
+            print(f"{name}: command failed ({status}); last server log lines:\n{logs()}", file=sys.stderr)
+        return status if status >= 0 else 128 - status
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted while setting up the cluster", file=sys.stderr)
+        return 128 + (stopper.signum or signal.SIGINT)
+    finally:
+        _ignore_stop_signals()
+        teardown()
+
+
 def run(command: list[str]) -> int:
     if os.environ.get("DATABASE_URL"):
         print(f"cluster.py: using DATABASE_URL ({urlparse(os.environ['DATABASE_URL']).hostname})", file=sys.stderr)
         return subprocess.call(command, env={**os.environ, **env_from_url(os.environ["DATABASE_URL"])})
 
     cluster = Cluster()
-    stopper = _Stopper()
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, stopper)
-    try:
+
+    def start() -> str:
         cluster.init()
         cluster.start()
-        print(f"cluster.py: throwaway cluster on 127.0.0.1:{cluster.port} in {cluster.base_dir}", file=sys.stderr)
-        stopper.child = subprocess.Popen(command, env={**os.environ, **cluster.env})
-        status = stopper.child.wait()
-        if stopper.signum is not None:
-            # Stopped on purpose: the server's log explains nothing, and the command's own status says
-            # whether it ended cleanly (the demo does; an interrupted test run does not).
-            print(f"cluster.py: stopped by {signal.Signals(stopper.signum).name}", file=sys.stderr)
-        elif status != 0:
-            print(
-                f"cluster.py: command failed ({status}); last server log lines:\n{cluster.log_tail()}", file=sys.stderr
-            )
-        return status if status >= 0 else 128 - status
-    except KeyboardInterrupt:
-        print("cluster.py: interrupted while setting up the cluster", file=sys.stderr)
-        return 128 + (stopper.signum or signal.SIGINT)
-    finally:
-        _ignore_stop_signals()
+        return f"throwaway cluster on 127.0.0.1:{cluster.port} in {cluster.base_dir}"
+
+    def teardown() -> None:
         cluster.stop()
         cluster.remove()
 
+    return supervise(command, "cluster.py", start, lambda: cluster.env, cluster.log_tail, teardown)
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def main(doc: str = __doc__ or "", run_command: Callable[[list[str]], int] = run) -> int:
+    """The command line both harnesses share: ``run -- COMMAND ...``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
     run_parser = sub.add_parser("run", help="run a command against a throwaway cluster")
     run_parser.add_argument("command", nargs=argparse.REMAINDER)
@@ -278,7 +297,7 @@ def main() -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("run needs a command after --")
-    return run(command)
+    return run_command(command)
 
 
 if __name__ == "__main__":
