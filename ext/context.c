@@ -217,8 +217,9 @@ RlsCheckNotRestricted(const char *action)
 
 /*
  * Refuse a transaction-scoped context outside a transaction block, where it
- * would vanish at the end of the very statement that set it, and any context
- * in a security-restricted operation.  Called before anything else is done,
+ * would vanish at the end of the very statement that set it, any context in
+ * a security-restricted operation, and any context for a role the policies
+ * do not limit (bypassing_roles.c).  Called before anything else is done,
  * so that a signed token is not spent on a call that cannot succeed.
  */
 void
@@ -231,6 +232,7 @@ RlsCheckScope(const char *function_name, bool is_local)
 				 errdetail("A transaction-scoped context would be cleared as soon as this statement ends."),
 				 errhint("Run BEGIN first (in Django, transaction.atomic()), or pass is_local => false for a session-scoped context.")));
 	RlsCheckNotRestricted(psprintf("call %s()", function_name));
+	RlsCheckRoleLimitedByPolicies();
 }
 
 /*

@@ -241,6 +241,7 @@ ApplyStatementContext(const char *source, ParamListInfo params, bool planning)
 	}
 
 	RlsCheckNotRestricted("set a django_rls context");
+	RlsCheckRoleLimitedByPolicies();
 	if (strncmp(parameter, "v1.", 3) == 0)
 		RlsVerifyToken(parameter, strlen(parameter), &context);
 	else
