@@ -40,10 +40,7 @@ def _protected_models() -> dict[str, str]:
 
 def _is_rls_violation(exc: BaseException) -> bool:
     cause = exc.__cause__
-    return (
-        getattr(cause, "sqlstate", None) == _RLS_VIOLATION
-        and "violates row-level security policy" in str(cause)
-    )
+    return getattr(cause, "sqlstate", None) == _RLS_VIOLATION and "violates row-level security policy" in str(cause)
 
 
 def _error(label: str, table: str) -> RowNotUpdatable:

@@ -217,9 +217,8 @@ RlsCheckNotRestricted(const char *action)
 
 /*
  * Refuse a transaction-scoped context outside a transaction block, where it
- * would vanish at the end of the very statement that set it, any context in
- * a security-restricted operation, and any context for a role the policies
- * do not limit (bypassing_roles.c).  Called before anything else is done,
+ * would vanish at the end of the very statement that set it, and any context
+ * in a security-restricted operation.  Called before anything else is done,
  * so that a signed token is not spent on a call that cannot succeed.
  */
 void
@@ -232,12 +231,12 @@ RlsCheckScope(const char *function_name, bool is_local)
 				 errdetail("A transaction-scoped context would be cleared as soon as this statement ends."),
 				 errhint("Run BEGIN first (in Django, transaction.atomic()), or pass is_local => false for a session-scoped context.")));
 	RlsCheckNotRestricted(psprintf("call %s()", function_name));
-	RlsCheckRoleLimitedByPolicies();
 }
 
 /*
  * Set the whole context at once.  Values must already be canonical (see
- * values.c); "" clears a part.
+ * values.c); "" clears a part.  Any value at all is refused to a role the
+ * policies do not limit (bypassing_roles.c); clearing is always allowed.
  */
 void
 RlsApplyContext(const char *site, const char *user, const char *claims,
@@ -245,6 +244,8 @@ RlsApplyContext(const char *site, const char *user, const char *claims,
 {
 	GucAction	action = is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET;
 
+	if (site[0] != '\0' || user[0] != '\0' || claims[0] != '\0')
+		RlsCheckRoleLimitedByPolicies();
 	setter_active = true;
 	PG_TRY();
 	{

@@ -241,7 +241,6 @@ ApplyStatementContext(const char *source, ParamListInfo params, bool planning)
 	}
 
 	RlsCheckNotRestricted("set a django_rls context");
-	RlsCheckRoleLimitedByPolicies();
 	if (strncmp(parameter, "v1.", 3) == 0)
 		RlsVerifyToken(parameter, strlen(parameter), &context);
 	else
