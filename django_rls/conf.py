@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     # Seconds all attempts of one run may take together before it gives up and names the blocker.
     "LOCK_BUDGET": 60,
     # The django-scopes keyword that holds the site (e.g. "space"): the site comes from the active
-    # scope, in requests and in any code, thread or task that enters a scope itself. None: not used.
+    # scope, in requests and in any code or thread that enters a scope itself. None: not used.
     "DJANGO_SCOPES_SITE": None,
     # A BYPASSRLS role the application role may SET ROLE to in test databases only (names starting
     # with "test_"), for django_rls.testing.test_bypass(); None disables it. docs/testing.md.

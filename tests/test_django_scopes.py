@@ -98,3 +98,14 @@ def test_without_the_setting_a_scope_changes_nothing(live_db):
 def test_bad_settings_say_what_to_do(extra, message):
     with pytest.raises(ImproperlyConfigured, match=message):
         validate(extra)
+
+
+def test_a_missing_django_scopes_is_reported(scoped, monkeypatch):
+    import sys
+
+    from django_rls.checks import check_django_scopes
+
+    assert check_django_scopes() == []
+    monkeypatch.setitem(sys.modules, "django_scopes", None)  # as if not installed
+    (error,) = check_django_scopes()
+    assert error.id == "django_rls.E021" and "pip install django-scopes" in error.hint

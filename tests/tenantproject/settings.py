@@ -77,6 +77,7 @@ DATABASES = {
 }
 DJANGO_RLS = {
     "OWNER_DATABASE": "owner",
+    "APPLY_AFTER_MIGRATE": True,
     "DJANGO_SCOPES_SITE": "company",
     "TEST_BYPASS_ROLE": os.environ.get("TENANTPROJECT_TEST_BYPASS", "tenantproject_test_bypass"),
     # A third-party model: a user's own email addresses only.

@@ -1,4 +1,4 @@
-"""manage.py rls_migrate: ``migrate`` as the owner role, with "default" connecting as the owner too."""
+"""manage.py rls_migrate: ``migrate`` as the owner role, with "default" using the owner's connection too."""
 
 from __future__ import annotations
 
@@ -10,14 +10,11 @@ from django.db import DEFAULT_DB_ALIAS, connections
 
 from django_rls.conf import rls_settings
 
-# The settings of an alias that say who connects.
-CREDENTIALS = ("USER", "PASSWORD")
-
 
 class Command(MigrateCommand):
     help = (
         'migrate as the owner role (DJANGO_RLS["OWNER_DATABASE"], or --database). For this process only, "default" '
-        "connects as the owner too, so data migrations that query through the default alias (as some third-party "
+        "is the owner's connection too, so data migrations that query through the default alias (as some third-party "
         "apps' do) run as the owner instead of failing with permission denied as the application role. Takes "
         "every option of migrate."
     )
@@ -42,14 +39,14 @@ class Command(MigrateCommand):
                     f"({owner_settings.get(key)!r} and {default.settings_dict.get(key)!r}): they must reach the "
                     "same database; run migrate --database for another one"
                 )
-        application = {key: default.settings_dict.get(key) for key in CREDENTIALS}
-        default.close()
-        default.settings_dict.update({key: owner_settings.get(key) for key in CREDENTIALS})
+        # The very connection migrate uses, so a data migration writing through "default" also
+        # sees what the migration's own transaction has done so far. connections.settings is
+        # left alone: rls_apply (APPLY_AFTER_MIGRATE) still finds the application role there.
+        connections[DEFAULT_DB_ALIAS] = connections[owner]
         try:
             super().handle(*args, **options)
         finally:
-            default.close()
-            default.settings_dict.update(application)
+            connections[DEFAULT_DB_ALIAS] = default
 
 
 def _owner_alias(given: str | None) -> str:
