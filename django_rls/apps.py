@@ -33,6 +33,7 @@ class DjangoRlsConfig(AppConfig):
         checks.register(rls_checks.check_settings)
         checks.register(rls_checks.check_middleware)
         checks.register(rls_checks.check_site_resolver)
+        checks.register(rls_checks.check_django_scopes)
         checks.register(rls_checks.check_declarations)
         checks.register(rls_checks.check_scope)
         checks.register(rls_checks.check_binding)
@@ -86,6 +87,7 @@ def _migrate_as_application(sender: AppConfig, using: str, plan: Any = None, **k
     if not can_create:
         raise CommandError(
             f"migrate --database {using} connects as {role}, the application role, which may not create or change "
-            f"tables (no CREATE on schema {schema}, as django_rls wants it): run manage.py migrate --database {owner}, "
-            "which connects as the owner role"
+            f"tables (no CREATE on schema {schema}, as django_rls wants it): run manage.py rls_migrate, which "
+            f"migrates through {owner!r}, the owner role, and points default at the owner for data migrations that "
+            "use it"
         )

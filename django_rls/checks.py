@@ -171,6 +171,30 @@ def check_site_resolver(**kwargs: Any) -> list[CheckMessage]:
     return []
 
 
+def check_django_scopes(**kwargs: Any) -> list[CheckMessage]:
+    """E021: DJANGO_SCOPES_SITE is set but django-scopes cannot be imported."""
+    from django_rls.conf import rls_settings
+
+    try:
+        keyword = rls_settings.DJANGO_SCOPES_SITE
+    except ImproperlyConfigured:
+        return []  # reported by E001
+    if keyword is None:
+        return []
+    try:
+        import django_scopes  # noqa: F401
+    except ImportError as exc:
+        return [
+            Error(
+                f'DJANGO_RLS["DJANGO_SCOPES_SITE"] = {keyword!r} takes the site from django-scopes, which cannot be '
+                f"imported ({exc}): every query of a request would fail.",
+                hint='pip install django-scopes, or remove DJANGO_RLS["DJANGO_SCOPES_SITE"] and set a SITE_RESOLVER.',
+                id="django_rls.E021",
+            )
+        ]
+    return []
+
+
 def _site_key_targets(declarations: Any) -> dict[str, str]:
     """Map "app.Model.field" to what its site key holds: the label of the model it points at, or "UUID"."""
     from django.core.exceptions import FieldDoesNotExist

@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_TIMEOUT": 2,
     # Seconds all attempts of one run may take together before it gives up and names the blocker.
     "LOCK_BUDGET": 60,
+    # The django-scopes keyword that holds the site (e.g. "space"): the site comes from the active
+    # scope, in requests and in any code or thread that enters a scope itself. None: not used.
+    "DJANGO_SCOPES_SITE": None,
     # A BYPASSRLS role the application role may SET ROLE to in test databases only (names starting
     # with "test_"), for django_rls.testing.test_bypass(); None disables it. docs/testing.md.
     "TEST_BYPASS_ROLE": None,
@@ -120,6 +123,19 @@ def validate(user_settings: Any) -> dict[str, Any]:
                 f'DJANGO_RLS["MODELS"] maps "app_label.Model" to a dict (one "policy" with its arguments, or a '
                 f'"policies" list), not {label!r}: {spec!r}'
             )
+    scopes_site = merged["DJANGO_SCOPES_SITE"]
+    if scopes_site is not None:
+        if not isinstance(scopes_site, str) or not scopes_site.isidentifier():
+            raise ImproperlyConfigured(
+                'DJANGO_RLS["DJANGO_SCOPES_SITE"] must be the keyword your code passes to django_scopes.scope() '
+                f'for the site (for scope(space=...), "space"), not {scopes_site!r}'
+            )
+        if "SITE_RESOLVER" in user_settings:
+            raise ImproperlyConfigured(
+                'DJANGO_RLS sets both "DJANGO_SCOPES_SITE" and "SITE_RESOLVER": with DJANGO_SCOPES_SITE the site '
+                "comes from the active django-scopes scope; remove one of them"
+            )
+        merged["SITE_RESOLVER"] = "django_rls.resolvers.scoped_site"
     for name in IMPORT_STRINGS:
         merged[name] = _import(name, merged[name])
     return merged

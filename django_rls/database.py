@@ -283,9 +283,13 @@ wrapper = ContextWrapper()
 
 
 def install(connection: BaseDatabaseWrapper) -> None:
-    """Add the wrapper to a connection of a protected alias (idempotent)."""
-    if connection.alias in protected_aliases() and wrapper not in connection.execute_wrappers:
-        connection.execute_wrappers.append(wrapper)
+    """Add the wrappers to a connection of a protected alias (idempotent)."""
+    from django_rls import hidden_rows
+
+    if connection.alias in protected_aliases():
+        for added in (wrapper, hidden_rows.wrapper):
+            if added not in connection.execute_wrappers:
+                connection.execute_wrappers.append(added)
 
 
 def prepare(connection: BaseDatabaseWrapper) -> None:

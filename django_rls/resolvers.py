@@ -12,6 +12,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 
@@ -45,3 +46,29 @@ def from_attribute(name: str) -> Callable[[HttpRequest], Any]:
     resolve.__name__ = f"from_attribute_{name}"
     resolve.__qualname__ = resolve.__name__
     return resolve
+
+
+def scoped_site(request: HttpRequest | None = None) -> Any:
+    """The site of the active django-scopes scope, under the keyword DJANGO_RLS["DJANGO_SCOPES_SITE"] names.
+
+    Read before every query, so a scope entered half-way through a request counts from
+    its first query on. The site resolver when that setting is on; None outside a scope.
+    """
+    from django_rls.conf import rls_settings
+
+    keyword = rls_settings.DJANGO_SCOPES_SITE
+    if keyword is None:
+        return None
+    try:
+        from django_scopes import get_scope
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            'DJANGO_RLS["DJANGO_SCOPES_SITE"] is set but django-scopes is not installed: pip install django-scopes'
+        ) from exc
+    site = get_scope().get(keyword)
+    if isinstance(site, list | tuple | set | frozenset):
+        raise ImproperlyConfigured(
+            f"the active django-scopes scope holds {len(site)} values for {keyword!r}; django_rls runs each query "
+            f"as one site: enter scope({keyword}=one_site) around code that queries protected tables"
+        )
+    return site

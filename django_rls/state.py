@@ -129,16 +129,38 @@ class BypassFrame(Frame):
         return EMPTY
 
 
-_current: ContextVar[Frame | None] = ContextVar("django_rls_context", default=None)
+_NOT_ENTERED: Any = object()  # no context(), request or no_context() entered: a django-scopes scope may give one
+_current: ContextVar[Frame | None] = ContextVar("django_rls_context", default=_NOT_ENTERED)
+
+
+class ScopeFrame(Frame):
+    """Code outside any request, context() or no_context() that entered a django-scopes scope with a site."""
+
+    def __init__(self, site: Any) -> None:
+        self._values = make_values(site=site)
+
+    def values(self) -> Values:
+        return self._values
 
 
 def current_frame() -> Frame | None:
-    return _current.get()
+    """The entered frame; outside one, with DJANGO_RLS["DJANGO_SCOPES_SITE"], the active scope's site."""
+    frame = _current.get()
+    if frame is not _NOT_ENTERED:
+        return frame
+    from django_rls.conf import rls_settings
+
+    if rls_settings.DJANGO_SCOPES_SITE is None:
+        return None
+    from django_rls.resolvers import scoped_site
+
+    site = scoped_site()
+    return ScopeFrame(site) if site is not None else None
 
 
 def current_values() -> Values:
     """The context the next query will run with (EMPTY when none)."""
-    frame = _current.get()
+    frame = current_frame()
     return frame.values() if frame is not None and not frame.resolving else EMPTY
 
 

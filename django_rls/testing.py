@@ -24,7 +24,7 @@ from psycopg import sql as psycopg_sql
 
 from django_rls import probes
 from django_rls.declarations import all_declarations
-from django_rls.state import context
+from django_rls.state import context, no_context
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,8 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     only) and back. It refuses outside a test database (a name starting with ``test_``)
     and outside a transaction, and check E019 refuses the membership it needs anywhere
     else. Test-client requests made inside it run as the application role with the
-    middleware's context, as in production, and the bypass resumes after each one.
+    middleware's context, as in production, and the bypass resumes after each one. Other
+    queries inside carry no context: the server refuses one to a BYPASSRLS role.
     """
     from django.core.signals import request_finished, request_started
     from django.db import connections
@@ -193,7 +194,9 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     request_started.connect(suspend, dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
     request_finished.connect(resume, dispatch_uid=f"django_rls.test_bypass.{using}.resume")
     try:
-        yield
+        # The server refuses a context to a BYPASSRLS role (docs/security.md): none is sent inside.
+        with no_context():
+            yield
     finally:
         _bypassing.reset(token)
         request_started.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.suspend")

@@ -235,7 +235,8 @@ RlsCheckScope(const char *function_name, bool is_local)
 
 /*
  * Set the whole context at once.  Values must already be canonical (see
- * values.c); "" clears a part.
+ * values.c); "" clears a part.  Any value at all is refused to a role the
+ * policies do not limit (bypassing_roles.c); clearing is always allowed.
  */
 void
 RlsApplyContext(const char *site, const char *user, const char *claims,
@@ -243,6 +244,8 @@ RlsApplyContext(const char *site, const char *user, const char *claims,
 {
 	GucAction	action = is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET;
 
+	if (site[0] != '\0' || user[0] != '\0' || claims[0] != '\0')
+		RlsCheckRoleLimitedByPolicies();
 	setter_active = true;
 	PG_TRY();
 	{

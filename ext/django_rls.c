@@ -87,6 +87,7 @@ _PG_init(void)
 	if (rls_loaded_at_startup)
 		SetConfigOption(RLS_GUC_PREFIX ".preloaded", "on", PGC_INTERNAL, PGC_S_OVERRIDE);
 	RlsDefineContextSettings();
+	RlsDefineBypassingRoleSettings();
 	RlsDefineTokenSettings();
 	RlsDefineKeySettings();
 	if (process_shared_preload_libraries_in_progress)

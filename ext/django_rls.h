@@ -63,6 +63,12 @@ extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);
 
 /*
+ * bypassing_roles.c
+ */
+extern void RlsDefineBypassingRoleSettings(void);
+extern void RlsCheckRoleLimitedByPolicies(void);
+
+/*
  * values.c
  */
 

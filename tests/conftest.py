@@ -26,6 +26,9 @@ from django_rls.roles import plan as hardening_plan
 from django_rls.roles import specs as role_specs
 from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
 
+# The second test project runs its own tests in a subprocess (tests/test_tenant_project.py).
+collect_ignore = ["tenantproject"]
+
 KEY_FILE = "django_rls_test.key"
 
 T = TypeVar("T")

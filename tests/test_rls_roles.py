@@ -230,7 +230,9 @@ def test_first_setup_says_to_connect_as_an_administrator(live_db, extra_alias, s
 
 def test_plain_migrate_as_the_app_role_names_the_command(live_db):
     """migrate through "default" (the app role, which may not create tables) stops before the first migration."""
-    with pytest.raises(CommandError, match=r"run manage.py migrate --database owner, which connects as the owner"):
+    with pytest.raises(
+        CommandError, match=r"run manage.py rls_migrate, which migrates through 'owner', the owner role"
+    ):
         call_command("migrate", "testapp", "zero", database="default", verbosity=0)
     # Nothing to migrate: nothing to say.
     call_command("migrate", database="default", verbosity=0)
