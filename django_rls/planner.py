@@ -20,6 +20,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
 import django_rls
+from django_rls import conf
 from django_rls.conf import rls_settings
 from django_rls.ddl import (
     ACCESS_EXCLUSIVE,
@@ -199,9 +200,7 @@ class Plan:
 
 
 def app_role() -> str:
-    from django.db import connections
-
-    role = rls_settings.APP_ROLE or connections.settings["default"].get("USER")
+    role = conf.app_role()
     if not role:
         raise PlanError(
             'cannot tell which role the application connects as: set DJANGO_RLS["APP_ROLE"] '

@@ -137,6 +137,42 @@ def is_test_database(name: str) -> bool:
     return name.startswith(TEST_DATABASE_PREFIX)
 
 
+def grant_like_application(cursor: Any, app_role: str, test_bypass: str) -> None:
+    """Give the test bypass role the application role's privileges in the test database, no more.
+
+    It cannot inherit them: the application role is a member of it (test_bypass() sets
+    that role), and PostgreSQL refuses circular memberships.
+    """
+    to = psycopg_sql.Identifier(test_bypass)
+    cursor.execute(
+        "SELECT n.nspname FROM pg_namespace n WHERE has_schema_privilege(%s, n.oid, 'USAGE') "
+        "AND pg_has_role(current_user, n.nspowner, 'USAGE')",
+        (app_role,),
+    )
+    for (schema,) in cursor.fetchall():
+        cursor.execute(psycopg_sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(psycopg_sql.Identifier(schema), to))
+    cursor.execute(
+        "SELECT table_schema, table_name, string_agg(privilege_type, ',') FROM information_schema.role_table_grants "
+        "WHERE grantee = %s GROUP BY 1, 2",
+        (app_role,),
+    )
+    for schema, table, privileges in cursor.fetchall():
+        cursor.execute(
+            psycopg_sql.SQL("GRANT {} ON {} TO {}").format(
+                psycopg_sql.SQL(", ").join(psycopg_sql.SQL(p) for p in privileges.split(",") if p.isalpha()),
+                psycopg_sql.Identifier(schema, table),
+                to,
+            )
+        )
+    cursor.execute(
+        "SELECT object_schema, object_name FROM information_schema.usage_privileges "
+        "WHERE grantee = %s AND object_type = 'SEQUENCE'",
+        (app_role,),
+    )
+    for schema, name in cursor.fetchall():
+        cursor.execute(psycopg_sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(psycopg_sql.Identifier(schema, name), to))
+
+
 # The aliases a test_bypass() block is active on.
 _bypassing: ContextVar[frozenset[str]] = ContextVar("django_rls_test_bypass", default=frozenset())
 
