@@ -21,7 +21,6 @@ from psycopg import sql
 
 import django_rls
 from django_rls import conf
-from django_rls.conf import rls_settings
 from django_rls.ddl import (
     ACCESS_EXCLUSIVE,
     SHARE_ROW_EXCLUSIVE,

@@ -211,6 +211,28 @@ def _decorate(func: F, enter: Callable[[], Any]) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def propagate(func: F) -> F:
+    """``func`` bound to the context current now, wherever it runs later: for thread pools.
+
+    A new thread starts with no context (``ContextVar`` values do not cross into
+    ``threading.Thread`` or ``ThreadPoolExecutor`` workers), so its queries see no
+    protected rows. ``pool.submit(django_rls.propagate(work), item)`` runs ``work`` with
+    the context (or the ``bypass()``) of the code that submitted it, and restores the
+    worker's own afterwards. Each thread still opens its own database connection.
+    """
+    frame = _current.get()
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        token = _current.set(frame)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    return run  # type: ignore[return-value]
+
+
 def enter_frame(frame: Frame | None) -> Token[Frame | None]:
     """Low-level: make frame current until reset_frame(token). Used by the middleware."""
     return _current.set(frame)

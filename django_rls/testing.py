@@ -170,7 +170,9 @@ def grant_like_application(cursor: Any, app_role: str, test_bypass: str) -> None
         (app_role,),
     )
     for schema, name in cursor.fetchall():
-        cursor.execute(psycopg_sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(psycopg_sql.Identifier(schema, name), to))
+        cursor.execute(
+            psycopg_sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(psycopg_sql.Identifier(schema, name), to)
+        )
 
 
 # The aliases a test_bypass() block is active on.
