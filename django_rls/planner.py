@@ -38,6 +38,7 @@ from django_rls.policies import (
     Declaration,
     Group,
     OwnerOrShared,
+    Policy,
     Shared,
     key_column,
 )
@@ -283,7 +284,9 @@ def audit_read_rule(declaration: Declaration) -> ReadRule | None:
     sites: set[str] = set()
     owners: set[str] = set()
     shared = False
-    for policy in declaration.policies:
+    # A Lookup lets find() read one row by its key; audit entries follow the policies it widens.
+    policies = [policy for policy in declaration.policies if type(policy).select_also is Policy.select_also]
+    for policy in policies:
         if type(policy) is BySite:
             sites.add(key_column(model, policy.field))
         elif type(policy) is ByOwner:
@@ -299,7 +302,7 @@ def audit_read_rule(declaration: Declaration) -> ReadRule | None:
             shared = True
         else:
             return None
-    if len(sites) > 1 or len(owners) > 1 or (shared and len(declaration.policies) > 1) or not (sites or owners):
+    if len(sites) > 1 or len(owners) > 1 or (shared and len(policies) > 1) or not (sites or owners):
         return None
     return (next(iter(sites), None), next(iter(owners), None), shared)
 

@@ -92,6 +92,10 @@ def normalize_id(value: Any, what: str) -> str | None:
 def make_values(site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> Values:
     if claims is not None and not isinstance(claims, Mapping):
         raise TypeError(f"claims must be a mapping or None, not {type(claims).__name__}")
+    if claims and any(isinstance(key, str) and key.startswith("lookup:") for key in claims):
+        raise ValueError(
+            'claims whose names start with "lookup:" belong to django_rls.lookups.find(), which alone sets them'
+        )
     return Values(
         normalize_id(site, "site"),
         normalize_id(user, "user"),

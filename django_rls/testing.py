@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models, transaction
 from psycopg import sql as psycopg_sql
 
@@ -209,24 +210,26 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     connection = connections[using]
     if not connection.in_atomic_block:
         raise TestBypassRefused("test_bypass() works inside a test's transaction only (pytest.mark.django_db)")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_database()")
-        database = cursor.fetchone()[0]
+    # Its statements go past Django's cursor, so assertNumQueries counts only the test's own queries.
+    connection.ensure_connection()
+    row = psycopg.Cursor(connection.connection).execute("SELECT current_database()").fetchone()
+    database = row[0] if row is not None else ""
     if not is_test_database(database):
         raise TestBypassRefused(f"test_bypass() refuses to run outside a test database; {database!r} is not one")
     switch = psycopg_sql.SQL("SET ROLE {}").format(psycopg_sql.Identifier(role))
 
+    def run(statement: Any) -> None:
+        with connection.wrap_database_errors:
+            psycopg.Cursor(connection.connection).execute(statement)
+
     def suspend(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET ROLE")
+        run("RESET ROLE")
 
     def resume(**kwargs: Any) -> None:
         if not connection.needs_rollback:
-            with connection.cursor() as cursor:
-                cursor.execute(switch)
+            run(switch)
 
-    with connection.cursor() as cursor:
-        cursor.execute(switch)
+    run(switch)
     token = _bypassing.set(_bypassing.get() | {using})
     request_started.connect(suspend, dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
     request_finished.connect(resume, dispatch_uid=f"django_rls.test_bypass.{using}.resume")
@@ -237,5 +240,4 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
         request_started.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
         request_finished.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.resume")
         if not connection.needs_rollback and connection.connection is not None:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET ROLE")
+            run("RESET ROLE")
