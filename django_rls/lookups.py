@@ -67,11 +67,6 @@ class Lookup(Policy):
     def select_also(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> str:
         key = _field(model, self.field)
         self.site_attname(model)
-        if not (key.unique or key.primary_key):
-            raise DeclarationError(
-                f"Lookup({self.field!r}) on {model._meta.label}: the field is not unique, so one key could reveal "
-                "several rows; look up by a unique field (unique=True)"
-            )
         kind = key.get_internal_type()
         claim = f"rls.claim({Literal(self.claim(model)).as_string(None)})"
         if kind in _TEXT_TYPES:
@@ -84,6 +79,11 @@ class Lookup(Policy):
             raise DeclarationError(
                 f"Lookup({self.field!r}) on {model._meta.label}: a {kind} cannot be a lookup key; "
                 "use a text, UUID or integer field"
+            )
+        if not (key.unique or key.primary_key):
+            raise DeclarationError(
+                f"Lookup({self.field!r}) on {model._meta.label}: the field is not unique, so one key could reveal "
+                "several rows; look up by a unique field (unique=True)"
             )
         return f"{_qn(key.column)} = {value}"
 
