@@ -11,6 +11,7 @@ from django.urls import path
 import django_rls
 from django_rls.declarations import _from_settings
 from django_rls.lookups import Lookup, find
+from django_rls.middleware import RequestFrame
 from django_rls.policies import BySite, Custom, Declaration, DeclarationError
 from django_rls.resolvers import first_of, from_url_kwarg
 
@@ -54,9 +55,16 @@ def test_lookup_from_settings():
     assert {g.name for g in declaration.groups(connection)} == {"site", "site_lookup"}
 
 
-def test_the_lookup_claims_are_reserved():
+def test_the_lookup_claims_are_reserved(settings):
     with pytest.raises(ValueError, match="lookup:"):
         django_rls.context(claims={"lookup:testapp_note.id": "1"})
+    settings.DJANGO_RLS = {
+        **settings.DJANGO_RLS,
+        "SITE_RESOLVER": None,
+        "CLAIMS_RESOLVER": lambda request: {"lookup:testapp_note.id": "1"},
+    }
+    with pytest.raises(ValueError, match="lookup:"):
+        RequestFrame(RequestFactory().get("/")).values()
 
 
 urlpatterns = [path("projects/<uuid:project>/", lambda request, project: None)]
