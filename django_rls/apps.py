@@ -37,6 +37,7 @@ class DjangoRlsConfig(AppConfig):
         checks.register(rls_checks.check_settings)
         checks.register(rls_checks.check_middleware)
         checks.register(rls_checks.check_site_resolver)
+        checks.register(rls_checks.check_lookups)
         checks.register(rls_checks.check_declarations)
         checks.register(rls_checks.check_scope)
         checks.register(rls_checks.check_binding)

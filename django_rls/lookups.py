@@ -28,7 +28,7 @@ from django.db import DEFAULT_DB_ALIAS, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.sql import Literal
 
-from django_rls.policies import DeclarationError, Policy, _field, _qn, key_column
+from django_rls.policies import DeclarationError, Group, Policy, _field, _qn, key_column
 from django_rls.state import FixedFrame, Values, enter_frame, reset_frame
 
 # Claims with this prefix are the lookups' own: make_values() refuses them anywhere else.
@@ -61,7 +61,7 @@ class Lookup(Policy):
         key_column(model, self.site)  # an integer or UUID key, like every site
         return _field(model, self.site).attname
 
-    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Any]:
+    def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         return []
 
     def select_also(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> str:

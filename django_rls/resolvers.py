@@ -143,6 +143,7 @@ def first_of(*resolvers: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest]
         return None
 
     resolve.__name__ = resolve.__qualname__ = "first_of_" + "_".join(r.__name__ for r in resolvers)
+    resolve.resolvers = resolvers  # type: ignore[attr-defined]  # what check E025 looks into
     return resolve
 
 

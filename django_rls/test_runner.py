@@ -97,7 +97,7 @@ def _harden(connection: Any, parallel: int) -> None:
     if parallel > 1:
         names += [connection.creation.get_test_db_clone_settings(str(i + 1))["NAME"] for i in range(parallel)]
     search_path = sql.SQL(", ").join(sql.Identifier(schema) for schema in pinned_search_path(None))
-    with connection._nodb_cursor() as cursor:
+    with connection.cursor() as cursor:  # database-wide statements: the clones are reached from here too
         for name in names:
             database = sql.Identifier(name)
             cursor.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))

@@ -79,3 +79,23 @@ def test_url_kwarg_and_first_of():
     assert str(from_url(request)) == "7c4f1c1e-54a4-4c3e-9b1c-0c6b1c1e54a4"
     assert str(fixed(request)) == "7c4f1c1e-54a4-4c3e-9b1c-0c6b1c1e54a4"
     assert from_url(RequestFactory().get("/elsewhere/")) is None
+
+
+def test_e025_a_lookup_resolver_without_its_lookup(settings):
+    from django_rls.checks import check_lookups
+    from django_rls.resolvers import by_lookup
+
+    assert check_lookups() == []  # the test settings resolve by django.contrib.sites
+    settings.DJANGO_RLS = {
+        **settings.DJANGO_RLS,
+        "SITE_RESOLVER": first_of(
+            from_url_kwarg("site"),
+            by_lookup("testapp.Note", "id", header="X-Key"),
+            first_of(by_lookup("testapp.Nothing", "id", header="X-Key")),
+        ),
+    }
+    note, nothing = check_lookups()
+    assert note.id == nothing.id == "django_rls.E025"
+    assert "by_lookup_testapp_Note_id finds nothing" in note.msg
+    assert "declares no Lookup('id')" in note.hint
+    assert "'testapp.Nothing', which is not installed" in nothing.msg
