@@ -10,6 +10,7 @@ import pytest
 from django.db import connections
 
 import django_rls
+from django_rls.models import AuditEntry
 from tests.testapp.models import Note
 
 H1 = "megacorp1.test"
@@ -34,6 +35,9 @@ def test_switch_context_moves_the_rest_of_the_request(atomic_requests, client):
     assert body["written_before_visible"] is False
     with django_rls.context(site=1):
         assert Note.objects.filter(pk=body["note"], body="written before the switch").exists()
+    # The audit trail keeps the context each statement ran with: the note was written as site 1.
+    (entry,) = AuditEntry.objects.using("bypass").filter(table_name="public.testapp_note", row_key=str(body["note"]))
+    assert (entry.operation, entry.site_id) == ("INSERT", 1)
     with django_rls.bypass("test cleanup"):
         Note.objects.filter(pk=body["note"]).delete()
 
