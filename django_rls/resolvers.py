@@ -88,23 +88,22 @@ class LookupResolver:
 
     def row(self, request: HttpRequest) -> Any:
         """The row the request's key names, or None; looked up once per request."""
-        from django_rls.lookups import find
-
-        found = request.__dict__.get(self._cache_key, _NOT_LOOKED_UP)
-        if found is _NOT_LOOKED_UP:
-            key = self.read(request)
-            found = find(self.model, self.field, key) if key is not None else None
-            request.__dict__[self._cache_key] = found
-        return found
+        return self._found(request)[0]
 
     def __call__(self, request: HttpRequest) -> Any:
-        from django_rls.lookups import site_of
+        # Called before every query of the request: the answer is kept on the request.
+        return self._found(request)[1]
 
-        found = self.row(request)
-        return None if found is None else site_of(self.model, self.field, found)
+    def _found(self, request: HttpRequest) -> tuple[Any, Any]:
+        from django_rls.lookups import find, site_of
 
-
-_NOT_LOOKED_UP = object()
+        found = request.__dict__.get(self._cache_key)
+        if found is None:
+            key = self.read(request)
+            row = find(self.model, self.field, key) if key is not None else None
+            found = (row, None if row is None else site_of(self.model, self.field, row))
+            request.__dict__[self._cache_key] = found
+        return found
 
 
 def _header_reader(header: str) -> Callable[[HttpRequest], Any]:
