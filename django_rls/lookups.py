@@ -31,6 +31,8 @@ from psycopg.sql import Literal
 from django_rls.policies import DeclarationError, Group, Policy, _field, _qn, key_column
 from django_rls.state import FixedFrame, Values, enter_frame, reset_frame
 
+# Longer keys are refused without a query (the context's claims are limited to 8 kB).
+MAX_KEY_LENGTH = 1024
 # Claims with this prefix are the lookups' own: make_values() refuses them anywhere else.
 CLAIM_PREFIX = "lookup:"
 
@@ -105,11 +107,11 @@ def declared_lookup(model: type[models.Model], field: str) -> Lookup:
 def find(model: type[models.Model] | str, field: str, value: Any, using: str = DEFAULT_DB_ALIAS) -> Any:
     """The row of ``model`` whose ``field`` equals ``value`` exactly, through its declared Lookup; or None.
 
-    One statement, which sees at most that row: none for a value the field cannot
-    hold (a malformed UUID), for an empty one or for one no row has. The row's site
-    is its Lookup's ``site`` field. Use high-entropy keys (UUID4, ``secrets``):
-    finding a row takes about as long whether or not it exists, but an index search
-    is not constant-time, and any key that names a row gives that row.
+    One statement, which sees at most that row, or none for one no row has; no
+    statement at all for an empty value or one the field cannot hold (a malformed
+    UUID, text longer than its ``max_length``, or than 1024 characters). The row's
+    site is its Lookup's ``site`` field. The search is an index search, not a
+    constant-time comparison: use long random keys (UUID4, ``secrets``).
     """
     if isinstance(model, str):
         model = apps.get_model(model)
@@ -118,9 +120,11 @@ def find(model: type[models.Model] | str, field: str, value: Any, using: str = D
         key = _field(model, field).to_python(value)
     except ValidationError:
         return None
-    if key is None or key == "":
+    text = "" if key is None else str(key)
+    longest = getattr(_field(model, field), "max_length", None) if isinstance(key, str) else None
+    if not text or len(text) > (longest or MAX_KEY_LENGTH):
         return None
-    claims = json.dumps({lookup.claim(model): str(key)}, separators=(",", ":"))
+    claims = json.dumps({lookup.claim(model): text}, separators=(",", ":"))
     token = enter_frame(FixedFrame(Values(None, None, claims)))
     try:
         rows = list(model._base_manager.using(using).filter(**{field: key})[:2])

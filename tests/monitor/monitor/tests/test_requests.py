@@ -58,7 +58,10 @@ class ApiKeyTests(MonitorData):
     def test_the_lookup_reveals_one_row_and_nothing_after_it(self):
         self.assertEqual(find(Project, "api_key", "k" * 64), self.one)
         self.assertIsNone(find(Project, "api_key", "k%"))  # exact keys only
-        self.assertIsNone(find(Check, "code", "not-a-uuid"))
+        with self.assertNumQueries(0):  # what no row can hold is not looked for
+            self.assertIsNone(find(Check, "code", "not-a-uuid"))
+            self.assertIsNone(find(Project, "api_key", "k" * 65))
+            self.assertIsNone(find(Project, "api_key", ""))
         # Inside the same transaction, the next statement carries its own context: the lookup's is gone.
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM monitor_project WHERE api_key = %s", ["k" * 64])
