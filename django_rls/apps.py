@@ -18,7 +18,11 @@ class DjangoRlsConfig(AppConfig):
 
     def ready(self) -> None:
         from django_rls import checks as rls_checks
-        from django_rls import database
+        from django_rls import conf, database
+
+        # The application role is the configured USER of "default", read now: a test runner may
+        # later connect "default" as the owner while it builds the test database.
+        conf.app_role()
 
         # Declarations for models you cannot edit live in each app's rls.py.
         autodiscover_modules("rls")
@@ -34,6 +38,7 @@ class DjangoRlsConfig(AppConfig):
         checks.register(rls_checks.check_middleware)
         checks.register(rls_checks.check_site_resolver)
         checks.register(rls_checks.check_django_scopes)
+        checks.register(rls_checks.check_lookups)
         checks.register(rls_checks.check_declarations)
         checks.register(rls_checks.check_scope)
         checks.register(rls_checks.check_binding)

@@ -195,6 +195,47 @@ def check_django_scopes(**kwargs: Any) -> list[CheckMessage]:
     return []
 
 
+def _lookup_resolvers(resolver: Any) -> list[Any]:
+    from django_rls.resolvers import LookupResolver
+
+    if isinstance(resolver, LookupResolver):
+        return [resolver]
+    return [found for inner in getattr(resolver, "resolvers", ()) for found in _lookup_resolvers(inner)]
+
+
+def check_lookups(**kwargs: Any) -> list[CheckMessage]:
+    """E025: a by_lookup() site resolver names a model or field that declares no Lookup."""
+    from django.apps import apps
+
+    from django_rls.conf import rls_settings
+    from django_rls.lookups import declared_lookup
+    from django_rls.policies import DeclarationError
+
+    try:
+        resolvers = _lookup_resolvers(rls_settings.SITE_RESOLVER)
+    except ImproperlyConfigured:
+        return []  # reported by E001
+    messages: list[CheckMessage] = []
+    for resolver in resolvers:
+        try:
+            declared_lookup(apps.get_model(resolver.model), resolver.field)
+        except (LookupError, ValueError):
+            problem = f"names model {resolver.model!r}, which is not installed"
+            hint = 'Name the model as "app_label.ModelName".'
+        except DeclarationError as exc:
+            problem, hint = "finds nothing", str(exc)
+        else:
+            continue
+        messages.append(
+            Error(
+                f"the site resolver {resolver.__name__} {problem}: every request it serves would run without a site.",
+                hint=hint,
+                id="django_rls.E025",
+            )
+        )
+    return messages
+
+
 def _site_key_targets(declarations: Any) -> dict[str, str]:
     """Map "app.Model.field" to what its site key holds: the label of the model it points at, or "UUID"."""
     from django.core.exceptions import FieldDoesNotExist

@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "OWNER_DATABASE": None,
     # Alias of a BYPASSRLS role for django_rls.bypass(); None disables bypass().
     "BYPASS_DATABASE": None,
-    # Role the policies apply to and that gets grants; None means the USER of "default".
+    # Role the policies apply to and that gets grants; None means the USER of "default" as configured at startup.
     "APP_ROLE": None,
     # Declarations for models you cannot edit: {"app_label.Model": {"policy": "site", ...}}.
     "MODELS": {},
@@ -146,10 +146,29 @@ def _resolved() -> dict[str, Any]:
     return validate(getattr(django_settings, "DJANGO_RLS", {}))
 
 
+@cache
+def _configured_default_user() -> str | None:
+    return django_settings.DATABASES.get("default", {}).get("USER") or None
+
+
+def app_role() -> str | None:
+    """The role policies apply to and grants go to: ``APP_ROLE``, else the ``USER`` that ``DATABASES["default"]``
+    named when Django started.
+
+    Read once (``AppConfig.ready()``), never from the live connection settings: test runners
+    (``django_rls.test_runner``, the pytest plugin) connect ``"default"`` as the owner while they
+    build the test database, and the policies must still name the application role.
+    ``override_settings(DATABASES=...)`` reads it again.
+    """
+    return rls_settings.APP_ROLE or _configured_default_user()
+
+
 @receiver(setting_changed)
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting in ("DJANGO_RLS", "DATABASES"):
         _resolved.cache_clear()
+    if setting == "DATABASES":
+        _configured_default_user.cache_clear()
 
 
 rls_settings = Settings()

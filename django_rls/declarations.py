@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from django.db import models
 
-from django_rls import policies
+from django_rls import lookups, policies
 from django_rls.conf import rls_settings
 from django_rls.policies import Declaration, DeclarationError, Policy, as_policies
 
@@ -35,6 +35,7 @@ SETTINGS_POLICIES: dict[str, Callable[..., Policy]] = {
     "members": policies.Members,
     "parent": policies.ThroughParent,
     "custom": policies.Custom,
+    "lookup": lookups.Lookup,
 }
 _DECLARATION_KEYS = ("audit", "audit_exclude", "audit_mask")
 

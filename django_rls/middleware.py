@@ -9,7 +9,9 @@ placed after this one may still set what the resolver reads (for instance a
 tenant attribute) after its own first query: until the resolver returns a
 site, queries run without one. Once queries have run with a site, a resolver
 that returns another one (or None) raises ``SiteChanged`` instead of moving
-the rest of the request to another tenant.
+the rest of the request to another tenant. A view that means to move the request
+to another site or user (after signing up, accepting an invitation, creating a
+project to work in) says so with ``django_rls.switch_context()``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 from django_rls.conf import rls_settings
-from django_rls.state import Frame, Values, enter_frame, make_values, reset_frame
+from django_rls.state import Frame, Values, current_frame, enter_frame, make_values, normalize_id, reset_frame
 
 _UNRESOLVED = object()
 
@@ -38,6 +40,10 @@ class RequestFrame(Frame):
     ``request.user`` there, and a tenant middleware placed after RlsMiddleware
     may set the site after a session or user lookup has queried.
     """
+
+    # What switch_context() chose for the rest of the request, in place of the resolvers' answer.
+    switched_site: Any = _UNRESOLVED
+    switched_user: Any = _UNRESOLVED
 
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
@@ -62,8 +68,8 @@ class RequestFrame(Frame):
     def values(self) -> Values:
         if self._claims is _UNRESOLVED:
             self._claims = self._resolve(rls_settings.CLAIMS_RESOLVER)
-        site = self._resolve(rls_settings.SITE_RESOLVER)
-        user = self._resolve(rls_settings.USER_RESOLVER)
+        site = self._resolve(rls_settings.SITE_RESOLVER) if self.switched_site is _UNRESOLVED else self.switched_site
+        user = self._resolve(rls_settings.USER_RESOLVER) if self.switched_user is _UNRESOLVED else self.switched_user
         if self._values is None or site is not self._site or user is not self._user:
             values = make_values(site, user, self._claims)
             if self._used_site is not None and values.site != self._used_site:
@@ -82,6 +88,35 @@ def _site_changed_message(used: str, now: str | None) -> str:
         "the request's final site from the first query on: set what it reads (a tenant attribute) before any "
         "middleware or view queries with another value."
     )
+
+
+def switch_context(*, site: Any = _UNRESOLVED, user: Any = _UNRESOLVED) -> None:
+    """Run the rest of this request as another site and/or user (model instances, primary keys or None).
+
+    For views that change who the request works for: accepting an invitation,
+    creating a project and working in it. The resolvers are no longer asked for
+    what is given; what is not given is resolved as before (``login()`` needs no
+    switch: the default user resolver reads ``request.user`` before every query).
+    The next query runs with the new context, inside the same transaction when one
+    is open (``ATOMIC_REQUESTS``): rows written before stay written and commit with
+    it, and are seen from then on only as far as the new context's policies allow.
+    A ``context()`` block inside the request still runs as it says, and the switch
+    applies again after it.
+    """
+    frame = current_frame()
+    if not isinstance(frame, RequestFrame):
+        raise RuntimeError(
+            "django_rls.switch_context() changes the context of the request being served, and this code runs "
+            + ("inside a context(), bypass() or no_context() block" if frame is not None else "outside any request")
+            + ": there, wrap the code in `with django_rls.context(site=..., user=...)` instead"
+        )
+    if site is not _UNRESOLVED:
+        normalize_id(site, "site")  # a bad value fails here, not at the next query
+        frame.switched_site = site
+        frame._used_site = None  # an explicit move, not the resolver changing its mind (SiteChanged)
+    if user is not _UNRESOLVED:
+        normalize_id(user, "user")
+        frame.switched_user = user
 
 
 class RlsMiddleware:

@@ -20,7 +20,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
 import django_rls
-from django_rls.conf import rls_settings
+from django_rls import conf
 from django_rls.ddl import (
     ACCESS_EXCLUSIVE,
     SHARE_ROW_EXCLUSIVE,
@@ -38,6 +38,7 @@ from django_rls.policies import (
     Declaration,
     Group,
     OwnerOrShared,
+    Policy,
     Shared,
     key_column,
 )
@@ -199,9 +200,7 @@ class Plan:
 
 
 def app_role() -> str:
-    from django.db import connections
-
-    role = rls_settings.APP_ROLE or connections.settings["default"].get("USER")
+    role = conf.app_role()
     if not role:
         raise PlanError(
             'cannot tell which role the application connects as: set DJANGO_RLS["APP_ROLE"] '
@@ -285,7 +284,9 @@ def audit_read_rule(declaration: Declaration) -> ReadRule | None:
     sites: set[str] = set()
     owners: set[str] = set()
     shared = False
-    for policy in declaration.policies:
+    # A Lookup lets find() read one row by its key; audit entries follow the policies it widens.
+    policies = [policy for policy in declaration.policies if type(policy).select_also is Policy.select_also]
+    for policy in policies:
         if type(policy) is BySite:
             sites.add(key_column(model, policy.field))
         elif type(policy) is ByOwner:
@@ -301,7 +302,7 @@ def audit_read_rule(declaration: Declaration) -> ReadRule | None:
             shared = True
         else:
             return None
-    if len(sites) > 1 or len(owners) > 1 or (shared and len(declaration.policies) > 1) or not (sites or owners):
+    if len(sites) > 1 or len(owners) > 1 or (shared and len(policies) > 1) or not (sites or owners):
         return None
     return (next(iter(sites), None), next(iter(owners), None), shared)
 

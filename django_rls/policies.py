@@ -113,6 +113,10 @@ class Policy:
         """The models whose tables this policy's conditions read (their own policies apply to that read)."""
         return ()
 
+    def select_also(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> str | None:
+        """A condition under which SELECT may see a row the other groups hide (``django_rls.lookups.Lookup``)."""
+        return None
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -406,7 +410,24 @@ class Declaration:
                         "combine them or give a Custom policy its own name"
                     )
                 groups[group.name] = group
-        return list(groups.values())
+        widening = [condition for policy in self.policies if (condition := policy.select_also(model, connection))]
+        if not widening:
+            return list(groups.values())
+        if not groups:
+            raise DeclarationError(
+                f"{self.model} declares only lookups, which widen the SELECT of its other policies: "
+                'add the policy that protects its rows, e.g. BySite("site")'
+            )
+        return [part for group in groups.values() for part in _widen_select(group, " OR ".join(widening))]
+
+
+def _widen_select(group: Group, condition: str) -> list[Group]:
+    """The group, its SELECT split off as ``<name>_lookup`` that also lets rows matching ``condition`` through."""
+    if "select" not in group.commands:
+        return [group]
+    rest = tuple(command for command in group.commands if command != "select")
+    select = Group(f"{group.name}_lookup", f"({group.using}) OR {condition}", None, ("select",))
+    return [Group(group.name, group.using, group.check, rest), select] if rest else [select]
 
 
 def policy_cycles(declarations: Mapping[str, Declaration]) -> list[list[str]]:

@@ -78,7 +78,8 @@ def rls_django_db_setup(
     from django.core.management import call_command
     from django.db import connections
 
-    from django_rls.conf import rls_settings
+    from django_rls.conf import app_role, rls_settings
+    from django_rls.testing import grant_like_application
 
     if not isinstance(django_db_modify_db_settings, dict):
         raise pytest.UsageError(
@@ -95,8 +96,8 @@ def rls_django_db_setup(
         call_command("rls_apply", database=owner, verbosity=0, stdout=io.StringIO())
         if rls_settings.TEST_BYPASS_ROLE:
             with connections[owner].cursor() as cursor:
-                _grant_like(
-                    cursor, rls_settings.APP_ROLE or django_db_modify_db_settings["USER"], rls_settings.TEST_BYPASS_ROLE
+                grant_like_application(
+                    cursor, app_role() or django_db_modify_db_settings["USER"], rls_settings.TEST_BYPASS_ROLE
                 )
     for connection in connections.all():
         connection.close()
@@ -105,44 +106,6 @@ def rls_django_db_setup(
     for connection in connections.all():
         connection.close()
     _connect_default_as(owner_credentials)
-
-
-def _grant_like(cursor: Any, app_role: str, test_bypass: str) -> None:
-    """Give the test bypass role the application role's privileges in the test database, no more.
-
-    It cannot inherit them: the application role is a member of it (test_bypass() sets
-    that role), and PostgreSQL refuses circular memberships.
-    """
-    from psycopg import sql
-
-    to = sql.Identifier(test_bypass)
-    cursor.execute(
-        "SELECT n.nspname FROM pg_namespace n WHERE has_schema_privilege(%s, n.oid, 'USAGE') "
-        "AND pg_has_role(current_user, n.nspowner, 'USAGE')",
-        (app_role,),
-    )
-    for (schema,) in cursor.fetchall():
-        cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), to))
-    cursor.execute(
-        "SELECT table_schema, table_name, string_agg(privilege_type, ',') FROM information_schema.role_table_grants "
-        "WHERE grantee = %s GROUP BY 1, 2",
-        (app_role,),
-    )
-    for schema, table, privileges in cursor.fetchall():
-        cursor.execute(
-            sql.SQL("GRANT {} ON {} TO {}").format(
-                sql.SQL(", ").join(sql.SQL(p) for p in privileges.split(",") if p.isalpha()),
-                sql.Identifier(schema, table),
-                to,
-            )
-        )
-    cursor.execute(
-        "SELECT object_schema, object_name FROM information_schema.usage_privileges "
-        "WHERE grantee = %s AND object_type = 'SEQUENCE'",
-        (app_role,),
-    )
-    for schema, name in cursor.fetchall():
-        cursor.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(schema, name), to))
 
 
 @pytest.fixture

@@ -92,6 +92,10 @@ def normalize_id(value: Any, what: str) -> str | None:
 def make_values(site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> Values:
     if claims is not None and not isinstance(claims, Mapping):
         raise TypeError(f"claims must be a mapping or None, not {type(claims).__name__}")
+    if claims and any(isinstance(key, str) and key.startswith("lookup:") for key in claims):
+        raise ValueError(
+            'claims whose names start with "lookup:" belong to django_rls.lookups.find(), which alone sets them'
+        )
     return Values(
         normalize_id(site, "site"),
         normalize_id(user, "user"),
@@ -231,6 +235,28 @@ def _decorate(func: F, enter: Callable[[], Any]) -> F:
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def propagate(func: F) -> F:
+    """``func`` bound to the context current now, wherever it runs later: for thread pools.
+
+    A new thread starts with no context (``ContextVar`` values do not cross into
+    ``threading.Thread`` or ``ThreadPoolExecutor`` workers), so its queries see no
+    protected rows. ``pool.submit(django_rls.propagate(work), item)`` runs ``work`` with
+    the context (or the ``bypass()``) of the code that submitted it, and restores the
+    worker's own afterwards. Each thread still opens its own database connection.
+    """
+    frame = _current.get()
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        token = _current.set(frame)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    return run  # type: ignore[return-value]
 
 
 def enter_frame(frame: Frame | None) -> Token[Frame | None]:

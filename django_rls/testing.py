@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, models, transaction
 from psycopg import sql as psycopg_sql
 
@@ -137,6 +138,44 @@ def is_test_database(name: str) -> bool:
     return name.startswith(TEST_DATABASE_PREFIX)
 
 
+def grant_like_application(cursor: Any, app_role: str, test_bypass: str) -> None:
+    """Give the test bypass role the application role's privileges in the test database, no more.
+
+    It cannot inherit them: the application role is a member of it (test_bypass() sets
+    that role), and PostgreSQL refuses circular memberships.
+    """
+    to = psycopg_sql.Identifier(test_bypass)
+    cursor.execute(
+        "SELECT n.nspname FROM pg_namespace n WHERE has_schema_privilege(%s, n.oid, 'USAGE') "
+        "AND pg_has_role(current_user, n.nspowner, 'USAGE')",
+        (app_role,),
+    )
+    for (schema,) in cursor.fetchall():
+        cursor.execute(psycopg_sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(psycopg_sql.Identifier(schema), to))
+    cursor.execute(
+        "SELECT table_schema, table_name, string_agg(privilege_type, ',') FROM information_schema.role_table_grants "
+        "WHERE grantee = %s GROUP BY 1, 2",
+        (app_role,),
+    )
+    for schema, table, privileges in cursor.fetchall():
+        cursor.execute(
+            psycopg_sql.SQL("GRANT {} ON {} TO {}").format(
+                psycopg_sql.SQL(", ").join(psycopg_sql.SQL(p) for p in privileges.split(",") if p.isalpha()),
+                psycopg_sql.Identifier(schema, table),
+                to,
+            )
+        )
+    cursor.execute(
+        "SELECT object_schema, object_name FROM information_schema.usage_privileges "
+        "WHERE grantee = %s AND object_type = 'SEQUENCE'",
+        (app_role,),
+    )
+    for schema, name in cursor.fetchall():
+        cursor.execute(
+            psycopg_sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(psycopg_sql.Identifier(schema, name), to)
+        )
+
+
 # The aliases a test_bypass() block is active on.
 _bypassing: ContextVar[frozenset[str]] = ContextVar("django_rls_test_bypass", default=frozenset())
 
@@ -172,24 +211,26 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     connection = connections[using]
     if not connection.in_atomic_block:
         raise TestBypassRefused("test_bypass() works inside a test's transaction only (pytest.mark.django_db)")
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_database()")
-        database = cursor.fetchone()[0]
+    # Its statements go past Django's cursor, so assertNumQueries counts only the test's own queries.
+    connection.ensure_connection()
+    row = psycopg.Cursor(connection.connection).execute("SELECT current_database()").fetchone()
+    database = row[0] if row is not None else ""
     if not is_test_database(database):
         raise TestBypassRefused(f"test_bypass() refuses to run outside a test database; {database!r} is not one")
     switch = psycopg_sql.SQL("SET ROLE {}").format(psycopg_sql.Identifier(role))
 
+    def run(statement: Any) -> None:
+        with connection.wrap_database_errors:
+            psycopg.Cursor(connection.connection).execute(statement)
+
     def suspend(**kwargs: Any) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET ROLE")
+        run("RESET ROLE")
 
     def resume(**kwargs: Any) -> None:
         if not connection.needs_rollback:
-            with connection.cursor() as cursor:
-                cursor.execute(switch)
+            run(switch)
 
-    with connection.cursor() as cursor:
-        cursor.execute(switch)
+    run(switch)
     token = _bypassing.set(_bypassing.get() | {using})
     request_started.connect(suspend, dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
     request_finished.connect(resume, dispatch_uid=f"django_rls.test_bypass.{using}.resume")
@@ -202,5 +243,4 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
         request_started.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.suspend")
         request_finished.disconnect(dispatch_uid=f"django_rls.test_bypass.{using}.resume")
         if not connection.needs_rollback and connection.connection is not None:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET ROLE")
+            run("RESET ROLE")

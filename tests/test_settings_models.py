@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.db.models import Q
 
-from django_rls import context, policies
+from django_rls import context, lookups, policies
 from django_rls.declarations import SETTINGS_POLICIES, _from_settings, all_declarations
 from django_rls.expressions import CurrentSite
 from django_rls.policies import BySite, Custom, DeclarationError
@@ -16,7 +16,8 @@ from tests.thirdparty.models import Widget
 
 
 def test_every_policy_kind_has_a_settings_name():
-    kinds = {cls for cls in vars(policies).values() if isinstance(cls, type) and issubclass(cls, policies.Policy)}
+    defined = [*vars(policies).values(), *vars(lookups).values()]
+    kinds = {cls for cls in defined if isinstance(cls, type) and issubclass(cls, policies.Policy)}
     kinds.discard(policies.Policy)
     assert kinds == set(SETTINGS_POLICIES.values())
 

@@ -22,4 +22,6 @@ urlpatterns = [
     path("tasks/late-user/", views.user_then_tasks),
     path("tasks/drf/", views.DrfTasks.as_view()),
     path("inject/", views.inject),
+    path("switch/", views.switch_site),
+    path("switch/async/", views.switch_site_async),
 ]

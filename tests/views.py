@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+import django_rls
 from tests.testapp.models import Note, Task
 
 
@@ -126,3 +127,27 @@ def inject(request: HttpRequest) -> JsonResponse:
         cursor.execute("SELECT DISTINCT site_id FROM testapp_note ORDER BY 1")
         sites = [row[0] for row in cursor.fetchall()]
     return JsonResponse({"outcome": outcome, "sites": sites})
+
+
+def switch_site(request: HttpRequest) -> JsonResponse:
+    """Write a note as the host's site, then move the rest of the request to site 2 (issue 15 item 3)."""
+    before = sorted(set(Note.objects.values_list("site_id", flat=True)))
+    note = Note.objects.create(site_id=before[0], body="written before the switch")
+    django_rls.switch_context(site=2)
+    after = sorted(set(Note.objects.values_list("site_id", flat=True)))
+    return JsonResponse(
+        {
+            "before": before,
+            "after": after,
+            "written_before_visible": Note.objects.filter(pk=note.pk).exists(),
+            "note": note.pk,
+            "in_transaction": connection.in_atomic_block,
+        }
+    )
+
+
+async def switch_site_async(request: HttpRequest) -> JsonResponse:
+    before = sorted({n.site_id async for n in Note.objects.all()})
+    django_rls.switch_context(site=2)
+    after = sorted({n.site_id async for n in Note.objects.all()})
+    return JsonResponse({"before": before, "after": after})

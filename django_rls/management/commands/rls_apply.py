@@ -42,6 +42,9 @@ class Command(BaseCommand):
         add_lock_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # --verbosity 0 prints nothing but --dry-run's SQL (the output asked for) and errors;
+        # --check then answers with its exit status alone.
+        self.quiet = options["verbosity"] == 0
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
         if alias not in connections.settings:
             raise CommandError(f"unknown database alias {alias!r}")
@@ -82,10 +85,14 @@ class Command(BaseCommand):
         self.stdout.write(f"SELECT pg_advisory_unlock(hashtext('{APPLY_LOCK}'));")
 
     def _print_unit(self, unit: Unit) -> None:
+        if self.quiet:
+            return
         for step in unit.steps:
             self.stdout.write(f"  {step.summary}")
 
     def _print_diff(self, plan: Plan) -> None:
+        if self.quiet:
+            return
         if plan.in_sync:
             self.stdout.write(self.style.SUCCESS(f"In sync: {plan.tables} protected tables, nothing to change."))
         else:
@@ -98,6 +105,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  kept {note}")
 
     def _print_applied(self, plan: Plan) -> None:
+        if self.quiet:
+            return
         if plan.in_sync:
             self.stdout.write(f"Nothing to do: {plan.tables} protected tables already match the declarations.")
         else:

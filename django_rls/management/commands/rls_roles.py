@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections, transaction
 
-from django_rls.conf import rls_settings
+from django_rls.conf import app_role, rls_settings
 from django_rls.ddl import LockWaitExhausted, Runner, add_lock_options, bounds_from
 from django_rls.roles import RolesError, plan, specs
 
@@ -57,7 +57,7 @@ class Command(BaseCommand):
         alias = options["database"] or rls_settings.OWNER_DATABASE or "default"
         if alias not in connections.settings:
             raise CommandError(f"unknown database alias {alias!r}")
-        app = options["app_role"] or rls_settings.APP_ROLE or _user("default")
+        app = options["app_role"] or app_role()
         if not app:
             raise CommandError('cannot tell the application role: pass --app-role or set DJANGO_RLS["APP_ROLE"]')
         owner = options["owner_role"] or _user(rls_settings.OWNER_DATABASE)

@@ -1,0 +1,170 @@
+"""Django's own test runner (``manage.py test``) for projects that use django_rls; docs/testing.md.
+
+``TEST_RUNNER = "django_rls.test_runner.RlsDiscoverRunner"`` (or ``RlsRunnerMixin``
+before your own runner class):
+
+- the test databases are created, migrated, cloned for ``--parallel`` and destroyed
+  by the owner role (``DJANGO_RLS["OWNER_DATABASE"]``'s ``USER`` and ``PASSWORD``),
+  through the protected aliases themselves, so data migrations run as the owner too;
+- ``rls_apply`` runs on each test database right after its migrations, before
+  ``--parallel`` clones it, and the test bypass role (``TEST_BYPASS_ROLE``) gets the
+  application role's privileges there;
+- tests then connect as the application role, with the policies of production.
+
+``BypassFixtures`` (for ``TestCase``) loads ``fixtures`` and runs ``setUpTestData``
+inside ``django_rls.testing.test_bypass()``; ``FlushAsOwner`` (for
+``TransactionTestCase``) empties the tables as the owner, since the application
+role may not TRUNCATE. Neither sends a query of its own inside a test, so
+``assertNumQueries`` counts what it counted before.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.db import connections
+from django.db.models.signals import post_migrate
+from django.test.runner import DiscoverRunner
+
+from django_rls.conf import app_role, rls_settings
+from django_rls.database import protected_aliases
+from django_rls.testing import grant_like_application, test_bypass
+
+# The settings of an alias that say who connects; the owner's are swapped in while the databases are built.
+CREDENTIALS = ("USER", "PASSWORD")
+_APPLY_UID = "django_rls.test_runner.apply"
+
+
+def _owner_alias() -> str:
+    owner = rls_settings.OWNER_DATABASE
+    if not owner or owner not in connections.settings:
+        raise ImproperlyConfigured(
+            'django_rls.test_runner builds the test databases as the owner role: set DJANGO_RLS["OWNER_DATABASE"] '
+            "to the alias that connects as it (docs/testing.md)"
+        )
+    return str(owner)
+
+
+@contextmanager
+def connected_as_owner(aliases: Iterable[str]) -> Iterator[None]:
+    """These aliases connect as the owner role inside the block, and as themselves again after it."""
+    owner = connections[_owner_alias()].settings_dict
+    saved: dict[str, dict[str, Any]] = {}
+    for alias in aliases:
+        connection = connections[alias]
+        connection.close()
+        saved[alias] = {key: connection.settings_dict.get(key) for key in CREDENTIALS}
+        connection.settings_dict.update({key: owner.get(key) for key in CREDENTIALS})
+    try:
+        yield
+    finally:
+        for alias, credentials in saved.items():
+            connections[alias].close()
+            connections[alias].settings_dict.update(credentials)
+
+
+def _apply_after_last_migration(sender: Any, using: str, **kwargs: Any) -> None:
+    """post_migrate fires once per app with models: on the last, every table exists; protect them."""
+    with_models = [config for config in apps.get_app_configs() if config.models_module is not None]
+    if using not in protected_aliases() or not with_models or sender is not with_models[-1]:
+        return
+    call_command("rls_apply", database=using, verbosity=0, stdout=io.StringIO())
+    bypass_role = rls_settings.TEST_BYPASS_ROLE
+    role = app_role()
+    if bypass_role and role:
+        with connections[using].cursor() as cursor:
+            grant_like_application(cursor, role, bypass_role)
+
+
+def _harden(connection: Any, parallel: int) -> None:
+    """What ``rls_roles`` sets per database, for the new test databases and their clones, as their owner.
+
+    A new database (and a clone) starts with TEMPORARY granted to PUBLIC and none of the
+    per-database settings of the template (checks E017, E018): revoke it, and pin a
+    search_path with pg_temp last for the database.
+    """
+    from psycopg import sql
+
+    from django_rls.roles import pinned_search_path
+
+    names = [connection.settings_dict["NAME"]]
+    if parallel > 1:
+        names += [connection.creation.get_test_db_clone_settings(str(i + 1))["NAME"] for i in range(parallel)]
+    search_path = sql.SQL(", ").join(sql.Identifier(schema) for schema in pinned_search_path(None))
+    with connection.cursor() as cursor:  # database-wide statements: the clones are reached from here too
+        for name in names:
+            database = sql.Identifier(name)
+            cursor.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+            cursor.execute(sql.SQL("ALTER DATABASE {} SET search_path = {}").format(database, search_path))
+
+
+class RlsRunnerMixin:
+    """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning."""
+
+    def setup_databases(self, **kwargs: Any) -> Any:
+        protected = protected_aliases()
+        post_migrate.connect(_apply_after_last_migration, dispatch_uid=_APPLY_UID)
+        try:
+            with connected_as_owner(protected):
+                old_config = super().setup_databases(**kwargs)  # type: ignore[misc]
+                for connection, _, created in old_config:
+                    if created and connection.alias in protected:
+                        _harden(connection, self.parallel)  # type: ignore[attr-defined]
+        finally:
+            post_migrate.disconnect(dispatch_uid=_APPLY_UID)
+        return old_config
+
+    def teardown_databases(self, old_config: Any, **kwargs: Any) -> None:
+        with connected_as_owner(protected_aliases()):
+            super().teardown_databases(old_config, **kwargs)  # type: ignore[misc]
+
+
+class RlsDiscoverRunner(RlsRunnerMixin, DiscoverRunner):
+    """Django's DiscoverRunner with django_rls's test databases (``TEST_RUNNER``)."""
+
+
+class BypassFixtures:
+    """TestCase mixin: ``fixtures`` and ``setUpTestData`` run in ``test_bypass()``, every site's rows writable.
+
+    The bypass covers the class's setup only, on the protected aliases the test case
+    uses; each test then runs as the application role, with no context until it
+    enters one (``django_rls.context()``) or makes a request.
+    """
+
+    # Open while setUpClass runs: TestCase enters its atomic blocks there and again before each test.
+    _rls_fixture_bypass: ExitStack | None = None
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._rls_fixture_bypass = ExitStack()
+        try:
+            super().setUpClass()  # type: ignore[misc]
+        finally:
+            cls._rls_fixture_bypass.close()
+            cls._rls_fixture_bypass = None
+
+    @classmethod
+    def _enter_atomics(cls) -> Any:
+        atomics = super()._enter_atomics()  # type: ignore[misc]
+        if cls._rls_fixture_bypass is not None:
+            protected = protected_aliases()
+            for alias in cls._databases_names(include_mirrors=False):  # type: ignore[attr-defined]
+                if alias in protected:
+                    cls._rls_fixture_bypass.enter_context(test_bypass(alias))
+        return atomics
+
+
+class FlushAsOwner:
+    """TransactionTestCase mixin: empty the tables after each test as the owner role (TRUNCATE is the owner's)."""
+
+    def _fixture_teardown(self) -> None:
+        protected = protected_aliases()
+        aliases = [a for a in self._databases_names(include_mirrors=False) if a in protected]  # type: ignore[attr-defined]
+        with connected_as_owner(aliases):
+            super()._fixture_teardown()  # type: ignore[misc]
