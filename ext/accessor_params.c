@@ -40,6 +40,7 @@
 #include "nodes/plannodes.h"
 #include "optimizer/optimizer.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -72,6 +73,9 @@ typedef struct AccessorCacheEntry
 
 static HTAB *accessor_cache = NULL;
 static bool accessor_cache_valid = false;
+
+/* django_rls.accessor_initplans: off leaves every call in place. */
+static bool accessor_initplans = true;
 
 /* One distinct accessor call of a statement and the parameter it became. */
 typedef struct AccessorParam
@@ -499,7 +503,7 @@ RlsEvaluateAccessorsOnce(PlannedStmt *stmt)
 	List	   *planner_subplans;
 	ListCell   *lc;
 
-	if (stmt->commandType == CMD_UTILITY || stmt->planTree == NULL)
+	if (!accessor_initplans || stmt->commandType == CMD_UTILITY || stmt->planTree == NULL)
 		return;
 	state.stmt = stmt;
 	planner_subplans = list_copy(stmt->subplans);
@@ -513,6 +517,20 @@ RlsEvaluateAccessorsOnce(PlannedStmt *stmt)
 	foreach(lc, planner_subplans)
 		PublishParams((Plan *) lfirst(lc), &state);
 	AttachInitPlans(&state);
+}
+
+/*
+ * A superuser's switch, for comparing plans and timings with the calls left
+ * in place; it changes how fast a policy runs, never what it lets through.
+ */
+void
+RlsDefineAccessorParamSettings(void)
+{
+	DefineCustomBoolVariable(RLS_GUC_PREFIX ".accessor_initplans",
+							 "Evaluate the context accessors in a plan once per execution, through initplans.",
+							 "When off, plans call the accessors wherever the planner put them, once per row on a scan's filter.",
+							 &accessor_initplans, true, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 }
 
 void

@@ -76,6 +76,7 @@ extern PGDLLEXPORT Datum rls_context(PG_FUNCTION_ARGS);
 /*
  * accessor_params.c
  */
+extern void RlsDefineAccessorParamSettings(void);
 extern void RlsInstallAccessorParams(void);
 extern void RlsEvaluateAccessorsOnce(PlannedStmt *stmt);
 

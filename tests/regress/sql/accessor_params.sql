@@ -158,9 +158,22 @@ SELECT rls.set_context('2', NULL);
 EXPLAIN (COSTS OFF) SELECT count(*) FROM orders;
 SELECT count(*), min(site_id), max(site_id), sum(amount) FROM orders;
 COMMIT;
-
 RESET ALL;
+
+-- viewpoint from a superuser, who can leave the calls in place to compare
 RESET SESSION AUTHORIZATION;
+SET django_rls.accessor_initplans = off;
+SET SESSION AUTHORIZATION regress_rls_app;
+SET search_path = regress_rls;
+BEGIN;
+SELECT rls.set_context('1', NULL);
+EXPLAIN (COSTS OFF) SELECT * FROM orders WHERE id = 1;
+SELECT id, site_id FROM orders WHERE id = 1;
+COMMIT;
+SET django_rls.accessor_initplans = on; -- fail
+
+RESET SESSION AUTHORIZATION;
+RESET ALL;
 DROP SCHEMA regress_rls CASCADE;
 DROP EXTENSION django_rls;
 DROP ROLE regress_rls_app;
