@@ -33,8 +33,13 @@
  */
 #include "postgres.h"
 
+#include "access/stratnum.h"
+#include "catalog/pg_am_d.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_language.h"
+#include "catalog/pg_opclass.h"
 #include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "nodes/plannodes.h"
@@ -382,6 +387,256 @@ RewriteNode(Plan *plan, RewriteState *state)
 	}
 }
 
+/*
+ * The operator family of a btree index's column, or InvalidOid when the
+ * index is not a btree.
+ */
+static Oid
+BtreeColumnFamily(Oid indexid, AttrNumber column)
+{
+	HeapTuple	tuple;
+	Datum		datum;
+	bool		isnull;
+	oidvector  *indclass;
+	Oid			opclass = InvalidOid;
+	Oid			family = InvalidOid;
+
+	tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexid));
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	datum = SysCacheGetAttr(INDEXRELID, tuple, Anum_pg_index_indclass, &isnull);
+	if (!isnull)
+	{
+		indclass = (oidvector *) DatumGetPointer(datum);
+		if (column >= 1 && column <= indclass->dim1)
+			opclass = indclass->values[column - 1];
+	}
+	ReleaseSysCache(tuple);
+	if (!OidIsValid(opclass))
+		return InvalidOid;
+	tuple = SearchSysCache1(CLAOID, ObjectIdGetDatum(opclass));
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	if (((Form_pg_opclass) GETSTRUCT(tuple))->opcmethod == BTREE_AM_OID)
+		family = ((Form_pg_opclass) GETSTRUCT(tuple))->opcfamily;
+	ReleaseSysCache(tuple);
+	return family;
+}
+
+/* The parameter and the constant of a one-time check "parameter = constant". */
+static bool
+SplitGateCheck(Node *check, RewriteState *state, Param **param, Const **constant)
+{
+	OpExpr	   *op;
+	Node	   *left;
+	Node	   *right;
+
+	if (!IsA(check, OpExpr) || list_length(((OpExpr *) check)->args) != 2)
+		return false;
+	op = (OpExpr *) check;
+	left = linitial(op->args);
+	right = lsecond(op->args);
+	if (IsA(right, Param))
+	{
+		Node	   *swap = left;
+
+		left = right;
+		right = swap;
+	}
+	if (!IsA(left, Param) || ((Param *) left)->paramkind != PARAM_EXEC ||
+		!bms_is_member(((Param *) left)->paramid, state->paramids) ||
+		!IsA(right, Const) || ((Const *) right)->constisnull)
+		return false;
+	*param = (Param *) left;
+	*constant = (Const *) right;
+	return true;
+}
+
+/*
+ * Add "column = param" right after the index key "column = constant" of
+ * indexqual (and its twin in indexqualorig, when there is one), where the
+ * operator family of the index has an equality for the two types.
+ */
+static bool
+AddIndexKey(Oid indexid, List **indexqual, List **indexqualorig,
+			Param *param, Const *constant)
+{
+	int			position = 0;
+	ListCell   *lc;
+
+	foreach(lc, *indexqual)
+	{
+		OpExpr	   *key = (OpExpr *) lfirst(lc);
+		Var		   *column;
+		Oid			lefttype;
+		Oid			righttype;
+		Oid			family;
+		Oid			opno;
+		OpExpr	   *added;
+
+		position++;
+		if (!IsA(key, OpExpr) || list_length(key->args) != 2 ||
+			!IsA(linitial(key->args), Var) || !equal(lsecond(key->args), constant))
+			continue;
+		column = (Var *) linitial(key->args);
+		op_input_types(key->opno, &lefttype, &righttype);
+		family = BtreeColumnFamily(indexid, column->varattno);
+		if (!OidIsValid(family))
+			return false;
+		opno = get_opfamily_member(family, lefttype, param->paramtype, BTEqualStrategyNumber);
+		if (!OidIsValid(opno))
+			return false;
+
+		added = (OpExpr *) make_opclause(opno, BOOLOID, false, (Expr *) copyObject(column),
+										 (Expr *) copyObject(param), InvalidOid, key->inputcollid);
+		added->opfuncid = get_opcode(opno);
+		*indexqual = list_insert_nth(*indexqual, position, added);
+		if (indexqualorig != NULL)
+		{
+			OpExpr	   *original = (OpExpr *) list_nth(*indexqualorig, position - 1);
+
+			added = (OpExpr *) make_opclause(opno, BOOLOID, false, (Expr *) copyObject(linitial(original->args)),
+											 (Expr *) copyObject(param), InvalidOid, key->inputcollid);
+			added->opfuncid = get_opcode(opno);
+			*indexqualorig = list_insert_nth(*indexqualorig, position, added);
+		}
+		return true;
+	}
+	return false;
+}
+
+/*
+ * The target list of a Result that only passes its input's columns on,
+ * expressed over that input's own columns; NIL (and false) otherwise.
+ */
+static bool
+ComposeTargetList(List *upper, List *lower, List **result)
+{
+	ListCell   *lc;
+
+	*result = NIL;
+	foreach(lc, upper)
+	{
+		TargetEntry *entry = (TargetEntry *) lfirst(lc);
+		TargetEntry *composed;
+		Var		   *var = (Var *) entry->expr;
+
+		if (!IsA(var, Var) || var->varno != OUTER_VAR || var->varattno < 1 ||
+			var->varattno > list_length(lower))
+			return false;
+		composed = flatCopyTargetEntry(entry);
+		composed->expr = copyObject(((TargetEntry *) list_nth(lower, var->varattno - 1))->expr);
+		*result = lappend(*result, composed);
+	}
+	return true;
+}
+
+/*
+ * The planner merges the query's own site_id = 42 with the policy's
+ * site_id = rls.site_id() into one equivalence class: the scan looks up
+ * site_id = 42 and a Result above it checks rls.site_id() = 42 once.  That
+ * Result still hands every row on, which costs a fast index scan more than a
+ * per-row filter would.  When every one-time check of such a Result is
+ * "parameter = constant" and the index scan right below looks up "column =
+ * that constant" in a btree, the checks become index keys "column =
+ * parameter" and the Result goes: btree compares two keys on one column once,
+ * when the scan starts, keeping one key when they agree and reading nothing
+ * when they differ, which is what the one-time check did.  The scan then
+ * returns the Result's columns itself.
+ */
+static Plan *
+WithoutGate(Plan *plan, RewriteState *state)
+{
+	Result	   *gate = (Result *) plan;
+	Plan	   *scan;
+	Oid			indexid;
+	List	  **indexqual;
+	List	  **indexqualorig = NULL;
+	List	   *targetlist;
+	List	   *keys;
+	List	   *keys_orig = NIL;
+	ListCell   *lc;
+
+	if (!IsA(plan, Result) || plan->lefttree == NULL || plan->qual != NIL ||
+		plan->initPlan != NIL || gate->resconstantqual == NULL ||
+		!IsA(gate->resconstantqual, List))
+		return plan;
+	scan = plan->lefttree;
+	switch (nodeTag(scan))
+	{
+		case T_IndexScan:
+			indexid = ((IndexScan *) scan)->indexid;
+			indexqual = &((IndexScan *) scan)->indexqual;
+			indexqualorig = &((IndexScan *) scan)->indexqualorig;
+			break;
+		case T_IndexOnlyScan:
+			indexid = ((IndexOnlyScan *) scan)->indexid;
+			indexqual = &((IndexOnlyScan *) scan)->indexqual;
+			break;
+		case T_BitmapHeapScan:
+			/* A lossy page's recheck needs no key: no page comes when the keys differ. */
+			if (scan->lefttree == NULL || !IsA(scan->lefttree, BitmapIndexScan))
+				return plan;
+			indexid = ((BitmapIndexScan *) scan->lefttree)->indexid;
+			indexqual = &((BitmapIndexScan *) scan->lefttree)->indexqual;
+			indexqualorig = &((BitmapIndexScan *) scan->lefttree)->indexqualorig;
+			break;
+		default:
+			return plan;
+	}
+	if (!ComposeTargetList(plan->targetlist, scan->targetlist, &targetlist))
+		return plan;
+
+	/* Work on copies, so that a check that cannot move leaves the plan as it was. */
+	keys = list_copy(*indexqual);
+	if (indexqualorig != NULL)
+		keys_orig = list_copy(*indexqualorig);
+	foreach(lc, (List *) gate->resconstantqual)
+	{
+		Param	   *param;
+		Const	   *constant;
+
+		if (!SplitGateCheck((Node *) lfirst(lc), state, &param, &constant) ||
+			!AddIndexKey(indexid, &keys, indexqualorig != NULL ? &keys_orig : NULL,
+						 param, constant))
+			return plan;
+	}
+	*indexqual = keys;
+	if (indexqualorig != NULL)
+		*indexqualorig = keys_orig;
+	scan->targetlist = targetlist;
+	return scan;
+}
+
+static void
+FoldGates(Plan **slot, RewriteState *state)
+{
+	Plan	   *plan = *slot;
+	ListCell   *lc;
+
+	if (plan == NULL || IsA(plan, CustomScan))
+		return;
+	plan = *slot = WithoutGate(plan, state);
+	FoldGates(&plan->lefttree, state);
+	FoldGates(&plan->righttree, state);
+	switch (nodeTag(plan))
+	{
+		case T_Append:
+			foreach(lc, ((Append *) plan)->appendplans)
+				FoldGates((Plan **) &lfirst(lc), state);
+			break;
+		case T_MergeAppend:
+			foreach(lc, ((MergeAppend *) plan)->mergeplans)
+				FoldGates((Plan **) &lfirst(lc), state);
+			break;
+		case T_SubqueryScan:
+			FoldGates(&((SubqueryScan *) plan)->subplan, state);
+			break;
+		default:
+			break;
+	}
+}
+
 /* Every plan node's children, custom scans' included. */
 static List *
 ChildPlans(Plan *plan)
@@ -513,6 +768,10 @@ RlsEvaluateAccessorsOnce(PlannedStmt *stmt)
 	if (state.params == NIL)
 		return;
 
+	FoldGates(&stmt->planTree, &state);
+	foreach(lc, planner_subplans)
+		FoldGates((Plan **) &lfirst(lc), &state);
+	stmt->subplans = list_copy(planner_subplans);
 	PublishParams(stmt->planTree, &state);
 	foreach(lc, planner_subplans)
 		PublishParams((Plan *) lfirst(lc), &state);
