@@ -18,6 +18,10 @@
  * a change of context; a cursor reads the context once, when the value is
  * first needed, and keeps it until it is closed.
  *
+ * Beside a query's own site_id = 42 the planner turns the policy into a
+ * one-time check, $0 = 42, in a Result above the scan; above a btree index
+ * scan that check becomes a second index key instead (see WithoutGate).
+ *
  * Parallel workers never run initplans: a Gather sends its workers the
  * values listed in its initParam, which the leader evaluates first, so every
  * Gather lists these parameters.  Every node lists them in extParam as well,

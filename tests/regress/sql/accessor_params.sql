@@ -144,6 +144,7 @@ COMMIT;
 BEGIN;
 SET LOCAL enable_seqscan = off;
 SET LOCAL enable_bitmapscan = off;
+SELECT count(*) AS without_context FROM orders WHERE site_id = 1;
 SELECT rls.set_context('1', NULL);
 -- (An index-only scan takes the merged check as a second key too.)
 EXPLAIN (COSTS OFF) SELECT count(*) FROM orders WHERE site_id = 1;
