@@ -120,5 +120,16 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #define RlsPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
 #endif
 
+/*
+ * PostgreSQL 17 shows an initplan's output as (InitPlan 1).col1 in EXPLAIN
+ * and names the initplan just "InitPlan 1"; older releases show $0 and name
+ * it "InitPlan 1 (returns $0)".  Initplans made by accessor_params.c follow
+ * the convention of the running release.
+ */
+#if PG_VERSION_NUM >= 170000
+#define RlsInitPlanName(plan_id, paramid) psprintf("InitPlan %d", (plan_id))
+#else
+#define RlsInitPlanName(plan_id, paramid) psprintf("InitPlan %d (returns $%d)", (plan_id), (paramid))
+#endif
 
 #endif							/* DJANGO_RLS_COMPAT_H */

@@ -90,12 +90,14 @@ _PG_init(void)
 	RlsDefineBypassingRoleSettings();
 	RlsDefineTokenSettings();
 	RlsDefineKeySettings();
+	RlsDefineAccessorParamSettings();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);
 	/* First, so that statement.c's hooks run before audit_context.c's. */
 	RlsInstallAuditContextHooks();
 	RlsInstallStatementHooks();
+	RlsInstallAccessorParams();
 	if (!rls_loaded_at_startup)
 		RlsNoteLateLoad();
 

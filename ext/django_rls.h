@@ -13,6 +13,7 @@
 #include "access/tupdesc.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "nodes/plannodes.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
 
@@ -67,6 +68,23 @@ extern void RlsApplyContext(const char *site, const char *user,
  */
 extern void RlsDefineBypassingRoleSettings(void);
 extern void RlsCheckRoleLimitedByPolicies(void);
+
+/*
+ * accessors.c: the functions policies call, declared for accessor_params.c.
+ */
+extern PGDLLEXPORT Datum rls_site_id(PG_FUNCTION_ARGS);
+extern PGDLLEXPORT Datum rls_user_id(PG_FUNCTION_ARGS);
+extern PGDLLEXPORT Datum rls_site_uuid(PG_FUNCTION_ARGS);
+extern PGDLLEXPORT Datum rls_user_uuid(PG_FUNCTION_ARGS);
+extern PGDLLEXPORT Datum rls_claim(PG_FUNCTION_ARGS);
+extern PGDLLEXPORT Datum rls_context(PG_FUNCTION_ARGS);
+
+/*
+ * accessor_params.c
+ */
+extern void RlsDefineAccessorParamSettings(void);
+extern void RlsInstallAccessorParams(void);
+extern void RlsEvaluateAccessorsOnce(PlannedStmt *stmt);
 
 /*
  * values.c

@@ -279,6 +279,7 @@ PlanWithContext(Query *parse, const char *query_string, int cursor_options,
 		nesting_level--;
 	}
 	PG_END_TRY();
+	RlsEvaluateAccessorsOnce(result);
 	return result;
 }
 

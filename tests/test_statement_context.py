@@ -102,6 +102,20 @@ def test_signed_token_with_prepared_generic_plan(conn, signing_keys, sites_table
             assert conn.execute(query, (token, site), prepare=True).fetchone() == (3,)
 
 
+def test_a_generic_plan_reads_each_statements_carried_site_once(conn, sites_table):
+    """The policy's rls.site_id() is an initplan the executor runs after applying the marker's context."""
+    query = MARKER + f"SELECT count(*), min(site_id), max(site_id) FROM {sites_table}"
+    plan = [
+        line for (line,) in carried(conn, unsigned(site=1), f"EXPLAIN (VERBOSE, COSTS OFF) SELECT * FROM {sites_table}")
+    ]
+    assert any(line.strip() == "Output: rls.site_id()" for line in plan), plan
+    assert not any("Filter" in line and "rls.site_id()" in line for line in plan), plan
+    with conn.transaction():
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for site in (1, 2, 1, 2):
+            assert conn.execute(query, (unsigned(site=site),), prepare=True).fetchone() == (3, site, site)
+
+
 def test_parallel_workers_get_the_carried_context(conn, owner_conn):
     owner_conn.execute("CREATE TABLE carried_big AS SELECT g AS id, g % 4 AS site_id FROM generate_series(1, 200000) g")
     owner_conn.execute(sql.SQL("GRANT SELECT ON carried_big TO {}").format(sql.Identifier(APP_ROLE)))
