@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 TOKEN_VERSION = "v1"
@@ -112,6 +113,12 @@ def _id_member(value: Any, what: str) -> int | str | None:
     if isinstance(value, str):
         return value
     raise TypeError(f"{what} must be an int, a UUID, a string or None, not {type(value).__name__}")
+
+
+@lru_cache(maxsize=8)
+def _hmac_for(key_bytes: bytes) -> HmacSha256:
+    """One HmacSha256 per key, shared by every reusable token signed with it."""
+    return HmacSha256(key_bytes)
 
 
 def _key_bytes(key: str | bytes) -> bytes:
@@ -233,7 +240,7 @@ def sign_reusable(
     key_bytes = _key_bytes(key)
     issuer = issuer if issuer is not None else _issuer.issuer
     token, expires_at = _signed_token(key_bytes, site, user, claims, lifetime, database, issuer, None, now)
-    return ReusableToken(token, issuer, expires_at, HmacSha256(key_bytes))
+    return ReusableToken(token, issuer, expires_at, _hmac_for(key_bytes))
 
 
 def generate_key() -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -347,3 +348,43 @@ class TestBridge:
                     set_signed(unbound, use)
             with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="never alone"):
                 carried(bound, signed["signed"][0])
+
+
+VECTORS = json.loads((Path(__file__).parent / "token_vectors.json").read_text())
+
+
+def _vector_arguments(inputs: dict) -> dict:
+    arguments = {name: inputs[name] for name in ("site", "user", "claims", "lifetime", "issuer", "now")}
+    return {**arguments, **({"database": inputs["database"]} if "database" in inputs else {})}
+
+
+class TestVectors:
+    def test_the_python_signer_makes_the_vectors(self):
+        key = VECTORS["key"]
+        for vector in VECTORS["single_use"]:
+            inputs = vector["inputs"]
+            assert sign_context(key, **_vector_arguments(inputs), sequence=inputs["sequence"]) == vector["token"]
+        for vector in VECTORS["reusable"]:
+            token = sign_reusable(key, **_vector_arguments(vector["inputs"]))
+            assert token.token == vector["token"]
+            for use in vector["uses"]:
+                assert token.use(use["sequence"], now=use["time"]) == use["use"]
+
+    def test_the_server_accepts_their_signatures_and_macs(self, app_conn, admin_conn, signing_keys):
+        """The vectors expired long ago (and some name another database): the server says so, which it
+        checks only after the signature, the MAC and the layout; one changed character is refused first."""
+        materials = [vector["token"] for vector in VECTORS["single_use"]]
+        materials += [use["use"] for vector in VECTORS["reusable"] for use in vector["uses"]]
+        write_key_file(admin_conn, *signing_keys, VECTORS["key"])
+        try:
+            for material in materials:
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as excinfo:
+                    set_signed(app_conn, material)
+                error = excinfo.value
+                assert "has expired" in error.diag.message_primary or "another database" in (
+                    error.diag.message_detail or ""
+                ), material
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="invalid") as excinfo:
+                    set_signed(app_conn, material[:-1] + ("A" if material[-1] != "A" else "B"))
+        finally:
+            write_key_file(admin_conn, *signing_keys)
