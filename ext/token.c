@@ -102,7 +102,7 @@ ReportInvalidUse(const char *detail)
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 			 errmsg("invalid use of a reusable django_rls context token"),
 			 errdetail_internal("%s", detail),
-			 errhint("Send a reusable token as a use: the token, a sequence number of its issuer never used before and the MAC of both, made by the application for this statement (docs/security.md).")));
+			 errhint("Send a reusable token only as a use: the token, a sequence number of its issuer never used before, the time and their MAC, made by the application for one statement with a key listed in django_rls.signing_key_file (docs/security.md).")));
 }
 
 static int
@@ -273,7 +273,7 @@ CheckUseMac(const TokenParts *parts)
 	if (Base64UrlDecode(parts->mac, MAC_TEXT_LEN, &mac) != PG_SHA256_DIGEST_LENGTH)
 		ReportInvalidUse("The use's MAC is not 43 characters of base64url.");
 	if (!RlsSignatureMatches(parts->signature, (parts->mac - 1) - parts->signature, mac))
-		ReportInvalidUse("The use's MAC does not match its token and sequence number under any key in django_rls.signing_key_file.");
+		ReportInvalidUse("The use's MAC does not match any key in django_rls.signing_key_file for its token, sequence number and time.");
 }
 
 /*
