@@ -25,7 +25,7 @@ from psycopg.types.string import StrDumper
 from django_rls import database as bridge
 from django_rls.state import make_values
 from django_rls.tokens import HmacSha256, ReusableToken, sign_context, sign_reusable
-from tests.conftest import APP_ROLE, Database, write_key_file
+from tests.conftest import APP_ROLE, Database, wait_for, write_key_file
 
 pytestmark = pytest.mark.usefixtures("signing_keys")
 
@@ -188,6 +188,32 @@ class TestServer:
         time.sleep(max(0.0, token.expires_at - time.time()) + 0.1)
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="has expired"):
             set_signed(app_conn, token.use(2))
+
+    def test_a_kept_token_follows_a_lowered_max_token_lifetime(self, app_conn, admin_conn, signing_keys):
+        token = reusable(signing_keys[0], lifetime=120)
+        sequences = iter(range(1, 10_000))
+        assert set_signed(app_conn, token.use(next(sequences))) == 1
+        admin_conn.execute("ALTER SYSTEM SET django_rls.max_token_lifetime = 60")
+        admin_conn.execute("SELECT pg_reload_conf()")
+        try:
+
+            def refused_now() -> None:
+                with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="lives too long"):
+                    set_signed(app_conn, token.use(next(sequences)))
+
+            wait_for(refused_now)
+        finally:
+            admin_conn.execute("ALTER SYSTEM RESET django_rls.max_token_lifetime")
+            admin_conn.execute("SELECT pg_reload_conf()")
+
+    def test_forged_uses_do_not_fill_the_replay_memory(self, app_conn, signing_keys):
+        used_before = app_conn.execute("SELECT rls.extension_info()->>'replay_issuers_used'").fetchone()[0]
+        for _ in range(100):
+            token = reusable(signing_keys[0])  # a genuine token of a new issuer, a use with a forged MAC
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="invalid use"):
+                set_signed(app_conn, _remac(token, "k" * 64, f"1.{int(time.time())}"))
+        used_after = app_conn.execute("SELECT rls.extension_info()->>'replay_issuers_used'").fetchone()[0]
+        assert used_after == used_before
 
     def test_a_removed_key_stops_a_kept_token_at_once(self, app_conn, admin_conn, signing_keys):
         current, previous = signing_keys
