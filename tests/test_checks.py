@@ -15,7 +15,7 @@ from psycopg import sql
 import django_rls
 from django_rls import declarations
 from django_rls.policies import BySite, Declaration
-from tests.conftest import wait_for
+from tests.conftest import reset_max_token_lifetime, wait_for
 from tests.roles import APP_ROLE
 
 
@@ -207,8 +207,7 @@ def test_e031_the_server_refuses_what_the_application_signs(live_db, settings, s
             [message] = checks.run_checks(databases=["default"])
         assert "lives too long" in message.msg
     finally:
-        admin_conn.execute("ALTER SYSTEM RESET django_rls.max_token_lifetime")
-        admin_conn.execute("SELECT pg_reload_conf()")
+        reset_max_token_lifetime(admin_conn)
         connections.close_all()
 
 
