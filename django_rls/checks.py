@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.exceptions import ImproperlyConfigured
@@ -422,6 +423,7 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             )
         if not is_super:
             messages.extend(_check_session_state(alias, cursor))
+            messages.extend(_check_signing(alias, cursor))
         cursor.execute("SELECT object_name, problem, hint, current_user FROM rls.problems ORDER BY 1, 2")
         maintenance_role = _bypass_role()
         for object_name, problem, hint, role in cursor.fetchall():
@@ -501,6 +503,49 @@ def _check_session_state(alias: str, cursor: Any) -> list[CheckMessage]:
                 hint="Run manage.py rls_roles: it pins the application role's search_path in this database with "
                 "pg_temp last (ALTER ROLE ... IN DATABASE ... SET search_path = public, pg_temp).",
                 id="django_rls.E018",
+            )
+        )
+    return messages
+
+
+def _check_signing(alias: str, cursor: Any) -> list[CheckMessage]:
+    """E031/W015: in signed mode, whether the server accepts what the application signs, and insists on it."""
+    from django_rls.conf import rls_settings
+    from django_rls.database import CARRIER, context_parameter, marker_supported
+    from django_rls.state import EMPTY
+
+    if rls_settings.SIGNING_KEY is None:
+        return []
+    messages: list[CheckMessage] = []
+    cursor.execute("SELECT current_user, current_setting('django_rls.require_signature', true)")
+    role, required = cursor.fetchone()
+    connection = connections[alias]
+    if marker_supported(connection):
+        # A use of a reusable token for the empty context, carried by a statement that does nothing
+        # else, exactly as a request's first query would send it: the server checks the key, the
+        # clocks, the lifetime and its replay memory, and grants nothing.
+        try:
+            with connection.connection.transaction():
+                psycopg.Cursor(connection.connection).execute(CARRIER, (context_parameter(EMPTY),))
+        except psycopg.Error as exc:
+            detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+            messages.append(
+                Error(
+                    f'database {alias!r} refuses the contexts DJANGO_RLS["SIGNING_KEY"] signs: '
+                    f"{exc.diag.message_primary}{detail}. Every request that queries it would fail.",
+                    hint=exc.diag.message_hint
+                    or "Put the same key in the server's django_rls.signing_key_file (docs/security.md).",
+                    id="django_rls.E031",
+                )
+            )
+    if required != "on":
+        messages.append(
+            Warning(
+                f'DJANGO_RLS["SIGNING_KEY"] is set, but database {alias!r} does not require signatures of {role}: '
+                "a session of its own as that role (a stolen password) can still set any context unsigned.",
+                hint=f"As a superuser: ALTER ROLE {role} SET django_rls.require_signature = on, once every "
+                "application server signs (docs/operating.md).",
+                id="django_rls.W015",
             )
         )
     return messages

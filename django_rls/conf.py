@@ -104,7 +104,7 @@ def validate(user_settings: Any) -> dict[str, Any]:
         raise ImproperlyConfigured(
             f'DJANGO_RLS["TOKEN_LIFETIME"] must be an int of seconds between 1 and {SERVER_MAX_LIFETIME}, '
             f"not {lifetime!r}: the server refuses tokens that live longer than its django_rls.max_token_lifetime "
-            f"({SERVER_MAX_LIFETIME} s by default). A token is signed for each statement or transaction, "
+            f"({SERVER_MAX_LIFETIME} s by default). A context's token is signed again when half of it is gone, "
             "so a few seconds to a minute is plenty"
         )
     for name in ("LOCK_TIMEOUT", "LOCK_BUDGET"):

@@ -29,15 +29,20 @@ makes one choice (``ContextWrapper.__call__``):
   without one (a request of an unknown host, or without a user).
 
 Values are always bound (never formatted into SQL), so they never appear in
-``pg_stat_activity``. With ``DJANGO_RLS["SIGNING_KEY"]`` each statement carries a
-fresh single-use token. The context is transaction-scoped (``SET LOCAL``
-semantics), so nothing is left on a connection that goes back to a pool or to
-PgBouncer.
+``pg_stat_activity``. With ``DJANGO_RLS["SIGNING_KEY"]`` each context is signed
+once, as a reusable token, and each statement that carries it (or each setter
+call) sends a new single-use *use* of that token: a fresh sequence number and a
+short MAC (tokens.py, ``ReusableTokens``). The context is transaction-scoped
+(``SET LOCAL`` semantics), so nothing is left on a connection that goes back to
+a pool or to PgBouncer.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any
@@ -49,7 +54,7 @@ from psycopg.pq import TransactionStatus
 
 from django_rls.conf import rls_settings
 from django_rls.state import EMPTY, Values, current_frame
-from django_rls.tokens import sign_context
+from django_rls.tokens import ReusableToken, current_issuer, sign_reusable
 from django_rls.wire import (
     CARRIER,
     MARKER,
@@ -81,14 +86,51 @@ class AppliedContext:
         self.transactional = transactional
 
 
+class ReusableTokens:
+    """The reusable token of each context this process sent recently, in signed mode.
+
+    A context is signed once per half of ``TOKEN_LIFETIME`` (and again in a forked
+    child, which is an issuer of its own), however many statements, requests and
+    connections send it: each of them costs only a use (a sequence number and a short
+    MAC). The half left of a token's lifetime covers the time a statement takes to
+    reach the server and clock differences. At most ``size`` contexts are kept, the
+    least recently used forgotten first.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._tokens: OrderedDict[tuple[str | bytes, int, Values], tuple[ReusableToken, float]] = OrderedDict()
+
+    def use(self, key: str | bytes, lifetime: int, values: Values) -> str:
+        """A fresh use of the reusable token of these values."""
+        cache_key = (key, lifetime, values)
+        now = time.time()
+        with self._lock:
+            cached = self._tokens.get(cache_key)
+            if cached is not None and cached[1] > now and cached[0].issuer == current_issuer():
+                self._tokens.move_to_end(cache_key)
+                token = cached[0]
+            else:
+                token = sign_reusable(
+                    key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=lifetime, now=now
+                )
+                self._tokens[cache_key] = (token, token.expires_at - lifetime / 2)
+                self._tokens.move_to_end(cache_key)
+                if len(self._tokens) > self.size:
+                    self._tokens.popitem(last=False)
+        return token.use(now=now)
+
+
+reusable_tokens = ReusableTokens()
+
+
 def _signed(values: Values) -> str | None:
-    """A fresh single-use token for these values, or None in unsigned mode."""
+    """A fresh use of these values' reusable token, or None in unsigned mode."""
     key = rls_settings.SIGNING_KEY
     if key is None:
         return None
-    return sign_context(
-        key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
-    )
+    return reusable_tokens.use(key, rls_settings.TOKEN_LIFETIME, values)
 
 
 def context_statement(values: Values, is_local: bool) -> tuple[str, tuple[Any, ...]]:

@@ -113,6 +113,29 @@ extern void RlsDefineTokenSettings(void);
 extern void RlsVerifyToken(const char *token, int len, RlsContextValues *result);
 
 /*
+ * token_cache.c
+ */
+
+/*
+ * What a token says once its signature and payload are verified: the context
+ * it authorizes, its times, its issuer, and its sequence number (0 for a
+ * reusable token, which is spent only through uses).
+ */
+typedef struct RlsVerifiedToken
+{
+	RlsContextValues context;
+	int64		issued_at;
+	int64		expires_at;
+	char	   *issuer;
+	int64		sequence;
+} RlsVerifiedToken;
+
+extern bool RlsTokenCacheLookup(const char *token, int len, uint64 keys_generation,
+								RlsVerifiedToken *result);
+extern void RlsTokenCacheStore(const char *token, int len, uint64 keys_generation,
+							   const RlsVerifiedToken *verified);
+
+/*
  * statement.c
  */
 extern void RlsInstallStatementHooks(void);
@@ -180,6 +203,7 @@ extern void RlsDefineKeySettings(void);
 extern bool RlsSigningKeyConfigured(void);
 extern bool RlsSignatureMatches(const char *signed_part, size_t signed_len,
 								const uint8 *signature);
+extern uint64 RlsSigningKeysGeneration(void);
 
 /*
  * replay.c

@@ -42,6 +42,12 @@ static int	nkeys = 0;
 static char **keys = NULL;
 static size_t *key_lengths = NULL;
 
+/*
+ * Increased whenever the keys are read anew, so that what was verified with
+ * the old keys (token_cache.c) is verified again.
+ */
+static uint64 keys_generation = 0;
+
 void
 RlsDefineKeySettings(void)
 {
@@ -245,6 +251,17 @@ LoadKeys(void)
 
 	loaded_path = MemoryContextStrdup(keys_context, path);
 	loaded_stat = st;
+	keys_generation++;
+}
+
+/*
+ * Which reading of the key file the keys in memory come from, as of the last
+ * check (RlsSignatureMatches() checks the file first).
+ */
+uint64
+RlsSigningKeysGeneration(void)
+{
+	return keys_generation;
 }
 
 /* Compare two buffers in time that depends only on their length. */

@@ -8,13 +8,29 @@
  *		v1.<payload>.<signature>
  *
  * <payload> is the base64url (no padding) encoding of a JSON object with the
- * members site, user, claims, iat, exp, iss, seq and optionally db (iss and
- * seq name the token for replay protection, see replay.c); <signature>
- * is the base64url encoding of HMAC-SHA256 over "v1.<payload>" under one of
- * the keys in django_rls.signing_key_file.  The signature is checked before the
- * payload is decoded, so nothing but a key holder's bytes ever reaches the
- * JSON parser.  The context members are read by values.c, exactly as an
- * unsigned context's are.
+ * members site, user, claims, iat, exp, iss and optionally seq and db;
+ * <signature> is the base64url encoding of HMAC-SHA256 over "v1.<payload>"
+ * under one of the keys in django_rls.signing_key_file.  The signature is
+ * checked before the payload is decoded, so nothing but a key holder's bytes
+ * ever reaches the JSON parser.  The context members are read by values.c,
+ * exactly as an unsigned context's are.
+ *
+ * A token with seq is single-use: spending it spends number seq of issuer
+ * iss (replay.c).  A token without seq is reusable: it is never accepted
+ * alone, only as a use,
+ *
+ *		v1.<payload>.<signature>.<seq>.<time>.<mac>
+ *
+ * where <seq> is a number of issuer iss never spent before, <time> the Unix
+ * time the use was made, both in decimal, and <mac> the base64url encoding of
+ * HMAC-SHA256 over "<signature>.<seq>.<time>".  An application signs one
+ * reusable token per context and lifetime, and computes only a short MAC per
+ * statement; each backend verifies the token once (token_cache.c) and then
+ * only the MAC.  Seen in a log, a use cannot be spent again, and the token it
+ * holds cannot make a new use without a key.  A use's own time, not its
+ * token's, tells whether it was made after the replay memory was created.
+ * The MAC's input has its first dot after the 43 characters of a signature, a
+ * token's signed part after "v1", so neither can stand for the other.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +49,10 @@
 
 #define TOKEN_VERSION_PREFIX "v1."
 #define TOKEN_MAX_LEN 16384
+/* A MAC: HMAC-SHA256 in unpadded base64url. */
+#define MAC_TEXT_LEN 43
+/* What a use adds to its token: ".<seq>.<time>.<mac>", numbers of at most 19 digits. */
+#define USE_SUFFIX_MAX_LEN (1 + 19 + 1 + 19 + 1 + MAC_TEXT_LEN)
 
 PG_FUNCTION_INFO_V1(rls_set_context_signed);
 
@@ -41,15 +61,16 @@ static const char *const token_members[] = {"site", "user", "claims", "iat", "ex
 
 static int	max_token_lifetime = 300;
 
-/* The verified contents of a token, canonical and ready to apply. */
-typedef struct RlsToken
+/* Where the parts of a token, or of a use of one, lie in its text. */
+typedef struct TokenParts
 {
-	RlsContextValues context;
-	int64		issued_at;
-	int64		expires_at;
-	char	   *issuer;
-	int64		sequence;
-} RlsToken;
+	int			token_len;		/* "v1.<payload>.<signature>" */
+	const char *signature;
+	bool		is_use;
+	int64		use_sequence;	/* a use's <seq> */
+	int64		use_time;		/* a use's <time> */
+	const char *mac;			/* a use's <mac>, MAC_TEXT_LEN characters */
+} TokenParts;
 
 void
 RlsDefineTokenSettings(void)
@@ -62,6 +83,7 @@ RlsDefineTokenSettings(void)
 }
 
 pg_noreturn static void ReportInvalidToken(const char *detail);
+pg_noreturn static void ReportInvalidUse(const char *detail);
 
 static void
 ReportInvalidToken(const char *detail)
@@ -71,6 +93,16 @@ ReportInvalidToken(const char *detail)
 			 errmsg("invalid django_rls context token"),
 			 errdetail_internal("%s", detail),
 			 errhint("Tokens must be signed by the application with a key listed in django_rls.signing_key_file; docs/security.md describes the format.")));
+}
+
+static void
+ReportInvalidUse(const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 errmsg("invalid use of a reusable django_rls context token"),
+			 errdetail_internal("%s", detail),
+			 errhint("Send a reusable token only as a use: the token, a sequence number of its issuer never used before, the time and their MAC, made by the application for one statement with a key listed in django_rls.signing_key_file (docs/security.md).")));
 }
 
 static int
@@ -166,12 +198,91 @@ ValidIssuer(const char *issuer, int len)
 }
 
 /*
+ * Read one of a use's numbers, from *cursor up to the next dot (which *cursor
+ * is left after): positive decimal without sign or leading zeros.
+ */
+static int64
+UseNumber(const char **cursor, const char *end, const char *what)
+{
+	const char *dot = memchr(*cursor, '.', end - *cursor);
+	const char *digit;
+	int64		result = 0;
+
+	if (dot == NULL)
+		ReportInvalidUse("A use ends with \".<seq>.<time>.<mac>\" after the token's signature.");
+	for (digit = *cursor; digit < dot; digit++)
+	{
+		if (*digit < '0' || *digit > '9' || (digit == *cursor && *digit == '0') ||
+			result > (PG_INT64_MAX - (*digit - '0')) / 10)
+			break;
+		result = result * 10 + (*digit - '0');
+	}
+	if (digit < dot || result == 0)
+		ReportInvalidUse(psprintf("The use's %s must be a positive decimal integer of at most 63 bits, without sign or leading zeros.",
+								  what));
+	*cursor = dot + 1;
+	return result;
+}
+
+/*
+ * Split a token, or a use of one, into its parts, checking only its length
+ * and layout.
+ */
+static void
+SplitToken(const char *text, int len, TokenParts *parts)
+{
+	int			prefix_len = strlen(TOKEN_VERSION_PREFIX);
+	const char *end = text + len;
+	const char *payload_end;
+	const char *signature_end;
+	const char *cursor;
+
+	if (len > TOKEN_MAX_LEN + USE_SUFFIX_MAX_LEN)
+		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
+	if (len < prefix_len || memcmp(text, TOKEN_VERSION_PREFIX, prefix_len) != 0)
+		ReportInvalidToken("The token does not start with \"" TOKEN_VERSION_PREFIX "\".");
+	payload_end = memchr(text + prefix_len, '.', len - prefix_len);
+	if (payload_end == NULL)
+		ReportInvalidToken("The token has no signature part.");
+	parts->signature = payload_end + 1;
+	signature_end = memchr(parts->signature, '.', end - parts->signature);
+	parts->is_use = signature_end != NULL;
+	parts->token_len = (parts->is_use ? signature_end : end) - text;
+	if (parts->token_len > TOKEN_MAX_LEN)
+		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
+	if (!parts->is_use)
+		return;
+
+	cursor = signature_end + 1;
+	parts->use_sequence = UseNumber(&cursor, end, "sequence number");
+	parts->use_time = UseNumber(&cursor, end, "time");
+	parts->mac = cursor;
+	if (end - parts->mac != MAC_TEXT_LEN)
+		ReportInvalidUse("The use's MAC is not 43 characters of base64url.");
+}
+
+/*
+ * Check a use's MAC, HMAC-SHA256 over "<signature>.<seq>.<time>", before
+ * anything else of it is decoded or looked up.
+ */
+static void
+CheckUseMac(const TokenParts *parts)
+{
+	uint8	   *mac;
+
+	if (Base64UrlDecode(parts->mac, MAC_TEXT_LEN, &mac) != PG_SHA256_DIGEST_LENGTH)
+		ReportInvalidUse("The use's MAC is not 43 characters of base64url.");
+	if (!RlsSignatureMatches(parts->signature, (parts->mac - 1) - parts->signature, mac))
+		ReportInvalidUse("The use's MAC does not match any key in django_rls.signing_key_file for its token, sequence number and time.");
+}
+
+/*
  * Check the signature, then decode and check the payload.  Every failure
  * raises an error; on return the token is authentic but it has not
  * been spent yet.
  */
 static void
-ParseToken(const char *token, int len, RlsToken *result)
+ParseToken(const char *token, int len, RlsVerifiedToken *result)
 {
 	const char *payload_start;
 	const char *dot;
@@ -185,14 +296,8 @@ ParseToken(const char *token, int len, RlsToken *result)
 	char	   *unknown;
 	const char *wrong;
 
-	if (len > TOKEN_MAX_LEN)
-		ReportInvalidToken(psprintf("The token is longer than %d bytes.", TOKEN_MAX_LEN));
-	if (len < prefix_len || memcmp(token, TOKEN_VERSION_PREFIX, prefix_len) != 0)
-		ReportInvalidToken("The token does not start with \"" TOKEN_VERSION_PREFIX "\".");
 	payload_start = token + prefix_len;
 	dot = memchr(payload_start, '.', len - prefix_len);
-	if (dot == NULL)
-		ReportInvalidToken("The token has no signature part.");
 	if (Base64UrlDecode(dot + 1, len - (dot + 1 - token), &signature) != PG_SHA256_DIGEST_LENGTH)
 		ReportInvalidToken("The signature is not 32 bytes of base64url.");
 	if (!RlsSignatureMatches(token, dot - token, signature))
@@ -221,9 +326,16 @@ ParseToken(const char *token, int len, RlsToken *result)
 		ReportInvalidToken(psprintf("The payload member \"iss\" must be %d to %d base64url characters.",
 									RLS_ISSUER_MIN_LEN, RLS_ISSUER_MAX_LEN));
 	result->issuer = pnstrdup(value->val.string.val, value->val.string.len);
-	result->sequence = IntegerMember(Member(payload, "seq", &buf), "seq");
-	if (result->sequence < 1)
-		ReportInvalidToken("The payload member \"seq\" must be a positive integer.");
+
+	/* Without seq the token is reusable, and spent only through uses. */
+	result->sequence = 0;
+	value = Member(payload, "seq", &buf);
+	if (value != NULL)
+	{
+		result->sequence = IntegerMember(value, "seq");
+		if (result->sequence < 1)
+			ReportInvalidToken("The payload member \"seq\" must be a positive integer.");
+	}
 
 	value = Member(payload, "db", &buf);
 	if (value != NULL)
@@ -238,12 +350,13 @@ ParseToken(const char *token, int len, RlsToken *result)
 }
 
 /*
- * Refuse tokens that are expired, too long-lived, or issued before the replay
- * memory was created.
+ * Refuse tokens that are expired or too long-lived, and a token or use made
+ * (at made_at) before the replay memory was created.
  */
 static void
-CheckTokenTimes(const RlsToken *token, int64 now)
+CheckTokenTimes(const RlsVerifiedToken *token, const TokenParts *parts, int64 now)
 {
+	int64		made_at = parts->is_use ? parts->use_time : token->issued_at;
 	int64		initialized = RlsReplayInitializedAt();
 
 	if (token->expires_at <= now)
@@ -264,27 +377,45 @@ CheckTokenTimes(const RlsToken *token, int64 now)
 
 	/*
 	 * Spent tokens are remembered in shared memory, which a restart or the
-	 * reinitialisation after a backend crash empties.  A token issued before
-	 * then, or within the same second (iat has a resolution of one second),
-	 * might have been spent already.
+	 * reinitialisation after a backend crash empties.  A token issued, or a
+	 * use made, before then or within the same second (times have a
+	 * resolution of one second) might have been spent already.  A reusable
+	 * token is never spent itself: only its uses' times count.
 	 */
-	if (token->issued_at <= initialized)
+	if (made_at <= initialized)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("django_rls context token was issued before the server's replay memory was initialised"),
-				 errdetail("The server restarted or recovered from a crash at Unix time %lld and cannot tell whether the token was used before.",
-						   (long long) initialized),
-				 errhint("Sign a fresh token.")));
+				 errdetail("The server restarted or recovered from a crash at Unix time %lld and cannot tell whether the %s was used before.",
+						   (long long) initialized, parts->is_use ? "use" : "token"),
+				 errhint(parts->is_use ? "Make a new use of the token." : "Sign a fresh token.")));
 }
 
 /*
- * Verify a signed token and spend it.  Every failure raises an error;
- * on return *result holds the canonical context the token authorizes.
+ * The token a use holds, verified: by this backend before (token_cache.c),
+ * or now.
+ */
+static void
+UsedToken(const char *text, const TokenParts *parts, RlsVerifiedToken *result)
+{
+	if (RlsTokenCacheLookup(text, parts->token_len, RlsSigningKeysGeneration(), result))
+		return;
+	ParseToken(text, parts->token_len, result);
+	if (result->sequence == 0)
+		RlsTokenCacheStore(text, parts->token_len, RlsSigningKeysGeneration(), result);
+}
+
+/*
+ * Verify a signed token, or a use of a reusable one, and spend it.  Every
+ * failure raises an error; on return *result holds the canonical context the
+ * token authorizes.
  */
 void
-RlsVerifyToken(const char *token, int len, RlsContextValues *result)
+RlsVerifyToken(const char *text, int len, RlsContextValues *result)
 {
-	RlsToken	parsed;
+	TokenParts	parts;
+	RlsVerifiedToken token;
+	int64		sequence;
 	int64		now;
 
 	if (!RlsSigningKeyConfigured())
@@ -299,14 +430,37 @@ RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 				 errdetail("Replay protection keeps spent tokens in shared memory, which only a preloaded library can reserve."),
 				 errhint("Add django_rls to shared_preload_libraries in postgresql.conf and restart the server.")));
 
-	ParseToken(token, len, &parsed);
+	SplitToken(text, len, &parts);
+	if (parts.is_use)
+	{
+		CheckUseMac(&parts);
+		UsedToken(text, &parts, &token);
+		if (token.sequence != 0)
+			ReportInvalidUse("The token has its own \"seq\": it is single-use and is sent alone, without \".<seq>.<time>.<mac>\".");
+		sequence = parts.use_sequence;
+	}
+	else
+	{
+		ParseToken(text, parts.token_len, &token);
+		if (token.sequence == 0)
+			ReportInvalidUse("The token has no \"seq\": it is reusable, and accepted only as a use (\"<token>.<seq>.<time>.<mac>\"), never alone.");
+		sequence = token.sequence;
+	}
+
 	now = (int64) timestamptz_to_time_t(GetCurrentTimestamp());
-	CheckTokenTimes(&parsed, now);
-	switch (RlsReplaySpend(parsed.issuer, parsed.sequence, parsed.expires_at, now))
+	CheckTokenTimes(&token, &parts, now);
+	switch (RlsReplaySpend(token.issuer, sequence, token.expires_at, now))
 	{
 		case RLS_REPLAY_FRESH:
 			break;
 		case RLS_REPLAY_SPENT:
+			if (parts.is_use)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+						 errmsg("django_rls context token has already been used"),
+						 errdetail("This use (number %lld of its issuer) was accepted before; every use is accepted once, on any connection to this server.",
+								   (long long) sequence),
+						 errhint("Send a new use (the issuer's next sequence number, with its MAC) with every statement or transaction.")));
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 					 errmsg("django_rls context token has already been used"),
@@ -318,7 +472,7 @@ RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 					 errmsg("django_rls context token arrived after %d newer tokens of its issuer", RLS_REPLAY_WINDOW),
 					 errdetail("The server cannot tell a token that far behind its issuer's newest from a replayed one."),
-					 errhint("Sign the token right before sending it; retry with a fresh token.")));
+					 errhint("Sign the token, or make the use, right before sending it; retry with a fresh one.")));
 			break;
 		case RLS_REPLAY_FULL:
 			ereport(ERROR,
@@ -328,7 +482,7 @@ RlsVerifyToken(const char *token, int len, RlsContextValues *result)
 					 errhint("Raise django_rls.replay_issuers (needs a restart) to the number of application processes that sign tokens.")));
 			break;
 	}
-	*result = parsed.context;
+	*result = token.context;
 }
 
 /*

@@ -232,6 +232,18 @@ def write_key_file(conn: psycopg.Connection, *keys: str) -> str:
     return path
 
 
+def reset_max_token_lifetime(admin_conn: psycopg.Connection) -> None:
+    """Reset django_rls.max_token_lifetime and wait until the server has reloaded, so that the
+    connections later tests open start with the default again."""
+    admin_conn.execute("ALTER SYSTEM RESET django_rls.max_token_lifetime")
+    admin_conn.execute("SELECT pg_reload_conf()")
+
+    def reloaded() -> None:
+        assert admin_conn.execute("SHOW django_rls.max_token_lifetime").fetchone()[0] == "5min"
+
+    wait_for(reloaded)
+
+
 @pytest.fixture(scope="session")
 def signing_keys(database: Database) -> Iterator[tuple[str, str]]:
     """Configure two keys (current and previous) in a server-side key file, as during a rotation."""

@@ -4,28 +4,44 @@ The app role is statement-bound (tests/conftest.py runs rls_roles' plan): the se
 functions are refused to it, so a query that ran without the context the bridge meant
 for it would see no rows, and one that fell back to rls.set_context() would fail. Each
 path is run through Django's default client-side binding ("default") and server-side
-binding ("replica"), in autocommit and in a transaction.
+binding ("replica"), in autocommit and in a transaction, with no key and in signed mode
+(signatures required: every context goes as a use of a reusable token).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.db import connections, transaction
+from psycopg import sql
 
 import django_rls
 from django_rls import wire as carrying
 from tests import wire
+from tests.roles import APP_ROLE
 from tests.testapp.models import Note
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
-def alias(request, live_db) -> str:
+@pytest.fixture(params=["statement-bound", "signed"])
+def mode(request, live_db, settings, signing_keys, admin_conn) -> Iterator[str]:
+    role = sql.Identifier(APP_ROLE)
+    if request.param == "signed":
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+        admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
     connections.close_all()
+    yield request.param
+    if request.param == "signed":
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
+    connections.close_all()
+
+
+@pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
+def alias(request, mode) -> str:
     return request.param
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pytest
 from django.core import checks
 from django.db import connections
+from psycopg import sql
 
 import django_rls
 from django_rls import declarations
 from django_rls.policies import BySite, Declaration
+from tests.conftest import reset_max_token_lifetime, wait_for
+from tests.roles import APP_ROLE
 
 
 def ids(databases: list[str] | None = None) -> list[str]:
@@ -184,6 +189,52 @@ def test_the_app_role_of_the_test_suite_is_hardened(live_db):
     with connections["default"].cursor() as cursor:
         cursor.execute("SELECT has_database_privilege(current_database(), 'TEMPORARY'), current_setting('search_path')")
         assert cursor.fetchone() == (False, "public, pg_temp")
+
+
+def test_e031_the_server_refuses_what_the_application_signs(live_db, settings, signing_keys, admin_conn):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": "a key the server does not have, " * 2}
+    with require_signature(admin_conn):
+        assert ids(["default"]) == ["django_rls.E031"]
+        [message] = checks.run_checks(databases=["default"])
+    assert "does not match any key" in message.msg and "signing_key_file" in message.hint
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0], "TOKEN_LIFETIME": 300}
+    admin_conn.execute("ALTER SYSTEM SET django_rls.max_token_lifetime = 60")
+    admin_conn.execute("SELECT pg_reload_conf()")
+    try:
+        with require_signature(admin_conn):
+            connections.close_all()
+            assert wait_for(lambda: _only(ids(["default"]), "django_rls.E031"))
+            [message] = checks.run_checks(databases=["default"])
+        assert "lives too long" in message.msg
+    finally:
+        reset_max_token_lifetime(admin_conn)
+        connections.close_all()
+
+
+def test_w015_signing_without_requiring_signatures(live_db, settings, signing_keys, admin_conn):
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+    assert ids(["default"]) == ["django_rls.W015"]
+    [message] = checks.run_checks(databases=["default"])
+    assert "require_signature = on" in message.hint
+    with require_signature(admin_conn):
+        assert ids(["default"]) == []
+
+
+def _only(found: list[str], wanted: str) -> bool:
+    assert found == [wanted], found
+    return True
+
+
+@contextmanager
+def require_signature(admin_conn) -> Iterator[None]:
+    role = sql.Identifier(APP_ROLE)
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
+    connections.close_all()
+    try:
+        yield
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
+        connections.close_all()
 
 
 def test_w006_prepared_statements(monkeypatch):

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from django.db import connections
 from django.test import Client
+from psycopg import sql
 
-from django_rls.tokens import sign_context
+from django_rls.tokens import sign_context, sign_reusable
 from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
 from tests.roles import APP_ROLE, PASSWORD, TEST_DB
 
@@ -87,6 +88,29 @@ def test_interleaved_requests_through_transaction_pooling(bouncer_alias):
     assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
 
 
+def _signed_request(i: int) -> tuple[int, dict]:
+    site = i % 2 + 1
+    try:
+        return site, Client().get("/notes/query-by-query/bouncer/?n=4", HTTP_HOST=HOSTS[site - 1]).json()
+    finally:
+        connections.close_all()
+
+
+def test_interleaved_signed_requests_through_transaction_pooling(bouncer_alias, settings, signing_keys, admin_conn):
+    """Signed mode, signatures required: each request's statements, each with a use of its context's
+    reusable token, land on whichever of the two server connections is free, and every backend
+    verifies the token itself (once) and then each use."""
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+    role = sql.Identifier(APP_ROLE)
+    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(_signed_request, range(60)))
+    finally:
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
+    assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
+
+
 def test_atomic_requests_through_transaction_pooling(bouncer_alias):
     """PgBouncer does not pass django_rls.preloaded on: the bridge asks inside the request's transaction."""
     connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = True
@@ -132,6 +156,19 @@ def test_signed_tokens_and_replay_through_transaction_pooling(unbound_app_role, 
         with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
             with b.transaction():
                 b.execute("SELECT rls.set_context_signed(%s)", (token,))
+
+
+def test_uses_and_replay_through_transaction_pooling(unbound_app_role, transaction_pool, signing_keys):
+    token = sign_reusable(signing_keys[0], site=2, user=1)
+    with connect(transaction_pool) as a, connect(transaction_pool) as b:
+        spent = token.use()
+        for client, use in ((a, spent), (b, token.use()), (a, token.use())):
+            with client.transaction():
+                client.execute("SELECT rls.set_context_signed(%s)", (use,))
+                assert client.execute("SELECT DISTINCT site_id FROM testapp_note").fetchall() == [(2,)]
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+            with b.transaction():
+                b.execute("SELECT rls.set_context_signed(%s)", (spent,))
 
 
 def test_session_pooling_discards_a_session_context(unbound_app_role, session_pool):

@@ -19,6 +19,7 @@ urlpatterns = [
     path("notes/atomic/", views.notes_atomic),
     path("notes/search/", views.notes_search),
     path("notes/on/<str:alias>/", views.notes_on),
+    path("notes/query-by-query/<str:alias>/", views.notes_query_by_query),
     path("tasks/late-user/", views.user_then_tasks),
     path("tasks/drf/", views.DrfTasks.as_view()),
     path("inject/", views.inject),

@@ -84,6 +84,14 @@ def notes_on(request: HttpRequest, alias: str) -> JsonResponse:
     return JsonResponse({"sites": sorted({n.site_id for n in Note.objects.using(alias).all()})})
 
 
+def notes_query_by_query(request: HttpRequest, alias: str) -> JsonResponse:
+    """``?n=`` small queries, each in its own autocommit transaction unless ATOMIC_REQUESTS: which sites show rows."""
+    queries = int(request.GET.get("n", "10"))
+    return JsonResponse(
+        {"sites": [site for site in range(1, queries + 1) if Note.objects.using(alias).filter(site_id=site).exists()]}
+    )
+
+
 def user_then_tasks(request: HttpRequest) -> JsonResponse:
     """Queries, then authenticates the way DRF does (inside the view), then queries again."""
     before = list(Task.objects.values_list("title", flat=True))

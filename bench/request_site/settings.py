@@ -4,6 +4,7 @@
 - ours:        django_rls's middleware, the table protected by rls.protect_by_site();
 - ours-client: the same with Django's default client-side binding, where the context
                cannot ride in the query and goes in its own pipelined statements;
+- ours-signed: ours in signed mode, with the key in BENCH_SIGNING_KEY;
 - classic:     the tutorial middleware (a session-level set before and a RESET after every
                request) and the tutorial policy site_id = current_setting('app.site')::int.
 
@@ -19,8 +20,8 @@ import os
 from urllib.parse import urlparse
 
 VARIANT = os.environ.get("BENCH_VARIANT", "none")
-if VARIANT not in ("none", "ours", "ours-client", "classic"):
-    raise RuntimeError(f"BENCH_VARIANT must be none, ours, ours-client or classic, not {VARIANT!r}")
+if VARIANT not in ("none", "ours", "ours-client", "ours-signed", "classic"):
+    raise RuntimeError(f"BENCH_VARIANT must be none, ours, ours-client, ours-signed or classic, not {VARIANT!r}")
 TABLE = "items_" + VARIANT.split("-")[0]
 
 _server = urlparse(os.environ["BENCH_DATABASE_URL"])
@@ -38,6 +39,8 @@ if VARIANT.startswith("ours"):
     MIDDLEWARE.append("django_rls.middleware.RlsMiddleware")
 elif VARIANT == "classic":
     MIDDLEWARE.append("request_site.classic.ClassicSiteMiddleware")
+if VARIANT == "ours-signed":
+    DJANGO_RLS = {"SIGNING_KEY": os.environ["BENCH_SIGNING_KEY"]}
 
 DATABASES = {
     "default": {

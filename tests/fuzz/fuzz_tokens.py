@@ -2,11 +2,13 @@
 
     python tests/harness/cluster.py run -- .venv/bin/python tests/fuzz/fuzz_tokens.py -max_total_time=300
 
-Three kinds of input reach the server: raw strings as tokens (the prefix, base64url and
+Five kinds of input reach the server: raw strings as tokens (the prefix, base64url and
 signature checks), arbitrary payload bytes signed with the real key (base64url decoding of the
-payload and the JSON parser), and JSON objects with fuzzed member values, signed (the member
-checks). Every call must end in success or an ordinary SQL error; a lost connection means the
-backend crashed, and the fuzzer stops with the input that did it.
+payload and the JSON parser), JSON objects with fuzzed member values, signed (the member
+checks), a genuine reusable token followed by a fuzzed use suffix (the use's layout and MAC
+checks), and signed payload bytes sent as a use with a genuine MAC (the payload checks behind a
+use, and the per-backend token cache). Every call must end in success or an ordinary SQL error;
+a lost connection means the backend crashed, and the fuzzer stops with the input that did it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ def signed(payload: bytes) -> str:
     return f"{part}.{b64(hmac.new(KEY.encode(), part.encode(), hashlib.sha256).digest())}"
 
 
+def used(token: str, made: str) -> str:
+    """A use of token with this "<seq>.<time>" and its genuine MAC."""
+    signature = token.rsplit(".", 1)[1]
+    return f"{token}.{made}.{b64(hmac.new(KEY.encode(), f'{signature}.{made}'.encode(), hashlib.sha256).digest())}"
+
+
 def setup() -> psycopg.Connection:
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
@@ -58,6 +66,7 @@ def setup() -> psycopg.Connection:
 
 
 conn = setup()
+ISSUER = secrets.token_urlsafe(16)
 VALUES = [
     None,
     True,
@@ -76,11 +85,28 @@ VALUES = [
 
 def one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    mode = fdp.ConsumeIntInRange(0, 2)
+    mode = fdp.ConsumeIntInRange(0, 4)
     if mode == 0:
         token = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 20000))
     elif mode == 1:
         token = signed(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4000)))
+    elif mode == 3:
+        reusable = signed(
+            json.dumps(
+                {
+                    "site": 1,
+                    "user": None,
+                    "claims": None,
+                    "iat": int(time.time()) - 1,
+                    "exp": int(time.time()) + 60,
+                    "iss": ISSUER,
+                }
+            ).encode()
+        )
+        token = reusable + fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 200))
+    elif mode == 4:
+        made = f"{fdp.ConsumeIntInRange(1, 2**63 - 1)}.{fdp.ConsumeIntInRange(1, 2**63 - 1)}"
+        token = used(signed(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4000))), made)
     else:
         now = int(time.time())
         payload: dict = {"iat": now - 1, "exp": now + 60, "iss": secrets.token_urlsafe(16), "seq": 1}
