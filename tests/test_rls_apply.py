@@ -28,6 +28,12 @@ PROTECTED = [
     "testapp_article",
     "testapp_articletag",
     "testapp_bookmark",
+    "testapp_team",
+    "testapp_teammember",
+    "testapp_space",
+    "testapp_monitor",
+    "testapp_ping",
+    "testapp_folder",
     "thirdparty_gadget",
     "thirdparty_widget",
     '"MyTable"',  # names that need quoting: a mixed-case table and tables in another schema
