@@ -410,11 +410,13 @@ class ThroughParent(Policy):
     instead and reads nothing, so a chain nests one subquery fewer per level.
 
     ``or_where`` (a ``Q`` over the model's own columns, or SQL text) is OR'd
-    with the parent condition, for reads and writes alike. ``null_parent``
-    says what happens to rows whose parent key is NULL: ``"hide"`` (the
-    default: no request sees them), ``"read"`` (every request reads them, none
-    writes them, as ``Shared`` rows) or ``"write"`` (every request reads and
-    writes them).
+    with the parent condition for reads (SELECT); ``or_check`` likewise for
+    writes (INSERT, UPDATE, DELETE). ``null_parent`` says what happens to rows
+    whose parent key is NULL: ``"hide"`` (the default: no request sees them),
+    ``"read"`` (every request reads them, none writes them, as ``Shared``
+    rows) or ``"write"`` (every request reads and writes them). When reads
+    and writes differ the policy has two groups, ``parent`` for the writes and
+    ``parent_read`` for SELECT.
     """
 
     def __init__(
@@ -422,15 +424,18 @@ class ThroughParent(Policy):
         *fields: str,
         commands: Iterable[str] | None = None,
         or_where: Q | str | None = None,
-        null_parent: str = "hide",
+        or_check: Q | str | None = None,
+        null_parent: str | None = None,
     ) -> None:
         if not fields:
             raise DeclarationError("ThroughParent needs at least one foreign key field")
-        if null_parent not in NULL_PARENT:
+        if null_parent is not None and null_parent not in NULL_PARENT:
             raise DeclarationError(f"null_parent must be one of {', '.join(NULL_PARENT)}, not {null_parent!r}")
         self.fields = fields
         self.commands = _commands(commands)
         self.or_where = or_where
+        self.or_check = or_check
+        # None: "hide", the default, which check W010 points out for nullable foreign keys.
         self.null_parent = null_parent
 
     def key_fields(self) -> tuple[str, ...]:
@@ -441,18 +446,26 @@ class ThroughParent(Policy):
 
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         through = [_parent_condition(model, name, connection) for name in self.fields]
-        written = " AND ".join(through)
-        if self.null_parent == "hide":
-            read = written
-        else:
-            nulls = [f"{_qn(_foreign_key(model, name).column)} IS NULL" for name in self.fields]
-            read = " AND ".join(f"({null} OR {c})" for null, c in zip(nulls, through, strict=True))
-            if self.null_parent == "write":
-                written = read
+        nulls = [f"{_qn(_foreign_key(model, name).column)} IS NULL" for name in self.fields]
+        either = " AND ".join(f"({null} OR {c})" for null, c in zip(nulls, through, strict=True))
+        read = written = " AND ".join(through)
+        if self.null_parent in ("read", "write"):
+            read = either
+        if self.null_parent == "write":
+            written = either
         if self.or_where is not None:
-            extra = compile_condition(model, self.or_where, connection)
-            read, written = f"({read}) OR ({extra})", f"({written}) OR ({extra})"
-        return [Group("parent", read, written if written != read else None, self.commands)]
+            read = f"({read}) OR ({compile_condition(model, self.or_where, connection)})"
+        if self.or_check is not None:
+            written = f"({written}) OR ({compile_condition(model, self.or_check, connection)})"
+        if read == written:
+            return [Group("parent", read, None, self.commands)]
+        found = []
+        writes = tuple(c for c in self.commands if c != "select")
+        if writes:
+            found.append(Group("parent", written, None, writes))
+        if "select" in self.commands:
+            found.append(Group("parent_read", read, None, ("select",)))
+        return found
 
 
 class OwnerOrMember(Policy):

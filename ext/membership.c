@@ -67,6 +67,7 @@ typedef struct MemberLookup
 	Oid			index;			/* InvalidOid: a heap scan */
 	bool		key_in_scan;	/* tested by the scan itself, else on each row */
 	bool		user_in_scan;
+	bool		user_first;		/* the index orders the user column before the key */
 } MemberLookup;
 
 static bool
@@ -274,6 +275,7 @@ ChooseIndex(Relation rel, MemberLookup *lookup)
 
 	lookup->index = InvalidOid;
 	lookup->key_in_scan = lookup->user_in_scan = true;
+	lookup->user_first = false;
 	foreach(cell, indexes)
 	{
 		Relation	index = index_open(lfirst_oid(cell), AccessShareLock);
@@ -281,6 +283,7 @@ ChooseIndex(Relation rel, MemberLookup *lookup)
 		int			nkeys = IndexRelationGetNumberOfKeyAttributes(index);
 		bool		has_key = false;
 		bool		has_user = false;
+		bool		user_first = false;
 		int			score;
 
 		if (index->rd_rel->relam == BTREE_AM_OID && form->indisvalid && form->indisready && form->indislive &&
@@ -290,7 +293,11 @@ ChooseIndex(Relation rel, MemberLookup *lookup)
 			for (int i = 0; i < nkeys && i < 2; i++)
 			{
 				has_key = has_key || PlainIndexColumn(index, i, lookup->key_attno, lookup->key_type);
-				has_user = has_user || PlainIndexColumn(index, i, lookup->user_attno, lookup->user_type);
+				if (!has_user && PlainIndexColumn(index, i, lookup->user_attno, lookup->user_type))
+				{
+					has_user = true;
+					user_first = !has_key;
+				}
 			}
 			/* Leading with the key or the user column is what makes the scan short; both is best. */
 			if (!PlainIndexColumn(index, 0, lookup->key_attno, lookup->key_type) &&
@@ -303,6 +310,7 @@ ChooseIndex(Relation rel, MemberLookup *lookup)
 				lookup->index = RelationGetRelid(index);
 				lookup->key_in_scan = has_key;
 				lookup->user_in_scan = has_user;
+				lookup->user_first = user_first;
 			}
 		}
 		index_close(index, NoLock);
@@ -339,7 +347,7 @@ PrepareLookup(FunctionCallInfo fcinfo, Relation rel, Name key_column, Name user_
 	if (argtype != lookup->key_type)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("rls.member_of() got a %s key for column \"%s\" of type %s",
+				 errmsg("rls.member_of() got a key of type %s for column \"%s\" of type %s",
 						format_type_be(argtype), NameStr(*key_column), format_type_be(lookup->key_type)),
 				 errhint("Pass the key as the column's type (a foreign key's column has its target's type).")));
 	CheckOwnRowsVisible(rel, lookup->user_attno, user_column);
@@ -437,10 +445,14 @@ rls_member_of(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	}
 
+	/* A btree scan wants its keys in the order of the index columns. */
+	if (lookup->user_in_scan && lookup->user_first)
+		ScanKeyInit(&keys[nkeys++], lookup->user_attno, BTEqualStrategyNumber,
+					EqualityProc(lookup->user_type), user);
 	if (lookup->key_in_scan)
 		ScanKeyInit(&keys[nkeys++], lookup->key_attno, BTEqualStrategyNumber,
 					EqualityProc(lookup->key_type), key);
-	if (lookup->user_in_scan)
+	if (lookup->user_in_scan && !lookup->user_first)
 		ScanKeyInit(&keys[nkeys++], lookup->user_attno, BTEqualStrategyNumber,
 					EqualityProc(lookup->user_type), user);
 	scan = systable_beginscan(rel, lookup->index, OidIsValid(lookup->index),

@@ -8,6 +8,9 @@ from django.db.models import Q
 
 from django_rls.expressions import CurrentSite, CurrentUser
 from django_rls.policies import (
+    ALL_COMMANDS as ALL,
+)
+from django_rls.policies import (
     BySite,
     BySiteAndOwner,
     Custom,
@@ -176,3 +179,76 @@ def test_a_membership_table_through_itself_really_recurses(owner_conn, app_conn)
         assert rows == [(1, 2), (3, 2)]  # user 3 in site 2: site 2's members (user 3 has no other membership)
     finally:
         owner_conn.execute("DROP TABLE members_demo")
+
+
+def test_owner_or_member_reads_memberships_with_member_of():
+    from django_rls.policies import OwnerOrMember
+    from tests.testapp.models import Team
+
+    member = "rls.member_of('\"testapp_teammember\"'::regclass, 'team_id', 'user_id', \"id\")"
+    assert groups(Team, OwnerOrMember("testapp.TeamMember", member_field="team")) == [
+        Group("owner_or_member", f'"owner_id" = rls.user_id() OR {member}', None, ("select",)),
+        Group("owner", '"owner_id" = rls.user_id()', None, ("insert", "update", "delete")),
+    ]
+    (both,) = groups(Team, OwnerOrMember("testapp.TeamMember", member_field="team", member_commands=ALL))
+    assert both.commands == ALL
+    with pytest.raises(DeclarationError, match=r"must point at testapp\.Team"):
+        groups(Team, OwnerOrMember("testapp.SiteMembership", member_field="site"))
+
+
+def test_members_with_parent_shows_and_deletes_the_members_of_visible_parents():
+    from django_rls.policies import Members
+    from tests.testapp.models import TeamMember
+
+    visible = 'EXISTS (SELECT 1 FROM "testapp_team" p WHERE p."id" = "testapp_teammember"."team_id")'
+    assert groups(TeamMember, Members("user", "team", parent=True)) == [
+        Group("members", f'"team_id" = rls.site_id() OR "user_id" = rls.user_id() OR {visible}', None, ("select",)),
+        Group("members_site", '"team_id" = rls.site_id()', None, ("insert", "update")),
+        Group("members_parent", f'"team_id" = rls.site_id() OR {visible}', None, ("delete",)),
+    ]
+
+
+def test_through_parent_options():
+    from tests.testapp.models import Ping
+
+    monitor = 'EXISTS (SELECT 1 FROM "testapp_monitor" p WHERE p."id" = "testapp_ping"."monitor_id")'
+    assert groups(Ping, ThroughParent("monitor", commands=["select", "delete"], null_parent="hide")) == [
+        Group("parent", monitor, None, ("select", "delete"))
+    ]
+    # NULL parents read by every request, written by none; or_where widens reads, or_check writes.
+    assert groups(Ping, ThroughParent("monitor", null_parent="read", or_where=Q(public=True))) == [
+        Group("parent", monitor, None, ("insert", "update", "delete")),
+        Group("parent_read", f'(("monitor_id" IS NULL OR {monitor})) OR ("testapp_ping"."public")', None, ("select",)),
+    ]
+    assert groups(Ping, ThroughParent("monitor", null_parent="write", or_check="public")) == [
+        Group("parent", f'(("monitor_id" IS NULL OR {monitor})) OR (public)', None, ("insert", "update", "delete")),
+        Group("parent_read", f'("monitor_id" IS NULL OR {monitor})', None, ("select",)),
+    ]
+    with pytest.raises(DeclarationError, match="null_parent must be one of hide, read, write"):
+        ThroughParent("monitor", null_parent="show")
+
+
+def test_a_parent_protected_on_its_key_is_not_read():
+    """Monitor's parent Space is protected by BySite on its primary key: Monitor compares its own column."""
+    from tests.testapp.models import Monitor
+
+    assert groups(Monitor, ThroughParent("space")) == [
+        Group("parent", '"space_id" IS NOT NULL AND ("space_id" = rls.site_id())')
+    ]
+    # A parent keyed by site in another column is read (Order is BySite("site")).
+    (line,) = groups(OrderLine, ThroughParent("order"))
+    assert line.using.startswith('EXISTS (SELECT 1 FROM "testapp_order" p')
+
+
+def test_by_site_movable_to():
+    from tests.testapp.models import Folder
+
+    target = "\"site_id\" = rls.claim('move_to')::bigint"
+    assert groups(Folder, BySite("site", movable_to="move_to")) == [
+        Group("site", '"site_id" = rls.site_id()', None, ("insert", "delete")),
+        Group("site_moving", f'"site_id" = rls.site_id() OR {target}', None, ("select",)),
+        Group("site_move", '"site_id" = rls.site_id()', f'"site_id" = rls.site_id() OR {target}', ("update",)),
+    ]
+    assert groups(TenantDoc, BySite("tenant", movable_to="to"))[1].using.endswith("rls.claim('to')::uuid")
+    with pytest.raises(DeclarationError, match="movable_to must name a claim"):
+        BySite("site", movable_to="x'); DROP TABLE y; --")
