@@ -169,3 +169,26 @@ def test_it_is_not_security_definer(admin_conn):
         "SELECT prosecdef FROM pg_proc WHERE oid = 'rls.member_of(regclass, name, name, anyelement)'::regprocedure"
     ).fetchone()
     assert definer is False
+
+
+def test_the_owners_delete_cascades_only_when_the_members_are_visible(tables, app_conn):
+    """With memberships visible to their user alone, the owner's cascade misses the others' rows and the
+    deferred foreign key fails at commit; shown the members of visible projects, it deletes them all."""
+    tables.execute(
+        "ALTER TABLE kinds_memb ADD FOREIGN KEY (proj_id) REFERENCES kinds_proj DEFERRABLE INITIALLY DEFERRED"
+    )
+    tables.execute(sql.SQL("GRANT DELETE ON kinds_proj, kinds_memb TO {}").format(sql.Identifier(APP_ROLE)))
+    protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
+
+    def owner_deletes_project_2() -> int:
+        with app_conn.transaction():
+            removed = app_conn.execute("DELETE FROM kinds_memb WHERE proj_id = 2").rowcount
+            app_conn.execute("DELETE FROM kinds_proj WHERE id = 2")
+        return removed
+
+    as_user(app_conn, 20)
+    protect(tables, "kinds_memb", "user_id = rls.user_id()")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        owner_deletes_project_2()
+    protect(tables, "kinds_memb", MEMBERS_SEE_PROJECT)
+    assert owner_deletes_project_2() == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.db import connection
 from django.db.models import Q
@@ -252,3 +254,106 @@ def test_by_site_movable_to():
     assert groups(TenantDoc, BySite("tenant", movable_to="to"))[1].using.endswith("rls.claim('to')::uuid")
     with pytest.raises(DeclarationError, match="movable_to must name a claim"):
         BySite("site", movable_to="x'); DROP TABLE y; --")
+
+
+def _user_ids():
+    from django.contrib.auth.models import User
+
+    return {u.username: u.pk for u in User.objects.all()}
+
+
+def test_owner_or_member_as_the_app_role(live_db):
+    """Teams: the owner's and those a user belongs to; every member of a visible team; owners alone write."""
+    from django.db import connection, transaction
+
+    import django_rls
+    from tests.testapp.models import Team, TeamMember
+
+    users = _user_ids()
+    names = {pk: name for name, pk in users.items()}
+
+    def seen(user, site=None):
+        with django_rls.context(site=site, user=users[user]):
+            teams = sorted(Team.objects.values_list("name", flat=True))
+            rows = TeamMember.objects.values_list("team_id", "user_id")
+            return teams, sorted((team, names[member]) for team, member in rows)
+
+    assert seen("alice") == (["team 1"], [(1, "carol")])
+    assert seen("bob") == (["team 2"], [(2, "carol")])
+    assert seen("carol") == (["team 1", "team 2"], [(1, "carol"), (2, "carol")])
+    with django_rls.context(user=users["carol"]):
+        assert Team.objects.filter(pk=1).update(name="renamed by a member") == 0
+    # The owner deletes a team outside any site: the cascade finds and deletes every membership,
+    # other users' included, so the deferred foreign key holds.
+    with django_rls.context(user=users["bob"]), transaction.atomic():
+        _, per_model = Team.objects.filter(pk=2).delete()
+        assert per_model == {"testapp.TeamMember": 1, "testapp.Team": 1}
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        transaction.set_rollback(True)
+    assert seen("bob") == (["team 2"], [(2, "carol")])
+
+
+def test_a_chain_reads_one_table_per_request(live_db):
+    """ping -> monitor -> space: monitors compare their own key with the site, so a ping query reads one
+    other table (monitors) and never the spaces; NULL-parent and public pings are read, not written."""
+    from django.db import DatabaseError, connection, transaction
+
+    import django_rls
+    from tests.testapp.models import Monitor, Ping
+
+    with django_rls.context(site=1):
+        assert sorted(Ping.objects.values_list("body", flat=True)) == [
+            "ping 1a",
+            "ping 1b",
+            "ping 2 public",
+            "ping without monitor",
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (COSTS OFF) SELECT * FROM testapp_ping")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        # The tables scanned (a bitmap index scan names an index, not a table).
+        scans = re.findall(r"(?:Seq Scan|Heap Scan|Index Scan using \S+|Index Only Scan using \S+) on (\w+)", plan)
+        assert scans == ["testapp_ping", "testapp_monitor"], plan
+        assert Ping.objects.filter(body__in=["ping 2 public", "ping without monitor"]).update(body="x") == 0
+        assert Ping.objects.filter(body="ping without monitor")._raw_delete(connection.alias) == 0
+        with pytest.raises(DatabaseError, match='new row violates row-level security policy "rls_parent_insert"'):
+            with transaction.atomic():
+                Ping.objects.create(monitor=None, body="orphan")
+        monitor = Monitor.objects.get()
+        with transaction.atomic():
+            Ping.objects.create(monitor=monitor, body="new")
+            transaction.set_rollback(True)
+    with django_rls.context(site=2):
+        assert sorted(Ping.objects.values_list("body", flat=True)) == [
+            "ping 2",
+            "ping 2 public",
+            "ping without monitor",
+        ]
+
+
+def test_a_permitted_move_works_and_others_fail_clearly(live_db):
+    """BySite(movable_to="move_to"): with the claim, a row moves to the claimed site; without it, or to
+    another site, PostgreSQL refuses with the move policy's name."""
+    from django.db import DatabaseError, transaction
+
+    import django_rls
+    from tests.testapp.models import Folder
+
+    with django_rls.context(site=1, claims={"move_to": 2}), transaction.atomic():
+        assert sorted(Folder.objects.values_list("name", flat=True)) == ["folder 1", "folder 2"]
+        assert Folder.objects.filter(name="folder 2").delete()[0] == 0  # the target's rows: read, never deleted
+        assert Folder.objects.filter(name="folder 2").update(name="x") == 0
+        assert Folder.objects.filter(name="folder 1").update(site_id=2) == 1
+        transaction.set_rollback(True)
+    refused = 'new row violates row-level security policy "rls_site_move_update" for table "testapp_folder"'
+    for claims in (None, {"move_to": 1}):
+        with django_rls.context(site=1, claims=claims), transaction.atomic():
+            with pytest.raises(DatabaseError, match=refused):
+                Folder.objects.filter(name="folder 1").update(site_id=2)
+    with django_rls.context(site=1, claims={"move_to": 2}), transaction.atomic():
+        # Site 3 does not exist: the policy refuses before the (deferred) foreign key is checked.
+        with pytest.raises(DatabaseError, match=refused):
+            Folder.objects.filter(name="folder 1").update(site_id=3)
+    with django_rls.context(site=1):
+        assert list(Folder.objects.values_list("name", "site_id")) == [("folder 1", 1)]

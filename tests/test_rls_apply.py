@@ -83,9 +83,9 @@ def test_fresh_apply_protects_every_declared_table(restore):
     assert code == 1
     assert all(f"protect {table}:" in diff for table in PROTECTED)
     output = run()
-    # Task, TenantDoc, Article, SiteMembership, Team and Widget (two policies from settings): two groups;
-    # TeamMember (Members with parent=True) and Folder (BySite with movable_to): three
-    assert f"Applied {len(PROTECTED) + 10} change(s)" in output
+    # Task, TenantDoc, Article, SiteMembership, Team, Ping and Widget (two policies from settings): two
+    # groups; TeamMember (Members with parent=True) and Folder (BySite with movable_to): three
+    assert f"Applied {len(PROTECTED) + 11} change(s)" in output
     with connections["owner"].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_class WHERE oid = ANY(%s::regclass[]) AND relrowsecurity AND relforcerowsecurity",
