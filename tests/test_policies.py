@@ -357,3 +357,30 @@ def test_a_permitted_move_works_and_others_fail_clearly(live_db):
             Folder.objects.filter(name="folder 1").update(site_id=3)
     with django_rls.context(site=1):
         assert list(Folder.objects.values_list("name", "site_id")) == [("folder 1", 1)]
+
+
+def test_widening_only_the_update_check_does_not_permit_a_move(owner_conn, app_conn):
+    """PostgreSQL checks the updated row against the SELECT policies too: the move fails there."""
+    import psycopg
+    from psycopg import sql as pgsql
+
+    from tests.roles import APP_ROLE
+
+    owner_conn.execute("DROP TABLE IF EXISTS kinds_move")
+    owner_conn.execute("CREATE TABLE kinds_move (id int PRIMARY KEY, site_id bigint NOT NULL)")
+    owner_conn.execute("INSERT INTO kinds_move VALUES (1, 1)")
+    owner_conn.execute(pgsql.SQL("GRANT SELECT, UPDATE ON kinds_move TO {}").format(pgsql.Identifier(APP_ROLE)))
+    try:
+        for group, check, commands in (
+            ("site", None, "{select,insert,delete}"),
+            ("site_write", "site_id IN (rls.site_id(), 2)", "{update}"),
+        ):
+            owner_conn.execute(
+                "SELECT rls.protect('kinds_move', %s, 'site_id = rls.site_id()', %s, %s, to_role => %s)",
+                (group, check, commands, APP_ROLE),
+            )
+        app_conn.execute("SELECT rls.set_context('1', NULL, is_local => false)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match='policy "rls_site_select"'):
+            app_conn.execute("UPDATE kinds_move SET site_id = 2 WHERE id = 1")
+    finally:
+        owner_conn.execute("DROP TABLE kinds_move")
