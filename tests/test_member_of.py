@@ -192,3 +192,29 @@ def test_the_owners_delete_cascades_only_when_the_members_are_visible(tables, ap
         owner_deletes_project_2()
     protect(tables, "kinds_memb", MEMBERS_SEE_PROJECT)
     assert owner_deletes_project_2() == 1
+
+
+def test_uuid_keys_and_users(owner_conn, app_conn):
+    """UUID projects and users: the key has the column's type, the user comes from rls.user_uuid()."""
+    owner_conn.execute("DROP TABLE IF EXISTS kinds_umemb, kinds_uproj")
+    owner_conn.execute("CREATE TABLE kinds_uproj (id uuid PRIMARY KEY, owner_id uuid NOT NULL)")
+    owner_conn.execute("CREATE TABLE kinds_umemb (proj_id uuid NOT NULL, user_id uuid NOT NULL)")
+    owner_conn.execute("CREATE INDEX ON kinds_umemb (user_id)")
+    p1, p2, owner, member = (f"00000000-0000-0000-0000-00000000000{i}" for i in range(1, 5))
+    owner_conn.execute("INSERT INTO kinds_uproj VALUES (%s, %s), (%s, %s)", (p1, owner, p2, owner))
+    owner_conn.execute("INSERT INTO kinds_umemb VALUES (%s, %s)", (p2, member))
+    owner_conn.execute(sql.SQL("GRANT SELECT ON kinds_uproj, kinds_umemb TO {}").format(sql.Identifier(APP_ROLE)))
+    try:
+        protect(owner_conn, "kinds_umemb", "user_id = rls.user_uuid()")
+        protect(
+            owner_conn,
+            "kinds_uproj",
+            "owner_id = rls.user_uuid() OR rls.member_of('kinds_umemb', 'proj_id', 'user_id', id)",
+        )
+        app_conn.execute("SELECT rls.set_context(NULL, %s, is_local => false)", (member,))
+        assert [str(row[0]) for row in app_conn.execute("SELECT id FROM kinds_uproj")] == [p2]
+        as_user(app_conn, 4)  # an integer user cannot be compared with a uuid column: an error, not a guess
+        with pytest.raises(psycopg.errors.DatatypeMismatch, match="the django_rls user is an integer, not a UUID"):
+            app_conn.execute("SELECT id FROM kinds_uproj")
+    finally:
+        owner_conn.execute("DROP TABLE kinds_umemb, kinds_uproj")
