@@ -339,3 +339,19 @@ def test_w010_a_nullable_parent_key_without_null_parent(monkeypatch):
         Declaration("testapp.Ping", (ThroughParent("monitor", null_parent="hide"),), origin="here"),
     )
     assert ids() == []
+
+
+def test_e020_owner_or_member_written_as_two_queries(monkeypatch):
+    """Team read through its memberships with a query, memberships through the team: refused, and the hint
+    names OwnerOrMember, which reads memberships with rls.member_of() instead."""
+    from django_rls.policies import Membership
+
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.Team",
+        Declaration("testapp.Team", (Membership("testapp.TeamMember", field="id", site_field="team"),), origin="x"),
+    )
+    assert ids() == ["django_rls.E020"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
+    assert "testapp.Team -> testapp.TeamMember -> testapp.Team" in message.msg
+    assert "OwnerOrMember" in message.hint
