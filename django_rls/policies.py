@@ -221,7 +221,9 @@ class Shared(Policy):
     """Rows of the current site plus rows shared by all sites (NULL site).
 
     Shared rows are readable everywhere and writable by no request: create and
-    change them with django_rls.bypass() or as the owner.
+    change them with django_rls.bypass() or as the owner. Reads and writes are
+    two groups, ``shared`` (select) and ``site`` (insert, update, delete), so a
+    request can neither delete a shared row nor move it into its own site.
     """
 
     def __init__(self, field: str = "site") -> None:
@@ -233,13 +235,18 @@ class Shared(Policy):
     def groups(self, model: type[models.Model], connection: BaseDatabaseWrapper) -> list[Group]:
         column, accessor = _accessor(model, self.field, "site")
         own = f"{column} = {accessor}"
-        return [Group("site", f"{own} OR {column} IS NULL", own)]
+        return [
+            Group("site", own, None, ("insert", "update", "delete")),
+            Group("shared", f"{own} OR {column} IS NULL", None, ("select",)),
+        ]
 
 
 class OwnerOrShared(Policy):
     """Rows the current user owns, plus rows shared with everyone; only owners write.
 
     Shared means ``shared_field`` is true, or, without one, that the owner is NULL.
+    Reads and writes are two groups, ``shared`` (select) and ``owner`` (insert,
+    update, delete), so nobody but the owner deletes or takes over a shared row.
     """
 
     def __init__(self, field: str = "user", shared_field: str | None = None) -> None:
@@ -259,7 +266,10 @@ class OwnerOrShared(Policy):
             if not isinstance(flag, models.BooleanField):
                 raise DeclarationError(f"{model._meta.label}.{self.shared_field} must be a BooleanField")
             shared = f"{_qn(flag.column)} IS TRUE"
-        return [Group("owner", f"{own} OR {shared}", own)]
+        return [
+            Group("owner", own, None, ("insert", "update", "delete")),
+            Group("shared", f"{own} OR {shared}", None, ("select",)),
+        ]
 
 
 class Membership(Policy):

@@ -40,12 +40,32 @@ def test_site_and_owner_pick_the_accessor_from_the_key_type():
 
 
 def test_shared_rows_are_read_everywhere_and_written_nowhere():
+    writes = ("insert", "update", "delete")
     assert groups(Category, Shared("site")) == [
-        Group("site", '"site_id" = rls.site_id() OR "site_id" IS NULL', '"site_id" = rls.site_id()')
+        Group("site", '"site_id" = rls.site_id()', None, writes),
+        Group("shared", '"site_id" = rls.site_id() OR "site_id" IS NULL', None, ("select",)),
     ]
     assert groups(Bookmark, OwnerOrShared("owner", shared_field="is_public")) == [
-        Group("owner", '"owner_id" = rls.user_id() OR "is_public" IS TRUE', '"owner_id" = rls.user_id()')
+        Group("owner", '"owner_id" = rls.user_id()', None, writes),
+        Group("shared", '"owner_id" = rls.user_id() OR "is_public" IS TRUE', None, ("select",)),
     ]
+
+
+def test_shared_rows_cannot_be_deleted_or_taken_over(live_db):
+    """As the app role: a shared category and alice's public bookmark are read, never deleted or moved."""
+    from django.db import connection
+
+    import django_rls
+
+    users = _user_ids()
+    with django_rls.context(site=1, user=users["bob"]):
+        assert Category.objects.filter(site=None).count() == 1
+        assert Category.objects.filter(site=None).update(site_id=1) == 0
+        assert Category.objects.filter(site=None)._raw_delete(connection.alias) == 0
+        public = Bookmark.objects.filter(is_public=True)
+        assert public.count() == 1
+        assert public.update(owner_id=users["bob"]) == 0
+        assert public._raw_delete(connection.alias) == 0
 
 
 def test_membership_and_parents():
