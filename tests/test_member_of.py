@@ -22,7 +22,7 @@ MEMBERS_SEE_PROJECT = "user_id = rls.user_id() OR EXISTS (SELECT 1 FROM kinds_pr
 @pytest.fixture
 def tables(owner_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     """Projects 1 (owner 10; members 11, 12) and 2 (owner 20; member 12); the app role may SELECT both."""
-    owner_conn.execute("DROP TABLE IF EXISTS kinds_memb, kinds_proj CASCADE")
+    owner_conn.execute("DROP TABLE IF EXISTS kinds_memb, kinds_proj, kinds_part CASCADE")
     owner_conn.execute("CREATE TABLE kinds_proj (id bigint PRIMARY KEY, owner_id bigint NOT NULL)")
     owner_conn.execute("CREATE TABLE kinds_memb (id serial PRIMARY KEY, proj_id bigint NOT NULL, user_id bigint)")
     owner_conn.execute("INSERT INTO kinds_proj VALUES (1, 10), (2, 20)")
@@ -31,7 +31,7 @@ def tables(owner_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     try:
         yield owner_conn
     finally:
-        owner_conn.execute("DROP TABLE IF EXISTS kinds_memb, kinds_proj CASCADE")
+        owner_conn.execute("DROP TABLE IF EXISTS kinds_memb, kinds_proj, kinds_part CASCADE")
 
 
 def protect(conn: psycopg.Connection, table: str, using: str) -> None:
@@ -112,6 +112,7 @@ def test_a_table_without_row_level_security_is_read_as_is(tables, app_conn):
     ("call", "error", "message"),
     [
         ("rls.member_of('kinds_view', 'proj_id', 'user_id', 1::bigint)", psycopg.errors.WrongObjectType, "plain"),
+        ("rls.member_of('kinds_part', 'proj_id', 'user_id', 1::bigint)", psycopg.errors.WrongObjectType, "plain"),
         ("rls.member_of('kinds_memb', 'nope', 'user_id', 1::bigint)", psycopg.errors.UndefinedColumn, '"nope"'),
         (
             "rls.member_of('kinds_memb', 'proj_id', 'user_id', 1)",
@@ -127,6 +128,8 @@ def test_a_table_without_row_level_security_is_read_as_is(tables, app_conn):
 )
 def test_bad_calls_say_what_is_wrong(tables, app_conn, call, error, message):
     tables.execute("CREATE VIEW kinds_view AS SELECT * FROM kinds_memb")
+    tables.execute("CREATE TABLE kinds_part (proj_id bigint, user_id bigint) PARTITION BY RANGE (proj_id)")
+    tables.execute(sql.SQL("GRANT SELECT ON kinds_part TO {}").format(sql.Identifier(APP_ROLE)))
     tables.execute(sql.SQL("GRANT SELECT ON kinds_view TO {}").format(sql.Identifier(APP_ROLE)))
     tables.execute(sql.SQL("REVOKE SELECT ON kinds_proj FROM {}").format(sql.Identifier(APP_ROLE)))
     as_user(app_conn, 11)
