@@ -4,7 +4,7 @@ Public API::
 
     from django_rls import context, no_context, bypass, protect, register, propagate, switch_context
     from django_rls.policies import BySite, ByOwner, BySiteAndOwner, Shared, OwnerOrShared, Membership, Members,
-        ThroughParent, Custom
+        OwnerOrMember, ThroughParent, Custom
 """
 
 from __future__ import annotations

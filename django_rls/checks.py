@@ -90,6 +90,83 @@ def check_declarations(**kwargs: Any) -> list[CheckMessage]:
         except DeclarationError as exc:
             messages.append(Error(str(exc), obj=model, id="django_rls.E006"))
     messages.extend(_check_recursion(declarations))
+    messages.extend(_check_member_lookups(declarations))
+    messages.extend(_check_null_parents(declarations))
+    return messages
+
+
+def _admits_own_rows(policy: Any, user_field: str) -> bool | None:
+    """Whether a membership model's policy shows a user their own rows: True, False, or None for cannot tell."""
+    from django_rls import policies
+
+    if isinstance(policy, policies.Custom):
+        return None
+    if "select" not in getattr(policy, "commands", ("select",)):
+        return True
+    if isinstance(policy, policies.Members):
+        return policy.user_field == user_field
+    if isinstance(policy, policies.ByOwner | policies.OwnerOrShared):
+        return policy.field == user_field
+    return False
+
+
+def _check_member_lookups(declarations: Any) -> list[CheckMessage]:
+    """E023: OwnerOrMember reads memberships with rls.member_of(), which needs the user's own rows to be visible."""
+    from django_rls import policies
+
+    messages: list[CheckMessage] = []
+    for label, declaration in sorted(declarations.items()):
+        for policy in declaration.policies:
+            if not isinstance(policy, policies.OwnerOrMember) or policy.through not in declarations:
+                continue
+            through = declarations[policy.through]
+            refusing = [p for p in through.policies if _admits_own_rows(p, policy.user_field) is False]
+            if refusing:
+                messages.append(
+                    Error(
+                        f"{label} is protected with OwnerOrMember through {policy.through}, whose policy "
+                        f"{refusing[0]!r} does not show a user the rows whose {policy.user_field!r} is that user: "
+                        "rls.member_of() reads only rows its caller may read itself, so every query on "
+                        f"{label} would fail.",
+                        hint=f'Protect {policy.through} with Members("{policy.user_field}", "{policy.member_field}") '
+                        f"(add parent=True to show every member of the {label} rows a user sees).",
+                        id="django_rls.E023",
+                    )
+                )
+    return messages
+
+
+def _check_null_parents(declarations: Any) -> list[CheckMessage]:
+    """W010: a nullable parent key under ThroughParent's default hides its NULL rows from every request."""
+    from django.core.exceptions import FieldDoesNotExist
+
+    from django_rls import policies
+
+    messages: list[CheckMessage] = []
+    for label, declaration in sorted(declarations.items()):
+        try:
+            model = declaration.model_class()
+        except LookupError:
+            continue  # reported by E005
+        for policy in declaration.policies:
+            if not isinstance(policy, policies.ThroughParent) or policy.null_parent is not None:
+                continue
+            for name in policy.fields:
+                try:
+                    field = model._meta.get_field(name)
+                except FieldDoesNotExist:
+                    continue  # reported by E006
+                if getattr(field, "null", False):
+                    messages.append(
+                        Warning(
+                            f"{label}.{name} may be NULL, and ThroughParent shows rows whose parent key is NULL to "
+                            "no request (not even to write them): they can only be read with bypass().",
+                            hint='Say what you mean: null_parent="hide" keeps them hidden, "read" shows them to '
+                            'every request (written by none), "write" lets every request read and write them.',
+                            obj=model,
+                            id="django_rls.W010",
+                        )
+                    )
     return messages
 
 
@@ -110,7 +187,8 @@ def _check_recursion(declarations: Any) -> list[CheckMessage]:
             what = f"the policies of {' -> '.join(cycle)} read each other's tables in a circle"
             hint = (
                 "Break the circle: protect one of these models by its own columns (BySite, ByOwner, Members) "
-                "instead of through another protected model."
+                "instead of through another protected model; for owners and members, protect the parent with "
+                "OwnerOrMember, which reads memberships with rls.member_of() instead of a query."
             )
         messages.append(
             Error(

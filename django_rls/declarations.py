@@ -33,6 +33,7 @@ SETTINGS_POLICIES: dict[str, Callable[..., Policy]] = {
     "owner_or_shared": policies.OwnerOrShared,
     "membership": policies.Membership,
     "members": policies.Members,
+    "owner_or_member": policies.OwnerOrMember,
     "parent": policies.ThroughParent,
     "custom": policies.Custom,
     "lookup": lookups.Lookup,

@@ -164,6 +164,8 @@ def _keys(declaration: Declaration) -> dict[str, str]:
             keys[policy.field] = "site"
         elif isinstance(policy, policies.ByOwner | policies.OwnerOrShared):
             keys[policy.field] = "user"
+        elif isinstance(policy, policies.OwnerOrMember):
+            keys[policy.owner_field] = "user"  # a probe row has no members: only its owner may see it
         elif isinstance(policy, policies.BySiteAndOwner):
             keys[policy.site_field] = "site"
             keys[policy.owner_field] = "user"

@@ -72,6 +72,28 @@ def seed() -> None:
     m.Bookmark.objects.using(DB).create(owner=alice, url="https://a.example/public", is_public=True)
     m.Bookmark.objects.using(DB).create(owner=bob, url="https://b.example/private")
 
+    # Owner-or-member: alice owns team 1, bob team 2, carol belongs to both.
+    team1 = m.Team.objects.using(DB).create(id=1, owner=alice, name="team 1")
+    team2 = m.Team.objects.using(DB).create(id=2, owner=bob, name="team 2")
+    with connections[DB].cursor() as cursor:
+        cursor.execute("SELECT setval(pg_get_serial_sequence('testapp_team', 'id'), 2)")
+    m.TeamMember.objects.using(DB).create(team=team1, user=carol)
+    m.TeamMember.objects.using(DB).create(team=team2, user=carol)
+
+    # The chain ping -> monitor -> space; one ping without a monitor, one public ping.
+    space1 = m.Space.objects.using(DB).create(id=1, name="space 1")
+    space2 = m.Space.objects.using(DB).create(id=2, name="space 2")
+    monitor1 = m.Monitor.objects.using(DB).create(space=space1, name="monitor 1")
+    monitor2 = m.Monitor.objects.using(DB).create(space=space2, name="monitor 2")
+    m.Ping.objects.using(DB).create(monitor=monitor1, body="ping 1a")
+    m.Ping.objects.using(DB).create(monitor=monitor1, body="ping 1b")
+    m.Ping.objects.using(DB).create(monitor=monitor2, body="ping 2")
+    m.Ping.objects.using(DB).create(monitor=monitor2, body="ping 2 public", public=True)
+    m.Ping.objects.using(DB).create(monitor=None, body="ping without monitor")
+
+    m.Folder.objects.using(DB).create(site=site1, name="folder 1")
+    m.Folder.objects.using(DB).create(site=site2, name="folder 2")
+
     tp.Gadget.objects.using(DB).create(site_id=1, name="gadget 1")
     tp.Gadget.objects.using(DB).create(site_id=2, name="gadget 2")
     tp.Widget.objects.using(DB).create(owner_id=alice.id, name="alice widget")

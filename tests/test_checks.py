@@ -362,3 +362,47 @@ def test_w003_app_role_that_injection_could_switch(live_db, unbound_app_role):
     messages = [m for m in checks.run_checks(databases=["default"]) if m.id == "django_rls.W003"]
     assert [m for m in messages if "neither django_rls.statement_bound nor django_rls.require_signature" in m.msg]
     assert any("SET django_rls.statement_bound = on" in m.hint for m in messages)
+
+
+def test_e023_owner_or_member_through_a_table_that_hides_own_rows(monkeypatch):
+    """rls.member_of() would refuse every query on Team: the membership model shows only its site's rows."""
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.TeamMember",
+        Declaration("testapp.TeamMember", (BySite("team"),), origin="here"),
+    )
+    assert ids() == ["django_rls.E023"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E023"]
+    assert message.msg.startswith("testapp.Team is protected with OwnerOrMember through testapp.TeamMember")
+    assert 'Members("user", "team")' in message.hint
+
+
+def test_w010_a_nullable_parent_key_without_null_parent(monkeypatch):
+    from django_rls.policies import ThroughParent
+
+    monkeypatch.setitem(
+        declarations._registry, "testapp.Ping", Declaration("testapp.Ping", (ThroughParent("monitor"),), origin="here")
+    )
+    assert ids() == ["django_rls.W010"]
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.Ping",
+        Declaration("testapp.Ping", (ThroughParent("monitor", null_parent="hide"),), origin="here"),
+    )
+    assert ids() == []
+
+
+def test_e020_owner_or_member_written_as_two_queries(monkeypatch):
+    """Team read through its memberships with a query, memberships through the team: refused, and the hint
+    names OwnerOrMember, which reads memberships with rls.member_of() instead."""
+    from django_rls.policies import Membership
+
+    monkeypatch.setitem(
+        declarations._registry,
+        "testapp.Team",
+        Declaration("testapp.Team", (Membership("testapp.TeamMember", field="id", site_field="team"),), origin="x"),
+    )
+    assert ids() == ["django_rls.E020"]
+    [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
+    assert "testapp.Team -> testapp.TeamMember -> testapp.Team" in message.msg
+    assert "OwnerOrMember" in message.hint

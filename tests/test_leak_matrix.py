@@ -20,6 +20,11 @@ INT_MODELS = [
     "testapp.Article",
     "testapp.ArticleTag",
     "testapp.Bookmark",
+    "testapp.Team",  # OwnerOrMember: membership read with rls.member_of()
+    "testapp.TeamMember",  # Members(parent=True): reads the team, which does not read it back in SQL
+    "testapp.Monitor",  # ThroughParent on a parent keyed by the site: compares its own key
+    "testapp.Ping",  # ThroughParent with or_where and null_parent="read"
+    "testapp.Folder",  # BySite with movable_to
     "thirdparty.Gadget",  # protected from tests/testapp/rls.py, without editing the model
     "thirdparty.Widget",  # protected from settings.DJANGO_RLS["MODELS"]
 ]

@@ -28,6 +28,12 @@ PROTECTED = [
     "testapp_article",
     "testapp_articletag",
     "testapp_bookmark",
+    "testapp_team",
+    "testapp_teammember",
+    "testapp_space",
+    "testapp_monitor",
+    "testapp_ping",
+    "testapp_folder",
     "thirdparty_gadget",
     "thirdparty_widget",
     '"MyTable"',  # names that need quoting: a mixed-case table and tables in another schema
@@ -77,8 +83,9 @@ def test_fresh_apply_protects_every_declared_table(restore):
     assert code == 1
     assert all(f"protect {table}:" in diff for table in PROTECTED)
     output = run()
-    # Task, TenantDoc, Article, SiteMembership and Widget (two policies from settings): two groups
-    assert f"Applied {len(PROTECTED) + 5} change(s)" in output
+    # Task, TenantDoc, Article, SiteMembership, Category, Bookmark, Team, Ping and Widget (two policies from
+    # settings): two groups; TeamMember (Members with parent=True) and Folder (BySite with movable_to): three
+    assert f"Applied {len(PROTECTED) + 13} change(s)" in output
     with connections["owner"].cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM pg_class WHERE oid = ANY(%s::regclass[]) AND relrowsecurity AND relforcerowsecurity",
@@ -107,8 +114,9 @@ def test_changed_declaration_replaces_the_policy(restore, monkeypatch):
     assert code == 1
     assert "replace testapp_note: policy group 'site'" in diff
     assert "now:  rls_site_delete: (site_id = rls.site_id())" in diff
-    assert 'want: select, insert, update, delete rows where "site_id" = rls.site_id() OR "site_id" IS NULL' in diff
-    assert "Applied 1 change(s)" in run()
+    assert 'want: insert, update, delete rows where "site_id" = rls.site_id()' in diff
+    assert "protect testapp_note: policy group 'shared'" in diff
+    assert "Applied 2 change(s)" in run()
     assert exit_code("--check")[0] == 0
     monkeypatch.undo()
 

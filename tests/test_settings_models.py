@@ -97,3 +97,46 @@ def test_the_documented_example_declares_what_it_says():
     assert declared["thirdparty.Gadget"].policies[1].commands == ("select",)
     assert isinstance(declared["thirdparty.Page"].policies[0].using, Q)
     assert declared["thirdparty.Widget"].audit
+
+
+@pytest.mark.parametrize(
+    ("label", "spec", "instance"),
+    [
+        (
+            "testapp.Team",
+            {"policy": "owner_or_member", "through": "testapp.TeamMember", "member_field": "team"},
+            policies.OwnerOrMember("testapp.TeamMember", member_field="team"),
+        ),
+        (
+            "testapp.TeamMember",
+            {"policy": "members", "user_field": "user", "site_field": "team", "parent": True},
+            policies.Members("user", "team", parent=True),
+        ),
+        (
+            "testapp.Ping",
+            {
+                "policy": "parent",
+                "fields": ["monitor"],
+                "commands": ["select", "update"],
+                "null_parent": "read",
+                "or_where": Q(public=True),
+                "or_check": "public",
+            },
+            policies.ThroughParent(
+                "monitor", commands=["select", "update"], null_parent="read", or_where=Q(public=True), or_check="public"
+            ),
+        ),
+        (
+            "testapp.Folder",
+            {"policy": "site", "field": "site", "movable_to": "move_to"},
+            BySite("site", movable_to="move_to"),
+        ),
+    ],
+)
+def test_the_issue_15_kinds_compile_the_same_from_settings(label, spec, instance):
+    from django.db import connection
+
+    from django_rls.policies import Declaration
+
+    from_settings = _from_settings(label, spec)
+    assert from_settings.groups(connection) == Declaration(label, (instance,)).groups(connection)

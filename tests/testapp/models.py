@@ -17,6 +17,7 @@ from django_rls.policies import (
     Custom,
     Members,
     Membership,
+    OwnerOrMember,
     OwnerOrShared,
     Shared,
     ThroughParent,
@@ -112,3 +113,45 @@ class Bookmark(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     url = models.URLField()
     is_public = models.BooleanField(default=False)
+
+
+# Owner-or-member without recursion: a team's policy reads memberships with rls.member_of(), so the
+# membership policy may read the team (every member of a team its viewer sees) without a circle.
+@django_rls.protect(OwnerOrMember("testapp.TeamMember", owner_field="owner", member_field="team", user_field="user"))
+class Team(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=50)
+
+
+@django_rls.protect(Members("user", "team", parent=True))
+class TeamMember(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+
+
+# A three-level chain, ping -> monitor -> space, where the space is the site itself (its primary key is
+# the site id): monitors compare their own key, pings read monitors, one subquery in all.
+@django_rls.protect(BySite("id"))
+class Space(models.Model):
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=50)
+
+
+@django_rls.protect(ThroughParent("space"))
+class Monitor(models.Model):
+    space = models.ForeignKey(Space, on_delete=models.CASCADE)
+    name = models.CharField(max_length=50)
+
+
+@django_rls.protect(ThroughParent("monitor", null_parent="read", or_where=Q(public=True)))
+class Ping(models.Model):
+    monitor = models.ForeignKey(Monitor, null=True, blank=True, on_delete=models.CASCADE)
+    public = models.BooleanField(default=False)
+    body = models.CharField(max_length=50)
+
+
+# Rows a request may move to the site named by its "move_to" claim.
+@django_rls.protect(BySite("site", movable_to="move_to"))
+class Folder(models.Model):
+    site = models.ForeignKey(Site, on_delete=models.CASCADE)
+    name = models.CharField(max_length=50)
