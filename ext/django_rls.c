@@ -89,6 +89,7 @@ _PG_init(void)
 	RlsDefineContextSettings();
 	RlsDefineTokenSettings();
 	RlsDefineKeySettings();
+	RlsDefineAuditSettings();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);

@@ -96,6 +96,11 @@ extern void RlsNoteLateLoad(void);
 extern void RlsCheckStatementContext(void);
 
 /*
+ * audit.c
+ */
+extern void RlsDefineAuditSettings(void);
+
+/*
  * audit_context.c
  */
 
