@@ -53,7 +53,7 @@ REVOKE ALL ON FUNCTION rls_audit._chain_of(bigint, uuid) FROM PUBLIC;
 -- The UTC month of logged_at, whatever the session's TimeZone.
 CREATE FUNCTION rls_audit._chain_month(logged_at timestamptz)
 RETURNS date
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN pg_catalog.date_trunc('month', logged_at, 'UTC')::pg_catalog.timestamp::pg_catalog.date;
 COMMENT ON FUNCTION rls_audit._chain_month(timestamptz) IS
 'Internal: the UTC month (its first day) of an audit entry''s logged_at, which names its hash chain.';
@@ -65,7 +65,7 @@ REVOKE ALL ON FUNCTION rls_audit._chain_month(timestamptz) FROM PUBLIC;
 -- reordered) is told from one whose content changed.
 CREATE FUNCTION rls_audit._entry_digest(e rls_audit.log)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
     EXTRACT(epoch FROM e.logged_at) * 1000000,
     EXTRACT(epoch FROM e.xact_started_at) * 1000000,
@@ -80,24 +80,20 @@ REVOKE ALL ON FUNCTION rls_audit._entry_digest(rls_audit.log) FROM PUBLIC;
 
 CREATE FUNCTION rls_audit._chain_genesis(month date, chain text)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN pg_catalog.sha256(pg_catalog.convert_to(
     'django_rls audit chain ' || pg_catalog.to_char(month, 'YYYY-MM') || ' ' || chain, 'UTF8'));
 COMMENT ON FUNCTION rls_audit._chain_genesis(date, text) IS
 'Internal: the value the first seal of a chain follows.';
 REVOKE ALL ON FUNCTION rls_audit._chain_genesis(date, text) FROM PUBLIC;
 
--- seal = sha256(previous seal || seq || each entry id || the entries' digests),
--- numbers as 8 bytes big-endian.
+-- seal = sha256(previous seal || seq as 8 bytes || the entry ids in PostgreSQL's
+-- binary array format || the entries' digests).  A plain expression (no
+-- aggregate), so that it is inlined into the statements using it.
 CREATE FUNCTION rls_audit._seal_value(previous bytea, seq bigint, entry_ids bigint[], digests bytea)
 RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT pg_catalog.sha256(previous || pg_catalog.int8send(seq)
-                             || pg_catalog.string_agg(pg_catalog.int8send(i.id), ''::bytea ORDER BY i.n)
-                             || digests)
-      FROM pg_catalog.unnest(entry_ids) WITH ORDINALITY AS i(id, n);
-END;
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN pg_catalog.sha256(previous || pg_catalog.int8send(seq) || pg_catalog.array_send(entry_ids) || digests);
 COMMENT ON FUNCTION rls_audit._seal_value(bytea, bigint, bigint[], bytea) IS
 'Internal: the seal following previous for the seq-th sealed statement of a chain.';
 REVOKE ALL ON FUNCTION rls_audit._seal_value(bytea, bigint, bigint[], bytea) FROM PUBLIC;
@@ -108,20 +104,23 @@ REVOKE ALL ON FUNCTION rls_audit._seal_value(bytea, bigint, bigint[], bytea) FRO
 -- same order.  The head row stays locked until the transaction ends.
 CREATE FUNCTION rls_audit._seal(month date, chain text, entry_ids bigint[], digests bytea)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    WITH head AS (
-        INSERT INTO rls_audit.chain_heads AS h (month, chain, seq, seal)
-        VALUES (month, chain, 1,
-                rls_audit._seal_value(rls_audit._chain_genesis(month, chain), 1, entry_ids, digests))
-        ON CONFLICT ON CONSTRAINT chain_heads_pkey DO UPDATE
-           SET seq = h.seq + 1,
-               seal = rls_audit._seal_value(h.seal, h.seq + 1, _seal.entry_ids, _seal.digests)
-        RETURNING h.seq, h.seal)
+AS $$
+DECLARE
+    sealed_seq bigint;
+    sealed bytea;
+BEGIN
+    INSERT INTO rls_audit.chain_heads AS h (month, chain, seq, seal)
+    VALUES (_seal.month, _seal.chain, 1,
+            rls_audit._seal_value(rls_audit._chain_genesis(_seal.month, _seal.chain), 1, _seal.entry_ids, _seal.digests))
+    ON CONFLICT ON CONSTRAINT chain_heads_pkey DO UPDATE
+       SET seq = h.seq + 1, seal = rls_audit._seal_value(h.seal, h.seq + 1, _seal.entry_ids, _seal.digests)
+    RETURNING h.seq, h.seal INTO sealed_seq, sealed;
     INSERT INTO rls_audit.seals (month, chain, seq, entry_ids, digests, seal)
-    SELECT _seal.month, _seal.chain, head.seq, _seal.entry_ids, _seal.digests, head.seal FROM head;
-END;
+    VALUES (_seal.month, _seal.chain, sealed_seq, _seal.entry_ids, _seal.digests, sealed);
+END
+$$;
 COMMENT ON FUNCTION rls_audit._seal(date, text, bigint[], bytea) IS
 'Internal: append one statement''s entries of one chain to the chain (rls_audit.capture() with django_rls.audit_chain on).';
 REVOKE ALL ON FUNCTION rls_audit._seal(date, text, bigint[], bytea) FROM PUBLIC;
