@@ -208,6 +208,11 @@ def test_the_command_reports_the_first_bad_entry_and_fails(chain_db, extra_alias
     out = io.StringIO()
     call_command("rls_audit_verify", database=alias, stdout=out)
     assert "3 chain(s) verified, no problem" in out.getvalue()
+    later = io.StringIO()
+    call_command("rls_audit_verify", "--since", "2999-01", database=alias, stdout=later)
+    assert later.getvalue() == "0 chain(s) verified, no problem.\n"
+    with pytest.raises(CommandError, match="--since expects a month"):
+        call_command("rls_audit_verify", "--since", "last week", database=alias)
     ids = site_one_ids(chain_db)
     chain_db.execute("DELETE FROM rls_audit.log WHERE id = %s", [ids[1]])
     with pytest.raises(CommandError, match=rf"chain 1 of .*: deleted entry {ids[1]}"):
