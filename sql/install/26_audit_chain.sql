@@ -125,40 +125,44 @@ COMMENT ON FUNCTION rls_audit._seal(date, text, bigint[], bytea) IS
 'Internal: append one statement''s entries of one chain to the chain (rls_audit.capture() with django_rls.audit_chain on).';
 REVOKE ALL ON FUNCTION rls_audit._seal(date, text, bigint[], bytea) FROM PUBLIC;
 
--- The entries of one chain, with their content digests: those its seals
--- list (expected) against those the log holds (actual).  The first
--- difference by id is the first bad entry.
-CREATE FUNCTION rls_audit._chain_first_bad_entry(month date, chain text,
-                                                 OUT entry_id bigint, OUT seal_seq bigint, OUT problem text)
+-- The entries of one month, with their content digests: those its seals
+-- list (expected) against those the log holds (actual), in one pass over
+-- the month for all its chains.  The first difference by id in each chain is
+-- that chain's first bad entry.
+CREATE FUNCTION rls_audit._month_first_bad_entries(month date,
+                                                   OUT chain text, OUT entry_id bigint, OUT seal_seq bigint, OUT problem text)
+RETURNS SETOF record
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH expected AS (
-        SELECT s.seq, u.id, substring(s.digests FROM (u.n::integer - 1) * 32 + 1 FOR 32) AS digest
+        SELECT s.chain, s.seq, u.id, substring(s.digests FROM (u.n::integer - 1) * 32 + 1 FOR 32) AS digest
           FROM rls_audit.seals s, unnest(s.entry_ids) WITH ORDINALITY AS u(id, n)
-         WHERE s.month = _chain_first_bad_entry.month AND s.chain = _chain_first_bad_entry.chain),
+         WHERE s.month = _month_first_bad_entries.month),
     actual AS (
-        SELECT l.id, rls_audit._entry_digest(l) AS digest
+        SELECT l.id, rls_audit._chain_of(l.site_id, l.site_uuid) AS chain, rls_audit._entry_digest(l) AS digest
           FROM rls_audit.log l
-         WHERE l.logged_at >= (_chain_first_bad_entry.month::timestamp AT TIME ZONE 'UTC')
-           AND l.logged_at < ((_chain_first_bad_entry.month + 31)::timestamp AT TIME ZONE 'UTC')
-           AND rls_audit._chain_month(l.logged_at) = _chain_first_bad_entry.month
-           AND rls_audit._chain_of(l.site_id, l.site_uuid) = _chain_first_bad_entry.chain)
-    SELECT coalesce(e.id, a.id), e.seq,
-           CASE WHEN a.id IS NOT NULL AND EXISTS (SELECT 1 FROM expected x WHERE x.digest = a.digest AND x.id <> a.id)
-                    THEN 'reordered'
-                WHEN e.id IS NULL THEN 'inserted'
-                WHEN a.id IS NULL AND EXISTS (SELECT 1 FROM rls_audit.log l WHERE l.id = e.id) THEN 'edited'
-                WHEN a.id IS NULL THEN 'deleted'
-                ELSE 'edited' END
-      FROM expected e FULL JOIN actual a ON a.id = e.id
-     WHERE e.digest IS DISTINCT FROM a.digest
-     ORDER BY coalesce(e.id, a.id)
-     LIMIT 1;
+         WHERE l.logged_at >= (_month_first_bad_entries.month::timestamp AT TIME ZONE 'UTC')
+           AND l.logged_at < ((_month_first_bad_entries.month + 31)::timestamp AT TIME ZONE 'UTC')
+           AND rls_audit._chain_month(l.logged_at) = _month_first_bad_entries.month),
+    bad AS (
+        SELECT coalesce(e.chain, a.chain) AS chain, coalesce(e.id, a.id) AS id, e.seq,
+               CASE WHEN a.id IS NOT NULL AND EXISTS (SELECT 1 FROM expected x
+                                                       WHERE x.chain = a.chain AND x.digest = a.digest AND x.id <> a.id)
+                        THEN 'reordered'
+                    WHEN e.id IS NULL THEN 'inserted'
+                    WHEN a.id IS NULL AND EXISTS (SELECT 1 FROM rls_audit.log l WHERE l.id = e.id) THEN 'edited'
+                    WHEN a.id IS NULL THEN 'deleted'
+                    ELSE 'edited' END AS problem
+          FROM expected e FULL JOIN actual a ON a.id = e.id AND a.chain = e.chain
+         WHERE e.digest IS DISTINCT FROM a.digest)
+    SELECT DISTINCT ON (bad.chain) bad.chain, bad.id, bad.seq, bad.problem
+      FROM bad
+     ORDER BY bad.chain, bad.id;
 END;
-COMMENT ON FUNCTION rls_audit._chain_first_bad_entry(date, text) IS
-'Internal: the first entry (by id) of a chain that its seals and the log disagree on, and how.';
-REVOKE ALL ON FUNCTION rls_audit._chain_first_bad_entry(date, text) FROM PUBLIC;
+COMMENT ON FUNCTION rls_audit._month_first_bad_entries(date) IS
+'Internal: per chain of a month, the first entry (by id) that its seals and the log disagree on, and how; chains without a seal included.';
+REVOKE ALL ON FUNCTION rls_audit._month_first_bad_entries(date) FROM PUBLIC;
 
 -- STABLE: the whole check reads one snapshot, so entries and seals written
 -- meanwhile are either all seen or not at all.
@@ -169,76 +173,67 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    c record;
+    m date;
+    c text;
     s record;
     head rls_audit.chain_heads;
     previous bytea;
-    bad record;
+    bad jsonb;
+    bads jsonb;
 BEGIN
-    FOR c IN SELECT x.month, x.chain
-               FROM (SELECT h.month, h.chain FROM rls_audit.chain_heads h
-                     UNION SELECT z.month, z.chain FROM rls_audit.seals z) x
+    FOR m IN SELECT DISTINCT x.month
+               FROM (SELECT h.month FROM rls_audit.chain_heads h UNION SELECT z.month FROM rls_audit.seals z) x
               WHERE verify.since IS NULL OR x.month >= date_trunc('month', verify.since)::date
-              ORDER BY x.month, x.chain LOOP
-        month := c.month; chain := c.chain; seals := 0; entries := 0;
-        problem := NULL; entry_id := NULL; seal_seq := NULL; detail := NULL;
-        previous := rls_audit._chain_genesis(c.month, c.chain);
-        FOR s IN SELECT z.seq, z.entry_ids, z.digests, z.seal FROM rls_audit.seals z
-                  WHERE z.month = c.month AND z.chain = c.chain ORDER BY z.seq LOOP
-            IF s.seq <> seals + 1 THEN
-                problem := 'seal deleted'; seal_seq := seals + 1;
-                detail := format('seal %s is missing (the next one is %s): the entries it sealed cannot be checked', seals + 1, s.seq);
-                EXIT;
+              ORDER BY x.month LOOP
+        -- One pass over the month's entries for all its chains.
+        SELECT coalesce(jsonb_object_agg(b.chain, jsonb_build_array(b.entry_id, b.seal_seq, b.problem)), '{}')
+          INTO bads FROM rls_audit._month_first_bad_entries(m) b;
+        FOR c IN SELECT h.chain FROM rls_audit.chain_heads h WHERE h.month = m
+                 UNION SELECT z.chain FROM rls_audit.seals z WHERE z.month = m
+                 UNION SELECT k FROM jsonb_object_keys(bads) k
+                 ORDER BY 1 LOOP
+            month := m; chain := c; seals := 0; entries := 0;
+            problem := NULL; entry_id := NULL; seal_seq := NULL; detail := NULL;
+            previous := rls_audit._chain_genesis(m, c);
+            FOR s IN SELECT z.seq, z.entry_ids, z.digests, z.seal FROM rls_audit.seals z
+                      WHERE z.month = m AND z.chain = c ORDER BY z.seq LOOP
+                IF s.seq <> seals + 1 THEN
+                    problem := 'seal deleted'; seal_seq := seals + 1;
+                    detail := format('seal %s is missing (the next one is %s): the entries it sealed cannot be checked', seals + 1, s.seq);
+                    EXIT;
+                END IF;
+                IF octet_length(s.digests) <> 32 * cardinality(s.entry_ids)
+                   OR rls_audit._seal_value(previous, s.seq, s.entry_ids, s.digests) IS DISTINCT FROM s.seal THEN
+                    problem := 'seal edited'; seal_seq := s.seq;
+                    detail := format('seal %s does not follow from the seal before it and the entries it lists', s.seq);
+                    EXIT;
+                END IF;
+                previous := s.seal;
+                seals := seals + 1;
+                entries := entries + cardinality(s.entry_ids);
+            END LOOP;
+            IF problem IS NULL AND seals > 0 THEN
+                SELECT * INTO head FROM rls_audit.chain_heads h WHERE h.month = m AND h.chain = c;
+                IF head.seq IS DISTINCT FROM seals OR head.seal IS DISTINCT FROM previous THEN
+                    problem := 'seal deleted'; seal_seq := seals + 1;
+                    detail := format('the chain''s head is at seal %s but its seals end at %s: the last seals (and their entries) were deleted, or the head was changed',
+                                     coalesce(head.seq::text, 'none'), seals);
+                END IF;
+            ELSIF problem IS NULL AND EXISTS (SELECT 1 FROM rls_audit.chain_heads h WHERE h.month = m AND h.chain = c) THEN
+                problem := 'seal deleted'; seal_seq := 1;
+                detail := 'the chain has a head but no seal: its seals were deleted';
             END IF;
-            IF octet_length(s.digests) <> 32 * cardinality(s.entry_ids)
-               OR rls_audit._seal_value(previous, s.seq, s.entry_ids, s.digests) IS DISTINCT FROM s.seal THEN
-                problem := 'seal edited'; seal_seq := s.seq;
-                detail := format('seal %s does not follow from the seal before it and the entries it lists', s.seq);
-                EXIT;
+            bad := bads -> c;
+            IF problem IS NULL AND bad IS NOT NULL THEN
+                entry_id := (bad ->> 0)::bigint; seal_seq := (bad ->> 1)::bigint; problem := bad ->> 2;
+                detail := CASE problem
+                    WHEN 'edited' THEN format('entry %s differs from what seal %s recorded', entry_id, seal_seq)
+                    WHEN 'deleted' THEN format('entry %s, sealed by seal %s, is missing from the log', entry_id, seal_seq)
+                    WHEN 'inserted' THEN format('entry %s is in the log but no seal of its chain lists it', entry_id)
+                    ELSE format('entry %s holds what the chain recorded for another entry id', entry_id) END;
             END IF;
-            previous := s.seal;
-            seals := seals + 1;
-            entries := entries + cardinality(s.entry_ids);
+            RETURN NEXT;
         END LOOP;
-        IF problem IS NULL THEN
-            SELECT * INTO head FROM rls_audit.chain_heads h WHERE h.month = c.month AND h.chain = c.chain;
-            IF head.seq IS DISTINCT FROM seals OR head.seal IS DISTINCT FROM previous THEN
-                problem := 'seal deleted'; seal_seq := seals + 1;
-                detail := format('the chain''s head is at seal %s but its seals end at %s: the last seals (and their entries) were deleted, or the head was changed',
-                                 coalesce(head.seq::text, 'none'), seals);
-            END IF;
-        END IF;
-        IF problem IS NULL THEN
-            SELECT * INTO bad FROM rls_audit._chain_first_bad_entry(c.month, c.chain) b WHERE b.entry_id IS NOT NULL;
-            IF FOUND THEN
-                problem := bad.problem; entry_id := bad.entry_id; seal_seq := bad.seal_seq;
-                detail := CASE bad.problem
-                    WHEN 'edited' THEN format('entry %s differs from what seal %s recorded', bad.entry_id, bad.seal_seq)
-                    WHEN 'deleted' THEN format('entry %s, sealed by seal %s, is missing from the log', bad.entry_id, bad.seal_seq)
-                    WHEN 'inserted' THEN format('entry %s is in the log but no seal of the chain lists it', bad.entry_id)
-                    ELSE format('entry %s holds what the chain recorded for another entry id', bad.entry_id) END;
-            END IF;
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-
-    -- Entries of a chained month whose chain has no seal at all (written with
-    -- the chain off, or a whole chain's seals deleted, or inserted).
-    FOR c IN SELECT DISTINCT ON (x.month, rls_audit._chain_of(l.site_id, l.site_uuid))
-                    x.month, rls_audit._chain_of(l.site_id, l.site_uuid) AS chain, l.id
-               FROM (SELECT DISTINCT h.month FROM rls_audit.chain_heads h
-                      WHERE verify.since IS NULL OR h.month >= date_trunc('month', verify.since)::date) x
-               JOIN rls_audit.log l
-                 ON l.logged_at >= (x.month::timestamp AT TIME ZONE 'UTC')
-                AND l.logged_at < ((x.month + 31)::timestamp AT TIME ZONE 'UTC')
-                AND rls_audit._chain_month(l.logged_at) = x.month
-              WHERE NOT EXISTS (SELECT 1 FROM rls_audit.chain_heads h
-                                 WHERE h.month = x.month AND h.chain = rls_audit._chain_of(l.site_id, l.site_uuid))
-              ORDER BY x.month, rls_audit._chain_of(l.site_id, l.site_uuid), l.id LOOP
-        month := c.month; chain := c.chain; seals := 0; entries := 0;
-        problem := 'inserted'; entry_id := c.id; seal_seq := NULL;
-        detail := format('entry %s belongs to a chained month but its chain has no seal', c.id);
-        RETURN NEXT;
     END LOOP;
 END
 $$;
