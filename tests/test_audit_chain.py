@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -94,6 +96,41 @@ def test_the_app_role_writes_sealed_entries_but_cannot_verify_or_read_the_seals(
         2,
         None,
     )
+
+
+def test_concurrent_writers_of_one_site_wait_for_each_other_and_the_chain_stays_whole(chain_db, database):
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+        for conn in (first, second):
+            conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+        first.execute("INSERT INTO item VALUES (100, 1, 'first')")
+        waiting = threading.Thread(
+            target=lambda: (second.execute("INSERT INTO item VALUES (101, 1, 'second')"), second.commit())
+        )
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive(), "the second writer of site 1 should wait for the first one's chain head"
+        first.execute("INSERT INTO item VALUES (102, 1, 'first again')")
+        first.commit()
+        waiting.join(timeout=10)
+        assert not waiting.is_alive()
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (
+        7,
+        11,
+        None,
+    )
+
+
+def test_a_repeatable_read_writer_behind_a_newer_seal_of_its_site_gets_a_serialization_failure(chain_db, database):
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as late:
+        late.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        late.execute("SELECT rls.set_context('1', NULL, NULL, false)")  # takes the snapshot
+        chain_db.execute("INSERT INTO item VALUES (100, 1, 'sealed after that snapshot')")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            late.execute("INSERT INTO item VALUES (101, 1, 'late')")
+        late.rollback()
+    assert problems(chain_db) == []
 
 
 def test_an_edited_entry_is_reported(chain_db):
