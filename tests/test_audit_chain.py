@@ -133,6 +133,15 @@ def test_a_repeatable_read_writer_behind_a_newer_seal_of_its_site_gets_a_seriali
     assert problems(chain_db) == []
 
 
+def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
+    chain_db.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'")
+    chain_db.execute("SELECT rls.set_context('2', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item VALUES (30, 2, 'written at +05:30')")
+    chain_db.execute("SET TimeZone = 'America/New_York'; SET DateStyle = 'German'")
+    assert problems(chain_db) == []
+    assert chain_db.execute("SELECT entries FROM rls_audit.verify() WHERE chain = '2'").fetchone() == (2,)
+
+
 def test_an_edited_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
     chain_db.execute('UPDATE rls_audit.log SET new_values = \'{"body": "forged"}\' WHERE id = %s', [ids[5]])
@@ -216,6 +225,7 @@ def test_a_month_dropped_for_retention_leaves_the_rest_verifiable(chain_db):
     chain_db.execute("UPDATE rls_audit.log SET logged_at = logged_at - interval '1 month' WHERE site_id = 2")
     chain_db.execute("DELETE FROM rls_audit.seals WHERE chain = '2'")
     chain_db.execute("DELETE FROM rls_audit.chain_heads WHERE chain = '2'")
+    chain_db.execute("SET TimeZone = 'UTC'")  # as the capture seals
     chain_db.execute(
         "SELECT rls_audit._seal(rls_audit._chain_month(l.logged_at), '2', ARRAY[l.id], rls_audit._entry_digest(l)) "
         "FROM rls_audit.log l WHERE site_id = 2"

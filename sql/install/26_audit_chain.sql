@@ -59,23 +59,21 @@ COMMENT ON FUNCTION rls_audit._chain_month(timestamptz) IS
 'Internal: the UTC month (its first day) of an audit entry''s logged_at, which names its hash chain.';
 REVOKE ALL ON FUNCTION rls_audit._chain_month(timestamptz) FROM PUBLIC;
 
--- Every column but id, in a form no session setting changes: times as epoch
--- microseconds, the rest as JSON (jsonb prints canonically).  The id is sealed
--- through the seal's entry_ids, so that an entry moved to another id (the log
--- reordered) is told from one whose content changed.
+-- Every column but id, as the text of a row of them.  Only TimeZone and
+-- DateStyle change that text (timestamptz columns); rls_audit.capture() pins
+-- both while it seals, and rls_audit.verify() sets them the same.  The id is
+-- sealed through the seal's entry_ids, so that an entry moved to another id
+-- (the log reordered) is told from one whose content changed.
 CREATE FUNCTION rls_audit._entry_digest(e rls_audit.log)
 RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
-RETURN pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
-    EXTRACT(epoch FROM e.logged_at) * 1000000,
-    EXTRACT(epoch FROM e.xact_started_at) * 1000000,
-    e.xact_id::pg_catalog.text, e.table_oid::pg_catalog.int8, e.table_name, e.operation, e.row_key,
-    e.old_values, e.new_values, e.changed_columns, e.site_id, e.site_uuid::pg_catalog.text,
-    e.user_id, e.user_uuid::pg_catalog.text, e.claims, e.db_role::pg_catalog.text,
-    e.application_name, e.client_addr::pg_catalog.text, e.read_rule, e.read_keys,
-    e.trail_id::pg_catalog.text)::pg_catalog.text, 'UTF8'));
+RETURN pg_catalog.sha256(pg_catalog.convert_to(ROW(
+    e.logged_at, e.xact_started_at, e.xact_id, e.table_oid, e.table_name, e.operation, e.row_key,
+    e.old_values, e.new_values, e.changed_columns, e.site_id, e.site_uuid, e.user_id, e.user_uuid,
+    e.claims, e.db_role, e.application_name, e.client_addr, e.read_rule, e.read_keys,
+    e.trail_id)::pg_catalog.text, 'UTF8'));
 COMMENT ON FUNCTION rls_audit._entry_digest(rls_audit.log) IS
-'Internal: the SHA-256 digest of every column of an audit entry but its id, independent of session settings.';
+'Internal: the SHA-256 digest of every column of an audit entry but its id (under TimeZone UTC and DateStyle ISO).';
 REVOKE ALL ON FUNCTION rls_audit._entry_digest(rls_audit.log) FROM PUBLIC;
 
 CREATE FUNCTION rls_audit._chain_genesis(month date, chain text)
@@ -134,6 +132,8 @@ CREATE FUNCTION rls_audit._month_first_bad_entries(month date,
 RETURNS SETOF record
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, MDY'
 BEGIN ATOMIC
     WITH expected AS (
         SELECT s.chain, s.seq, u.id, substring(s.digests FROM (u.n::integer - 1) * 32 + 1 FOR 32) AS digest
@@ -171,6 +171,8 @@ RETURNS TABLE (month date, chain text, seals bigint, entries bigint, problem tex
                entry_id bigint, seal_seq bigint, detail text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+SET DateStyle = 'ISO, MDY'
 AS $$
 DECLARE
     m date;
