@@ -142,6 +142,13 @@ def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
     assert chain_db.execute("SELECT entries FROM rls_audit.verify() WHERE chain = '2'").fetchone() == (2,)
 
 
+def test_entries_moved_out_of_the_default_partition_still_verify(chain_db):
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.log_default").fetchone()[0] == 10
+    chain_db.execute("SELECT rls_audit.ensure_partitions(0)")
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.log_default").fetchone()[0] == 0
+    assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
+
+
 def test_an_edited_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
     chain_db.execute('UPDATE rls_audit.log SET new_values = \'{"body": "forged"}\' WHERE id = %s', [ids[5]])
