@@ -179,6 +179,22 @@ def test_an_inserted_entry_is_reported(chain_db):
     assert problems(chain_db) == [("1", "inserted", planted)]
 
 
+def test_a_copy_of_a_sealed_entry_is_reported_as_inserted(chain_db):
+    ids = site_one_ids(chain_db)
+    columns = [
+        r[0]
+        for r in chain_db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND attname <> 'id'"
+        )
+    ]
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    chain_db.execute(
+        sql.SQL("INSERT INTO rls_audit.log ({c}) SELECT {c} FROM rls_audit.log WHERE id = %s").format(c=names), [ids[2]]
+    )
+    assert problems(chain_db) == [("1", "inserted", site_one_ids(chain_db)[-1])]
+
+
 def test_an_entry_inserted_for_a_site_without_a_chain_is_reported(chain_db):
     chain_db.execute(
         "INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, site_id, db_role) "

@@ -145,20 +145,24 @@ BEGIN ATOMIC
          WHERE l.logged_at >= (_month_first_bad_entries.month::timestamp AT TIME ZONE 'UTC')
            AND l.logged_at < ((_month_first_bad_entries.month + 31)::timestamp AT TIME ZONE 'UTC')
            AND rls_audit._chain_month(l.logged_at) = _month_first_bad_entries.month),
-    bad AS (
-        SELECT coalesce(e.chain, a.chain) AS chain, coalesce(e.id, a.id) AS id, e.seq,
-               CASE WHEN a.id IS NOT NULL AND EXISTS (SELECT 1 FROM expected x
-                                                       WHERE x.chain = a.chain AND x.digest = a.digest AND x.id <> a.id)
-                        THEN 'reordered'
-                    WHEN e.id IS NULL THEN 'inserted'
-                    WHEN a.id IS NULL AND EXISTS (SELECT 1 FROM rls_audit.log l WHERE l.id = e.id) THEN 'edited'
-                    WHEN a.id IS NULL THEN 'deleted'
-                    ELSE 'edited' END AS problem
+    -- The first disagreement of each chain; only those few are then classified.
+    first_bad AS (
+        SELECT DISTINCT ON (coalesce(e.chain, a.chain))
+               coalesce(e.chain, a.chain) AS chain, coalesce(e.id, a.id) AS id, e.seq,
+               e.id AS expected_id, a.id AS actual_id, a.digest AS actual_digest
           FROM expected e FULL JOIN actual a ON a.id = e.id AND a.chain = e.chain
-         WHERE e.digest IS DISTINCT FROM a.digest)
-    SELECT DISTINCT ON (bad.chain) bad.chain, bad.id, bad.seq, bad.problem
-      FROM bad
-     ORDER BY bad.chain, bad.id;
+         WHERE e.digest IS DISTINCT FROM a.digest
+         ORDER BY coalesce(e.chain, a.chain), coalesce(e.id, a.id))
+    SELECT b.chain, b.id, b.seq,
+           CASE WHEN b.expected_id IS NULL THEN 'inserted'
+                WHEN b.actual_id IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM expected x
+                                  WHERE x.chain = b.chain AND x.digest = b.actual_digest AND x.id <> b.actual_id)
+                    THEN 'reordered'
+                WHEN b.actual_id IS NULL AND EXISTS (SELECT 1 FROM rls_audit.log l WHERE l.id = b.expected_id) THEN 'edited'
+                WHEN b.actual_id IS NULL THEN 'deleted'
+                ELSE 'edited' END
+      FROM first_bad b;
 END;
 COMMENT ON FUNCTION rls_audit._month_first_bad_entries(date) IS
 'Internal: per chain of a month, the first entry (by id) that its seals and the log disagree on, and how; chains without a seal included.';
