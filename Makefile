@@ -76,6 +76,7 @@ bench: deps
 	$(MAKE) install
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/read_path.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/write_path.py
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/audit_read.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/rls_apply_scale.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/request_path.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/signed_cost.py

@@ -12,8 +12,15 @@ Each variant gets the same fresh 8-column table and the same statements:
                  tracker: a typed copy of the row into an event table with its two indexes,
                  plus the context read from settings;
 - stmt_jsonb:    a PL/pgSQL statement-level trigger with transition tables writing the same
-                 record as ours (the fastest PL/pgSQL design measured in the research).
+                 record as ours (the fastest PL/pgSQL design measured in the research);
+- ours_chain:    ours with django_rls.audit_chain = on (every statement sealed into its site's
+                 hash chain), to show what the chain costs.
 These are written here from the published designs, not copied.
+
+Three measurements per variant: the bulk statements above; single-row statements in autocommit
+(BENCH_SINGLE of each: INSERT, UPDATE and DELETE of one row by key, what a web request does),
+as latency per statement; and the bytes the log's tables (heap, TOAST, indexes; the chain's
+tables for ours_chain) hold per recorded row after the bulk statements.
 """
 
 from __future__ import annotations
@@ -29,11 +36,26 @@ from psycopg.conninfo import make_conninfo
 
 ROWS = int(os.environ.get("BENCH_ROWS", "200000"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+SINGLE = int(os.environ.get("BENCH_SINGLE", "2000"))
 DB = "django_rls_write_bench"
 COLUMNS = (
     "id bigint PRIMARY KEY, site_id int, qty int, name text, note text, price numeric(12,2), "
     "created_at timestamptz, active boolean"
 )
+SINGLE_STATEMENTS = {
+    "insert": "INSERT INTO {t} VALUES (%s, 7, 1, 'single', 'note', 1.50, now(), true)",
+    "update": "UPDATE {t} SET qty = qty + 1 WHERE id = %s",
+    "delete": "DELETE FROM {t} WHERE id = %s",
+}
+TARGETS = {"insert": 1.5, "update": 1.5, "delete": 3.0}
+SINGLE_TARGET = 1.10
+LOG_TABLES = {
+    "ours": ("rls_audit.log",),
+    "ours_chain": ("rls_audit.log", "rls_audit.seals", "rls_audit.chain_heads"),
+    "row_jsonb": ("ref.logged_actions",),
+    "row_event": ("ref.events",),
+    "stmt_jsonb": ("ref.stmt_log",),
+}
 STATEMENTS = {
     "insert": (
         "INSERT INTO {t} SELECT g, g % 50, g % 1000, 'name ' || g, md5(g::text), (g % 10000) / 100.0, "
@@ -133,7 +155,7 @@ def create_variant(conn: psycopg.Connection, variant: str) -> str:
     table = f"bench_{variant}"
     conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
-    if variant == "ours":
+    if variant in ("ours", "ours_chain"):
         conn.execute("SELECT rls_audit.enable(%s)", [table])
     elif variant in ("row_jsonb", "row_event"):
         conn.execute(
@@ -153,19 +175,49 @@ def create_variant(conn: psycopg.Connection, variant: str) -> str:
     return table
 
 
+def log_bytes(conn: psycopg.Connection, variant: str) -> int:
+    """Heap, TOAST and indexes of the variant's log tables, partitions included."""
+    total = 0
+    for log in LOG_TABLES.get(variant, ()):
+        total += conn.execute(
+            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(%(t)s::regclass)), "
+            "pg_total_relation_size(%(t)s::regclass))",
+            {"t": log},
+        ).fetchone()[0]
+    return int(total)
+
+
 def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
     table = create_variant(conn, variant)
     conn.execute("SELECT rls.set_context('7', '42', NULL, false)")
     conn.execute("SELECT set_config('app.site', '7', false), set_config('app.user', '42', false)")
-    times = {}
+    conn.execute(f"SET django_rls.audit_chain = {'on' if variant == 'ours_chain' else 'off'}")
+    times: dict[str, float] = {}
     for op, statement in STATEMENTS.items():
         conn.execute("CHECKPOINT")
         started = time.perf_counter()
         conn.execute(statement.format(t=table, rows=ROWS))
         times[op] = time.perf_counter() - started
         conn.execute(f"VACUUM ANALYZE {table}")
+    # INSERT, UPDATE and DELETE each record ROWS rows.
+    times["bytes"] = log_bytes(conn, variant) / (3 * ROWS)
+    conn.execute("CHECKPOINT")
+    for op, statement in SINGLE_STATEMENTS.items():
+        query = statement.format(t=table)
+        started = time.perf_counter()
+        for key in range(1, SINGLE + 1):
+            conn.execute(query, [key], prepare=True)
+        times[f"single {op}"] = (time.perf_counter() - started) / SINGLE
+    conn.execute("RESET django_rls.audit_chain")
     conn.execute(f"DROP TABLE {table}")
-    for log in ("rls_audit.log", "ref.logged_actions", "ref.events", "ref.stmt_log"):
+    for log in (
+        "rls_audit.log",
+        "rls_audit.seals",
+        "rls_audit.chain_heads",
+        "ref.logged_actions",
+        "ref.events",
+        "ref.stmt_log",
+    ):
         conn.execute(f"TRUNCATE {log}")
     return times
 
@@ -175,7 +227,8 @@ def main() -> int:
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    variants = ["none", "ours", "row_jsonb", "row_event", "stmt_jsonb"]
+    variants = ["none", "ours", "ours_chain", "row_jsonb", "row_event", "stmt_jsonb"]
+    references = ("row_jsonb", "row_event", "stmt_jsonb")
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     started = time.monotonic()
     with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
@@ -188,24 +241,46 @@ def main() -> int:
             order = variants[repetition % len(variants) :] + variants[: repetition % len(variants)]
             for variant in order:
                 results[variant].append(run_variant(conn, variant))
+
+    def median_ratio(variant: str, key: str) -> float:
+        pairs = zip(results[variant], results["none"], strict=True)
+        return statistics.median(r[key] / b[key] for r, b in pairs)
+
     print(f"write path: {ROWS:,} rows, 8 columns; median of {REPEAT} rotated repetitions; ratio = variant / none")
-    print(f"{'variant':12s} " + " ".join(f"{op + ' ms':>10s} {op + ' x':>9s}" for op in STATEMENTS))
+    print(f"{'variant':12s} " + " ".join(f"{op + ' ms':>10s} {op + ' x':>9s}" for op in STATEMENTS) + "  bytes/row")
     ratios: dict[str, dict[str, float]] = {}
     for variant in variants:
         cells = []
         ratios[variant] = {}
         for op in STATEMENTS:
             ms = statistics.median(r[op] for r in results[variant]) * 1000
-            ratio = statistics.median(r[op] / b[op] for r, b in zip(results[variant], results["none"], strict=True))
-            ratios[variant][op] = ratio
-            cells.append(f"{ms:10.0f} {ratio:9.2f}")
+            ratios[variant][op] = median_ratio(variant, op)
+            cells.append(f"{ms:10.0f} {ratios[variant][op]:9.2f}")
+        stored = statistics.median(r["bytes"] for r in results[variant])
+        print(f"{variant:12s} " + " ".join(cells) + (f"  {stored:9.0f}" if variant != "none" else "          -"))
+    print(f"\nsingle-row statements in autocommit ({SINGLE} of each), latency per statement")
+    print(f"{'variant':12s} " + " ".join(f"{op + ' us':>10s} {op + ' x':>9s}" for op in SINGLE_STATEMENTS))
+    for variant in variants:
+        cells = []
+        for op in SINGLE_STATEMENTS:
+            us = statistics.median(r[f"single {op}"] for r in results[variant]) * 1e6
+            ratios[variant][f"single {op}"] = median_ratio(variant, f"single {op}")
+            cells.append(f"{us:10.0f} {ratios[variant][f'single {op}']:9.2f}")
         print(f"{variant:12s} " + " ".join(cells))
-    print("\nours faster than every PL/pgSQL reference (target):")
+    print("\ntargets for ours:")
     for op in STATEMENTS:
-        best = min(ratios[v][op] for v in ("row_jsonb", "row_event", "stmt_jsonb"))
+        best = min(ratios[v][op] for v in references)
+        mine = ratios["ours"][op]
         print(
-            f"  {op:7s} ours {ratios['ours'][op]:.2f}x, best reference {best:.2f}x: {'yes' if ratios['ours'][op] < best else 'NO'}"
+            f"  bulk {op:7s} {mine:.2f}x (target <= {TARGETS[op]}x: {'yes' if mine <= TARGETS[op] else 'NO'}); "
+            f"best reference {best:.2f}x, ahead: {'yes' if mine < best else 'NO'}"
         )
+    for op in SINGLE_STATEMENTS:
+        mine = ratios["ours"][f"single {op}"]
+        print(f"  single {op:7s} {mine:.2f}x (target <= {SINGLE_TARGET}x: {'yes' if mine <= SINGLE_TARGET else 'NO'})")
+    print("\nthe chain's cost (ours_chain / ours):")
+    for key in (*STATEMENTS, *(f"single {op}" for op in SINGLE_STATEMENTS)):
+        print(f"  {key:14s} {ratios['ours_chain'][key] / ratios['ours'][key]:.2f}x")
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB)))

@@ -24,7 +24,9 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_filter = ("operation", "table_name", "site_id", "user_id", "db_role", ("logged_at", admin.DateFieldListFilter))
     search_fields = ("row_key", "table_name")
     date_hierarchy = "logged_at"
-    ordering = ("-id",)
+    # Newest first by time: the log's (site_id, logged_at) and (user_id, logged_at) indexes give
+    # a filtered list in this order, while no index gives a site's entries by id (docs/audit.md).
+    ordering = ("-logged_at", "-id")
     list_per_page = 50
     show_full_result_count = False  # counting a large trail is slow; the paginator does not need it
     change_form_template = "admin/django_rls/auditentry/change_form.html"

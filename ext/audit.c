@@ -127,6 +127,8 @@ typedef struct AuditTable
 
 static HTAB *audit_tables = NULL;
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr sealed_insert_plan = NULL;
+static bool audit_chain = false;
 static TupleDesc log_desc = NULL;
 
 static void
@@ -754,9 +756,44 @@ LogOwner(void)
 }
 
 /*
+ * The statement writing the collected rows.  With the hash chain on, the
+ * same INSERT also appends each chain's share of the rows to it
+ * (rls_audit._seal(), sql/install/26_audit_chain.sql), once per chain in
+ * (month, chain) order, so that statements lock the chain heads they share
+ * in the same order.
+ */
+static SPIPlanPtr
+LogInsertPlan(bool sealed)
+{
+	SPIPlanPtr *cached = sealed ? &sealed_insert_plan : &insert_plan;
+
+	if (*cached == NULL)
+	{
+		const char *query = sealed
+			? "WITH e AS (INSERT INTO rls_audit.log AS l (" LOG_COLUMNS ") SELECT " LOG_COLUMNS
+			" FROM " CAPTURED_RELATION
+			" RETURNING l.id, rls_audit._chain_month(l.logged_at) AS month,"
+			" rls_audit._chain_of(l.site_id, l.site_uuid) AS chain, rls_audit._entry_digest(l) AS digest)"
+			" SELECT rls_audit._seal(e.month, e.chain, array_agg(e.id ORDER BY e.id),"
+			" string_agg(e.digest, ''::bytea ORDER BY e.id))"
+			" FROM e GROUP BY e.month, e.chain ORDER BY e.month, e.chain"
+			: "INSERT INTO rls_audit.log (" LOG_COLUMNS ") SELECT " LOG_COLUMNS " FROM " CAPTURED_RELATION;
+		SPIPlanPtr	plan = SPI_prepare(query, 0, NULL);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the audit insert: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the audit insert");
+		*cached = plan;
+	}
+	return *cached;
+}
+
+/*
  * INSERT the collected rows into rls_audit.log as the log's owner, with
  * security-restricted operation: the statement names no function, operator
- * or cast, and reads only the tuplestore (see the file header).
+ * or cast but the extension's own (the chain's, when it is on), and reads
+ * only the tuplestore (see the file header).
  */
 static void
 WriteLog(Tuplestorestate *rows, int64 count)
@@ -765,6 +802,7 @@ WriteLog(Tuplestorestate *rows, int64 count)
 	Oid			saved_user;
 	int			saved_context;
 	int			rc = 0;
+	bool		sealed = audit_chain;
 
 	enr->md.name = CAPTURED_RELATION;
 	enr->md.reliddesc = InvalidOid;
@@ -783,25 +821,14 @@ WriteLog(Tuplestorestate *rows, int64 count)
 						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
-		if (insert_plan == NULL)
-		{
-			SPIPlanPtr	plan = SPI_prepare("INSERT INTO rls_audit.log (" LOG_COLUMNS ") SELECT " LOG_COLUMNS
-										   " FROM " CAPTURED_RELATION, 0, NULL);
-
-			if (plan == NULL)
-				elog(ERROR, "could not prepare the audit insert: %s", SPI_result_code_string(SPI_result));
-			if (SPI_keepplan(plan) != 0)
-				elog(ERROR, "could not keep the audit insert");
-			insert_plan = plan;
-		}
-		rc = SPI_execute_plan(insert_plan, NULL, NULL, false, 0);
+		rc = SPI_execute_plan(LogInsertPlan(sealed), NULL, NULL, false, 0);
 	}
 	PG_FINALLY();
 	{
 		SetUserIdAndSecContext(saved_user, saved_context);
 	}
 	PG_END_TRY();
-	if (rc != SPI_OK_INSERT)
+	if (rc != (sealed ? SPI_OK_SELECT : SPI_OK_INSERT))
 		elog(ERROR, "rls_audit.capture() could not write the audit log: %s", SPI_result_code_string(rc));
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed in rls_audit.capture()");
@@ -1303,4 +1330,21 @@ rls_audit_may_read(PG_FUNCTION_ARGS)
 			PG_RETURN_BOOL(true);
 	}
 	PG_RETURN_BOOL(false);
+}
+
+/*
+ * django_rls.audit_chain: seal every audited statement's entries into the
+ * log's hash chains.  Superuser-only, so that the application role cannot
+ * write entries the chain does not cover (rls_audit.verify() would report
+ * them as inserted); set it in the server configuration or with ALTER
+ * DATABASE ... SET.
+ */
+void
+RlsDefineAuditSettings(void)
+{
+	DefineCustomBoolVariable(RLS_GUC_PREFIX ".audit_chain",
+							 "Seal the audit log's entries into per-site, per-month hash chains as they are written.",
+							 "rls_audit.verify() then reports the first edited, deleted, inserted or reordered entry.",
+							 &audit_chain, false, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 }

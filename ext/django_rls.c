@@ -91,6 +91,7 @@ _PG_init(void)
 	RlsDefineTokenSettings();
 	RlsDefineKeySettings();
 	RlsDefineAccessorParamSettings();
+	RlsDefineAuditSettings();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);

@@ -143,6 +143,11 @@ extern void RlsNoteLateLoad(void);
 extern void RlsCheckStatementContext(void);
 
 /*
+ * audit.c
+ */
+extern void RlsDefineAuditSettings(void);
+
+/*
  * audit_context.c
  */
 

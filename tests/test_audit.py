@@ -197,6 +197,35 @@ class TestAdmin:
         history = admin_client.get(f"/admin/testapp/note/{note.pk}/history/", HTTP_HOST=H1).content.decode()
         assert 'id="audit-trail"' in history and f"/admin/django_rls/auditentry/{entry.pk}/change/" in history
 
+    def test_browser_lists_newest_first_by_time(self, cleanup_notes, admin_client, admin_conn):
+        """By logged_at, which the log's (site_id, logged_at) index gives a site's list in (bench/audit_read.py),
+        not by id: an entry with a higher id but an earlier time comes after."""
+        with django_rls.context(site=1):
+            note = Note.objects.create(site_id=1, body="listed first")
+            entry = note.audit_history().get()
+        columns = [
+            name
+            for (name,) in admin_conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+                "AND NOT attisdropped AND attname NOT IN ('id', 'logged_at') ORDER BY attnum"
+            )
+        ]
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        earlier = admin_conn.execute(
+            sql.SQL(
+                "INSERT INTO rls_audit.log (logged_at, {c}) SELECT logged_at - interval '1 hour', {c} "
+                "FROM rls_audit.log WHERE id = %s RETURNING id"
+            ).format(c=names),
+            [entry.pk],
+        ).fetchone()[0]
+        try:
+            assert earlier > entry.pk
+            page = admin_client.get("/admin/django_rls/auditentry/?site_id__exact=1", HTTP_HOST=H1).content.decode()
+            newer_at = page.index(f"/admin/django_rls/auditentry/{entry.pk}/change/")
+            assert newer_at < page.index(f"/admin/django_rls/auditentry/{earlier}/change/")
+        finally:
+            admin_conn.execute("DELETE FROM rls_audit.log WHERE id = %s", [earlier])
+
     def test_diff_view(self, cleanup_notes, admin_client, alice):
         with django_rls.context(site=1, user=alice):
             note = Note.objects.create(site_id=1, body="before")

@@ -100,6 +100,8 @@ SET DateStyle = 'ISO, YMD'
 AS $$
 DECLARE
     part regclass;
+    lo timestamptz;
+    hi timestamptz;
     dropped integer := 0;
 BEGIN
     IF cutoff IS NULL THEN
@@ -115,9 +117,15 @@ BEGIN
                                   cutoff, date_trunc('month', now())),
                   HINT = 'Pass the oldest time to keep, say now() - interval ''13 months''.';
     END IF;
-    FOR part IN SELECT p.part FROM rls_audit._log_partitions() p WHERE p.upper_bound <= cutoff LOOP
+    FOR part, lo, hi IN SELECT p.part, p.lower_bound, p.upper_bound FROM rls_audit._log_partitions() p WHERE p.upper_bound <= cutoff LOOP
         EXECUTE format('DROP TABLE %I.%I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = part),
                        (SELECT relname FROM pg_class WHERE oid = part));
+        -- The hash chains of the dropped months go with their entries; every
+        -- other month's chains start from their own genesis and still verify.
+        DELETE FROM rls_audit.seals s
+         WHERE s.month::timestamp >= coalesce(date_trunc('month', lo), '-infinity') AND s.month::timestamp < hi;
+        DELETE FROM rls_audit.chain_heads h
+         WHERE h.month::timestamp >= coalesce(date_trunc('month', lo), '-infinity') AND h.month::timestamp < hi;
         dropped := dropped + 1;
     END LOOP;
     RETURN dropped;

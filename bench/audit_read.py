@@ -1,0 +1,112 @@
+"""Audit read path: one object's history and a site's latest changes on a large log, as the application role.
+
+    python tests/harness/cluster.py run -- .venv/bin/python bench/audit_read.py
+
+Fills rls_audit.log with BENCH_LOG_ROWS recorded row changes (default 10M: 1M objects of an
+audited, site-protected table, 10 changes each, 100 sites, one change every 100 µs up to now)
+straight into the log (no trigger: the write path is bench/write_path.py's), then times, as a non-superuser application role
+reading through the log's policy with a site context:
+- one object's history: rls_audit.history('item', key) (what the admin history page and
+  instance.audit_history() read), target under 10 ms;
+- a site's latest 50 changes: the log filtered by site, newest first (as the admin lists it),
+  target under 50 ms; and the same ordered by id alone, which no index gives per site.
+Median of BENCH_READS runs each, warm cache; also the log's bytes per recorded row.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+LOG_ROWS = int(os.environ.get("BENCH_LOG_ROWS", "10000000"))
+READS = int(os.environ.get("BENCH_READS", "20"))
+BATCH = 1_000_000
+OBJECTS = min(1_000_000, max(LOG_ROWS // 10, 1))
+DB = "django_rls_audit_read_bench"
+ROLE = "bench_audit_app"
+QUERIES = {
+    "one object's history": ("SELECT * FROM rls_audit.history('item', %s)", 10.0),
+    # The admin's audit trail list filtered by site, newest first: by time, which the log's
+    # (site_id, logged_at) index gives, and by id within one statement's entries.
+    "a site's latest 50 changes": (
+        "SELECT * FROM rls_audit.log WHERE site_id = %s ORDER BY logged_at DESC, id DESC LIMIT 50",
+        50.0,
+    ),
+    # The same by id alone, which no index of the log gives per site (for comparison).
+    "… ordered by id alone": ("SELECT * FROM rls_audit.log WHERE site_id = %s ORDER BY id DESC LIMIT 50", 50.0),
+}
+
+
+def fill(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE EXTENSION django_rls")
+    conn.execute("SELECT rls_audit.ensure_partitions(1)")
+    conn.execute("CREATE TABLE item (id bigint PRIMARY KEY, site_id bigint NOT NULL, body text)")
+    conn.execute(sql.SQL("GRANT SELECT ON item TO {}").format(sql.Identifier(ROLE)))
+    conn.execute("SELECT rls.protect_by_site('item', 'site_id', to_role => %s)", [ROLE])
+    conn.execute("SELECT rls_audit.enable('item')")
+    conn.execute("SELECT rls_audit.set_read_rule('item', site_column => 'site_id')")
+    trail = conn.execute("SELECT trail_id FROM rls_audit.trails WHERE table_oid = 'item'::regclass").fetchone()[0]
+    for start in range(0, LOG_ROWS, BATCH):
+        conn.execute(
+            "INSERT INTO rls_audit.log (logged_at, table_oid, table_name, operation, row_key, old_values, "
+            "new_values, changed_columns, site_id, user_id, db_role, read_rule, read_keys, trail_id) "
+            "SELECT now() - (%(rows)s - g) * interval '100 microseconds', "
+            "'item'::regclass, 'public.item', 'UPDATE', (g %% %(objects)s)::text, "
+            "jsonb_build_object('body', md5((g - 1)::text)), jsonb_build_object('body', md5(g::text)), '{body}', "
+            "g %% %(objects)s %% 100, g %% 5000, 'bench', 'site', ARRAY[(g %% %(objects)s %% 100)::text], %(trail)s "
+            "FROM generate_series(%(lo)s, %(hi)s) g",
+            {"rows": LOG_ROWS, "objects": OBJECTS, "trail": trail, "lo": start + 1, "hi": min(start + BATCH, LOG_ROWS)},
+        )
+    conn.execute("VACUUM ANALYZE rls_audit.log")
+
+
+def main() -> int:
+    server = os.environ["DATABASE_URL"]
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ROLE)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+    try:
+        started = time.monotonic()
+        with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
+            fill(conn)
+            stored = conn.execute(
+                "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('rls_audit.log')"
+            ).fetchone()[0]
+        filled = time.monotonic() - started
+        with psycopg.connect(make_conninfo(server, dbname=DB, user=ROLE), autocommit=True) as app:
+            site, key = 7, str(OBJECTS // 2 + 7 - (OBJECTS // 2) % 100)
+            app.execute("SELECT rls.set_context(%s, NULL, NULL, false)", [str(site)])
+            print(
+                f"audit read path: {LOG_ROWS:,} recorded rows in the log ({OBJECTS:,} objects, 100 sites), "
+                f"filled in {filled:.0f} s; {stored / LOG_ROWS:.0f} bytes per recorded row"
+            )
+            print(f"as {ROLE} (site {site} context, through the log's policy), median of {READS} warm runs:")
+            for name, (query, target) in QUERIES.items():
+                argument = key if "history" in name else site
+                rows = len(app.execute(query, [argument]).fetchall())
+                times = []
+                for _ in range(READS):
+                    begun = time.perf_counter()
+                    app.execute(query, [argument]).fetchall()
+                    times.append((time.perf_counter() - begun) * 1000)
+                ms = statistics.median(times)
+                print(
+                    f"  {name:28s} {ms:8.2f} ms  ({rows} rows; target < {target:.0f} ms: {'yes' if ms < target else 'NO'})"
+                )
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

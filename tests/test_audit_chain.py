@@ -1,0 +1,289 @@
+"""The audit log's hash chain: rls_audit.verify() names the first entry a superuser edited, deleted, inserted or reordered."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from psycopg import sql
+
+from tests.conftest import Database
+from tests.dumps import dump_and_restore
+from tests.roles import APP_ROLE
+
+CHAIN_DB = "django_rls_chain"
+
+SCHEMA = """
+CREATE TABLE item (id int PRIMARY KEY, site_id int, body text);
+GRANT SELECT, INSERT, UPDATE, DELETE ON item TO {app};
+SELECT rls_audit.enable('item');
+"""
+
+
+def write_history(conn: psycopg.Connection) -> None:
+    """Statements of two sites and one without a site: several chains, several seals each."""
+    conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+    conn.execute("INSERT INTO item SELECT g, 1, 'a' || g FROM generate_series(1, 4) g")
+    conn.execute("UPDATE item SET body = body || '!' WHERE id <= 2")
+    conn.execute("DELETE FROM item WHERE id = 4")
+    conn.execute("SELECT rls.set_context('2', NULL, NULL, false)")
+    conn.execute("INSERT INTO item VALUES (10, 2, 'b')")
+    conn.execute("SELECT rls.clear_context()")
+    conn.execute("INSERT INTO item VALUES (20, NULL, 'c')")
+    conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+    conn.execute("INSERT INTO item VALUES (5, 1, 'a5')")
+
+
+def problems(conn: psycopg.Connection) -> list[tuple]:
+    return conn.execute(
+        "SELECT chain, problem, entry_id FROM rls_audit.verify() WHERE problem IS NOT NULL ORDER BY month, chain"
+    ).fetchall()
+
+
+def site_one_ids(conn: psycopg.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT id FROM rls_audit.log WHERE site_id = 1 ORDER BY id")]
+
+
+@pytest.fixture
+def chain_db(database: Database) -> Iterator[psycopg.Connection]:
+    """A database of its own with the chain on: tampering with its log leaves the shared test log alone."""
+    name = sql.Identifier(CHAIN_DB)
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        admin.execute(sql.SQL("ALTER DATABASE {} SET django_rls.audit_chain = on").format(name))
+    try:
+        with psycopg.connect(psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION django_rls")
+            conn.execute(SCHEMA.format(app=APP_ROLE))
+            write_history(conn)
+            yield conn
+    finally:
+        with psycopg.connect(database.admin, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
+
+def test_every_statement_is_sealed_and_an_untouched_log_verifies(chain_db):
+    rows = chain_db.execute("SELECT chain, seals, entries, problem FROM rls_audit.verify() ORDER BY chain").fetchall()
+    # site 1: INSERT (4 rows), UPDATE (2), DELETE (1), INSERT (1); site 2: 1; no site: 1
+    assert rows == [("", 1, 1, None), ("1", 4, 8, None), ("2", 1, 1, None)]
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.log").fetchone()[0] == 10
+
+
+def test_the_app_role_writes_sealed_entries_but_cannot_verify_or_read_the_seals(chain_db, database):
+    # The setter functions, as in tests/conftest.py's "app_unbound" (this database is dropped afterwards).
+    chain_db.execute(
+        sql.SQL("ALTER ROLE {} IN DATABASE {} SET django_rls.statement_bound = off").format(
+            sql.Identifier(APP_ROLE), sql.Identifier(CHAIN_DB)
+        )
+    )
+    with psycopg.connect(psycopg.conninfo.make_conninfo(database.app, dbname=CHAIN_DB), autocommit=True) as app:
+        app.execute("SELECT rls.set_context('2', NULL, NULL, false)")
+        app.execute("INSERT INTO item VALUES (11, 2, 'by the app')")
+        for statement in ("SELECT * FROM rls_audit.verify()", "SELECT * FROM rls_audit.seals"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("SET django_rls.audit_chain = off")
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '2'").fetchone() == (
+        2,
+        2,
+        None,
+    )
+
+
+def test_concurrent_writers_of_one_site_wait_for_each_other_and_the_chain_stays_whole(chain_db, database):
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+        for conn in (first, second):
+            conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+        first.execute("INSERT INTO item VALUES (100, 1, 'first')")
+        waiting = threading.Thread(
+            target=lambda: (second.execute("INSERT INTO item VALUES (101, 1, 'second')"), second.commit())
+        )
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive(), "the second writer of site 1 should wait for the first one's chain head"
+        first.execute("INSERT INTO item VALUES (102, 1, 'first again')")
+        first.commit()
+        waiting.join(timeout=10)
+        assert not waiting.is_alive()
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (
+        7,
+        11,
+        None,
+    )
+
+
+def test_a_repeatable_read_writer_behind_a_newer_seal_of_its_site_gets_a_serialization_failure(chain_db, database):
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as late:
+        late.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        late.execute("SELECT rls.set_context('1', NULL, NULL, false)")  # takes the snapshot
+        chain_db.execute("INSERT INTO item VALUES (100, 1, 'sealed after that snapshot')")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            late.execute("INSERT INTO item VALUES (101, 1, 'late')")
+        late.rollback()
+    assert problems(chain_db) == []
+
+
+def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
+    chain_db.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'")
+    chain_db.execute("SELECT rls.set_context('2', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item VALUES (30, 2, 'written at +05:30')")
+    chain_db.execute("SET TimeZone = 'America/New_York'; SET DateStyle = 'German'")
+    assert problems(chain_db) == []
+    assert chain_db.execute("SELECT entries FROM rls_audit.verify() WHERE chain = '2'").fetchone() == (2,)
+
+
+def test_entries_moved_out_of_the_default_partition_still_verify(chain_db):
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.log_default").fetchone()[0] == 10
+    chain_db.execute("SELECT rls_audit.ensure_partitions(0)")
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.log_default").fetchone()[0] == 0
+    assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
+
+
+def test_an_edited_entry_is_reported(chain_db):
+    ids = site_one_ids(chain_db)
+    chain_db.execute('UPDATE rls_audit.log SET new_values = \'{"body": "forged"}\' WHERE id = %s', [ids[5]])
+    assert problems(chain_db) == [("1", "edited", ids[5])]
+
+
+def test_an_entry_moved_to_another_site_is_reported_as_edited(chain_db):
+    ids = site_one_ids(chain_db)
+    chain_db.execute("UPDATE rls_audit.log SET site_id = 2 WHERE id = %s", [ids[2]])
+    assert ("1", "edited", ids[2]) in problems(chain_db)
+
+
+def test_a_deleted_entry_is_reported(chain_db):
+    ids = site_one_ids(chain_db)
+    chain_db.execute("DELETE FROM rls_audit.log WHERE id = ANY(%s)", [[ids[3], ids[6]]])
+    assert problems(chain_db) == [("1", "deleted", ids[3])]
+
+
+def test_an_inserted_entry_is_reported(chain_db):
+    ids = site_one_ids(chain_db)
+    chain_db.execute(
+        "INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, new_values, site_id, db_role) "
+        "SELECT table_oid, table_name, 'INSERT', '99', '{\"body\": \"planted\"}', 1, db_role FROM rls_audit.log "
+        "WHERE id = %s",
+        [ids[0]],
+    )
+    planted = site_one_ids(chain_db)[-1]
+    assert problems(chain_db) == [("1", "inserted", planted)]
+
+
+def test_a_copy_of_a_sealed_entry_is_reported_as_inserted(chain_db):
+    ids = site_one_ids(chain_db)
+    columns = [
+        r[0]
+        for r in chain_db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND attname <> 'id'"
+        )
+    ]
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    chain_db.execute(
+        sql.SQL("INSERT INTO rls_audit.log ({c}) SELECT {c} FROM rls_audit.log WHERE id = %s").format(c=names), [ids[2]]
+    )
+    assert problems(chain_db) == [("1", "inserted", site_one_ids(chain_db)[-1])]
+
+
+def test_an_entry_inserted_for_a_site_without_a_chain_is_reported(chain_db):
+    chain_db.execute(
+        "INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, site_id, db_role) "
+        "VALUES ('item'::regclass, 'public.item', 'DELETE', '1', 77, 'postgres')"
+    )
+    assert [(c, p) for c, p, _ in problems(chain_db)] == [("77", "inserted")]
+
+
+def test_reordered_entries_are_reported(chain_db):
+    ids = site_one_ids(chain_db)
+    first, second = ids[1], ids[4]
+    columns = [
+        r[0]
+        for r in chain_db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+            "AND NOT attisdropped AND attname <> 'id'"
+        )
+    ]
+    assignments = sql.SQL(", ").join(sql.SQL("{c} = o.{c}").format(c=sql.Identifier(c)) for c in columns)
+    chain_db.execute(
+        sql.SQL(
+            "UPDATE rls_audit.log l SET {a} FROM rls_audit.log o WHERE (l.id, o.id) IN ((%s, %s), (%s, %s))"
+        ).format(a=assignments),
+        [first, second, second, first],
+    )
+    assert problems(chain_db) == [("1", "reordered", first)]
+
+
+def test_an_edited_seal_and_a_deleted_seal_are_reported(chain_db):
+    chain_db.execute(
+        "UPDATE rls_audit.seals SET digests = sha256('x') || substring(digests FROM 33) WHERE chain = '1' AND seq = 2"
+    )
+    chain_db.execute("DELETE FROM rls_audit.seals WHERE chain = '2'")
+    assert [(c, p) for c, p, _ in problems(chain_db)] == [("1", "seal edited"), ("2", "seal deleted")]
+
+
+def test_the_last_statement_deleted_with_its_seal_is_reported(chain_db):
+    last = site_one_ids(chain_db)[-1]
+    chain_db.execute("DELETE FROM rls_audit.log WHERE id = %s", [last])
+    chain_db.execute("DELETE FROM rls_audit.seals WHERE chain = '1' AND seq = 4")
+    assert [(c, p) for c, p, _ in problems(chain_db)] == [("1", "seal deleted")]
+
+
+def test_a_month_dropped_for_retention_leaves_the_rest_verifiable(chain_db):
+    """Move site 2's history to last month (entries, seals and head re-sealed as the capture would have
+    sealed them then), drop last month's partition: the chains of this month still verify."""
+    chain_db.execute(
+        "CREATE TABLE rls_audit.log_last_month PARTITION OF rls_audit.log FOR VALUES "
+        "FROM (date_trunc('month', now(), 'UTC') - interval '1 month') TO (date_trunc('month', now(), 'UTC'))"
+    )
+    chain_db.execute("UPDATE rls_audit.log SET logged_at = logged_at - interval '1 month' WHERE site_id = 2")
+    chain_db.execute("DELETE FROM rls_audit.seals WHERE chain = '2'")
+    chain_db.execute("DELETE FROM rls_audit.chain_heads WHERE chain = '2'")
+    chain_db.execute("SET TimeZone = 'UTC'")  # as the capture seals
+    chain_db.execute(
+        "SELECT rls_audit._seal(rls_audit._chain_month(l.logged_at), '2', ARRAY[l.id], rls_audit._entry_digest(l)) "
+        "FROM rls_audit.log l WHERE site_id = 2"
+    )
+    assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
+    assert chain_db.execute("SELECT rls_audit.drop_partitions_before(date_trunc('month', now()))").fetchone()[0] == 1
+    rows = chain_db.execute("SELECT chain, problem FROM rls_audit.verify() ORDER BY chain").fetchall()
+    assert rows == [("", None), ("1", None)]
+
+
+def test_the_chain_survives_dump_and_restore(database: Database):
+    def prepare(conn: psycopg.Connection) -> None:
+        conn.execute("SET django_rls.audit_chain = on")
+        conn.execute(SCHEMA.format(app=APP_ROLE))
+        write_history(conn)
+
+    def check(conn: psycopg.Connection) -> None:
+        rows = conn.execute("SELECT chain, seals, entries, problem FROM rls_audit.verify() ORDER BY chain").fetchall()
+        assert rows == [("", 1, 1, None), ("1", 4, 8, None), ("2", 1, 1, None)]
+
+    dump_and_restore(database, prepare, check)
+
+
+@pytest.mark.django_db(databases=["default", "owner"])
+def test_the_command_reports_the_first_bad_entry_and_fails(chain_db, extra_alias):
+    alias = extra_alias("chain_admin", dbname=CHAIN_DB, user="postgres")
+    out = io.StringIO()
+    call_command("rls_audit_verify", database=alias, stdout=out)
+    assert "3 chain(s) verified, no problem" in out.getvalue()
+    later = io.StringIO()
+    call_command("rls_audit_verify", "--since", "2999-01", database=alias, stdout=later)
+    assert later.getvalue() == "0 chain(s) verified, no problem.\n"
+    with pytest.raises(CommandError, match="--since expects a month"):
+        call_command("rls_audit_verify", "--since", "last week", database=alias)
+    ids = site_one_ids(chain_db)
+    chain_db.execute("DELETE FROM rls_audit.log WHERE id = %s", [ids[1]])
+    with pytest.raises(CommandError, match=rf"chain 1 of .*: deleted entry {ids[1]}"):
+        call_command("rls_audit_verify", database=alias, stdout=io.StringIO())
