@@ -21,6 +21,8 @@ from typing import Any
 
 from psycopg import sql
 
+from django_rls.sqlonly import installed_mode
+
 ROLE_FLAGS = ("rolsuper", "rolbypassrls", "rolcreaterole", "rolcreatedb", "rolcanlogin", "rolreplication")
 KEYWORDS = {
     "rolsuper": ("SUPERUSER", "NOSUPERUSER"),
@@ -367,8 +369,23 @@ def _search_path_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]
 STATEMENT_BOUND = "django_rls.statement_bound"
 
 
+def library_available(cursor: Any) -> bool:
+    """Whether this database uses, or can use, the C library: not where the SQL-only mode is, or could only be."""
+    mode = installed_mode(cursor)
+    if mode is not None:
+        return mode == "c"
+    cursor.execute("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'django_rls')")
+    return bool(cursor.fetchone()[0])
+
+
 def _statement_bound_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
-    """Make the application role statement-bound in every database, unless it already is."""
+    """Make the application role statement-bound in every database, unless it already is.
+
+    Only the C library knows the setting: without it (the SQL-only mode) there is
+    nothing to bind, and docs/security.md says what that leaves weaker.
+    """
+    if not library_available(cursor):
+        return []
     cursor.execute(
         """
         SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) AS c

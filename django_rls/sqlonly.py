@@ -125,11 +125,12 @@ def _context_role_steps(cursor: Any) -> list[sql.Composable]:
     return statements
 
 
-def install(cursor: Any, signing_keys: list[str]) -> list[str]:
+def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -> list[str]:
     """Install the SQL-only mode in the connected database (in the caller's transaction); say what was done.
 
     Idempotent: an installation of this version is kept (only missing signing keys are
-    added); another version, or the C extension, is refused with what to do.
+    added); another version, or the C extension, is refused with what to do. With
+    signing keys, ``app_role`` is required to sign from then on (rls.require_signature).
     """
     version = installed_version(cursor)
     mode = installed_mode(cursor) if version is not None else None
@@ -167,5 +168,13 @@ def install(cursor: Any, signing_keys: list[str]) -> list[str]:
         cursor.execute("SELECT rls.add_signing_key(%s)", [key])
         cursor.execute("SELECT count(*) FROM rls._signing_keys")
         if cursor.fetchone()[0] > before:
-            done.append("added a signing key (rls.set_context() is now refused to every role but the owner)")
+            done.append("added a signing key")
+    if signing_keys and app_role:
+        cursor.execute(
+            "SELECT NOT EXISTS (SELECT FROM rls._signing_roles WHERE role_oid = to_regrole(quote_ident(%s)))",
+            [app_role],
+        )
+        if cursor.fetchone()[0]:
+            cursor.execute("SELECT rls.require_signature(quote_ident(%s)::regrole)", [app_role])
+            done.append(f"required signed contexts of the application role {app_role} (rls.require_signature)")
     return done

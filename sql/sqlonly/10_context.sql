@@ -193,9 +193,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF rls._signature_required() THEN
-        RAISE EXCEPTION 'rls.set_context() is disabled because a django_rls signing key is configured'
+        RAISE EXCEPTION 'rls.set_context() is disabled because django_rls requires a signature of this role'
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = 'In SQL-only mode, once rls.add_signing_key() has run, only the owner may set an unsigned context.',
+                  DETAIL = 'In the SQL-only mode, rls.require_signature() was called for this role (rls_apply --install does it when DJANGO_RLS["SIGNING_KEY"] is set).',
                   HINT = 'Call rls.set_context_signed() with a token signed by the application (DJANGO_RLS["SIGNING_KEY"]).';
     END IF;
     PERFORM rls._store(rls._canonical_id(site, 'site'), rls._canonical_id("user", 'user'),

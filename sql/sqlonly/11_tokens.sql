@@ -123,7 +123,7 @@ AS $$
     ON CONFLICT (fingerprint) DO NOTHING
 $$;
 COMMENT ON FUNCTION rls.add_signing_key(text) IS
-'Add a signing key for rls.set_context_signed() (SQL-only mode); from then on, only the owner may call rls.set_context().';
+'Add a signing key for rls.set_context_signed() (SQL-only mode). For the owner only.';
 
 CREATE FUNCTION rls.remove_signing_key(key text)
 RETURNS boolean
@@ -140,21 +140,21 @@ $$;
 COMMENT ON FUNCTION rls.remove_signing_key(text) IS
 'Remove a signing key (the old one, after a rotation); true when it was configured.';
 
--- Refuse a token with SQLSTATE 28000 and a detail naming the failed check, as
--- the C library does.
-CREATE FUNCTION rls._refuse_token(detail text)
+-- Refuse a token with SQLSTATE 28000, the C library's message and a detail
+-- naming the failed check.
+CREATE FUNCTION rls._refuse_token(detail text, message text DEFAULT 'invalid django_rls context token')
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RAISE EXCEPTION 'invalid django_rls context token'
+    RAISE EXCEPTION '%', message
         USING ERRCODE = 'invalid_authorization_specification',
               DETAIL = detail,
               HINT = 'Sign a fresh token for every statement or transaction with the application''s key (django_rls.tokens.sign_context).';
 END
 $$;
-COMMENT ON FUNCTION rls._refuse_token(text) IS
+COMMENT ON FUNCTION rls._refuse_token(text, text) IS
 'Internal: raise the error for a refused token.';
 
 -- Verify a token and spend it; returns its payload.  Runs as
@@ -176,10 +176,10 @@ DECLARE
     spent integer;
 BEGIN
     IF NOT EXISTS (SELECT FROM rls._signing_keys) THEN
-        PERFORM rls._refuse_token('No signing key is configured (rls.add_signing_key()).');
+        PERFORM rls._refuse_token('The owner adds keys with rls.add_signing_key() (rls_apply --install does it).', 'no django_rls signing key is configured');
     END IF;
     IF token IS NULL THEN
-        PERFORM rls._refuse_token('The token is NULL.');
+        PERFORM rls._refuse_token('The token is NULL.', 'django_rls context token must not be null');
     END IF;
     IF octet_length(token) > 16384 THEN
         PERFORM rls._refuse_token('The token is longer than 16384 bytes.');
@@ -234,10 +234,10 @@ BEGIN
     issued := (payload ->> 'iat')::bigint;
     expires := (payload ->> 'exp')::bigint;
     IF expires <= now_s THEN
-        PERFORM rls._refuse_token('The token has expired.');
+        PERFORM rls._refuse_token('Its exp is in the past.', 'django_rls context token has expired');
     END IF;
     IF expires > now_s + 300 OR issued > expires THEN
-        PERFORM rls._refuse_token('The token lives longer than 300 seconds, or was issued after it expires.');
+        PERFORM rls._refuse_token('Its exp is more than 300 seconds away, or its iat after its exp.', 'django_rls context token lives too long');
     END IF;
 
     -- Forget tokens long expired, now and then: a row is kept 300 seconds
@@ -250,7 +250,7 @@ BEGIN
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS spent = ROW_COUNT;
     IF spent = 0 THEN
-        PERFORM rls._refuse_token('The token was spent before (replay).');
+        PERFORM rls._refuse_token('Every token is accepted once, on any connection to this database.', 'django_rls context token has already been used');
     END IF;
     RETURN payload;
 END
@@ -273,23 +273,67 @@ $$;
 COMMENT ON FUNCTION rls.set_context_signed(text, boolean) IS
 'Set the request context from a single-use token signed with a key added by rls.add_signing_key() (format: docs/security.md). A NULL token is an error.';
 
--- Whether the role calling a setter must sign: every role but members of the
--- installation's owner, once a signing key is configured.  session_user,
--- because current_user is django_rls_context inside the setters; a role
--- cannot change its session_user without being a superuser.
+-- The roles that must sign, as django_rls.require_signature set per role
+-- does with the library: rls.set_context() is refused to them.
+CREATE TABLE rls._signing_roles (
+    role_oid oid PRIMARY KEY
+);
+COMMENT ON TABLE rls._signing_roles IS
+'Internal: roles that may set a context only with a signed token (rls.require_signature()).';
+
+CREATE FUNCTION rls.require_signature(role regrole, required boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role IS NULL OR required IS NULL THEN
+        RAISE EXCEPTION 'rls.require_signature() needs a role and true or false'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass the role the application logs in as, such as rls.require_signature(''app'').';
+    END IF;
+    IF required THEN
+        INSERT INTO rls._signing_roles VALUES (role) ON CONFLICT DO NOTHING;
+    ELSE
+        DELETE FROM rls._signing_roles WHERE role_oid = role;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION rls.require_signature(regrole, boolean) IS
+'SQL-only mode: require signed contexts from a role (the application''s), or stop requiring them. For the owner only.';
+
+-- Whether the session must sign: its login role is, or is a member of, a role
+-- that must.  session_user, because current_user is django_rls_context inside
+-- the setters; a role cannot change its session_user without being a
+-- superuser.
 CREATE FUNCTION rls._signature_required()
 RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM rls._signing_keys)
-       AND NOT pg_catalog.pg_has_role(session_user,
-                                      (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'rls'),
-                                      'MEMBER')
+    SELECT EXISTS (SELECT FROM rls._signing_roles s
+                    WHERE pg_catalog.pg_has_role(session_user, s.role_oid, 'MEMBER'))
 $$;
 COMMENT ON FUNCTION rls._signature_required() IS
-'Internal: whether the session must set its context with a signed token (a key is configured and it is not the owner).';
+'Internal: whether the session must set its context with a signed token.';
 
+-- For rls.extension_info(): whether the session must sign (only that).
+CREATE FUNCTION rls._session_must_sign()
+RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT rls._signature_required() $$;
+COMMENT ON FUNCTION rls._session_must_sign() IS
+'Internal: whether the session must set its context with a signed token (run as django_rls_context).';
+
+-- For rls.problems: the roles that must sign.
+CREATE FUNCTION rls._signing_role_oids()
+RETURNS SETOF oid
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT role_oid FROM rls._signing_roles $$;
+COMMENT ON FUNCTION rls._signing_role_oids() IS
+'Internal: the roles that must sign (run as django_rls_context).';
 
 CREATE FUNCTION rls.extension_info()
 RETURNS jsonb
@@ -303,7 +347,7 @@ AS $$
                'loaded_at_startup', false,
                'replay_protection', true,
                'signing_key_configured', rls._signing_key_configured(),
-               'require_signature', rls._signing_key_configured(),
+               'require_signature', rls._session_must_sign(),
                'statement_bound', false,
                'strict', coalesce(current_setting('django_rls.strict', true), '') IN ('on', 'true', '1', 'yes'))
 $$;

@@ -7,16 +7,17 @@
 CREATE VIEW rls.problems AS
 SELECT table_name, object_name, problem, hint FROM rls._common_problems
 UNION ALL
--- Without a key, any SQL the application role runs can choose a context:
--- the SQL-only mode has no statement-bound contexts (docs/security.md).
+-- A role that need not sign can choose any context with rls.set_context(),
+-- and so can SQL injected into its statements: the SQL-only mode has no
+-- statement-bound contexts (docs/security.md).
 SELECT NULL::regclass, r.rolname::text,
        format('role %s may set any context with rls.set_context(), so SQL injected into the application''s statements '
-              'can switch to another site: the SQL-only mode has no statement-bound contexts and no signing key is configured',
-              r.rolname),
-       'Configure a signing key: set DJANGO_RLS["SIGNING_KEY"] and run manage.py rls_apply --install as the owner (it calls rls.add_signing_key()).'
+              'can switch to another site: the SQL-only mode has no statement-bound contexts and the role is not '
+              'required to sign', r.rolname),
+       'Set DJANGO_RLS["SIGNING_KEY"] (manage.py rls_keygen) and run manage.py rls_apply --install as the owner: it adds the key and calls rls.require_signature() for the application role.'
   FROM pg_catalog.pg_roles r
  WHERE r.oid IN (SELECT role_oid FROM rls._app_roles)
-   AND NOT rls._signing_key_configured()
+   AND NOT EXISTS (SELECT FROM rls._signing_role_oids() s WHERE pg_catalog.pg_has_role(r.oid, s, 'MEMBER'))
 UNION ALL
 -- A role that can act as django_rls_context writes any context directly.
 SELECT NULL::regclass, r.rolname::text,

@@ -10,9 +10,10 @@
  * ALTER ... OWNER statements below, and revokes it afterwards.
  */
 
-REVOKE ALL ON rls._signing_keys, rls._spent_tokens FROM PUBLIC;
+REVOKE ALL ON rls._signing_keys, rls._spent_tokens, rls._signing_roles FROM PUBLIC;
 ALTER TABLE rls._signing_keys OWNER TO django_rls_context;
 ALTER TABLE rls._spent_tokens OWNER TO django_rls_context;
+ALTER TABLE rls._signing_roles OWNER TO django_rls_context;
 
 ALTER FUNCTION rls.set_context(text, text, jsonb, boolean) OWNER TO django_rls_context;
 ALTER FUNCTION rls.set_context_signed(text, boolean) OWNER TO django_rls_context;
@@ -20,9 +21,13 @@ ALTER FUNCTION rls.clear_context() OWNER TO django_rls_context;
 ALTER FUNCTION rls._signing_key_configured() OWNER TO django_rls_context;
 ALTER FUNCTION rls.add_signing_key(text) OWNER TO django_rls_context;
 ALTER FUNCTION rls.remove_signing_key(text) OWNER TO django_rls_context;
+ALTER FUNCTION rls.require_signature(regrole, boolean) OWNER TO django_rls_context;
+ALTER FUNCTION rls._session_must_sign() OWNER TO django_rls_context;
+ALTER FUNCTION rls._signing_role_oids() OWNER TO django_rls_context;
 
--- Keys are added and removed by the owner (a member of django_rls_context).
-REVOKE EXECUTE ON FUNCTION rls.add_signing_key(text), rls.remove_signing_key(text) FROM PUBLIC;
+-- Keys and the roles that must sign are the owner's to change (a member of django_rls_context).
+REVOKE EXECUTE ON FUNCTION rls.add_signing_key(text), rls.remove_signing_key(text),
+                           rls.require_signature(regrole, boolean) FROM PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION rls._store(text, text, jsonb, boolean), rls._ensure_context_tables(),
                            rls._spend_token(text), rls._signature_required() FROM PUBLIC;
