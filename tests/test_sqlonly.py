@@ -146,15 +146,27 @@ class TestTheContextCannotBeForged:
                 raise psycopg.errors.RaiseException("the route ran (and changed nothing)")
         assert context_of(app_conn)["site"] is None
 
-    def test_a_same_named_temp_table_of_another_role_is_refused_and_never_read(self, owner_conn):
-        """A role with TEMPORARY (the owner here) can make a table of the name first: the setters
-        refuse it and the accessors ignore it, so a role that keeps TEMPORARY by mistake forges nothing."""
-        owner_conn.execute('CREATE TEMP TABLE django_rls_context (site text, "user" text, claims jsonb)')
-        owner_conn.execute("INSERT INTO pg_temp.django_rls_context VALUES ('2', '', NULL)")
-        assert owner_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="that django_rls did not create"):
-            with owner_conn.transaction():
-                owner_conn.execute("SELECT rls.set_context('1', '')")
+    def test_a_same_named_temp_table_is_refused_and_never_read(self, database, owner_conn):
+        """Should the application role keep TEMPORARY by mistake (E017), a table of its own of the
+        name still forges nothing: the setters refuse it and the accessors fail to read it."""
+        grant = sql.SQL("{} TEMPORARY ON DATABASE {} {} {}")
+        role, name = sql.Identifier(APP_ROLE), sql.Identifier(TEST_DB)
+        owner_conn.execute(grant.format(sql.SQL("GRANT"), name, sql.SQL("TO"), role))
+        try:
+            with database.connect("app_unbound") as app:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for type"):
+                    app.execute(
+                        'CREATE TEMP TABLE django_rls_context (site text, "user" text, claims jsonb, genuine rls._genuine)'
+                    )
+                app.execute('CREATE TEMP TABLE django_rls_context (site text, "user" text, claims jsonb, genuine text)')
+                app.execute("INSERT INTO pg_temp.django_rls_context VALUES ('2', '', NULL, 'django_rls')")
+                with pytest.raises(psycopg.errors.UndefinedFunction, match="operator does not exist"):
+                    app.execute("SELECT rls.site_id()")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="that django_rls did not create"):
+                    with app.transaction():
+                        app.execute("SELECT rls.set_context('1', '')")
+        finally:
+            owner_conn.execute(grant.format(sql.SQL("REVOKE"), name, sql.SQL("FROM"), role))
 
     def test_discard_and_rollback_only_take_the_context_away(self, app_conn):
         app_conn.execute("SELECT rls.set_context('1', '7', NULL, false)")

@@ -16,10 +16,13 @@
  * has no privilege on them but SELECT.  It cannot put a table of its own in
  * their place either, because it has no TEMPORARY right on the database
  * (rls_roles revokes it; PostgreSQL checks it on every temporary object, not
- * only the first), and the accessors and setters use a table of that name only
- * when django_rls_context owns it.  A context is therefore whatever the last
- * setter call chose: with a signing key (11_tokens.sql) only a token signed by
- * the application chooses it; without one, any SQL the role runs can call
+ * only the first).  Should a role keep that right by mistake, a table of its
+ * own of that name is still never read: the genuine tables have a column of
+ * type rls._genuine, which only django_rls_context may use in a table, and
+ * the accessors compare it with a value of that type, which no other column
+ * type can be compared with.  A context is therefore whatever the last setter
+ * call chose: for a role required to sign (11_tokens.sql) only a token signed
+ * by the application chooses it; otherwise any SQL the role runs can call
  * rls.set_context() (docs/security.md, "SQL-only mode").
  *
  * @VERSION@ is replaced by the installer with the package version.
@@ -92,39 +95,35 @@ $$;
 COMMENT ON FUNCTION rls._checked_claims(jsonb) IS
 'Internal: claims checked to be a JSON object of at most 8 kB (NULL for none).';
 
--- The session's context table of one scope, when django_rls_context owns it;
--- NULL when the session has none (no setter ran yet, or DISCARD dropped it).
-CREATE FUNCTION rls._context_table(is_local boolean)
-RETURNS regclass
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT c.oid::regclass
-      FROM pg_catalog.pg_class c
-     WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()
-       AND c.relname = CASE WHEN is_local THEN 'django_rls_context' ELSE 'django_rls_session_context' END
-       AND c.relowner = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'django_rls_context')
-$$;
-COMMENT ON FUNCTION rls._context_table(boolean) IS
-'Internal: the session''s context table of one scope, if django_rls_context owns it.';
+-- Marks the genuine context tables: only django_rls_context has USAGE on the
+-- type, which a column of a new table needs.
+CREATE TYPE rls._genuine AS ENUM ('django_rls');
+COMMENT ON TYPE rls._genuine IS
+'Internal: the type of a column only django_rls''s own context tables can have.';
 
--- The context the session holds now: the transaction's, else the session's.
--- The tables are named through pg_temp only after _context_table() found
--- them owned by django_rls_context.
+-- The context the session holds now: the transaction's, else the session's;
+-- NULLs when it has none (no setter ran yet, or DISCARD dropped the tables).
+-- It runs as the caller, once per statement in policies (rls._policy_text),
+-- so it is kept to one catalog-free query: no pinned search_path (every name
+-- and operator is qualified; the application role can create neither), and
+-- the tables' genuineness is in the query, as a comparison of rls._genuine
+-- values, which fails to plan on a table of the same name made by anyone
+-- but django_rls_context.
 CREATE FUNCTION rls._held(OUT site text, OUT "user" text, OUT claims jsonb)
 RETURNS record
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 AS $$
 BEGIN
-    IF rls._context_table(true) IS NOT NULL THEN
-        SELECT c.site, c."user", c.claims INTO site, "user", claims FROM pg_temp.django_rls_context c;
-        IF FOUND THEN
-            RETURN;
-        END IF;
+    IF pg_catalog.to_regclass('pg_temp.django_rls_context') IS NULL THEN
+        RETURN;
     END IF;
-    IF rls._context_table(false) IS NOT NULL THEN
-        SELECT c.site, c."user", c.claims INTO site, "user", claims FROM pg_temp.django_rls_session_context c;
+    SELECT c.site, c."user", c.claims INTO site, "user", claims
+      FROM pg_temp.django_rls_context c
+     WHERE c.genuine OPERATOR(pg_catalog.=) 'django_rls'::rls._genuine;
+    IF NOT FOUND THEN
+        SELECT c.site, c."user", c.claims INTO site, "user", claims
+          FROM pg_temp.django_rls_session_context c
+         WHERE c.genuine OPERATOR(pg_catalog.=) 'django_rls'::rls._genuine;
     END IF;
 END
 $$;
@@ -140,26 +139,31 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     name text;
+    existing regclass;
+    genuine integer := 0;
 BEGIN
     FOREACH name IN ARRAY ARRAY['django_rls_context', 'django_rls_session_context'] LOOP
-        IF EXISTS (SELECT FROM pg_catalog.pg_class c
-                    WHERE c.relnamespace = pg_catalog.pg_my_temp_schema() AND c.relname = name
-                      AND c.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'django_rls_context')) THEN
+        existing := to_regclass('pg_temp.' || name);
+        CONTINUE WHEN existing IS NULL;
+        IF (SELECT c.relowner FROM pg_class c WHERE c.oid = existing)
+           <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = 'django_rls_context') THEN
             RAISE EXCEPTION 'a temporary table pg_temp.% that django_rls did not create exists in this session', name
                 USING ERRCODE = 'insufficient_privilege',
                       DETAIL = 'Only rls.set_context() and rls.set_context_signed() may create it; this one was made to forge a context.',
                       HINT = 'Revoke TEMPORARY on the database from the role (manage.py rls_roles does this) and open a new session.';
         END IF;
+        genuine := genuine + 1;
     END LOOP;
-    IF rls._context_table(true) IS NULL THEN
-        CREATE TEMPORARY TABLE django_rls_context (site text NOT NULL, "user" text NOT NULL, claims jsonb)
-            ON COMMIT DELETE ROWS;
-        GRANT SELECT ON pg_temp.django_rls_context TO PUBLIC;
+    IF genuine = 2 THEN
+        RETURN;
     END IF;
-    IF rls._context_table(false) IS NULL THEN
-        CREATE TEMPORARY TABLE django_rls_session_context (site text NOT NULL, "user" text NOT NULL, claims jsonb);
-        GRANT SELECT ON pg_temp.django_rls_session_context TO PUBLIC;
-    END IF;
+    CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_context (
+        site text NOT NULL, "user" text NOT NULL, claims jsonb,
+        genuine rls._genuine NOT NULL DEFAULT 'django_rls') ON COMMIT DELETE ROWS;
+    CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_session_context (
+        site text NOT NULL, "user" text NOT NULL, claims jsonb,
+        genuine rls._genuine NOT NULL DEFAULT 'django_rls');
+    GRANT SELECT ON pg_temp.django_rls_context, pg_temp.django_rls_session_context TO PUBLIC;
 END
 $$;
 COMMENT ON FUNCTION rls._ensure_context_tables() IS
@@ -175,10 +179,10 @@ BEGIN
     PERFORM rls._ensure_context_tables();
     DELETE FROM pg_temp.django_rls_context;
     IF is_local THEN
-        INSERT INTO pg_temp.django_rls_context VALUES (site, "user", claims);
+        INSERT INTO pg_temp.django_rls_context (site, "user", claims) VALUES (site, "user", claims);
     ELSE
         DELETE FROM pg_temp.django_rls_session_context;
-        INSERT INTO pg_temp.django_rls_session_context VALUES (site, "user", claims);
+        INSERT INTO pg_temp.django_rls_session_context (site, "user", claims) VALUES (site, "user", claims);
     END IF;
 END
 $$;
@@ -211,10 +215,9 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF rls._context_table(true) IS NOT NULL THEN
+    IF to_regclass('pg_temp.django_rls_context') IS NOT NULL THEN
+        PERFORM rls._ensure_context_tables();  -- refuses tables it did not create
         DELETE FROM pg_temp.django_rls_context;
-    END IF;
-    IF rls._context_table(false) IS NOT NULL THEN
         DELETE FROM pg_temp.django_rls_session_context;
     END IF;
 END
@@ -225,36 +228,42 @@ COMMENT ON FUNCTION rls.clear_context() IS
 -- The accessors.  Unlike the C library's, they are not PARALLEL SAFE (a
 -- parallel worker cannot read the leader's temporary tables): policies call
 -- them through a scalar sub-select (rls._policy_text), which runs once per
--- statement in the leader and hands the value to the workers.
+-- statement in the leader and hands the value to the workers.  The SQL ones
+-- have no pinned search_path so that PostgreSQL inlines them; their bodies
+-- qualify every name.
 CREATE FUNCTION rls._id(what text, kind text)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    held record;
+    held record := rls._held();
     value text;
     is_uuid boolean;
 BEGIN
-    held := rls._held();
-    value := CASE what WHEN 'site' THEN held.site ELSE held."user" END;
-    IF value IS NULL OR value = '' THEN
-        IF coalesce(current_setting('django_rls.strict', true), '') IN ('on', 'true', '1', 'yes') THEN
+    -- As in rls._held(), every operator and function is qualified instead of a pinned search_path.
+    IF what OPERATOR(pg_catalog.=) 'site' THEN
+        value := held.site;
+    ELSE
+        value := held."user";
+    END IF;
+    IF value IS NULL OR value OPERATOR(pg_catalog.=) '' THEN
+        IF COALESCE(pg_catalog.current_setting('django_rls.strict', true), '')
+           OPERATOR(pg_catalog.=) ANY (ARRAY['on', 'true', '1', 'yes']) THEN
             RAISE EXCEPTION 'no % is set in the django_rls context', what
                 USING ERRCODE = 'insufficient_privilege',
-                      DETAIL = format('django_rls.strict is on, so a policy that needs the %s raises instead of matching no rows.', what),
+                      DETAIL = pg_catalog.format('django_rls.strict is on, so a policy that needs the %s raises instead of matching no rows.', what),
                       HINT = 'Call rls.set_context() first, or run the code inside django_rls.context() or the middleware.';
         END IF;
         RETURN NULL;
     END IF;
-    is_uuid := value ~ '-';
-    IF is_uuid <> (kind = 'uuid') THEN
+    is_uuid := pg_catalog.strpos(value, '-') OPERATOR(pg_catalog.>) 0;
+    IF is_uuid OPERATOR(pg_catalog.<>) (kind OPERATOR(pg_catalog.=) 'uuid') THEN
         RAISE EXCEPTION 'the django_rls % is %, not %', what,
                         CASE WHEN is_uuid THEN 'a UUID' ELSE 'an integer' END,
                         CASE WHEN is_uuid THEN 'an integer' ELSE 'a UUID' END
             USING ERRCODE = 'datatype_mismatch',
-                  HINT = format('Use rls.%s_%s() to read it, and compare it with a column of the same type.',
-                                what, CASE WHEN is_uuid THEN 'uuid' ELSE 'id' END);
+                  HINT = pg_catalog.format('Use rls.%s_%s() to read it, and compare it with a column of the same type.',
+                                           what, CASE WHEN is_uuid THEN 'uuid' ELSE 'id' END);
     END IF;
     RETURN value;
 END
@@ -265,7 +274,6 @@ COMMENT ON FUNCTION rls._id(text, text) IS
 CREATE FUNCTION rls.site_id()
 RETURNS bigint
 LANGUAGE sql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT rls._id('site', 'id')::bigint $$;
 COMMENT ON FUNCTION rls.site_id() IS
 'Site of the request context as bigint; NULL when unset (an error when django_rls.strict is on).';
@@ -273,7 +281,6 @@ COMMENT ON FUNCTION rls.site_id() IS
 CREATE FUNCTION rls.user_id()
 RETURNS bigint
 LANGUAGE sql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT rls._id('user', 'id')::bigint $$;
 COMMENT ON FUNCTION rls.user_id() IS
 'User of the request context as bigint; NULL when unset (an error when django_rls.strict is on).';
@@ -281,7 +288,6 @@ COMMENT ON FUNCTION rls.user_id() IS
 CREATE FUNCTION rls.site_uuid()
 RETURNS uuid
 LANGUAGE sql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT rls._id('site', 'uuid')::uuid $$;
 COMMENT ON FUNCTION rls.site_uuid() IS
 'Site of the request context as uuid; NULL when unset (an error when django_rls.strict is on).';
@@ -289,7 +295,6 @@ COMMENT ON FUNCTION rls.site_uuid() IS
 CREATE FUNCTION rls.user_uuid()
 RETURNS uuid
 LANGUAGE sql STABLE PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT rls._id('user', 'uuid')::uuid $$;
 COMMENT ON FUNCTION rls.user_uuid() IS
 'User of the request context as uuid; NULL when unset (an error when django_rls.strict is on).';
@@ -297,8 +302,7 @@ COMMENT ON FUNCTION rls.user_uuid() IS
 CREATE FUNCTION rls.claim(key text)
 RETURNS text
 LANGUAGE sql STABLE STRICT PARALLEL RESTRICTED
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT (rls._held()).claims ->> key $$;
+AS $$ SELECT (rls._held()).claims OPERATOR(pg_catalog.->>) key $$;
 COMMENT ON FUNCTION rls.claim(text) IS
 'One claim of the request context as text (like ->>); NULL when missing.';
 

@@ -15,6 +15,10 @@ ALTER TABLE rls._signing_keys OWNER TO django_rls_context;
 ALTER TABLE rls._spent_tokens OWNER TO django_rls_context;
 ALTER TABLE rls._signing_roles OWNER TO django_rls_context;
 
+-- Only django_rls_context may give a table a column of this type: it marks its context tables.
+ALTER TYPE rls._genuine OWNER TO django_rls_context;
+REVOKE USAGE ON TYPE rls._genuine FROM PUBLIC;
+
 ALTER FUNCTION rls.set_context(text, text, jsonb, boolean) OWNER TO django_rls_context;
 ALTER FUNCTION rls.set_context_signed(text, boolean) OWNER TO django_rls_context;
 ALTER FUNCTION rls.clear_context() OWNER TO django_rls_context;
