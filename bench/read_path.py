@@ -136,17 +136,27 @@ def timed(conn: psycopg.Connection, settings: list[str], context: str | None, qu
             conn.execute("SELECT set_config('app.site', %s, true)", [str(SITE)])
         plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + query).fetchone()[0]
     node = plan[0]["Plan"]
-    while node.get("Plans"):
-        node = node["Plans"][0]
+    while children := _scan_children(node):
+        node = children[0]
     return plan[0]["Execution Time"], node["Node Type"]
+
+
+def _scan_children(node: dict) -> list[dict]:
+    """A plan node's children but the InitPlans (the SQL-only mode reads its context in one)."""
+    return [child for child in node.get("Plans", []) if child.get("Parent Relationship") != "InitPlan"]
 
 
 def plan_shape(conn: psycopg.Connection, site: int, query: str) -> str:
     with conn.transaction():
         conn.execute("SELECT rls.set_context(%s, NULL)", [str(site)])
         plan = conn.execute("EXPLAIN (FORMAT JSON) " + query).fetchone()[0][0]["Plan"]
-    while plan.get("Plans") and plan["Node Type"] in ("Aggregate", "Gather", "Finalize Aggregate", "Partial Aggregate"):
-        plan = plan["Plans"][0]
+    while _scan_children(plan) and plan["Node Type"] in (
+        "Aggregate",
+        "Gather",
+        "Finalize Aggregate",
+        "Partial Aggregate",
+    ):
+        plan = _scan_children(plan)[0]
     return f"{plan['Node Type']} (estimated {plan['Plan Rows']} rows)"
 
 

@@ -131,8 +131,8 @@ def _install_sql_mode(admin: str, owner: str) -> None:
         with conn.cursor() as cursor:
             sqlonly.install(cursor, [])
             cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
-            # The owner is the administrator here (CREATEROLE): rls_roles leaves it as it is.
-            for _, statement in hardening_plan(cursor, role_specs(APP_ROLE, None, BYPASS_ROLE, None, {})):
+            # The owner is the administrator here (CREATEROLE), which rls_roles leaves it without the library.
+            for _, statement in hardening_plan(cursor, role_specs(APP_ROLE, OWNER_ROLE, BYPASS_ROLE, None, {})):
                 cursor.execute(statement)
         conn.commit()
 

@@ -84,6 +84,32 @@ class TestInstalledWithoutTheLibrary:
                 "SELECT rls.remove_signing_key(%s), rls.require_signature(%s::regrole, false)", (key, APP_ROLE)
             )
 
+    def test_rls_apply_install_on_a_fresh_database_as_a_createrole_administrator(self, admin_conn, extra_alias):
+        """The hosted path: the provider's administrator (CREATEROLE, owner of the database, no superuser)."""
+        admin_conn.execute("DROP DATABASE IF EXISTS django_rls_hosted")
+        admin_conn.execute("DROP ROLE IF EXISTS hosted_admin")
+        admin_conn.execute("CREATE ROLE hosted_admin LOGIN CREATEROLE PASSWORD 'hosted-password'")
+        admin_conn.execute("CREATE DATABASE django_rls_hosted OWNER hosted_admin")
+        alias = extra_alias("hosted", dbname="django_rls_hosted", user="hosted_admin", password="hosted-password")
+        out = io.StringIO()
+        try:
+            with pytest.raises(CommandError, match="migrate"):  # installed first; the tables come with migrate
+                call_command("rls_apply", database=alias, install=True, without_audit=True, stdout=out)
+            from django.db import connections
+
+            with connections[alias].cursor() as cursor:
+                assert sqlonly.installed_mode(cursor) == "sql"
+                cursor.execute("SELECT rls.extension_info() ->> 'mode', current_user")
+                assert cursor.fetchone() == ("sql", "hosted_admin")
+            assert "installed the SQL-only mode" in out.getvalue()
+        finally:
+            from django.db import connections
+
+            connections[alias].close()
+            admin_conn.execute("DROP DATABASE IF EXISTS django_rls_hosted WITH (FORCE)")
+            admin_conn.execute("DROP OWNED BY hosted_admin")
+            admin_conn.execute("DROP ROLE IF EXISTS hosted_admin")
+
     def test_rls_apply_refuses_audit_unless_told(self, live_db):
         with pytest.raises(CommandError, match=r"no audit trail yet.*--without-audit"):
             call_command("rls_apply", database="owner", stdout=io.StringIO())
