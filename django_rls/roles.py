@@ -371,11 +371,12 @@ STATEMENT_BOUND = "django_rls.statement_bound"
 
 
 def library_available(cursor: Any) -> bool:
-    """Whether this database uses, or can use, the C library: not where the SQL-only mode is, or could only be."""
+    """Whether this database uses the C library: its extension is installed, or (before CREATE EXTENSION)
+    the server preloads the library. Otherwise it has, or will have, the SQL-only mode."""
     mode = installed_mode(cursor)
     if mode is not None:
         return mode == "c"
-    cursor.execute("SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'django_rls')")
+    cursor.execute("SELECT current_setting('django_rls.preloaded', true) = 'on'")
     return bool(cursor.fetchone()[0])
 
 

@@ -87,12 +87,24 @@ class TestInstalledWithoutTheLibrary:
     def test_rls_apply_install_on_a_fresh_database_as_a_createrole_administrator(self, admin_conn, extra_alias):
         """The hosted path: the provider's administrator (CREATEROLE, owner of the database, no superuser)."""
         admin_conn.execute("DROP DATABASE IF EXISTS django_rls_hosted")
+        admin_conn.execute("DROP ROLE IF EXISTS hosted_app")
         admin_conn.execute("DROP ROLE IF EXISTS hosted_admin")
         admin_conn.execute("CREATE ROLE hosted_admin LOGIN CREATEROLE PASSWORD 'hosted-password'")
         admin_conn.execute("CREATE DATABASE django_rls_hosted OWNER hosted_admin")
         alias = extra_alias("hosted", dbname="django_rls_hosted", user="hosted_admin", password="hosted-password")
         out = io.StringIO()
         try:
+            call_command(
+                "rls_roles", database=alias, app_role="hosted_app", owner_role="hosted_admin", stdout=io.StringIO()
+            )
+            assert admin_conn.execute(
+                "SELECT rolcanlogin, rolbypassrls, rolsuper, has_database_privilege(oid, 'django_rls_hosted', 'TEMP') "
+                "FROM pg_roles WHERE rolname = 'hosted_app'"
+            ).fetchone() == (True, False, False, False)
+            settings = admin_conn.execute(
+                "SELECT array_agg(c) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE s.setrole = 'hosted_app'::regrole"
+            ).fetchone()[0]
+            assert settings == ["search_path=public, pg_temp"]  # no statement_bound: nothing would read it
             with pytest.raises(CommandError, match="migrate"):  # installed first; the tables come with migrate
                 call_command("rls_apply", database=alias, install=True, without_audit=True, stdout=out)
             from django.db import connections
@@ -108,6 +120,7 @@ class TestInstalledWithoutTheLibrary:
             connections[alias].close()
             admin_conn.execute("DROP DATABASE IF EXISTS django_rls_hosted WITH (FORCE)")
             admin_conn.execute("DROP OWNED BY hosted_admin")
+            admin_conn.execute("DROP ROLE IF EXISTS hosted_app")
             admin_conn.execute("DROP ROLE IF EXISTS hosted_admin")
 
     def test_rls_apply_refuses_audit_unless_told(self, live_db):
