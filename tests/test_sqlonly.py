@@ -230,6 +230,15 @@ class TestTheContextCannotBeForged:
         app_conn.execute("SELECT rls.clear_context()")
         assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
 
+    def test_a_transaction_scoped_context_outside_a_block_lasts_one_statement(self, app_conn):
+        app_conn.execute("SELECT rls.set_context('1', '')")  # autocommit: its own transaction
+        assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+    def test_the_keys_are_readable_by_the_owner_only_among_these_roles(self, owner_conn, app_conn):
+        owner_conn.execute("SELECT count(*) FROM rls._signing_keys")  # a member of django_rls_context
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app_conn.execute("SELECT count(*) FROM rls._signing_keys")
+
     def test_accessors_refuse_the_wrong_kind_and_strict_raises(self, app_conn):
         with app_conn.transaction():
             app_conn.execute("SELECT rls.set_context('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '')")
@@ -262,6 +271,15 @@ class TestSignedContexts:
             with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
                 with second.transaction():
                     second.execute("SELECT rls.set_context_signed(%s)", (token,))
+
+    def test_a_token_spent_in_a_rolled_back_transaction_is_not_spent(self, app_conn, signing):
+        """A documented limit (docs/security.md): the spend is a row of the transaction that sets the context."""
+        token = sign_context(signing, site=2, user=None)
+        with app_conn.transaction(force_rollback=True):
+            app_conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (2,)
 
     @pytest.mark.parametrize(
         "forge, detail",
@@ -348,7 +366,24 @@ class TestChecks:
         owner_conn.execute(sql.SQL("GRANT django_rls_context TO {}").format(sql.Identifier(APP_ROLE)))
         try:
             ids = [m.id for m in check_database(databases=["default"])]
+            problems = owner_conn.execute("SELECT problem FROM rls.problems WHERE object_name = %s", (APP_ROLE,))
+            assert any("member of django_rls_context" in p for (p,) in problems.fetchall())
         finally:
             owner_conn.execute(sql.SQL("REVOKE django_rls_context FROM {}").format(sql.Identifier(APP_ROLE)))
         assert "django_rls.E028" in ids
         assert "django_rls.E028" not in [m.id for m in check_database(databases=["default"])]
+
+
+@sql_mode_only
+def test_a_context_role_that_can_log_in_is_a_problem(admin_conn):
+    admin_conn.execute("ALTER ROLE django_rls_context LOGIN")
+    try:
+        rows = admin_conn.execute(
+            "SELECT problem FROM rls.problems WHERE object_name = 'django_rls_context'"
+        ).fetchall()
+    finally:
+        admin_conn.execute("ALTER ROLE django_rls_context NOLOGIN")
+    assert rows == [("role django_rls_context can log in, bypasses row level security or is a superuser",)]
+    assert admin_conn.execute(
+        "SELECT count(*) FROM rls.problems WHERE object_name = 'django_rls_context'"
+    ).fetchone() == (0,)

@@ -179,7 +179,9 @@ BEGIN
         PERFORM rls._refuse_token('The owner adds keys with rls.add_signing_key() (rls_apply --install does it).', 'no django_rls signing key is configured');
     END IF;
     IF token IS NULL THEN
-        PERFORM rls._refuse_token('The token is NULL.', 'django_rls context token must not be null');
+        RAISE EXCEPTION 'django_rls context token must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass the token the application signed, or call rls.clear_context() to clear the context.';
     END IF;
     IF octet_length(token) > 16384 THEN
         PERFORM rls._refuse_token('The token is longer than 16384 bytes.');
