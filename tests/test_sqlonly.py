@@ -328,6 +328,26 @@ class TestPoliciesReadTheContextOncePerStatement:
             "(SELECT rls.claim('role')) = 'x' AND \"rls\".user_id() = 1 AND my_rls.site_id() = 2"
         )
 
+    def test_a_callers_planner_setting_does_not_make_every_later_call_jit_compile(self, app_conn):
+        """After one transaction with enable_seqscan = off, the accessor's re-planned query looked costly
+        enough for JIT, and each later call of the session compiled it again (70 ms instead of microseconds)."""
+
+        def per_call_ms(calls: int = 100) -> float:
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.set_context('42', '')")
+                plan = app_conn.execute(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) SELECT count(*) FROM generate_series(1, {calls}) g "
+                    "WHERE g::bigint + rls.site_id() > 0"
+                ).fetchone()[0]
+            return plan[0]["Execution Time"] / calls
+
+        per_call_ms()
+        with app_conn.transaction():
+            app_conn.execute("SET LOCAL enable_seqscan = off")
+            app_conn.execute("SELECT rls.set_context('42', '')")
+            app_conn.execute("SELECT rls.site_id()")
+        assert per_call_ms() < 5
+
     def test_the_plan_evaluates_the_context_in_an_init_plan(self, app_conn, sites_table):
         with app_conn.transaction():
             app_conn.execute("SELECT rls.set_context('1', '')")

@@ -109,9 +109,16 @@ COMMENT ON TYPE rls._genuine IS
 -- the tables' genuineness is in the query, as a comparison of rls._genuine
 -- values, which fails to plan on a table of the same name made by anyone
 -- but django_rls_context.
+--
+-- jit is off for it: its query is planned again after each transaction that
+-- wrote the table, with the caller's settings, and a caller's SET LOCAL
+-- enable_seqscan = off makes that plan look expensive enough for JIT, which
+-- would then compile the query again at every later call of the session
+-- (70 ms each instead of a few microseconds, seen in bench/read_path.py).
 CREATE FUNCTION rls._held(OUT site text, OUT "user" text, OUT claims jsonb)
 RETURNS record
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET jit = off
 AS $$
 BEGIN
     IF pg_catalog.to_regclass('pg_temp.django_rls_context') IS NULL THEN

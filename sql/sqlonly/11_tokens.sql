@@ -278,7 +278,7 @@ COMMENT ON FUNCTION rls.set_context_signed(text, boolean) IS
 -- The roles that must sign, as django_rls.require_signature set per role
 -- does with the library: rls.set_context() is refused to them.
 CREATE TABLE rls._signing_roles (
-    role_oid oid PRIMARY KEY
+    role_oid oid PRIMARY KEY  -- a dropped role's row is ignored: its oid matches no pg_roles row
 );
 COMMENT ON TABLE rls._signing_roles IS
 'Internal: roles that may set a context only with a signed token (rls.require_signature()).';
@@ -313,8 +313,8 @@ RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM rls._signing_roles s
-                    WHERE pg_catalog.pg_has_role(session_user, s.role_oid, 'MEMBER'))
+    SELECT EXISTS (SELECT FROM rls._signing_roles s JOIN pg_catalog.pg_roles r ON r.oid = s.role_oid
+                    WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
 $$;
 COMMENT ON FUNCTION rls._signature_required() IS
 'Internal: whether the session must set its context with a signed token.';
@@ -333,7 +333,7 @@ CREATE FUNCTION rls._signing_role_oids()
 RETURNS SETOF oid
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT role_oid FROM rls._signing_roles $$;
+AS $$ SELECT s.role_oid FROM rls._signing_roles s JOIN pg_catalog.pg_roles r ON r.oid = s.role_oid $$;
 COMMENT ON FUNCTION rls._signing_role_oids() IS
 'Internal: the roles that must sign (run as django_rls_context).';
 
