@@ -17,6 +17,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from django_rls import sqlonly
 from django_rls.checks import check_database
@@ -42,6 +43,34 @@ def test_the_installer_refuses_where_the_extension_is(database):
     with database.connect("owner") as conn, conn.cursor() as cursor:
         with pytest.raises(sqlonly.InstallError, match="the C library\\) is installed in this database"):
             sqlonly.install(cursor, [])
+
+
+def test_e029_and_e027_for_a_sql_only_database_on_a_server_with_the_library(admin_conn, extra_alias):
+    """The C pass's server preloads the library: a database there with the SQL-only mode is E029;
+    one whose SQL-only version differs from the package's is E027."""
+    if SQL_MODE:
+        pytest.skip("the SQL-only pass's server does not preload the library")
+    admin_conn.execute("DROP DATABASE IF EXISTS django_rls_mixed")
+    admin_conn.execute("CREATE DATABASE django_rls_mixed")
+    try:
+        with psycopg.connect(make_conninfo(admin_conn.info.dsn, dbname="django_rls_mixed")) as conn:
+            with conn.cursor() as cursor:
+                sqlonly.install(cursor, [])
+                cursor.execute(
+                    "CREATE OR REPLACE FUNCTION rls._sqlonly_version() RETURNS text LANGUAGE sql IMMUTABLE "
+                    "AS $$ SELECT '0.0.1'::text $$"
+                )
+            conn.commit()
+        alias = extra_alias("mixed", dbname="django_rls_mixed", user=admin_conn.info.user)
+        ids = {m.id for m in check_database(databases=[alias])}
+        assert {"django_rls.E029", "django_rls.E027", "django_rls.W012"} <= ids, ids
+    finally:
+        from django.db import connections
+
+        if "mixed" in connections.settings:
+            connections["mixed"].close()
+        admin_conn.execute("DROP DATABASE IF EXISTS django_rls_mixed WITH (FORCE)")
+        admin_conn.execute("DROP ROLE IF EXISTS django_rls_context")  # created by the install, used nowhere else
 
 
 @sql_mode_only
