@@ -42,17 +42,27 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(sort $(wildcard sql/install/*.sql)) $(EXT
 HARNESS = tests/harness
 VENV ?= .venv
 
-.PHONY: deps test test-sql test-python test-matrix test-memcheck fuzz bench lint demo
+.PHONY: deps test test-sql test-python test-sqlonly test-matrix test-memcheck fuzz bench lint demo
 
 # Install the server headers when missing, and the project's virtualenv.
 deps:
 	$(HARNESS)/deps.sh
 
 # Build and install the extension, start a throwaway cluster (or use
-# DATABASE_URL), run pg_regress and pytest against it, stop the cluster.
+# DATABASE_URL), run pg_regress and pytest against it, stop the cluster;
+# then the SQL-only pass.
 test: deps lint
 	$(MAKE) install
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(MAKE) test-sql test-python
+	$(MAKE) test-sqlonly
+
+# The SQL-only mode (hosted PostgreSQL): a throwaway cluster that does not
+# preload the library, the mode installed by a non-superuser owner, and the
+# suites that show what it must hold (tests/modes.py). Always a throwaway
+# cluster: a DATABASE_URL server preloads the library.
+SQLONLY_SUITES = tests/test_sqlonly.py tests/test_attacks.py tests/test_pgbouncer.py tests/test_leak_matrix.py tests/test_middleware.py
+test-sqlonly:
+	env -u DATABASE_URL DJANGO_RLS_TEST_MODE=sql $(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/pytest $(SQLONLY_SUITES)
 
 test-sql: installcheck
 

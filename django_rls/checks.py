@@ -11,6 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
+from django_rls.sqlonly import installed_mode, installed_version
+
 MIDDLEWARE = "django_rls.middleware.RlsMiddleware"
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 
@@ -437,25 +439,29 @@ def _check_alias(alias: str) -> list[CheckMessage]:
 
     messages: list[CheckMessage] = []
     with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
-        row = cursor.fetchone()
-        if row is None:
+        mode = installed_mode(cursor)
+        version = installed_version(cursor)
+        if mode is None:
             return [
                 Error(
                     f"the django_rls extension is not installed in database {alias!r}.",
-                    hint="As a superuser: CREATE EXTENSION django_rls (and preload the library).",
+                    hint="As a superuser: CREATE EXTENSION django_rls (and preload the library). On hosted PostgreSQL, "
+                    "where the library cannot be loaded: manage.py rls_apply --install as the owner (the SQL-only "
+                    "mode, docs/getting-started.md).",
                     id="django_rls.E011",
                 )
             ]
-        if row[0] != django_rls.EXTENSION_VERSION:
+        if mode == "c" and version != django_rls.EXTENSION_VERSION:
             messages.append(
                 Error(
-                    f"database {alias!r} has django_rls extension {row[0]}; this package needs "
+                    f"database {alias!r} has django_rls extension {version}; this package needs "
                     f"{django_rls.EXTENSION_VERSION}.",
                     hint=f"As a superuser: ALTER EXTENSION django_rls UPDATE TO '{django_rls.EXTENSION_VERSION}'.",
                     id="django_rls.E012",
                 )
             )
+        if mode == "sql":
+            messages.extend(_check_sql_mode(alias, cursor, version))
         cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         is_super, bypass = cursor.fetchone()
         # Never advise demoting the role this alias connects as: it may be the only superuser of the cluster,
@@ -511,7 +517,85 @@ def _check_alias(alias: str) -> list[CheckMessage]:
                 continue  # reported for this connection by E017 and E018
             if object_name == role and "can SET ROLE to" in problem:
                 continue  # reported for this connection by E015 and E019
+            if object_name == role and ("not required to sign" in problem or "django_rls_context" in problem):
+                continue  # reported for this connection by W012 and E028
             messages.append(Warning(f"{object_name}: {problem}", hint=hint, id="django_rls.W003"))
+    return messages
+
+
+def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]:
+    """What only the SQL-only mode can get wrong, and what it does weaker than the library (docs/security.md)."""
+    import django_rls
+
+    messages: list[CheckMessage] = []
+    if version != django_rls.EXTENSION_VERSION:
+        messages.append(
+            Error(
+                f"database {alias!r} has the SQL-only mode of django_rls {version}; this package needs "
+                f"{django_rls.EXTENSION_VERSION}.",
+                hint="Upgrading the SQL-only mode in place is not supported yet: keep the package at the installed "
+                "version (docs/getting-started.md, hosted PostgreSQL).",
+                id="django_rls.E027",
+            )
+        )
+    cursor.execute("SELECT pg_has_role(current_user, 'django_rls_context', 'MEMBER'), current_user")
+    member, role = cursor.fetchone()
+    if member:
+        messages.append(
+            Error(
+                f"database {alias!r} connects as {role}, a member of django_rls_context: it can write any context "
+                "directly, without the setter functions or a signed token.",
+                hint=f"REVOKE django_rls_context FROM {role} (as a role with CREATEROLE); only the owner that "
+                "installed the SQL-only mode belongs in it.",
+                id="django_rls.E028",
+            )
+        )
+    cursor.execute("SELECT current_setting('django_rls.preloaded', true)")
+    if cursor.fetchone()[0] == "on":
+        messages.append(
+            Error(
+                f"database {alias!r} has the SQL-only mode installed, but the server preloads the django_rls library: "
+                "the application carries its context the library's way, which the SQL-only mode does not read, so "
+                "every query sees no protected row.",
+                hint="Where the library is available, use it: drop the SQL-only mode (DROP SCHEMA rls CASCADE drops "
+                "the policies too; run rls_apply afterwards) and CREATE EXTENSION django_rls as a superuser.",
+                id="django_rls.E029",
+            )
+        )
+    cursor.execute("SELECT (rls.extension_info() ->> 'require_signature')::boolean")
+    if not cursor.fetchone()[0]:
+        messages.append(
+            Warning(
+                f"database {alias!r} uses the SQL-only mode and does not require signed contexts of {role}: SQL "
+                "injected into the application's statements can call rls.set_context() and read or write another "
+                "site's rows (the SQL-only mode has no statement-bound contexts).",
+                hint='Set DJANGO_RLS["SIGNING_KEY"] (manage.py rls_keygen) and run manage.py rls_apply --install as '
+                "the owner: it adds the key and requires signed contexts of the application role.",
+                id="django_rls.W012",
+            )
+        )
+    cursor.execute(
+        r"""
+        SELECT string_agg(DISTINCT format('%s (%s)', p.polrelid::regclass, p.polname), ', ')
+          FROM pg_policy p,
+               LATERAL (SELECT concat_ws(' ', pg_get_expr(p.polqual, p.polrelid),
+                                         pg_get_expr(p.polwithcheck, p.polrelid)) AS text) e
+         WHERE (SELECT count(*) FROM regexp_matches(e.text, 'rls\.(site_id|user_id|site_uuid|user_uuid|claim|context)\(', 'g'))
+             > (SELECT count(*) FROM regexp_matches(e.text, 'SELECT rls\.(site_id|user_id|site_uuid|user_uuid|claim|context)\(', 'g'))
+        """
+    )
+    per_row = cursor.fetchone()[0]
+    if per_row:
+        messages.append(
+            Warning(
+                f"database {alias!r} uses the SQL-only mode, and these policies call a context accessor once per row "
+                f"instead of once per statement: {per_row}. There each call is a PL/pgSQL lookup, so reads slow down "
+                "with the number of rows scanned.",
+                hint="Write the accessor as rls.site_id() (unquoted, as rls_apply generates it) so that rls.protect() "
+                "turns it into (SELECT rls.site_id()), or write the sub-select yourself; then run rls_apply.",
+                id="django_rls.W013",
+            )
+        )
     return messages
 
 

@@ -19,9 +19,12 @@ makes one choice (``ContextWrapper.__call__``):
   can (one round trip).
 - **setter**: only where the marker cannot work (the server did not preload the
   library, asked once per connection by ``marker_supported``, or ``SCOPE =
-  "session"``) the context goes through ``rls.set_context()``. A statement-bound
-  application role (``manage.py rls_roles``) is refused that by the server: such
-  a query fails, it never runs without its context.
+  "session"``) the context goes through ``rls.set_context()`` (signed:
+  ``rls.set_context_signed()``). A statement-bound application role (``manage.py
+  rls_roles``) is refused that by the server: such a query fails, it never runs
+  without its context. This is also how the SQL-only mode of hosted PostgreSQL
+  (django_rls/sqlonly.py) gets its context: its server has no library, and its
+  setters have the same names.
 - A request that runs no query sends nothing.
 - Inside a request or ``context()``, "no context" is sent like any other until this
   wrapper knows what the session holds, so a session-scoped context that an

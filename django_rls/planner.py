@@ -42,6 +42,7 @@ from django_rls.policies import (
     Shared,
     key_column,
 )
+from django_rls.sqlonly import installed_mode, installed_version
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 FORBIDDEN_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
@@ -193,6 +194,7 @@ class Plan:
     # (reader, read): a declared policy of the first table reads the second (ThroughParent, Membership)
     links: list[tuple[str, str]] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # stale groups kept because --prune was not given
+    left_unaudited: list[str] = field(default_factory=list)  # audit=True models, in the SQL-only mode's --without-audit
 
     @property
     def in_sync(self) -> bool:
@@ -209,20 +211,29 @@ def app_role() -> str:
     return role
 
 
-def check_extension(connection: BaseDatabaseWrapper) -> None:
+def check_extension(connection: BaseDatabaseWrapper) -> str:
+    """The mode django_rls is installed in ("c" or "sql"); an error when missing or of another version."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
-        row = cursor.fetchone()
-    if row is None:
+        mode = installed_mode(cursor)
+        version = installed_version(cursor)
+    name = connection.settings_dict["NAME"]
+    if mode is None:
         raise PlanError(
-            f"the django_rls extension is not installed in database {connection.settings_dict['NAME']!r}: "
-            "run CREATE EXTENSION django_rls as a superuser (the library must also be in shared_preload_libraries)"
+            f"the django_rls extension is not installed in database {name!r}: run CREATE EXTENSION django_rls as a "
+            "superuser (the library must also be in shared_preload_libraries), or, on hosted PostgreSQL without the "
+            "library, rls_apply --install as the owner to install the SQL-only mode (docs/getting-started.md)"
         )
-    if row[0] != django_rls.EXTENSION_VERSION:
+    if version != django_rls.EXTENSION_VERSION:
+        if mode == "sql":
+            raise PlanError(
+                f"the database has the SQL-only mode of django_rls {version}, this package needs "
+                f"{django_rls.EXTENSION_VERSION}: upgrading it in place is not supported yet"
+            )
         raise PlanError(
-            f"the database has django_rls extension {row[0]}, this package needs {django_rls.EXTENSION_VERSION}: "
+            f"the database has django_rls extension {version}, this package needs {django_rls.EXTENSION_VERSION}: "
             f"run ALTER EXTENSION django_rls UPDATE TO '{django_rls.EXTENSION_VERSION}' as a superuser"
         )
+    return mode
 
 
 def _managed_tables() -> list[type[models.Model]]:
@@ -236,9 +247,14 @@ def _declared_groups(connection: BaseDatabaseWrapper) -> dict[str, list[Group]]:
     return desired
 
 
-def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
-    """The steps that bring policies and grants in line with the declarations."""
-    check_extension(connection)
+def make_plan(connection: BaseDatabaseWrapper, prune: bool = False, without_audit: bool = False) -> Plan:
+    """The steps that bring policies and grants in line with the declarations.
+
+    ``without_audit``: in the SQL-only mode, which has no audit trail yet, leave the
+    models declared with ``audit=True`` unaudited (listed in ``left_unaudited``)
+    instead of refusing to plan.
+    """
+    mode = check_extension(connection)
     role = app_role()
     desired = _declared_groups(connection)
     plan = Plan(app_role=role, tables=len(desired))
@@ -249,7 +265,10 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False) -> Plan:
         found = {t: table for t, table in tables.items() if table is not None}
         _plan_policies(cursor, plan, {found[t]: groups for t, groups in desired.items()}, role, prune)
         plan.links = _links(found)
-        _plan_audit(cursor, plan, prune, found)
+        if mode == "sql":
+            plan.left_unaudited = _audit_in_sql_mode(without_audit)
+        else:
+            _plan_audit(cursor, plan, prune, found)
         _plan_grants(cursor, plan, role, found)
     return plan
 
@@ -313,6 +332,18 @@ def _describe_rule(rule: ReadRule | None) -> str:
     site, owner, shared = rule
     parts = [f"site column {site}" if site else "", f"owner column {owner}" if owner else ""]
     return "by " + " and ".join(p for p in parts if p) + (" (NULL: shared)" if shared else "")
+
+
+def _audit_in_sql_mode(without_audit: bool) -> list[str]:
+    """The SQL-only mode has no audit trail yet: the audited models left out, only when asked to leave them out."""
+    audited = sorted(label for label, declaration in all_declarations().items() if declaration.audit)
+    if audited and not without_audit:
+        raise PlanError(
+            f"{', '.join(audited)} declare audit=True, but the SQL-only mode of django_rls has no audit trail yet: "
+            "install the django_rls extension (the C library) for it, or run rls_apply --without-audit to apply "
+            "everything else and leave these models unaudited"
+        )
+    return audited
 
 
 def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) -> None:
@@ -671,8 +702,11 @@ def apply_plan(
     prune: bool = False,
     bounds: Bounds | None = None,
     progress: Callable[[Unit], None] | None = None,
+    without_audit: bool = False,
 ) -> Plan:
     """Apply the plan one table at a time, under an advisory lock; returns what was done.
+
+    ``without_audit`` as for :func:`make_plan`.
 
     Each table's unit runs in its own transaction that first locks the table
     with ``bounds.lock_timeout`` and retries within ``bounds.budget``
@@ -697,7 +731,7 @@ def apply_plan(
         _restore_name(connection, previous_name)
         raise ApplyGaveUp(f"rls_apply {exc}") from exc
     try:
-        plan = make_plan(connection, prune=prune)  # under the lock
+        plan = make_plan(connection, prune=prune, without_audit=without_audit)  # under the lock
         todo = units(plan)
         for done, unit in enumerate(todo):
             try:

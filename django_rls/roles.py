@@ -2,13 +2,14 @@
 
 - the application role: logs in, no superuser, no BYPASSRLS, cannot create roles,
   databases or objects in the schema, cannot create temporary objects in the database,
-  starts with a search_path that searches pg_temp last, is statement-bound (it can
-  receive a context only from the statement marker the bridge binds, never from
-  ``rls.set_context()``, so injected SQL cannot choose one), and is no member of the owner
+  starts with a search_path that searches pg_temp last, is statement-bound where the C
+  library is (it can receive a context only from the statement marker the bridge binds,
+  never from ``rls.set_context()``, so injected SQL cannot choose one), and is no member of the owner
   or maintenance role, nor of any role through which it could SET ROLE to a
   superuser or BYPASSRLS role;
 - the owner role: owns the tables, runs migrate and rls_apply; no superuser, no BYPASSRLS;
-  CREATEDB when it creates the test databases (``rls_roles --owner-createdb``);
+  CREATEDB when it creates the test databases (``rls_roles --owner-createdb``); no
+  CREATEROLE where the C library is (without it, the SQL-only mode's owner keeps it);
 - the maintenance role (optional): BYPASSRLS and a member of the owner role, used only
   inside django_rls.bypass();
 - a backup role (optional): BYPASSRLS and pg_read_all_data, for pg_dump.
@@ -16,10 +17,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from psycopg import sql
+
+from django_rls.sqlonly import installed_mode
 
 ROLE_FLAGS = ("rolsuper", "rolbypassrls", "rolcreaterole", "rolcreatedb", "rolcanlogin", "rolreplication")
 KEYWORDS = {
@@ -367,8 +370,24 @@ def _search_path_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]
 STATEMENT_BOUND = "django_rls.statement_bound"
 
 
+def library_available(cursor: Any) -> bool:
+    """Whether this database uses the C library: its extension is installed, or (before CREATE EXTENSION)
+    the server preloads the library. Otherwise it has, or will have, the SQL-only mode."""
+    mode = installed_mode(cursor)
+    if mode is not None:
+        return mode == "c"
+    cursor.execute("SELECT current_setting('django_rls.preloaded', true) = 'on'")
+    return bool(cursor.fetchone()[0])
+
+
 def _statement_bound_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
-    """Make the application role statement-bound in every database, unless it already is."""
+    """Make the application role statement-bound in every database, unless it already is.
+
+    Only the C library knows the setting: without it (the SQL-only mode) there is
+    nothing to bind, and docs/security.md says what that leaves weaker.
+    """
+    if not library_available(cursor):
+        return []
     cursor.execute(
         """
         SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) AS c
@@ -390,7 +409,19 @@ def _statement_bound_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composa
 
 
 def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
-    """(summary, statement) pairs that bring the roles in line; empty when they already are."""
+    """(summary, statement) pairs that bring the roles in line; empty when they already are.
+
+    Without the library (the SQL-only mode of hosted PostgreSQL) the owner's CREATEROLE
+    is left as it is: there the owner is usually the provider's administrator role, and
+    installing the mode (rls_apply --install) creates the role django_rls_context.
+    """
+    if not library_available(cursor):
+        wanted = [
+            replace(spec, flags={f: v for f, v in spec.flags.items() if f != "rolcreaterole"})
+            if spec.kind == "owner"
+            else spec
+            for spec in wanted
+        ]
     steps = [step for spec in wanted for step in _role_steps(cursor, spec)]
     app = next(spec.name for spec in wanted if spec.kind == "application")
     return (

@@ -22,11 +22,13 @@ from django_rls.conf import rls_settings
 from django_rls.declarations import all_declarations
 from django_rls.planner import resolve_tables
 from django_rls.policies import Declaration
+from django_rls.sqlonly import installed_mode
 from django_rls.state import context
 
 
 @dataclass
 class Report:
+    mode: str | None = None  # "c" (the extension) or "sql" (the SQL-only mode)
     failures: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -57,15 +59,21 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
                 f"the connection's role {role} can SET ROLE to {listed}: one statement bypasses every policy "
                 "(run manage.py rls_roles)"
             ]
-        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
-        if cursor.fetchone() is None:
-            return ["the django_rls extension is not installed in this database"]
-        cursor.execute("SELECT current_setting('django_rls.require_signature', true)")
-        if cursor.fetchone()[0] == "on" and not rls_settings.SIGNING_KEY:
+        mode = installed_mode(cursor)
+        if mode is None:
             return [
-                f"the server requires signed contexts from {role} (django_rls.require_signature = on) but "
+                "django_rls is not installed in this database (neither the extension nor the SQL-only mode: "
+                "rls_apply --install)"
+            ]
+        cursor.execute("SELECT (rls.extension_info() ->> 'require_signature')::boolean")
+        if cursor.fetchone()[0] and not rls_settings.SIGNING_KEY:
+            switch = (
+                "rls.require_signature() was called for it" if mode == "sql" else "django_rls.require_signature = on"
+            )
+            return [
+                f"the server requires signed contexts from {role} ({switch}) but "
                 'DJANGO_RLS["SIGNING_KEY"] is not set, so every query in a context is refused: set the key the '
-                "server's django_rls.signing_key_file holds (manage.py rls_keygen makes a pair)"
+                "server holds (manage.py rls_keygen makes a pair)"
             ]
         failures.extend(_session_failures(cursor, role))
         names = sorted({d.model_class()._meta.db_table for d in declarations.values()})
@@ -225,6 +233,8 @@ def verify(alias: str = "default") -> Report:
     report = Report()
     declarations = all_declarations()
     try:
+        with connections[alias].cursor() as cursor:
+            report.mode = installed_mode(cursor)
         report.failures.extend(_catalog_failures(alias, declarations))
     except DatabaseError as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]

@@ -33,7 +33,7 @@ rls_extension_info(PG_FUNCTION_ARGS)
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf,
-					 "{\"library_version\": \"%s\", \"loaded_at_startup\": %s, "
+					 "{\"mode\": \"c\", \"library_version\": \"%s\", \"loaded_at_startup\": %s, "
 					 "\"replay_protection\": %s, \"signing_key_configured\": %s, "
 					 "\"require_signature\": %s, \"statement_bound\": %s, \"strict\": %s, "
 					 "\"replay_issuers_used\": " INT64_FORMAT ", \"replay_issuers_capacity\": " INT64_FORMAT "}",

@@ -24,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 
 from django_rls.roles import plan as hardening_plan
 from django_rls.roles import specs as role_specs
+from tests.modes import SQL_MODE
 from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD, TEST_DB
 
 # The second test project runs its own tests in a subprocess (tests/test_tenant_project.py).
@@ -96,13 +97,50 @@ def database() -> Iterator[Database]:
     server = _server_dsn()
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-        _create_role(conn, OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS")
+        _create_role(conn, OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS" + (" CREATEROLE" if SQL_MODE else ""))
         _create_role(conn, APP_ROLE, "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB")
         _create_role(conn, BYPASS_ROLE, "NOSUPERUSER BYPASSRLS")
         conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(BYPASS_ROLE)))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(TEST_DB), sql.Identifier(OWNER_ROLE)))
 
     admin = make_conninfo(server, dbname=TEST_DB)
+    owner = make_conninfo(admin, user=OWNER_ROLE, password=PASSWORD)
+    if SQL_MODE:
+        _install_sql_mode(admin, owner)
+    else:
+        _install_extension(admin)
+    db = Database(
+        admin=admin,
+        owner=owner,
+        app=make_conninfo(admin, user=APP_ROLE, password=PASSWORD),
+        name=TEST_DB,
+    )
+    yield db
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
+        for role in (BYPASS_ROLE, APP_ROLE, OWNER_ROLE):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def _install_sql_mode(admin: str, owner: str) -> None:
+    """The SQL-only mode, installed and hardened by the owner role alone, as docs/getting-started.md does it."""
+    from django_rls import sqlonly
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    with psycopg.connect(owner) as conn:
+        with conn.cursor() as cursor:
+            sqlonly.install(cursor, [])
+            cursor.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+            # The owner is the administrator here (CREATEROLE), which rls_roles leaves it without the library.
+            for _, statement in hardening_plan(cursor, role_specs(APP_ROLE, OWNER_ROLE, BYPASS_ROLE, None, {})):
+                cursor.execute(statement)
+        conn.commit()
+
+
+def _install_extension(admin: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
         # The audit log's monthly partitions, as the scheduled job docs/audit.md asks for keeps
@@ -118,19 +156,6 @@ def database() -> Iterator[Database]:
             for _, statement in hardening_plan(cursor, role_specs(APP_ROLE, OWNER_ROLE, BYPASS_ROLE, None, {})):
                 cursor.execute(statement)
 
-    db = Database(
-        admin=admin,
-        owner=make_conninfo(admin, user=OWNER_ROLE, password=PASSWORD),
-        app=make_conninfo(admin, user=APP_ROLE, password=PASSWORD),
-        name=TEST_DB,
-    )
-    yield db
-
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TEST_DB)))
-        for role in (BYPASS_ROLE, APP_ROLE, OWNER_ROLE):
-            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-
 
 @pytest.fixture(scope="session")
 def django_db_setup(database: Database, django_db_blocker: Any) -> Iterator[None]:
@@ -142,7 +167,15 @@ def django_db_setup(database: Database, django_db_blocker: Any) -> Iterator[None
 
     with django_db_blocker.unblock():
         call_command("migrate", database="owner", verbosity=0)
-        call_command("rls_apply", database="owner", verbosity=0, stdout=io.StringIO())
+        # The SQL-only mode has no audit trail yet: the audited test models go unaudited there.
+        call_command(
+            "rls_apply",
+            database="owner",
+            verbosity=0,
+            without_audit=SQL_MODE,
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
         seed()
         for connection in connections.all():
             connection.close()
@@ -248,6 +281,9 @@ def reset_max_token_lifetime(admin_conn: psycopg.Connection) -> None:
 def signing_keys(database: Database) -> Iterator[tuple[str, str]]:
     """Configure two keys (current and previous) in a server-side key file, as during a rotation."""
     current, previous = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
+    if SQL_MODE:
+        yield from _sql_mode_keys(database, current, previous)
+        return
     with database.connect("admin") as conn:
         write_key_file(conn, current, previous)
         conn.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(KEY_FILE)))
@@ -259,6 +295,30 @@ def signing_keys(database: Database) -> Iterator[tuple[str, str]]:
         conn.execute("ALTER SYSTEM RESET django_rls.signing_key_file")
         conn.execute("SELECT pg_reload_conf()")
     wait_for(lambda: not _key_file_configured(database) or _raise(AssertionError("key file still configured")))
+
+
+def require_signature(database: Database, required: bool) -> None:
+    """Require signed contexts of the app role, or stop: django_rls.require_signature as a superuser sets
+    it, or, in the SQL-only mode, rls.require_signature() as the owner calls it."""
+    if SQL_MODE:
+        with database.connect("owner") as conn:
+            conn.execute("SELECT rls.require_signature(%s::regrole, %s)", (APP_ROLE, required))
+        return
+    role = sql.Identifier(APP_ROLE)
+    with database.connect("admin") as conn:
+        if required:
+            conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
+        else:
+            conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
+
+
+def _sql_mode_keys(database: Database, current: str, previous: str) -> Iterator[tuple[str, str]]:
+    """The SQL-only mode's keys live in the database, added by the owner (rls_apply --install does it)."""
+    with database.connect("owner") as conn:
+        conn.execute("SELECT rls.add_signing_key(%s), rls.add_signing_key(%s)", (current, previous))
+    yield current, previous
+    with database.connect("owner") as conn:
+        conn.execute("SELECT rls.remove_signing_key(%s), rls.remove_signing_key(%s)", (current, previous))
 
 
 @pytest.fixture

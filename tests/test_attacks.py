@@ -8,14 +8,18 @@ and signed with require_signature; through Django's default client-side binding
 (where the simple protocol lets an attacker stack statements) and through
 server-side binding. The route both close, calling the setter functions, is also
 shown open on a role that is neither: what rls.problems reports.
+
+In the SQL-only mode (tests/modes.py) there is no statement-bound configuration:
+every attack runs in signed mode, and the unsigned configuration is the open one.
 """
 
 from __future__ import annotations
 
 import pytest
 from django.db import connections
-from psycopg import sql
 
+from tests.conftest import require_signature
+from tests.modes import SQL_MODE, library_only
 from tests.roles import APP_ROLE
 
 H1 = "megacorp1.test"
@@ -81,20 +85,20 @@ ATTACKS = [
 
 
 @pytest.fixture(params=["statement-bound", "signed"])
-def mode(request, live_db, settings, signing_keys, admin_conn):
+def mode(request, live_db, settings, signing_keys, database):
     """Statement-bound with no key (the test role as rls_roles leaves it), or signed contexts with
     signatures required of the app role (which is statement-bound too)."""
+    if SQL_MODE and request.param == "statement-bound":
+        pytest.skip("the SQL-only mode has no statement-bound contexts: without a key injected SQL may set one")
     if request.param == "signed":
         settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-        admin_conn.execute(
-            sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE))
-        )
+        require_signature(database, True)
     else:
         assert settings.DJANGO_RLS.get("SIGNING_KEY") is None
     connections.close_all()
     yield request.param
     if request.param == "signed":
-        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+        require_signature(database, False)
     connections.close_all()
 
 
@@ -104,11 +108,13 @@ def alias(request):
 
 
 def site2_state(admin_conn) -> tuple:
+    # The SQL-only mode has no audit trail (yet): nothing there to take rows from.
+    audit = "SELECT 0" if SQL_MODE else "SELECT count(*) FROM rls_audit.log"
     return (
         admin_conn.execute(
             "SELECT count(*), string_agg(body, ',' ORDER BY id) FROM testapp_note WHERE site_id = 2"
         ).fetchone()
-        + admin_conn.execute("SELECT count(*) FROM rls_audit.log").fetchone()
+        + admin_conn.execute(audit).fetchone()
     )
 
 
@@ -135,10 +141,16 @@ def test_statement_bound_refuses_the_setters_without_a_key(mode, alias, client, 
     result = client.get("/inject/", {"sql": attack, "alias": alias}, HTTP_HOST=H1).json()
     # Stacked statements reach the server behind a first one that does not carry the context (psycopg
     # sends a query without parameters through the simple protocol, whatever the binding).
-    assert "disabled because django_rls.statement_bound is on" in result["outcome"], result
+    if not SQL_MODE:
+        assert "disabled because django_rls.statement_bound is on" in result["outcome"], result
+    elif "set_context_signed" in attack:  # the SQL-only mode has signed mode only: the forged token is refused
+        assert "invalid django_rls context token" in result["outcome"], result
+    else:
+        assert "disabled because django_rls requires a signature of this role" in result["outcome"], result
     assert result["sites"] == [1]
 
 
+@library_only("a statement that carries its context (the marker)")
 def test_carried_query_cannot_stack_statements(mode, client):
     """A query that carries its context goes through the extended protocol: one statement, nothing stacked."""
     attack = "SELECT 1; SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note"
@@ -148,29 +160,38 @@ def test_carried_query_cannot_stack_statements(mode, client):
 
 
 def test_calling_the_setter_is_refused_when_signatures_are_required(
-    live_db, unbound_app_role, settings, signing_keys, admin_conn, client
+    live_db, unbound_app_role, settings, signing_keys, database, client
 ):
     """Signed mode alone (a role that is not statement-bound) closes the same route."""
     settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-    admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(sql.Identifier(APP_ROLE)))
+    require_signature(database, True)
     try:
         result = client.get("/inject/", {"sql": "SELECT rls.set_context('2', NULL)"}, HTTP_HOST=H1).json()
     finally:
-        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(sql.Identifier(APP_ROLE)))
+        require_signature(database, False)
         connections.close_all()
-    assert "require_signature is on" in result["outcome"]
+    refusal = "requires a signature of this role" if SQL_MODE else "require_signature is on"
+    assert refusal in result["outcome"]
     assert result["sites"] == [1]
 
 
 def test_a_role_neither_bound_nor_signing_does_not_stop_a_direct_setter_call(
     live_db, unbound_app_role, client, admin_conn
 ):
-    """The hole both modes close, and that rls.problems reports: injected SQL may call rls.set_context() itself."""
+    """The hole both modes close, and that rls.problems reports: injected SQL may call rls.set_context() itself.
+
+    In the SQL-only mode, that is a role not required to sign (check W012).
+    """
     attack = (
         "SET statement_timeout = '1min'; SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note"
     )
     result = client.get("/inject/", {"sql": attack}, HTTP_HOST=H1).json()
+    problems = admin_conn.execute("SELECT problem FROM rls.problems WHERE object_name = %s", (APP_ROLE,)).fetchall()
     assert result["outcome"] == "[[2]]"  # inside its own transaction the attacker reached site 2
     assert result["sites"] == [1]  # the request's next transaction has its own context again
-    problems = admin_conn.execute("SELECT problem FROM rls.problems WHERE object_name = %s", (APP_ROLE,)).fetchall()
-    assert any("neither django_rls.statement_bound nor django_rls.require_signature" in p for (p,) in problems)
+    reported = (
+        "the role is not required to sign"
+        if SQL_MODE
+        else "neither django_rls.statement_bound nor django_rls.require_signature"
+    )
+    assert any(reported in p for (p,) in problems)

@@ -41,10 +41,12 @@ def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
     probe = (
         "import django_rls, importlib.resources as r;"
         "print(django_rls.__version__);"
-        "print(r.files('django_rls').joinpath('templates/admin/django_rls/auditentry/change_form.html').is_file())"
+        "print(r.files('django_rls').joinpath('templates/admin/django_rls/auditentry/change_form.html').is_file());"
+        # rls_apply --install reads the SQL-only mode's scripts from the installed package.
+        "from django_rls import sqlonly; print('rls.set_context_signed' in sqlonly.script_text())"
     )
     out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
-    assert out == [django_rls.__version__, "True"]
+    assert out == [django_rls.__version__, "True", "True"]
 
 
 def test_sdist_carries_and_builds_the_extension(dist, tmp_path):

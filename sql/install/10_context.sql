@@ -70,6 +70,18 @@ LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION rls.context() IS
 'The whole request context as jsonb, for debugging.';
 
+-- How policy text reads the context: as written.  The accessors are C
+-- functions cheap enough to call per row, and a plain call lets the planner
+-- see the tenant in its estimates (the SQL-only mode's sql/sqlonly/10_context.sql
+-- rewrites the calls into sub-selects instead).
+CREATE FUNCTION rls._policy_text(expr text)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT expr $$;
+COMMENT ON FUNCTION rls._policy_text(text) IS
+'Internal: policy text as this mode needs it (the C library: unchanged).';
+
 CREATE FUNCTION rls.extension_info()
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'rls_extension_info'

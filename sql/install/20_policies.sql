@@ -129,7 +129,8 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Pass the role''s name as it is, without quotes (to_role => ''my-app''), create the role first, or pass ''public''.';
     END IF;
-    check_expr := coalesce(nullif(btrim(check_expr), ''), using_expr);
+    check_expr := rls._policy_text(coalesce(nullif(btrim(check_expr), ''), using_expr));
+    using_expr := rls._policy_text(using_expr);
     RETURN QUERY
         SELECT format('rls_%s_%s', group_name, c)::name, c,
                CASE WHEN c <> 'insert' THEN using_expr END,

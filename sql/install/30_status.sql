@@ -24,25 +24,6 @@ $$;
 COMMENT ON FUNCTION rls._parameter_set_grants() IS
 'Internal: roles granted SET on a django_rls parameter.';
 
--- The search_path a role starts with in this database, from the most specific
--- ALTER ROLE / ALTER DATABASE setting (role and database, role, database,
--- every role); NULL when none is set, so the server's default applies.
-CREATE FUNCTION rls._role_search_path(role_oid oid)
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT substr(c, length('search_path=') + 1)
-      FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c
-     WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))
-       AND s.setrole IN (0, role_oid)
-       AND c LIKE 'search\_path=%'
-     ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC
-     LIMIT 1
-$$;
-COMMENT ON FUNCTION rls._role_search_path(oid) IS
-'Internal: the search_path a role starts with in the current database (NULL when only the server default applies).';
-
 -- Whether a django_rls switch is on for a role in this database: the most
 -- specific ALTER ROLE / ALTER DATABASE setting, else the server's own value
 -- (configuration file or command line), else off.
@@ -67,136 +48,14 @@ $$;
 COMMENT ON FUNCTION rls._role_switch(oid, text) IS
 'Internal: whether a boolean django_rls setting is on for a role in the current database.';
 
--- Whether a search_path setting searches pg_temp last: only then can no
--- temporary object hide a table, function or type of the same name.
-CREATE FUNCTION rls._ends_with_pg_temp(path text)
-RETURNS boolean
-LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(btrim((regexp_split_to_array(btrim(path), '\s*,\s*'))[
-               cardinality(regexp_split_to_array(btrim(path), '\s*,\s*'))], '"') = 'pg_temp', false)
-$$;
-COMMENT ON FUNCTION rls._ends_with_pg_temp(text) IS
-'Internal: whether a search_path setting lists pg_temp last.';
-
 CREATE VIEW rls.problems AS
-WITH protected AS (
-    SELECT c.oid::regclass AS table_name, c.oid, c.relowner, c.relkind,
-           c.relrowsecurity, c.relforcerowsecurity
-      FROM pg_catalog.pg_class c
-     WHERE c.relkind IN ('r', 'p')
-       AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'rls_audit'::regnamespace)
-       AND (c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid))
-),
+WITH protected AS (SELECT * FROM rls._protected_tables),
 policy_roles AS (
     SELECT p.polrelid AS oid, r AS role_oid
       FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
 ),
--- Roles the policies of protected tables apply to, but for those reported
--- already as bypassing them (superusers, BYPASSRLS, owners).
-app_roles AS (
-    SELECT DISTINCT pr.role_oid
-      FROM protected t
-      JOIN policy_roles pr ON pr.oid = t.oid
-      JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
-     WHERE NOT r.rolsuper AND NOT r.rolbypassrls
-       AND NOT EXISTS (SELECT FROM protected o JOIN policy_roles po ON po.oid = o.oid
-                        WHERE po.role_oid = r.oid AND pg_catalog.pg_has_role(r.oid, o.relowner, 'MEMBER'))
-)
-SELECT t.table_name, t.table_name::text AS object_name,
-       'row level security is disabled, so the table''s policies are ignored' AS problem,
-       format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY, or run rls_apply again.', t.table_name) AS hint
-  FROM protected t WHERE NOT t.relrowsecurity
-UNION ALL
-SELECT t.table_name, t.table_name::text,
-       format('FORCE ROW LEVEL SECURITY is off, so the owner %s bypasses the policies', t.relowner::regrole),
-       format('ALTER TABLE %s FORCE ROW LEVEL SECURITY, or run rls_apply again.', t.table_name)
-  FROM protected t WHERE t.relrowsecurity AND NOT t.relforcerowsecurity
-UNION ALL
-SELECT t.table_name, t.table_name::text,
-       'row level security is on but the table has no policy, so no role but a bypassing one sees any row',
-       'Protect the table (rls.protect_by_site and friends). Disabling row level security instead opens every row to every role with privileges on it: do that only for a table that holds no per-site or per-user rows.'
-  FROM protected t
- WHERE t.relrowsecurity AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
-UNION ALL
-SELECT t.table_name, t.table_name::text,
-       'the table has only restrictive policies, so no role sees any row',
-       'Add a permissive policy; rls.protect() creates rls_base for this.'
-  FROM protected t
- WHERE EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
-   AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid AND p.polpermissive)
-UNION ALL
-SELECT DISTINCT t.table_name, r.rolname::text,
-       format('role %s is named in the policies but %s', r.rolname,
-              CASE WHEN r.rolsuper THEN 'is a superuser, so it bypasses row level security'
-                   WHEN r.rolbypassrls THEN 'has BYPASSRLS, so it bypasses row level security'
-                   WHEN r.oid = t.relowner THEN 'owns the table, so it can switch row level security off'
-                   ELSE format('can SET ROLE to %s, the table''s owner, and switch row level security off',
-                               t.relowner::regrole) END),
-       'Protect the table for the role the application connects as, and make that a role that is not a superuser, has NOBYPASSRLS and owns no protected table (manage.py rls_roles creates one); never demote the role you administer the server with.'
-  FROM protected t
-  JOIN policy_roles pr ON pr.oid = t.oid
-  JOIN pg_catalog.pg_roles r ON r.oid = pr.role_oid
- WHERE r.rolsuper OR r.rolbypassrls OR pg_catalog.pg_has_role(r.oid, t.relowner, 'MEMBER')
-UNION ALL
-SELECT DISTINCT NULL::regclass, r.rolname::text,
-       format('role %s is named in the policies but can SET ROLE to %s, which %s, so any SQL it runs can bypass row level security',
-              r.rolname, b.rolname, CASE WHEN b.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END),
-       format('As a superuser, revoke the membership that lets %I become %I (REVOKE %I FROM %I when it is direct; '
-              'manage.py rls_roles does this for the application role).', r.rolname, b.rolname, b.rolname, r.rolname)
-  FROM pg_catalog.pg_roles r
-  JOIN pg_catalog.pg_roles b ON b.oid <> r.oid AND (b.rolsuper OR b.rolbypassrls)
- WHERE r.oid IN (SELECT role_oid FROM app_roles)
-   AND pg_catalog.pg_has_role(r.oid, b.oid, 'MEMBER')
-UNION ALL
-SELECT DISTINCT t.table_name, r.rolname::text,
-       format('role %s has BYPASSRLS and privileges on the table, so it sees every row', r.rolname),
-       format('If %I is not a maintenance or backup role that is meant to see every row, revoke its privileges on %s '
-              '(or ALTER ROLE %I NOBYPASSRLS, as a superuser connected as another role).', r.rolname, t.table_name, r.rolname)
-  FROM protected t
-  JOIN pg_catalog.pg_roles r ON r.rolbypassrls AND NOT r.rolsuper AND r.rolcanlogin
- WHERE pg_catalog.has_table_privilege(r.oid, t.oid, 'SELECT, INSERT, UPDATE, DELETE')
-UNION ALL
-SELECT DISTINCT t.table_name, v.oid::regclass::text,
-       CASE WHEN v.relkind = 'm'
-            THEN format('materialized view %s copies rows of the table without row level security', v.oid::regclass)
-            ELSE format('view %s reads the table without security_invoker, so it applies the policies as its owner %s',
-                        v.oid::regclass, v.relowner::regrole) END,
-       CASE WHEN v.relkind = 'm'
-            THEN format('Drop %s, or replace it with a security_invoker view or a protected table.', v.oid::regclass)
-            WHEN pg_catalog.current_setting('server_version_num')::int < 150000
-            THEN format('PostgreSQL 14 has no security_invoker views: drop %s, revoke the application role''s privileges '
-                        'on it, or replace it with a set-returning function, which runs with its caller''s rights.', v.oid::regclass)
-            ELSE format('ALTER VIEW %s SET (security_invoker = true).', v.oid::regclass) END
-  FROM protected t
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
-                              AND d.refclassid = 'pg_catalog.pg_class'::regclass
-                              AND d.refobjid = t.oid
-  JOIN pg_catalog.pg_rewrite rw ON rw.oid = d.objid
-  JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class AND v.oid <> t.oid
- WHERE v.relkind = 'm'
-    OR (v.relkind = 'v' AND NOT coalesce((SELECT o.option_value::boolean
-                                             FROM pg_catalog.pg_options_to_table(v.reloptions) AS o
-                                            WHERE o.option_name = 'security_invoker'), false))
-UNION ALL
-SELECT t.table_name, part.oid::regclass::text,
-       format('partition %s has no row level security, so querying it directly bypasses the policies of %s',
-              part.oid::regclass, t.table_name),
-       format('Protect %s too, or revoke the application role''s privileges on it.', part.oid::regclass)
-  FROM protected t
-  JOIN pg_catalog.pg_inherits i ON i.inhparent = t.oid
-  JOIN pg_catalog.pg_class part ON part.oid = i.inhrelid
- WHERE t.relkind = 'p' AND NOT part.relrowsecurity
-UNION ALL
-SELECT t.table_name, p.polname::text,
-       format('policy %s was changed outside django_rls', p.polname),
-       'Run rls_apply (or the rls.protect call that created it) again to restore it.'
-  FROM protected t
-  JOIN pg_catalog.pg_policy p ON p.polrelid = t.oid
- WHERE (p.polname ~ '^rls_.+_(select|insert|update|delete)$' OR p.polname = 'rls_base')
-   AND split_part(coalesce(obj_description(p.oid, 'pg_policy'), ''), ' ', 3)
-       IS DISTINCT FROM rls._policy_fingerprint(p)
+app_roles AS (SELECT role_oid FROM rls._app_roles)
+SELECT table_name, object_name, problem, hint FROM rls._common_problems
 UNION ALL
 SELECT s.table_name, s.table_name::text,
        format('audit triggers for %s are missing, so those writes go unrecorded', array_to_string(s.missing_triggers, ', ')),
@@ -226,27 +85,6 @@ SELECT NULL, r.rolname::text,
  WHERE (rls.extension_info() ->> 'signing_key_configured')::boolean
    AND r.rolcanlogin AND NOT r.rolsuper
    AND pg_catalog.pg_has_role(r.oid, 'pg_read_server_files', 'MEMBER')
-UNION ALL
-SELECT NULL, r.rolname::text,
-       format('role %s may create temporary tables in database %s, and a temporary table hides the table of the same name '
-              'from every later query on the same pooled or reused connection', r.rolname, current_database()),
-       format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC, %I; then GRANT TEMPORARY ON DATABASE %I to the roles that need it, '
-              'not to %I (manage.py rls_roles does this).', current_database(), r.rolname, current_database(), r.rolname)
-  FROM pg_catalog.pg_roles r
- WHERE r.oid IN (SELECT role_oid FROM app_roles)
-   AND pg_catalog.has_database_privilege(r.oid, current_database(), 'TEMPORARY')
-UNION ALL
-SELECT NULL, r.rolname::text,
-       CASE WHEN rls._role_search_path(r.oid) IS NULL
-            THEN format('role %s has no search_path of its own in database %s, so the server default searches pg_temp first',
-                        r.rolname, current_database())
-            ELSE format('role %s has search_path %s in database %s, which does not search pg_temp last',
-                        r.rolname, rls._role_search_path(r.oid), current_database()) END,
-       format('ALTER ROLE %I IN DATABASE %I SET search_path = public, pg_temp (manage.py rls_roles does this).',
-              r.rolname, current_database())
-  FROM pg_catalog.pg_roles r
- WHERE r.oid IN (SELECT role_oid FROM app_roles)
-   AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid))
 UNION ALL
 SELECT NULL, r.rolname::text,
        format('role %s may set any context with rls.set_context(), so SQL injected into the application''s statements '
@@ -284,25 +122,4 @@ SELECT NULL, 'rls_audit.log_default',
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
 
-CREATE VIEW rls.status AS
-SELECT c.oid::regclass AS table_name,
-       c.relrowsecurity AS rls_enabled,
-       c.relforcerowsecurity AS rls_forced,
-       coalesce((SELECT array_agg(format('%s (%s %s to %s)', p.polname,
-                                         CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END,
-                                         CASE p.polcmd WHEN 'r' THEN 'select' WHEN 'a' THEN 'insert'
-                                                       WHEN 'w' THEN 'update' WHEN 'd' THEN 'delete' ELSE 'all' END,
-                                         (SELECT string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ', ')
-                                            FROM unnest(p.polroles) AS r))
-                                  ORDER BY p.polname)
-                   FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid), '{}') AS policies,
-       coalesce((SELECT array_agg(pr.problem ORDER BY pr.problem)
-                   FROM rls.problems pr WHERE pr.table_name = c.oid), '{}') AS problems
-  FROM pg_catalog.pg_class c
- WHERE c.relkind IN ('r', 'p')
-   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace, 'rls_audit'::regnamespace)
-   AND (c.relrowsecurity OR EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid));
-COMMENT ON VIEW rls.status IS
-'Every table under row level security, its policies and the problems rls.problems found for it.';
-
-GRANT SELECT ON rls.problems, rls.status TO PUBLIC;
+GRANT SELECT ON rls.problems TO PUBLIC;

@@ -8,6 +8,10 @@ root), preloads django_rls, listens on a free loopback port, runs the command
 with PGHOST/PGPORT/PGUSER/PGDATABASE and DATABASE_URL pointing at it as the
 superuser, and stops and removes the cluster afterwards, whatever happened.
 
+With DJANGO_RLS_TEST_MODE=sql the cluster does not preload django_rls, as on
+hosted PostgreSQL, and the test suite installs the SQL-only mode instead of the
+extension (tests/conftest.py).
+
 With DATABASE_URL set, the command runs against that server instead; it must
 be a superuser URL to a server that has django_rls installed and preloaded
 and that the tests may reconfigure (they set a signing key).
@@ -65,8 +69,11 @@ def as_postgres(argv: list[str]) -> list[str]:
 class Cluster:
     """A PostgreSQL cluster that lives in a temporary directory."""
 
-    def __init__(self, base_dir: Path | None = None, port: int | None = None, preload: bool = True) -> None:
+    def __init__(
+        self, base_dir: Path | None = None, port: int | None = None, preload: bool = True, library: bool = True
+    ) -> None:
         self.preload = preload
+        self.library = library
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="django_rls-pg-"))
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "server.log"
@@ -110,7 +117,9 @@ class Cluster:
         settings = SERVER_SETTINGS.format(port=self.port, socket_dir=self.base_dir)
         if self.preload:
             # pg_stat_statements lets tests count what the application role ran, on any connection.
-            settings += "shared_preload_libraries = 'django_rls, pg_stat_statements'\n"
+            # Without the library, the server is as hosted PostgreSQL is for django_rls (the SQL-only mode).
+            libraries = "django_rls, pg_stat_statements" if self.library else "pg_stat_statements"
+            settings += f"shared_preload_libraries = '{libraries}'\n"
         subprocess.run(
             as_postgres(["sh", "-c", f"cat >> '{self.data_dir}/postgresql.conf'"]),
             input=settings.encode(),
@@ -273,7 +282,8 @@ def run(command: list[str]) -> int:
         print(f"cluster.py: using DATABASE_URL ({urlparse(os.environ['DATABASE_URL']).hostname})", file=sys.stderr)
         return subprocess.call(command, env={**os.environ, **env_from_url(os.environ["DATABASE_URL"])})
 
-    cluster = Cluster()
+    # DJANGO_RLS_TEST_MODE=sql: a server without the django_rls library, as hosted PostgreSQL is.
+    cluster = Cluster(library=os.environ.get("DJANGO_RLS_TEST_MODE") != "sql")
 
     def start() -> str:
         cluster.init()

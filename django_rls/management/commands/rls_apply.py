@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
+from django.db import connections, transaction
 
 from django_rls.conf import rls_settings
 from django_rls.ddl import add_lock_options, bounds_from, lock_statements
-from django_rls.planner import APPLY_LOCK, Plan, PlanError, Unit, apply_plan, make_plan, units
+from django_rls.planner import APPLY_LOCK, Plan, PlanError, Unit, app_role, apply_plan, make_plan, units
 from django_rls.policies import DeclarationError
+from django_rls.sqlonly import InstallError
+from django_rls.sqlonly import install as install_sqlonly
 
 
 class Command(BaseCommand):
@@ -39,6 +41,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--prune", action="store_true", help="Also remove policy groups that no declaration wants any more."
         )
+        parser.add_argument(
+            "--install",
+            action="store_true",
+            help="First install django_rls's SQL objects without the C library (the SQL-only mode, for hosted "
+            'PostgreSQL), as this alias\'s role (CREATEROLE, owner of the database), and add DJANGO_RLS["SIGNING_KEY"] '
+            "as a signing key. Does nothing where the same version is installed.",
+        )
+        parser.add_argument(
+            "--without-audit",
+            action="store_true",
+            help="SQL-only mode, which has no audit trail yet: apply everything else and leave the models declared "
+            "with audit=True unaudited (listed), instead of refusing.",
+        )
         add_lock_options(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -50,14 +65,30 @@ class Command(BaseCommand):
             raise CommandError(f"unknown database alias {alias!r}")
         connection = connections[alias]
         bounds = bounds_from(options["lock_timeout"], options["lock_budget"])
+        if options["install"]:
+            if options["check"] or options["dry_run"]:
+                raise CommandError("--install changes the database: it cannot be combined with --check or --dry-run")
+            self._install(connection)
         try:
             if options["check"] or options["dry_run"]:
-                plan = make_plan(connection, prune=options["prune"])
+                plan = make_plan(connection, prune=options["prune"], without_audit=options["without_audit"])
             else:
-                plan = apply_plan(connection, prune=options["prune"], bounds=bounds, progress=self._print_unit)
+                plan = apply_plan(
+                    connection,
+                    prune=options["prune"],
+                    bounds=bounds,
+                    progress=self._print_unit,
+                    without_audit=options["without_audit"],
+                )
         except (PlanError, DeclarationError) as exc:
             raise CommandError(str(exc)) from exc
 
+        if plan.left_unaudited:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"Not audited (the SQL-only mode has no audit trail yet): {', '.join(plan.left_unaudited)}"
+                )
+            )
         if options["dry_run"]:
             self._print_sql(connection, plan, bounds.timeout_setting())
         elif options["check"]:
@@ -66,6 +97,16 @@ class Command(BaseCommand):
                 raise SystemExit(1)
         else:
             self._print_applied(plan)
+
+    def _install(self, connection: Any) -> None:
+        keys = [rls_settings.SIGNING_KEY] if rls_settings.SIGNING_KEY else []
+        try:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+                done = install_sqlonly(cursor, keys, app_role())
+        except InstallError as exc:
+            raise CommandError(str(exc)) from exc
+        for line in done:
+            self.stdout.write(self.style.SUCCESS(line))
 
     def _print_sql(self, connection: Any, plan: Plan, lock_timeout: str) -> None:
         if plan.in_sync:

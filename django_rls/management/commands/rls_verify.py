@@ -9,6 +9,11 @@ from django.db import connections
 
 from django_rls.verify import verify
 
+MODES = {
+    "c": "the django_rls extension (C library)",
+    "sql": "the SQL-only mode (no library; weaker where docs/security.md says)",
+}
+
 
 class Command(BaseCommand):
     help = (
@@ -26,6 +31,8 @@ class Command(BaseCommand):
         if alias not in connections.settings:
             raise CommandError(f"unknown database alias {alias!r}")
         report = verify(alias)
+        if report.mode is not None:
+            self.stdout.write(f"  mode  {MODES[report.mode]}")
         for line in report.passed:
             self.stdout.write(f"  ok    {line}")
         for line in report.skipped:

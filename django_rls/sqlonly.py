@@ -1,0 +1,180 @@
+"""The SQL-only mode: django_rls's SQL objects without the C library, for hosted PostgreSQL.
+
+Where no third-party C library can be loaded (RDS, Cloud SQL, Azure, Supabase,
+Neon, ...) and nobody is a superuser, ``manage.py rls_apply --install`` installs
+the same SQL names (``rls.set_context()``, ``rls.site_id()``, ``rls.protect()``,
+``rls.problems``, ...) from plain SQL files, as the owner role: a role with
+CREATEROLE that owns the database, such as RDS's master user. What differs from
+the C library, and why, is in docs/security.md ("SQL-only mode").
+
+The files come from ``sql/sqlonly`` (what only this mode has) and ``sql/install``
+(what both modes share: the policy helpers and the problems both report).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from psycopg import sql
+
+import django_rls
+
+CONTEXT_ROLE = "django_rls_context"
+# In install order: shared files are the C library's own, unchanged.
+SCRIPTS = (
+    "sqlonly/10_context.sql",
+    "sqlonly/11_tokens.sql",
+    "install/20_policies.sql",
+    "install/29_problems.sql",
+    "sqlonly/30_status.sql",
+    "install/31_status.sql",
+    "sqlonly/90_privileges.sql",
+)
+
+
+class InstallError(Exception):
+    """The SQL-only mode cannot be installed here; the message says what to do."""
+
+
+def installed_mode(cursor: Any) -> str | None:
+    """The mode installed in the connected database: "c" (the extension), "sql" (SQL-only) or None."""
+    cursor.execute(
+        """
+        SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'django_rls') THEN 'c'
+                    WHEN to_regprocedure('rls._sqlonly_version()') IS NOT NULL THEN 'sql' END
+        """
+    )
+    return cursor.fetchone()[0]
+
+
+def installed_version(cursor: Any) -> str | None:
+    """The django_rls version of the installed mode, or None when neither is installed."""
+    mode = installed_mode(cursor)
+    if mode == "c":
+        cursor.execute("SELECT extversion FROM pg_extension WHERE extname = 'django_rls'")
+    elif mode == "sql":
+        cursor.execute("SELECT rls._sqlonly_version()")
+    else:
+        return None
+    return cursor.fetchone()[0]
+
+
+def script_text() -> str:
+    """The SQL the mode installs, in order, with this package's version."""
+    root = resources.files("django_rls") / "sql"
+    parts = []
+    for name in SCRIPTS:
+        source = root / name
+        if not source.is_file():
+            raise InstallError(
+                f"the SQL-only mode's script {name} is missing from this installation of django_rls ({root}): "
+                "reinstall the package from a checkout or an sdist"
+            )
+        parts.append(f"-- {name}\n" + source.read_text(encoding="utf-8"))
+    return "\n".join(parts).replace("@VERSION@", django_rls.EXTENSION_VERSION)
+
+
+def _refuse_unless_able(cursor: Any) -> None:
+    """Say what is missing before changing anything: the rights the installation needs."""
+    cursor.execute(
+        """
+        SELECT r.rolsuper, r.rolcreaterole, has_database_privilege(current_database(), 'CREATE'),
+               pg_has_role(current_user, d.datdba, 'MEMBER'), current_user, current_database()
+          FROM pg_roles r, pg_database d
+         WHERE r.rolname = current_user AND d.datname = current_database()
+        """
+    )
+    superuser, createrole, can_create, owns_database, role, database = cursor.fetchone()
+    if not superuser and not createrole:
+        raise InstallError(
+            f"role {role} cannot create the role {CONTEXT_ROLE} the SQL-only mode needs: run rls_apply --install as a "
+            "role with CREATEROLE (on hosted PostgreSQL, the administrator role the provider created)"
+        )
+    if not superuser and not (can_create and owns_database):
+        raise InstallError(
+            f"role {role} does not own database {database}: run rls_apply --install as the database's owner, or "
+            f"ALTER DATABASE {database} OWNER TO {role} first"
+        )
+
+
+def _context_role_steps(cursor: Any) -> list[sql.Composable]:
+    """Create django_rls_context (NOLOGIN, nothing else) and let the installing role act as it."""
+    statements: list[sql.Composable] = []
+    role = sql.Identifier(CONTEXT_ROLE)
+    cursor.execute(
+        "SELECT rolsuper OR rolbypassrls OR rolcanlogin OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = %s",
+        [CONTEXT_ROLE],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        statements.append(
+            sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB").format(role)
+        )
+    elif row[0]:
+        raise InstallError(
+            f"role {CONTEXT_ROLE} exists and can log in, create roles or databases, or bypasses row level security: "
+            f"ALTER ROLE {CONTEXT_ROLE} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB, then install again"
+        )
+    member = False
+    if row is not None:
+        cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [CONTEXT_ROLE])
+        member = cursor.fetchone()[0]
+    if not member:
+        statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+    return statements
+
+
+def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -> list[str]:
+    """Install the SQL-only mode in the connected database (in the caller's transaction); say what was done.
+
+    Idempotent: an installation of this version is kept (only missing signing keys are
+    added); another version, or the C extension, is refused with what to do. With
+    signing keys, ``app_role`` is required to sign from then on (rls.require_signature).
+    """
+    version = installed_version(cursor)
+    mode = installed_mode(cursor) if version is not None else None
+    done: list[str] = []
+    if mode == "c":
+        raise InstallError(
+            "the django_rls extension (the C library) is installed in this database, so the SQL-only mode is not "
+            "needed: run rls_apply without --install"
+        )
+    if version is not None and version != django_rls.EXTENSION_VERSION:
+        raise InstallError(
+            f"the SQL-only mode of django_rls {version} is installed, this package is {django_rls.EXTENSION_VERSION}: "
+            "upgrading it in place is not supported yet; see docs/getting-started.md"
+        )
+    if version is None:
+        _refuse_unless_able(cursor)
+        role = sql.Identifier(CONTEXT_ROLE)
+        cursor.execute("SELECT current_database()")
+        database = sql.Identifier(cursor.fetchone()[0])
+        for statement in _context_role_steps(cursor):
+            cursor.execute(statement)
+        cursor.execute("CREATE SCHEMA rls")
+        cursor.execute("COMMENT ON SCHEMA rls IS 'django_rls: request context and row-level security policy helpers'")
+        cursor.execute("GRANT USAGE ON SCHEMA rls TO PUBLIC")
+        # Only for the ALTER ... OWNER statements of 90_privileges.sql: PostgreSQL wants the new owner to be
+        # able to create in the schema at that moment, not afterwards.
+        cursor.execute(sql.SQL("GRANT CREATE ON SCHEMA rls TO {}").format(role))
+        cursor.execute(script_text())
+        cursor.execute(sql.SQL("REVOKE CREATE ON SCHEMA rls FROM {}").format(role))
+        cursor.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(database, role))
+        done.append(f"installed the SQL-only mode of django_rls {django_rls.EXTENSION_VERSION} (schema rls)")
+    for key in signing_keys:
+        cursor.execute("SELECT count(*) FROM rls._signing_keys")
+        before = cursor.fetchone()[0]
+        cursor.execute("SELECT rls.add_signing_key(%s)", [key])
+        cursor.execute("SELECT count(*) FROM rls._signing_keys")
+        if cursor.fetchone()[0] > before:
+            done.append("added a signing key")
+    if signing_keys and app_role:
+        cursor.execute(
+            "SELECT NOT EXISTS (SELECT FROM rls._signing_roles WHERE role_oid = to_regrole(quote_ident(%s)))",
+            [app_role],
+        )
+        if cursor.fetchone()[0]:
+            cursor.execute("SELECT rls.require_signature(quote_ident(%s)::regrole)", [app_role])
+            done.append(f"required signed contexts of the application role {app_role} (rls.require_signature)")
+    return done
