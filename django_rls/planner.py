@@ -255,6 +255,8 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False, without_audi
     instead of refusing to plan.
     """
     mode = check_extension(connection)
+    if mode == "sql":
+        _refuse_library_only_policies()
     role = app_role()
     desired = _declared_groups(connection)
     plan = Plan(app_role=role, tables=len(desired))
@@ -332,6 +334,23 @@ def _describe_rule(rule: ReadRule | None) -> str:
     site, owner, shared = rule
     parts = [f"site column {site}" if site else "", f"owner column {owner}" if owner else ""]
     return "by " + " and ".join(p for p in parts if p) + (" (NULL: shared)" if shared else "")
+
+
+def _refuse_library_only_policies() -> None:
+    """OwnerOrMember reads membership with rls.member_of(), a C function the SQL-only mode does not have."""
+    from django_rls.policies import OwnerOrMember
+
+    needing = sorted(
+        label
+        for label, declaration in all_declarations().items()
+        if any(isinstance(policy, OwnerOrMember) for policy in declaration.policies)
+    )
+    if needing:
+        raise PlanError(
+            f"{', '.join(needing)} declare OwnerOrMember, which reads membership with rls.member_of(), a function of "
+            "the django_rls extension (the C library) that the SQL-only mode does not have: install the extension, "
+            "or protect these models with Membership or Custom policies"
+        )
 
 
 def _audit_in_sql_mode(without_audit: bool) -> list[str]:

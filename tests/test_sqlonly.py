@@ -164,6 +164,23 @@ class TestInstalledWithoutTheLibrary:
         call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO(), stderr=err)
         assert "Not audited" in err.getvalue() and "testapp.Note" in err.getvalue()
 
+    def test_rls_apply_refuses_owner_or_member_which_needs_the_library(self, live_db, monkeypatch):
+        from dataclasses import replace
+
+        from django_rls import planner
+        from django_rls.policies import OwnerOrMember
+
+        declared = planner.all_declarations()
+        team = replace(
+            declared["testapp.Team"],
+            policies=(
+                OwnerOrMember("testapp.TeamMember", owner_field="owner", member_field="team", user_field="user"),
+            ),
+        )
+        monkeypatch.setattr(planner, "all_declarations", lambda: {**declared, "testapp.Team": team})
+        with pytest.raises(CommandError, match=r"testapp.Team declare OwnerOrMember.*rls.member_of\(\).*SQL-only mode"):
+            call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO())
+
     def test_ids_are_read_as_the_library_and_python_read_them(self, app_conn):
         cases = json.loads((Path(__file__).parent / "id_vectors.json").read_text())["cases"]
         for text, expected in cases:

@@ -351,11 +351,3 @@ $$;
 COMMENT ON FUNCTION rls.unprotect(regclass, text) IS
 'Remove one policy group (or all of django_rls''s policies) from a table; row level security is switched off once no policy is left.';
 
-
--- The membership lookup that cannot recurse (ext/membership.c).
-CREATE FUNCTION rls.member_of(membership regclass, key_column name, user_column name, key anyelement)
-RETURNS boolean
-AS 'MODULE_PATHNAME', 'rls_member_of'
-LANGUAGE C STABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION rls.member_of(regclass, name, name, anyelement) IS
-'Whether the membership table has a row whose key_column is key and whose user_column is the context''s user. Runs as the caller and reads the table without expanding its policies (so a project policy using it cannot recurse through a membership policy that reads the project), and only after checking that the caller''s own SELECT policies show it every row whose user_column is its user.';
