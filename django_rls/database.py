@@ -33,9 +33,11 @@ makes one choice (``ContextWrapper.__call__``):
 
 Values are always bound (never formatted into SQL), so they never appear in
 ``pg_stat_activity``. With ``DJANGO_RLS["SIGNING_KEY"]`` each context is signed
-once, as a reusable token, and each statement that carries it (or each setter
-call) sends a new single-use *use* of that token: a fresh sequence number and a
-short MAC (tokens.py, ``ReusableTokens``). The context is transaction-scoped
+once, as a reusable token, and each statement that carries it sends a new
+single-use *use* of that token: a fresh sequence number and a short MAC
+(tokens.py, ``ReusableTokens``). A setter call sends a single-use token instead,
+which both the library and the SQL-only mode accept (the SQL-only mode knows no
+uses); the setter path sets a context once per transaction, not per statement. The context is transaction-scoped
 (``SET LOCAL`` semantics), so nothing is left on a connection that goes back to
 a pool or to PgBouncer.
 """
@@ -57,7 +59,7 @@ from psycopg.pq import TransactionStatus
 
 from django_rls.conf import rls_settings
 from django_rls.state import EMPTY, Values, current_frame
-from django_rls.tokens import ReusableToken, current_issuer, sign_reusable
+from django_rls.tokens import ReusableToken, current_issuer, sign_context, sign_reusable
 from django_rls.wire import (
     CARRIER,
     MARKER,
@@ -128,7 +130,7 @@ class ReusableTokens:
 reusable_tokens = ReusableTokens()
 
 
-def _signed(values: Values) -> str | None:
+def _signed_use(values: Values) -> str | None:
     """A fresh use of these values' reusable token, or None in unsigned mode."""
     key = rls_settings.SIGNING_KEY
     if key is None:
@@ -136,11 +138,21 @@ def _signed(values: Values) -> str | None:
     return reusable_tokens.use(key, rls_settings.TOKEN_LIFETIME, values)
 
 
+def _signed_once(values: Values) -> str | None:
+    """A single-use token of these values, or None in unsigned mode."""
+    key = rls_settings.SIGNING_KEY
+    if key is None:
+        return None
+    return sign_context(
+        key, site=values.site, user=values.user, claims=values.claims_dict, lifetime=rls_settings.TOKEN_LIFETIME
+    )
+
+
 def context_statement(values: Values, is_local: bool) -> tuple[str, tuple[Any, ...]]:
     """The SQL (with bound parameters) that sets these values on the server."""
     if values == EMPTY:
         return "SELECT rls.clear_context()", ()
-    token = _signed(values)
+    token = _signed_once(values)
     if token is not None:
         return "SELECT rls.set_context_signed(%s, %s)", (token, is_local)
     return "SELECT rls.set_context(%s, %s, %s::jsonb, %s)", (values.site, values.user, values.claims, is_local)
@@ -154,7 +166,7 @@ def _unsigned_parameter(values: Values) -> ContextParameter:
 
 def context_parameter(values: Values) -> ContextParameter:
     """The $1 of a query that carries these values."""
-    token = _signed(values)
+    token = _signed_use(values)
     return _unsigned_parameter(values) if token is None else ContextParameter(token)
 
 

@@ -18,6 +18,7 @@ from psycopg import sql
 
 from django_rls.tokens import sign_context, sign_reusable
 from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
+from tests.modes import library_only
 from tests.roles import APP_ROLE, PASSWORD, TEST_DB
 
 pytestmark = pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed")
@@ -158,6 +159,7 @@ def test_signed_tokens_and_replay_through_transaction_pooling(unbound_app_role, 
                 b.execute("SELECT rls.set_context_signed(%s)", (token,))
 
 
+@library_only("uses of reusable tokens (the SQL-only mode accepts single-use tokens)")
 def test_uses_and_replay_through_transaction_pooling(unbound_app_role, transaction_pool, signing_keys):
     token = sign_reusable(signing_keys[0], site=2, user=1)
     with connect(transaction_pool) as a, connect(transaction_pool) as b:
