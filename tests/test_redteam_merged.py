@@ -92,9 +92,9 @@ def site_and_owner_tables(owner_conn: psycopg.Connection) -> Iterator[None]:
         owner_conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), APP))
     owner_conn.execute(sql.SQL("CREATE POLICY rt ON rt_site_rows TO {} USING (site = rls.site_id())").format(APP))
     owner_conn.execute(
-        sql.SQL("CREATE POLICY rt ON rt_owned_rows TO {} USING (site = rls.site_id() AND owner = rls.user_id())").format(
-            APP
-        )
+        sql.SQL(
+            "CREATE POLICY rt ON rt_owned_rows TO {} USING (site = rls.site_id() AND owner = rls.user_id())"
+        ).format(APP)
     )
     yield
     owner_conn.execute("DROP TABLE IF EXISTS rt_site_rows, rt_owned_rows")
