@@ -191,3 +191,8 @@ def test_no_non_superuser_can_allow_bypassing_roles(database: Database, owner_co
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             owner_conn.execute(statement)
+
+
+def test_no_non_superuser_can_allow_bypassing_roles_at_login(database: Database) -> None:
+    with pytest.raises(psycopg.OperationalError, match="permission denied to set parameter"):
+        database.connect("owner", options="-c django_rls.allow_bypassing_roles=on").close()
