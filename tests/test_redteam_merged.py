@@ -196,3 +196,40 @@ def test_no_non_superuser_can_allow_bypassing_roles(database: Database, owner_co
 def test_no_non_superuser_can_allow_bypassing_roles_at_login(database: Database) -> None:
     with pytest.raises(psycopg.OperationalError, match="permission denied to set parameter"):
         database.connect("owner", options="-c django_rls.allow_bypassing_roles=on").close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Accessor initplans under EvalPlanQual: held.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement", ["UPDATE notes SET body = 'taken' WHERE id = %s", "DELETE FROM notes WHERE id = %s"]
+)
+@pytest.mark.parametrize(("moved_to", "written"), [(2, 0), (1, 1)])
+def test_a_row_changed_while_a_write_waits_for_it_is_rechecked_with_the_same_context(
+    database: Database, sites_table: str, admin_conn: psycopg.Connection, statement: str, moved_to: int, written: int
+) -> None:
+    """EvalPlanQual rechecks the policy with the statement's context: a row moved to site 2 meanwhile is
+    left alone, one that stayed in site 1 is written (the initplan's value reaches the recheck)."""
+    import threading
+
+    row = admin_conn.execute("SELECT min(id) FROM notes WHERE site_id = 1").fetchone()[0]
+    with psycopg.connect(database.admin) as mover, database.connect("app_unbound") as writer:
+        writer.autocommit = False
+        writer.execute("SELECT rls.set_context('1', NULL)")
+        mover.execute("UPDATE notes SET site_id = %s, body = 'moved' WHERE id = %s", (moved_to, row))
+        result: list[int] = []
+        waiting = threading.Thread(target=lambda: result.append(writer.execute(statement, (row,)).rowcount))
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive(), "the write should wait for the moving transaction"
+        mover.commit()
+        waiting.join(timeout=10)
+        writer.commit()
+    assert result == [written]
+    left = admin_conn.execute("SELECT site_id, body FROM notes WHERE id = %s", (row,)).fetchone()
+    if written == 0:
+        assert left == (2, "moved")
+    else:
+        assert left is None if statement.startswith("DELETE") else left == (1, "taken")
