@@ -233,3 +233,27 @@ def test_a_row_changed_while_a_write_waits_for_it_is_rechecked_with_the_same_con
         assert left == (2, "moved")
     else:
         assert left is None if statement.startswith("DELETE") else left == (1, "taken")
+
+
+# ---------------------------------------------------------------------------------------------
+# rls.member_of() as an oracle on the audit log (site_id and user_id are bigint columns): held.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_member_of_cannot_read_the_audit_log_or_its_partitions(
+    database: Database, admin_conn: psycopg.Connection
+) -> None:
+    partitions = [
+        row[0]
+        for row in admin_conn.execute(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'rls_audit.log'::regclass"
+        )
+    ]
+    assert partitions
+    with database.connect("app_unbound") as conn:
+        conn.autocommit = False
+        for table in ["rls_audit.log", *partitions]:
+            conn.execute("SELECT rls.set_context('1', '10')")
+            with pytest.raises((psycopg.errors.WrongObjectType, psycopg.errors.InsufficientPrivilege)):
+                conn.execute("SELECT rls.member_of(%s::regclass, 'site_id', 'user_id', 2::bigint)", (table,))
+            conn.rollback()
