@@ -13,13 +13,17 @@
  *
  * Each backend reads the file when it first verifies a token and again
  * whenever the file's size, inode or timestamps change, so a rotated key file
- * takes effect without a reload.  Old key material is wiped from memory.
+ * takes effect without a reload.  Timestamps count whole seconds, so a file
+ * changed in the second it was read is read again at every check until a
+ * reading comes from a later second: a same-size rewrite within that second
+ * is not missed.  Old key material is wiped from memory.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <sys/stat.h>
+#include <time.h>
 
 #include "common/sha2.h"
 #include "miscadmin.h"
@@ -38,6 +42,13 @@ static char *signing_key_file = NULL;
 static MemoryContext keys_context = NULL;
 static char *loaded_path = NULL;
 static struct stat loaded_stat;
+
+/*
+ * Whether the file was last changed in the second it was read, or later: a
+ * rewrite within that second (in place, same size) leaves its stat() alone,
+ * so it is read again until a reading comes from a later second.
+ */
+static bool loaded_racy = false;
 static int	nkeys = 0;
 static char **keys = NULL;
 static size_t *key_lengths = NULL;
@@ -187,6 +198,7 @@ LoadKeys(void)
 	FILE	   *file;
 	char	   *text;
 	size_t		nread;
+	time_t		read_at;
 
 	if (stat(path, &st) != 0)
 		ereport(ERROR,
@@ -194,7 +206,7 @@ LoadKeys(void)
 				 errmsg("could not read the django_rls signing key file: %m"),
 				 KeyFileDetail(path),
 				 errhint("Check django_rls.signing_key_file; relative paths start at the data directory.")));
-	if (loaded_path != NULL && strcmp(loaded_path, path) == 0 && SameFile(&st, &loaded_stat))
+	if (loaded_path != NULL && strcmp(loaded_path, path) == 0 && SameFile(&st, &loaded_stat) && !loaded_racy)
 		return;
 
 	ForgetKeys();
@@ -251,6 +263,8 @@ LoadKeys(void)
 
 	loaded_path = MemoryContextStrdup(keys_context, path);
 	loaded_stat = st;
+	read_at = time(NULL);
+	loaded_racy = st.st_mtime >= read_at || st.st_ctime >= read_at;
 	keys_generation++;
 }
 
