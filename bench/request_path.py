@@ -28,6 +28,8 @@ request's transaction, ATOMIC_REQUESTS) and no-query. wrk drives each view of ea
 turn for BENCH_ROUNDS rounds of BENCH_SECONDS in rotated order; the table gives the median
 requests/s and its ratio to the floor. Statements and round trips per request come from
 libpq's protocol trace (bench/request_site/count_wire.py).
+With BENCH_INPROCESS=1 the table adds each view's Python CPU time per request, measured
+in-process (bench/request_site/time_requests.py), which the machine's load disturbs far less.
 Targets for ours and ours-signed: at most 3% lost on one-query and ten-queries, nothing sent on
 no-query. BENCH_VARIANTS (comma-separated) picks variants; none is always run.
 """
@@ -267,6 +269,18 @@ def wire_counts(env: dict[str, str]) -> dict[str, dict[str, float]]:
     return json.loads(output)
 
 
+def inprocess_microseconds(env: dict[str, str]) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, str(HERE / "request_site" / "time_requests.py")],
+        env=env,
+        cwd=HERE,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output)
+
+
 def teardown(server: str, signed: bool) -> None:
     with psycopg.connect(server, autocommit=True) as admin:
         for name in [DB] + [database_name(peer) for peer in PEERS]:
@@ -292,6 +306,11 @@ def main() -> int:
         flush=True,
     )
     counts = {variant: wire_counts(envs[variant]) for variant in variants}
+    inprocess = (
+        {variant: inprocess_microseconds(envs[variant]) for variant in variants}
+        if os.environ.get("BENCH_INPROCESS") == "1"
+        else None
+    )
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
         for variant in variants:
@@ -312,8 +331,10 @@ def main() -> int:
             process.wait(timeout=30)
 
     medians = {key: statistics.median(values) for key, values in samples.items()}
+    cpu_header = f" {'py us':>7s} {'x floor':>8s}" if inprocess else ""
     print(
-        f"\n{'view':12s} {'variant':12s} {'req/s':>8s} {'x floor':>8s} {'statements':>11s} {'round trips':>12s}  target"
+        f"\n{'view':12s} {'variant':12s} {'req/s':>8s} {'x floor':>8s} {'statements':>11s} {'round trips':>12s}"
+        f"{cpu_header}  target"
     )
     met_all = True
     for view in VIEWS:
@@ -326,9 +347,13 @@ def main() -> int:
                 met_all &= met
                 goal = f">= {1 - MAX_LOSS:.2f}x" if view != "no-query" else "0 statements"
                 target = f"{goal}: {'yes' if met else 'NO'}"
+            cpu = ""
+            if inprocess:
+                microseconds = inprocess[variant][f"/{view}/"]
+                cpu = f" {microseconds:7.0f} {microseconds / inprocess[floor_of(variant)][f'/{view}/']:8.3f}"
             print(
                 f"{view:12s} {variant:12s} {medians[variant, view]:8.0f} {ratio:8.3f} "
-                f"{wire['statements']:11.1f} {wire['round_trips']:12.1f}  {target}"
+                f"{wire['statements']:11.1f} {wire['round_trips']:12.1f}{cpu}  {target}"
             )
     spread = {key: (max(v) - min(v)) / statistics.median(v) for key, v in samples.items()}
     print(f"\nspread of the rounds (max - min over median): {max(spread.values()):.1%} at most")
