@@ -1,24 +1,37 @@
-"""Django request path: what the middleware costs per request, side by side in one run.
+"""Django request path: what each RLS middleware costs per request, side by side in one run.
 
     python tests/harness/cluster.py run -- .venv/bin/python bench/request_path.py
 
-Four copies of one tiny site (bench/request_site/) run under gunicorn on loopback at the
-same time, as the application role, each with persistent database connections:
+Copies of one tiny site (bench/request_site/, its settings.py describes each variant) run under
+gunicorn on loopback at the same time, as one non-superuser application role, with persistent
+database connections:
 
-- none:        no middleware and an unprotected table (the floor),
-- ours:        django_rls's RlsMiddleware and a table protected by rls.protect_by_site();
-               the query carries its context (server-side binding),
-- ours-client: the same with Django's default client-side binding: the query's own values
-               inlined, the context carried as its one bound parameter,
-- ours-signed: ours in signed mode (DJANGO_RLS["SIGNING_KEY"]): each query carries a use of
-               its context's reusable token,
+- none:        no RLS middleware and an unprotected table (the floor),
+- ours:        django_rls's RlsMiddleware, a table protected by rls.protect_by_site(), the role
+               statement-bound (as manage.py rls_roles leaves it), no signing key,
+- ours-signed: the same with a SIGNING_KEY the server's django_rls.signing_key_file holds,
 - classic:     the tutorials' middleware (session-level set before, RESET after every
-               request) and the policy site_id = current_setting('app.site')::int.
+               request) and the policy site_id = current_setting('app.site')::int,
+- rls-tenants: django-rls-tenants, set up as its README says (RLSTenantMiddleware, an
+               RLSProtectedModel whose table and policy come from migrate),
+- django-rls:  django-rls, set up as its docs say (its ENGINE, RLSContextMiddleware, an RLSModel
+               with a tenant ModelPolicy installed by migrate),
+- none-server, ours-server (only when named in BENCH_VARIANTS): none and ours with
+               server_side_binding; their ratio is to none-server.
 
-wrk drives each view of each variant in turn for ROUNDS rounds in rotated order; the table
-gives the median requests/s and its ratio to the floor. Statements and round trips per
-request come from libpq's protocol trace (bench/request_site/count_wire.py).
-Targets: ours loses at most 3% on the one-query view, and sends nothing on the DB-less view.
+Every variant gets the same signed-in user and tenant without a query (request_site/auth.py),
+so the floor differs from each variant only by its RLS middleware and policy. The peers come
+from PyPI at the versions bench/deps.sh pins.
+
+Views: one-query (Item.objects.get(pk=...) in autocommit), ten-queries (ten such gets in the
+request's transaction, ATOMIC_REQUESTS) and no-query. wrk drives each view of each variant in
+turn for BENCH_ROUNDS rounds of BENCH_SECONDS in rotated order; the table gives the median
+requests/s and its ratio to the floor. Statements and round trips per request come from
+libpq's protocol trace (bench/request_site/count_wire.py).
+With BENCH_INPROCESS=1 the table adds each view's Python CPU time per request, measured
+in-process (bench/request_site/time_requests.py), which the machine's load disturbs far less.
+Targets for ours and ours-signed: at most 3% lost on one-query and ten-queries, nothing sent on
+no-query. BENCH_VARIANTS (comma-separated) picks variants; none is always run.
 """
 
 from __future__ import annotations
@@ -47,33 +60,68 @@ sys.path.insert(0, str(HERE.parent))
 from tests.harness.cluster import free_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
+# django-rls is imported as django_rls, as ours is: bench/deps.sh installs it here, and only its
+# variant's processes see it, first on their path.
+DJANGO_RLS_PEER_DIR = VENV_BIN.parent / "peers" / "django-rls"
 ROWS = 100_000
 SITES = 100
 DB = "django_rls_request_bench"
 ROLE = "bench_web"
 PASSWORD = "bench"
-VARIANTS = ("none", "ours", "ours-client", "ours-signed", "classic")
-TABLES = ("none", "ours", "classic")
-VIEWS = ("one-query", "no-query")
+KEY_FILE = "django_rls_request_bench.key"
+ALL_VARIANTS = ("none", "ours", "ours-signed", "classic", "rls-tenants", "django-rls", "none-server", "ours-server")
+DEFAULT_VARIANTS = ("none", "ours", "ours-signed", "classic", "rls-tenants", "django-rls")
+PEERS = ("rls-tenants", "django-rls")
+TABLES = ("none", "ours", "classic")  # the shared database's tables; the peers' come from migrate
+VIEWS = ("one-query", "ten-queries", "no-query")
+TARGETED = ("ours", "ours-signed", "ours-server")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 WORKERS = 2  # gunicorn sync workers per variant; the machine has 2 cores
 CONNECTIONS = 4  # wrk's concurrent connections
 MAX_LOSS = 0.03
-SIGNING_KEY = secrets.token_urlsafe(48)
-KEY_FILE = "django_rls_request_bench.key"
 
 
-def setup(server: str) -> str:
+def chosen_variants() -> tuple[str, ...]:
+    named = os.environ.get("BENCH_VARIANTS")
+    if not named:
+        return DEFAULT_VARIANTS
+    variants = [v.strip() for v in named.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(ALL_VARIANTS))
+    if unknown:
+        raise SystemExit(f"BENCH_VARIANTS: unknown {', '.join(unknown)}; choose from {', '.join(ALL_VARIANTS)}")
+    if "ours-server" in variants and "none-server" not in variants:
+        variants.append("none-server")
+    return tuple(v for v in ALL_VARIANTS if v == "none" or v in variants)
+
+
+def floor_of(variant: str) -> str:
+    return "none-server" if variant.endswith("-server") else "none"
+
+
+def database_name(variant: str) -> str:
+    return f"{DB}_{variant.replace('-', '_')}" if variant in PEERS else DB
+
+
+def setup(server: str, variants: tuple[str, ...], signing_key: str) -> None:
+    """The shared database and its tables, each peer's database (its tables from migrate), the role, the key."""
     with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+        for name in [DB] + [database_name(peer) for peer in PEERS]:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
         admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(ROLE), sql.Literal(PASSWORD)))
-        key_path = f"{admin.execute('SHOW data_directory').fetchone()[0]}/{KEY_FILE}"
-        admin.execute(sql.SQL("COPY (SELECT {}) TO {}").format(sql.Literal(SIGNING_KEY), sql.Literal(key_path)))
-        admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(KEY_FILE)))
-        admin.execute("SELECT pg_reload_conf()")
+        # What manage.py rls_roles does for the application role: contexts only from the statements it binds.
+        admin.execute(sql.SQL("ALTER ROLE {} SET django_rls.statement_bound = on").format(sql.Identifier(ROLE)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
+        if "ours-signed" in variants:
+            data_directory = admin.execute("SHOW data_directory").fetchone()[0]
+            admin.execute(
+                sql.SQL("COPY (SELECT {}) TO {}").format(
+                    sql.Literal(signing_key), sql.Literal(f"{data_directory}/{KEY_FILE}")
+                )
+            )
+            admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(KEY_FILE)))
+            admin.execute("SELECT pg_reload_conf()")
     with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
         for variant in TABLES:
@@ -100,23 +148,73 @@ def setup(server: str) -> str:
                     )
                 )
             conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+        if "ours-signed" in variants:
+            deadline = time.monotonic() + 10
+            while not conn.execute("SELECT rls.extension_info()").fetchone()[0]["signing_key_configured"]:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not load the signing key file after pg_reload_conf()")
+                time.sleep(0.1)
+    for peer in PEERS:
+        if peer in variants:
+            setup_peer(server, peer)
+
+
+def setup_peer(server: str, peer: str) -> None:
+    """The peer's tables and policy as its docs make them (migrate, as a superuser here), then the same rows."""
+    name = database_name(peer)
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    owner_url = urlunparse(urlparse(server)._replace(path=f"/{name}"))
+    subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--skip-checks", "--verbosity", "0"],
+        env=variant_env(peer, owner_url),
+        cwd=HERE,
+        check=True,
+    )
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO request_site_tenant (id, name) SELECT s, 'tenant ' || s FROM generate_series(0, %s - 1) s",
+            [SITES],
+        )
+        table = sql.Identifier(f"items_{peer.replace('-', '_')}")
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, tenant_id, name, price) SELECT g, g % {}, 'item ' || g, g % 1000 FROM generate_series(1, {}) g"
+            ).format(table, sql.Literal(SITES), sql.Literal(ROWS))
+        )
+        policies = conn.execute(
+            "SELECT count(*) FROM pg_policies WHERE tablename = %s", [table.as_string(conn).strip('"')]
+        ).fetchone()[0]
+        if policies == 0:
+            raise SystemExit(f"{peer}: migrate left no policy on its table; check its setup in bench/request_site/")
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(ROLE)))
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+
+
+def app_url(server: str, variant: str) -> str:
+    """The application role's URL for the database of this variant."""
     url = urlparse(server)
     netloc = f"{ROLE}:{PASSWORD}@{url.hostname or '127.0.0.1'}:{url.port or 5432}"
-    return urlunparse(("postgresql", netloc, f"/{DB}", "", "", ""))
+    return urlunparse(("postgresql", netloc, f"/{database_name(variant)}", "", "", ""))
 
 
-def variant_env(variant: str, database_url: str) -> dict[str, str]:
+def variant_env(variant: str, database_url: str, signing_key: str = "") -> dict[str, str]:
+    path = [str(HERE)]
+    if variant == "django-rls":
+        if not (DJANGO_RLS_PEER_DIR / "django_rls").is_dir():
+            raise SystemExit(f"django-rls is not installed in {DJANGO_RLS_PEER_DIR}: run bench/deps.sh")
+        path.insert(0, str(DJANGO_RLS_PEER_DIR))
     return {
         **os.environ,
         "BENCH_VARIANT": variant,
         "BENCH_DATABASE_URL": database_url,
-        "BENCH_SIGNING_KEY": SIGNING_KEY,
+        "BENCH_SIGNING_KEY": signing_key,
         "DJANGO_SETTINGS_MODULE": "request_site.settings",
-        "PYTHONPATH": str(HERE),
+        "PYTHONPATH": os.pathsep.join(path),
     }
 
 
-def start_server(variant: str, database_url: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(variant: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     process = subprocess.Popen(
         [
@@ -129,7 +227,8 @@ def start_server(variant: str, database_url: str) -> tuple[subprocess.Popen[byte
             "warning",
             "request_site.wsgi",
         ],
-        env=variant_env(variant, database_url),
+        env=env,
+        cwd=HERE,  # gunicorn puts its directory first on the path: not the repository, which holds our django_rls
     )
     deadline = time.monotonic() + 30
     while True:
@@ -145,7 +244,7 @@ def start_server(variant: str, database_url: str) -> tuple[subprocess.Popen[byte
             time.sleep(0.2)
 
 
-def wrk(port: str, view: str, seconds: int) -> float:
+def wrk(port: int, view: str, seconds: int) -> float:
     """Requests per second, after checking that every answer was a 200."""
     output = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", f"http://127.0.0.1:{port}/{view}/"],
@@ -158,10 +257,11 @@ def wrk(port: str, view: str, seconds: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
 
 
-def wire_counts(variant: str, database_url: str) -> dict[str, dict[str, float]]:
+def wire_counts(env: dict[str, str]) -> dict[str, dict[str, float]]:
     output = subprocess.run(
         [sys.executable, str(HERE / "request_site" / "count_wire.py")],
-        env=variant_env(variant, database_url),
+        env=env,
+        cwd=HERE,
         check=True,
         capture_output=True,
         text=True,
@@ -169,26 +269,58 @@ def wire_counts(variant: str, database_url: str) -> dict[str, dict[str, float]]:
     return json.loads(output)
 
 
+def inprocess_microseconds(env: dict[str, str]) -> dict[str, float]:
+    output = subprocess.run(
+        [sys.executable, str(HERE / "request_site" / "time_requests.py")],
+        env=env,
+        cwd=HERE,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output)
+
+
+def teardown(server: str, signed: bool) -> None:
+    with psycopg.connect(server, autocommit=True) as admin:
+        for name in [DB] + [database_name(peer) for peer in PEERS]:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ROLE)))
+        if signed:
+            admin.execute("ALTER SYSTEM RESET django_rls.signing_key_file")
+            admin.execute("SELECT pg_reload_conf()")
+
+
 def main() -> int:
     if shutil.which("wrk") is None or not (VENV_BIN / "gunicorn").exists():
         raise SystemExit("request_path.py needs wrk (apt-get install wrk) and gunicorn in the venv: run `make bench`")
     server = os.environ["DATABASE_URL"]
+    variants = chosen_variants()
     started = time.monotonic()
-    database_url = setup(server)
+    signing_key = secrets.token_urlsafe(48)
+    setup(server, variants, signing_key)
+    envs = {variant: variant_env(variant, app_url(server, variant), signing_key) for variant in variants}
     print(
         f"request path: gunicorn ({WORKERS} sync workers per variant) and wrk ({CONNECTIONS} connections) on loopback; "
         f"median of {ROUNDS} rounds of {SECONDS} s in rotated order",
         flush=True,
     )
-    counts = {variant: wire_counts(variant, database_url) for variant in VARIANTS}
-    servers = {variant: start_server(variant, database_url) for variant in VARIANTS}
+    counts = {variant: wire_counts(envs[variant]) for variant in variants}
+    inprocess = (
+        {variant: inprocess_microseconds(envs[variant]) for variant in variants}
+        if os.environ.get("BENCH_INPROCESS") == "1"
+        else None
+    )
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
-        for variant in VARIANTS:  # warm-up round, not counted
+        for variant in variants:
+            servers[variant] = start_server(variant, envs[variant])
+        for variant in variants:  # warm-up round, not counted
             for view in VIEWS:
                 wrk(servers[variant][1], view, 1)
-        samples: dict[tuple[str, str], list[float]] = {(v, view): [] for v in VARIANTS for view in VIEWS}
+        samples: dict[tuple[str, str], list[float]] = {(v, view): [] for v in variants for view in VIEWS}
         for round_ in range(ROUNDS):
-            order = VARIANTS[round_ % len(VARIANTS) :] + VARIANTS[: round_ % len(VARIANTS)]
+            order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
             for view in VIEWS:
                 for variant in order:
                     samples[variant, view].append(wrk(servers[variant][1], view, SECONDS))
@@ -199,32 +331,34 @@ def main() -> int:
             process.wait(timeout=30)
 
     medians = {key: statistics.median(values) for key, values in samples.items()}
+    cpu_header = f" {'py us':>7s} {'x floor':>8s}" if inprocess else ""
     print(
-        f"\n{'view':10s} {'variant':12s} {'req/s':>8s} {'x floor':>8s} {'statements':>11s} {'round trips':>12s}  target"
+        f"\n{'view':12s} {'variant':12s} {'req/s':>8s} {'x floor':>8s} {'statements':>11s} {'round trips':>12s}"
+        f"{cpu_header}  target"
     )
     met_all = True
     for view in VIEWS:
-        for variant in VARIANTS:
-            ratio = medians[variant, view] / medians["none", view]
+        for variant in variants:
+            ratio = medians[variant, view] / medians[floor_of(variant), view]
             wire = counts[variant][f"/{view}/"]
             target = ""
-            if variant in ("ours", "ours-signed"):
-                met = ratio >= 1 - MAX_LOSS if view == "one-query" else wire["statements"] == 0
+            if variant in TARGETED:
+                met = ratio >= 1 - MAX_LOSS if view != "no-query" else wire["statements"] == 0
                 met_all &= met
-                goal = f">= {1 - MAX_LOSS:.2f}x" if view == "one-query" else "0 statements"
+                goal = f">= {1 - MAX_LOSS:.2f}x" if view != "no-query" else "0 statements"
                 target = f"{goal}: {'yes' if met else 'NO'}"
+            cpu = ""
+            if inprocess:
+                microseconds = inprocess[variant][f"/{view}/"]
+                cpu = f" {microseconds:7.0f} {microseconds / inprocess[floor_of(variant)][f'/{view}/']:8.3f}"
             print(
-                f"{view:10s} {variant:12s} {medians[variant, view]:8.0f} {ratio:8.3f} "
-                f"{wire['statements']:11.1f} {wire['round_trips']:12.1f}  {target}"
+                f"{view:12s} {variant:12s} {medians[variant, view]:8.0f} {ratio:8.3f} "
+                f"{wire['statements']:11.1f} {wire['round_trips']:12.1f}{cpu}  {target}"
             )
     spread = {key: (max(v) - min(v)) / statistics.median(v) for key, v in samples.items()}
     print(f"\nspread of the rounds (max - min over median): {max(spread.values()):.1%} at most")
 
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB)))
-        admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ROLE)))
-        admin.execute("ALTER SYSTEM RESET django_rls.signing_key_file")
-        admin.execute("SELECT pg_reload_conf()")
+    teardown(server, "ours-signed" in variants)
     print(f"total {time.monotonic() - started:.0f} s; all targets met: {'yes' if met_all else 'no'}")
     return 0
 

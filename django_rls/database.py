@@ -238,7 +238,8 @@ class ContextWrapper:
         pgconn = connection.connection
         if getattr(connection, _PREPARED, None) is not pgconn:
             prepare(connection)
-        status = pgconn.info.transaction_status
+        # libpq's status as an int: pgconn.info builds an object and an enum member on every call.
+        status = pgconn.pgconn.transaction_status
         applied: AppliedContext | None = getattr(connection, _APPLIED, None)
         if applied is not None and (
             applied.pgconn is not pgconn or (applied.transactional and status == TransactionStatus.IDLE)
@@ -252,11 +253,9 @@ class ContextWrapper:
         held = applied.values if applied is not None else (_UNKNOWN if frame is not None else EMPTY)
         wanted = frame.values() if frame is not None else EMPTY
 
-        session_scope = rls_settings.SCOPE == "session"
-        in_transaction = not pgconn.autocommit or status != TransactionStatus.IDLE
-        if held == wanted or status == TransactionStatus.INERROR:
+        if held is wanted or held == wanted or status == TransactionStatus.INERROR:
             result = execute(sql, params, many, context)
-        elif session_scope or not marker_supported(connection):
+        elif rls_settings.SCOPE == "session" or not marker_supported(connection):
             result = self._execute_after_setter(connection, pgconn, wanted, execute, sql, params, many, context)
         elif (cursor := carrier(sql, many, context)) is not None:
             cursor.django_rls_carry = context_parameter(wanted)
@@ -264,9 +263,9 @@ class ContextWrapper:
                 result = execute(sql, params, many, context)
             finally:
                 cursor.django_rls_carry = None
-            if in_transaction:
+            if not pgconn.autocommit or status != TransactionStatus.IDLE:
                 setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=True))
-        elif in_transaction:
+        elif not pgconn.autocommit or status != TransactionStatus.IDLE:
             _carry_first(pgconn, wanted)
             setattr(connection, _APPLIED, AppliedContext(pgconn, wanted, transactional=True))
             result = execute(sql, params, many, context)
@@ -275,7 +274,7 @@ class ContextWrapper:
 
         # ROLLBACK TO SAVEPOINT restores whatever context the savepoint saw,
         # which may not be the one recorded here: forget it, re-send if needed.
-        if isinstance(sql, str) and sql[:8].upper() == "ROLLBACK":
+        if isinstance(sql, str) and sql[:1] in "Rr" and sql[:8].upper() == "ROLLBACK":
             setattr(connection, _APPLIED, None)
         return result
 

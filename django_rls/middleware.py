@@ -48,6 +48,8 @@ class RequestFrame(Frame):
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
         self._claims: Any = _UNRESOLVED
+        self._site_resolver: Callable[[HttpRequest], Any] | None = None
+        self._user_resolver: Callable[[HttpRequest], Any] | None = None
         # The site id that queries have run with; None until one has.
         self._used_site: str | None = None
         # values() runs before every query: the normalised Values are reused for as long as
@@ -67,9 +69,12 @@ class RequestFrame(Frame):
 
     def values(self) -> Values:
         if self._claims is _UNRESOLVED:
+            # The resolvers a request uses are read once, with its claims.
+            self._site_resolver = rls_settings.SITE_RESOLVER
+            self._user_resolver = rls_settings.USER_RESOLVER
             self._claims = self._resolve(rls_settings.CLAIMS_RESOLVER)
-        site = self._resolve(rls_settings.SITE_RESOLVER) if self.switched_site is _UNRESOLVED else self.switched_site
-        user = self._resolve(rls_settings.USER_RESOLVER) if self.switched_user is _UNRESOLVED else self.switched_user
+        site = self._resolve(self._site_resolver) if self.switched_site is _UNRESOLVED else self.switched_site
+        user = self._resolve(self._user_resolver) if self.switched_user is _UNRESOLVED else self.switched_user
         if self._values is None or site is not self._site or user is not self._user:
             values = make_values(site, user, self._claims)
             if self._used_site is not None and values.site != self._used_site:

@@ -24,7 +24,9 @@ from typing import Any
 import psycopg
 from django.db.backends.postgresql.base import Cursor as DjangoClientCursor
 from django.db.backends.postgresql.base import ServerBindingCursor as DjangoServerBindingCursor
+from psycopg import adapt
 from psycopg import sql as pgsql
+from psycopg._queries import PostgresClientQuery  # what ClientCursor.mogrify() inlines with
 from psycopg.types.string import StrDumper
 
 # The C side's STATEMENT_MARKER (ext/statement.c), as psycopg writes it before numbering placeholders.
@@ -110,10 +112,17 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
     _django_rls_many: psycopg.ClientCursor[Any] | None = None
 
     def _inline(self, query: Any, params: Any) -> Any:
-        """The query with its parameters inlined; untouched without parameters, as ClientCursor leaves it."""
+        """The query with its parameters inlined; untouched without parameters, as ClientCursor leaves it.
+
+        What ``ClientCursor.mogrify()`` does, with this cursor's adapters (a copy of the
+        connection's, as a new ClientCursor would take), without building a cursor per query.
+        """
         if params is None:
             return query
-        return DjangoClientCursor(self.connection).mogrify(query, params)
+        transformer = adapt.Transformer(self)
+        inlined = PostgresClientQuery(transformer)
+        inlined.convert(query, params)
+        return inlined.query.decode(transformer.encoding)
 
     def execute(
         self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None

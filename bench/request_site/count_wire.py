@@ -14,7 +14,10 @@ from pathlib import Path
 
 REQUESTS = 50
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+# The repository (for tests.wire) goes last: a peer's package may be imported as django_rls too,
+# from the directory bench/request_path.py puts first on PYTHONPATH.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "request_site.settings")
 
 import django  # noqa: E402
@@ -30,7 +33,7 @@ from tests.wire import traced  # noqa: E402
 def main() -> None:
     client = Client()
     counts = {}
-    for url in ("/one-query/", "/no-query/"):
+    for url in ("/one-query/", "/ten-queries/", "/no-query/"):
         assert client.get(url).status_code == 200  # warm up: connect, load types
         with traced(connection) as log:
             for _ in range(REQUESTS):

@@ -6,5 +6,6 @@ from . import views
 
 urlpatterns = [
     path("one-query/", views.one_query),
+    path("ten-queries/", views.ten_queries),
     path("no-query/", views.no_query),
 ]
