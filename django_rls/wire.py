@@ -26,8 +26,12 @@ from django.db.backends.postgresql.base import Cursor as DjangoClientCursor
 from django.db.backends.postgresql.base import ServerBindingCursor as DjangoServerBindingCursor
 from psycopg import adapt
 from psycopg import sql as pgsql
-from psycopg._queries import PostgresClientQuery  # what ClientCursor.mogrify() inlines with
 from psycopg.types.string import StrDumper
+
+try:  # what ClientCursor.mogrify() inlines with; private to psycopg, so a fallback below
+    from psycopg._queries import PostgresClientQuery
+except ImportError:  # a psycopg that moved it: inline through a ClientCursor, as before
+    PostgresClientQuery = None
 
 # The C side's STATEMENT_MARKER (ext/statement.c), as psycopg writes it before numbering placeholders.
 STATEMENT_MARKER = "/*django_rls:$1*/"
@@ -119,6 +123,8 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
         """
         if params is None:
             return query
+        if PostgresClientQuery is None:
+            return DjangoClientCursor(self.connection).mogrify(query, params)
         transformer = adapt.Transformer(self)
         inlined = PostgresClientQuery(transformer)
         inlined.convert(query, params)

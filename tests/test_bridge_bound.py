@@ -62,6 +62,17 @@ def test_the_python_marker_is_the_c_marker():
     assert carrying.MARKER.replace("%s", "$1").strip() == c_marker
 
 
+def test_inlining_without_psycopgs_private_converter(monkeypatch, live_db):
+    """Should psycopg move the private class the client-side cursor inlines with, Django's own mogrify() does it."""
+    with django_rls.context(site=1):
+        expected = sorted(Note.objects.filter(body__startswith="").values_list("pk", flat=True))
+    monkeypatch.setattr(carrying, "PostgresClientQuery", None)
+    connections.close_all()
+    with django_rls.context(site=1):
+        assert sorted(Note.objects.filter(body__startswith="").values_list("pk", flat=True)) == expected
+    assert expected
+
+
 @pytest.mark.parametrize("chunk_size", [1, 100])
 def test_named_cursor_in_autocommit(alias, chunk_size):
     """QuerySet.iterator(): DECLARE cannot carry, so a statement that carries goes first, in its transaction."""
