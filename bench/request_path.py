@@ -48,6 +48,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import psycopg
@@ -257,21 +258,10 @@ def wrk(port: int, view: str, seconds: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
 
 
-def wire_counts(env: dict[str, str]) -> dict[str, dict[str, float]]:
+def site_script(name: str, env: dict[str, str]) -> Any:
+    """What a measuring script of request_site/ prints (JSON), run in this variant's environment."""
     output = subprocess.run(
-        [sys.executable, str(HERE / "request_site" / "count_wire.py")],
-        env=env,
-        cwd=HERE,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(output)
-
-
-def inprocess_microseconds(env: dict[str, str]) -> dict[str, float]:
-    output = subprocess.run(
-        [sys.executable, str(HERE / "request_site" / "time_requests.py")],
+        [sys.executable, str(HERE / "request_site" / name)],
         env=env,
         cwd=HERE,
         check=True,
@@ -305,9 +295,9 @@ def main() -> int:
         f"median of {ROUNDS} rounds of {SECONDS} s in rotated order",
         flush=True,
     )
-    counts = {variant: wire_counts(envs[variant]) for variant in variants}
+    counts = {variant: site_script("count_wire.py", envs[variant]) for variant in variants}
     inprocess = (
-        {variant: inprocess_microseconds(envs[variant]) for variant in variants}
+        {variant: site_script("time_requests.py", envs[variant]) for variant in variants}
         if os.environ.get("BENCH_INPROCESS") == "1"
         else None
     )
