@@ -5,6 +5,8 @@
 # suite (on this machine), so the container build runs the same steps the tests
 # exercise. Installs the server headers and a compiler when they are missing.
 #   PG_MAJOR=15 docker/build-extension.sh [source dir]
+# PG_CONFIG, when set, names the installation to build for (a relocated copy,
+# say); it must be of the same major.  By default: Debian's layout.
 set -euo pipefail
 # The supported majors; tests/harness/matrix.py and docs/getting-started.md list the same.
 SUPPORTED_MAJORS="14 15 16 17 18"
@@ -14,9 +16,19 @@ case " ${SUPPORTED_MAJORS} " in
     *) echo "build-extension.sh: PostgreSQL ${PG_MAJOR} is not supported; use one of ${SUPPORTED_MAJORS}" >&2; exit 2 ;;
 esac
 SRC="${1:-$(cd "$(dirname "$0")/.." && pwd)}"
-PG_CONFIG="/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config"
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config}"
+if [ -x "$PG_CONFIG" ]; then
+    found=$("$PG_CONFIG" --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
+    if [ "$found" != "$PG_MAJOR" ]; then
+        echo "build-extension.sh: ${PG_CONFIG} is PostgreSQL ${found}, not ${PG_MAJOR}; set PG_MAJOR=${found} or point PG_CONFIG at a ${PG_MAJOR} installation" >&2
+        exit 2
+    fi
+    headers="$("$PG_CONFIG" --includedir-server)/postgres.h"
+else
+    headers="/usr/include/postgresql/${PG_MAJOR}/server/postgres.h"
+fi
 
-if [ ! -f "/usr/include/postgresql/${PG_MAJOR}/server/postgres.h" ] || ! command -v make >/dev/null || ! command -v gcc >/dev/null; then
+if [ ! -f "$headers" ] || ! command -v make >/dev/null || ! command -v gcc >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "postgresql-server-dev-${PG_MAJOR}" make gcc libc6-dev >/dev/null

@@ -21,13 +21,30 @@ DOCKER = ROOT / "docker"
 pytestmark = pytest.mark.skipif(not (BINDIR / "initdb").exists(), reason=f"no PostgreSQL server binaries in {BINDIR}")
 
 
+def _pg_config(*args: str) -> str:
+    return subprocess.run([str(BINDIR / "pg_config"), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _major() -> str:
+    return re.match(r"PostgreSQL (\d+)", _pg_config("--version")).group(1)
+
+
 def test_build_script_installs_the_extension():
-    result = subprocess.run(
-        [str(DOCKER / "build-extension.sh")], env={**os.environ, "PG_MAJOR": "15"}, capture_output=True, text=True
-    )
+    # Into the installation the suite runs against (a relocated copy too), never another one.
+    major = _major()
+    env = {**os.environ, "PG_MAJOR": major, "PG_CONFIG": str(BINDIR / "pg_config")}
+    result = subprocess.run([str(DOCKER / "build-extension.sh")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "django_rls installed for PostgreSQL 15" in result.stdout
-    assert Path("/usr/share/postgresql/15/extension/django_rls.control").exists()
+    assert f"django_rls installed for PostgreSQL {major}" in result.stdout
+    assert (Path(_pg_config("--sharedir")) / "extension" / "django_rls.control").exists()
+
+
+def test_build_script_refuses_a_pg_config_of_another_major():
+    other = "15" if _major() == "14" else "14"
+    env = {**os.environ, "PG_MAJOR": other, "PG_CONFIG": str(BINDIR / "pg_config")}
+    result = subprocess.run([str(DOCKER / "build-extension.sh")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "point PG_CONFIG at a" in result.stderr
 
 
 def test_init_script_creates_the_extension_and_installs_the_key():
