@@ -236,3 +236,62 @@ def test_explain_estimates_tell_nothing_of_another_sites_values(app_conn, skewed
     assert app_conn.execute("SELECT count(*) FROM s4_notes WHERE body = 'site2 merger plan'").fetchone()[0] == 0
     # Neither body is among site 1's rows: its own view of the table cannot tell them apart.
     assert estimate("site2 merger plan") == estimate("never written anywhere")
+
+
+SITE2_NOTE = "megacorp2 note"
+
+HELD = [
+    # COPY of the table itself (not of a query) and EXPLAIN ANALYZE of writes run under the policies.
+    "COPY testapp_note TO STDOUT",
+    "EXPLAIN ANALYZE DELETE FROM testapp_note WHERE site_id = 2",
+    "EXPLAIN (ANALYZE, FORMAT JSON) UPDATE testapp_note SET body = 'pwned' WHERE site_id = 2 RETURNING body",
+    # A marker that is not the first thing of the text, or behind EXPLAIN, carries nothing.
+    "/* first */ /*django_rls:$1*/ SELECT body FROM testapp_note WHERE site_id = 2",
+    " /*django_rls:$1*/ SELECT body FROM testapp_note WHERE site_id = 2",
+    "EXPLAIN ANALYZE /*django_rls:$1*/ SELECT body FROM testapp_note WHERE site_id = 2",
+    # Generic plans: planned without the context, they still read it when they run.
+    "SET plan_cache_mode = force_generic_plan; SELECT body FROM testapp_note WHERE site_id = 2",
+    # A cursor declared in the request keeps the request's site, whatever is cleared after it.
+    "DECLARE c CURSOR FOR SELECT body FROM testapp_note; SELECT rls.clear_context(); FETCH ALL FROM c",
+    # The audit log's partitions are not granted: only the log, under its policies, is.
+    "SELECT count(*) FROM rls_audit.log_default",
+    # Statistics of protected tables are hidden from the role (the estimates are not: see above).
+    "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'testapp_note'",
+    "SELECT most_common_vals::text FROM pg_stats_ext WHERE tablename = 'testapp_note'",
+    # Tokens and uses travel as $1 with either binding: none is left in the statistics to replay.
+    "SELECT query FROM pg_stat_statements WHERE query LIKE '%v1.%'",
+]
+
+
+@pytest.fixture
+def analyzed_notes(owner_conn: psycopg.Connection) -> None:
+    """The notes table analyzed by its owner, so that pg_stats has site 2's bodies to hide."""
+    owner_conn.execute("ANALYZE testapp_note")
+
+
+@pytest.mark.parametrize("attack", HELD)
+@pytest.mark.parametrize("alias", ["default", "replica"], ids=["client-side binding", "server-side binding"])
+def test_held_attack_stays_inside_site_1(mode, alias, client, admin_conn, analyzed_notes, attack):
+    from tests.test_attacks import site2_state
+    from tests.testapp.models import Note
+
+    # A request of site 2 first, so that its carried context is there to find.
+    with Site2Request(lambda: list(Note.objects.using(alias).all())):
+        pass
+    before = site2_state(admin_conn)
+    result = inject(client, attack, alias)
+    assert result["sites"] in ([1], []), result
+    assert SITE2_NOTE not in result["outcome"], result
+    assert "v1." not in result["outcome"], result
+    after = site2_state(admin_conn)
+    assert after[:2] == before[:2], "site 2's notes changed"
+    assert after[2] >= before[2], "audit rows disappeared"
+
+
+def test_pg_stats_has_site_2s_bodies_to_hide(live_db, admin_conn, analyzed_notes):
+    """What the pg_stats attacks above must not read is there (for the superuser the view hides nothing)."""
+    row = admin_conn.execute(
+        "SELECT concat(most_common_vals::text, histogram_bounds::text) FROM pg_stats"
+        " WHERE tablename = 'testapp_note' AND attname = 'body'"
+    ).fetchone()
+    assert row is not None and SITE2_NOTE in row[0], row
