@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 from django.db import connections, transaction
+from psycopg import sql
 
 import django_rls
 from tests.conftest import require_signature, wait_for
-from tests.modes import SQL_MODE
-from tests.roles import APP_ROLE
+from tests.modes import SQL_MODE, library_only
+from tests.roles import APP_ROLE, PASSWORD
 
 H1 = "megacorp1.test"
 
@@ -295,3 +296,64 @@ def test_pg_stats_has_site_2s_bodies_to_hide(live_db, admin_conn, analyzed_notes
         " WHERE tablename = 'testapp_note' AND attname = 'body'"
     ).fetchone()
     assert row is not None and SITE2_NOTE in row[0], row
+
+
+def app_password_verifier(admin_conn: psycopg.Connection) -> str | None:
+    return admin_conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (APP_ROLE,)).fetchone()[0]
+
+
+@pytest.fixture
+def app_password(admin_conn: psycopg.Connection) -> Iterator[None]:
+    """Put the app role's password back, whatever a test did to it."""
+    yield
+    admin_conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(PASSWORD)))
+
+
+@library_only("statement-bound and signed roles (the library's settings)")
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "ALTER ROLE CURRENT_USER PASSWORD 'the attacker knows it now'",
+        f"ALTER ROLE {APP_ROLE} PASSWORD 'the attacker knows it now'",
+        "ALTER USER CURRENT_USER ENCRYPTED PASSWORD 'the attacker knows it now'",
+        "ALTER ROLE CURRENT_USER PASSWORD NULL",
+        "DO $$ BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''the attacker knows it now'''; END $$",
+    ],
+)
+def test_injected_sql_cannot_change_the_app_roles_password(mode, client, admin_conn, app_password, attack):
+    """A password chosen by injected SQL would give the attacker a session of its own (A3), in which a
+    statement-bound role with no key accepts any context the attacker binds; PASSWORD NULL, or any new
+    password, would also lock the application out at its next connection."""
+    before = app_password_verifier(admin_conn)
+    result = inject(client, attack)
+    assert app_password_verifier(admin_conn) == before, result
+    assert "cannot change its own password" in result["outcome"], result
+    assert result["sites"] == [1]
+
+
+@library_only("statement-bound and signed roles (the library's settings)")
+def test_the_refusal_says_why_and_leaves_other_roles_alone(database, bound_app_conn, owner_conn, admin_conn):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+        bound_app_conn.execute("ALTER ROLE CURRENT_USER PASSWORD 'chosen'")
+    assert "cannot change its own password" in str(refused.value)
+    assert "superuser or a CREATEROLE administrator" in refused.value.diag.message_hint
+    # A role neither statement-bound nor signing (the owner here) keeps PostgreSQL's rule.
+    owner_conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(PASSWORD)))
+    # And a superuser still sets the application role's password (as rls_roles does).
+    admin_conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(PASSWORD)))
+
+
+@pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the library refuses it (above)")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "open in the SQL-only mode: without the library nothing refuses ALTER ROLE CURRENT_USER PASSWORD "
+        "(PostgreSQL lets every role set its own password, and event triggers do not see roles); signed mode still "
+        "refuses every context the attacker's own session binds without the key, but the application's next "
+        "connection fails"
+    ),
+)
+def test_sql_only_injected_sql_cannot_change_the_app_roles_password(mode, client, admin_conn, app_password):
+    before = app_password_verifier(admin_conn)
+    result = inject(client, "ALTER ROLE CURRENT_USER PASSWORD 'the attacker knows it now'")
+    assert app_password_verifier(admin_conn) == before, result
