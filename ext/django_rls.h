@@ -64,9 +64,9 @@ extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);
 
 /*
- * own_password.c
+ * own_role.c
  */
-extern void RlsInstallOwnPasswordHook(void);
+extern void RlsInstallOwnRoleHook(void);
 
 /*
  * bypassing_roles.c

@@ -332,13 +332,19 @@ def test_injected_sql_cannot_change_the_app_roles_password(mode, client, admin_c
 
 
 @library_only("statement-bound and signed roles (the library's settings)")
-def test_the_refusal_says_why_and_leaves_other_roles_alone(database, bound_app_conn, owner_conn, admin_conn):
+def test_the_refusals_say_why_and_leave_other_roles_alone(database, bound_app_conn, owner_conn, admin_conn):
     with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
         bound_app_conn.execute("ALTER ROLE CURRENT_USER PASSWORD 'chosen'")
     assert "cannot change its own password" in str(refused.value)
     assert "superuser or a CREATEROLE administrator" in refused.value.diag.message_hint
-    # A role neither statement-bound nor signing (the owner here) keeps PostgreSQL's rule.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+        bound_app_conn.execute("ALTER ROLE CURRENT_USER SET extra_float_digits = 0")
+    assert "cannot change its own role defaults" in str(refused.value)
+    assert "Have a superuser run ALTER ROLE ... SET" in refused.value.diag.message_hint
+    # A role neither statement-bound nor signing (the owner here) keeps PostgreSQL's rules.
     owner_conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(sql.Literal(PASSWORD)))
+    owner_conn.execute("ALTER ROLE CURRENT_USER SET extra_float_digits = 0")
+    owner_conn.execute("ALTER ROLE CURRENT_USER RESET extra_float_digits")
     # And a superuser still sets the application role's password (as rls_roles does).
     admin_conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(PASSWORD)))
 
