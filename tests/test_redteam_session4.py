@@ -259,6 +259,13 @@ HELD = [
     # Statistics of protected tables are hidden from the role (the estimates are not: see above).
     "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'testapp_note'",
     "SELECT most_common_vals::text FROM pg_stats_ext WHERE tablename = 'testapp_note'",
+    # No object of the role's own can reach a policy's quals or a later request: no schema takes it.
+    "CREATE OPERATOR public.=== (LEFTARG = text, RIGHTARG = text, FUNCTION = texteq)",
+    "CREATE MATERIALIZED VIEW public.everything AS SELECT * FROM testapp_note",
+    "CREATE TEMP VIEW everything AS SELECT * FROM testapp_note",
+    "CREATE RULE leak AS ON INSERT TO testapp_note DO ALSO NOTHING",
+    "CREATE TRIGGER leak BEFORE INSERT ON testapp_note FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+    "CREATE STATISTICS public.s ON site_id, body FROM testapp_note",
     # Tokens and uses travel as $1 with either binding: none is left in the statistics to replay.
     "SELECT query FROM pg_stat_statements WHERE query LIKE '%v1.%'",
 ]
