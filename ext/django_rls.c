@@ -98,6 +98,7 @@ _PG_init(void)
 	/* First, so that statement.c's hooks run before audit_context.c's. */
 	RlsInstallAuditContextHooks();
 	RlsInstallStatementHooks();
+	RlsInstallOwnRoleHook();
 	RlsInstallAccessorParams();
 	if (!rls_loaded_at_startup)
 		RlsNoteLateLoad();

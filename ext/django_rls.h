@@ -64,6 +64,11 @@ extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);
 
 /*
+ * own_role.c
+ */
+extern void RlsInstallOwnRoleHook(void);
+
+/*
  * bypassing_roles.c
  */
 extern void RlsDefineBypassingRoleSettings(void);

@@ -353,20 +353,33 @@ def test_an_operators_synchronous_commit_off_stays(live_db, database, admin_conn
 
 
 @pytest.mark.parametrize("reused", ["default"], indirect=True)
-def test_role_defaults_the_role_sets_for_itself_reach_later_sessions(reused, client, admin_conn, database):
-    """PostgreSQL lets every role ALTER its own defaults for USERSET settings: what a request sets
-    this way applies to every later session of the role, not only to its own connection. It can
-    choose no context (django_rls.* settings are refused) and the next requests still read only
-    their own rows; the values it changes are those of the settings rows above."""
-    left = inject(client, reused, "ALTER ROLE CURRENT_USER SET extra_float_digits = -15", H1)
+def test_role_defaults_the_role_sets_for_itself_are_refused(reused, client, admin_conn, database):
+    """PostgreSQL lets every role ALTER its own defaults for USERSET settings, which then apply to every
+    later session of the role, whatever site it serves (a lowered extra_float_digits would round every
+    site's floats as they are read). The library refuses that to a statement-bound or signing role
+    (ext/own_role.c), SET and RESET, with or without IN DATABASE; its defaults are a superuser's to set."""
+    attacks = [
+        "ALTER ROLE CURRENT_USER SET extra_float_digits = -15",
+        f"ALTER ROLE CURRENT_USER IN DATABASE {TEST_DB} SET statement_timeout = 1",
+        f"ALTER ROLE CURRENT_USER IN DATABASE {TEST_DB} RESET search_path",
+        "ALTER USER CURRENT_USER RESET ALL",
+        "ALTER ROLE CURRENT_USER SET django_rls.site = '2'",
+    ]
+    before = admin_conn.execute(
+        "SELECT setdatabase, setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole ORDER BY 1", (APP_ROLE,)
+    ).fetchall()
     try:
-        assert not left["outcome"].startswith("error"), left
-        refused = inject(client, reused, "ALTER ROLE CURRENT_USER SET django_rls.site = '2'", H1)
-        assert refused["outcome"].startswith("error"), refused
+        for attack in attacks:
+            refused = inject(client, reused, attack, H1)
+            assert "cannot change its own role defaults" in refused["outcome"], (attack, refused)
         connections.close_all()
         for host in (H2, NOSITE, H1):
             assert read_sites(client, reused, host) == EXPECTED[host]
         with psycopg.connect(database.app) as later:
-            assert later.execute("SHOW extra_float_digits").fetchone() == ("-15",)
+            assert later.execute("SHOW extra_float_digits").fetchone() == ("1",)
     finally:
         admin_conn.execute(sql.SQL("ALTER ROLE {} RESET extra_float_digits").format(sql.Identifier(APP_ROLE)))
+    after = admin_conn.execute(
+        "SELECT setdatabase, setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole ORDER BY 1", (APP_ROLE,)
+    ).fetchall()
+    assert after == before
