@@ -95,12 +95,13 @@ CREATE POLICY stmt_read ON proto.stmt FOR SELECT TO PUBLIC USING (rls_audit._may
 GRANT SELECT ON proto.stmt TO PUBLIC;
 """
 
-# One object's history: the statement rows holding its key, unnested to its own entries.
+# One object's history: the statement rows holding its key (the GIN index), and in each only the
+# positions of its key (array_positions), not an unnest of the whole chunk.
 HISTORY = (
-    "SELECT s.id, e.n, s.logged_at, s.operation, e.k, e.old, e.new FROM proto.stmt s "
-    "CROSS JOIN LATERAL unnest(s.row_keys, s.old_values, s.new_values) WITH ORDINALITY AS e(k, old, new, n) "
-    "WHERE s.trail_id = %(trail)s AND s.row_keys OPERATOR(proto.@>) ARRAY[%(key)s] AND e.k = %(key)s "
-    "ORDER BY s.logged_at, s.id, e.n"
+    "SELECT s.id, p.n, s.logged_at, s.operation, s.row_keys[p.n], s.old_values[p.n], s.new_values[p.n] "
+    "FROM proto.stmt s CROSS JOIN LATERAL unnest(array_positions(s.row_keys, %(key)s)) AS p(n) "
+    "WHERE s.trail_id = %(trail)s AND s.row_keys OPERATOR(proto.@>) ARRAY[%(key)s] "
+    "ORDER BY s.logged_at, s.id, p.n"
 )
 # A site's latest 50 changes, as the admin lists them: newest statement first, then by position.
 LATEST = (

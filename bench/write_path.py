@@ -14,7 +14,10 @@ Each variant gets the same fresh 8-column table and the same statements:
 - stmt_jsonb:    a PL/pgSQL statement-level trigger with transition tables writing the same
                  record as ours (the fastest PL/pgSQL design measured in the research);
 - ours_chain:    ours with django_rls.audit_chain = on (every statement sealed into its site's
-                 hash chain), to show what the chain costs.
+                 hash chain), to show what the chain costs;
+- ours_checks:   ours with the two CHECK constraints (operation, read_rule) the log had before
+                 (docs/audit.md, design notes), to show what they cost; only when BENCH_VARIANTS
+                 names it.
 These are written here from the published designs, not copied.
 
 Three measurements per variant: the bulk statements above; single-row statements in autocommit
@@ -54,6 +57,7 @@ SINGLE_TARGET = 1.10
 LOG_TABLES = {
     "ours": ("rls_audit.log",),
     "ours_chain": ("rls_audit.log", "rls_audit.seals", "rls_audit.chain_heads"),
+    "ours_checks": ("rls_audit.log",),
     "row_jsonb": ("ref.logged_actions",),
     "row_event": ("ref.events",),
     "stmt_jsonb": ("ref.stmt_log",),
@@ -66,6 +70,11 @@ STATEMENTS = {
     "update": "UPDATE {t} SET qty = qty + 1, note = note || 'x'",
     "delete": "DELETE FROM {t}",
 }
+
+CHECKS = (
+    ("bench_operation", "operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')"),
+    ("bench_read_rule", "read_rule IN ('site', 'owner', 'site_owner')"),
+)
 
 REFERENCES = """
 CREATE SCHEMA ref;
@@ -157,8 +166,11 @@ def create_variant(conn: psycopg.Connection, variant: str) -> str:
     table = f"bench_{variant}"
     conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
-    if variant in ("ours", "ours_chain"):
+    if variant in ("ours", "ours_chain", "ours_checks"):
         conn.execute("SELECT rls_audit.enable(%s)", [table])
+    if variant == "ours_checks":
+        for name, check in CHECKS:
+            conn.execute(f"ALTER TABLE rls_audit.log ADD CONSTRAINT {name} CHECK ({check})")
     elif variant in ("row_jsonb", "row_event"):
         conn.execute(
             f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} "
@@ -212,6 +224,8 @@ def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
         times[f"single {op}"] = (time.perf_counter() - started) / SINGLE
     conn.execute("RESET django_rls.audit_chain")
     conn.execute(f"DROP TABLE {table}")
+    for name, _ in CHECKS:
+        conn.execute(f"ALTER TABLE rls_audit.log DROP CONSTRAINT IF EXISTS {name}")
     for log in (
         "rls_audit.log",
         "rls_audit.seals",
@@ -249,7 +263,7 @@ def main() -> int:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
     variants = ["none", "ours", "ours_chain", "row_jsonb", "row_event", "stmt_jsonb"]
     if ONLY:
-        variants = ["none", *(v for v in variants if v in ONLY and v != "none")]
+        variants = ["none", *(v for v in (*variants, "ours_checks") if v in ONLY and v != "none")]
     references = tuple(v for v in ("row_jsonb", "row_event", "stmt_jsonb") if v in variants)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     started = time.monotonic()
