@@ -14,7 +14,10 @@ Each variant gets the same fresh 8-column table and the same statements:
 - stmt_jsonb:    a PL/pgSQL statement-level trigger with transition tables writing the same
                  record as ours (the fastest PL/pgSQL design measured in the research);
 - ours_chain:    ours with django_rls.audit_chain = on (every statement sealed into its site's
-                 hash chain), to show what the chain costs.
+                 hash chain), to show what the chain costs;
+- ours_checks:   ours with the two CHECK constraints (operation, read_rule) the log had before
+                 (docs/audit.md, design notes), to show what they cost; only when BENCH_VARIANTS
+                 names it.
 These are written here from the published designs, not copied.
 
 Three measurements per variant: the bulk statements above; single-row statements in autocommit
@@ -37,6 +40,8 @@ from psycopg.conninfo import make_conninfo
 ROWS = int(os.environ.get("BENCH_ROWS", "200000"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 SINGLE = int(os.environ.get("BENCH_SINGLE", "2000"))
+# A comma-separated subset of the variants, for iterating on one of them ("none" is always run).
+ONLY = [v for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v]
 DB = "django_rls_write_bench"
 COLUMNS = (
     "id bigint PRIMARY KEY, site_id int, qty int, name text, note text, price numeric(12,2), "
@@ -52,6 +57,7 @@ SINGLE_TARGET = 1.10
 LOG_TABLES = {
     "ours": ("rls_audit.log",),
     "ours_chain": ("rls_audit.log", "rls_audit.seals", "rls_audit.chain_heads"),
+    "ours_checks": ("rls_audit.log",),
     "row_jsonb": ("ref.logged_actions",),
     "row_event": ("ref.events",),
     "stmt_jsonb": ("ref.stmt_log",),
@@ -64,6 +70,11 @@ STATEMENTS = {
     "update": "UPDATE {t} SET qty = qty + 1, note = note || 'x'",
     "delete": "DELETE FROM {t}",
 }
+
+CHECKS = (
+    ("bench_operation", "operation IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')"),
+    ("bench_read_rule", "read_rule IN ('site', 'owner', 'site_owner')"),
+)
 
 REFERENCES = """
 CREATE SCHEMA ref;
@@ -155,8 +166,11 @@ def create_variant(conn: psycopg.Connection, variant: str) -> str:
     table = f"bench_{variant}"
     conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
-    if variant in ("ours", "ours_chain"):
+    if variant in ("ours", "ours_chain", "ours_checks"):
         conn.execute("SELECT rls_audit.enable(%s)", [table])
+    if variant == "ours_checks":
+        for name, check in CHECKS:
+            conn.execute(f"ALTER TABLE rls_audit.log ADD CONSTRAINT {name} CHECK ({check})")
     elif variant in ("row_jsonb", "row_event"):
         conn.execute(
             f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} "
@@ -210,6 +224,8 @@ def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
         times[f"single {op}"] = (time.perf_counter() - started) / SINGLE
     conn.execute("RESET django_rls.audit_chain")
     conn.execute(f"DROP TABLE {table}")
+    for name, _ in CHECKS:
+        conn.execute(f"ALTER TABLE rls_audit.log DROP CONSTRAINT IF EXISTS {name}")
     for log in (
         "rls_audit.log",
         "rls_audit.seals",
@@ -222,13 +238,33 @@ def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
     return times
 
 
+def print_targets(ratios: dict[str, dict[str, float]], references: tuple[str, ...]) -> None:
+    print("\ntargets for ours:")
+    for op in STATEMENTS:
+        mine = ratios["ours"][op]
+        line = f"  bulk {op:7s} {mine:.2f}x (target <= {TARGETS[op]}x: {'yes' if mine <= TARGETS[op] else 'NO'})"
+        if references:
+            best = min(ratios[v][op] for v in references)
+            line += f"; best reference {best:.2f}x, ahead: {'yes' if mine < best else 'NO'}"
+        print(line)
+    for op in SINGLE_STATEMENTS:
+        mine = ratios["ours"][f"single {op}"]
+        print(f"  single {op:7s} {mine:.2f}x (target <= {SINGLE_TARGET}x: {'yes' if mine <= SINGLE_TARGET else 'NO'})")
+    if "ours_chain" in ratios:
+        print("\nthe chain's cost (ours_chain / ours):")
+        for key in (*STATEMENTS, *(f"single {op}" for op in SINGLE_STATEMENTS)):
+            print(f"  {key:14s} {ratios['ours_chain'][key] / ratios['ours'][key]:.2f}x")
+
+
 def main() -> int:
     server = os.environ["DATABASE_URL"]
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
     variants = ["none", "ours", "ours_chain", "row_jsonb", "row_event", "stmt_jsonb"]
-    references = ("row_jsonb", "row_event", "stmt_jsonb")
+    if ONLY:
+        variants = ["none", *(v for v in (*variants, "ours_checks") if v in ONLY and v != "none")]
+    references = tuple(v for v in ("row_jsonb", "row_event", "stmt_jsonb") if v in variants)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     started = time.monotonic()
     with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
@@ -267,20 +303,8 @@ def main() -> int:
             ratios[variant][f"single {op}"] = median_ratio(variant, f"single {op}")
             cells.append(f"{us:10.0f} {ratios[variant][f'single {op}']:9.2f}")
         print(f"{variant:12s} " + " ".join(cells))
-    print("\ntargets for ours:")
-    for op in STATEMENTS:
-        best = min(ratios[v][op] for v in references)
-        mine = ratios["ours"][op]
-        print(
-            f"  bulk {op:7s} {mine:.2f}x (target <= {TARGETS[op]}x: {'yes' if mine <= TARGETS[op] else 'NO'}); "
-            f"best reference {best:.2f}x, ahead: {'yes' if mine < best else 'NO'}"
-        )
-    for op in SINGLE_STATEMENTS:
-        mine = ratios["ours"][f"single {op}"]
-        print(f"  single {op:7s} {mine:.2f}x (target <= {SINGLE_TARGET}x: {'yes' if mine <= SINGLE_TARGET else 'NO'})")
-    print("\nthe chain's cost (ours_chain / ours):")
-    for key in (*STATEMENTS, *(f"single {op}" for op in SINGLE_STATEMENTS)):
-        print(f"  {key:14s} {ratios['ours_chain'][key] / ratios['ours'][key]:.2f}x")
+    if "ours" in ratios:
+        print_targets(ratios, references)
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB)))

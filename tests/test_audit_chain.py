@@ -123,6 +123,30 @@ def test_concurrent_writers_of_one_site_wait_for_each_other_and_the_chain_stays_
     )
 
 
+def test_writers_without_a_site_share_one_chain_head_whatever_their_user_or_table(chain_db, database):
+    # Entries without a site all belong to the chain '' (docs/audit.md): a transaction holding its head
+    # makes a site-less write of another user, to another table, wait; lock_timeout bounds the wait.
+    chain_db.execute("CREATE TABLE note (id int PRIMARY KEY, owner_id int)")
+    chain_db.execute("SELECT rls_audit.enable('note')")
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as holder, psycopg.connect(dsn, options="-c lock_timeout=300ms") as other:
+        holder.execute("SELECT rls.set_context(NULL, '7', NULL, false)")
+        holder.execute("INSERT INTO item VALUES (30, NULL, 'user 7, no site')")
+        other.execute("SELECT rls.set_context(NULL, '8', NULL, false)")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            other.execute("INSERT INTO note VALUES (1, 8)")
+        other.rollback()
+        holder.commit()
+        other.execute("SELECT rls.set_context(NULL, '8', NULL, false)")
+        other.execute("INSERT INTO note VALUES (1, 8)")
+        other.commit()
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = ''").fetchone() == (
+        3,
+        3,
+        None,
+    )
+
+
 def test_a_repeatable_read_writer_behind_a_newer_seal_of_its_site_gets_a_serialization_failure(chain_db, database):
     dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
     with psycopg.connect(dsn) as late:
