@@ -33,6 +33,7 @@ from psycopg import errors, sql
 from psycopg.types.string import StrDumper
 
 from django_rls import roles as rls_roles
+from django_rls.checks import _distributed_tables
 from tests.harness.citus_cluster import CitusCluster, citus_missing
 from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
 
@@ -324,6 +325,11 @@ def test_problems_report_the_distributed_table(admin, app):
     # The app role cannot run the placement commands: it is told that the placements were not compared.
     [(_, problem)] = _problems(app, "items")
     assert problem.endswith("(its shard placements were not compared with its policies: only a superuser can)")
+
+
+def test_the_checks_find_the_distributed_tables(admin):
+    """What E022 and E024 (django_rls.checks.citus_refusals, tests/test_checks.py) are decided on."""
+    assert set(TABLES) <= _distributed_tables(admin.cursor())
 
 
 def test_problems_report_a_drifted_shard_placement(admin):
