@@ -46,7 +46,9 @@ from django_rls.sqlonly import installed_mode, installed_version
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 FORBIDDEN_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
-POLICY_NAME = r"^rls_(.+)_(select|insert|update|delete)$"
+# A group's policy, rls_<group>_<command>; not rls_base_<command>, the permissive policy every protected table has
+# beside its groups (no group may be called "base").
+POLICY_NAME = r"^rls_(?!base_(?:select|insert|update|delete)$)(.+)_(select|insert|update|delete)$"
 MIGRATIONS_TABLE = "django_migrations"
 
 

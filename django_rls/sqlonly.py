@@ -26,6 +26,7 @@ SCRIPTS = (
     "sqlonly/10_context.sql",
     "sqlonly/11_tokens.sql",
     "install/20_policies.sql",
+    "install/28_citus.sql",
     "install/29_problems.sql",
     "sqlonly/30_status.sql",
     "install/31_status.sql",
