@@ -10,13 +10,20 @@
  * counts and plan, and beside the application's own site_id = 42 the planner
  * merges the two equalities into a one-time check.  So the planner sees the
  * call, and the finished plan is rewritten instead: each call of an accessor
- * with constant arguments becomes a PARAM_EXEC parameter, set by an initplan
- * that makes the call, attached to the top of the plan.  The executor runs
- * an initplan once per execution, when its value is first needed, which is
- * what (SELECT rls.site_id()) would do.  A cached plan (a prepared statement,
- * a generic plan, PL/pgSQL) runs it again in every execution, so it follows
- * a change of context; a cursor reads the context once, when the value is
- * first needed, and keeps it until it is closed.
+ * with constant arguments becomes a PARAM_EXEC parameter, and one initplan
+ * attached to the top of the plan makes all the calls, one column each, and
+ * sets all the parameters.  The executor runs an initplan once per
+ * execution, when any of its values is first needed, and sets every
+ * parameter of its setParam from its one row (ExecSetParamPlan): so one
+ * execution reads the site, the user and the claims at the same moment,
+ * under one context, even a cursor whose first FETCH needed only the site
+ * and whose transaction changed the context before the next.  (One initplan
+ * per call, as (SELECT rls.site_id()) would make, let such a cursor read the
+ * user of the next context.)  A cached plan (a prepared statement, a generic
+ * plan, PL/pgSQL) runs it again in every execution, so it follows a change
+ * of context; a cursor reads the context once and keeps it until it is
+ * closed.  An error an accessor raises (django_rls.strict, a UUID read as an
+ * integer) comes when the plan first needs any of its accessors.
  *
  * Beside a query's own site_id = 42 the planner turns the policy into a
  * one-time check, $0 = 42, in a Result above the scan; above a btree index
@@ -27,11 +34,14 @@
  * Gather lists these parameters.  Every node lists them in extParam as well,
  * so that EvalPlanQual rechecks evaluate them before copying their values.
  *
- * Left alone, where a call stays a call (slower, never wrong): custom scans
- * (their providers own their plans), a Result without input (it evaluates
- * its expressions once per scan anyway, and PL/pgSQL runs such a plan as a
- * simple expression only without initplans), partition pruning steps (run
- * once per execution already), and the few node fields not handled below.
+ * Left alone, where a call stays a call (slower, and read when reached,
+ * outside the initplan's moment): custom scans (their providers own their
+ * plans), a statement that is a Result without input (it evaluates its
+ * expressions once anyway, and PL/pgSQL runs such a plan as a simple
+ * expression only without initplans), partition pruning steps (run once per execution already, when
+ * it starts: they can only leave out partitions, never add rows that the
+ * scans' filters, which read the parameters, would not pass), and the few
+ * node fields not handled below (MERGE's actions, table functions).
  *
  *-------------------------------------------------------------------------
  */
@@ -281,8 +291,14 @@ Rewritten(void *expr, RewriteState *state)
 static void
 RewriteNode(Plan *plan, RewriteState *state)
 {
-	/* A Result without input evaluates its expressions once per scan. */
-	if (IsA(plan, Result) && plan->lefttree == NULL)
+	/*
+	 * A statement that is a Result without input evaluates its expressions
+	 * once, and PL/pgSQL runs it as a simple expression only without
+	 * initplans.  Elsewhere, as in the planner's own initplans of
+	 * (SELECT rls.user_id()), its calls become parameters like any other, so
+	 * that the one initplan is the only place a plan reads the context.
+	 */
+	if (plan == state->stmt->planTree && IsA(plan, Result) && plan->lefttree == NULL)
 		return;
 
 	plan->targetlist = Rewritten(plan->targetlist, state);
@@ -384,6 +400,36 @@ RewriteNode(Plan *plan, RewriteState *state)
 				Hash	   *hash = (Hash *) plan;
 
 				hash->hashkeys = Rewritten(hash->hashkeys, state);
+			}
+			break;
+		case T_FunctionScan:
+			{
+				FunctionScan *scan = (FunctionScan *) plan;
+
+				scan->functions = Rewritten(scan->functions, state);
+			}
+			break;
+		case T_ValuesScan:
+			{
+				ValuesScan *scan = (ValuesScan *) plan;
+
+				scan->values_lists = Rewritten(scan->values_lists, state);
+			}
+			break;
+		case T_Limit:
+			{
+				Limit	   *limit = (Limit *) plan;
+
+				limit->limitOffset = Rewritten(limit->limitOffset, state);
+				limit->limitCount = Rewritten(limit->limitCount, state);
+			}
+			break;
+		case T_WindowAgg:
+			{
+				WindowAgg  *window = (WindowAgg *) plan;
+
+				window->startOffset = Rewritten(window->startOffset, state);
+				window->endOffset = Rewritten(window->endOffset, state);
 			}
 			break;
 		default:

@@ -232,6 +232,25 @@ SELECT rls.context();
 FETCH ALL FROM held;
 CLOSE held;
 
+-- The planner's own initplan of a (SELECT rls.user_id()) and a function
+-- scan's arguments read the parameters of the same initplan.
+BEGIN;
+SELECT rls.set_context('1', '10');
+EXPLAIN (VERBOSE, COSTS OFF)
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned WHERE owner_id = (SELECT rls.user_id())
+UNION ALL SELECT s::int, u::int FROM generate_series(rls.site_id(), rls.site_id()) AS s,
+    generate_series(rls.user_id(), rls.user_id()) AS u;
+DECLARE wrapped CURSOR FOR
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned WHERE owner_id = (SELECT rls.user_id())
+UNION ALL SELECT s::int, u::int FROM generate_series(rls.site_id(), rls.site_id()) AS s,
+    generate_series(rls.user_id(), rls.user_id()) AS u;
+FETCH 1 FROM wrapped;
+SELECT rls.set_context('2', '20');
+FETCH ALL FROM wrapped;
+COMMIT;
+
 -- A function that changes the context between two FETCHes of a cursor;
 -- claims with different keys are parameters of the same initplan.
 BEGIN;
