@@ -22,8 +22,8 @@
  * user of the next context.)  A cached plan (a prepared statement, a generic
  * plan, PL/pgSQL) runs it again in every execution, so it follows a change
  * of context; a cursor reads the context once and keeps it until it is
- * closed.  An error an accessor raises (django_rls.strict, a UUID read as an
- * integer) comes when the plan first needs any of its accessors.
+ * closed.  An error an accessor raises (django_rls.strict) comes when the
+ * plan first needs any of its accessors.
  *
  * Beside a query's own site_id = 42 the planner turns the policy into a
  * one-time check, $0 = 42, in a Result above the scan; above a btree index

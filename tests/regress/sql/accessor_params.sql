@@ -266,6 +266,14 @@ SELECT switch_then_fetch('claims');
 SELECT rls.context() ->> 'site' AS site_now;
 COMMIT;
 
+-- In strict mode the initplan raises for a missing user when the plan first
+-- needs any accessor, though this row never reaches rls.user_id().
+BEGIN;
+SET LOCAL django_rls.strict = on;
+SELECT rls.set_context('1', NULL);
+SELECT id FROM orders WHERE id = 1 AND CASE WHEN site_id = 1 THEN true ELSE rls.user_id() = 0 END; -- fail
+ROLLBACK;
+
 -- Parallel workers get the leader's value.
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
