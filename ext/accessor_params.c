@@ -594,6 +594,7 @@ ComposeTargetList(List *upper, List *lower, bool widen, List **result)
 			TargetEntry *junk = flatCopyTargetEntry((TargetEntry *) lfirst(lc));
 
 			junk->resno = list_length(*result) + 1;
+			junk->ressortgroupref = 0;
 			junk->resjunk = true;
 			*result = lappend(*result, junk);
 		}
