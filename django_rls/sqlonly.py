@@ -21,11 +21,14 @@ from psycopg import sql
 import django_rls
 
 CONTEXT_ROLE = "django_rls_context"
+# Owns rls._member_rows(), the read behind rls.member_of() (sql/sqlonly/27_membership.sql).
+MEMBER_ROLE = "django_rls_member"
 # In install order: shared files are the C library's own, unchanged.
 SCRIPTS = (
     "sqlonly/10_context.sql",
     "sqlonly/11_tokens.sql",
     "install/20_policies.sql",
+    "sqlonly/27_membership.sql",
     "install/29_problems.sql",
     "sqlonly/30_status.sql",
     "install/31_status.sql",
@@ -98,13 +101,13 @@ def _refuse_unless_able(cursor: Any) -> None:
         )
 
 
-def _context_role_steps(cursor: Any) -> list[sql.Composable]:
-    """Create django_rls_context (NOLOGIN, nothing else) and let the installing role act as it."""
+def _role_steps(cursor: Any, name: str) -> list[sql.Composable]:
+    """Create one of the mode's roles (NOLOGIN, nothing else) and let the installing role act as it."""
     statements: list[sql.Composable] = []
-    role = sql.Identifier(CONTEXT_ROLE)
+    role = sql.Identifier(name)
     cursor.execute(
         "SELECT rolsuper OR rolbypassrls OR rolcanlogin OR rolcreaterole OR rolcreatedb FROM pg_roles WHERE rolname = %s",
-        [CONTEXT_ROLE],
+        [name],
     )
     row = cursor.fetchone()
     if row is None:
@@ -113,12 +116,12 @@ def _context_role_steps(cursor: Any) -> list[sql.Composable]:
         )
     elif row[0]:
         raise InstallError(
-            f"role {CONTEXT_ROLE} exists and can log in, create roles or databases, or bypasses row level security: "
-            f"ALTER ROLE {CONTEXT_ROLE} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB, then install again"
+            f"role {name} exists and can log in, create roles or databases, or bypasses row level security: "
+            f"ALTER ROLE {name} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB, then install again"
         )
     member = False
     if row is not None:
-        cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [CONTEXT_ROLE])
+        cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [name])
         member = cursor.fetchone()[0]
     if not member:
         statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
@@ -148,18 +151,19 @@ def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -
     if version is None:
         _refuse_unless_able(cursor)
         role = sql.Identifier(CONTEXT_ROLE)
+        member_role = sql.Identifier(MEMBER_ROLE)
         cursor.execute("SELECT current_database()")
         database = sql.Identifier(cursor.fetchone()[0])
-        for statement in _context_role_steps(cursor):
+        for statement in _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE):
             cursor.execute(statement)
         cursor.execute("CREATE SCHEMA rls")
         cursor.execute("COMMENT ON SCHEMA rls IS 'django_rls: request context and row-level security policy helpers'")
         cursor.execute("GRANT USAGE ON SCHEMA rls TO PUBLIC")
         # Only for the ALTER ... OWNER statements of 90_privileges.sql: PostgreSQL wants the new owner to be
         # able to create in the schema at that moment, not afterwards.
-        cursor.execute(sql.SQL("GRANT CREATE ON SCHEMA rls TO {}").format(role))
+        cursor.execute(sql.SQL("GRANT CREATE ON SCHEMA rls TO {}, {}").format(role, member_role))
         cursor.execute(script_text())
-        cursor.execute(sql.SQL("REVOKE CREATE ON SCHEMA rls FROM {}").format(role))
+        cursor.execute(sql.SQL("REVOKE CREATE ON SCHEMA rls FROM {}, {}").format(role, member_role))
         cursor.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(database, role))
         done.append(f"installed the SQL-only mode of django_rls {django_rls.EXTENSION_VERSION} (schema rls)")
     for key in signing_keys:

@@ -70,7 +70,8 @@ def test_e029_and_e027_for_a_sql_only_database_on_a_server_with_the_library(admi
         if "mixed" in connections.settings:
             connections["mixed"].close()
         admin_conn.execute("DROP DATABASE IF EXISTS django_rls_mixed WITH (FORCE)")
-        admin_conn.execute("DROP ROLE IF EXISTS django_rls_context")  # created by the install, used nowhere else
+        # created by the install, used nowhere else
+        admin_conn.execute("DROP ROLE IF EXISTS django_rls_context, django_rls_member")
 
 
 @sql_mode_only
@@ -164,22 +165,19 @@ class TestInstalledWithoutTheLibrary:
         call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO(), stderr=err)
         assert "Not audited" in err.getvalue() and "testapp.Note" in err.getvalue()
 
-    def test_rls_apply_refuses_owner_or_member_which_needs_the_library(self, live_db, monkeypatch):
-        from dataclasses import replace
-
-        from django_rls import planner
-        from django_rls.policies import OwnerOrMember
-
-        declared = planner.all_declarations()
-        team = replace(
-            declared["testapp.Team"],
-            policies=(
-                OwnerOrMember("testapp.TeamMember", owner_field="owner", member_field="team", user_field="user"),
-            ),
-        )
-        monkeypatch.setattr(planner, "all_declarations", lambda: {**declared, "testapp.Team": team})
-        with pytest.raises(CommandError, match=r"testapp.Team declare OwnerOrMember.*rls.member_of\(\).*SQL-only mode"):
-            call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO())
+    def test_rls_apply_lets_owner_or_member_read_its_membership_table(self, live_db, admin_conn):
+        """OwnerOrMember (testapp.Team) needs one more step in this mode, which rls_apply plans and keeps."""
+        call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO())
+        assert admin_conn.execute(
+            "SELECT rls.member_of_allowed('testapp_teammember', 'team_id', 'user_id')"
+        ).fetchone() == (True,)
+        admin_conn.execute("DROP POLICY django_rls_member_of ON testapp_teammember")
+        out = io.StringIO()
+        with pytest.raises(SystemExit):
+            call_command("rls_apply", database="owner", without_audit=True, check=True, stdout=out)
+        assert "let rls.member_of() read testapp_teammember (team_id, user_id) as django_rls_member" in out.getvalue()
+        call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO())
+        call_command("rls_apply", database="owner", without_audit=True, check=True, stdout=io.StringIO())
 
     def test_ids_are_read_as_the_library_and_python_read_them(self, app_conn):
         cases = json.loads((Path(__file__).parent / "id_vectors.json").read_text())["cases"]
