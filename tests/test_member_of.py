@@ -290,7 +290,10 @@ def test_a_policy_that_would_also_apply_to_the_reader_is_refused(tables, app_con
     tables.execute("SELECT rls.unprotect('kinds_memb')")
     tables.execute("SELECT rls.protect('kinds_memb', 'g', 'user_id = rls.user_id()')")  # to_role: public
     as_user(app_conn, 11)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match='policy "rls_g_select" of public.kinds_memb applies to django_rls_member'):
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege,
+        match=r'policy "rls_g_select" of public\.kinds_memb applies to django_rls_member',
+    ):
         projects(app_conn)
 
 
@@ -300,7 +303,7 @@ def test_a_policy_edited_behind_django_rls_back_is_refused(tables, app_conn):
     protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
     tables.execute("ALTER POLICY django_rls_member_of ON kinds_memb USING (true)")
     as_user(app_conn, 11)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="rls.allow_member_of") as excinfo:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"rls\.allow_member_of") as excinfo:
         projects(app_conn)
     assert "rls.allow_member_of('public.kinds_memb', 'proj_id', 'user_id')" in excinfo.value.diag.message_hint
     assert tables.execute("SELECT rls.allow_member_of('kinds_memb', 'proj_id', 'user_id')").fetchone() == (True,)
