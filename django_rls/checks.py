@@ -533,8 +533,9 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
             Error(
                 f"database {alias!r} has the SQL-only mode of django_rls {version}; this package needs "
                 f"{django_rls.EXTENSION_VERSION}.",
-                hint="Upgrading the SQL-only mode in place is not supported yet: keep the package at the installed "
-                "version (docs/getting-started.md, hosted PostgreSQL).",
+                hint="Run manage.py rls_apply --install as the owner: it upgrades an older installation in place "
+                "(and refuses a newer one: then install that version of the package). docs/operating.md, "
+                '"Upgrading the SQL-only mode".',
                 id="django_rls.E027",
             )
         )

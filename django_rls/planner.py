@@ -227,7 +227,7 @@ def check_extension(connection: BaseDatabaseWrapper) -> str:
         if mode == "sql":
             raise PlanError(
                 f"the database has the SQL-only mode of django_rls {version}, this package needs "
-                f"{django_rls.EXTENSION_VERSION}: upgrading it in place is not supported yet"
+                f"{django_rls.EXTENSION_VERSION}: run rls_apply --install as the owner to upgrade it in place"
             )
         raise PlanError(
             f"the database has django_rls extension {version}, this package needs {django_rls.EXTENSION_VERSION}: "
