@@ -142,8 +142,7 @@ def _upgrade(cursor: Any, installed: str) -> None:
             f"cannot upgrade the SQL-only mode of django_rls {installed} to {django_rls.EXTENSION_VERSION} in place: "
             f"{str(exc).splitlines()[0]}. Nothing was changed. If an object of the project uses what the new version "
             "no longer has (a view over rls.status, a policy of your own calling a removed function), drop or change "
-            "it first and run rls_apply --install again; docs/operating.md (\"Upgrading the SQL-only mode\") has "
-            "the other ways"
+            'it first and run rls_apply --install again (docs/operating.md, "Upgrading the SQL-only mode")'
         ) from exc
     cursor.execute("RELEASE SAVEPOINT django_rls_upgrade")
 
