@@ -558,8 +558,9 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
                 f"database {alias!r} has the SQL-only mode installed, but the server preloads the django_rls library: "
                 "the application carries its context the library's way, which the SQL-only mode does not read, so "
                 "every query sees no protected row.",
-                hint="Where the library is available, use it: drop the SQL-only mode (DROP SCHEMA rls CASCADE drops "
-                "the policies too; run rls_apply afterwards) and CREATE EXTENSION django_rls as a superuser.",
+                hint="Where the library is available, use it: move the database to the extension as docs/operating.md "
+                '("Moving between the SQL-only mode and the library") says, then run rls_apply. Drop the rls_base '
+                "policies in the same transaction: DROP SCHEMA rls CASCADE alone leaves them, and they show every row.",
                 id="django_rls.E029",
             )
         )

@@ -198,6 +198,18 @@ def _role_steps(cursor: Any, name: str) -> list[sql.Composable]:
             [name, name],
         )
         member = cursor.fetchone()[0]
+        cursor.execute(
+            "SELECT NOT pg_has_role(current_user, %s, 'MEMBER WITH ADMIN OPTION') "
+            "AND current_setting('server_version_num')::int >= 160000, current_user",
+            [name],
+        )
+        cannot_grant, installer = cursor.fetchone()
+        if not member and cannot_grant:
+            raise InstallError(
+                f"role {name} exists (another role created it, for another database of this server) and {installer} "
+                f"may not grant it to itself: PostgreSQL 16 and later ask for the ADMIN option on it. Have its "
+                f"creator or a superuser run GRANT {name} TO {installer} WITH ADMIN OPTION, then install again"
+            )
     if not member:
         statements.append(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
     return statements
@@ -217,7 +229,9 @@ def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -
     if mode == "c":
         raise InstallError(
             "the django_rls extension (the C library) is installed in this database, so the SQL-only mode is not "
-            "needed: run rls_apply without --install"
+            "needed: run rls_apply without --install. To move the database to the SQL-only mode (a server without "
+            'the library), see docs/operating.md, "Moving between the SQL-only mode and the library"; it drops the '
+            "extension's audit log"
         )
     if version is not None and _release(version) > _release(django_rls.EXTENSION_VERSION):
         raise InstallError(

@@ -126,12 +126,20 @@ class TestInstalledWithoutTheLibrary:
         admin_conn.execute("DROP ROLE IF EXISTS hosted_admin")
         admin_conn.execute("CREATE ROLE hosted_admin LOGIN CREATEROLE PASSWORD 'hosted-password'")
         admin_conn.execute("CREATE DATABASE django_rls_hosted OWNER hosted_admin")
+        alias = extra_alias("hosted", dbname="django_rls_hosted", user="hosted_admin", password="hosted-password")
         if admin_conn.info.server_version >= 160000:
             # From PostgreSQL 16 a role cannot make others members of itself, so the administrator cannot put the
             # maintenance role (BYPASSRLS: made by the provider's own mechanism) in itself either; the provider
             # does both. rls_roles then finds the membership in place.
             admin_conn.execute(sql.SQL("GRANT hosted_admin TO {}").format(sql.Identifier(BYPASS_ROLE)))
-        alias = extra_alias("hosted", dbname="django_rls_hosted", user="hosted_admin", password="hosted-password")
+            # The mode's roles exist already (the test database's owner created them), and only their creator
+            # holds the ADMIN option on them, which a second administrator needs to make itself a member.
+            from django.db import connections
+
+            with connections[alias].cursor() as cursor, pytest.raises(sqlonly.InstallError, match="WITH ADMIN OPTION"):
+                sqlonly.install(cursor, [])
+            connections[alias].close()
+            admin_conn.execute("GRANT django_rls_context, django_rls_member TO hosted_admin WITH ADMIN OPTION")
         out = io.StringIO()
         try:
             call_command(
