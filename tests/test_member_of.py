@@ -264,6 +264,15 @@ def test_the_sql_only_read_is_django_rls_members_and_it_has_no_other_right(admin
 
 
 @sql_mode_only
+def test_the_readers_policy_is_no_problem_of_rls_problems(tables, app_conn):
+    """django_rls_member is named in a policy, but it is no application role: no search_path or signing problems."""
+    protect(tables, "kinds_memb", "user_id = rls.user_id()")
+    assert app_conn.execute("SELECT count(*) FROM rls.problems WHERE object_name = 'django_rls_member'").fetchone() == (
+        0,
+    )
+
+
+@sql_mode_only
 def test_injected_sql_learns_only_its_own_users_memberships(tables, app_conn):
     """Called directly, the read answers the context user's keys of an allowed table, and nothing else."""
     protect(tables, "kinds_memb", MEMBERS_SEE_PROJECT)
