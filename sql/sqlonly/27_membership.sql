@@ -133,7 +133,9 @@ BEGIN
     END IF;
     SELECT p.polname INTO other FROM pg_policy p
      WHERE p.polrelid = membership AND p.polname <> 'django_rls_member_of'
-       AND (0 = ANY (p.polroles) OR member = ANY (p.polroles));
+       AND (0 = ANY (p.polroles) OR member = ANY (p.polroles))
+     ORDER BY p.polname
+     LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'policy "%" of % applies to django_rls_member', other, membership
             USING ERRCODE = 'insufficient_privilege',
