@@ -601,8 +601,9 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
             Error(
                 f"database {alias!r} has the SQL-only mode of django_rls {version}; this package needs "
                 f"{django_rls.EXTENSION_VERSION}.",
-                hint="Upgrading the SQL-only mode in place is not supported yet: keep the package at the installed "
-                "version (docs/getting-started.md, hosted PostgreSQL).",
+                hint="Run manage.py rls_apply --install as the owner: it upgrades an older installation in place "
+                "(and refuses a newer one: then install that version of the package). docs/operating.md, "
+                '"Upgrading the SQL-only mode".',
                 id="django_rls.E027",
             )
         )
@@ -625,8 +626,9 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
                 f"database {alias!r} has the SQL-only mode installed, but the server preloads the django_rls library: "
                 "the application carries its context the library's way, which the SQL-only mode does not read, so "
                 "every query sees no protected row.",
-                hint="Where the library is available, use it: drop the SQL-only mode (DROP SCHEMA rls CASCADE drops "
-                "the policies too; run rls_apply afterwards) and CREATE EXTENSION django_rls as a superuser.",
+                hint="Where the library is available, use it: move the database to the extension as docs/operating.md "
+                '("Moving between the SQL-only mode and the library") says, then run rls_apply (until then the '
+                "protected tables show no row: their policies go with the schema rls).",
                 id="django_rls.E029",
             )
         )

@@ -23,7 +23,7 @@ INT_MODELS = [
     "testapp.Article",
     "testapp.ArticleTag",
     "testapp.Bookmark",
-    "testapp.Team",  # OwnerOrMember: membership read with rls.member_of() (owners only in the SQL-only mode)
+    "testapp.Team",  # OwnerOrMember: membership read with rls.member_of()
     "testapp.TeamMember",  # Members(parent=True): reads the team, which does not read it back in SQL
     "testapp.Monitor",  # ThroughParent on a parent keyed by the site: compares its own key
     "testapp.Ping",  # ThroughParent with or_where and null_parent="read"

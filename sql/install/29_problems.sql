@@ -48,11 +48,15 @@ COMMENT ON VIEW rls._protected_tables IS
 'Internal: the tables under row level security that rls.problems looks at.';
 
 -- Roles the policies of protected tables apply to, but for those reported
--- already as bypassing them (superusers, BYPASSRLS, owners).
+-- already as bypassing them (superusers, BYPASSRLS, owners).  Not the SQL-only
+-- mode's django_rls_member either (sql/sqlonly/27_membership.sql): its policy
+-- django_rls_member_of is read only by a function with a pinned search_path,
+-- as a role that cannot log in, set a context or create anything.
 CREATE VIEW rls._app_roles AS
 WITH policy_roles AS (
     SELECT p.polrelid AS oid, r AS role_oid
       FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
+     WHERE p.polname <> 'django_rls_member_of'
 )
 SELECT DISTINCT pr.role_oid
   FROM rls._protected_tables t
