@@ -62,12 +62,21 @@ SCOPES = ("transaction", "session")
 
 
 class Settings:
-    """Attribute access to the merged DJANGO_RLS settings."""
+    """Attribute access to the merged DJANGO_RLS settings.
+
+    A setting read once is kept as an attribute (the bridge reads several before every
+    query); a change of DJANGO_RLS (``override_settings``) forgets them all.
+    """
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"unknown django_rls setting {name!r}")
-        return _resolved()[name]
+        value = _resolved()[name]
+        setattr(self, name, value)
+        return value
+
+    def forget(self) -> None:
+        self.__dict__.clear()
 
 
 def _import(name: str, value: Any) -> Callable[..., Any] | None:
@@ -167,6 +176,7 @@ def app_role() -> str | None:
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting in ("DJANGO_RLS", "DATABASES"):
         _resolved.cache_clear()
+        rls_settings.forget()
     if setting == "DATABASES":
         _configured_default_user.cache_clear()
 
