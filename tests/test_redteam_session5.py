@@ -369,7 +369,7 @@ def test_racing_threads_each_get_their_own_contexts_token():
 @pytest.fixture
 def site_memberships(owner_conn: psycopg.Connection) -> Iterator[None]:
     """User 12 is a member of project 1 in site 1 and of project 2 in site 2; the memberships are
-    protected by site and by owner, and rls.member_of() may read them (as rls_apply leaves them)."""
+    protected by site and by owner, and rls.member_of() may read them (allowed by hand, as a raw-SQL user does)."""
     owner_conn.execute("DROP TABLE IF EXISTS rt5_memb")
     owner_conn.execute(
         "CREATE TABLE rt5_memb (id serial PRIMARY KEY, site_id bigint NOT NULL, proj_id bigint NOT NULL,"
@@ -387,11 +387,13 @@ def site_memberships(owner_conn: psycopg.Connection) -> Iterator[None]:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "open in the SQL-only mode: rls._member_rows(), the SECURITY DEFINER read behind rls.member_of() (run as "
-        "django_rls_member), is executable by PUBLIC and makes none of the caller's checks, which only "
-        "rls._member_keys() makes (SELECT on both columns, the caller's own SELECT policies show it every row of "
-        "its user): SQL injected into a request of site 1 calls it directly and reads the keys of its user's "
-        "membership rows of site 2, which its policies (site and owner) hide and rls.member_of() refuses to read"
+        "open in the SQL-only mode (docs/security.md lists the direct call as a difference from the library): "
+        "rls._member_rows(), the SECURITY DEFINER read behind rls.member_of() (run as django_rls_member), is "
+        "executable by PUBLIC and makes none of the caller's checks, which only rls._member_keys() makes (SELECT on "
+        "both columns, the caller's own SELECT policies show it every row of its user). With Members() (E023) the "
+        "user sees those rows anyway; but for a membership table allowed with rls.allow_member_of() and protected "
+        "by site and by owner, SQL injected into a request of site 1 calls it directly and reads the keys of its "
+        "user's memberships of site 2, which its policies hide and rls.member_of() refuses to read"
     ),
 )
 def test_the_member_read_called_directly_shows_no_more_than_the_callers_policies(app_conn, site_memberships):
