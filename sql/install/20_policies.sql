@@ -391,9 +391,13 @@ BEGIN
     FOR pol IN
         SELECT polname FROM pg_catalog.pg_policy
          WHERE polrelid = tbl AND polname !~ '^rls_base(_(select|insert|update|delete))?$'
-           AND polname LIKE CASE WHEN group_name IS NULL THEN 'rls\_%'
-                                 ELSE format('rls\_%s\_%%', replace(group_name, '_', '\_')) END
            AND polname ~ '^rls_.+_(select|insert|update|delete)$'
+           -- A group's own four names only: a prefix pattern would also take the policies of
+           -- every group whose name begins with this one's and an underscore (site_archive
+           -- beside site), and leave the table without them, or without row level security.
+           AND (group_name IS NULL
+                OR polname::text IN (SELECT format('rls_%s_%s', group_name, c)
+                                       FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c))
     LOOP
         EXECUTE format('DROP POLICY %I ON %s', pol, tbl);
         changed := true;
