@@ -333,6 +333,20 @@ def test_the_checks_find_the_distributed_tables(admin):
     assert set(TABLES) <= _distributed_tables(admin.cursor())
 
 
+def test_rls_verify_reports_the_distributed_protected_tables(app):
+    """rls_verify's catalog pass, as the app role on the coordinator, names every distributed protected table."""
+    from django_rls.verify import _citus_failures
+
+    with app.cursor() as cursor:
+        failures = _citus_failures(cursor)
+    for table in TABLES:
+        assert any(
+            failure.startswith(f"{table}: ")
+            and "is distributed by Citus, and the context does not reach the workers" in failure
+            for failure in failures
+        ), (table, failures)
+
+
 def test_problems_report_a_drifted_shard_placement(admin):
     shard = admin.execute("SELECT get_shard_id_for_distribution_column('items', %s)", (OTHER_SITE,)).fetchone()[0]
     (shard_name,) = admin.execute("SELECT shard_name('items'::regclass, %s)", (shard,)).fetchone()
