@@ -88,11 +88,14 @@ def _context_site() -> str | None:
 
 
 def filtered(query: Any) -> Any:
-    """``query``, or a copy with ``<site column> = <site>`` added when the opt-in, the model and the context say so."""
+    """``query``, or a copy with ``<site column> = <site>`` added when the model and the context say so.
+
+    A proxy model's query is filtered as its concrete model's (the same table and policies).
+    """
     model = query.model
-    if model is None or query.combinator or not rls_settings.FILTER_BY_SITE:
+    if model is None or query.combinator:
         return query
-    attname = _site_attnames().get(model._meta.label)
+    attname = _site_attnames().get(model._meta.concrete_model._meta.label)
     if attname is None:
         return query
     site = _context_site()
@@ -116,14 +119,19 @@ def _filtering_class(base: type) -> type:
 
 
 def install(connection: BaseDatabaseWrapper) -> None:
-    """Make this connection's compilers add the site conjunct (idempotent; it reads the setting per query)."""
+    """Make this connection's compilers add the site conjunct while the setting is on (idempotent).
+
+    The setting is read each time a compiler is chosen (``override_settings`` works); with it
+    off the original compiler is used.
+    """
     ops = connection.ops
     original = ops.compiler
     if getattr(original, "django_rls_filtering", False):
         return
 
     def compiler(compiler_name: str) -> type:
-        return _filtering_class(original(compiler_name))
+        base = original(compiler_name)
+        return _filtering_class(base) if rls_settings.FILTER_BY_SITE else base
 
     compiler.django_rls_filtering = True  # type: ignore[attr-defined]
     ops.compiler = compiler  # type: ignore[method-assign]
