@@ -8,7 +8,7 @@ column to one shard (a router plan), and lets PostgreSQL prune partitions by sit
 
 The hook is the SQL compiler of each protected alias: ``install()`` wraps
 ``connection.ops.compiler`` so that the compilers of SELECT, UPDATE and DELETE
-queries (subqueries, related managers, prefetches, cascades, aggregation's inner
+queries (subqueries, related managers, prefetches, aggregation's inner
 query, ``save()``'s UPDATE, ``QuerySet.explain()``) compile a copy of their query with
 the conjunct added on its base table. No model, manager or queryset changes, and the
 caller's query is never changed. INSERTs have no WHERE; the aggregate compiler's

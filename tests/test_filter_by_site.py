@@ -90,6 +90,12 @@ def test_update_save_and_delete_carry_the_site(live_db, filtering):
         assert all(NOTE_SITE.findall(query) == ["2"] for query in written), written
 
 
+def test_explain_shows_the_conjunct_in_the_plan(live_db, filtering):
+    with django_rls.context(site=2):
+        plan = Note.objects.filter(body__contains="note").explain()
+    assert re.search(r"site_id = 2\b", plan), plan
+
+
 def test_no_site_no_setting_or_a_bypass_adds_nothing(live_db, settings):
     def kinds() -> list[str]:
         return captured(lambda: (list(Note.objects.all()), Note.objects.filter(pk=0).update(body="x")))[1]
