@@ -43,7 +43,7 @@ from django.db.models.sql import compiler as sql_compiler
 from django.dispatch import receiver
 
 from django_rls.conf import rls_settings
-from django_rls.policies import ALL_COMMANDS, BySite, BySiteAndOwner, _field
+from django_rls.policies import ALL_COMMANDS, BySite, BySiteAndOwner, DeclarationError, _field
 from django_rls.state import current_frame
 
 # Compilers whose query reads a table through its WHERE: SELECT (SQLCompiler), UPDATE, DELETE.
@@ -62,12 +62,18 @@ def site_attname(policies: tuple[Any, ...], model: Any) -> str | None:
 
 @functools.cache
 def _site_attnames() -> dict[str, str]:
-    """Model label -> site attribute, for every declared model that has one."""
+    """Model label -> site attribute, for every declared model that has one.
+
+    A declaration naming a model or field that does not exist gets no conjunct (the checks report it).
+    """
     from django_rls.declarations import all_declarations
 
     found = {}
     for label, declaration in all_declarations().items():
-        attname = site_attname(declaration.policies, declaration.model_class())
+        try:
+            attname = site_attname(declaration.policies, declaration.model_class())
+        except (LookupError, DeclarationError):
+            continue
         if attname is not None:
             found[label] = attname
     return found

@@ -142,3 +142,12 @@ def test_only_models_whose_rows_all_carry_the_site(live_db, filtering):
             _, sql = captured(lambda model=model: list(model.objects.all()))
             table = model._meta.db_table
             assert bool(re.search(rf'"{table}"\."site_id" = 1', sql[0])) is filtered, (model, sql)
+
+
+def test_a_declaration_of_a_missing_model_leaves_the_others_filtered(live_db, settings):
+    """The checks report such a declaration (E005); the queries of every other model still run, filtered."""
+    models = {**settings.DJANGO_RLS["MODELS"], "testapp.Missing": {"policy": "site"}}
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "FILTER_BY_SITE": True, "MODELS": models}
+    with django_rls.context(site=1):
+        _, sql = captured(lambda: list(Note.objects.all()))
+    assert NOTE_SITE.findall(sql[0]) == ["1"]
