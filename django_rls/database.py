@@ -347,9 +347,10 @@ wrapper = ContextWrapper()
 
 def install(connection: BaseDatabaseWrapper) -> None:
     """Add the wrappers to a connection of a protected alias (idempotent)."""
-    from django_rls import hidden_rows
+    from django_rls import hidden_rows, router
 
     if connection.alias in protected_aliases():
+        router.install(connection)
         for added in (wrapper, hidden_rows.wrapper):
             if added not in connection.execute_wrappers:
                 connection.execute_wrappers.append(added)

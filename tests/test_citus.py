@@ -25,6 +25,7 @@ Without Citus in the server's pkglibdir every test here skips (docs/scale-out.md
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -330,6 +331,20 @@ def test_problems_report_the_distributed_table(admin, app):
 def test_the_checks_find_the_distributed_tables(admin):
     """What E022 and E024 (django_rls.checks.citus_refusals, tests/test_checks.py) are decided on."""
     assert set(TABLES) <= _distributed_tables(admin.cursor())
+
+
+def test_rls_verify_reports_the_distributed_protected_tables(app):
+    """rls_verify's catalog pass, as the app role on the coordinator, names every distributed protected table."""
+    from django_rls.verify import _citus_failures
+
+    with app.cursor() as cursor:
+        failures = _citus_failures(cursor)
+    for table in TABLES:
+        assert any(
+            failure.startswith(f"{table}: ")
+            and "is distributed by Citus, and the context does not reach the workers" in failure
+            for failure in failures
+        ), (table, failures)
 
 
 def test_problems_report_a_drifted_shard_placement(admin):
@@ -650,3 +665,82 @@ def test_conjunction_in_every_policy_holds_on_shards_and_after_a_move(admin, app
         holds()
     finally:
         admin.execute(f"DROP TABLE {table}")
+
+
+# -- DJANGO_RLS["FILTER_BY_SITE"]: router planning (issue 17 item 3) ------------------------------
+
+
+@pytest.fixture
+def note_table(admin: psycopg.Connection) -> Iterator[str]:
+    """testapp.Note's table on the cluster, distributed by site_id and protected for the app role."""
+    from tests.testapp.models import Note
+
+    table = Note._meta.db_table
+    admin.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint NOT NULL, site_id int NOT NULL, author_id int, body text NOT NULL, "
+            "PRIMARY KEY (site_id, id))"
+        ).format(sql.Identifier(table))
+    )
+    admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    admin.execute("SELECT rls.protect_by_site(%s, to_role => %s)", (table, APP_ROLE))
+    admin.execute(
+        sql.SQL("GRANT SELECT, UPDATE, DELETE ON {} TO {}").format(sql.Identifier(table), sql.Identifier(APP_ROLE))
+    )
+    admin.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 3 + g % 9, NULL, 'note ' || g FROM generate_series(1, 90) AS g").format(
+            sql.Identifier(table)
+        )
+    )
+    yield table
+    admin.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+
+
+def _django_statements() -> dict[str, tuple[str, tuple]]:
+    """SQL and parameters Django builds for a read, an aggregate, an update and a delete of notes."""
+    from django.db.models import Count
+    from django.db.models.sql import DeleteQuery, UpdateQuery
+
+    from tests.testapp.models import Note
+
+    notes = Note.objects.filter(body__startswith="note")
+    update = notes.query.chain(UpdateQuery)
+    update.add_update_values({"body": "changed"})
+    delete = notes.query.chain(DeleteQuery)
+    return {
+        "select": notes.query.sql_with_params(),
+        "aggregate": notes.values("author").annotate(n=Count("id")).query.sql_with_params(),
+        "update": update.get_compiler("default").as_sql(),
+        "delete": delete.get_compiler("default").as_sql(),
+    }
+
+
+def _task_count(conn: psycopg.Connection, statement: tuple[str, tuple]) -> int:
+    text, params = statement
+    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + text, params))
+    counts = [int(count) for count in re.findall(r"Task Count: (\d+)", plan)]
+    assert counts, plan
+    return sum(counts)
+
+
+def test_filter_by_site_routes_django_queries_to_one_shard(note_table, app, admin, settings):
+    """As the app role: with FILTER_BY_SITE and a site in the context, Citus plans each query on one shard."""
+    import django_rls
+
+    with django_rls.context(site=SITE):
+        unfiltered = _django_statements()
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "FILTER_BY_SITE": True}
+        filtered = _django_statements()
+    shards = int(admin.execute("SHOW citus.shard_count").fetchone()[0])
+    for kind in filtered:
+        with app.transaction():
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            assert _task_count(app, unfiltered[kind]) == shards, kind
+            assert _task_count(app, filtered[kind]) == 1, kind
+    # The same rows as the policies would give (read as the superuser: the context does not reach the
+    # workers yet, item 2, so the app role reads nothing either way).
+    text, params = filtered["select"]
+    plain_text, plain_params = unfiltered["select"]
+    every_site = admin.execute(plain_text, plain_params).fetchall()
+    assert sorted(admin.execute(text, params).fetchall()) == sorted(row for row in every_site if row[1] == SITE)
+    assert len(every_site) == 90
