@@ -23,8 +23,8 @@ import django_rls
 from django_rls.router import site_attname
 from tests.testapp.models import Article, Category, Folder, Note, Tag, Task
 
-# The note table under its own name or a subquery's alias (U0): only note queries are captured here.
-NOTE_SITE = re.compile(r'(?:"testapp_note"|U\d+)\."site_id" = (\d+)')
+# The note table under its own name or a subquery's alias (U0; Django 6.1 quotes it): only note queries are captured.
+NOTE_SITE = re.compile(r'(?:"testapp_note"|"?U\d+"?)\."site_id" = (\d+)')
 
 
 @pytest.fixture
