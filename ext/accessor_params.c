@@ -834,6 +834,74 @@ AttachInitPlan(RewriteState *state)
 }
 
 /*
+ * A generic plan (a statement prepared by the client, planned once without
+ * its parameters) is planned before the context its marker carries is
+ * applied, so the planner would fold each accessor call into its estimates
+ * as NULL: site_id = NULL matches no row, every index on the site column
+ * looks as selective as the primary key, and a cached plan chosen that way
+ * scans a whole site for each lookup.  Planned for every context to come, a
+ * generic plan should estimate the site as an unknown value instead, as it
+ * does the client's own parameters.  So, before such a plan is made, each
+ * accessor call with constant arguments becomes (SELECT call): the planner
+ * makes it an initplan whose value it does not know.  It is the same value,
+ * read once per execution; RlsEvaluateAccessorsOnce() then folds the call
+ * into the plan's one initplan as usual.
+ */
+typedef struct HideState
+{
+	bool		hidden;			/* a call of the current query level was wrapped */
+} HideState;
+
+static Node *
+HideCalls(Node *node, HideState *state)
+{
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, Query))
+	{
+		bool		outer = state->hidden;
+		Query	   *query;
+
+		state->hidden = false;
+		query = query_tree_mutator((Query *) node, HideCalls, state, 0);
+		if (state->hidden)
+			query->hasSubLinks = true;
+		state->hidden = outer;
+		return (Node *) query;
+	}
+	if (IsReplaceableCall(node))
+	{
+		FuncExpr   *call = (FuncExpr *) copyObject(node);
+		Query	   *select = makeNode(Query);
+		SubLink    *link = makeNode(SubLink);
+
+		select->commandType = CMD_SELECT;
+		select->querySource = QSRC_ORIGINAL;
+		select->canSetTag = true;
+		select->jointree = makeFromExpr(NIL, NULL);
+		select->targetList = list_make1(makeTargetEntry((Expr *) call, 1, NULL, false));
+
+		link->subLinkType = EXPR_SUBLINK;
+		link->subLinkId = 0;
+		link->subselect = (Node *) select;
+		link->location = call->location;
+		state->hidden = true;
+		return (Node *) link;
+	}
+	return expression_tree_mutator(node, HideCalls, state);
+}
+
+Query *
+RlsHideAccessorsFromEstimates(Query *parse)
+{
+	HideState	state = {false};
+
+	if (parse->commandType == CMD_UTILITY)
+		return parse;
+	return (Query *) HideCalls((Node *) parse, &state);
+}
+
+/*
  * Replace the accessor calls of a finished plan with parameters evaluated
  * once per execution (see the file header).  Called by the planner hook.
  */

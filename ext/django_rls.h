@@ -90,6 +90,7 @@ extern PGDLLEXPORT Datum rls_context(PG_FUNCTION_ARGS);
 extern void RlsDefineAccessorParamSettings(void);
 extern void RlsInstallAccessorParams(void);
 extern void RlsEvaluateAccessorsOnce(PlannedStmt *stmt);
+extern Query *RlsHideAccessorsFromEstimates(Query *parse);
 
 /*
  * values.c

@@ -258,14 +258,11 @@ ApplyStatementContext(const char *source, ParamListInfo params, bool planning)
 }
 
 static PlannedStmt *
-PlanWithContext(Query *parse, const char *query_string, int cursor_options,
-				ParamListInfo bound_params)
+PlanNested(Query *parse, const char *query_string, int cursor_options,
+		   ParamListInfo bound_params)
 {
 	PlannedStmt *result;
 
-	/* A generic plan is made without parameters; the executor applies it. */
-	if (bound_params != NULL)
-		ApplyStatementContext(query_string, bound_params, true);
 	nesting_level++;
 	PG_TRY();
 	{
@@ -281,6 +278,22 @@ PlanWithContext(Query *parse, const char *query_string, int cursor_options,
 	PG_END_TRY();
 	RlsEvaluateAccessorsOnce(result);
 	return result;
+}
+
+static PlannedStmt *
+PlanWithContext(Query *parse, const char *query_string, int cursor_options,
+				ParamListInfo bound_params)
+{
+	/*
+	 * A generic plan is made without parameters; the executor applies the
+	 * context.  Its estimates must not take the accessors for NULL.
+	 */
+	if (bound_params != NULL)
+		ApplyStatementContext(query_string, bound_params, true);
+	else if (nesting_level == 0 && StartsWithMarker(query_string))
+		return PlanNested(RlsHideAccessorsFromEstimates(parse), query_string,
+						  cursor_options, bound_params);
+	return PlanNested(parse, query_string, cursor_options, bound_params);
 }
 
 static void

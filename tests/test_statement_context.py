@@ -102,6 +102,42 @@ def test_signed_token_with_prepared_generic_plan(conn, signing_keys, sites_table
             assert conn.execute(query, (token, site), prepare=True).fetchone() == (3,)
 
 
+def test_a_generic_plan_takes_the_carried_site_for_an_unknown_value_not_null(conn, owner_conn):
+    """A client's prepared statement is planned once without its parameters, so before its context.
+
+    Estimated as NULL, the policy's site_id = rls.site_id() would match no row and the site
+    index would look as good as the primary key: the cached plan would read a whole site for
+    each lookup.  Estimated as any site, the primary key wins.
+    """
+    owner_conn.execute(
+        "CREATE TABLE carried_lookup AS SELECT g AS id, g % 100 + 1 AS site_id, 'item ' || g AS name "
+        "FROM generate_series(1, 100000) g"
+    )
+    owner_conn.execute("ALTER TABLE carried_lookup ADD PRIMARY KEY (id)")
+    owner_conn.execute("CREATE INDEX carried_lookup_site ON carried_lookup (site_id)")
+    owner_conn.execute(sql.SQL("GRANT SELECT ON carried_lookup TO {}").format(sql.Identifier(APP_ROLE)))
+    owner_conn.execute("SELECT rls.protect_by_site('carried_lookup', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute("ANALYZE carried_lookup")
+    scans = (
+        "SELECT pg_stat_get_xact_numscans('carried_lookup_pkey'::regclass),"
+        " pg_stat_get_xact_numscans('carried_lookup_site'::regclass)"
+    )
+    query = MARKER + "SELECT name FROM carried_lookup WHERE id = %s"
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            for site, row in ((43, 4242), (44, 4243), (43, 4243)):
+                found = conn.execute(query, (unsigned(site=site), row), prepare=True).fetchall()
+                assert found == ([(f"item {row}",)] if row % 100 + 1 == site else [])
+            assert conn.execute(scans).fetchone() == (3, 0)
+            [(generic,)] = conn.execute(
+                "SELECT generic_plans FROM pg_prepared_statements WHERE statement LIKE %s", ("%carried_lookup%",)
+            ).fetchall()
+            assert generic == 3
+    finally:
+        owner_conn.execute("DROP TABLE carried_lookup")
+
+
 def test_a_generic_plan_reads_each_statements_carried_site_once(conn, sites_table):
     """The policy's rls.site_id() is an initplan the executor runs after applying the marker's context."""
     query = MARKER + f"SELECT count(*), min(site_id), max(site_id) FROM {sites_table}"
