@@ -90,6 +90,7 @@ bench: deps
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/audit_read.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/rls_apply_scale.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/request_path.py
+	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/statement_cost.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/signed_cost.py
 
 # Fuzz the token parser through SQL for FUZZ_SECONDS (see tests/fuzz/fuzz_tokens.py).
