@@ -13,6 +13,7 @@
 #include "access/tupdesc.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "nodes/parsenodes.h"
 #include "nodes/plannodes.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
