@@ -8,6 +8,7 @@ oid in queries and by ``psycopg.sql.Identifier`` in statements.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -531,27 +532,40 @@ def _check_roles(cursor: Any, role: str, tables: dict[str, Table | None], protec
         )
 
 
+def groups_in_sync(cursor: Any, groups: list[tuple[Table, Group]], role: str) -> list[bool]:
+    """For each (table, group), whether rls.protect() would change nothing: rls.group_in_sync() for all at once.
+
+    One statement (rls._groups_in_sync()), which reads each table's policies once and
+    compares its rls_base_<command> policies once, however many groups it has.
+    """
+    if not groups:
+        return []
+    cursor.execute(
+        "SELECT in_sync FROM rls._groups_in_sync(%s::jsonb, %s) ORDER BY ord",
+        [
+            json.dumps(
+                [
+                    {
+                        "tbl": table.oid,
+                        "group_name": group.name,
+                        "using_expr": group.using,
+                        "check_expr": group.check,
+                        "commands": list(group.commands),
+                    }
+                    for table, group in groups
+                ]
+            ),
+            role,
+        ],
+    )
+    return [ok for (ok,) in cursor.fetchall()]
+
+
 def _plan_policies(cursor: Any, plan: Plan, desired: dict[Table, list[Group]], role: str, prune: bool) -> None:
     rows = [(table, g) for table, groups in sorted(desired.items(), key=lambda i: i[0].display) for g in groups]
     in_sync: list[bool] = []
     if rows:
-        cursor.execute(
-            """
-            SELECT rls.group_in_sync(t::regclass, g, u, c, string_to_array(cmds, ','), %s)
-              FROM unnest(%s::oid[], %s::text[], %s::text[], %s::text[], %s::text[])
-                   WITH ORDINALITY AS x(t, g, u, c, cmds, i)
-             ORDER BY i
-            """,
-            [
-                role,
-                [t.oid for t, _ in rows],
-                [g.name for _, g in rows],
-                [g.using for _, g in rows],
-                [g.check for _, g in rows],
-                [",".join(g.commands) for _, g in rows],
-            ],
-        )
-        in_sync = [r[0] for r in cursor.fetchall()]
+        in_sync = groups_in_sync(cursor, [(t, g) for t, g in rows], role)
 
     # Policies on tables of the search_path, and on every declared table wherever it lives.
     cursor.execute(

@@ -7,24 +7,47 @@ sees no rows of tables protected by that value).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest
+
+
+@functools.cache
+def _sites_framework() -> tuple[type[Exception], Callable[[HttpRequest], Any]] | None:
+    """``Site.DoesNotExist`` and ``get_current_site`` of ``django.contrib.sites``, or None when it is not installed.
+
+    The site resolver runs before every query, so the app registry is asked once, not each
+    time; the answer is forgotten whenever INSTALLED_APPS changes (``override_settings``).
+    """
+    if not apps.is_installed("django.contrib.sites"):
+        return None
+    from django.contrib.sites.models import Site
+    from django.contrib.sites.shortcuts import get_current_site
+
+    return Site.DoesNotExist, get_current_site
+
+
+@receiver(setting_changed)
+def _forget(*, setting: str, **kwargs: Any) -> None:
+    if setting == "INSTALLED_APPS":
+        _sites_framework.cache_clear()
 
 
 def current_site(request: HttpRequest) -> Any:
     """The site of ``django.contrib.sites`` for this request (by domain, or SITE_ID)."""
-    if apps.is_installed("django.contrib.sites"):
-        from django.contrib.sites.models import Site
-        from django.contrib.sites.shortcuts import get_current_site
-
+    sites = _sites_framework()
+    if sites is not None:
+        does_not_exist, get_current_site = sites
         try:
             return get_current_site(request)
-        except Site.DoesNotExist:
+        except does_not_exist:
             return None  # an unknown host has no site: it sees no site's rows
     return getattr(settings, "SITE_ID", None)
 

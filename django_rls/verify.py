@@ -20,7 +20,7 @@ from django.db import DatabaseError, connections, models, transaction
 from django_rls import policies, probes
 from django_rls.conf import rls_settings
 from django_rls.declarations import all_declarations
-from django_rls.planner import resolve_tables
+from django_rls.planner import groups_in_sync, resolve_tables
 from django_rls.policies import Declaration
 from django_rls.sqlonly import installed_mode
 from django_rls.state import context
@@ -103,20 +103,18 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
                 )
             elif not forced:
                 failures.append(f"{table}: FORCE ROW LEVEL SECURITY is off, so the table's owner bypasses it")
+        checked = []
         for declaration in declarations.values():
             name = declaration.model_class()._meta.db_table
             if name not in found or name in owned_tables:
                 continue  # an owner is not what the policies are for: rls_apply is not the fix
-            for group in declaration.groups(connections[alias]):
-                cursor.execute(
-                    "SELECT rls.group_in_sync(%s::oid::regclass, %s, %s, %s, %s::text[], %s)",
-                    [found[name].oid, group.name, group.using, group.check, list(group.commands), role],
+            checked.extend((found[name], group) for group in declaration.groups(connections[alias]))
+        for (table, group), ok in zip(checked, groups_in_sync(cursor, checked, role), strict=True):
+            if not ok:
+                failures.append(
+                    f"{table.display}: policy group {group.name!r} is missing or differs from the declaration "
+                    "(run rls_apply)"
                 )
-                if not cursor.fetchone()[0]:
-                    failures.append(
-                        f"{found[name].display}: policy group {group.name!r} is missing or differs from the declaration "
-                        "(run rls_apply)"
-                    )
         cursor.execute(
             "SELECT object_name, problem FROM rls.problems WHERE problem LIKE 'view %%' OR problem LIKE 'materialized view %%'"
         )

@@ -170,3 +170,59 @@ def test_a_table_protected_with_rls_base_is_brought_to_the_new_set(database, adm
     assert "rls_base" not in names and {f"rls_base_{c}" for c in COMMANDS} <= set(names)
     assert owner_conn.execute(in_sync, (APP_ROLE,)).fetchone() == (True,)
     _holds(app_conn)
+
+
+def test_the_drift_check_of_many_groups_agrees_with_one_group_at_a_time(owner_conn, table):
+    """rls._groups_in_sync() (rls_apply's and rls_verify's one statement) answers as rls.group_in_sync() does for
+    each group alone: a table of two groups, one drifted base policy, a group another table lacks, in one call."""
+    owner_conn.execute("DROP TABLE IF EXISTS policy_set_other")
+    owner_conn.execute("CREATE TABLE policy_set_other (id int PRIMARY KEY, site_id bigint, user_id bigint)")
+    try:
+        owner_conn.execute("SELECT rls.protect('policy_set', 'archive', 'id > 0', to_role => %s)", (APP_ROLE,))
+        owner_conn.execute("SELECT rls.protect_by_site_and_owner('policy_set_other', to_role => %s)", (APP_ROLE,))
+        groups = [
+            ("policy_set", "site", "site_id = rls.site_id()", None, list(COMMANDS)),
+            ("policy_set", "archive", "id > 0", None, list(COMMANDS)),
+            ("policy_set", "archive", "id > 1", None, list(COMMANDS)),  # another expression: not in sync
+            ("policy_set_other", "site", "site_id = rls.site_id()", None, list(COMMANDS)),
+            ("policy_set_other", "owner", "user_id = rls.user_id()", None, ["select"]),  # other commands
+            ("policy_set_other", "archive", "id > 0", None, list(COMMANDS)),  # no such group
+        ]
+
+        def both() -> tuple[list[bool], list[bool]]:
+            one_by_one = [
+                owner_conn.execute(
+                    "SELECT rls.group_in_sync(%s::regclass, %s, %s, %s, %s::text[], %s)", (*group, APP_ROLE)
+                ).fetchone()[0]
+                for group in groups
+            ]
+            at_once = [
+                ok
+                for (ok,) in owner_conn.execute(
+                    """
+                    SELECT in_sync FROM rls._groups_in_sync(
+                        (SELECT jsonb_agg(jsonb_build_object('tbl', t::regclass::oid, 'group_name', g, 'using_expr', u,
+                                                             'check_expr', c, 'commands', string_to_array(m, ','))
+                                          ORDER BY i)
+                           FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+                                WITH ORDINALITY AS x(t, g, u, c, m, i)),
+                        %s) ORDER BY ord
+                    """,
+                    (
+                        *[list(column) for column in zip(*groups, strict=True)][:4],
+                        [",".join(group[4]) for group in groups],
+                        APP_ROLE,
+                    ),
+                )
+            ]
+            return one_by_one, at_once
+
+        one_by_one, at_once = both()
+        assert one_by_one == at_once == [True, True, False, True, False, False]
+
+        # An edited base policy puts every group of its table out of sync, and no other table's.
+        owner_conn.execute("ALTER POLICY rls_base_update ON policy_set USING (true)")
+        one_by_one, at_once = both()
+        assert one_by_one == at_once == [False, False, False, True, False, False]
+    finally:
+        owner_conn.execute("DROP TABLE policy_set_other")

@@ -71,10 +71,14 @@ DECLARE
     wanted text := rls._policy_hash(permissive, command, to_role, using_expr, check_expr);
     created pg_catalog.pg_policy;
 BEGIN
-    IF rls._policy_matches(tbl, policy_name, wanted) THEN
-        RETURN false;
-    END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_policy WHERE polrelid = tbl AND polname = policy_name) THEN
+    -- As rls._policy_matches(), with the one catalog read that also tells whether to drop.
+    SELECT * INTO created FROM pg_catalog.pg_policy
+     WHERE polrelid = tbl AND polname = policy_name;
+    IF FOUND THEN
+        IF pg_catalog.obj_description(created.oid, 'pg_policy')
+           = format('django_rls %s %s', wanted, rls._policy_fingerprint(created)) THEN
+            RETURN false;
+        END IF;
         EXECUTE format('DROP POLICY %I ON %s', policy_name, tbl);
     END IF;
 
@@ -100,7 +104,7 @@ COMMENT ON FUNCTION rls._ensure_policy(regclass, name, boolean, text, text, text
 CREATE FUNCTION rls._group_policies(tbl regclass, group_name text, using_expr text,
                                     check_expr text, commands text[], to_role text)
 RETURNS TABLE (policy_name name, command text, policy_using text, policy_check text)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql STABLE ROWS 4
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -147,33 +151,39 @@ $$;
 COMMENT ON FUNCTION rls._group_policies(regclass, text, text, text, text[], text) IS
 'Internal: validate a policy group and list the policies it consists of.';
 
--- What the permissive rls_base_<command> policy of a table holds: the
--- conjunction of the USING and of the WITH CHECK expressions of the
--- restrictive groups for that command, as the catalog holds them (deparsed
--- with a fixed search_path, so every name is qualified and the text does not
--- depend on the caller's), 'true' where no group covers the command, and
--- NULL where the command takes no such expression.
-CREATE FUNCTION rls._base_policy(tbl regclass, command text)
-RETURNS TABLE (policy_using text, policy_check text)
-LANGUAGE sql STABLE
+-- What the permissive rls_base_<command> policies of a table hold, one row
+-- per command in the order select, insert, update, delete: the conjunction
+-- of the USING and of the WITH CHECK expressions of the restrictive groups
+-- for that command, as the catalog holds them (deparsed with a fixed
+-- search_path, so every name is qualified and the text does not depend on
+-- the caller's), 'true' where no group covers the command, and NULL where the
+-- command takes no such expression.  Each group policy is read and deparsed
+-- once for all four commands.
+CREATE FUNCTION rls._base_policies(tbl regclass)
+RETURNS TABLE (command text, policy_using text, policy_check text)
+LANGUAGE sql STABLE ROWS 4
 SET search_path = pg_catalog, pg_temp
 AS $$
     WITH groups AS (
-        SELECT pg_get_expr(p.polqual, p.polrelid) AS qual,
-               pg_get_expr(p.polwithcheck, p.polrelid) AS checks, p.polname
+        SELECT substring(p.polname from '_(select|insert|update|delete)$') AS command, p.polname,
+               pg_get_expr(p.polqual, p.polrelid) AS qual,
+               pg_get_expr(p.polwithcheck, p.polrelid) AS checks
           FROM pg_catalog.pg_policy p
          WHERE p.polrelid = tbl AND NOT p.polpermissive
-           AND p.polname ~ format('^rls_.+_%s$', command)
+           AND p.polname ~ '^rls_.+_(select|insert|update|delete)$'
     )
-    SELECT CASE WHEN command <> 'insert'
-                THEN coalesce((SELECT string_agg(format('(%s)', qual), ' AND ' ORDER BY polname)
-                                 FROM groups WHERE qual IS NOT NULL), 'true') END,
-           CASE WHEN command IN ('insert', 'update')
-                THEN coalesce((SELECT string_agg(format('(%s)', coalesce(checks, qual)), ' AND ' ORDER BY polname)
-                                 FROM groups WHERE coalesce(checks, qual) IS NOT NULL), 'true') END
+    SELECT c,
+           CASE WHEN c <> 'insert'
+                THEN coalesce((SELECT string_agg(format('(%s)', g.qual), ' AND ' ORDER BY g.polname)
+                                 FROM groups g WHERE g.command = c AND g.qual IS NOT NULL), 'true') END,
+           CASE WHEN c IN ('insert', 'update')
+                THEN coalesce((SELECT string_agg(format('(%s)', coalesce(g.checks, g.qual)), ' AND ' ORDER BY g.polname)
+                                 FROM groups g WHERE g.command = c AND coalesce(g.checks, g.qual) IS NOT NULL), 'true') END
+      FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) WITH ORDINALITY AS x(c, i)
+     ORDER BY x.i
 $$;
-COMMENT ON FUNCTION rls._base_policy(regclass, text) IS
-'Internal: the expressions of a table''s permissive rls_base_<command> policy (the conjunction of its groups''s).';
+COMMENT ON FUNCTION rls._base_policies(regclass) IS
+'Internal: the expressions of a table''s permissive rls_base_<command> policies (per command, the conjunction of its groups''s).';
 
 -- Keep the permissive rls_base_<command> policies and the table's RLS
 -- switches in step with the restrictive groups; returns true when it changed
@@ -189,7 +199,6 @@ DECLARE
     enabled boolean;
     forced boolean;
     base name;
-    cmd text;
     expr record;
 BEGIN
     -- Role names as pg_roles spells them (not regrole's quoted form): to_role
@@ -230,9 +239,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Protect every group of one table for the same role.';
     END IF;
-    FOREACH cmd IN ARRAY ARRAY['select', 'insert', 'update', 'delete'] LOOP
-        SELECT * INTO expr FROM rls._base_policy(tbl, cmd);
-        changed := rls._ensure_policy(tbl, format('rls_base_%s', cmd)::name, true, cmd, roles[1],
+    FOR expr IN SELECT * FROM rls._base_policies(tbl) LOOP
+        changed := rls._ensure_policy(tbl, format('rls_base_%s', expr.command)::name, true, expr.command, roles[1],
                                       expr.policy_using, expr.policy_check) OR changed;
     END LOOP;
 
@@ -280,6 +288,74 @@ $$;
 COMMENT ON FUNCTION rls.protect(regclass, text, text, text, text[], text) IS
 'Protect a table with a named group of restrictive policies (one per command); returns true when anything changed. Rows must satisfy using_expr to be seen, updated or deleted, and check_expr (default: using_expr) to be written.';
 
+-- Whether rls.protect() would change nothing, for many groups at once (the
+-- drift checks of rls_apply and rls_verify): one row per element of groups,
+-- a JSON array of objects {tbl (an oid), group_name, using_expr, check_expr,
+-- commands (an array)}, numbered from 1 in their order.  Every group is
+-- validated as rls.protect() would; each policy of the tables is read,
+-- deparsed and fingerprinted once, and each table's rls_base_<command>
+-- policies are built and compared once, however many groups it has.
+CREATE FUNCTION rls._groups_in_sync(groups jsonb, to_role text)
+RETURNS TABLE (ord bigint, in_sync boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH asked AS (
+        SELECT e.ord, x.tbl, x.group_name, x.commands, g.policy_name,
+               rls._policy_hash(false, g.command, to_role, g.policy_using, g.policy_check) AS wanted
+          FROM jsonb_array_elements(groups) WITH ORDINALITY AS e(item, ord),
+               LATERAL jsonb_to_record(e.item)
+                       AS x(tbl oid, group_name text, using_expr text, check_expr text, commands text[]),
+               LATERAL rls._group_policies(x.tbl::regclass, x.group_name, x.using_expr, x.check_expr,
+                                           x.commands, to_role) AS g
+    ),
+    tables AS (
+        SELECT DISTINCT tbl FROM asked
+    ),
+    current AS (
+        SELECT p.polrelid, p.polname, p.note, p.fingerprint
+          FROM tables t,
+               LATERAL (SELECT p.polrelid, p.polname, rls._policy_fingerprint(p) AS fingerprint,
+                               (SELECT d.description FROM pg_catalog.pg_description d
+                                 WHERE d.objoid = p.oid AND d.classoid = 'pg_catalog.pg_policy'::regclass
+                                   AND d.objsubid = 0) AS note
+                          FROM pg_catalog.pg_policy p
+                         WHERE p.polrelid = t.tbl AND p.polname ~ '^rls_.+_(select|insert|update|delete)$'
+                        OFFSET 0) AS p  -- kept apart, so each table's policies are found by its oid
+    ),
+    base AS (
+        SELECT t.tbl,
+               bool_and(coalesce(c.note = format('django_rls %s %s',
+                                                 rls._policy_hash(true, b.command, to_role, b.policy_using, b.policy_check),
+                                                 c.fingerprint), false)) AS ok
+          FROM tables t
+         CROSS JOIN LATERAL rls._base_policies(t.tbl::regclass) AS b
+          LEFT JOIN current c ON c.polrelid = t.tbl AND c.polname = format('rls_base_%s', b.command)::name
+         GROUP BY t.tbl
+    ),
+    own AS (
+        SELECT a.ord, a.tbl, a.group_name, a.commands,
+               bool_and(coalesce(c.note = format('django_rls %s %s', a.wanted, c.fingerprint), false)) AS ok
+          FROM asked a
+          LEFT JOIN current c ON c.polrelid = a.tbl AND c.polname = a.policy_name
+         GROUP BY a.ord, a.tbl, a.group_name, a.commands
+    )
+    SELECT o.ord,
+           o.ok
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p
+                            WHERE p.polrelid = o.tbl
+                              AND p.polname IN (SELECT format('rls_%s_%s', o.group_name, c)
+                                                  FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c
+                                                 WHERE c <> ALL (o.commands)))
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = o.tbl AND p.polname = 'rls_base')
+           AND b.ok
+           AND (SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = o.tbl)
+      FROM own o JOIN base b ON b.tbl = o.tbl
+     ORDER BY o.ord
+$$;
+COMMENT ON FUNCTION rls._groups_in_sync(jsonb, text) IS
+'Internal: rls.group_in_sync() for many groups in one pass (each table''s policies read once).';
+
 CREATE FUNCTION rls.group_in_sync(tbl regclass, group_name text, using_expr text,
                                   check_expr text DEFAULT NULL,
                                   commands text[] DEFAULT ARRAY['select', 'insert', 'update', 'delete'],
@@ -288,20 +364,11 @@ RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT bool_and(rls._policy_matches(tbl, g.policy_name,
-                                        rls._policy_hash(false, g.command, to_role, g.policy_using, g.policy_check)))
-           AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p
-                            WHERE p.polrelid = tbl
-                              AND p.polname IN (SELECT format('rls_%s_%s', group_name, c)
-                                                  FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c
-                                                 WHERE c <> ALL (commands)))
-           AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = tbl AND p.polname = 'rls_base')
-           AND (SELECT bool_and(rls._policy_matches(tbl, format('rls_base_%s', c)::name,
-                                                    rls._policy_hash(true, c, to_role, b.policy_using, b.policy_check)))
-                  FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c,
-                       LATERAL rls._base_policy(tbl, c) AS b)
-           AND (SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = tbl)
-      FROM rls._group_policies(tbl, group_name, using_expr, check_expr, commands, to_role) AS g
+    SELECT in_sync
+      FROM rls._groups_in_sync(jsonb_build_array(jsonb_build_object('tbl', tbl::oid, 'group_name', group_name,
+                                                                    'using_expr', using_expr, 'check_expr', check_expr,
+                                                                    'commands', commands)),
+                               to_role)
 $$;
 COMMENT ON FUNCTION rls.group_in_sync(regclass, text, text, text, text[], text) IS
 'Whether rls.protect() with these arguments would change nothing (read-only; for drift checks).';

@@ -62,47 +62,53 @@ BEGIN
         END IF;
     END LOOP;
 
-    PERFORM rls_audit._sync_tree(rels);
+    -- A table with no parent, no child and no trigger (rls_apply's ENABLE ROW LEVEL SECURITY
+    -- and GRANT on a plain table) has no tree to sync and no trigger to check: both steps
+    -- would find nothing, so they are not run (nor planned).
+    IF EXISTS (SELECT FROM pg_inherits WHERE inhrelid = ANY (rels) OR inhparent = ANY (rels))
+       OR EXISTS (SELECT FROM pg_trigger WHERE tgrelid = ANY (rels)) THEN
+        PERFORM rls_audit._sync_tree(rels);
 
-    FOR trig IN
-        WITH RECURSIVE down(relid) AS (
-            SELECT unnest(rels)
-            UNION
-            SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.relid
-        )
-        SELECT t.oid, t.tgrelid::regclass AS tbl, t.tgname, t.tgenabled, a.operations,
-               t.tgfoid = 'rls_audit.capture()'::regprocedure AS calls_capture,
-               upper(substr(t.tgname, 11)) AS op,
-               rls_audit._trigger_problem(t.oid) AS problem,
-               rls_audit._trigger_problem(t.oid, true) AS problem_but_enabled_state
-          FROM down JOIN pg_trigger t ON t.tgrelid = down.relid
-          LEFT JOIN rls_audit.audited_tables a ON a.table_oid = t.tgrelid
-         WHERE t.tgfoid = 'rls_audit.capture()'::regprocedure
-            OR (a.table_oid IS NOT NULL
-                AND t.tgname IN ('rls_audit_insert', 'rls_audit_update', 'rls_audit_delete', 'rls_audit_truncate'))
-    LOOP
-        IF trig.operations IS NULL THEN
-            RAISE EXCEPTION 'trigger % of % calls rls_audit.capture(), but % is not audited', trig.tgname, trig.tbl, trig.tbl
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'Audit tables with rls_audit.enable(), which creates their triggers.';
-        ELSIF trig.tgname NOT IN ('rls_audit_insert', 'rls_audit_update', 'rls_audit_delete', 'rls_audit_truncate')
-              OR trig.op <> ALL (trig.operations) THEN
-            RAISE EXCEPTION 'trigger % of % is not an audit trigger rls_audit.enable() made', trig.tgname, trig.tbl
-                USING ERRCODE = 'insufficient_privilege',
-                      DETAIL = format('%s is audited for %s; rls_audit.capture() runs only from the triggers rls_audit_<operation> of those.',
-                                      trig.tbl, array_to_string(trig.operations, ', ')),
-                      HINT = 'Audit triggers change only through rls_audit.enable() and rls_audit.disable(), which the table owner may call.';
-        ELSIF trig.problem_but_enabled_state IS NULL AND trig.tgenabled = 'O' AND tg_tag = 'CREATE TRIGGER' THEN
-            EXECUTE format('ALTER TABLE %I.%I ENABLE ALWAYS TRIGGER %I',
-                           (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = trig.tbl),
-                           (SELECT relname FROM pg_class WHERE oid = trig.tbl), trig.tgname);
-        ELSIF trig.problem IS NOT NULL THEN
-            RAISE EXCEPTION 'audit trigger % of % must stay as rls_audit.enable() made it', trig.tgname, trig.tbl
-                USING ERRCODE = 'insufficient_privilege',
-                      DETAIL = format('After this command %s.', trig.problem),
-                      HINT = 'Audit triggers change only through rls_audit.enable() and rls_audit.disable(), which the table owner may call.';
-        END IF;
-    END LOOP;
+        FOR trig IN
+            WITH RECURSIVE down(relid) AS (
+                SELECT unnest(rels)
+                UNION
+                SELECT i.inhrelid FROM pg_inherits i JOIN down ON i.inhparent = down.relid
+            )
+            SELECT t.oid, t.tgrelid::regclass AS tbl, t.tgname, t.tgenabled, a.operations,
+                   t.tgfoid = 'rls_audit.capture()'::regprocedure AS calls_capture,
+                   upper(substr(t.tgname, 11)) AS op,
+                   rls_audit._trigger_problem(t.oid) AS problem,
+                   rls_audit._trigger_problem(t.oid, true) AS problem_but_enabled_state
+              FROM down JOIN pg_trigger t ON t.tgrelid = down.relid
+              LEFT JOIN rls_audit.audited_tables a ON a.table_oid = t.tgrelid
+             WHERE t.tgfoid = 'rls_audit.capture()'::regprocedure
+                OR (a.table_oid IS NOT NULL
+                    AND t.tgname IN ('rls_audit_insert', 'rls_audit_update', 'rls_audit_delete', 'rls_audit_truncate'))
+        LOOP
+            IF trig.operations IS NULL THEN
+                RAISE EXCEPTION 'trigger % of % calls rls_audit.capture(), but % is not audited', trig.tgname, trig.tbl, trig.tbl
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'Audit tables with rls_audit.enable(), which creates their triggers.';
+            ELSIF trig.tgname NOT IN ('rls_audit_insert', 'rls_audit_update', 'rls_audit_delete', 'rls_audit_truncate')
+                  OR trig.op <> ALL (trig.operations) THEN
+                RAISE EXCEPTION 'trigger % of % is not an audit trigger rls_audit.enable() made', trig.tgname, trig.tbl
+                    USING ERRCODE = 'insufficient_privilege',
+                          DETAIL = format('%s is audited for %s; rls_audit.capture() runs only from the triggers rls_audit_<operation> of those.',
+                                          trig.tbl, array_to_string(trig.operations, ', ')),
+                          HINT = 'Audit triggers change only through rls_audit.enable() and rls_audit.disable(), which the table owner may call.';
+            ELSIF trig.problem_but_enabled_state IS NULL AND trig.tgenabled = 'O' AND tg_tag = 'CREATE TRIGGER' THEN
+                EXECUTE format('ALTER TABLE %I.%I ENABLE ALWAYS TRIGGER %I',
+                               (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = trig.tbl),
+                               (SELECT relname FROM pg_class WHERE oid = trig.tbl), trig.tgname);
+            ELSIF trig.problem IS NOT NULL THEN
+                RAISE EXCEPTION 'audit trigger % of % must stay as rls_audit.enable() made it', trig.tgname, trig.tbl
+                    USING ERRCODE = 'insufficient_privilege',
+                          DETAIL = format('After this command %s.', trig.problem),
+                          HINT = 'Audit triggers change only through rls_audit.enable() and rls_audit.disable(), which the table owner may call.';
+            END IF;
+        END LOOP;
+    END IF;
 
     IF tg_tag = 'ALTER TRIGGER' THEN
         SELECT a.table_oid AS tbl, op INTO missing
