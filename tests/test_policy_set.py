@@ -202,9 +202,9 @@ def parent(owner_conn: psycopg.Connection, table: str) -> Iterator[str]:
     ],
 )
 def test_what_reads_another_table_is_found_in_the_parse_tree(owner_conn, parent, using, check, reads):
-    assert owner_conn.execute(
-        "SELECT rls._policy_reads_tables('policy_set', %s, %s)", (using, check)
-    ).fetchone() == (reads,)
+    assert owner_conn.execute("SELECT rls._policy_reads_tables('policy_set', %s, %s)", (using, check)).fetchone() == (
+        reads,
+    )
 
 
 def test_the_probe_leaves_nothing_behind(owner_conn, parent):
@@ -215,9 +215,10 @@ def test_the_probe_leaves_nothing_behind(owner_conn, parent):
             (None,),
             ("",),
         )
-        assert owner_conn.execute(
-            "SELECT count(*) FROM pg_policy WHERE polrelid = 'policy_set'::regclass"
-        ).fetchone() == before
+        assert (
+            owner_conn.execute("SELECT count(*) FROM pg_policy WHERE polrelid = 'policy_set'::regclass").fetchone()
+            == before
+        )
     # An expression that does not parse fails as CREATE POLICY would, and nothing is left either.
     with pytest.raises(errors.UndefinedColumn, match="nope"):
         owner_conn.execute("SELECT rls._policy_reads_tables('policy_set', 'nope = 1', NULL)")
