@@ -438,6 +438,139 @@ def test_app_role_cannot_run_statements_on_the_workers(admin, app):
         admin.execute(f"GRANT EXECUTE ON FUNCTION {functions} TO PUBLIC")
 
 
+# -- policies that read another table (issue 17, item 4): refused, with the way out -----------------
+#
+# Citus refuses a sub-select in a policy on any of its tables (distributed, reference): creating one
+# fails with an internal error ("unexpected non-SELECT command in SubLink"), distributing a table that
+# has one with "cannot create policy". rls.protect() refuses first, with an errcode and a hint.
+# rls.member_of() has no sub-select, and Citus takes it, but it reads the membership table's heap,
+# which on the workers is the empty shell of a Citus table.
+
+THROUGH_PARENT = "EXISTS (SELECT 1 FROM projects p WHERE p.id = tasks.project_id)"
+MEMBERSHIP = "site_id IN (SELECT m.site_id FROM memberships m WHERE m.user_id = rls.user_id())"
+MEMBER_OF = "rls.member_of('memberships', 'site_id', 'user_id', site_id)"
+
+
+@pytest.fixture
+def parent_tables(admin: psycopg.Connection) -> Iterator[None]:
+    """projects and memberships (distributed by site_id), tasks (id, site_id, project_id), owned by the owner role."""
+    for statement in (
+        "CREATE TABLE projects (id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id))",
+        "CREATE TABLE memberships (site_id int NOT NULL, user_id int NOT NULL, PRIMARY KEY (site_id, user_id))",
+        "CREATE TABLE tasks (id bigint NOT NULL, site_id int NOT NULL, project_id bigint, PRIMARY KEY (site_id, id))",
+        "INSERT INTO memberships VALUES (3, 7), (5, 8)",
+        "SELECT create_distributed_table('projects', 'site_id')",
+        "SELECT create_distributed_table('memberships', 'site_id')",
+    ):
+        admin.execute(statement)
+    for table in ("projects", "memberships", "tasks"):
+        admin.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), sql.Identifier(OWNER_ROLE)))
+    yield
+    admin.execute("DROP TABLE IF EXISTS tasks, projects, memberships CASCADE")
+
+
+@pytest.fixture
+def owner(citus: CitusCluster) -> Iterator[psycopg.Connection]:
+    with citus.connect(OWNER_ROLE, PASSWORD) as conn:
+        yield conn
+
+
+def _task_policies(admin: psycopg.Connection) -> list[str]:
+    return [name for (name,) in admin.execute("SELECT polname FROM pg_policy WHERE polrelid = 'tasks'::regclass")]
+
+
+@pytest.mark.parametrize("how", ["distributed", "reference"])
+@pytest.mark.parametrize(("kind", "expression"), [("through-parent", THROUGH_PARENT), ("membership", MEMBERSHIP)])
+def test_protect_refuses_a_sub_select_on_a_citus_table(admin, owner, parent_tables, how, kind, expression):
+    """As the table's owner: refused before anything is created, with the alternative named."""
+    if how == "distributed":
+        admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    else:
+        admin.execute("SELECT create_reference_table('tasks')")
+    with pytest.raises(errors.FeatureNotSupported) as excinfo:
+        owner.execute("SELECT rls.protect('tasks', 'parent', %s, to_role => %s)", (expression, APP_ROLE))
+    error = excinfo.value.diag
+    assert error.message_primary == (
+        f'policy group "parent" of tasks reads another table in a sub-select, and tasks is a {how} table of '
+        "Citus, which does not allow sub-selects in a policy on its tables"
+    )
+    assert error.message_hint.startswith("Give tasks its own site column")
+    assert "SELECT undistribute_table('tasks')" in error.message_hint
+    assert _task_policies(admin) == []
+    # What Citus itself says, without django_rls: an internal error that names no way out.
+    with pytest.raises(errors.InternalError_, match="unexpected non-SELECT command in SubLink"):
+        owner.execute(f"CREATE POLICY by_hand ON tasks USING ({expression})")
+
+
+def test_protect_refuses_member_of_on_a_distributed_table(admin, owner, parent_tables):
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    with pytest.raises(errors.FeatureNotSupported) as excinfo:
+        owner.execute("SELECT rls.protect('tasks', 'member', %s, to_role => %s)", (MEMBER_OF, APP_ROLE))
+    assert "calls rls.member_of(), and tasks is a distributed table of Citus" in excinfo.value.diag.message_primary
+    assert excinfo.value.diag.message_hint.startswith("Give tasks its own site column")
+    assert _task_policies(admin) == []
+    # Why: rls.member_of() reads the table's own heap, and on the workers the membership table's is empty
+    # (its rows are in the shards), while the coordinator's shell answers as a superuser through Citus.
+    sizes = admin.execute(
+        "SELECT result FROM run_command_on_workers($$SELECT pg_relation_size('memberships')$$)"
+    ).fetchall()
+    assert sizes == [("0",), ("0",)]
+    assert admin.execute("SELECT count(*) FROM memberships").fetchone() == (2,)
+
+
+def test_the_sql_only_mode_is_refused_on_a_citus_table(admin, parent_tables):
+    """The SQL-only mode's accessors are sub-selects: its rls._policy_text, put in for one rolled-back
+    transaction, makes even the plainest site policy one that rls.protect() refuses, naming the library."""
+    from pathlib import Path
+
+    source = (Path(__file__).parent.parent / "sql" / "sqlonly" / "10_context.sql").read_text()
+    [definition] = re.findall(r"CREATE FUNCTION rls\._policy_text\(expr text\).*?\$\$;", source, re.S)
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    with admin.transaction():
+        admin.execute(definition.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+        with pytest.raises(errors.FeatureNotSupported) as excinfo:
+            admin.execute("SELECT rls.protect_by_site('tasks', to_role => %s)", (APP_ROLE,))
+        raise psycopg.Rollback
+    assert excinfo.value.diag.message_primary.startswith(
+        "cannot protect tasks with the SQL-only mode of django_rls: it is a distributed table of Citus"
+    )
+    assert "shared_preload_libraries = 'citus, django_rls'" in excinfo.value.diag.message_hint
+    assert _task_policies(admin) == []
+
+
+def test_a_site_column_of_its_own_is_taken(admin, owner, parent_tables):
+    """The alternative the hint names: the table's own site column, no sub-select."""
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    assert owner.execute("SELECT rls.protect_by_site('tasks', to_role => %s)", (APP_ROLE,)).fetchone() == (True,)
+    assert "rls_site_select" in _task_policies(admin)
+
+
+def test_distributing_a_table_protected_with_a_sub_select_is_refused(admin, owner, parent_tables):
+    """Protected first: create_distributed_table is Citus's own call, which refuses (with its own message)."""
+    owner.execute("SELECT rls.protect('tasks', 'parent', %s, to_role => %s)", (THROUGH_PARENT, APP_ROLE))
+    with pytest.raises(errors.FeatureNotSupported, match="cannot create policy") as excinfo:
+        admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    assert excinfo.value.diag.message_detail == "Subqueries are not supported in policies on distributed tables"
+    assert admin.execute(
+        "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'tasks'::regclass"
+    ).fetchone() == (0,)
+
+
+def test_problems_name_a_member_of_policy_that_was_distributed(admin, owner, app, parent_tables):
+    """Protected with rls.member_of() first: Citus distributes it; rls.problems, rls_verify name the policy."""
+    from django_rls.verify import _citus_failures
+
+    owner.execute("SELECT rls.protect('tasks', 'member', %s, to_role => %s)", (MEMBER_OF, APP_ROLE))
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    expected = (
+        "policy rls_member_select of tasks reads another table with rls.member_of(), which on the workers reads "
+        "the membership table's empty shell, so no member sees a row"
+    )
+    assert ("rls_member_select", expected) in _problems(admin, "tasks")
+    with app.cursor() as cursor:
+        assert f"rls_member_select: {expected}" in _citus_failures(cursor)
+
+
 # -- the table as Citus leaves it: fails closed ------------------------------------------------
 
 

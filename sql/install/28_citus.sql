@@ -201,6 +201,7 @@ BEGIN
                              'so no member sees a row' END AS how
               FROM pg_catalog.pg_policy p
              WHERE p.polrelid = tbl
+               AND p.polname !~ '^rls_base_'  -- they repeat the groups' expressions
                AND (pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text) LIKE '%{SUBLINK %'
                     OR (member_of IS NOT NULL
                         AND pg_catalog.strpos(pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text),
