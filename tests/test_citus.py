@@ -877,3 +877,95 @@ def test_filter_by_site_routes_django_queries_to_one_shard(note_table, app, admi
     every_site = admin.execute(plain_text, plain_params).fetchall()
     assert sorted(admin.execute(text, params).fetchall()) == sorted(row for row in every_site if row[1] == SITE)
     assert len(every_site) == 90
+
+
+# -- what carrying the context to the workers can build on (issue 17, item 2; not built) ----------
+#
+# Citus's behaviour the design in docs/scale-out.md ("Design notes") rests on, pinned here so that a
+# Citus release that changes it fails these tests. A plain distributed table and a placeholder setting
+# (myapp.site) stand in for a protected table and the credential setting the extension would define.
+
+
+@pytest.fixture
+def carrier(admin: psycopg.Connection) -> Iterator[str]:
+    """carrier (id, site_id), 40 rows over the 32 shards, read and updated by the app role, and carry(v), a function
+    that issues SET LOCAL myapp.site through SPI (the way the extension's setter would)."""
+    admin.execute("CREATE TABLE carrier (id int NOT NULL, site_id int NOT NULL)")
+    admin.execute("SELECT create_distributed_table('carrier', 'site_id')")
+    admin.execute("INSERT INTO carrier SELECT g, g FROM generate_series(1, 40) AS g")
+    admin.execute(
+        "CREATE FUNCTION carry(v text) RETURNS void LANGUAGE plpgsql "
+        "AS $$ BEGIN EXECUTE format('SET LOCAL myapp.site = %L', v); END $$"
+    )
+    admin.execute(sql.SQL("GRANT SELECT, UPDATE ON carrier TO {}").format(sql.Identifier(APP_ROLE)))
+    yield "carrier"
+    admin.execute("DROP TABLE carrier")
+    admin.execute("DROP FUNCTION carry(text)")
+
+
+ON_THE_SHARDS = "SELECT DISTINCT current_setting('myapp.site', true) FROM carrier"
+
+
+def test_a_set_local_issued_through_spi_reaches_every_worker_backend(app, carrier):
+    """As the app role, in a transaction block with citus.propagate_set_commands = 'local': SET LOCAL run by a
+    function (SPI, so ProcessUtility, so Citus's hook) reaches the backends opened after it and before it."""
+    app.execute("SET citus.propagate_set_commands = 'local'")
+    with app.transaction():
+        app.execute("SELECT carry('3')")
+        assert app.execute(ON_THE_SHARDS).fetchall() == [("3",)]
+        app.execute("SELECT carry('4')")  # the worker connections are open now: sent to each of them
+        assert app.execute(ON_THE_SHARDS).fetchall() == [("4",)]
+    # set_config() is not a SET statement: nothing is forwarded.
+    with app.transaction():
+        app.execute("SELECT set_config('myapp.site', '5', true)")
+        assert app.execute(ON_THE_SHARDS).fetchall() in ([(None,)], [("",)])
+    app.execute("RESET citus.propagate_set_commands")
+
+
+def test_autocommit_statements_carry_no_set_local(app, admin, carrier):
+    """A multi-shard SELECT in autocommit opens no transaction on the workers: nothing a SET LOCAL could
+    ride on, even one issued by the same statement; a multi-shard UPDATE does open one (two-phase commit)."""
+    app.execute("SET citus.propagate_set_commands = 'local'")
+    admin.execute(
+        "CREATE FUNCTION carry_and_read(v text) RETURNS SETOF text LANGUAGE plpgsql AS $$ BEGIN "
+        "EXECUTE format('SET LOCAL myapp.site = %L', v); "
+        "RETURN QUERY SELECT DISTINCT current_setting('myapp.site', true) FROM carrier; END $$"
+    )
+    try:
+        assert app.execute("SELECT * FROM carry_and_read('3')").fetchall() in ([(None,)], [("",)])
+        sent: list[str] = []
+        app.add_notice_handler(lambda notice: sent.append(notice.message_primary or ""))
+        app.execute("SET citus.log_remote_commands = on")
+        app.execute("SELECT count(*) FROM carrier")
+        assert sent and not any("BEGIN" in command for command in sent), sent
+        sent.clear()
+        app.execute("UPDATE carrier SET id = id WHERE id < 0")
+        assert any(command.startswith("issuing BEGIN") for command in sent), sent
+        app.execute("SET citus.log_remote_commands = off")
+    finally:
+        admin.execute("DROP FUNCTION carry_and_read(text)")
+        app.execute("RESET citus.propagate_set_commands")
+
+
+def test_the_app_role_reads_what_is_propagated_and_may_assign_a_transaction_id(citus, app, carrier):
+    """Why a credential propagated this way is not secret from the app role, and why binding it to the
+    distributed transaction alone does not stop a replay from a session of the app role's own on a worker:
+    citus.log_remote_commands (any role may set it) shows the SET LOCAL text, which a new worker connection
+    receives before assign_distributed_transaction_id(); and that function is executable by PUBLIC."""
+    sent: list[str] = []
+    app.add_notice_handler(lambda notice: sent.append(notice.message_primary or ""))
+    app.execute("SET citus.propagate_set_commands = 'local'")
+    app.execute("SET citus.log_remote_commands = on")
+    with app.transaction():
+        app.execute("SELECT carry('secret-3')")
+        app.execute("SELECT count(*) FROM carrier WHERE site_id = 3")
+    app.execute("RESET citus.log_remote_commands")
+    app.execute("RESET citus.propagate_set_commands")
+    [begin] = [command for command in sent if command.startswith("issuing BEGIN")]
+    assert begin.index("SET LOCAL myapp.site = 'secret-3'") < begin.index("assign_distributed_transaction_id(")
+    with citus.connect(APP_ROLE, PASSWORD, node=citus.workers[0]) as direct:
+        with direct.transaction():
+            direct.execute("SELECT assign_distributed_transaction_id(0, 424242, now())")
+            assert direct.execute(
+                "SELECT initiator_node_identifier, transaction_number FROM get_current_transaction_id()"
+            ).fetchone() == (0, 424242)
