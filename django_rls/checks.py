@@ -462,7 +462,7 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             )
         if mode == "sql":
             messages.extend(_check_sql_mode(alias, cursor, version))
-        messages.extend(citus_refusals(_distributed_tables(cursor), connections[alias]))
+        messages.extend(citus_refusals(_distributed_tables(cursor), connections[alias], mode))
         cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         is_super, bypass = cursor.fetchone()
         # Never advise demoting the role this alias connects as: it may be the only superuser of the cluster,
@@ -536,14 +536,19 @@ def _distributed_tables(cursor: Any) -> set[str]:
     return {name for (name,) in cursor.fetchall()}
 
 
-def citus_refusals(distributed: set[str], connection: Any) -> list[CheckMessage]:
-    """E022, E024: declarations a table Citus distributes cannot hold (issue 17, docs/scale-out.md).
+def citus_refusals(distributed: set[str], connection: Any, mode: str | None = "c") -> list[CheckMessage]:
+    """E022, E024, E026, E030: declarations a table Citus holds cannot hold (issue 17, docs/scale-out.md).
 
-    E022: a policy that reads another table (ThroughParent, Membership, OwnerOrMember, ...) needs a
-    sub-select on the shards, which Citus does not support there. E024: two policy groups for one
-    command: Citus copies them to the shards without AS RESTRICTIVE, where each admits a row alone.
+    E022: a policy that reads another table in a sub-select (ThroughParent, Membership, Members with
+    parent=True): Citus refuses such a policy on any of its tables, and rls.protect() refuses it first.
+    E026: OwnerOrMember, whose rls.member_of() reads the membership table below Citus: on a worker
+    that is an empty shell, so no member would see a row (rls.protect() refuses it too). E030: the
+    SQL-only mode (``mode == "sql"``) reads the context in sub-selects, so it can protect no table of
+    Citus's. E024: two policy groups for one command: Citus copies them to the shards without
+    AS RESTRICTIVE, where each admits a row alone.
     """
     from django_rls.declarations import all_declarations
+    from django_rls.policies import OwnerOrMember
 
     if not distributed:
         return []
@@ -556,7 +561,33 @@ def citus_refusals(distributed: set[str], connection: Any) -> list[CheckMessage]
         table = model._meta.db_table
         if table not in distributed:
             continue
+        if mode == "sql":
+            messages.append(
+                Error(
+                    f"{label} is a table of Citus, and the SQL-only mode of django_rls reads the context in "
+                    "sub-selects, which Citus does not allow in a policy on its tables: rls_apply cannot protect it.",
+                    hint="Use the django_rls library instead of the SQL-only mode, on every node of the cluster "
+                    "(shared_preload_libraries = 'citus, django_rls'), or keep the table out of Citus "
+                    "(undistribute_table).",
+                    obj=model,
+                    id="django_rls.E030",
+                )
+            )
+            continue
         for policy in declaration.policies:
+            if isinstance(policy, OwnerOrMember):
+                messages.append(
+                    Error(
+                        f"{label} is a table of Citus and protected with {policy!r}: rls.member_of() reads the "
+                        "membership table itself, and on the Citus workers that is an empty shell, so no member "
+                        "would see a row.",
+                        hint=f"Give {table} its own site column and protect it with BySite (kept in step by the "
+                        "application or a trigger), or keep it out of Citus (a plain table on the coordinator).",
+                        obj=model,
+                        id="django_rls.E026",
+                    )
+                )
+                continue
             read = policy.reads(model)
             if read:
                 messages.append(
@@ -565,7 +596,8 @@ def citus_refusals(distributed: set[str], connection: Any) -> list[CheckMessage]
                         f"{', '.join(sorted(m._meta.db_table for m in read))} in a sub-select: Citus does not run "
                         "sub-selects of policies on its shards.",
                         hint=f"Give {table} its own site column and protect it with BySite (kept in step by the "
-                        "application or a trigger), or keep it on the coordinator (a local or reference table).",
+                        "application or a trigger), or keep it out of Citus (a plain table on the coordinator: a "
+                        "reference table refuses such a policy too).",
                         obj=model,
                         id="django_rls.E022",
                     )

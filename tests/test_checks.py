@@ -421,3 +421,29 @@ def test_e022_e024_what_a_table_citus_distributes_cannot_hold(live_db):
     ]
     assert "reads testapp_order in a sub-select" in found[0].msg
     assert "(delete: site, owner; insert: site, owner; select: site, owner; update: site, owner)" in found[1].msg
+    assert "a reference table refuses such a policy too" in found[0].hint
+
+
+def test_e026_owner_or_member_on_a_citus_table(live_db):
+    """rls.member_of() reads the membership table below Citus: on the workers an empty shell."""
+    from django_rls.checks import citus_refusals
+
+    [message] = citus_refusals({"testapp_team"}, connections["default"])
+    assert (message.id, message.obj._meta.label) == ("django_rls.E026", "testapp.Team")
+    assert "rls.member_of() reads the membership table itself" in message.msg
+    assert "BySite" in message.hint
+
+
+def test_e030_the_sql_only_mode_protects_no_citus_table(live_db):
+    """The SQL-only mode reads the context in sub-selects: every declared model Citus holds is refused, whatever
+    its policies, and nothing else is said about it."""
+    from django_rls.checks import citus_refusals
+
+    found = citus_refusals({"testapp_note", "testapp_task", "testapp_team"}, connections["default"], "sql")
+    assert sorted((m.id, m.obj._meta.label) for m in found) == [
+        ("django_rls.E030", "testapp.Note"),
+        ("django_rls.E030", "testapp.Task"),
+        ("django_rls.E030", "testapp.Team"),
+    ]
+    assert "shared_preload_libraries = 'citus, django_rls'" in found[0].hint
+    assert citus_refusals(set(), connections["default"], "sql") == []

@@ -438,6 +438,139 @@ def test_app_role_cannot_run_statements_on_the_workers(admin, app):
         admin.execute(f"GRANT EXECUTE ON FUNCTION {functions} TO PUBLIC")
 
 
+# -- policies that read another table (issue 17, item 4): refused, with the way out -----------------
+#
+# Citus refuses a sub-select in a policy on any of its tables (distributed, reference): creating one
+# fails with an internal error ("unexpected non-SELECT command in SubLink"), distributing a table that
+# has one with "cannot create policy". rls.protect() refuses first, with an errcode and a hint.
+# rls.member_of() has no sub-select, and Citus takes it, but it reads the membership table's heap,
+# which on the workers is the empty shell of a Citus table.
+
+THROUGH_PARENT = "EXISTS (SELECT 1 FROM projects p WHERE p.id = tasks.project_id)"
+MEMBERSHIP = "site_id IN (SELECT m.site_id FROM memberships m WHERE m.user_id = rls.user_id())"
+MEMBER_OF = "rls.member_of('memberships', 'site_id', 'user_id', site_id)"
+
+
+@pytest.fixture
+def parent_tables(admin: psycopg.Connection) -> Iterator[None]:
+    """projects and memberships (distributed by site_id), tasks (id, site_id, project_id), owned by the owner role."""
+    for statement in (
+        "CREATE TABLE projects (id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id))",
+        "CREATE TABLE memberships (site_id int NOT NULL, user_id int NOT NULL, PRIMARY KEY (site_id, user_id))",
+        "CREATE TABLE tasks (id bigint NOT NULL, site_id int NOT NULL, project_id bigint, PRIMARY KEY (site_id, id))",
+        "INSERT INTO memberships VALUES (3, 7), (5, 8)",
+        "SELECT create_distributed_table('projects', 'site_id')",
+        "SELECT create_distributed_table('memberships', 'site_id')",
+    ):
+        admin.execute(statement)
+    for table in ("projects", "memberships", "tasks"):
+        admin.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), sql.Identifier(OWNER_ROLE)))
+    yield
+    admin.execute("DROP TABLE IF EXISTS tasks, projects, memberships CASCADE")
+
+
+@pytest.fixture
+def owner(citus: CitusCluster) -> Iterator[psycopg.Connection]:
+    with citus.connect(OWNER_ROLE, PASSWORD) as conn:
+        yield conn
+
+
+def _task_policies(admin: psycopg.Connection) -> list[str]:
+    return [name for (name,) in admin.execute("SELECT polname FROM pg_policy WHERE polrelid = 'tasks'::regclass")]
+
+
+@pytest.mark.parametrize("how", ["distributed", "reference"])
+@pytest.mark.parametrize("expression", [THROUGH_PARENT, MEMBERSHIP], ids=["through-parent", "membership"])
+def test_protect_refuses_a_sub_select_on_a_citus_table(admin, owner, parent_tables, how, expression):
+    """As the table's owner: refused before anything is created, with the alternative named."""
+    if how == "distributed":
+        admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    else:
+        admin.execute("SELECT create_reference_table('tasks')")
+    with pytest.raises(errors.FeatureNotSupported) as excinfo:
+        owner.execute("SELECT rls.protect('tasks', 'parent', %s, to_role => %s)", (expression, APP_ROLE))
+    error = excinfo.value.diag
+    assert error.message_primary == (
+        f'policy group "parent" of tasks reads another table in a sub-select, and tasks is a {how} table of '
+        "Citus, which does not allow sub-selects in a policy on its tables"
+    )
+    assert error.message_hint.startswith("Give tasks its own site column")
+    assert "SELECT undistribute_table('tasks')" in error.message_hint
+    assert _task_policies(admin) == []
+    # What Citus itself says, without django_rls: an internal error that names no way out.
+    with pytest.raises(errors.InternalError_, match="unexpected non-SELECT command in SubLink"):
+        owner.execute(f"CREATE POLICY by_hand ON tasks USING ({expression})")
+
+
+def test_protect_refuses_member_of_on_a_distributed_table(admin, owner, parent_tables):
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    with pytest.raises(errors.FeatureNotSupported) as excinfo:
+        owner.execute("SELECT rls.protect('tasks', 'member', %s, to_role => %s)", (MEMBER_OF, APP_ROLE))
+    assert "calls rls.member_of(), and tasks is a distributed table of Citus" in excinfo.value.diag.message_primary
+    assert excinfo.value.diag.message_hint.startswith("Give tasks its own site column")
+    assert _task_policies(admin) == []
+    # Why: rls.member_of() reads the table's own heap, and on the workers the membership table's is empty
+    # (its rows are in the shards), while the coordinator's shell answers as a superuser through Citus.
+    sizes = admin.execute(
+        "SELECT result FROM run_command_on_workers($$SELECT pg_relation_size('memberships')$$)"
+    ).fetchall()
+    assert sizes == [("0",), ("0",)]
+    assert admin.execute("SELECT count(*) FROM memberships").fetchone() == (2,)
+
+
+def test_the_sql_only_mode_is_refused_on_a_citus_table(admin, parent_tables):
+    """The SQL-only mode's accessors are sub-selects: its rls._policy_text, put in for one rolled-back
+    transaction, makes even the plainest site policy one that rls.protect() refuses, naming the library."""
+    from pathlib import Path
+
+    source = (Path(__file__).parent.parent / "sql" / "sqlonly" / "10_context.sql").read_text()
+    [definition] = re.findall(r"CREATE FUNCTION rls\._policy_text\(expr text\).*?\$\$;", source, re.S)
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    with admin.transaction():
+        admin.execute(definition.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"))
+        with pytest.raises(errors.FeatureNotSupported) as excinfo:
+            admin.execute("SELECT rls.protect_by_site('tasks', to_role => %s)", (APP_ROLE,))
+        raise psycopg.Rollback
+    assert excinfo.value.diag.message_primary.startswith(
+        "cannot protect tasks with the SQL-only mode of django_rls: it is a distributed table of Citus"
+    )
+    assert "shared_preload_libraries = 'citus, django_rls'" in excinfo.value.diag.message_hint
+    assert _task_policies(admin) == []
+
+
+def test_a_site_column_of_its_own_is_taken(admin, owner, parent_tables):
+    """The alternative the hint names: the table's own site column, no sub-select."""
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    assert owner.execute("SELECT rls.protect_by_site('tasks', to_role => %s)", (APP_ROLE,)).fetchone() == (True,)
+    assert "rls_site_select" in _task_policies(admin)
+
+
+def test_distributing_a_table_protected_with_a_sub_select_is_refused(admin, owner, parent_tables):
+    """Protected first: create_distributed_table is Citus's own call, which refuses (with its own message)."""
+    owner.execute("SELECT rls.protect('tasks', 'parent', %s, to_role => %s)", (THROUGH_PARENT, APP_ROLE))
+    with pytest.raises(errors.FeatureNotSupported, match="cannot create policy") as excinfo:
+        admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    assert excinfo.value.diag.message_detail == "Subqueries are not supported in policies on distributed tables"
+    assert admin.execute(
+        "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'tasks'::regclass"
+    ).fetchone() == (0,)
+
+
+def test_problems_name_a_member_of_policy_that_was_distributed(admin, owner, app, parent_tables):
+    """Protected with rls.member_of() first: Citus distributes it; rls.problems, rls_verify name the policy."""
+    from django_rls.verify import _citus_failures
+
+    owner.execute("SELECT rls.protect('tasks', 'member', %s, to_role => %s)", (MEMBER_OF, APP_ROLE))
+    admin.execute("SELECT create_distributed_table('tasks', 'site_id')")
+    expected = (
+        "policy rls_member_select of tasks reads another table with rls.member_of(), which on the workers reads "
+        "the membership table's empty shell, so no member sees a row"
+    )
+    assert ("rls_member_select", expected) in _problems(admin, "tasks")
+    with app.cursor() as cursor:
+        assert f"rls_member_select: {expected}" in _citus_failures(cursor)
+
+
 # -- the table as Citus leaves it: fails closed ------------------------------------------------
 
 
@@ -744,3 +877,101 @@ def test_filter_by_site_routes_django_queries_to_one_shard(note_table, app, admi
     every_site = admin.execute(plain_text, plain_params).fetchall()
     assert sorted(admin.execute(text, params).fetchall()) == sorted(row for row in every_site if row[1] == SITE)
     assert len(every_site) == 90
+
+
+# -- what carrying the context to the workers can build on (issue 17, item 2; not built) ----------
+#
+# Citus's behaviour the design in docs/scale-out.md ("Design notes") rests on, pinned here so that a
+# Citus release that changes it fails these tests. A plain distributed table and a placeholder setting
+# (myapp.site) stand in for a protected table and the credential setting the extension would define.
+
+
+@pytest.fixture
+def carrier(admin: psycopg.Connection) -> Iterator[str]:
+    """carrier (id, site_id), 40 rows over the 32 shards, read and updated by the app role, and carry(v), a function
+    that issues SET LOCAL myapp.site through SPI (the way the extension's setter would)."""
+    admin.execute("CREATE TABLE carrier (id int NOT NULL, site_id int NOT NULL)")
+    admin.execute("SELECT create_distributed_table('carrier', 'site_id')")
+    admin.execute("INSERT INTO carrier SELECT g, g FROM generate_series(1, 40) AS g")
+    admin.execute(
+        "CREATE FUNCTION carry(v text) RETURNS void LANGUAGE plpgsql "
+        "AS $$ BEGIN EXECUTE format('SET LOCAL myapp.site = %L', v); END $$"
+    )
+    admin.execute(sql.SQL("GRANT SELECT, UPDATE ON carrier TO {}").format(sql.Identifier(APP_ROLE)))
+    yield "carrier"
+    admin.execute("DROP TABLE carrier")
+    admin.execute("DROP FUNCTION carry(text)")
+
+
+ON_THE_SHARDS = "SELECT DISTINCT current_setting('myapp.site', true) FROM carrier"
+
+
+def _unset(rows: list[tuple]) -> bool:
+    """No worker backend had a value: NULL where the placeholder was never set in it, '' where a SET LOCAL of
+    an earlier transaction on the same (cached) connection had created it."""
+    return bool(rows) and {value for (value,) in rows} <= {None, ""}
+
+
+def test_a_set_local_issued_through_spi_reaches_every_worker_backend(app, carrier):
+    """As the app role, in a transaction block with citus.propagate_set_commands = 'local': SET LOCAL run by a
+    function (SPI, so ProcessUtility, so Citus's hook) reaches the backends opened after it and before it."""
+    app.execute("SET citus.propagate_set_commands = 'local'")
+    with app.transaction():
+        app.execute("SELECT carry('3')")
+        assert app.execute(ON_THE_SHARDS).fetchall() == [("3",)]
+        app.execute("SELECT carry('4')")  # the worker connections are open now: sent to each of them
+        assert app.execute(ON_THE_SHARDS).fetchall() == [("4",)]
+    # set_config() is not a SET statement: nothing is forwarded.
+    with app.transaction():
+        app.execute("SELECT set_config('myapp.site', '5', true)")
+        assert _unset(app.execute(ON_THE_SHARDS).fetchall())
+    app.execute("RESET citus.propagate_set_commands")
+
+
+def test_autocommit_statements_carry_no_set_local(app, admin, carrier):
+    """A multi-shard SELECT in autocommit opens no transaction on the workers: nothing a SET LOCAL could
+    ride on, even one issued by the same statement; a multi-shard UPDATE does open one (two-phase commit)."""
+    app.execute("SET citus.propagate_set_commands = 'local'")
+    admin.execute(
+        "CREATE FUNCTION carry_and_read(v text) RETURNS SETOF text LANGUAGE plpgsql AS $$ BEGIN "
+        "EXECUTE format('SET LOCAL myapp.site = %L', v); "
+        "RETURN QUERY SELECT DISTINCT current_setting('myapp.site', true) FROM carrier; END $$"
+    )
+    try:
+        assert _unset(app.execute("SELECT * FROM carry_and_read('3')").fetchall())
+        sent: list[str] = []
+        app.add_notice_handler(lambda notice: sent.append(notice.message_primary or ""))
+        app.execute("SET citus.log_remote_commands = on")
+        app.execute("SELECT count(*) FROM carrier")
+        assert sent and not any("BEGIN" in command for command in sent), sent
+        sent.clear()
+        app.execute("UPDATE carrier SET id = id WHERE id < 0")
+        assert any(command.startswith("issuing BEGIN") for command in sent), sent
+        app.execute("SET citus.log_remote_commands = off")
+    finally:
+        admin.execute("DROP FUNCTION carry_and_read(text)")
+        app.execute("RESET citus.propagate_set_commands")
+
+
+def test_the_app_role_reads_what_is_propagated_and_may_assign_a_transaction_id(citus, app, carrier):
+    """Why a credential propagated this way is not secret from the app role, and why binding it to the
+    distributed transaction alone does not stop a replay from a session of the app role's own on a worker:
+    citus.log_remote_commands (any role may set it) shows the SET LOCAL text, which a new worker connection
+    receives before assign_distributed_transaction_id(); and that function is executable by PUBLIC."""
+    sent: list[str] = []
+    app.add_notice_handler(lambda notice: sent.append(notice.message_primary or ""))
+    app.execute("SET citus.propagate_set_commands = 'local'")
+    app.execute("SET citus.log_remote_commands = on")
+    with app.transaction():
+        app.execute("SELECT carry('secret-3')")
+        app.execute("SELECT count(*) FROM carrier WHERE site_id = 3")
+    app.execute("RESET citus.log_remote_commands")
+    app.execute("RESET citus.propagate_set_commands")
+    [begin] = [command for command in sent if command.startswith("issuing BEGIN")]
+    assert begin.index("SET LOCAL myapp.site = 'secret-3'") < begin.index("assign_distributed_transaction_id(")
+    with citus.connect(APP_ROLE, PASSWORD, node=citus.workers[0]) as direct:
+        with direct.transaction():
+            direct.execute("SELECT assign_distributed_transaction_id(0, 424242, now())")
+            assert direct.execute(
+                "SELECT initiator_node_identifier, transaction_number FROM get_current_transaction_id()"
+            ).fetchone() == (0, 424242)

@@ -226,3 +226,66 @@ def test_the_drift_check_of_many_groups_agrees_with_one_group_at_a_time(owner_co
         assert one_by_one == at_once == [False, False, False, True, False, False]
     finally:
         owner_conn.execute("DROP TABLE policy_set_other")
+
+
+# -- what Citus's shards cannot hold (issue 17, item 4): decided without Citus ----------------------
+#
+# rls.protect() refuses, on a table Citus holds, a policy group that reads another table (a sub-select,
+# or rls.member_of()); tests/test_citus.py shows the refusal on a cluster. What it is decided on runs
+# on every server: the expressions as PostgreSQL parses them, never their text.
+
+PARENT_EXISTS = "EXISTS (SELECT 1 FROM policy_parent p WHERE p.id = policy_set.id)"
+
+
+@pytest.fixture
+def parent(owner_conn: psycopg.Connection, table: str) -> Iterator[str]:
+    owner_conn.execute("CREATE TABLE policy_parent (id int PRIMARY KEY, user_id bigint)")
+    yield "policy_parent"
+    owner_conn.execute("DROP TABLE policy_parent CASCADE")  # with the policies of policy_set that read it
+
+
+@pytest.mark.parametrize(
+    ("using", "check", "reads"),
+    [
+        ("site_id = rls.site_id()", None, None),
+        # A literal that says SELECT is not a sub-select: the parse tree decides, not the text.
+        ("site_id = rls.site_id() AND 'SELECT 1 FROM x' IS NOT NULL", None, None),
+        (PARENT_EXISTS, None, "sub-select"),
+        ("true", PARENT_EXISTS, "sub-select"),
+        ("site_id IN (SELECT p.id FROM policy_parent p WHERE p.user_id = rls.user_id())", None, "sub-select"),
+        ("site_id = ANY (ARRAY(SELECT 1))", None, "sub-select"),
+        ("rls.member_of('policy_parent', 'id', 'user_id', id)", None, "rls.member_of()"),
+    ],
+)
+def test_what_reads_another_table_is_found_in_the_parse_tree(owner_conn, parent, using, check, reads):
+    assert owner_conn.execute("SELECT rls._policy_reads_tables('policy_set', %s, %s)", (using, check)).fetchone() == (
+        reads,
+    )
+
+
+def test_the_probe_leaves_nothing_behind(owner_conn, parent):
+    before = owner_conn.execute("SELECT count(*) FROM pg_policy WHERE polrelid = 'policy_set'::regclass").fetchone()
+    with owner_conn.transaction():
+        owner_conn.execute("SELECT rls._policy_reads_tables('policy_set', %s, NULL)", (PARENT_EXISTS,))
+        assert owner_conn.execute("SELECT current_setting('citus.enable_ddl_propagation', true)").fetchone() in (
+            (None,),
+            ("",),
+        )
+        assert (
+            owner_conn.execute("SELECT count(*) FROM pg_policy WHERE polrelid = 'policy_set'::regclass").fetchone()
+            == before
+        )
+    # An expression that does not parse fails as CREATE POLICY would, and nothing is left either.
+    with pytest.raises(errors.UndefinedColumn, match="nope"):
+        owner_conn.execute("SELECT rls._policy_reads_tables('policy_set', 'nope = 1', NULL)")
+
+
+def test_without_citus_a_group_may_read_another_table(owner_conn, app_conn, parent):
+    """rls.protect() refuses only on tables Citus holds: a plain table takes a sub-select as before."""
+    assert owner_conn.execute("SELECT rls._citus_table_kind('policy_set')").fetchone() == (None,)
+    owner_conn.execute("SELECT rls.protect('policy_set', 'parent', %s, to_role => %s)", (PARENT_EXISTS, APP_ROLE))
+    owner_conn.execute("INSERT INTO policy_parent VALUES (1, NULL)")
+    owner_conn.execute(sql.SQL("GRANT SELECT ON policy_parent TO {}").format(sql.Identifier(APP_ROLE)))
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('1', NULL)")
+        assert [r for (r,) in app_conn.execute("SELECT id FROM policy_set ORDER BY 1")] == [1]

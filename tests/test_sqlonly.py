@@ -390,6 +390,15 @@ class TestPoliciesReadTheContextOncePerStatement:
             "(SELECT rls.claim('role')) = 'x' AND \"rls\".user_id() = 1 AND my_rls.site_id() = 2"
         )
 
+    def test_so_every_policy_of_this_mode_has_a_sub_select(self, owner_conn, sites_table):
+        """Why the SQL-only mode can protect no table of Citus's (E030, docs/scale-out.md): Citus refuses a
+        sub-select in a policy on its tables, and this mode's plainest policy is parsed into one."""
+        assert owner_conn.execute(
+            "SELECT rls._policy_reads_tables(%s, rls._policy_text('site_id = rls.site_id()'), NULL), "
+            "rls._policy_reads_tables(%s, 'site_id = rls.site_id()', NULL)",
+            (sites_table, sites_table),
+        ).fetchone() == ("sub-select", None)
+
     def test_a_callers_planner_setting_does_not_make_every_later_call_jit_compile(self, app_conn):
         """After one transaction with enable_seqscan = off, the accessor's re-planned query looked costly
         enough for JIT, and each later call of the session compiled it again (70 ms instead of microseconds)."""

@@ -269,6 +269,9 @@ DECLARE
     changed boolean := false;
 BEGIN
     FOR spec IN SELECT * FROM rls._group_policies(tbl, group_name, using_expr, check_expr, commands, to_role) LOOP
+        PERFORM rls._citus_refuse_group(tbl, group_name, using_expr, check_expr, spec.policy_using, spec.policy_check);
+    END LOOP;
+    FOR spec IN SELECT * FROM rls._group_policies(tbl, group_name, using_expr, check_expr, commands, to_role) LOOP
         changed := rls._ensure_policy(tbl, spec.policy_name, false, spec.command, to_role,
                                       spec.policy_using, spec.policy_check) OR changed;
     END LOOP;

@@ -11,6 +11,110 @@
 -- it exists, and nothing here runs, where Citus is not installed.
 -------------------------------------------------------------------------------
 
+-- What kind of Citus table tbl is: 'distributed', 'reference' or 'Citus local'
+-- (Citus's metadata holds it), or NULL (a plain table, or no Citus).
+CREATE FUNCTION rls._citus_table_kind(tbl regclass)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kind text;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT CASE WHEN partmethod = ''n'' AND repmodel = ''t'' THEN ''reference''
+                         WHEN partmethod = ''n'' THEN ''Citus local'' ELSE ''distributed'' END
+               FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
+       INTO kind USING tbl;
+    RETURN kind;
+END
+$$;
+COMMENT ON FUNCTION rls._citus_table_kind(regclass) IS
+'Internal: distributed, reference or Citus local where Citus''s metadata holds the table; NULL otherwise.';
+
+-- What, in a pair of policy expressions for tbl, reads another table, as
+-- PostgreSQL parses them: 'sub-select' (a SubLink: EXISTS, IN, ANY or a
+-- scalar sub-select; Citus refuses to create such a policy on any of its
+-- tables, and to distribute a table that has one), 'rls.member_of()' (the C
+-- function reads the membership table itself, below Citus: on a worker that
+-- is the empty shell of a Citus table), or NULL.  It parses them by creating
+-- a probe policy and reading its node tree, inside a block that is always
+-- rolled back, with Citus's DDL propagation off for that block (Citus would
+-- otherwise refuse the probe itself, with an internal error).  It runs with
+-- the caller's search_path, like the CREATE POLICY it stands for.
+CREATE FUNCTION rls._policy_reads_tables(tbl regclass, using_expr text, check_expr text)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    found text;
+    member_of oid := pg_catalog.to_regprocedure('rls.member_of(regclass,name,name,anyelement)');
+BEGIN
+    BEGIN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+        EXECUTE pg_catalog.format('CREATE POLICY rls__probe ON %s AS RESTRICTIVE FOR ALL TO PUBLIC USING (%s) WITH CHECK (%s)',
+                                  tbl, coalesce(using_expr, 'true'), coalesce(check_expr, 'true'));
+        SELECT CASE WHEN pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text) LIKE '%{SUBLINK %'
+                    THEN 'sub-select'
+                    WHEN member_of IS NOT NULL
+                         AND pg_catalog.strpos(pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text),
+                                               pg_catalog.format('{FUNCEXPR :funcid %s ', member_of)) > 0
+                    THEN 'rls.member_of()' END
+          INTO found
+          FROM pg_catalog.pg_policy p
+         WHERE p.polrelid = tbl AND p.polname = 'rls__probe';
+        RAISE EXCEPTION USING ERRCODE = 'DRLS0';
+    EXCEPTION WHEN SQLSTATE 'DRLS0' THEN
+        NULL;  -- the probe and the setting are gone with the block
+    END;
+    RETURN found;
+END
+$$;
+COMMENT ON FUNCTION rls._policy_reads_tables(regclass, text, text) IS
+'Internal: sub-select or rls.member_of() where a policy with these expressions on the table would read another table; NULL otherwise (parsed, never run).';
+
+-- Refuse a policy group that Citus's shards cannot hold (issue 17, item 4):
+-- on a table of Citus's, an expression that reads another table.  Citus
+-- itself refuses a sub-select, with an internal error and no way out named;
+-- rls.member_of() it accepts, and its members would see nothing on the
+-- workers.  Nothing happens on a plain table or without Citus.
+CREATE FUNCTION rls._citus_refuse_group(tbl regclass, group_name text, raw_using text, raw_check text,
+                                        using_expr text, check_expr text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    kind text := rls._citus_table_kind(tbl);
+    reads text;
+BEGIN
+    IF kind IS NULL THEN
+        RETURN;
+    END IF;
+    reads := rls._policy_reads_tables(tbl, using_expr, check_expr);
+    IF reads IS NULL THEN
+        RETURN;
+    END IF;
+    IF reads = 'sub-select' AND rls._policy_text('rls.site_id()') <> 'rls.site_id()'
+       AND rls._policy_reads_tables(tbl, raw_using, coalesce(raw_check, raw_using)) IS NULL THEN
+        RAISE EXCEPTION 'cannot protect % with the SQL-only mode of django_rls: it is a % table of Citus, and the SQL-only mode reads the context in sub-selects, which Citus does not allow in a policy on its tables', tbl, kind
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = format('Use the django_rls library instead of the SQL-only mode on every node of the cluster (shared_preload_libraries = ''citus, django_rls''), or keep %s out of Citus: SELECT undistribute_table(%L). docs/scale-out.md', tbl, tbl::text);
+    END IF;
+    IF reads = 'sub-select' THEN
+        RAISE EXCEPTION 'policy group "%" of % reads another table in a sub-select, and % is a % table of Citus, which does not allow sub-selects in a policy on its tables', group_name, tbl, tbl, kind
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = format('Give %s its own site column, kept in step by the application or a trigger, and protect it by that column (rls.protect_by_site, BySite), or keep it out of Citus: SELECT undistribute_table(%L). docs/scale-out.md', tbl, tbl::text);
+    END IF;
+    RAISE EXCEPTION 'policy group "%" of % calls rls.member_of(), and % is a % table of Citus: on the workers rls.member_of() reads the membership table''s empty shell, so no member would see a row', group_name, tbl, tbl, kind
+        USING ERRCODE = 'feature_not_supported',
+              HINT = format('Give %s its own site column and protect it by that column (rls.protect_by_site, BySite), or keep it out of Citus: SELECT undistribute_table(%L). docs/scale-out.md', tbl, tbl::text);
+END
+$$;
+COMMENT ON FUNCTION rls._citus_refuse_group(regclass, text, text, text, text, text) IS
+'Internal: refuse a policy group that reads another table on a table Citus holds (its shards cannot run it).';
+
 -- One line per policy of a table: name, command, roles and expressions, but
 -- not whether it is permissive (Citus's copies never are).  The same text runs
 -- on the coordinator and, through run_command_on_placements, on every shard
@@ -47,6 +151,7 @@ DECLARE
     declared text;
     placement record;
     superuser boolean := (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);
+    member_of oid := pg_catalog.to_regprocedure('rls.member_of(regclass,name,name,anyelement)');
 BEGIN
     IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
         RETURN;
@@ -82,6 +187,32 @@ BEGIN
             hint := 'Protect a distributed table with one policy group whose expression is the conjunction, for '
                     'instance rls.protect(tbl, ''site_owner'', ''site_id = rls.site_id() AND user_id = rls.user_id()''), '
                     'and remove the others.';
+            RETURN NEXT;
+        END LOOP;
+
+        -- A policy that reads another table: Citus refuses to create one with a sub-select on its tables
+        -- (rls.protect refuses first), but one can predate Citus's metadata or be made with its DDL
+        -- propagation off; rls.member_of() it accepts, and on the workers it reads an empty shell.
+        FOR placement IN
+            SELECT p.polname,
+                   CASE WHEN pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text) LIKE '%{SUBLINK %'
+                        THEN 'in a sub-select, which Citus does not run in a policy on its shards'
+                        ELSE 'with rls.member_of(), which on the workers reads the membership table''s empty shell, '
+                             'so no member sees a row' END AS how
+              FROM pg_catalog.pg_policy p
+             WHERE p.polrelid = tbl
+               AND p.polname !~ '^rls_base_'  -- they repeat the groups' expressions
+               AND (pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text) LIKE '%{SUBLINK %'
+                    OR (member_of IS NOT NULL
+                        AND pg_catalog.strpos(pg_catalog.concat(p.polqual::text, ' ', p.polwithcheck::text),
+                                              pg_catalog.format('{FUNCEXPR :funcid %s ', member_of)) > 0))
+             ORDER BY p.polname
+        LOOP
+            object_name := placement.polname::text;
+            problem := format('policy %s of %%1$s reads another table %s', placement.polname,
+                              replace(placement.how, '%', '%%'));
+            hint := 'Give the table its own site column and protect it by that column (rls.protect_by_site, BySite), '
+                    'or keep it out of Citus (undistribute_table). docs/scale-out.md';
             RETURN NEXT;
         END LOOP;
 
