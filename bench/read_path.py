@@ -296,6 +296,7 @@ def main() -> int:
                     times[each].append(ms)
                 ratios[name].append(taken[name] / taken[floor])
         rows.append((label, times, ratios, nodes))
+        print(f"  {label}: {time.monotonic() - started:.0f} s", flush=True)
 
     print(
         f"{'what':32s} {'floor ms':>9s} {'ours ms':>9s} {'ours x':>7s} {'middle half':>13s} {'calls x':>8s} "
