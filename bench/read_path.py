@@ -27,9 +27,10 @@ check on the app's path) would look slower by what EXPLAIN itself spends, not th
 Absolute times drift on a shared machine, by 10% and more from one query to the next, and
 the median of each side's times taken apart let two runs of the same code disagree by as
 much. So each variant is measured in pairs with its floor: one sample is floor, variant,
-variant, floor (every other sample variant, floor, floor, variant), the variant's two times
-over the floor's two, a ratio taken over a second or so in which the machine's load weighs on
-both sides alike; the variants take turns at going first. The table shows the median of
+variant, floor (every other sample variant, floor, floor, variant), the faster of the
+variant's two times over the faster of the floor's two, a ratio taken over a second or so in
+which the machine's load weighs on both sides alike, and a stall slows one run rather than a
+side; the variants take turns at going first. The table shows the median of
 BENCH_SAMPLES such ratios (30 by default) and, for ours, the middle half of them (first to
 third quartile); the times in ms are the medians of the single times, for scale only.
 
@@ -289,12 +290,13 @@ def main() -> int:
             for name in order:
                 floor = "sql floor" if name == "sql" else "floor"
                 sequence = (floor, name, name, floor) if sample % 2 == 0 else (name, floor, floor, name)
-                taken = {floor: 0.0, name: 0.0}
+                taken: dict[str, list[float]] = {floor: [], name: []}
                 for each in sequence:
                     ms = measure(conns, case, each, nodes)
-                    taken[each] += ms
+                    taken[each].append(ms)
                     times[each].append(ms)
-                ratios[name].append(taken[name] / taken[floor])
+                # The faster of each side's two: a stall of the machine slows one run, not the side.
+                ratios[name].append(min(taken[name]) / min(taken[floor]))
         rows.append((label, times, ratios, nodes))
         print(f"  {label}: {time.monotonic() - started:.0f} s", flush=True)
 
