@@ -85,6 +85,7 @@ bench: deps
 	bench/deps.sh
 	$(MAKE) install
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/read_path.py
+	$(VENV)/bin/python bench/read_instructions.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/policy_set.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/write_path.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/audit_read.py

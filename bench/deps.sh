@@ -11,15 +11,18 @@ VENV="${VENV:-.venv}"
 DJANGO_RLS_PEER="django-rls==2.0.1"
 DJANGO_RLS_PEER_DIR="$VENV/peers/django-rls"
 
-if ! command -v wrk >/dev/null 2>&1; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "bench/deps.sh: wrk is missing; run as root or apt-get install wrk" >&2
-        exit 1
+# valgrind counts instructions for bench/read_instructions.py.
+for tool in wrk valgrind; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "bench/deps.sh: $tool is missing; run as root or apt-get install $tool" >&2
+            exit 1
+        fi
+        echo "bench/deps.sh: installing $tool"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null
     fi
-    echo "bench/deps.sh: installing wrk"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-fi
+done
 # The extra's pins, checked against what is installed: reinstall when pyproject.toml changed them.
 if ! "$VENV/bin/python" - <<'PY'
 import re, sys, tomllib

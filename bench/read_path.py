@@ -24,7 +24,15 @@ row that passes through a plan node costs two clock readings (pg_test_timing mea
 76 ns each on this machine), so a plan with one node more than the floor's (the one-time
 check on the app's path) would look slower by what EXPLAIN itself spends, not the query.
 
-Absolute times drift on a shared machine; the ratios within one run are what counts.
+Absolute times drift on a shared machine, by 10% and more from one query to the next, and
+the median of each side's times taken apart let two runs of the same code disagree by as
+much. So each variant is measured in pairs with its floor: one sample is floor, variant,
+variant, floor (every other sample variant, floor, floor, variant), the faster of the
+variant's two times over the faster of the floor's two, a ratio taken over a second or so in
+which the machine's load weighs on both sides alike, and a stall slows one run rather than a
+side; the variants take turns at going first. The table shows the median of
+BENCH_SAMPLES such ratios (30 by default) and, for ours, the middle half of them (first to
+third quartile); the times in ms are the medians of the single times, for scale only.
 
 BENCH_PATHS (labels of the table's first column, separated by semicolons) runs only those paths;
 with BENCH_KEEP=1 the databases are kept after the run and reused by the next one that finds
@@ -47,7 +55,7 @@ from django_rls import sqlonly
 ROWS = int(os.environ.get("BENCH_ROWS", "2000000"))
 SITES = 100
 SITE = 42
-REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
+SAMPLES = int(os.environ.get("BENCH_SAMPLES", "30"))
 TARGET = 1.03
 KEEP = os.environ.get("BENCH_KEEP") == "1"
 DB = "django_rls_bench"
@@ -140,6 +148,14 @@ def setup(server: str) -> tuple[str, str]:
     return dsn, sql_dsn
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the middle half of the values lies between them)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, high
+
+
 def accessor_call_us(conn: psycopg.Connection, accessor: str, calls: int = 20_000) -> float:
     """Microseconds per call of an accessor written so that the planner cannot fold or hoist it."""
     with conn.transaction():
@@ -173,6 +189,25 @@ def timed(
     return plan[0]["Execution Time"], node["Node Type"]
 
 
+def measure(
+    conns: dict[str, psycopg.Connection],
+    case: tuple[list[str], str, str, int],
+    name: str,
+    nodes: dict[str, str],
+) -> float:
+    """One time of one variant of a path, in ms; records the variant's scan node in nodes."""
+    settings, protected_query, floor_query, runs = case
+    # The SQL-only tables live in a database of their own: their floor is the same query there.
+    if name == "floor":
+        context, query = None, floor_query.format(t="ours")
+    elif name == "sql floor":
+        context, query = None, floor_query.format(t="sql")
+    else:
+        context, query = name, protected_query.format(t="ours" if name == "calls" else name)
+    ms, nodes[name] = timed(conns.get(name, conns["app"]), settings, context, query, runs)
+    return ms
+
+
 def _scan_children(node: dict) -> list[dict]:
     """A plan node's children but the InitPlans (both modes read their context in one)."""
     return [child for child in node.get("Plans", []) if child.get("Parent Relationship") != "InitPlan"]
@@ -194,7 +229,7 @@ def plan_shape(conn: psycopg.Connection, site: int, query: str) -> str:
 
 def main() -> int:
     server = os.environ["DATABASE_URL"]
-    print(f"read path: {ROWS:,} rows per table, {SITES} sites, site {SITE}; median of {REPEAT}", flush=True)
+    print(f"read path: {ROWS:,} rows per table, {SITES} sites, site {SITE}; {SAMPLES} samples", flush=True)
     started = time.monotonic()
     dsn, sql_dsn = setup(server)
     print(f"setup took {time.monotonic() - started:.0f} s\n", flush=True)
@@ -240,41 +275,68 @@ def main() -> int:
             raise SystemExit(f"BENCH_PATHS: unknown {', '.join(unknown)}; choose from {', '.join(cases)}")
         cases = {label: case for label, case in cases.items() if label in wanted}
     rows = []
-    for label, (settings, protected_query, floor_query, runs) in cases.items():
-        # The SQL-only tables live in a database of their own: their floor is the same query there.
-        names = ("floor", "sql floor", *POLICIES)
-        samples: dict[str, list[float]] = {name: [] for name in names}
+    conns = {"floor": admin, "sql floor": sql_admin, "sql": sql_app, "calls": app_calls, "app": app}
+    for label, case in cases.items():
         nodes: dict[str, str] = {}
-        for round_number in range(REPEAT + 1):  # the first round warms the caches and is not counted
-            # Each round starts with another variant, so that none always runs first.
-            for name in names[round_number % len(names) :] + names[: round_number % len(names)]:
-                if name == "floor":
-                    conn, context, query = admin, None, floor_query.format(t="ours")
-                elif name == "sql floor":
-                    conn, context, query = sql_admin, None, floor_query.format(t="sql")
-                else:
-                    conn = {"sql": sql_app, "calls": app_calls}.get(name, app)
-                    context, query = name, protected_query.format(t="ours" if name == "calls" else name)
-                ms, nodes[name] = timed(conn, settings, context, query, runs)
-                samples[name].append(ms)
-        medians = {name: statistics.median(values[1:]) for name, values in samples.items()}
-        rows.append((label, medians, nodes))
+        times: dict[str, list[float]] = {name: [] for name in ("floor", "sql floor", *POLICIES)}
+        ratios: dict[str, list[float]] = {name: [] for name in POLICIES}
+        for name in ("floor", "sql floor", *POLICIES):  # warms the caches; not counted
+            measure(conns, case, name, nodes)
+        for sample in range(SAMPLES):
+            # One sample is one pair per variant, measured floor, variant, variant, floor (or the
+            # other way round, every other sample), so that a drift of the machine's load within
+            # the pair weighs on both sides alike; the variants take turns at going first.
+            order = list(POLICIES)[sample % len(POLICIES) :] + list(POLICIES)[: sample % len(POLICIES)]
+            for name in order:
+                floor = "sql floor" if name == "sql" else "floor"
+                sequence = (floor, name, name, floor) if sample % 2 == 0 else (name, floor, floor, name)
+                taken: dict[str, list[float]] = {floor: [], name: []}
+                for each in sequence:
+                    ms = measure(conns, case, each, nodes)
+                    taken[each].append(ms)
+                    times[each].append(ms)
+                # The faster of each side's two: a stall of the machine slows one run, not the side.
+                ratios[name].append(min(taken[name]) / min(taken[floor]))
+        rows.append((label, times, ratios, nodes))
+        print(f"  {label}: {time.monotonic() - started:.0f} s", flush=True)
 
     print(
-        f"{'what':32s} {'floor ms':>9s} {'ours ms':>9s} {'ours x':>7s} {'calls x':>8s} {'sql-only x':>10s} {'classic x':>10s} "
-        f"{'wrapped x':>10s}  target <= {TARGET}x (ours)"
+        f"{'what':32s} {'floor ms':>9s} {'ours ms':>9s} {'ours x':>7s} {'middle half':>13s} {'calls x':>8s} "
+        f"{'sql-only x':>10s} {'classic x':>10s} {'wrapped x':>10s}  target <= {TARGET}x (ours)"
     )
     met_all = True
-    for label, medians, _ in rows:
-        ratio = medians["ours"] / medians["floor"]
+    for label, times, ratios, _ in rows:
+        ratio = statistics.median(ratios["ours"])
+        low, high = quartiles(ratios["ours"])
         met = ratio <= TARGET
         met_all &= met
-        print(
-            f"{label:32s} {medians['floor']:9.2f} {medians['ours']:9.2f} {ratio:7.3f} {medians['calls'] / medians['floor']:8.3f} "
-            f"{medians['sql'] / medians['sql floor']:10.3f} {medians['classic'] / medians['floor']:10.3f} {medians['wrapped'] / medians['floor']:10.3f}  {'yes' if met else 'NO'}"
+        others = " ".join(
+            f"{statistics.median(ratios[name]):{width}.3f}"
+            for name, width in (("calls", 8), ("sql", 10), ("classic", 10), ("wrapped", 10))
         )
+        print(
+            f"{label:32s} {statistics.median(times['floor']):9.2f} {statistics.median(times['ours']):9.2f} {ratio:7.3f} "
+            f"{low:6.3f}-{high:6.3f} {others}  {'yes' if met else 'NO'}"
+        )
+    print("\nmiddle half of the per-pair ratios, every variant (first to third quartile):")
+    for label, _, ratios, _ in rows:
+        print(
+            f"  {label}: "
+            + ", ".join(
+                f"{name} {quartiles(ratios[name])[0]:.3f}-{quartiles(ratios[name])[1]:.3f}" for name in POLICIES
+            )
+        )
+    spread = {
+        (label, name): (max(values) - min(values)) / statistics.median(values)
+        for label, times, _, _ in rows
+        for name, values in times.items()
+    }
+    print(
+        f"spread of the single times (max - min over median): {max(spread.values()):.0%} at most, "
+        f"{statistics.median(spread.values()):.0%} typically; the per-pair ratios cancel most of the machine's load"
+    )
     print("\nscan nodes (floor / ours / calls / sql-only / classic / wrapped):")
-    for label, _, nodes in rows:
+    for label, _, _, nodes in rows:
         print(f"  {label}: {nodes['floor']} / {' / '.join(nodes[name] for name in POLICIES)}")
     print("\nplans on the skewed table (site 1 holds half of the rows), C library / SQL-only mode:")
     for site in (1, 51):
