@@ -39,8 +39,24 @@ class TextArrayContains(models.Lookup):
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
     def for_object(self, obj: models.Model) -> AuditEntryQuerySet:
-        """Every change of one row, oldest first (as far as the current context may see)."""
-        return self.for_model(type(obj)).filter(row_key=str(obj.pk)).order_by("id")
+        """Every change of one row, oldest first (as far as the current context may see).
+
+        The statement rows holding the row's key come from the row key index
+        (``rls_audit.statements_of()``); only their entries are unnested.
+        """
+        key = str(obj.pk)
+        return (
+            self.filter(
+                models.expressions.RawSQL(
+                    "statement_id = ANY (rls_audit.statements_of(ARRAY(SELECT trail_id FROM rls_audit.trails "
+                    "WHERE table_oid = %s::regclass), %s))",
+                    [connections[self.db].ops.quote_name(type(obj)._meta.db_table), key],
+                    output_field=models.BooleanField(),
+                )
+            )
+            .filter(row_key=key)
+            .order_by("id")
+        )
 
     def for_model(self, model: type[models.Model]) -> AuditEntryQuerySet:
         """Every entry of the model's table, by its trail id: also those written before a rename."""
