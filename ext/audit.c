@@ -641,13 +641,43 @@ ReadKeys(StatementValues *sv, AuditTable *table, TupleTableSlot *a, TupleTableSl
 	}
 }
 
-/* The text of a one-dimensional text[] of these elements, as array_out prints it. */
+/*
+ * The text of a one-dimensional text[] of these (non-NULL) elements, as
+ * array_out prints it: an element is double-quoted when it is empty, reads
+ * NULL, or holds a brace, comma, double quote, backslash or white space, and
+ * a double quote or backslash in it is escaped with a backslash.
+ */
 static char *
 TextArrayText(Datum *elements, int n)
 {
-	ArrayType  *array = construct_array(elements, n, TEXTOID, -1, false, TYPALIGN_INT);
+	StringInfoData out;
+	int			i;
 
-	return DatumGetCString(DirectFunctionCall1(array_out, PointerGetDatum(array)));
+	initStringInfo(&out);
+	appendStringInfoChar(&out, '{');
+	for (i = 0; i < n; i++)
+	{
+		char	   *element = TextDatumGetCString(elements[i]);
+		bool		quote = element[0] == '\0' || pg_strcasecmp(element, "NULL") == 0;
+		const char *c;
+
+		for (c = element; *c != '\0' && !quote; c++)
+			quote = strchr("{},\"\\ \t\n\r\v\f", *c) != NULL;
+		if (i > 0)
+			appendStringInfoChar(&out, ',');
+		if (quote)
+			appendStringInfoChar(&out, '"');
+		for (c = element; *c != '\0'; c++)
+		{
+			if (*c == '"' || *c == '\\')
+				appendStringInfoChar(&out, '\\');
+			appendStringInfoChar(&out, *c);
+		}
+		if (quote)
+			appendStringInfoChar(&out, '"');
+	}
+	appendStringInfoChar(&out, '}');
+	return out.data;
 }
 
 /* Write the chunk collected so far as one statement row, and start the next. */
