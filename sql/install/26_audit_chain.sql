@@ -123,12 +123,14 @@ COMMENT ON FUNCTION rls_audit._seal(date, text, bigint[], bytea) IS
 'Internal: append one statement''s entries of one chain to the chain (rls_audit.capture() with django_rls.audit_chain on).';
 REVOKE ALL ON FUNCTION rls_audit._seal(date, text, bigint[], bytea) FROM PUBLIC;
 
--- The entries of one month, with their content digests: those its seals
--- list (expected) against those the log holds (actual), in one pass over
--- the month for all its chains.  The first difference by id in each chain is
--- that chain's first bad entry.
+-- The statement rows of one month, with their content digests: those its
+-- seals list (expected) against those the log holds (actual), in one pass
+-- over the month for all its chains.  The first difference by id in each
+-- chain is that chain's first bad statement row, reported by its first entry;
+-- entries counts the entries of the statement rows that match their seals.
 CREATE FUNCTION rls_audit._month_first_bad_entries(month date,
-                                                   OUT chain text, OUT entry_id bigint, OUT seal_seq bigint, OUT problem text)
+                                                   OUT chain text, OUT entry_id bigint, OUT seal_seq bigint, OUT problem text,
+                                                   OUT entries bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -140,7 +142,8 @@ BEGIN ATOMIC
           FROM rls_audit.seals s, unnest(s.statement_ids) WITH ORDINALITY AS u(id, n)
          WHERE s.month = _month_first_bad_entries.month),
     actual AS (
-        SELECT l.id, rls_audit._chain_of(l.site_id, l.site_uuid) AS chain, rls_audit._entry_digest(l) AS digest
+        SELECT l.id, rls_audit._chain_of(l.site_id, l.site_uuid) AS chain, rls_audit._entry_digest(l) AS digest,
+               cardinality(l.row_keys) AS n
           FROM rls_audit.statements l
          WHERE l.logged_at >= (_month_first_bad_entries.month::timestamp AT TIME ZONE 'UTC')
            AND l.logged_at < ((_month_first_bad_entries.month + 31)::timestamp AT TIME ZONE 'UTC')
@@ -152,20 +155,26 @@ BEGIN ATOMIC
                e.id AS expected_id, a.id AS actual_id, a.digest AS actual_digest
           FROM expected e FULL JOIN actual a ON a.id = e.id AND a.chain = e.chain
          WHERE e.digest IS DISTINCT FROM a.digest
-         ORDER BY coalesce(e.chain, a.chain), coalesce(e.id, a.id))
-    SELECT b.chain, b.id * 1024 + 1, b.seq,
-           CASE WHEN b.expected_id IS NULL THEN 'inserted'
+         ORDER BY coalesce(e.chain, a.chain), coalesce(e.id, a.id)),
+    counted AS (
+        SELECT a.chain, sum(a.n) AS entries
+          FROM expected e JOIN actual a ON a.id = e.id AND a.chain = e.chain AND a.digest = e.digest
+         GROUP BY a.chain)
+    SELECT coalesce(b.chain, c.chain), b.id * 1024 + 1, b.seq,
+           CASE WHEN b.chain IS NULL THEN NULL
+                WHEN b.expected_id IS NULL THEN 'inserted'
                 WHEN b.actual_id IS NOT NULL
                      AND EXISTS (SELECT 1 FROM expected x
                                   WHERE x.chain = b.chain AND x.digest = b.actual_digest AND x.id <> b.actual_id)
                     THEN 'reordered'
                 WHEN b.actual_id IS NULL AND EXISTS (SELECT 1 FROM rls_audit.statements l WHERE l.id = b.expected_id) THEN 'edited'
                 WHEN b.actual_id IS NULL THEN 'deleted'
-                ELSE 'edited' END
-      FROM first_bad b;
+                ELSE 'edited' END,
+           coalesce(c.entries, 0)
+      FROM first_bad b FULL JOIN counted c ON c.chain = b.chain;
 END;
 COMMENT ON FUNCTION rls_audit._month_first_bad_entries(date) IS
-'Internal: per chain of a month, the first entry (by id) that its seals and the log disagree on, and how; chains without a seal included.';
+'Internal: per chain of a month, the entries of its statement rows that match their seals and the first entry of the first statement row (by id) that its seals and the log disagree on, and how; chains without a seal included.';
 REVOKE ALL ON FUNCTION rls_audit._month_first_bad_entries(date) FROM PUBLIC;
 
 -- STABLE: the whole check reads one snapshot, so entries and seals written
@@ -191,8 +200,8 @@ BEGIN
                FROM (SELECT h.month FROM rls_audit.chain_heads h UNION SELECT z.month FROM rls_audit.seals z) x
               WHERE verify.since IS NULL OR x.month >= date_trunc('month', verify.since)::date
               ORDER BY x.month LOOP
-        -- One pass over the month's entries for all its chains.
-        SELECT coalesce(jsonb_object_agg(b.chain, jsonb_build_array(b.entry_id, b.seal_seq, b.problem)), '{}')
+        -- One pass over the month's statement rows for all its chains.
+        SELECT coalesce(jsonb_object_agg(b.chain, jsonb_build_array(b.entry_id, b.seal_seq, b.problem, b.entries)), '{}')
           INTO bads FROM rls_audit._month_first_bad_entries(m) b;
         FOR c IN SELECT h.chain FROM rls_audit.chain_heads h WHERE h.month = m
                  UNION SELECT z.chain FROM rls_audit.seals z WHERE z.month = m
@@ -216,7 +225,6 @@ BEGIN
                 END IF;
                 previous := s.seal;
                 seals := seals + 1;
-                entries := entries + cardinality(s.statement_ids);
             END LOOP;
             IF problem IS NULL AND seals > 0 THEN
                 SELECT * INTO head FROM rls_audit.chain_heads h WHERE h.month = m AND h.chain = c;
@@ -230,13 +238,14 @@ BEGIN
                 detail := 'the chain has a head but no seal: its seals were deleted';
             END IF;
             bad := bads -> c;
-            IF problem IS NULL AND bad IS NOT NULL THEN
+            entries := coalesce((bad ->> 3)::bigint, 0);
+            IF problem IS NULL AND bad ->> 2 IS NOT NULL THEN
                 entry_id := (bad ->> 0)::bigint; seal_seq := (bad ->> 1)::bigint; problem := bad ->> 2;
                 detail := CASE problem
-                    WHEN 'edited' THEN format('entry %s differs from what seal %s recorded', entry_id, seal_seq)
-                    WHEN 'deleted' THEN format('entry %s, sealed by seal %s, is missing from the log', entry_id, seal_seq)
-                    WHEN 'inserted' THEN format('entry %s is in the log but no seal of its chain lists it', entry_id)
-                    ELSE format('entry %s holds what the chain recorded for another entry id', entry_id) END;
+                    WHEN 'edited' THEN format('the statement row of entries from %s on differs from what seal %s recorded', entry_id, seal_seq)
+                    WHEN 'deleted' THEN format('the statement row of entries from %s on, sealed by seal %s, is missing from the log', entry_id, seal_seq)
+                    WHEN 'inserted' THEN format('the statement row of entries from %s on is in the log but no seal of its chain lists it', entry_id)
+                    ELSE format('the statement row of entries from %s on holds what the chain recorded for another statement row', entry_id) END;
             END IF;
             RETURN NEXT;
         END LOOP;
