@@ -2,10 +2,13 @@
 
     python tests/harness/cluster.py run -- .venv/bin/python bench/audit_read.py
 
-Fills rls_audit.log with BENCH_LOG_ROWS recorded row changes (default 10M: 1M objects of an
+Fills the log with BENCH_LOG_ROWS recorded row changes (default 10M: 1M objects of an
 audited, site-protected table, 10 changes each, 100 sites, one change every 100 µs up to now)
-straight into the log (no trigger: the write path is bench/write_path.py's), then times, as a non-superuser application role
-reading through the log's policy with a site context:
+straight into its statement rows, rls_audit.statements (no trigger: the write path is
+bench/write_path.py's): half of them as single-row statements, half as statements of
+BENCH_CHUNK rows of one site (one statement row each, as the capture writes them). Then times, as
+a non-superuser application role reading through the per-row view rls_audit.log with a site
+context:
 - one object's history: rls_audit.history('item', key) (what the admin history page and
   instance.audit_history() read), target under 10 ms;
 - a site's latest 50 changes: the log filtered by site, newest first (as the admin lists it),
@@ -26,7 +29,8 @@ from psycopg.conninfo import make_conninfo
 
 LOG_ROWS = int(os.environ.get("BENCH_LOG_ROWS", "10000000"))
 READS = int(os.environ.get("BENCH_READS", "20"))
-BATCH = 1_000_000
+BATCH = 500_000
+CHUNK = int(os.environ.get("BENCH_CHUNK", "1000"))
 OBJECTS = min(1_000_000, max(LOG_ROWS // 10, 1))
 DB = "django_rls_audit_read_bench"
 ROLE = "bench_audit_app"
@@ -52,18 +56,44 @@ def fill(conn: psycopg.Connection) -> None:
     conn.execute("SELECT rls_audit.enable('item')")
     conn.execute("SELECT rls_audit.set_read_rule('item', site_column => 'site_id')")
     trail = conn.execute("SELECT trail_id FROM rls_audit.trails WHERE table_oid = 'item'::regclass").fetchone()[0]
-    for start in range(0, LOG_ROWS, BATCH):
+    columns = (
+        "logged_at, table_oid, table_name, operation, site_id, user_id, db_role, read_rule, read_keys, trail_id, "
+        "row_keys, old_values, new_values, changed_columns, row_read_keys"
+    )
+    half = LOG_ROWS // 2
+    for start in range(0, half, BATCH):
+        # Single-row statements: change g is of object g % OBJECTS, whose site is object % 100.
         conn.execute(
-            "INSERT INTO rls_audit.log (logged_at, table_oid, table_name, operation, row_key, old_values, "
-            "new_values, changed_columns, site_id, user_id, db_role, read_rule, read_keys, trail_id) "
-            "SELECT now() - (%(rows)s - g) * interval '100 microseconds', "
-            "'item'::regclass, 'public.item', 'UPDATE', (g %% %(objects)s)::text, "
-            "jsonb_build_object('body', md5((g - 1)::text)), jsonb_build_object('body', md5(g::text)), '{body}', "
-            "g %% %(objects)s %% 100, g %% 5000, 'bench', 'site', ARRAY[(g %% %(objects)s %% 100)::text], %(trail)s "
+            f"INSERT INTO rls_audit.statements ({columns}) "
+            "SELECT now() - (%(rows)s - g) * interval '100 microseconds', 'item'::regclass, 'public.item', 'UPDATE', "
+            "g %% %(objects)s %% 100, g %% 5000, 'bench', 'site', ARRAY[(g %% %(objects)s %% 100)::text], %(trail)s, "
+            "ARRAY[(g %% %(objects)s)::text], ARRAY[jsonb_build_object('body', md5((g - 1)::text))], "
+            "ARRAY[jsonb_build_object('body', md5(g::text))], ARRAY['{body}'], "
+            "ARRAY['{' || (g %% %(objects)s %% 100) || '}'] "
             "FROM generate_series(%(lo)s, %(hi)s) g",
-            {"rows": LOG_ROWS, "objects": OBJECTS, "trail": trail, "lo": start + 1, "hi": min(start + BATCH, LOG_ROWS)},
+            {"rows": LOG_ROWS, "objects": OBJECTS, "trail": trail, "lo": start + 1, "hi": min(start + BATCH, half)},
         )
-    conn.execute("VACUUM ANALYZE rls_audit.log")
+    for start in range(half, LOG_ROWS, BATCH):
+        # Bulk statements of CHUNK rows of one site each (the objects of a site are 100 apart).
+        conn.execute(
+            f"INSERT INTO rls_audit.statements ({columns}) "
+            "SELECT now() - (%(rows)s - min(g)) * interval '100 microseconds', 'item'::regclass, 'public.item', "
+            "'UPDATE', g %% 100, 0, 'bench', 'site', ARRAY[(g %% 100)::text], %(trail)s, "
+            "array_agg((g %% %(objects)s)::text ORDER BY g), "
+            "array_agg(jsonb_build_object('body', md5((g - 1)::text)) ORDER BY g), "
+            "array_agg(jsonb_build_object('body', md5(g::text)) ORDER BY g), "
+            "array_agg('{body}'::text ORDER BY g), array_agg('{' || (g %% 100) || '}' ORDER BY g) "
+            "FROM generate_series(%(lo)s, %(hi)s) g GROUP BY g %% 100, (g - %(lo)s) / (100 * %(chunk)s)",
+            {
+                "rows": LOG_ROWS,
+                "objects": OBJECTS,
+                "trail": trail,
+                "lo": start + 1,
+                "hi": min(start + BATCH, LOG_ROWS),
+                "chunk": CHUNK,
+            },
+        )
+    conn.execute("VACUUM ANALYZE rls_audit.statements")
 
 
 def main() -> int:
@@ -78,7 +108,7 @@ def main() -> int:
         with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
             fill(conn)
             stored = conn.execute(
-                "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('rls_audit.log')"
+                "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('rls_audit.statements')"
             ).fetchone()[0]
         filled = time.monotonic() - started
         with psycopg.connect(make_conninfo(server, dbname=DB, user=ROLE), autocommit=True) as app:

@@ -48,8 +48,7 @@ class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
         return (
             self.filter(
                 models.expressions.RawSQL(
-                    "statement_id = ANY (rls_audit.statements_of(ARRAY(SELECT trail_id FROM rls_audit.trails "
-                    "WHERE table_oid = %s::regclass), %s))",
+                    "statement_id = ANY (rls_audit.statements_of(%s::regclass, %s))",
                     [connections[self.db].ops.quote_name(type(obj)._meta.db_table), key],
                     output_field=models.BooleanField(),
                 )

@@ -131,12 +131,10 @@ LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION rls_audit._may_read(uuid, text, text[]) IS
 'Internal: the read policy of rls_audit.log. The entry is about the table rls_audit.trails names for trail_id (none once it is dropped). True for roles with the privileges of the table''s owner; otherwise the reader needs USAGE on the table''s schema, SELECT on the table, row level security on it whose every SELECT policy applies to the reader (one of them permissive; or no row level security at all), and a context matching one of read_keys under read_rule.';
 
--- A statement row read directly: readable when any of its rows is.
+-- The statement rows are granted to nobody: a chunk's arrays hold the rows of
+-- many sites or owners.  Readers read the per-row view below.
 ALTER TABLE rls_audit.statements ENABLE ROW LEVEL SECURITY;
-CREATE POLICY statements_read ON rls_audit.statements FOR SELECT TO PUBLIC
-    USING (rls_audit._may_read(trail_id, read_rule, read_keys));
 REVOKE ALL ON rls_audit.statements FROM PUBLIC;
-GRANT SELECT ON rls_audit.statements TO PUBLIC;
 
 -- The log as readers see it: one row per changed row.  A security_barrier
 -- view reads its table as its owner, so it decides for each row itself who
@@ -178,21 +176,21 @@ COMMENT ON COLUMN rls_audit.log.statement_id IS 'The rls_audit.statements row ho
 REVOKE ALL ON rls_audit.log FROM PUBLIC;
 GRANT SELECT ON rls_audit.log TO PUBLIC;
 
--- The statement rows holding a row's entries, found by the row key index as
--- the caller (through rls_audit.statements' policy): readers put them into
--- rls_audit.log's statement_id, a leakproof condition that reaches the id
--- index behind the view's barrier.
-CREATE FUNCTION rls_audit.statements_of(trails uuid[], row_key text)
+-- The statement rows holding a row's entries, found by the row key index:
+-- readers put them into rls_audit.log's statement_id, a leakproof condition
+-- that reaches the id index behind the view's barrier.  It finds the entries
+-- as the log's owner and keeps those rls_audit._may_read() lets the caller
+-- read, so it tells nothing of the others (ext/audit_lookup.c).
+-- LEAKPROOF (only a superuser can declare it): its errors depend on nothing
+-- it is given or reads, and it returns only what the caller may read, so a
+-- condition on rls_audit.log calling it may run below the view's barrier.
+-- No SET clause: the queries it runs name every object with its schema.
+CREATE FUNCTION rls_audit.statements_of(tbl regclass, row_key text)
 RETURNS bigint[]
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(array_agg(s.id), '{}') FROM rls_audit.statements s
-     WHERE s.trail_id = ANY (statements_of.trails)
-       AND s.row_keys OPERATOR(rls_audit.@>) ARRAY[statements_of.row_key]
-$$;
-COMMENT ON FUNCTION rls_audit.statements_of(uuid[], text) IS
-'The ids of the statement rows (rls_audit.log.statement_id) holding entries of the row row_key of the tables with these trail ids, as far as the caller may read them.';
+AS 'MODULE_PATHNAME', 'rls_audit_statements_of'
+LANGUAGE C STABLE STRICT LEAKPROOF;
+COMMENT ON FUNCTION rls_audit.statements_of(regclass, text) IS
+'The ids of the statement rows (rls_audit.log.statement_id) holding entries of the row row_key of tbl (or of any table of its partition tree, under any name it had) that the caller may read. Use: WHERE statement_id = ANY (rls_audit.statements_of(tbl, key)) AND row_key = key.';
 
 -- The partitioned parent holds no rows of its own and is not marked (pg_dump
 -- 14 crashes on that); the monthly partitions are no members of the extension,
