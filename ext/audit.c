@@ -5,13 +5,17 @@
  *
  * rls_audit.capture() is an AFTER ... FOR EACH STATEMENT trigger with
  * transition tables.  Per statement it reads the transition tables, builds
- * one log row per changed row (row images and the UPDATE diff come from
- * audit_image.c, the context from audit_context.c), collects them in a
- * tuplestore and writes them with one INSERT ... SELECT from that tuplestore.
+ * one entry per changed row (row images and the UPDATE diff come from
+ * audit_image.c, the context from audit_context.c), collects the entries in
+ * statement rows of rls_audit.statements (chunks of at most CHUNK_ROWS
+ * entries, as parallel arrays, with the statement's own columns once), and
+ * writes those with an INSERT ... SELECT from a tuplestore, every
+ * CHUNKS_PER_WRITE statement rows and at the end.  Readers read the per-row
+ * view rls_audit.log (sql/install/21_audit_log.sql).
  *
  * Rights.  The function is not SECURITY DEFINER: reading the rows and
  * building the images runs with the rights of the role that wrote them.  Only
- * the INSERT into rls_audit.log runs as the log's owner, inside
+ * the INSERT into rls_audit.statements runs as the log's owner, inside
  * SetUserIdAndSecContext(..., SECURITY_LOCAL_USERID_CHANGE |
  * SECURITY_RESTRICTED_OPERATION), and that INSERT runs only built-in code:
  * it names no function or operator, its source is a tuplestore of built-in
@@ -100,6 +104,13 @@ PG_FUNCTION_INFO_V1(rls_audit_may_read);
 #define LOG_FIRST_ROW_ATT 14
 /* At most this many changed rows per statement row (positions 1..CHUNK_ROWS < 1024). */
 #define CHUNK_ROWS 1000
+
+/*
+ * Statement rows collected before they are written: a few megabytes, so that
+ * the tuplestore between capture and insert stays in memory (under the
+ * default work_mem) instead of spilling a large statement's images to disk.
+ */
+#define CHUNKS_PER_WRITE 8
 #define CAPTURED_RELATION "rls_audit_captured"
 
 /* Read rules: which of the row's values a reader's context must match. */
@@ -132,6 +143,8 @@ typedef struct AuditTable
 } AuditTable;
 
 static HTAB *audit_tables = NULL;
+
+static void WriteLog(Tuplestorestate *rows, int64 count);
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr sealed_insert_plan = NULL;
 static bool audit_chain = false;
@@ -484,7 +497,7 @@ typedef struct StatementValues
 	Datum		values[LOG_NATTS];
 	bool		nulls[LOG_NATTS];
 	Tuplestorestate *rows;
-	int64		statements;
+	int64		statements;		/* statement rows in rows, not yet written */
 	MemoryContext chunkcxt;
 	int			nrows;
 	ArrayBuildState *row_keys;
@@ -721,7 +734,12 @@ FlushChunk(StatementValues *sv)
 	MemoryContextReset(sv->chunkcxt);
 	sv->nrows = 0;
 	sv->read_keys = NIL;
-	sv->statements++;
+	if (++sv->statements >= CHUNKS_PER_WRITE)
+	{
+		WriteLog(sv->rows, sv->statements);
+		tuplestore_clear(sv->rows);
+		sv->statements = 0;
+	}
 }
 
 /* Add one changed row to the chunk (in the current, per-row, memory context). */
@@ -942,7 +960,7 @@ LogInsertPlan(bool sealed)
 }
 
 /*
- * INSERT the collected rows into rls_audit.log as the log's owner, with
+ * INSERT the collected statement rows into rls_audit.statements as the log's owner, with
  * security-restricted operation: the statement names no function, operator
  * or cast but the extension's own (the chain's, when it is on), and reads
  * only the tuplestore (see the file header).
@@ -1029,10 +1047,11 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 		count = CaptureUpdates(&sv, table, trigdata->tg_oldtable, trigdata->tg_newtable,
 							   slot, other, rowcxt);
 	FlushChunk(&sv);
+	if (sv.statements > 0)
+		WriteLog(sv.rows, sv.statements);
 
 	if (count > 0)
 	{
-		WriteLog(sv.rows, sv.statements);
 
 		/*
 		 * A transaction that wrote audit rows commits as durably as the

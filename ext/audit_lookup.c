@@ -44,7 +44,8 @@ PG_FUNCTION_INFO_V1(rls_audit_statements_of);
  * As the log's owner: each entry of the key, with its statement's reader
  * columns.  A primary key is unique across a partition tree, and a write is
  * recorded under the table its statement named, so the whole tree's trail
- * ids are looked for (also those of a table renamed since).
+ * ids are looked for (also those of a table renamed since).  The key is
+ * compared as the row key index compares it, COLLATE "C".
  */
 #define FIND_ENTRIES \
 	"SELECT s.id, s.trail_id, s.read_rule, s.row_read_keys[p.n] " \
@@ -54,7 +55,7 @@ PG_FUNCTION_INFO_V1(rls_audit_statements_of);
 	"WHERE r.table_oid OPERATOR(pg_catalog.=) $1 OR r.table_oid OPERATOR(pg_catalog.=) ANY (ARRAY(" \
 	"SELECT t.relid FROM pg_catalog.pg_partition_tree(" \
 	"COALESCE(pg_catalog.pg_partition_root($1), $1)) t)))) " \
-	"AND s.row_keys OPERATOR(rls_audit.@>) ARRAY[$2]"
+	"AND s.row_keys OPERATOR(rls_audit.@>) ARRAY[$2 COLLATE \"C\"]"
 
 /* As the caller: the statements of the entries it may read. */
 #define READABLE_STATEMENTS \

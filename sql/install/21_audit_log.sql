@@ -108,7 +108,10 @@ BEGIN
     -- a row's history (its key among the chunk's keys; the trail id is on the
     -- statement row); an entry by id; what a site did when; what a user did
     -- when; time ranges
-    EXECUTE format('CREATE INDEX ON %s USING gin (row_keys rls_audit.row_key_ops)', part);
+    -- (the keys compared by bytes, "C": a row key is looked for by equality,
+    -- which no collation changes, and the locale's comparison costs a bulk
+    -- write a tenth of its time)
+    EXECUTE format('CREATE INDEX ON %s USING gin (row_keys COLLATE "C" rls_audit.row_key_ops)', part);
     EXECUTE format('CREATE INDEX ON %s (id)', part);
     EXECUTE format('CREATE INDEX ON %s (site_id, logged_at) WHERE site_id IS NOT NULL', part);
     EXECUTE format('CREATE INDEX ON %s (site_uuid, logged_at) WHERE site_uuid IS NOT NULL', part);
