@@ -63,6 +63,27 @@ PG_FUNCTION_INFO_V1(rls_audit_statements_of);
 	"pg_catalog.unnest($3), pg_catalog.unnest($4)) AS e(id, trail, rule, keys) " \
 	"WHERE rls_audit._may_read(e.trail, e.rule, e.keys::pg_catalog.text[])"
 
+/* Both queries, prepared once per backend. */
+static SPIPlanPtr find_plan = NULL;
+static SPIPlanPtr readable_plan = NULL;
+
+static SPIPlanPtr
+Prepared(SPIPlanPtr *cached, const char *query, int nargs, Oid *types)
+{
+	if (*cached == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(query, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare rls_audit.statements_of()'s query: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep rls_audit.statements_of()'s query");
+		*cached = plan;
+	}
+	return *cached;
+}
+
 static Oid
 StatementsOwner(void)
 {
@@ -94,7 +115,7 @@ FindEntries(Datum *args, Oid *types)
 						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
-		rc = SPI_execute_with_args(FIND_ENTRIES, 2, types, args, NULL, true, 0);
+		rc = SPI_execute_plan(Prepared(&find_plan, FIND_ENTRIES, 2, types), args, NULL, true, 0);
 	}
 	PG_FINALLY();
 	{
@@ -192,7 +213,7 @@ rls_audit_statements_of(PG_FUNCTION_ARGS)
 		types[1] = UUIDARRAYOID;
 		types[2] = TEXTARRAYOID;
 		types[3] = TEXTARRAYOID;
-		rc = SPI_execute_with_args(READABLE_STATEMENTS, 4, types, args, nulls, true, 1);
+		rc = SPI_execute_plan(Prepared(&readable_plan, READABLE_STATEMENTS, 4, types), args, nulls, true, 1);
 		if (rc != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "rls_audit.statements_of() could not check the entries: %s", SPI_result_code_string(rc));
 		result = ResultColumn(0, 1, &result_null, cxt);

@@ -147,6 +147,12 @@ REVOKE ALL ON rls_audit.statements FROM PUBLIC;
 -- leakproof (then they reach the indexes).  An entry's id is its statement
 -- row's id times 1024 plus its position: unique, increasing with insertion
 -- order, and found back through the B-tree on the statement row's id.
+--
+-- Newest first, as the admin lists it: PostgreSQL plans a security_barrier
+-- view on its own, before and without the reader's ORDER BY and LIMIT, so the
+-- order is the view's.  Then a site's (or user's) latest entries come from
+-- its (site_id, logged_at) index, and LIMIT stops the scan: without it, the
+-- view would unnest every statement row of the site for the reader to sort.
 CREATE VIEW rls_audit.log WITH (security_barrier) AS
 SELECT s.id * 1024 + e.n AS id,
        s.logged_at, s.xact_started_at, s.xact_id, s.table_oid, s.table_name, s.operation,
@@ -158,7 +164,8 @@ SELECT s.id * 1024 + e.n AS id,
  CROSS JOIN LATERAL ROWS FROM (unnest(s.row_keys), unnest(s.old_values), unnest(s.new_values),
                                unnest(s.changed_columns), unnest(s.row_read_keys))
        WITH ORDINALITY AS e(row_key, old_values, new_values, changed_columns, read_keys, n)
- WHERE rls_audit._may_read(s.trail_id, s.read_rule, e.read_keys::text[]);
+ WHERE rls_audit._may_read(s.trail_id, s.read_rule, e.read_keys::text[])
+ ORDER BY logged_at DESC, id DESC;
 COMMENT ON VIEW rls_audit.log IS
 'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it; each reader sees the entries of rows its policies let it read. Stored in rls_audit.statements.';
 COMMENT ON COLUMN rls_audit.log.id IS 'The entry: its statement row''s id times 1024 plus its position there; increasing with insertion order.';
