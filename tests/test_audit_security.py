@@ -93,6 +93,25 @@ def test_owner_protected_entries_only_for_their_owner(app_conn):
 
 
 @pytest.mark.usefixtures("audited")
+def test_one_statement_of_two_owners_shows_each_only_their_own(app_conn, owner_conn):
+    """Both rows are stored in one statement row of rls_audit.statements: the app role reads neither that
+    row nor, through the view or rls_audit.statements_of(), anything of the other owner's entry."""
+    write_as(owner_conn, 1, 7, "INSERT INTO audit_owned VALUES (1, 1, 7, 'private note of 7'), (2, 1, 8, 'note of 8')")
+    assert visible(app_conn, 1, 8, "audit_owned") == [("INSERT", "2")]
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('1', '8')")
+        assert app_conn.execute("SELECT rls_audit.statements_of('audit_owned', '1')").fetchone() == ([],)
+        (mine,) = app_conn.execute("SELECT rls_audit.statements_of('audit_owned', '2')").fetchone()
+        assert len(mine) == 1
+        rows = app_conn.execute(
+            "SELECT row_key, new_values->>'body' FROM rls_audit.log WHERE statement_id = ANY (%s)", (mine,)
+        ).fetchall()
+        assert rows == [("2", "note of 8")]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), app_conn.transaction():
+        app_conn.execute("SELECT new_values FROM rls_audit.statements")
+
+
+@pytest.mark.usefixtures("audited")
 def test_unmirrored_kinds_and_ungranted_tables_are_owner_only(app_conn, owner_conn):
     write_as(app_conn, 1, 7, "INSERT INTO audit_members VALUES (1, 1, 7, 'member row')")
     write_as(app_conn, 1, 7, "INSERT INTO audit_nogrant VALUES (1, 1, 7, 'write only')")

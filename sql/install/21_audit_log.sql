@@ -195,10 +195,12 @@ GRANT SELECT ON rls_audit.log TO PUBLIC;
 -- it is given or reads, and it returns only what the caller may read, so a
 -- condition on rls_audit.log calling it may run below the view's barrier.
 -- No SET clause: the queries it runs name every object with its schema.
+-- COST: it runs two queries, so the planner should call it once (as an
+-- index condition), never once per row of a scan it filters.
 CREATE FUNCTION rls_audit.statements_of(tbl regclass, row_key text)
 RETURNS bigint[]
 AS 'MODULE_PATHNAME', 'rls_audit_statements_of'
-LANGUAGE C STABLE STRICT LEAKPROOF;
+LANGUAGE C STABLE STRICT LEAKPROOF COST 10000;
 COMMENT ON FUNCTION rls_audit.statements_of(regclass, text) IS
 'The ids of the statement rows (rls_audit.log.statement_id) holding entries of the row row_key of tbl (or of any table of its partition tree, under any name it had) that the caller may read. Use: WHERE statement_id = ANY (rls_audit.statements_of(tbl, key)) AND row_key = key.';
 
