@@ -51,7 +51,7 @@ def site_one_ids(conn: psycopg.Connection) -> list[int]:
 
 
 def statement_of(entry_id: int) -> int:
-    """The rls_audit.statements row holding an entry (its id is the statement's id × 1024 + its position)."""
+    """The rls_audit.statements row holding an entry (its id is the statement's id * 1024 + its position)."""
     return entry_id // 1024
 
 
@@ -179,9 +179,7 @@ def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
 
 
 def test_entries_moved_out_of_the_default_partition_still_verify(chain_db):
-    assert chain_db.execute(
-        "SELECT sum(cardinality(row_keys)) FROM rls_audit.statements_default"
-    ).fetchone()[0] == 10
+    assert chain_db.execute("SELECT sum(cardinality(row_keys)) FROM rls_audit.statements_default").fetchone()[0] == 10
     chain_db.execute("SELECT rls_audit.ensure_partitions(0)")
     assert chain_db.execute("SELECT count(*) FROM rls_audit.statements_default").fetchone()[0] == 0
     assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
@@ -190,7 +188,7 @@ def test_entries_moved_out_of_the_default_partition_still_verify(chain_db):
 def test_an_edited_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
     chain_db.execute(
-        "UPDATE rls_audit.statements SET new_values = ARRAY['{\"body\": \"forged\"}'::jsonb] WHERE id = %s",
+        'UPDATE rls_audit.statements SET new_values = ARRAY[\'{"body": "forged"}\'::jsonb] WHERE id = %s',
         [statement_of(ids[5])],
     )
     assert problems(chain_db) == [("1", "edited", first_entry_of(ids[5]))]
@@ -204,7 +202,9 @@ def test_an_entry_moved_to_another_site_is_reported_as_edited(chain_db):
 
 def test_a_deleted_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
-    chain_db.execute("DELETE FROM rls_audit.statements WHERE id = ANY(%s)", [[statement_of(ids[3]), statement_of(ids[6])]])
+    chain_db.execute(
+        "DELETE FROM rls_audit.statements WHERE id = ANY(%s)", [[statement_of(ids[3]), statement_of(ids[6])]]
+    )
     assert problems(chain_db) == [("1", "deleted", first_entry_of(ids[3]))]
 
 
