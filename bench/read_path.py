@@ -25,6 +25,10 @@ row that passes through a plan node costs two clock readings (pg_test_timing mea
 check on the app's path) would look slower by what EXPLAIN itself spends, not the query.
 
 Absolute times drift on a shared machine; the ratios within one run are what counts.
+
+BENCH_PATHS (labels of the table's first column, separated by semicolons) runs only those paths;
+with BENCH_KEEP=1 the databases are kept after the run and reused by the next one that finds
+them (to compare two builds of the library on the same data: restart the server between).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ SITES = 100
 SITE = 42
 REPEAT = int(os.environ.get("BENCH_REPEAT", "7"))
 TARGET = 1.03
+KEEP = os.environ.get("BENCH_KEEP") == "1"
 DB = "django_rls_bench"
 SQL_DB = "django_rls_bench_sqlonly"
 
@@ -102,6 +107,12 @@ def _tables(conn: psycopg.Connection, names: dict[str, str | None]) -> None:
 
 
 def setup(server: str) -> tuple[str, str]:
+    dsn, sql_dsn = make_conninfo(server, dbname=DB), make_conninfo(server, dbname=SQL_DB)
+    with psycopg.connect(server, autocommit=True) as admin:
+        kept = admin.execute("SELECT count(*) FROM pg_database WHERE datname IN (%s, %s)", [DB, SQL_DB]).fetchone()[0]
+    if KEEP and kept == 2:
+        print("reusing the databases of an earlier run (BENCH_KEEP=1)", flush=True)
+        return dsn, sql_dsn
     with psycopg.connect(server, autocommit=True) as admin:
         for name in (DB, SQL_DB):
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -112,17 +123,20 @@ def setup(server: str) -> tuple[str, str]:
         # A member of bench_app, so the same policies apply, with the calls left in the plans.
         admin.execute("CREATE ROLE bench_app_calls LOGIN IN ROLE bench_app")
         admin.execute("ALTER ROLE bench_app_calls SET django_rls.accessor_initplans = off")
-    dsn = make_conninfo(server, dbname=DB)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
         _tables(conn, {name: policy for name, policy in POLICIES.items() if name not in ("sql", "calls")})
-    sql_dsn = make_conninfo(server, dbname=SQL_DB)
     with psycopg.connect(sql_dsn) as conn:
         with conn.cursor() as cursor:
             sqlonly.install(cursor, [])
         conn.commit()
         conn.autocommit = True
         _tables(conn, {"sql": None})
+    # Once more when everything is loaded: a table vacuumed while autovacuum analysed another one
+    # may not be all-visible yet, and its index-only scans would then visit the heap.
+    for each in (dsn, sql_dsn):
+        with psycopg.connect(each, autocommit=True) as conn:
+            conn.execute("VACUUM (FREEZE, ANALYZE)")
     return dsn, sql_dsn
 
 
@@ -220,6 +234,11 @@ def main() -> int:
             1,
         ),
     }
+    if paths := os.environ.get("BENCH_PATHS"):
+        wanted = [label.strip() for label in paths.split(";")]
+        if unknown := [label for label in wanted if label not in cases]:
+            raise SystemExit(f"BENCH_PATHS: unknown {', '.join(unknown)}; choose from {', '.join(cases)}")
+        cases = {label: case for label, case in cases.items() if label in wanted}
     rows = []
     for label, (settings, protected_query, floor_query, runs) in cases.items():
         # The SQL-only tables live in a database of their own: their floor is the same query there.
@@ -270,11 +289,12 @@ def main() -> int:
     sql_app.close()
     sql_admin.close()
     admin.close()
-    with psycopg.connect(server, autocommit=True) as conn:
-        for name in (DB, SQL_DB):
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute("DROP ROLE bench_app_calls")
-        conn.execute("DROP ROLE bench_app")
+    if not KEEP:
+        with psycopg.connect(server, autocommit=True) as conn:
+            for name in (DB, SQL_DB):
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute("DROP ROLE bench_app_calls")
+            conn.execute("DROP ROLE bench_app")
     print(f"\ntotal {time.monotonic() - started:.0f} s; all targets met: {'yes' if met_all else 'no'}")
     return 0
 

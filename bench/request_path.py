@@ -16,6 +16,12 @@ database connections:
                RLSProtectedModel whose table and policy come from migrate),
 - django-rls:  django-rls, set up as its docs say (its ENGINE, RLSContextMiddleware, an RLSModel
                with a tenant ModelPolicy installed by migrate),
+- sqlonly:     ours in the SQL-only mode (django_rls/sqlonly.py): a second throwaway cluster
+               without the C library, the mode installed by a non-superuser owner with
+               CREATEROLE (what rls_apply --install does), no signing key: the context goes
+               through the setter, rls.set_context(), in the statement's transaction,
+- sqlonly-signed: the same with a SIGNING_KEY the owner added, the role required to sign
+               (rls.require_signature, as rls_apply --install does with a key),
 - none-server, ours-server (only when named in BENCH_VARIANTS): none and ours with
                server_side_binding; their ratio is to none-server.
 
@@ -24,12 +30,17 @@ so the floor differs from each variant only by its RLS middleware and policy. Th
 from PyPI at the versions bench/deps.sh pins.
 
 Views: one-query (Item.objects.get(pk=...) in autocommit), ten-queries (ten such gets in the
-request's transaction, ATOMIC_REQUESTS) and no-query. wrk drives each view of each variant in
-turn for BENCH_ROUNDS rounds of BENCH_SECONDS in rotated order; the table gives the median
-requests/s and its ratio to the floor. Statements and round trips per request come from
-libpq's protocol trace (bench/request_site/count_wire.py).
+request's transaction, ATOMIC_REQUESTS) and no-query. Variants are interleaved: in each of
+BENCH_ROUNDS short rounds, wrk drives one view of every variant for BENCH_SECONDS each, back to
+back in an order rotated every round, so a variant and the floor are measured seconds apart,
+under the same load. Each round gives a ratio to the floor; the table shows the median of
+those per-round ratios and their spread (the middle half of them, quartile to quartile),
+next to the median requests/s. Statements and round trips per request come from libpq's
+protocol trace (bench/request_site/count_wire.py).
 With BENCH_INPROCESS=1 the table adds each view's Python CPU time per request, measured
-in-process (bench/request_site/time_requests.py), which the machine's load disturbs far less.
+in-process (bench/request_site/time_requests.py), which the machine's load disturbs less; with
+BENCH_INSTRUCTIONS=1 the instructions per request in the Django process, counted by callgrind
+(bench/request_site/count_instructions.py), which the load does not change at all.
 Targets for ours and ours-signed: at most 3% lost on one-query and ten-queries, nothing sent on
 no-query. BENCH_VARIANTS (comma-separated) picks variants; none is always run.
 """
@@ -70,14 +81,27 @@ DB = "django_rls_request_bench"
 ROLE = "bench_web"
 PASSWORD = "bench"
 KEY_FILE = "django_rls_request_bench.key"
-ALL_VARIANTS = ("none", "ours", "ours-signed", "classic", "rls-tenants", "django-rls", "none-server", "ours-server")
-DEFAULT_VARIANTS = ("none", "ours", "ours-signed", "classic", "rls-tenants", "django-rls")
+ALL_VARIANTS = (
+    "none",
+    "ours",
+    "ours-signed",
+    "sqlonly",
+    "sqlonly-signed",
+    "classic",
+    "rls-tenants",
+    "django-rls",
+    "none-server",
+    "ours-server",
+)
+DEFAULT_VARIANTS = ("none", "ours", "ours-signed", "sqlonly", "sqlonly-signed", "classic", "rls-tenants", "django-rls")
 PEERS = ("rls-tenants", "django-rls")
+SQLONLY = ("sqlonly", "sqlonly-signed")  # served by a second cluster, without the C library
+SQLONLY_OWNER = "bench_owner"
 TABLES = ("none", "ours", "classic")  # the shared database's tables; the peers' come from migrate
 VIEWS = ("one-query", "ten-queries", "no-query")
 TARGETED = ("ours", "ours-signed", "ours-server")
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "12"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "1"))
 WORKERS = 2  # gunicorn sync workers per variant; the machine has 2 cores
 CONNECTIONS = 4  # wrk's concurrent connections
 MAX_LOSS = 0.03
@@ -101,7 +125,7 @@ def floor_of(variant: str) -> str:
 
 
 def database_name(variant: str) -> str:
-    return f"{DB}_{variant.replace('-', '_')}" if variant in PEERS else DB
+    return f"{DB}_{variant.replace('-', '_')}" if variant in PEERS + SQLONLY else DB
 
 
 def setup(server: str, variants: tuple[str, ...], signing_key: str) -> None:
@@ -190,6 +214,60 @@ def setup_peer(server: str, peer: str) -> None:
             raise SystemExit(f"{peer}: migrate left no policy on its table; check its setup in bench/request_site/")
         conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(ROLE)))
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(table))
+
+
+def setup_sqlonly(server: str, variants: tuple[str, ...], signing_key: str) -> None:
+    """On the cluster without the library: per variant a database its owner installs the SQL-only mode in.
+
+    The owner is no superuser (CREATEROLE, owns the database), as on hosted PostgreSQL, and
+    does what rls_apply --install does (django_rls.sqlonly.install), then protects the table.
+    """
+    from django_rls import sqlonly
+
+    with psycopg.connect(server, autocommit=True) as admin:
+        for role, options in ((SQLONLY_OWNER, "CREATEROLE"), (ROLE, "")):
+            admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS " + options + " PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(PASSWORD)
+                )
+            )
+        for variant in SQLONLY:
+            if variant in variants:
+                admin.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(database_name(variant)), sql.Identifier(SQLONLY_OWNER)
+                    )
+                )
+    for variant in SQLONLY:
+        if variant not in variants:
+            continue
+        owner_url = make_conninfo(server, dbname=database_name(variant), user=SQLONLY_OWNER, password=PASSWORD)
+        with psycopg.connect(owner_url) as conn:
+            with conn.cursor() as cursor:
+                signed = variant == "sqlonly-signed"
+                sqlonly.install(cursor, [signing_key] if signed else [], ROLE if signed else None)
+                cursor.execute(
+                    "CREATE TABLE items_sqlonly (id int PRIMARY KEY, site_id int NOT NULL, name text, price int)"
+                )
+                cursor.execute(
+                    "INSERT INTO items_sqlonly SELECT g, g %% %s, 'item ' || g, g %% 1000 FROM generate_series(1, %s) g",
+                    [SITES, ROWS],
+                )
+                cursor.execute("CREATE INDEX ON items_sqlonly (site_id)")
+                cursor.execute(sql.SQL("GRANT SELECT ON items_sqlonly TO {}").format(sql.Identifier(ROLE)))
+                cursor.execute("SELECT rls.protect_by_site('items_sqlonly', 'site_id', to_role => %s)", [ROLE])
+        with psycopg.connect(owner_url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE items_sqlonly")
+
+
+def sqlonly_cluster() -> Any:
+    """A started throwaway cluster that does not load the django_rls library (tests/harness/cluster.py)."""
+    from tests.harness.cluster import Cluster
+
+    cluster = Cluster(library=False)
+    cluster.init()
+    cluster.start()
+    return cluster
 
 
 def app_url(server: str, variant: str) -> str:
@@ -281,28 +359,52 @@ def teardown(server: str, signed: bool) -> None:
             admin.execute("SELECT pg_reload_conf()")
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the middle half of the values lies between them)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, high
+
+
 def main() -> int:
     if shutil.which("wrk") is None or not (VENV_BIN / "gunicorn").exists():
         raise SystemExit("request_path.py needs wrk (apt-get install wrk) and gunicorn in the venv: run `make bench`")
+    if os.environ.get("BENCH_INSTRUCTIONS") == "1" and shutil.which("valgrind") is None:
+        raise SystemExit("BENCH_INSTRUCTIONS=1 needs valgrind (apt-get install valgrind)")
     server = os.environ["DATABASE_URL"]
     variants = chosen_variants()
     started = time.monotonic()
     signing_key = secrets.token_urlsafe(48)
     setup(server, variants, signing_key)
-    envs = {variant: variant_env(variant, app_url(server, variant), signing_key) for variant in variants}
-    print(
-        f"request path: gunicorn ({WORKERS} sync workers per variant) and wrk ({CONNECTIONS} connections) on loopback; "
-        f"median of {ROUNDS} rounds of {SECONDS} s in rotated order",
-        flush=True,
-    )
-    counts = {variant: site_script("count_wire.py", envs[variant]) for variant in variants}
-    inprocess = (
-        {variant: site_script("time_requests.py", envs[variant]) for variant in variants}
-        if os.environ.get("BENCH_INPROCESS") == "1"
-        else None
-    )
+    cluster = sqlonly_cluster() if any(v in SQLONLY for v in variants) else None
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
+        sqlonly_server = cluster.env["DATABASE_URL"] if cluster is not None else ""
+        if cluster is not None:
+            setup_sqlonly(sqlonly_server, variants, signing_key)
+        envs = {
+            variant: variant_env(
+                variant, app_url(sqlonly_server if variant in SQLONLY else server, variant), signing_key
+            )
+            for variant in variants
+        }
+        print(
+            f"request path: gunicorn ({WORKERS} sync workers per variant) and wrk ({CONNECTIONS} connections) on "
+            f"loopback; {ROUNDS} rounds, each view of every variant for {SECONDS} s per round, interleaved",
+            flush=True,
+        )
+        counts = {variant: site_script("count_wire.py", envs[variant]) for variant in variants}
+        inprocess = (
+            {variant: site_script("time_requests.py", envs[variant]) for variant in variants}
+            if os.environ.get("BENCH_INPROCESS") == "1"
+            else None
+        )
+        instructions = (
+            {variant: site_script("count_instructions.py", envs[variant]) for variant in variants}
+            if os.environ.get("BENCH_INSTRUCTIONS") == "1"
+            else None
+        )
         for variant in variants:
             servers[variant] = start_server(variant, envs[variant])
         for variant in variants:  # warm-up round, not counted
@@ -319,17 +421,30 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
         for process, _ in servers.values():
             process.wait(timeout=30)
+        if cluster is not None:
+            cluster.stop()
+            cluster.remove()
 
-    medians = {key: statistics.median(values) for key, values in samples.items()}
-    cpu_header = f" {'py us':>7s} {'x floor':>8s}" if inprocess else ""
+    # A variant's ratio is taken round by round, to the floor measured seconds before or after it.
+    ratios = {
+        (variant, view): [
+            value / floor for value, floor in zip(samples[variant, view], samples[floor_of(variant), view], strict=True)
+        ]
+        for variant in variants
+        for view in VIEWS
+    }
+    extra = (f" {'py us':>7s} {'x floor':>8s}" if inprocess else "") + (
+        f" {'instr/req':>10s} {'x floor':>8s}" if instructions else ""
+    )
     print(
-        f"\n{'view':12s} {'variant':12s} {'req/s':>8s} {'x floor':>8s} {'statements':>11s} {'round trips':>12s}"
-        f"{cpu_header}  target"
+        f"\n{'view':12s} {'variant':15s} {'req/s':>8s} {'x floor':>8s} {'middle half':>13s} {'statements':>11s} "
+        f"{'round trips':>12s}{extra}  target"
     )
     met_all = True
     for view in VIEWS:
         for variant in variants:
-            ratio = medians[variant, view] / medians[floor_of(variant), view]
+            ratio = statistics.median(ratios[variant, view])
+            low, high = quartiles(ratios[variant, view])
             wire = counts[variant][f"/{view}/"]
             target = ""
             if variant in TARGETED:
@@ -337,16 +452,22 @@ def main() -> int:
                 met_all &= met
                 goal = f">= {1 - MAX_LOSS:.2f}x" if view != "no-query" else "0 statements"
                 target = f"{goal}: {'yes' if met else 'NO'}"
-            cpu = ""
+            cells = ""
             if inprocess:
                 microseconds = inprocess[variant][f"/{view}/"]
-                cpu = f" {microseconds:7.0f} {microseconds / inprocess[floor_of(variant)][f'/{view}/']:8.3f}"
+                cells += f" {microseconds:7.0f} {microseconds / inprocess[floor_of(variant)][f'/{view}/']:8.3f}"
+            if instructions:
+                count = instructions[variant][f"/{view}/"]
+                cells += f" {count:10.0f} {count / instructions[floor_of(variant)][f'/{view}/']:8.3f}"
             print(
-                f"{view:12s} {variant:12s} {medians[variant, view]:8.0f} {ratio:8.3f} "
-                f"{wire['statements']:11.1f} {wire['round_trips']:12.1f}{cpu}  {target}"
+                f"{view:12s} {variant:15s} {statistics.median(samples[variant, view]):8.0f} {ratio:8.3f} "
+                f"{low:6.3f}-{high:6.3f} {wire['statements']:11.1f} {wire['round_trips']:12.1f}{cells}  {target}"
             )
     spread = {key: (max(v) - min(v)) / statistics.median(v) for key, v in samples.items()}
-    print(f"\nspread of the rounds (max - min over median): {max(spread.values()):.1%} at most")
+    print(
+        f"\nspread of the requests/s over the rounds (max - min over median): {max(spread.values()):.1%} at most; "
+        "the per-round ratios cancel most of what the machine's load does to both"
+    )
 
     teardown(server, "ours-signed" in variants)
     print(f"total {time.monotonic() - started:.0f} s; all targets met: {'yes' if met_all else 'no'}")

@@ -47,9 +47,10 @@ class DjangoRlsConfig(AppConfig):
 
 def _clear_session_context(**kwargs: Any) -> None:
     from django_rls.conf import rls_settings
-    from django_rls.database import clear_session_context
 
     if rls_settings.SCOPE == "session":
+        from django_rls.database import clear_session_context
+
         clear_session_context()
 
 

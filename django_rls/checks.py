@@ -462,6 +462,7 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             )
         if mode == "sql":
             messages.extend(_check_sql_mode(alias, cursor, version))
+        messages.extend(citus_refusals(_distributed_tables(cursor), connections[alias]))
         cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         is_super, bypass = cursor.fetchone()
         # Never advise demoting the role this alias connects as: it may be the only superuser of the cluster,
@@ -523,6 +524,73 @@ def _check_alias(alias: str) -> list[CheckMessage]:
     return messages
 
 
+def _distributed_tables(cursor: Any) -> set[str]:
+    """The names of the tables Citus distributes, visible on the search_path; empty without Citus."""
+    cursor.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+    if not cursor.fetchone()[0]:
+        return set()
+    cursor.execute(
+        "SELECT c.relname FROM pg_dist_partition d JOIN pg_class c ON c.oid = d.logicalrelid "
+        "WHERE pg_table_is_visible(c.oid)"
+    )
+    return {name for (name,) in cursor.fetchall()}
+
+
+def citus_refusals(distributed: set[str], connection: Any) -> list[CheckMessage]:
+    """E022, E024: declarations a table Citus distributes cannot hold (issue 17, docs/scale-out.md).
+
+    E022: a policy that reads another table (ThroughParent, Membership, OwnerOrMember, ...) needs a
+    sub-select on the shards, which Citus does not support there. E024: two policy groups for one
+    command: Citus copies them to the shards without AS RESTRICTIVE, where each admits a row alone.
+    """
+    from django_rls.declarations import all_declarations
+
+    if not distributed:
+        return []
+    messages: list[CheckMessage] = []
+    for label, declaration in sorted(all_declarations().items()):
+        try:
+            model = declaration.model_class()
+        except LookupError:
+            continue  # reported by E005
+        table = model._meta.db_table
+        if table not in distributed:
+            continue
+        for policy in declaration.policies:
+            read = policy.reads(model)
+            if read:
+                messages.append(
+                    Error(
+                        f"{label} is distributed by Citus and protected with {policy!r}, whose policy reads "
+                        f"{', '.join(sorted(m._meta.db_table for m in read))} in a sub-select: Citus does not run "
+                        "sub-selects of policies on its shards.",
+                        hint=f"Give {table} its own site column and protect it with BySite (kept in step by the "
+                        "application or a trigger), or keep it on the coordinator (a local or reference table).",
+                        obj=model,
+                        id="django_rls.E022",
+                    )
+                )
+        by_command: dict[str, list[str]] = {}
+        for group in declaration.groups(connection):
+            for command in group.commands:
+                by_command.setdefault(command, []).append(group.name)
+        shared = {command: names for command, names in by_command.items() if len(names) > 1}
+        if shared:
+            listed = "; ".join(f"{command}: {', '.join(names)}" for command, names in sorted(shared.items()))
+            messages.append(
+                Error(
+                    f"{label} is distributed by Citus and has more than one policy group for a command ({listed}): "
+                    "Citus copies them to the shards without AS RESTRICTIVE, so there each group admits a row on "
+                    "its own.",
+                    hint="Protect it with one Custom policy whose condition is the conjunction of the groups' "
+                    "conditions (for BySiteAndOwner: site and owner in one expression).",
+                    obj=model,
+                    id="django_rls.E024",
+                )
+            )
+    return messages
+
+
 def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]:
     """What only the SQL-only mode can get wrong, and what it does weaker than the library (docs/security.md)."""
     import django_rls
@@ -533,8 +601,9 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
             Error(
                 f"database {alias!r} has the SQL-only mode of django_rls {version}; this package needs "
                 f"{django_rls.EXTENSION_VERSION}.",
-                hint="Upgrading the SQL-only mode in place is not supported yet: keep the package at the installed "
-                "version (docs/getting-started.md, hosted PostgreSQL).",
+                hint="Run manage.py rls_apply --install as the owner: it upgrades an older installation in place "
+                "(and refuses a newer one: then install that version of the package). docs/operating.md, "
+                '"Upgrading the SQL-only mode".',
                 id="django_rls.E027",
             )
         )
@@ -557,8 +626,9 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
                 f"database {alias!r} has the SQL-only mode installed, but the server preloads the django_rls library: "
                 "the application carries its context the library's way, which the SQL-only mode does not read, so "
                 "every query sees no protected row.",
-                hint="Where the library is available, use it: drop the SQL-only mode (DROP SCHEMA rls CASCADE drops "
-                "the policies too; run rls_apply afterwards) and CREATE EXTENSION django_rls as a superuser.",
+                hint="Where the library is available, use it: move the database to the extension as docs/operating.md "
+                '("Moving between the SQL-only mode and the library") says, then run rls_apply (until then the '
+                "protected tables show no row: their policies go with the schema rls).",
                 id="django_rls.E029",
             )
         )

@@ -55,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     # A BYPASSRLS role the application role may SET ROLE to in test databases only (names starting
     # with "test_"), for django_rls.testing.test_bypass(); None disables it. docs/testing.md.
     "TEST_BYPASS_ROLE": None,
+    # Add "<site column> = <the context's site>" to the queries Django builds on BySite models (router.py).
+    "FILTER_BY_SITE": False,
 }
 
 IMPORT_STRINGS = {"SITE_RESOLVER", "USER_RESOLVER", "CLAIMS_RESOLVER"}
@@ -62,12 +64,21 @@ SCOPES = ("transaction", "session")
 
 
 class Settings:
-    """Attribute access to the merged DJANGO_RLS settings."""
+    """Attribute access to the merged DJANGO_RLS settings.
+
+    A setting read once is kept as an attribute (the bridge reads several before every
+    query); a change of DJANGO_RLS (``override_settings``) forgets them all.
+    """
 
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"unknown django_rls setting {name!r}")
-        return _resolved()[name]
+        value = _resolved()[name]
+        setattr(self, name, value)
+        return value
+
+    def forget(self) -> None:
+        self.__dict__.clear()
 
 
 def _import(name: str, value: Any) -> Callable[..., Any] | None:
@@ -113,6 +124,10 @@ def validate(user_settings: Any) -> dict[str, Any]:
             raise ImproperlyConfigured(
                 f'DJANGO_RLS["{name}"] must be a number of seconds greater than 0 (at most a day), not {value!r}'
             )
+    if not isinstance(merged["FILTER_BY_SITE"], bool):
+        raise ImproperlyConfigured(
+            f'DJANGO_RLS["FILTER_BY_SITE"] must be True or False, not {merged["FILTER_BY_SITE"]!r}'
+        )
     if merged["DATABASES"] is not None and not isinstance(merged["DATABASES"], list | tuple):
         raise ImproperlyConfigured('DJANGO_RLS["DATABASES"] must be a list of database aliases or None')
     if not isinstance(merged["MODELS"], dict):
@@ -167,6 +182,7 @@ def app_role() -> str | None:
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting in ("DJANGO_RLS", "DATABASES"):
         _resolved.cache_clear()
+        rls_settings.forget()
     if setting == "DATABASES":
         _configured_default_user.cache_clear()
 

@@ -106,11 +106,17 @@ class ReusableTokens:
         self.size = size
         self._lock = threading.Lock()
         self._tokens: OrderedDict[tuple[str | bytes, int, Values], tuple[ReusableToken, float]] = OrderedDict()
+        # The last token handed out, its cache key and when to sign again: the statements of a
+        # request follow one another with one context, so most uses need neither lock nor dict.
+        self._last: tuple[tuple[str | bytes, int, Values], ReusableToken, float] | None = None
 
     def use(self, key: str | bytes, lifetime: int, values: Values) -> str:
         """A fresh use of the reusable token of these values."""
         cache_key = (key, lifetime, values)
         now = time.time()
+        last = self._last
+        if last is not None and last[2] > now and last[0] == cache_key and last[1].issuer == current_issuer():
+            return last[1].use(now=now)
         with self._lock:
             cached = self._tokens.get(cache_key)
             if cached is not None and cached[1] > now and cached[0].issuer == current_issuer():
@@ -124,6 +130,7 @@ class ReusableTokens:
                 self._tokens.move_to_end(cache_key)
                 if len(self._tokens) > self.size:
                     self._tokens.popitem(last=False)
+            self._last = (cache_key, token, self._tokens[cache_key][1])
         return token.use(now=now)
 
 
@@ -340,9 +347,10 @@ wrapper = ContextWrapper()
 
 def install(connection: BaseDatabaseWrapper) -> None:
     """Add the wrappers to a connection of a protected alias (idempotent)."""
-    from django_rls import hidden_rows
+    from django_rls import hidden_rows, router
 
     if connection.alias in protected_aliases():
+        router.install(connection)
         for added in (wrapper, hidden_rows.wrapper):
             if added not in connection.execute_wrappers:
                 connection.execute_wrappers.append(added)

@@ -46,7 +46,9 @@ from django_rls.sqlonly import installed_mode, installed_version
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 FORBIDDEN_PRIVILEGES = ("TRUNCATE", "REFERENCES", "TRIGGER")
-POLICY_NAME = r"^rls_(.+)_(select|insert|update|delete)$"
+# A group's policy, rls_<group>_<command>; not rls_base_<command>, the permissive policy every protected table has
+# beside its groups (no group may be called "base").
+POLICY_NAME = r"^rls_(?!base_(?:select|insert|update|delete)$)(.+)_(select|insert|update|delete)$"
 MIGRATIONS_TABLE = "django_migrations"
 
 
@@ -227,7 +229,7 @@ def check_extension(connection: BaseDatabaseWrapper) -> str:
         if mode == "sql":
             raise PlanError(
                 f"the database has the SQL-only mode of django_rls {version}, this package needs "
-                f"{django_rls.EXTENSION_VERSION}: upgrading it in place is not supported yet"
+                f"{django_rls.EXTENSION_VERSION}: run rls_apply --install as the owner to upgrade it in place"
             )
         raise PlanError(
             f"the database has django_rls extension {version}, this package needs {django_rls.EXTENSION_VERSION}: "
@@ -255,8 +257,6 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False, without_audi
     instead of refusing to plan.
     """
     mode = check_extension(connection)
-    if mode == "sql":
-        _refuse_library_only_policies()
     role = app_role()
     desired = _declared_groups(connection)
     plan = Plan(app_role=role, tables=len(desired))
@@ -268,6 +268,7 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False, without_audi
         _plan_policies(cursor, plan, {found[t]: groups for t, groups in desired.items()}, role, prune)
         plan.links = _links(found)
         if mode == "sql":
+            _plan_member_reads(cursor, plan, found)
             plan.left_unaudited = _audit_in_sql_mode(without_audit)
         else:
             _plan_audit(cursor, plan, prune, found)
@@ -336,20 +337,37 @@ def _describe_rule(rule: ReadRule | None) -> str:
     return "by " + " and ".join(p for p in parts if p) + (" (NULL: shared)" if shared else "")
 
 
-def _refuse_library_only_policies() -> None:
-    """OwnerOrMember reads membership with rls.member_of(), a C function the SQL-only mode does not have."""
-    from django_rls.policies import OwnerOrMember
+def _plan_member_reads(cursor: Any, plan: Plan, tables: dict[str, Table]) -> None:
+    """SQL-only mode: let rls.member_of() read each membership table OwnerOrMember names (rls.allow_member_of)."""
+    from django_rls.policies import OwnerOrMember, key_column
 
-    needing = sorted(
-        label
-        for label, declaration in all_declarations().items()
-        if any(isinstance(policy, OwnerOrMember) for policy in declaration.policies)
-    )
-    if needing:
-        raise PlanError(
-            f"{', '.join(needing)} declare OwnerOrMember, which reads membership with rls.member_of(), a function of "
-            "the django_rls extension (the C library) that the SQL-only mode does not have: install the extension, "
-            "or protect these models with Membership or Custom policies"
+    wanted: set[tuple[str, str, str]] = set()
+    for declaration in all_declarations().values():
+        for policy in declaration.policies:
+            if isinstance(policy, OwnerOrMember):
+                membership = policy.membership()
+                wanted.add(
+                    (
+                        membership._meta.db_table,
+                        key_column(membership, policy.member_field),
+                        key_column(membership, policy.user_field),
+                    )
+                )
+    for db_table, key, user in sorted(wanted):
+        table = tables.get(db_table)
+        if table is None:
+            continue  # resolve_tables reported it
+        cursor.execute("SELECT rls.member_of_allowed(%s::regclass, %s, %s)", [table.qualified, key, user])
+        if cursor.fetchone()[0]:
+            continue
+        plan.steps.append(
+            Step(
+                f"let rls.member_of() read {table.display} ({key}, {user}) as django_rls_member",
+                "SELECT rls.allow_member_of(%s::regclass, %s, %s)",
+                (table.qualified, key, user),
+                unit=table.qualified,
+                lock=_policy_lock(table),
+            )
         )
 
 

@@ -408,6 +408,51 @@ def _statement_bound_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composa
     ]
 
 
+# Citus's functions that send a statement to other nodes (sql/install/28_citus.sql lists the same).
+CITUS_REMOTE_FUNCTIONS = (
+    "master_run_on_worker",
+    "run_command_on_workers",
+    "run_command_on_all_nodes",
+    "run_command_on_coordinator",
+    "run_command_on_placements",
+    "run_command_on_shards",
+    "run_command_on_colocated_placements",
+)
+
+
+def _citus_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
+    """Take Citus's run-on-other-nodes functions away from the application role.
+
+    CREATE EXTENSION citus grants EXECUTE on them to PUBLIC, and with them the
+    application role sends any statement to the workers itself, past the
+    coordinator. Revoking from the role alone changes nothing while PUBLIC holds
+    the grant, so it is revoked from PUBLIC (superusers keep them). Nothing to do
+    where Citus is not installed.
+    """
+    cursor.execute(
+        """
+        SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY p.oid::regprocedure::text)
+          FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+          JOIN pg_extension e ON d.refclassid = 'pg_extension'::regclass AND d.refobjid = e.oid
+         WHERE e.extname = 'citus' AND p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY (%s)
+           AND (EXISTS (SELECT FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                         WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+                OR (EXISTS (SELECT FROM pg_roles WHERE rolname = %s) AND has_function_privilege(%s, p.oid, 'EXECUTE')))
+        """,
+        [list(CITUS_REMOTE_FUNCTIONS), app, app],
+    )
+    functions = cursor.fetchone()[0]
+    if not functions:
+        return []
+    revokees = [sql.SQL("PUBLIC")] + ([sql.Identifier(app)] if _exists(cursor, app) else [])
+    return [
+        (
+            f"stop the application role {app} (and PUBLIC) from running statements on the Citus workers",
+            sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(sql.SQL(functions), sql.SQL(", ").join(revokees)),
+        )
+    ]
+
+
 def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
     """(summary, statement) pairs that bring the roles in line; empty when they already are.
 
@@ -430,4 +475,5 @@ def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]
         + _temp_steps(cursor, wanted)
         + _search_path_steps(cursor, app)
         + _statement_bound_steps(cursor, app)
+        + _citus_steps(cursor, app)
     )

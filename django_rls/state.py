@@ -89,7 +89,20 @@ def normalize_id(value: Any, what: str) -> str | None:
     raise TypeError(f"a {what} id must be an int, a UUID or a model instance, not {type(value).__name__}")
 
 
+# Ids of these exact types (not bool, not a model instance, whose pk may change) give the same
+# Values object every time: normalising them again costs more than the query's own work here,
+# and the bridge then finds the context it holds by identity.
+_PLAIN_IDS = (int, str, type(None))
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _plain_values(site: int | str | None, user: int | str | None) -> Values:
+    return Values(normalize_id(site, "site"), normalize_id(user, "user"), None)
+
+
 def make_values(site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> Values:
+    if claims is None and type(site) in _PLAIN_IDS and type(user) in _PLAIN_IDS:
+        return _plain_values(site, user)
     if claims is not None and not isinstance(claims, Mapping):
         raise TypeError(f"claims must be a mapping or None, not {type(claims).__name__}")
     if claims and any(isinstance(key, str) and key.startswith("lookup:") for key in claims):

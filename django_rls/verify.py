@@ -121,7 +121,24 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
             "SELECT object_name, problem FROM rls.problems WHERE problem LIKE 'view %%' OR problem LIKE 'materialized view %%'"
         )
         failures.extend(f"{name}: {problem}" for name, problem in cursor.fetchall())
+        failures.extend(_citus_failures(cursor))
     return failures
+
+
+def _citus_failures(cursor: Any) -> list[str]:
+    """What rls.problems reports about protected tables Citus distributes (docs/scale-out.md); none without Citus.
+
+    The context does not reach the workers yet (issue 17), so such a table shows the application
+    none of its rows; rls.problems also names policies that fail open on the shards.
+    """
+    cursor.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
+    if not cursor.fetchone()[0]:
+        return []
+    cursor.execute(
+        "SELECT object_name, problem FROM rls.problems "
+        "WHERE table_name IN (SELECT logicalrelid FROM pg_catalog.pg_dist_partition) ORDER BY 1, 2"
+    )
+    return [f"{name}: {problem}" for name, problem in cursor.fetchall()]
 
 
 def _not_the_application(alias: str, role: str) -> str | None:

@@ -36,6 +36,7 @@ except ImportError:  # a psycopg that moved it: inline through a ClientCursor, a
 # The C side's STATEMENT_MARKER (ext/statement.c), as psycopg writes it before numbering placeholders.
 STATEMENT_MARKER = "/*django_rls:$1*/"
 MARKER = "/*django_rls:%s*/ "
+MARKER_BYTES = MARKER.encode("ascii")
 MARKER_NAMED = "/*django_rls:%(django_rls_context)s*/ "
 # Statements the server plans and executes, where the extension applies a carried context.
 PLANNED = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "MERGE", "EXPLAIN")
@@ -120,6 +121,7 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
 
         What ``ClientCursor.mogrify()`` does, with this cursor's adapters (a copy of the
         connection's, as a new ClientCursor would take), without building a cursor per query.
+        The text stays in the connection's encoding (bytes), as psycopg sends it.
         """
         if params is None:
             return query
@@ -128,7 +130,7 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
         transformer = adapt.Transformer(self)
         inlined = PostgresClientQuery(transformer)
         inlined.convert(query, params)
-        return inlined.query.decode(transformer.encoding)
+        return inlined.query
 
     def execute(
         self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool | None = None
@@ -138,9 +140,11 @@ class CarryingClientCursor(CarryingMixin, DjangoServerBindingCursor):  # type: i
         query = self._inline(query, params)
         if carry is None:
             return super().execute(query, None, prepare=False, binary=binary)
-        return super().execute(
-            MARKER + query_text(self, query).replace("%", "%%"), (carry,), prepare=False, binary=binary
-        )
+        if isinstance(query, bytes):  # Django connects with client_encoding UTF8: a % byte is a % sign
+            marked: Any = MARKER_BYTES + query.replace(b"%", b"%%")
+        else:
+            marked = MARKER + query_text(self, query).replace("%", "%%")
+        return super().execute(marked, (carry,), prepare=False, binary=binary)
 
     def executemany(
         self, query: Any, params_seq: Iterable[Sequence[Any] | Mapping[str, Any]], *, returning: bool = False

@@ -10,13 +10,20 @@
  * counts and plan, and beside the application's own site_id = 42 the planner
  * merges the two equalities into a one-time check.  So the planner sees the
  * call, and the finished plan is rewritten instead: each call of an accessor
- * with constant arguments becomes a PARAM_EXEC parameter, set by an initplan
- * that makes the call, attached to the top of the plan.  The executor runs
- * an initplan once per execution, when its value is first needed, which is
- * what (SELECT rls.site_id()) would do.  A cached plan (a prepared statement,
- * a generic plan, PL/pgSQL) runs it again in every execution, so it follows
- * a change of context; a cursor reads the context once, when the value is
- * first needed, and keeps it until it is closed.
+ * with constant arguments becomes a PARAM_EXEC parameter, and one initplan
+ * attached to the top of the plan makes all the calls, one column each, and
+ * sets all the parameters.  The executor runs an initplan once per
+ * execution, when any of its values is first needed, and sets every
+ * parameter of its setParam from its one row (ExecSetParamPlan): so one
+ * execution reads the site, the user and the claims at the same moment,
+ * under one context, even a cursor whose first FETCH needed only the site
+ * and whose transaction changed the context before the next.  (One initplan
+ * per call, as (SELECT rls.site_id()) would make, let such a cursor read the
+ * user of the next context.)  A cached plan (a prepared statement, a generic
+ * plan, PL/pgSQL) runs it again in every execution, so it follows a change
+ * of context; a cursor reads the context once and keeps it until it is
+ * closed.  An error an accessor raises (django_rls.strict) comes when the
+ * plan first needs any of its accessors.
  *
  * Beside a query's own site_id = 42 the planner turns the policy into a
  * one-time check, $0 = 42, in a Result above the scan; above a btree index
@@ -27,11 +34,14 @@
  * Gather lists these parameters.  Every node lists them in extParam as well,
  * so that EvalPlanQual rechecks evaluate them before copying their values.
  *
- * Left alone, where a call stays a call (slower, never wrong): custom scans
- * (their providers own their plans), a Result without input (it evaluates
- * its expressions once per scan anyway, and PL/pgSQL runs such a plan as a
- * simple expression only without initplans), partition pruning steps (run
- * once per execution already), and the few node fields not handled below.
+ * Left alone, where a call stays a call (slower, and read when reached,
+ * outside the initplan's moment): custom scans (their providers own their
+ * plans), a statement that is a Result without input (it evaluates its
+ * expressions once anyway, and PL/pgSQL runs such a plan as a simple
+ * expression only without initplans), partition pruning steps (run once per execution already, when
+ * it starts: they can only leave out partitions, never add rows that the
+ * scans' filters, which read the parameters, would not pass), and the few
+ * node fields not handled below (MERGE's actions, table functions).
  *
  *-------------------------------------------------------------------------
  */
@@ -281,8 +291,14 @@ Rewritten(void *expr, RewriteState *state)
 static void
 RewriteNode(Plan *plan, RewriteState *state)
 {
-	/* A Result without input evaluates its expressions once per scan. */
-	if (IsA(plan, Result) && plan->lefttree == NULL)
+	/*
+	 * A statement that is a Result without input evaluates its expressions
+	 * once, and PL/pgSQL runs it as a simple expression only without
+	 * initplans.  Elsewhere, as in the planner's own initplans of
+	 * (SELECT rls.user_id()), its calls become parameters like any other, so
+	 * that the one initplan is the only place a plan reads the context.
+	 */
+	if (plan == state->stmt->planTree && IsA(plan, Result) && plan->lefttree == NULL)
 		return;
 
 	plan->targetlist = Rewritten(plan->targetlist, state);
@@ -384,6 +400,36 @@ RewriteNode(Plan *plan, RewriteState *state)
 				Hash	   *hash = (Hash *) plan;
 
 				hash->hashkeys = Rewritten(hash->hashkeys, state);
+			}
+			break;
+		case T_FunctionScan:
+			{
+				FunctionScan *scan = (FunctionScan *) plan;
+
+				scan->functions = Rewritten(scan->functions, state);
+			}
+			break;
+		case T_ValuesScan:
+			{
+				ValuesScan *scan = (ValuesScan *) plan;
+
+				scan->values_lists = Rewritten(scan->values_lists, state);
+			}
+			break;
+		case T_Limit:
+			{
+				Limit	   *limit = (Limit *) plan;
+
+				limit->limitOffset = Rewritten(limit->limitOffset, state);
+				limit->limitCount = Rewritten(limit->limitCount, state);
+			}
+			break;
+		case T_WindowAgg:
+			{
+				WindowAgg  *window = (WindowAgg *) plan;
+
+				window->startOffset = Rewritten(window->startOffset, state);
+				window->endOffset = Rewritten(window->endOffset, state);
 			}
 			break;
 		default:
@@ -512,11 +558,20 @@ AddIndexKey(Oid indexid, List **indexqual, List **indexqualorig,
 /*
  * The target list of a Result that only passes its input's columns on,
  * expressed over that input's own columns; NIL (and false) otherwise.
+ *
+ * A scan whose target list differs from its tuple's columns projects every
+ * row, which the scan under the Result did not: the Result did.  So when the
+ * Result passes on the first columns of its input in order (none at all for
+ * count(*)) and its parent reads its input's columns by number only
+ * (widen), the scan keeps its own target list, the Result's entries first
+ * and the rest as junk, and returns its rows as they are, as the planner's
+ * own plan for the query without the policy does.
  */
 static bool
-ComposeTargetList(List *upper, List *lower, List **result)
+ComposeTargetList(List *upper, List *lower, bool widen, List **result)
 {
 	ListCell   *lc;
+	bool		prefix = true;
 
 	*result = NIL;
 	foreach(lc, upper)
@@ -528,10 +583,21 @@ ComposeTargetList(List *upper, List *lower, List **result)
 		if (!IsA(var, Var) || var->varno != OUTER_VAR || var->varattno < 1 ||
 			var->varattno > list_length(lower))
 			return false;
+		prefix &= var->varattno == list_length(*result) + 1;
 		composed = flatCopyTargetEntry(entry);
 		composed->expr = copyObject(((TargetEntry *) list_nth(lower, var->varattno - 1))->expr);
 		*result = lappend(*result, composed);
 	}
+	if (widen && prefix)
+		for_each_from(lc, lower, list_length(upper))
+		{
+			TargetEntry *junk = flatCopyTargetEntry((TargetEntry *) lfirst(lc));
+
+			junk->resno = list_length(*result) + 1;
+			junk->ressortgroupref = 0;
+			junk->resjunk = true;
+			*result = lappend(*result, junk);
+		}
 	return true;
 }
 
@@ -549,7 +615,7 @@ ComposeTargetList(List *upper, List *lower, List **result)
  * returns the Result's columns itself.
  */
 static Plan *
-WithoutGate(Plan *plan, RewriteState *state)
+WithoutGate(Plan *plan, Plan *parent, RewriteState *state)
 {
 	Result	   *gate = (Result *) plan;
 	Plan	   *scan;
@@ -588,7 +654,9 @@ WithoutGate(Plan *plan, RewriteState *state)
 		default:
 			return plan;
 	}
-	if (!ComposeTargetList(plan->targetlist, scan->targetlist, &targetlist))
+	/* An Agg reads its input's columns by number (the planner's own CP_LABEL_TLIST). */
+	if (!ComposeTargetList(plan->targetlist, scan->targetlist,
+						   parent != NULL && IsA(parent, Agg), &targetlist))
 		return plan;
 
 	/* Work on copies, so that a check that cannot move leaves the plan as it was. */
@@ -613,28 +681,28 @@ WithoutGate(Plan *plan, RewriteState *state)
 }
 
 static void
-FoldGates(Plan **slot, RewriteState *state)
+FoldGates(Plan **slot, Plan *parent, RewriteState *state)
 {
 	Plan	   *plan = *slot;
 	ListCell   *lc;
 
 	if (plan == NULL || IsA(plan, CustomScan))
 		return;
-	plan = *slot = WithoutGate(plan, state);
-	FoldGates(&plan->lefttree, state);
-	FoldGates(&plan->righttree, state);
+	plan = *slot = WithoutGate(plan, parent, state);
+	FoldGates(&plan->lefttree, plan, state);
+	FoldGates(&plan->righttree, plan, state);
 	switch (nodeTag(plan))
 	{
 		case T_Append:
 			foreach(lc, ((Append *) plan)->appendplans)
-				FoldGates((Plan **) &lfirst(lc), state);
+				FoldGates((Plan **) &lfirst(lc), plan, state);
 			break;
 		case T_MergeAppend:
 			foreach(lc, ((MergeAppend *) plan)->mergeplans)
-				FoldGates((Plan **) &lfirst(lc), state);
+				FoldGates((Plan **) &lfirst(lc), plan, state);
 			break;
 		case T_SubqueryScan:
-			FoldGates(&((SubqueryScan *) plan)->subplan, state);
+			FoldGates(&((SubqueryScan *) plan)->subplan, plan, state);
 			break;
 		default:
 			break;
@@ -711,42 +779,56 @@ PublishParams(Plan *plan, RewriteState *state)
 		PublishParams((Plan *) lfirst(lc), state);
 }
 
-/* One initplan per parameter, attached to the top plan node. */
+/*
+ * One initplan for all the parameters, attached to the top plan node: a
+ * Result whose columns are the calls, one per parameter, in the order of its
+ * setParam.  The executor sets every parameter of an initplan's setParam from
+ * its one row when any of them is first needed, so one execution of the plan
+ * reads every accessor at the same moment, under one context.
+ */
 static void
-AttachInitPlans(RewriteState *state)
+AttachInitPlan(RewriteState *state)
 {
 	PlannedStmt *stmt = state->stmt;
 	Plan	   *top = stmt->planTree;
+	Result	   *result = makeNode(Result);
+	SubPlan    *subplan = makeNode(SubPlan);
+	FuncExpr   *first = ((AccessorParam *) linitial(state->params))->call;
+	List	   *set_params = NIL;
+	int			width = 0;
 	ListCell   *lc;
 
 	foreach(lc, state->params)
 	{
 		AccessorParam *known = (AccessorParam *) lfirst(lc);
-		Oid			type = known->call->funcresulttype;
-		Result	   *result = makeNode(Result);
-		SubPlan    *subplan = makeNode(SubPlan);
 
-		result->plan.targetlist = list_make1(makeTargetEntry((Expr *) known->call, 1, NULL, false));
-		result->plan.startup_cost = 0;
-		result->plan.total_cost = cpu_operator_cost;
-		result->plan.plan_rows = 1;
-		result->plan.plan_width = get_typavgwidth(type, -1);
-		result->plan.parallel_safe = false;
-		result->plan.plan_node_id = ++state->last_plan_node_id;
-		stmt->subplans = lappend(stmt->subplans, result);
-
-		subplan->subLinkType = EXPR_SUBLINK;
-		subplan->plan_id = list_length(stmt->subplans);
-		subplan->plan_name = RlsInitPlanName(subplan->plan_id, known->paramid);
-		subplan->firstColType = type;
-		subplan->firstColTypmod = -1;
-		subplan->firstColCollation = known->call->funccollid;
-		subplan->parallel_safe = false;
-		subplan->setParam = list_make1_int(known->paramid);
-		subplan->startup_cost = result->plan.total_cost;
-		subplan->per_call_cost = 0;
-		top->initPlan = lappend(top->initPlan, subplan);
+		result->plan.targetlist = lappend(result->plan.targetlist,
+										  makeTargetEntry((Expr *) known->call,
+														  list_length(result->plan.targetlist) + 1,
+														  NULL, false));
+		width += get_typavgwidth(known->call->funcresulttype, -1);
+		set_params = lappend_int(set_params, known->paramid);
 	}
+	result->plan.startup_cost = 0;
+	result->plan.total_cost = cpu_operator_cost * list_length(state->params);
+	result->plan.plan_rows = 1;
+	result->plan.plan_width = width;
+	result->plan.parallel_safe = false;
+	result->plan.plan_node_id = ++state->last_plan_node_id;
+	stmt->subplans = lappend(stmt->subplans, result);
+
+	subplan->subLinkType = EXPR_SUBLINK;
+	subplan->plan_id = list_length(stmt->subplans);
+	subplan->plan_name = RlsInitPlanName(subplan->plan_id, set_params);
+	subplan->firstColType = first->funcresulttype;
+	subplan->firstColTypmod = -1;
+	subplan->firstColCollation = first->funccollid;
+	subplan->parallel_safe = false;
+	subplan->setParam = set_params;
+	subplan->startup_cost = result->plan.total_cost;
+	subplan->per_call_cost = 0;
+	top->initPlan = lappend(top->initPlan, subplan);
+
 	/* The top node sets these parameters itself: they are not external to it. */
 	top->extParam = bms_difference(top->extParam, state->paramids);
 }
@@ -772,14 +854,14 @@ RlsEvaluateAccessorsOnce(PlannedStmt *stmt)
 	if (state.params == NIL)
 		return;
 
-	FoldGates(&stmt->planTree, &state);
+	FoldGates(&stmt->planTree, NULL, &state);
 	foreach(lc, planner_subplans)
-		FoldGates((Plan **) &lfirst(lc), &state);
+		FoldGates((Plan **) &lfirst(lc), NULL, &state);
 	stmt->subplans = list_copy(planner_subplans);
 	PublishParams(stmt->planTree, &state);
 	foreach(lc, planner_subplans)
 		PublishParams((Plan *) lfirst(lc), &state);
-	AttachInitPlans(&state);
+	AttachInitPlan(&state);
 }
 
 /*

@@ -13,7 +13,8 @@
  * - a current user or session user that is a superuser or has BYPASSRLS
  *   (the session user counts because RESET ROLE returns to it);
  * - a current user or session user that is a member of the owner of a table
- *   django_rls protects (one with an rls_base policy).
+ *   django_rls protects (one with an rls_base_select policy, or the single
+ *   rls_base policy of a table protected before rls_apply replaced it).
  *
  * What it cannot see: ownership of tables no django_rls policy protects
  * (nothing to bypass there), and roles the session could SET ROLE to but has
@@ -86,32 +87,44 @@ RlsDefineBypassingRoleSettings(void)
 							 NULL, NULL, NULL);
 }
 
-/* A protected table (one with an rls_base policy) role is a member of the owner of, or InvalidOid. */
+/*
+ * The permissive policy every table django_rls protects has: rls_base_select,
+ * or rls_base on a table protected before rls_base_<command> replaced it (the
+ * next rls_apply does).
+ */
+static const char *const protected_markers[] = {"rls_base_select", "rls_base"};
+
+/* A protected table role is a member of the owner of, or InvalidOid. */
 static Oid
 FindOwnedProtectedTable(Oid role)
 {
 	Relation	policies;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tuple;
 	Oid			owned = InvalidOid;
+	size_t		i;
 
-	ScanKeyInit(&key, Anum_pg_policy_polname, BTEqualStrategyNumber, F_NAMEEQ,
-				CStringGetDatum("rls_base"));
 	policies = table_open(PolicyRelationId, AccessShareLock);
-	scan = systable_beginscan(policies, InvalidOid, false, NULL, 1, &key);
-	while (!OidIsValid(owned) && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	for (i = 0; i < lengthof(protected_markers) && !OidIsValid(owned); i++)
 	{
-		Oid			relid = ((Form_pg_policy) GETSTRUCT(tuple))->polrelid;
-		HeapTuple	classtuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+		SysScanDesc scan;
+		ScanKeyData key;
+		HeapTuple	tuple;
 
-		if (!HeapTupleIsValid(classtuple))
-			continue;
-		if (is_member_of_role(role, ((Form_pg_class) GETSTRUCT(classtuple))->relowner))
-			owned = relid;
-		ReleaseSysCache(classtuple);
+		ScanKeyInit(&key, Anum_pg_policy_polname, BTEqualStrategyNumber, F_NAMEEQ,
+					CStringGetDatum(protected_markers[i]));
+		scan = systable_beginscan(policies, InvalidOid, false, NULL, 1, &key);
+		while (!OidIsValid(owned) && HeapTupleIsValid(tuple = systable_getnext(scan)))
+		{
+			Oid			relid = ((Form_pg_policy) GETSTRUCT(tuple))->polrelid;
+			HeapTuple	classtuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+
+			if (!HeapTupleIsValid(classtuple))
+				continue;
+			if (is_member_of_role(role, ((Form_pg_class) GETSTRUCT(classtuple))->relowner))
+				owned = relid;
+			ReleaseSysCache(classtuple);
+		}
+		systable_endscan(scan);
 	}
-	systable_endscan(scan);
 	table_close(policies, AccessShareLock);
 	return owned;
 }

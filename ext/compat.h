@@ -121,15 +121,30 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #endif
 
 /*
- * PostgreSQL 17 shows an initplan's output as (InitPlan 1).col1 in EXPLAIN
+ * PostgreSQL 17 shows an initplan's outputs as (InitPlan 1).col1 in EXPLAIN
  * and names the initplan just "InitPlan 1"; older releases show $0 and name
- * it "InitPlan 1 (returns $0)".  Initplans made by accessor_params.c follow
- * the convention of the running release.
+ * it "InitPlan 1 (returns $0,$1)".  Initplans made by accessor_params.c
+ * follow the convention of the running release.
  */
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+
+static inline char *
+RlsInitPlanName(int plan_id, List *set_params)
+{
 #if PG_VERSION_NUM >= 170000
-#define RlsInitPlanName(plan_id, paramid) psprintf("InitPlan %d", (plan_id))
+	return psprintf("InitPlan %d", plan_id);
 #else
-#define RlsInitPlanName(plan_id, paramid) psprintf("InitPlan %d (returns $%d)", (plan_id), (paramid))
+	StringInfoData name;
+	ListCell   *lc;
+
+	initStringInfo(&name);
+	appendStringInfo(&name, "InitPlan %d (returns ", plan_id);
+	foreach(lc, set_params)
+		appendStringInfo(&name, "%s$%d", lc == list_head(set_params) ? "" : ",", lfirst_int(lc));
+	appendStringInfoChar(&name, ')');
+	return name.data;
 #endif
+}
 
 #endif							/* DJANGO_RLS_COMPAT_H */

@@ -130,6 +130,15 @@ def _install_sql_mode(admin: str, owner: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone():
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        if conn.info.server_version >= 160000:
+            # As on hosted PostgreSQL 16+, where the administrator role creates the application's roles and so
+            # holds the ADMIN option on them that CREATEROLE alone no longer gives (the maintenance role is a
+            # member of the owner already, so the owner cannot also hold it).
+            conn.execute(
+                sql.SQL("GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE").format(
+                    sql.Identifier(APP_ROLE), sql.Identifier(OWNER_ROLE)
+                )
+            )
     with psycopg.connect(owner) as conn:
         with conn.cursor() as cursor:
             sqlonly.install(cursor, [])

@@ -406,3 +406,18 @@ def test_e020_owner_or_member_written_as_two_queries(monkeypatch):
     [message] = [m for m in checks.run_checks() if m.id == "django_rls.E020"]
     assert "testapp.Team -> testapp.TeamMember -> testapp.Team" in message.msg
     assert "OwnerOrMember" in message.hint
+
+
+def test_e022_e024_what_a_table_citus_distributes_cannot_hold(live_db):
+    """Decided from the declarations and the set of distributed tables (tests/test_citus.py runs the query)."""
+    from django_rls.checks import citus_refusals
+
+    assert citus_refusals(set(), connections["default"]) == []
+    assert citus_refusals({"testapp_note"}, connections["default"]) == []
+    found = citus_refusals({"testapp_note", "testapp_task", "testapp_orderline"}, connections["default"])
+    assert [(m.id, m.obj._meta.label) for m in found] == [
+        ("django_rls.E022", "testapp.OrderLine"),
+        ("django_rls.E024", "testapp.Task"),
+    ]
+    assert "reads testapp_order in a sub-select" in found[0].msg
+    assert "(delete: site, owner; insert: site, owner; select: site, owner; update: site, owner)" in found[1].msg

@@ -7,12 +7,17 @@ through the coordinator, and states what must hold; where Citus breaks it today 
 test is marked xfail(strict=True) with the cause, so it flips when issue 17 is fixed:
 
 - Citus copies policies to the shards without ``AS RESTRICTIVE``
-  (commands/policy.c: CreatePolicyCommandForPolicy), so on every shard the site
-  policies are OR'd with the permissive ``rls_base USING (true)``: every row is
-  readable and writable, with a context or without one.
-- With the shard policies put back as RESTRICTIVE by hand (``items_repaired``), the
-  context set on the coordinator never reaches the worker backends that run the shard
-  queries: the shards see no site, so site 3 reads nothing and cannot write its own rows.
+  (commands/policy.c: CreatePolicyCommandForPolicy). The table does not fail open for
+  it: beside the group rls_site_<command>, rls.protect() creates a permissive
+  rls_base_<command> that carries the same expression, so on the shards the permissive
+  copy of the group is OR'd with an identical expression. No context, or another site,
+  reads and writes nothing.
+- The context set on the coordinator never reaches the worker backends that run the
+  shard queries: the shards see no site, so site 3 reads nothing and cannot write its
+  own rows either (the table fails closed for everybody).
+- rls.problems on the coordinator reports the distributed table, and compares every
+  shard placement's policies with the table's; rls_roles revokes Citus's
+  run-on-other-nodes functions from PUBLIC.
 
 Without Citus in the server's pkglibdir every test here skips (docs/scale-out.md).
 """
@@ -20,6 +25,7 @@ Without Citus in the server's pkglibdir every test here skips (docs/scale-out.md
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -27,6 +33,8 @@ import pytest
 from psycopg import errors, sql
 from psycopg.types.string import StrDumper
 
+from django_rls import roles as rls_roles
+from django_rls.checks import _distributed_tables
 from tests.harness.citus_cluster import CitusCluster, citus_missing
 from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
 
@@ -41,22 +49,18 @@ NEW_ID = 1000  # rows the tests write have ids from here on, and are removed aft
 
 RESTRICTIVE_DROPPED = (
     "issue 17: Citus copies the RESTRICTIVE site policies to the shards as permissive ones "
-    "(CreatePolicyCommandForPolicy never writes AS RESTRICTIVE), so on every shard they are "
-    "OR'd with rls_base USING (true) and the app role reads and writes every site's rows"
+    "(CreatePolicyCommandForPolicy never writes AS RESTRICTIVE); rls_base_<command> carries the "
+    "same expression, so the shards do not fail open for it, but the flag is lost"
 )
 CONTEXT_NOT_ON_WORKERS = (
     "issue 17: the context set on the coordinator never reaches the worker backends that run "
     "the shard queries (only SET statements are forwarded, and only with citus.propagate_set_commands), "
     "so the shards see no site"
 )
-PROBLEMS_BLIND = (
-    "issue 17: rls.problems reads only the coordinator's catalog, where the policies are intact, "
-    "and says nothing about the permissive copies on the shards"
-)
 
 # A test marked xfail must fail on its assertion, never on an unrelated error.
 NOT_AS_REQUIRED = (AssertionError, pytest.fail.Exception)
-fails_open = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=RESTRICTIVE_DROPPED)
+restrictive_dropped = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=RESTRICTIVE_DROPPED)
 context_lost = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=CONTEXT_NOT_ON_WORKERS)
 
 TABLES = ("items", "items_protected_first", "items_repaired", "items_moved")
@@ -259,7 +263,7 @@ def test_extension_roles_grants_and_row_security_reach_every_shard(admin):
         assert set(flags) == {"t"}, table
 
 
-@fails_open
+@restrictive_dropped
 @pytest.mark.parametrize("table", ["items", "items_protected_first"])
 def test_shard_policies_stay_restrictive(admin, table):
     """Protected after or before create_distributed_table: each shard should keep the policies as created."""
@@ -303,9 +307,85 @@ def test_minimal_restrictive_policy_survives_distribution(admin, app):
         admin.execute("DROP TABLE plain_restrictive")
 
 
-@pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=PROBLEMS_BLIND)
-def test_problems_on_the_coordinator_report_the_shards(admin):
-    assert admin.execute("SELECT count(*) FROM rls.problems WHERE table_name = 'items'::regclass").fetchone()[0] > 0
+def _problems(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT object_name, problem FROM rls.problems WHERE table_name = %s::regclass ORDER BY 1, 2", (table,)
+    ).fetchall()
+
+
+def test_problems_report_the_distributed_table(admin, app):
+    """One row per distributed protected table (the context does not reach the workers); the placements
+    match the table but for the lost AS RESTRICTIVE, which does not count for a table of one group."""
+    assert _problems(admin, "items") == [
+        (
+            "items",
+            "items is distributed by Citus, and the context does not reach the workers, so the application role "
+            "reads and writes none of its rows",
+        )
+    ]
+    # The app role cannot run the placement commands: it is told that the placements were not compared.
+    [(_, problem)] = _problems(app, "items")
+    assert problem.endswith("(its shard placements were not compared with its policies: only a superuser can)")
+
+
+def test_the_checks_find_the_distributed_tables(admin):
+    """What E022 and E024 (django_rls.checks.citus_refusals, tests/test_checks.py) are decided on."""
+    assert set(TABLES) <= _distributed_tables(admin.cursor())
+
+
+def test_rls_verify_reports_the_distributed_protected_tables(app):
+    """rls_verify's catalog pass, as the app role on the coordinator, names every distributed protected table."""
+    from django_rls.verify import _citus_failures
+
+    with app.cursor() as cursor:
+        failures = _citus_failures(cursor)
+    for table in TABLES:
+        assert any(
+            failure.startswith(f"{table}: ")
+            and "is distributed by Citus, and the context does not reach the workers" in failure
+            for failure in failures
+        ), (table, failures)
+
+
+def test_problems_report_a_drifted_shard_placement(admin):
+    shard = admin.execute("SELECT get_shard_id_for_distribution_column('items', %s)", (OTHER_SITE,)).fetchone()[0]
+    (shard_name,) = admin.execute("SELECT shard_name('items'::regclass, %s)", (shard,)).fetchone()
+    # On the one worker that holds it; Citus copies DDL of the shell table, not of a shard.
+    admin.execute(
+        "SELECT run_command_on_workers(%s)",
+        (
+            f"DO $d$ BEGIN IF to_regclass('{shard_name}') IS NOT NULL THEN "
+            f"ALTER POLICY rls_base_select ON {shard_name} USING (true); END IF; END $d$",
+        ),
+    )
+    try:
+        drifted = [(name, problem) for name, problem in _problems(admin, "items") if name.startswith("shard ")]
+        assert len(drifted) == 1, drifted
+        assert drifted[0][1].startswith(f"shard {shard} of items on 127.0.0.1:"), drifted
+        assert drifted[0][1].endswith("holds other policies than the table"), drifted
+    finally:
+        on_placements(admin, "items", "ALTER POLICY rls_base_select ON %s USING (site_id = rls.site_id())")
+    assert not [name for name, _ in _problems(admin, "items") if name.startswith("shard ")]
+
+
+def test_problems_report_what_fails_open_on_the_shards(admin):
+    """Two groups, or a permissive policy of the user's, would widen the table on the shards."""
+    admin.execute("CREATE TABLE two_groups (id bigint NOT NULL, site_id int NOT NULL, user_id int NOT NULL)")
+    try:
+        admin.execute("SELECT create_distributed_table('two_groups', 'site_id')")
+        admin.execute("SELECT rls.protect_by_site_and_owner('two_groups', to_role => %s)", (APP_ROLE,))
+        admin.execute(f"CREATE POLICY mine ON two_groups TO {APP_ROLE} USING (user_id = 7)")
+        problems = [problem for _, problem in _problems(admin, "two_groups")]
+        assert (
+            "the select policies of two_groups (rls_owner_select, rls_site_select) arrive on the shards without "
+            "AS RESTRICTIVE, so there each admits a row on its own"
+        ) in problems
+        assert (
+            "permissive policy mine of two_groups is OR'd on the shards with the policy groups, which arrive there "
+            "without AS RESTRICTIVE, so it widens what they allow"
+        ) in problems
+    finally:
+        admin.execute("DROP TABLE two_groups")
 
 
 RUN_ON_NODES = (
@@ -318,58 +398,78 @@ RUN_ON_NODES = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_AS_REQUIRED,
-    reason="issue 17: Citus grants EXECUTE on its run-on-nodes functions to PUBLIC, so the app role can send "
-    "any statement to the workers itself, past the coordinator",
-)
-def test_app_role_cannot_run_statements_on_the_workers(app):
-    runnable = app.execute(
-        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname = ANY (%s) "
-        "AND has_function_privilege(p.oid, 'EXECUTE') ORDER BY 1",
-        (list(RUN_ON_NODES),),
-    ).fetchall()
-    assert runnable == []
+def test_app_role_cannot_run_statements_on_the_workers(admin, app):
+    """Citus grants EXECUTE on its run-on-nodes functions to PUBLIC: rls.problems reports it, rls_roles
+    revokes it (django_rls.roles plans the same statements)."""
+
+    def runnable() -> list[str]:
+        return [
+            name
+            for (name,) in app.execute(
+                "SELECT p.proname::text FROM pg_proc p WHERE p.proname = ANY (%s) "
+                "AND has_function_privilege(p.oid, 'EXECUTE') ORDER BY 1",
+                (list(RUN_ON_NODES),),
+            ).fetchall()
+        ]
+
+    def reported() -> list[str]:
+        return [
+            problem
+            for (problem,) in admin.execute(
+                "SELECT problem FROM rls.problems WHERE object_name = %s AND problem LIKE '%%Citus workers%%'",
+                (APP_ROLE,),
+            ).fetchall()
+        ]
+
+    assert sorted(runnable()) == sorted(RUN_ON_NODES)
+    assert len(reported()) == 1
+    steps = rls_roles._citus_steps(admin.cursor(), APP_ROLE)
+    assert len(steps) == 1
+    try:
+        admin.execute(steps[0][1])
+        assert runnable() == []
+        assert reported() == []
+        assert rls_roles._citus_steps(admin.cursor(), APP_ROLE) == []
+    finally:
+        functions = admin.execute(
+            "SELECT string_agg(oid::regprocedure::text, ', ') FROM pg_proc WHERE proname = ANY (%s)",
+            (list(RUN_ON_NODES),),
+        ).fetchone()[0]
+        admin.execute(f"GRANT EXECUTE ON FUNCTION {functions} TO PUBLIC")
 
 
-# -- the table as Citus leaves it: fails open ---------------------------------------------------
+# -- the table as Citus leaves it: fails closed ------------------------------------------------
 
 
-@fails_open
+@context_lost
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 def test_site_reads_exactly_its_rows(app, mode):
     ids = {id_ for (id_,) in run_as_site(app, mode, "SELECT id FROM items").fetchall()}
     assert ids == SITE_ROWS
 
 
-@fails_open
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 def test_site_reads_no_other_site_even_when_asking(app, mode):
     assert run_as_site(app, mode, "SELECT count(*) FROM items WHERE site_id = %s", (OTHER_SITE,)).fetchone() == (0,)
 
 
-@fails_open
 @pytest.mark.parametrize("mode", NO_CONTEXT_MODES)
 def test_no_context_reads_nothing(app, mode):
     assert run_without_context(app, mode, "SELECT count(*) FROM items").fetchone() == (0,)
 
 
-@fails_open
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 def test_cross_site_insert_is_refused(app, mode):
     with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
         run_as_site(app, mode, "INSERT INTO items VALUES (%s, %s, 'cross-site')", (NEW_ID, OTHER_SITE))
 
 
-@fails_open
 @pytest.mark.parametrize("mode", NO_CONTEXT_MODES)
 def test_insert_without_context_is_refused(app, mode):
     with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
         run_without_context(app, mode, "INSERT INTO items VALUES (%s, %s, 'no context')", (NEW_ID, SITE))
 
 
-@fails_open
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 def test_cross_site_update_changes_nothing(app, admin, mode):
     cursor = run_as_site(app, mode, "UPDATE items SET title = 'taken' WHERE site_id = %s", (OTHER_SITE,))
@@ -378,7 +478,7 @@ def test_cross_site_update_changes_nothing(app, admin, mode):
     assert (cursor.rowcount, changed) == (0, 0)
 
 
-@fails_open
+@context_lost
 @pytest.mark.parametrize("mode", CONTEXT_MODES)
 def test_unfiltered_update_changes_only_the_sites_rows(app, admin, mode):
     run_as_site(app, mode, "UPDATE items SET title = 'touched'")
@@ -458,12 +558,9 @@ def test_repaired_propagated_set_commands_do_not_carry_the_context(app):
     assert ids == SITE_ROWS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NOT_AS_REQUIRED,
-    reason="issue 17: a shard move copies the policies again without AS RESTRICTIVE, undoing a repair made by hand",
-)
-def test_repair_by_hand_survives_a_shard_move(admin, app):
+def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, app):
+    """A repair by hand does not last: the move copies the policies without AS RESTRICTIVE again. The
+    table does not depend on it: without a context the app role still reads nothing."""
     shard = admin.execute("SELECT get_shard_id_for_distribution_column('items_moved', %s)", (SITE,)).fetchone()[0]
     (source,) = admin.execute(
         "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
@@ -478,11 +575,19 @@ def test_repair_by_hand_survives_a_shard_move(admin, app):
         (shard, source, target),
     )
     assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
+    moved = on_placements(
+        admin,
+        "items_moved",
+        "SELECT bool_or(polpermissive) FROM pg_policy WHERE polrelid = '%s'::regclass AND polname LIKE 'rls\\_site\\_%%'",
+    )
+    assert "t" in moved, moved
 
 
 # -- a policy structure that does not depend on RESTRICTIVE surviving a copy ----------------------
 #
-# Investigation for issue 17, not what rls.protect() creates yet: every policy of the table, the
+# Investigation for issue 17. rls.protect() gives the permissive side (rls_base_<command>) the
+# conjunction of the groups, but keeps one RESTRICTIVE policy per group, so a table of two groups
+# still widens on the shards (rls.problems reports it). Here every policy of the table, the
 # permissive one per command and the RESTRICTIVE guard per command, carries the conjunction of all
 # groups for that command. On one server the guard keeps any other permissive policy from widening
 # it; where a copy loses RESTRICTIVE the guard becomes a permissive policy with the same expression,
@@ -560,3 +665,82 @@ def test_conjunction_in_every_policy_holds_on_shards_and_after_a_move(admin, app
         holds()
     finally:
         admin.execute(f"DROP TABLE {table}")
+
+
+# -- DJANGO_RLS["FILTER_BY_SITE"]: router planning (issue 17 item 3) ------------------------------
+
+
+@pytest.fixture
+def note_table(admin: psycopg.Connection) -> Iterator[str]:
+    """testapp.Note's table on the cluster, distributed by site_id and protected for the app role."""
+    from tests.testapp.models import Note
+
+    table = Note._meta.db_table
+    admin.execute(
+        sql.SQL(
+            "CREATE TABLE {} (id bigint NOT NULL, site_id int NOT NULL, author_id int, body text NOT NULL, "
+            "PRIMARY KEY (site_id, id))"
+        ).format(sql.Identifier(table))
+    )
+    admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    admin.execute("SELECT rls.protect_by_site(%s, to_role => %s)", (table, APP_ROLE))
+    admin.execute(
+        sql.SQL("GRANT SELECT, UPDATE, DELETE ON {} TO {}").format(sql.Identifier(table), sql.Identifier(APP_ROLE))
+    )
+    admin.execute(
+        sql.SQL("INSERT INTO {} SELECT g, 3 + g % 9, NULL, 'note ' || g FROM generate_series(1, 90) AS g").format(
+            sql.Identifier(table)
+        )
+    )
+    yield table
+    admin.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+
+
+def _django_statements() -> dict[str, tuple[str, tuple]]:
+    """SQL and parameters Django builds for a read, an aggregate, an update and a delete of notes."""
+    from django.db.models import Count
+    from django.db.models.sql import DeleteQuery, UpdateQuery
+
+    from tests.testapp.models import Note
+
+    notes = Note.objects.filter(body__startswith="note")
+    update = notes.query.chain(UpdateQuery)
+    update.add_update_values({"body": "changed"})
+    delete = notes.query.chain(DeleteQuery)
+    return {
+        "select": notes.query.sql_with_params(),
+        "aggregate": notes.values("author").annotate(n=Count("id")).query.sql_with_params(),
+        "update": update.get_compiler("default").as_sql(),
+        "delete": delete.get_compiler("default").as_sql(),
+    }
+
+
+def _task_count(conn: psycopg.Connection, statement: tuple[str, tuple]) -> int:
+    text, params = statement
+    plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + text, params))
+    counts = [int(count) for count in re.findall(r"Task Count: (\d+)", plan)]
+    assert counts, plan
+    return sum(counts)
+
+
+def test_filter_by_site_routes_django_queries_to_one_shard(note_table, app, admin, settings):
+    """As the app role: with FILTER_BY_SITE and a site in the context, Citus plans each query on one shard."""
+    import django_rls
+
+    with django_rls.context(site=SITE):
+        unfiltered = _django_statements()
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "FILTER_BY_SITE": True}
+        filtered = _django_statements()
+    shards = int(admin.execute("SHOW citus.shard_count").fetchone()[0])
+    for kind in filtered:
+        with app.transaction():
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            assert _task_count(app, unfiltered[kind]) == shards, kind
+            assert _task_count(app, filtered[kind]) == 1, kind
+    # The same rows as the policies would give (read as the superuser: the context does not reach the
+    # workers yet, item 2, so the app role reads nothing either way).
+    text, params = filtered["select"]
+    plain_text, plain_params = unfiltered["select"]
+    every_site = admin.execute(plain_text, plain_params).fetchall()
+    assert sorted(admin.execute(text, params).fetchall()) == sorted(row for row in every_site if row[1] == SITE)
+    assert len(every_site) == 90

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tests.harness.cluster import BINDIR, Cluster, as_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
+# What a build leaves beside the sources; an image built from a clean checkout has none of it.
+BUILD_PRODUCTS = ("*.o", "*.bc", "*.so")
 
 pytestmark = pytest.mark.skipif(not (BINDIR / "initdb").exists(), reason=f"no PostgreSQL server binaries in {BINDIR}")
 
@@ -29,11 +32,36 @@ def _major() -> str:
     return re.match(r"PostgreSQL (\d+)", _pg_config("--version")).group(1)
 
 
-def test_build_script_installs_the_extension():
-    # Into the installation the suite runs against (a relocated copy too), never another one.
+def _sources_as_the_image_copies_them(into: Path) -> Path:
+    """The files docker/Dockerfile COPYs into /src/django_rls, copied the same way under `into`."""
+    image_root = "/src/django_rls"
+    for line in (DOCKER / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if not words or words[0] != "COPY" or not words[-1].startswith(image_root):
+            continue
+        *sources, destination = words[1:]
+        target = into / destination[len(image_root) :].lstrip("/")
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*BUILD_PRODUCTS))
+            else:
+                place = target / path.name if destination.endswith("/") else target
+                place.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, place)
+    return into
+
+
+def test_build_script_installs_the_extension(tmp_path):
+    # Into the installation the suite runs against (a relocated copy too), never another one, from
+    # the files the image has: the tree's own objects may be built for another installation (the
+    # matrix builds each major elsewhere), and make would install those.
+    source = _sources_as_the_image_copies_them(tmp_path / "src")
     major = _major()
     env = {**os.environ, "PG_MAJOR": major, "PG_CONFIG": str(BINDIR / "pg_config")}
-    result = subprocess.run([str(DOCKER / "build-extension.sh")], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(source / "docker" / "build-extension.sh"), str(source)], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert f"django_rls installed for PostgreSQL {major}" in result.stdout
     assert (Path(_pg_config("--sharedir")) / "extension" / "django_rls.control").exists()

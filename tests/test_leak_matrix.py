@@ -23,7 +23,7 @@ INT_MODELS = [
     "testapp.Article",
     "testapp.ArticleTag",
     "testapp.Bookmark",
-    "testapp.Team",  # OwnerOrMember: membership read with rls.member_of() (owners only in the SQL-only mode)
+    "testapp.Team",  # OwnerOrMember: membership read with rls.member_of()
     "testapp.TeamMember",  # Members(parent=True): reads the team, which does not read it back in SQL
     "testapp.Monitor",  # ThroughParent on a parent keyed by the site: compares its own key
     "testapp.Ping",  # ThroughParent with or_where and null_parent="read"
@@ -72,7 +72,10 @@ def test_the_matrix_catches_a_real_leak(live_db):
 
     users = _users()
     with connections["owner"].cursor() as cursor:
-        cursor.execute("ALTER POLICY rls_site_insert ON testapp_note WITH CHECK (true)")
+        # Both policies that check an inserted row's site: the group's and rls_base_insert, which carries
+        # the same expression so that no single policy opens the table.
+        for policy in ("rls_site_insert", "rls_base_insert"):
+            cursor.execute(f"ALTER POLICY {policy} ON testapp_note WITH CHECK (true)")
     try:
         leaks = leak_matrix([{"site": 1, "user": users["alice"]}, {"site": 2, "user": users["bob"]}], ["testapp.Note"])
     finally:

@@ -3,6 +3,10 @@
 Projects are visible to their owner and their members; memberships to their user and to everyone who
 sees the project. Written with two EXISTS subqueries, each policy expands into the other and PostgreSQL
 refuses every query; with rls.member_of() on the project side the same rules answer.
+
+Every test runs in both modes (tests/modes.py). In the SQL-only mode the membership table's owner first
+lets rls.member_of() read it (rls.allow_member_of(), which rls_apply runs for OwnerOrMember): there the
+read runs as the role django_rls_member under a policy of its own (sql/sqlonly/27_membership.sql).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.modes import SQL_MODE
 from tests.roles import APP_ROLE, OWNER_ROLE
 
 PROJECT_SEES_MEMBERS = "owner_id = rls.user_id() OR rls.member_of('kinds_memb', 'proj_id', 'user_id', id)"
@@ -28,10 +33,17 @@ def tables(owner_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
     owner_conn.execute("INSERT INTO kinds_proj VALUES (1, 10), (2, 20)")
     owner_conn.execute("INSERT INTO kinds_memb (proj_id, user_id) VALUES (1, 11), (1, 12), (2, 12)")
     owner_conn.execute(sql.SQL("GRANT SELECT ON kinds_proj, kinds_memb TO {}").format(sql.Identifier(APP_ROLE)))
+    allow_member_reads(owner_conn, "kinds_memb")
     try:
         yield owner_conn
     finally:
         owner_conn.execute("DROP TABLE IF EXISTS kinds_memb, kinds_proj, kinds_part CASCADE")
+
+
+def allow_member_reads(conn: psycopg.Connection, table: str) -> None:
+    """The SQL-only mode's one extra step, as the table's owner; the C library reads any table it is given."""
+    if SQL_MODE:
+        conn.execute("SELECT rls.allow_member_of(%s, 'proj_id', 'user_id')", (table,))
 
 
 def protect(conn: psycopg.Connection, table: str, using: str) -> None:
@@ -141,6 +153,8 @@ def test_none_of_the_owners_code_runs(tables, app_conn, owner_conn):
     """The owner's expression and partial indexes never run inside rls.member_of() (no planner there).
 
     A plain query of the app role plans with them, so the trap is real: the same function raises there.
+    The SQL-only mode's read is a query, planned as django_rls_member: the owner's partial index predicate
+    runs there, as that role (whose rights are a part of the owner's), never as the caller.
     """
     owner_conn.execute(
         f"""
@@ -160,7 +174,11 @@ def test_none_of_the_owners_code_runs(tables, app_conn, owner_conn):
         protect(tables, "kinds_memb", "user_id = rls.user_id()")
         protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
         as_user(app_conn, 12)
-        assert projects(app_conn) == [1, 2]
+        if SQL_MODE:
+            with pytest.raises(psycopg.errors.RaiseException, match="the owner's code ran as django_rls_member\n"):
+                projects(app_conn)
+        else:
+            assert projects(app_conn) == [1, 2]
         with pytest.raises(psycopg.errors.RaiseException, match="the owner's code ran as rls_test_app"):
             app_conn.execute("SELECT count(*) FROM kinds_memb WHERE user_id + 0 = 12")
     finally:
@@ -168,6 +186,7 @@ def test_none_of_the_owners_code_runs(tables, app_conn, owner_conn):
 
 
 def test_it_is_not_security_definer(admin_conn):
+    """Nor is what it calls in the SQL-only mode, but for the read itself (test_the_sql_only_read_below)."""
     (definer,) = admin_conn.execute(
         "SELECT prosecdef FROM pg_proc WHERE oid = 'rls.member_of(regclass, name, name, anyelement)'::regprocedure"
     ).fetchone()
@@ -207,6 +226,7 @@ def test_uuid_keys_and_users(owner_conn, app_conn):
     owner_conn.execute("INSERT INTO kinds_uproj VALUES (%s, %s), (%s, %s)", (p1, owner, p2, owner))
     owner_conn.execute("INSERT INTO kinds_umemb VALUES (%s, %s)", (p2, member))
     owner_conn.execute(sql.SQL("GRANT SELECT ON kinds_uproj, kinds_umemb TO {}").format(sql.Identifier(APP_ROLE)))
+    allow_member_reads(owner_conn, "kinds_umemb")
     try:
         protect(owner_conn, "kinds_umemb", "user_id = rls.user_uuid()")
         protect(
@@ -221,3 +241,88 @@ def test_uuid_keys_and_users(owner_conn, app_conn):
             app_conn.execute("SELECT id FROM kinds_uproj")
     finally:
         owner_conn.execute("DROP TABLE kinds_umemb, kinds_uproj")
+
+
+sql_mode_only = pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode's read of membership tables")
+
+
+@sql_mode_only
+def test_the_sql_only_read_is_django_rls_members_and_it_has_no_other_right(admin_conn):
+    definers = admin_conn.execute(
+        "SELECT p.oid::regprocedure::text, p.proowner::regrole::text, p.proconfig FROM pg_proc p "
+        "WHERE p.pronamespace = 'rls'::regnamespace AND p.proname ~ 'member' AND p.prosecdef"
+    ).fetchall()
+    assert definers == [
+        ("rls._member_rows(regclass,name,name)", "django_rls_member", ["search_path=pg_catalog, pg_temp"])
+    ]
+    flags = admin_conn.execute(
+        "SELECT rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, "
+        "(SELECT count(*) FROM pg_auth_members WHERE member = r.oid) FROM pg_roles r "
+        "WHERE rolname = 'django_rls_member'"
+    ).fetchone()
+    assert flags == (False, False, False, False, False, 0)
+
+
+@sql_mode_only
+def test_the_readers_policy_is_no_problem_of_rls_problems(tables, app_conn):
+    """django_rls_member is named in a policy, but it is no application role: no search_path or signing problems."""
+    protect(tables, "kinds_memb", "user_id = rls.user_id()")
+    assert app_conn.execute("SELECT count(*) FROM rls.problems WHERE object_name = 'django_rls_member'").fetchone() == (
+        0,
+    )
+
+
+@sql_mode_only
+def test_injected_sql_learns_only_its_own_users_memberships(tables, app_conn):
+    """Called directly, the read answers the context user's keys of an allowed table, and nothing else."""
+    protect(tables, "kinds_memb", MEMBERS_SEE_PROJECT)
+    protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
+    as_user(app_conn, 12)
+    rows = "SELECT rls._member_rows('kinds_memb', 'proj_id', 'user_id')"
+    assert app_conn.execute(rows).fetchone() == (["1", "2"],)
+    as_user(app_conn, 11)
+    assert app_conn.execute(rows).fetchone() == (["1"],)
+    # Other columns of the table, and tables nobody allowed, are not django_rls_member's to read.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not read"):
+        app_conn.execute("SELECT rls._member_rows('kinds_memb', 'id', 'user_id')")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not read"):
+        app_conn.execute("SELECT rls._member_rows('kinds_proj', 'id', 'owner_id')")
+    # Only the table's owner may allow a table.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app_conn.execute("SELECT rls.allow_member_of('kinds_proj', 'id', 'owner_id')")
+
+
+@sql_mode_only
+def test_a_policy_that_would_also_apply_to_the_reader_is_refused(tables, app_conn):
+    """A policy TO PUBLIC would apply to django_rls_member's read too, and could recurse or hide rows."""
+    protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
+    tables.execute("SELECT rls.unprotect('kinds_memb')")
+    tables.execute("SELECT rls.protect('kinds_memb', 'g', 'user_id = rls.user_id()')")  # to_role: public
+    as_user(app_conn, 11)
+    with pytest.raises(
+        psycopg.errors.InsufficientPrivilege,
+        match=r'policy "rls_base_\w+" of public\.kinds_memb applies to django_rls_member',
+    ):
+        projects(app_conn)
+
+
+@sql_mode_only
+def test_a_policy_edited_behind_django_rls_back_is_refused(tables, app_conn):
+    protect(tables, "kinds_memb", "user_id = rls.user_id()")
+    protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
+    tables.execute("ALTER POLICY django_rls_member_of ON kinds_memb USING (true)")
+    as_user(app_conn, 11)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"rls\.allow_member_of") as excinfo:
+        projects(app_conn)
+    assert "rls.allow_member_of('public.kinds_memb', 'proj_id', 'user_id')" in excinfo.value.diag.message_hint
+    assert tables.execute("SELECT rls.allow_member_of('kinds_memb', 'proj_id', 'user_id')").fetchone() == (True,)
+    assert projects(app_conn) == [1]
+
+
+@sql_mode_only
+def test_policies_look_memberships_up_once_per_statement(tables, app_conn):
+    protect(tables, "kinds_memb", "user_id = rls.user_id()")
+    protect(tables, "kinds_proj", PROJECT_SEES_MEMBERS)
+    as_user(app_conn, 12)
+    plan = "\n".join(row[0] for row in app_conn.execute("EXPLAIN (COSTS OFF) SELECT id FROM kinds_proj"))
+    assert "InitPlan" in plan and "SubPlan" not in plan, plan

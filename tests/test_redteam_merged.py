@@ -100,11 +100,6 @@ def site_and_owner_tables(owner_conn: psycopg.Connection) -> Iterator[None]:
     owner_conn.execute("DROP TABLE IF EXISTS rt_site_rows, rt_owned_rows")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each accessor's initplan runs when first needed, so a cursor can read rls.site_id() under one "
-    "context and rls.user_id() under the next (ext/accessor_params.c: one initplan per accessor call)",
-)
 def test_a_cursor_fetched_across_a_context_change_reads_one_context(
     database: Database, site_and_owner_tables: None
 ) -> None:

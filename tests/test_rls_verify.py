@@ -76,7 +76,9 @@ def test_weakened_policy_is_caught_in_the_catalog_and_by_the_probe(restore, monk
     owner_sql("ALTER POLICY rls_site_select ON testapp_note USING (true)")
     code, out = verify()
     assert code == 1 and "testapp_note: policy group 'site' is missing or differs" in out
-    # Without the catalog step, the probe itself sees the leak.
+    # Without the catalog step, the probe itself sees the leak; rls_base_select carries the group's
+    # expression too, so the leak needs both policies weakened.
+    owner_sql("ALTER POLICY rls_base_select ON testapp_note USING (true)")
     from django_rls import verify as module
 
     monkeypatch.setattr(module, "_catalog_failures", lambda alias, declarations: [])

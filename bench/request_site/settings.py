@@ -11,6 +11,8 @@
                RLSTenantMiddleware after authentication, an RLSProtectedModel);
 - django-rls:  django-rls as its docs set it up (its ENGINE, RLSContextMiddleware after
                authentication, an RLSModel with a tenant ModelPolicy, request.tenant);
+- sqlonly, sqlonly-signed: ours and ours-signed on a server without the C library, in the
+               SQL-only mode (a database of its own on a second cluster);
 - none-server, ours-server: none and ours with OPTIONS={"server_side_binding": True}.
 
 Every other variant uses Django's default client-side binding. Each peer has a database of its
@@ -24,12 +26,23 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-VARIANTS = ("none", "ours", "ours-signed", "classic", "rls-tenants", "django-rls", "none-server", "ours-server")
+VARIANTS = (
+    "none",
+    "ours",
+    "ours-signed",
+    "sqlonly",
+    "sqlonly-signed",
+    "classic",
+    "rls-tenants",
+    "django-rls",
+    "none-server",
+    "ours-server",
+)
 VARIANT = os.environ.get("BENCH_VARIANT", "none")
 if VARIANT not in VARIANTS:
     raise RuntimeError(f"BENCH_VARIANT must be one of {', '.join(VARIANTS)}, not {VARIANT!r}")
 PEER = VARIANT in ("rls-tenants", "django-rls")
-# The table the shared database holds for this variant (bench/request_path.py creates it); a peer's comes from migrate.
+# The table the variant's database holds (bench/request_path.py creates it); a peer's comes from migrate.
 TABLE = "items_" + VARIANT.replace("-", "_") if PEER else "items_" + VARIANT.split("-")[0]
 
 _server = urlparse(os.environ["BENCH_DATABASE_URL"])
@@ -44,11 +57,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 INSTALLED_APPS = ["request_site"]
 MIDDLEWARE = ["request_site.auth.BenchAuthMiddleware"]
 ENGINE = "django.db.backends.postgresql"
-if VARIANT.startswith("ours"):
+if VARIANT.startswith(("ours", "sqlonly")):
     INSTALLED_APPS.insert(0, "django_rls")
     MIDDLEWARE.append("django_rls.middleware.RlsMiddleware")
     DJANGO_RLS = {"USER_RESOLVER": "request_site.auth.user_id"}
-    if VARIANT == "ours-signed":
+    if VARIANT.endswith("-signed"):
         DJANGO_RLS["SIGNING_KEY"] = os.environ["BENCH_SIGNING_KEY"]
 elif VARIANT == "classic":
     MIDDLEWARE.append("request_site.classic.ClassicSiteMiddleware")

@@ -10,9 +10,14 @@
 -- A table is protected by one or more named policy groups ("site", "owner",
 -- or any name for a custom expression).  Each group adds RESTRICTIVE policies
 -- named rls_<group>_<command>, so groups combine with AND and no other
--- permissive policy can widen them.  One permissive policy, rls_base, lets
--- the roles the groups apply to through at all (restrictive policies alone
--- deny everything).  Each policy's comment records a fingerprint of what
+-- permissive policy can widen them.  Beside them, one permissive policy per
+-- command, rls_base_<command>, lets the roles the groups apply to through at
+-- all (restrictive policies alone deny everything); it carries the
+-- conjunction of the groups' expressions for its command itself (true only
+-- for a command no group covers), so the protection does not depend on
+-- AS RESTRICTIVE surviving: an engine that copies the groups as permissive
+-- policies (Citus does, onto its shards) ORs each group with a policy that is
+-- no wider than all of them together.  Each policy's comment records a fingerprint of what
 -- django_rls created, so reruns change nothing and edits made behind
 -- django_rls's back are reported by rls.status.
 -------------------------------------------------------------------------------
@@ -142,8 +147,38 @@ $$;
 COMMENT ON FUNCTION rls._group_policies(regclass, text, text, text, text[], text) IS
 'Internal: validate a policy group and list the policies it consists of.';
 
--- Keep rls_base (the permissive policy) and the table's RLS switches in step
--- with the restrictive groups; returns true when it changed anything.
+-- What the permissive rls_base_<command> policy of a table holds: the
+-- conjunction of the USING and of the WITH CHECK expressions of the
+-- restrictive groups for that command, as the catalog holds them (deparsed
+-- with a fixed search_path, so every name is qualified and the text does not
+-- depend on the caller's), 'true' where no group covers the command, and
+-- NULL where the command takes no such expression.
+CREATE FUNCTION rls._base_policy(tbl regclass, command text)
+RETURNS TABLE (policy_using text, policy_check text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH groups AS (
+        SELECT pg_get_expr(p.polqual, p.polrelid) AS qual,
+               pg_get_expr(p.polwithcheck, p.polrelid) AS checks, p.polname
+          FROM pg_catalog.pg_policy p
+         WHERE p.polrelid = tbl AND NOT p.polpermissive
+           AND p.polname ~ format('^rls_.+_%s$', command)
+    )
+    SELECT CASE WHEN command <> 'insert'
+                THEN coalesce((SELECT string_agg(format('(%s)', qual), ' AND ' ORDER BY polname)
+                                 FROM groups WHERE qual IS NOT NULL), 'true') END,
+           CASE WHEN command IN ('insert', 'update')
+                THEN coalesce((SELECT string_agg(format('(%s)', coalesce(checks, qual)), ' AND ' ORDER BY polname)
+                                 FROM groups WHERE coalesce(checks, qual) IS NOT NULL), 'true') END
+$$;
+COMMENT ON FUNCTION rls._base_policy(regclass, text) IS
+'Internal: the expressions of a table''s permissive rls_base_<command> policy (the conjunction of its groups''s).';
+
+-- Keep the permissive rls_base_<command> policies and the table's RLS
+-- switches in step with the restrictive groups; returns true when it changed
+-- anything.  A table protected before rls_base_<command> existed loses its
+-- single rls_base USING (true) here.
 CREATE FUNCTION rls._sync_table(tbl regclass)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -153,6 +188,9 @@ DECLARE
     changed boolean := false;
     enabled boolean;
     forced boolean;
+    base name;
+    cmd text;
+    expr record;
 BEGIN
     -- Role names as pg_roles spells them (not regrole's quoted form): to_role
     -- is a name, quoted once where a statement is built.
@@ -161,14 +199,21 @@ BEGIN
       FROM pg_catalog.pg_policy p
      CROSS JOIN unnest(p.polroles) AS r
       LEFT JOIN pg_catalog.pg_roles a ON a.oid = r
-     WHERE p.polrelid = tbl AND p.polname LIKE 'rls\_%' AND p.polname <> 'rls_base'
+     WHERE p.polrelid = tbl AND p.polname LIKE 'rls\_%' AND p.polname !~ '^rls_base(_(select|insert|update|delete))?$'
        AND NOT p.polpermissive;
 
+    IF EXISTS (SELECT FROM pg_catalog.pg_policy WHERE polrelid = tbl AND polname = 'rls_base') THEN
+        EXECUTE format('DROP POLICY rls_base ON %s', tbl);
+        changed := true;
+    END IF;
     IF roles IS NULL THEN
-        IF EXISTS (SELECT FROM pg_catalog.pg_policy WHERE polrelid = tbl AND polname = 'rls_base') THEN
-            EXECUTE format('DROP POLICY rls_base ON %s', tbl);
+        FOR base IN
+            SELECT polname FROM pg_catalog.pg_policy
+             WHERE polrelid = tbl AND polname ~ '^rls_base_(select|insert|update|delete)$'
+        LOOP
+            EXECUTE format('DROP POLICY %I ON %s', base, tbl);
             changed := true;
-        END IF;
+        END LOOP;
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_policy WHERE polrelid = tbl) THEN
             SELECT relrowsecurity, relforcerowsecurity INTO enabled, forced
               FROM pg_catalog.pg_class WHERE oid = tbl;
@@ -185,7 +230,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Protect every group of one table for the same role.';
     END IF;
-    changed := rls._ensure_policy(tbl, 'rls_base', true, 'all', roles[1], 'true', 'true');
+    FOREACH cmd IN ARRAY ARRAY['select', 'insert', 'update', 'delete'] LOOP
+        SELECT * INTO expr FROM rls._base_policy(tbl, cmd);
+        changed := rls._ensure_policy(tbl, format('rls_base_%s', cmd)::name, true, cmd, roles[1],
+                                      expr.policy_using, expr.policy_check) OR changed;
+    END LOOP;
 
     SELECT relrowsecurity, relforcerowsecurity INTO enabled, forced
       FROM pg_catalog.pg_class WHERE oid = tbl;
@@ -197,7 +246,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls._sync_table(regclass) IS
-'Internal: keep rls_base and ENABLE/FORCE ROW LEVEL SECURITY in step with the policy groups.';
+'Internal: keep the rls_base_<command> policies and ENABLE/FORCE ROW LEVEL SECURITY in step with the policy groups.';
 
 CREATE FUNCTION rls.protect(tbl regclass, group_name text, using_expr text,
                             check_expr text DEFAULT NULL,
@@ -246,7 +295,11 @@ AS $$
                               AND p.polname IN (SELECT format('rls_%s_%s', group_name, c)
                                                   FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c
                                                  WHERE c <> ALL (commands)))
-           AND rls._policy_matches(tbl, 'rls_base', rls._policy_hash(true, 'all', to_role, 'true', 'true'))
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = tbl AND p.polname = 'rls_base')
+           AND (SELECT bool_and(rls._policy_matches(tbl, format('rls_base_%s', c)::name,
+                                                    rls._policy_hash(true, c, to_role, b.policy_using, b.policy_check)))
+                  FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c,
+                       LATERAL rls._base_policy(tbl, c) AS b)
            AND (SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class WHERE oid = tbl)
       FROM rls._group_policies(tbl, group_name, using_expr, check_expr, commands, to_role) AS g
 $$;
@@ -337,10 +390,14 @@ DECLARE
 BEGIN
     FOR pol IN
         SELECT polname FROM pg_catalog.pg_policy
-         WHERE polrelid = tbl AND polname <> 'rls_base'
-           AND polname LIKE CASE WHEN group_name IS NULL THEN 'rls\_%'
-                                 ELSE format('rls\_%s\_%%', replace(group_name, '_', '\_')) END
+         WHERE polrelid = tbl AND polname !~ '^rls_base(_(select|insert|update|delete))?$'
            AND polname ~ '^rls_.+_(select|insert|update|delete)$'
+           -- A group's own four names only: a prefix pattern would also take the policies of
+           -- every group whose name begins with this one's and an underscore (site_archive
+           -- beside site), and leave the table without them, or without row level security.
+           AND (group_name IS NULL
+                OR polname::text IN (SELECT format('rls_%s_%s', group_name, c)
+                                       FROM unnest(ARRAY['select', 'insert', 'update', 'delete']) AS c))
     LOOP
         EXECUTE format('DROP POLICY %I ON %s', pol, tbl);
         changed := true;

@@ -48,11 +48,15 @@ COMMENT ON VIEW rls._protected_tables IS
 'Internal: the tables under row level security that rls.problems looks at.';
 
 -- Roles the policies of protected tables apply to, but for those reported
--- already as bypassing them (superusers, BYPASSRLS, owners).
+-- already as bypassing them (superusers, BYPASSRLS, owners).  Not the SQL-only
+-- mode's django_rls_member either (sql/sqlonly/27_membership.sql): its policy
+-- django_rls_member_of is read only by a function with a pinned search_path,
+-- as a role that cannot log in, set a context or create anything.
 CREATE VIEW rls._app_roles AS
 WITH policy_roles AS (
     SELECT p.polrelid AS oid, r AS role_oid
       FROM pg_catalog.pg_policy p, unnest(p.polroles) AS r
+     WHERE p.polname <> 'django_rls_member_of'
 )
 SELECT DISTINCT pr.role_oid
   FROM rls._protected_tables t
@@ -89,7 +93,7 @@ SELECT t.table_name, t.table_name::text,
 UNION ALL
 SELECT t.table_name, t.table_name::text,
        'the table has only restrictive policies, so no role sees any row',
-       'Add a permissive policy; rls.protect() creates rls_base for this.'
+       'Add a permissive policy; rls.protect() creates rls_base_<command> for this.'
   FROM protected t
  WHERE EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid)
    AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = t.oid AND p.polpermissive)
@@ -184,7 +188,20 @@ SELECT NULL, r.rolname::text,
               r.rolname, current_database())
   FROM pg_catalog.pg_roles r
  WHERE r.oid IN (SELECT role_oid FROM app_roles)
-   AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid));
+   AND NOT rls._ends_with_pg_temp(rls._role_search_path(r.oid))
+UNION ALL
+SELECT c.table_name, coalesce(c.object_name, c.table_name::text), format(c.problem, c.table_name::text), c.hint
+  FROM rls._citus_problems() AS c
+UNION ALL
+SELECT NULL, r.rolname::text,
+       format('role %s may run statements on the Citus workers itself, past the coordinator, with %s',
+              r.rolname, string_agg(f::text, ', ' ORDER BY f::text)),
+       format('As a superuser: REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC (manage.py rls_roles does this).',
+              string_agg(f::text, ', ' ORDER BY f::text))
+  FROM pg_catalog.pg_roles r, rls._citus_remote_functions() AS f
+ WHERE r.oid IN (SELECT role_oid FROM app_roles)
+   AND pg_catalog.has_function_privilege(r.oid, f, 'EXECUTE')
+ GROUP BY r.rolname;
 COMMENT ON VIEW rls._common_problems IS
 'Internal: the problems rls.problems reports in every mode.';
 

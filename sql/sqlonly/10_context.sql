@@ -333,7 +333,9 @@ COMMENT ON FUNCTION rls.context() IS
 
 -- How policy text reads the context in this mode: every accessor call becomes
 -- a scalar sub-select, which PostgreSQL runs once per statement (an InitPlan)
--- instead of once per row, and which keeps parallel plans possible.  The C
+-- instead of once per row, and which keeps parallel plans possible.  So does
+-- rls.member_of() on a column (27_membership.sql): it becomes a comparison
+-- with the list of the user's keys, looked up once per statement.  The C
 -- library's accessors are C functions cheap enough per row, and its
 -- _policy_text leaves the text alone.
 CREATE FUNCTION rls._policy_text(expr text)
@@ -342,8 +344,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT regexp_replace(
-               regexp_replace(expr, '(?<![\w."])rls\.(site_id|user_id|site_uuid|user_uuid|context)\(\s*\)',
-                              '(SELECT rls.\1())', 'g'),
+               regexp_replace(
+                   regexp_replace(expr,
+                                  '(?<![\w."])rls\.member_of\(\s*(''(?:[^'']|'''')*''(?:::regclass)?)\s*,\s*(''(?:[^'']|'''')*'')\s*,\s*(''(?:[^'']|'''')*'')\s*,\s*("(?:[^"]|"")*"|[a-z_][a-z0-9_]*)\s*\)',
+                                  '((\4)::pg_catalog.text OPERATOR(pg_catalog.=) ANY ((SELECT rls._member_keys(\1, \2, \3))::pg_catalog.text[]))', 'g'),
+                   '(?<![\w."])rls\.(site_id|user_id|site_uuid|user_uuid|context)\(\s*\)',
+                   '(SELECT rls.\1())', 'g'),
                '(?<![\w."])rls\.claim\((''(?:[^'']|'''')*'')\)', '(SELECT rls.claim(\1))', 'g')
 $$;
 COMMENT ON FUNCTION rls._policy_text(text) IS

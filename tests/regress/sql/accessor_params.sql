@@ -19,9 +19,16 @@ CREATE INDEX ON regress_rls.orders (site_id);
 -- Site 1 holds nine rows in ten of this one.
 CREATE TABLE regress_rls.skew (id int, site_id int NOT NULL);
 INSERT INTO regress_rls.skew SELECT i, CASE WHEN i % 10 = 0 THEN 2 ELSE 1 END FROM generate_series(1, 10000) AS i;
-VACUUM ANALYZE regress_rls.orders, regress_rls.skew;
+-- Rows of a site and a user each: what a context of both may see.
+CREATE TABLE regress_rls.owned (site_id int NOT NULL, owner_id int NOT NULL, note text);
+INSERT INTO regress_rls.owned VALUES (1, 10, 'a'), (1, 20, 'b'), (2, 20, 'c'), (2, 10, 'd');
+VACUUM ANALYZE regress_rls.orders, regress_rls.skew, regress_rls.owned;
 GRANT SELECT, INSERT, UPDATE ON regress_rls.orders TO regress_rls_app;
 GRANT SELECT ON regress_rls.skew TO regress_rls_app;
+GRANT SELECT ON regress_rls.owned TO regress_rls_app;
+ALTER TABLE regress_rls.owned ENABLE ROW LEVEL SECURITY;
+CREATE POLICY mine ON regress_rls.owned TO regress_rls_app
+    USING (site_id = rls.site_id() AND owner_id = rls.user_id());
 SELECT rls.protect_by_site('regress_rls.orders', to_role => 'regress_rls_app');
 SELECT rls.protect_by_site('regress_rls.skew', to_role => 'regress_rls_app');
 -- The planner's row estimate for a query's top scan.
@@ -51,8 +58,21 @@ BEGIN
     RETURN (SELECT sum(amount) FROM regress_rls.orders);
 END
 $$;
+-- Changes the context, then fetches the rest of a cursor.
+CREATE FUNCTION regress_rls.switch_then_fetch(cur refcursor) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM rls.set_context('2', '20', '{"team": "blue", "tier": "silver"}');
+    LOOP
+        FETCH cur INTO r;
+        EXIT WHEN NOT FOUND;
+        RETURN NEXT r::text;
+    END LOOP;
+END
+$$;
 GRANT EXECUTE ON FUNCTION regress_rls.estimated_rows(text), regress_rls.initplan_loops(text),
-    regress_rls.site_total() TO regress_rls_app;
+    regress_rls.site_total(), regress_rls.switch_then_fetch(refcursor) TO regress_rls_app;
 
 -- The superuser's filtered totals are the reference.
 SELECT site_id, count(*), sum(amount) FROM regress_rls.orders WHERE site_id IN (1, 2) GROUP BY 1 ORDER BY 1;
@@ -146,8 +166,9 @@ SET LOCAL enable_seqscan = off;
 SET LOCAL enable_bitmapscan = off;
 SELECT count(*) AS without_context FROM orders WHERE site_id = 1;
 SELECT rls.set_context('1', NULL);
--- (An index-only scan takes the merged check as a second key too.)
-EXPLAIN (COSTS OFF) SELECT count(*) FROM orders WHERE site_id = 1;
+-- (An index-only scan takes the merged check as a second key too, and,
+-- under an aggregate, keeps its own output, so that it need not project.)
+EXPLAIN (VERBOSE, COSTS OFF) SELECT count(*) FROM orders WHERE site_id = 1;
 SELECT count(*) FROM orders WHERE site_id = 1;
 SELECT count(*) FROM orders WHERE site_id = 2;
 DECLARE site_cursor CURSOR FOR SELECT id, site_id FROM orders WHERE id > 0 ORDER BY id;
@@ -156,6 +177,102 @@ SELECT rls.set_context('2', NULL);
 FETCH 2 FROM site_cursor;
 CLOSE site_cursor;
 COMMIT;
+
+-- One initplan sets every accessor parameter of a plan at once, whichever the
+-- plan needs first, so one execution reads one context: a cursor whose first
+-- FETCH needed only the site still reads the user of the same context, after
+-- the context changed.
+BEGIN;
+SELECT rls.set_context('1', '10');
+EXPLAIN (VERBOSE, COSTS OFF)
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned;
+DECLARE mixed CURSOR FOR
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned;
+FETCH 1 FROM mixed;
+SELECT rls.set_context('2', '20');
+FETCH ALL FROM mixed;
+COMMIT;
+
+-- Several cursors: each keeps the context of its own first FETCH.
+BEGIN;
+SELECT rls.set_context('1', '10');
+DECLARE first_cursor CURSOR FOR
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned;
+FETCH 1 FROM first_cursor;
+SELECT rls.set_context('2', '20');
+DECLARE second_cursor CURSOR FOR
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned;
+FETCH 1 FROM second_cursor;
+SELECT rls.set_context('1', '20');
+FETCH ALL FROM first_cursor;
+FETCH ALL FROM second_cursor;
+-- A cursor first fetched after the change reads the context of then, whole.
+DECLARE third_cursor CURSOR FOR SELECT site_id, owner_id FROM owned;
+SELECT rls.set_context('2', '10');
+FETCH ALL FROM third_cursor;
+COMMIT;
+
+-- A WITH HOLD cursor runs to its end when its transaction commits, under the
+-- context current then; the rows it had not fetched still come from the
+-- context its first FETCH read, and so do the rows fetched after the commit,
+-- when no context is set at all.
+BEGIN;
+SELECT rls.set_context('1', '10');
+DECLARE held CURSOR WITH HOLD FOR
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned;
+FETCH 1 FROM held;
+SELECT rls.set_context('2', '20');
+COMMIT;
+SELECT rls.context();
+FETCH ALL FROM held;
+CLOSE held;
+
+-- The planner's own initplan of a (SELECT rls.user_id()) and a function
+-- scan's arguments read the parameters of the same initplan.
+BEGIN;
+SELECT rls.set_context('1', '10');
+EXPLAIN (VERBOSE, COSTS OFF)
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned WHERE owner_id = (SELECT rls.user_id())
+UNION ALL SELECT s::int, u::int FROM generate_series(rls.site_id(), rls.site_id()) AS s,
+    generate_series(rls.user_id(), rls.user_id()) AS u;
+DECLARE wrapped CURSOR FOR
+SELECT site_id, NULL::int AS owner_id FROM orders WHERE id <= 3
+UNION ALL SELECT site_id, owner_id FROM owned WHERE owner_id = (SELECT rls.user_id())
+UNION ALL SELECT s::int, u::int FROM generate_series(rls.site_id(), rls.site_id()) AS s,
+    generate_series(rls.user_id(), rls.user_id()) AS u;
+FETCH 1 FROM wrapped;
+SELECT rls.set_context('2', '20');
+FETCH ALL FROM wrapped;
+COMMIT;
+
+-- A function that changes the context between two FETCHes of a cursor;
+-- claims with different keys are parameters of the same initplan.
+BEGIN;
+SELECT rls.set_context('1', '10', '{"team": "red", "tier": "gold"}');
+EXPLAIN (VERBOSE, COSTS OFF)
+SELECT 'team ' || rls.claim('team') FROM orders WHERE id <= 2
+UNION ALL SELECT 'tier ' || rls.claim('tier') || ' of ' || owner_id FROM owned;
+DECLARE claims CURSOR FOR
+SELECT 'team ' || rls.claim('team') FROM orders WHERE id <= 2
+UNION ALL SELECT 'tier ' || rls.claim('tier') || ' of ' || owner_id FROM owned;
+FETCH 1 FROM claims;
+SELECT switch_then_fetch('claims');
+SELECT rls.context() ->> 'site' AS site_now;
+COMMIT;
+
+-- In strict mode the initplan raises for a missing user when the plan first
+-- needs any accessor, though this row never reaches rls.user_id().
+BEGIN;
+SET LOCAL django_rls.strict = on;
+SELECT rls.set_context('1', NULL);
+SELECT id FROM orders WHERE id = 1 AND CASE WHEN site_id = 1 THEN true ELSE rls.user_id() = 0 END; -- fail
+ROLLBACK;
 
 -- Parallel workers get the leader's value.
 SET parallel_setup_cost = 0;

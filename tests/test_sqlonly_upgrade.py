@@ -1,0 +1,130 @@
+"""Upgrading the SQL-only mode in place: rls_apply --install over an older installation.
+
+An "older installation" is this version's, made to look like the previous release's: without
+rls.member_of() (which came later), with a function the new version no longer has, and with
+another version number. Contexts, policies, signing keys and spent tokens must come through.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+import django_rls
+from django_rls import sqlonly
+from django_rls.tokens import sign_context
+from tests.modes import SQL_MODE
+from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
+
+pytestmark = pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode (DJANGO_RLS_TEST_MODE=sql)")
+
+DB = "django_rls_upgrade"
+KEY = secrets.token_urlsafe(48)
+
+
+def _install(conn: psycopg.Connection) -> list[str]:
+    with conn.cursor() as cursor:
+        done = sqlonly.install(cursor, [KEY], APP_ROLE)
+    conn.commit()
+    return done
+
+
+@pytest.fixture
+def older(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]:
+    """(owner, app) connections to a database with an older SQL-only installation, a protected table, a spent token."""
+    admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+    admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DB), sql.Identifier(OWNER_ROLE)))
+    dsn = make_conninfo(admin_conn.info.dsn, dbname=DB)
+    try:
+        with (
+            psycopg.connect(make_conninfo(dsn, user=OWNER_ROLE, password=PASSWORD)) as owner,
+            psycopg.connect(make_conninfo(dsn, user=APP_ROLE, password=PASSWORD), autocommit=True) as app,
+        ):
+            _install(owner)
+            for (function,) in owner.execute(
+                "SELECT oid::regprocedure::text FROM pg_proc WHERE pronamespace = 'rls'::regnamespace "
+                "AND proname ~ 'member' ORDER BY proname DESC"
+            ).fetchall():
+                owner.execute(f"DROP FUNCTION {function}")
+            owner.execute(
+                "CREATE OR REPLACE FUNCTION rls._sqlonly_version() RETURNS text LANGUAGE sql IMMUTABLE "
+                "SET search_path = pg_catalog, pg_temp AS $$ SELECT '0.0.1'::text $$"
+            )
+            owner.execute("CREATE FUNCTION rls._only_in_the_older() RETURNS boolean LANGUAGE sql AS 'SELECT true'")
+            owner.execute("CREATE TABLE notes (id int PRIMARY KEY, site_id bigint NOT NULL)")
+            owner.execute("INSERT INTO notes VALUES (1, 1), (2, 2), (3, 2)")
+            owner.execute(sql.SQL("GRANT SELECT ON notes TO {}").format(sql.Identifier(APP_ROLE)))
+            owner.execute("SELECT rls.protect_by_site('notes', to_role => %s)", (APP_ROLE,))
+            owner.commit()
+            with app.transaction():
+                app.execute("SELECT rls.set_context_signed(%s)", (sign_context(KEY, site=1, user=None, database=DB),))
+                assert app.execute("SELECT array_agg(id) FROM notes").fetchone() == ([1],)
+            yield owner, app
+    finally:
+        admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+
+
+def _policies(conn: psycopg.Connection) -> list[tuple[int, str]]:
+    return conn.execute(
+        "SELECT oid::int, polname::text FROM pg_policy WHERE polrelid = 'notes'::regclass ORDER BY 2"
+    ).fetchall()
+
+
+def test_an_older_installation_is_upgraded_in_place(older):
+    owner, app = older
+    policies = _policies(owner)
+    problems = owner.execute("SELECT problem FROM rls.problems ORDER BY 1").fetchall()
+    owner.rollback()
+    spent = sign_context(KEY, site=2, user=None, database=DB)
+    with app.transaction():
+        app.execute("SELECT rls.set_context_signed(%s)", (spent,))
+
+    assert _install(owner) == [f"upgraded the SQL-only mode of django_rls from 0.0.1 to {django_rls.EXTENSION_VERSION}"]
+
+    with owner.cursor() as cursor:
+        assert sqlonly.installed_version(cursor) == django_rls.EXTENSION_VERSION
+    assert owner.execute("SELECT rls.extension_info() ->> 'sql_version'").fetchone() == (django_rls.EXTENSION_VERSION,)
+    assert _policies(owner) == policies  # the same policies, calling the same functions
+    assert owner.execute("SELECT to_regprocedure('rls._only_in_the_older()')").fetchone() == (None,)
+    assert owner.execute("SELECT problem FROM rls.problems ORDER BY 1").fetchall() == problems  # views made again
+    # Signing is still required, with the same key, and the token spent before is still spent.
+    with app.transaction():
+        app.execute("SELECT rls.set_context_signed(%s)", (sign_context(KEY, site=2, user=None, database=DB),))
+        assert app.execute("SELECT array_agg(id ORDER BY id) FROM notes").fetchone() == ([2, 3],)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="requires a signature"):
+        app.execute("SELECT rls.set_context('1', '')")
+    with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+        app.execute("SELECT rls.set_context_signed(%s)", (spent,))
+    # What came with the new version works: rls.member_of() and its role.
+    assert owner.execute("SELECT rls.member_of_allowed('notes', 'id', 'site_id')").fetchone() == (False,)
+    # And installing the same version again changes nothing.
+    assert _install(owner) == []
+
+
+def test_an_upgrade_that_would_break_a_policy_changes_nothing(older):
+    owner, _ = older
+    owner.execute("SELECT rls.protect('notes', 'extra', 'rls._only_in_the_older()', to_role => %s)", (APP_ROLE,))
+    owner.commit()
+    with owner.cursor() as cursor, pytest.raises(sqlonly.InstallError) as excinfo:
+        sqlonly.install(cursor, [KEY], APP_ROLE)
+    owner.rollback()
+    assert "cannot upgrade the SQL-only mode of django_rls 0.0.1" in str(excinfo.value)
+    assert "rls._only_in_the_older()" in str(excinfo.value) and "Nothing was changed" in str(excinfo.value)
+    with owner.cursor() as cursor:
+        assert sqlonly.installed_version(cursor) == "0.0.1"
+
+
+def test_a_newer_installation_is_refused(older):
+    owner, _ = older
+    owner.execute(
+        "CREATE OR REPLACE FUNCTION rls._sqlonly_version() RETURNS text LANGUAGE sql IMMUTABLE "
+        "AS $$ SELECT '99.0.0'::text $$"
+    )
+    owner.commit()
+    with owner.cursor() as cursor, pytest.raises(sqlonly.InstallError, match=r"99\.0\.0 is installed, newer than"):
+        sqlonly.install(cursor, [KEY], APP_ROLE)
