@@ -32,7 +32,9 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/uuid.h"
 
@@ -223,4 +225,259 @@ rls_audit_statements_of(PG_FUNCTION_ARGS)
 	if (result_null)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 	PG_RETURN_DATUM(result);
+}
+
+/*
+ * rls_audit.newest_statements(): the statement rows holding the caller's
+ * newest entries.
+ *
+ * rls_audit.log is a security_barrier view, and PostgreSQL plans such a view
+ * for full retrieval whenever the reader's query sorts: a site's latest 50
+ * entries, asked for with ORDER BY logged_at DESC, id DESC LIMIT 50, read and
+ * sorted every statement row of the site.  This function walks the statement
+ * rows newest first instead (logged_at, then id, descending: the view's own
+ * order), through the (site_id, logged_at) and (user_id, logged_at) indexes,
+ * as the log's owner, and counts the entries of each that the caller may read
+ * (rls_audit._may_read(), as the caller, exactly as the view decides), until
+ * it has count of them.  It returns the ids of the statement rows holding
+ * readable entries up to there, which the reader puts into the view's
+ * statement_id (a condition that reaches the id index behind the barrier),
+ * with the same conditions and its own ORDER BY and LIMIT.
+ *
+ * The conditions it takes are those on a statement row's own columns (every
+ * entry of a statement row shares them): each one given (not NULL) must hold.
+ * A reader whose query has any other condition must not narrow it this way.
+ */
+PG_FUNCTION_INFO_V1(rls_audit_newest_statements);
+
+/* rls_audit._may_read() (ext/audit.c), the view's condition on each entry. */
+extern PGDLLEXPORT Datum rls_audit_may_read(PG_FUNCTION_ARGS);
+
+#define NEWEST_FILTERS 9
+
+/* Argument i + 1 of rls_audit.newest_statements(): its condition and type. */
+static const char *const newest_conditions[NEWEST_FILTERS] = {
+	"s.site_id OPERATOR(pg_catalog.=) $%d",
+	"s.site_uuid OPERATOR(pg_catalog.=) $%d",
+	"s.user_id OPERATOR(pg_catalog.=) $%d",
+	"s.user_uuid OPERATOR(pg_catalog.=) $%d",
+	"s.table_name OPERATOR(pg_catalog.=) $%d",
+	"s.operation OPERATOR(pg_catalog.=) $%d",
+	"s.db_role OPERATOR(pg_catalog.=) $%d",
+	"s.logged_at OPERATOR(pg_catalog.>=) $%d",
+	"s.logged_at OPERATOR(pg_catalog.<) $%d",
+};
+static const Oid newest_types[NEWEST_FILTERS] = {
+	INT8OID, UUIDOID, INT8OID, UUIDOID, TEXTOID, TEXTOID, NAMEOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+};
+
+/* Statement rows read per query: the first batch, and at most. */
+#define NEWEST_FIRST_BATCH 64
+#define NEWEST_MAX_BATCH 4096
+
+/* rls_audit._may_read(trail, rule, keys), called as the view calls it. */
+static bool
+MayRead(FmgrInfo *may_read, Datum trail, bool trail_null, Datum rule, bool rule_null,
+		Datum keys, bool keys_null)
+{
+	LOCAL_FCINFO(call, 3);
+	Datum		result;
+
+	InitFunctionCallInfoData(*call, may_read, 3, InvalidOid, NULL, NULL);
+	call->args[0].value = trail;
+	call->args[0].isnull = trail_null;
+	call->args[1].value = rule;
+	call->args[1].isnull = rule_null;
+	call->args[2].value = keys;
+	call->args[2].isnull = keys_null;
+	result = FunctionCallInvoke(call);
+	return !call->isnull && DatumGetBool(result);
+}
+
+/*
+ * How many entries of one statement row the caller may read, counting at most
+ * up to wanted.  As the view: entry i's read keys are row_read_keys[i] as a
+ * text[] (NULL past the array's end).  A role that reads an entry whatever its
+ * keys (the table's owner, a role that bypasses row level security) reads
+ * them all.
+ */
+static int64
+ReadableEntries(FmgrInfo *may_read, HeapTuple row, TupleDesc desc, int64 wanted)
+{
+	bool		trail_null,
+				rule_null,
+				keys_null,
+				count_null;
+	Datum		trail = SPI_getbinval(row, desc, 3, &trail_null);
+	Datum		rule = SPI_getbinval(row, desc, 4, &rule_null);
+	Datum		keys = SPI_getbinval(row, desc, 5, &keys_null);
+	int64		entries = DatumGetInt32(SPI_getbinval(row, desc, 6, &count_null));
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems = 0;
+	int64		readable = 0;
+	int64		i;
+
+	if (count_null || entries <= 0)
+		return 0;
+	if (MayRead(may_read, trail, trail_null, rule, rule_null, (Datum) 0, true))
+		return entries;
+	if (!keys_null)
+		deconstruct_array(DatumGetArrayTypeP(keys), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &elem_nulls, &nelems);
+	for (i = 0; i < entries && readable < wanted; i++)
+	{
+		bool		null = i >= nelems || elem_nulls[i];
+		Datum		entry_keys = (Datum) 0;
+
+		if (!null)
+			entry_keys = OidInputFunctionCall(F_ARRAY_IN, TextDatumGetCString(elems[i]), TEXTOID, -1);
+		if (MayRead(may_read, trail, trail_null, rule, rule_null, entry_keys, null))
+			readable++;
+	}
+	return readable;
+}
+
+/* A batch of statement rows newest first, as the statement rows' owner. */
+static int
+NewestBatch(const char *query, int nargs, Oid *types, Datum *args, char *nulls)
+{
+	Oid			saved_user;
+	int			saved_context;
+	volatile int rc = 0;
+
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(StatementsOwner(),
+						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args(query, nargs, types, args, nulls, true, 0);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/*
+ * rls_audit.newest_statements(count, site_id, site_uuid, user_id, user_uuid,
+ * table_name, operation, db_role, logged_from, logged_before) RETURNS
+ * bigint[]: the statement rows, newest first, holding the caller's count
+ * newest readable entries among those matching every condition given.
+ */
+Datum
+rls_audit_newest_statements(PG_FUNCTION_ARGS)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	FmgrInfo	may_read;
+	StringInfoData conditions;
+	char	   *query;
+	char	   *continued;
+	Datum		args[NEWEST_FILTERS + 2];
+	Oid			types[NEWEST_FILTERS + 2];
+	char		nulls[NEWEST_FILTERS + 2];
+	int			nargs = 0;
+	int64		wanted;
+	int64		found = 0;
+	int			batch = NEWEST_FIRST_BATCH;
+	Datum	   *ids;
+	int			nids = 0;
+	int			maxids = 64;
+	bool		more = true;
+	bool		first = true;
+	MemoryContext rowcxt;
+	int			i;
+
+	if (PG_ARGISNULL(0) || PG_GETARG_INT32(0) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rls_audit.newest_statements() needs a count of entries of 0 or more"),
+				 errhint("Pass how many of the newest entries the query reads: its OFFSET plus its LIMIT.")));
+	wanted = PG_GETARG_INT32(0);
+
+	initStringInfo(&conditions);
+	for (i = 0; i < NEWEST_FILTERS; i++)
+	{
+		if (PG_ARGISNULL(i + 1))
+			continue;
+		appendStringInfoString(&conditions, " AND ");
+		appendStringInfo(&conditions, newest_conditions[i], nargs + 1);
+		args[nargs] = PG_GETARG_DATUM(i + 1);
+		types[nargs] = newest_types[i];
+		nulls[nargs] = ' ';
+		nargs++;
+	}
+	/*
+	 * Newest first, as the view orders its entries; after the first batch, on
+	 * from the last statement row read.  The batch size is part of the text,
+	 * so that the planner plans for it (the indexes, not a sort of them all).
+	 */
+	query = psprintf("SELECT s.id, s.logged_at, s.trail_id, s.read_rule, s.row_read_keys, "
+					 "pg_catalog.cardinality(s.row_keys) FROM rls_audit.statements s WHERE true%s",
+					 conditions.data);
+	continued = psprintf("%s AND s.logged_at OPERATOR(pg_catalog.<=) $%d "
+						 "AND (s.logged_at OPERATOR(pg_catalog.<) $%d OR s.id OPERATOR(pg_catalog.<) $%d)",
+						 query, nargs + 1, nargs + 1, nargs + 2);
+	types[nargs] = TIMESTAMPTZOID;
+	nulls[nargs] = ' ';
+	types[nargs + 1] = INT8OID;
+	nulls[nargs + 1] = ' ';
+
+	memset(&may_read, 0, sizeof(may_read));
+	may_read.fn_addr = rls_audit_may_read;
+	may_read.fn_oid = InvalidOid;
+	may_read.fn_nargs = 3;
+	may_read.fn_strict = false;
+	may_read.fn_retset = false;
+	may_read.fn_mcxt = cxt;
+
+	ids = MemoryContextAlloc(cxt, sizeof(Datum) * maxids);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed in rls_audit.newest_statements()");
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "rls_audit.newest_statements() row", ALLOCSET_DEFAULT_SIZES);
+	while (found < wanted && more)
+	{
+		int			rc;
+		uint64		r;
+
+		rc = NewestBatch(psprintf("%s ORDER BY s.logged_at DESC, s.id DESC LIMIT %d", first ? query : continued, batch),
+						 first ? nargs : nargs + 2, types, args, nulls);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "rls_audit.newest_statements() could not read the log: %s", SPI_result_code_string(rc));
+		more = SPI_processed == (uint64) batch;
+		for (r = 0; r < SPI_processed && found < wanted; r++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[r];
+			bool		isnull;
+			MemoryContext old = MemoryContextSwitchTo(rowcxt);
+			int64		readable = ReadableEntries(&may_read, row, SPI_tuptable->tupdesc, wanted - found);
+
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(rowcxt);
+
+			if (readable > 0)
+			{
+				if (nids == maxids)
+				{
+					maxids *= 2;
+					ids = repalloc(ids, sizeof(Datum) * maxids);
+				}
+				ids[nids++] = SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull);
+				found += readable;
+			}
+			if (r == SPI_processed - 1)
+			{
+				args[nargs] = SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull);
+				args[nargs + 1] = SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull);
+			}
+		}
+		first = false;
+		batch = Min(batch * 4, NEWEST_MAX_BATCH);
+	}
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed in rls_audit.newest_statements()");
+	PG_RETURN_ARRAYTYPE_P(construct_array(ids, nids, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }

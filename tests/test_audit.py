@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
 
 import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from psycopg import sql
 
 import django_rls
@@ -225,6 +227,32 @@ class TestAdmin:
             assert newer_at < page.index(f"/admin/django_rls/auditentry/{earlier}/change/")
         finally:
             admin_conn.execute("DELETE FROM rls_audit.statements WHERE id = %s", [earlier // 1024])
+
+    def test_a_page_newest_first_reads_only_its_statement_rows(self, cleanup_notes, admin_client, alice):
+        """A page of the list, newest first, filtered by site and operation: the same entries in the same
+        order as the plain ordered query, read through rls_audit.newest_statements() (which walks the
+        statement rows newest first instead of sorting the site's all); a search cannot narrow that way."""
+        with django_rls.context(site=1, user=alice):
+            Note.objects.bulk_create([Note(site_id=1, body=f"page {i}") for i in range(70)])  # one statement row
+            for i in range(40):
+                Note.objects.create(site_id=1, body=f"single {i}")
+        with django_rls.context(site=2):
+            Note.objects.create(site_id=2, body="other site")
+        with django_rls.context(site=1):
+            plain = AuditEntry.objects.filter(site_id=1, operation="INSERT").order_by("-logged_at", "-id")
+            expected = [list(plain[:50].values_list("id", flat=True)), list(plain[50:100].values_list("id", flat=True))]
+            newest = AuditEntry.objects.filter(site_id=1, operation="INSERT").newest(100)
+            assert "newest_statements" in str(newest.query)
+            assert list(newest[50:100].values_list("id", flat=True)) == expected[1]
+            assert "newest_statements" not in str(AuditEntry.objects.filter(row_key__icontains="1").newest(50).query)
+        for page, ids in enumerate(expected, start=1):
+            with CaptureQueriesContext(connection) as queries:
+                html = admin_client.get(
+                    f"/admin/django_rls/auditentry/?site_id__exact=1&operation__exact=INSERT&p={page}", HTTP_HOST=H1
+                ).content.decode()
+            assert any("newest_statements" in query["sql"] for query in queries.captured_queries)
+            listed = [int(pk) for pk in re.findall(r"/admin/django_rls/auditentry/(\d+)/change/", html)]
+            assert list(dict.fromkeys(listed)) == ids
 
     def test_diff_view(self, cleanup_notes, admin_client, alice):
         with django_rls.context(site=1, user=alice):

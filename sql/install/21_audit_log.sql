@@ -204,6 +204,30 @@ LANGUAGE C STABLE STRICT LEAKPROOF COST 10000;
 COMMENT ON FUNCTION rls_audit.statements_of(regclass, text) IS
 'The ids of the statement rows (rls_audit.log.statement_id) holding entries of the row row_key of tbl (or of any table of its partition tree, under any name it had) that the caller may read. Use: WHERE statement_id = ANY (rls_audit.statements_of(tbl, key)) AND row_key = key.';
 
+-- The statement rows holding the caller's newest entries, found by the
+-- (site_id, logged_at) and (user_id, logged_at) indexes newest first: readers
+-- put them into rls_audit.log's statement_id, with the same conditions and
+-- their own ORDER BY logged_at DESC, id DESC and LIMIT.  PostgreSQL plans the
+-- security_barrier view for full retrieval when the reader's query sorts, so
+-- without it a site's latest 50 entries read and sort every statement row of
+-- the site.  It reads the statement rows as the log's owner and counts only
+-- the entries rls_audit._may_read() lets the caller read (ext/audit_lookup.c).
+-- Each condition given (not NULL) must hold; one on an entry's own columns
+-- (row_key, the images) cannot be given, and a reader that has one must not
+-- narrow its query this way.  Not LEAKPROOF: called on constants, it runs
+-- once below the view's barrier all the same.  COST as statements_of().
+CREATE FUNCTION rls_audit.newest_statements(
+    entries integer,
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'rls_audit_newest_statements'
+LANGUAGE C STABLE COST 10000;
+COMMENT ON FUNCTION rls_audit.newest_statements(integer, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'The ids of the statement rows (rls_audit.log.statement_id), newest first, holding the caller''s newest readable entries (at least entries of them, or all there are) among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive). Use: WHERE statement_id = ANY (rls_audit.newest_statements(50, site_id => 7)) AND site_id = 7 ORDER BY logged_at DESC, id DESC LIMIT 50.';
+
 -- The partitioned parent holds no rows of its own and is not marked (pg_dump
 -- 14 crashes on that); the monthly partitions are no members of the extension,
 -- so pg_dump dumps them whole; the default partition is marked.  The id
