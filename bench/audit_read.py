@@ -11,8 +11,11 @@ a non-superuser application role reading through the per-row view rls_audit.log 
 context:
 - one object's history: rls_audit.history('item', key) (what the admin history page and
   instance.audit_history() read), target under 10 ms;
-- a site's latest 50 changes: the log filtered by site, newest first (as the admin lists it),
-  target under 50 ms; and the same ordered by id alone, which no index gives per site.
+- a site's latest 50 changes: the log filtered by site, newest first, as the admin lists it
+  (AuditEntryQuerySet.newest(): narrowed by rls_audit.newest_statements()), target under 50 ms;
+  also page 20 of that list, one user's in the site, the latest 50 without a site filter (the
+  context alone decides), the plain ORDER BY/LIMIT the admin read before, and the count the
+  admin's paginator runs.
 Median of BENCH_READS runs each, warm cache; also the log's bytes per recorded row.
 """
 

@@ -255,12 +255,19 @@ extern PGDLLEXPORT Datum rls_audit_may_read(PG_FUNCTION_ARGS);
 
 #define NEWEST_FILTERS 9
 
-/* Argument i + 1 of rls_audit.newest_statements(): its condition and type. */
+/*
+ * The conditions of rls_audit.newest_statements(): condition i is on argument
+ * newest_arguments[i] (0 is the count), and its type is newest_types[i].  In
+ * the order an index is chosen by: the user's, then the site's; the time
+ * bounds (which bound any of the indexes) are the last two.
+ */
+#define NEWEST_BOUNDS 7
+static const int newest_arguments[NEWEST_FILTERS] = {3, 4, 1, 2, 5, 6, 7, 8, 9};
 static const char *const newest_conditions[NEWEST_FILTERS] = {
-	"s.site_id OPERATOR(pg_catalog.=) $%d",
-	"s.site_uuid OPERATOR(pg_catalog.=) $%d",
 	"s.user_id OPERATOR(pg_catalog.=) $%d",
 	"s.user_uuid OPERATOR(pg_catalog.=) $%d",
+	"s.site_id OPERATOR(pg_catalog.=) $%d",
+	"s.site_uuid OPERATOR(pg_catalog.=) $%d",
 	"s.table_name OPERATOR(pg_catalog.=) $%d",
 	"s.operation OPERATOR(pg_catalog.=) $%d",
 	"s.db_role OPERATOR(pg_catalog.=) $%d",
@@ -312,6 +319,8 @@ ReadableEntries(FmgrInfo *may_read, HeapTuple row, TupleDesc desc, int64 wanted)
 	Datum		rule = SPI_getbinval(row, desc, 4, &rule_null);
 	Datum		keys = SPI_getbinval(row, desc, 5, &keys_null);
 	int64		entries = DatumGetInt32(SPI_getbinval(row, desc, 6, &count_null));
+	bool		union_null;
+	Datum		union_keys = SPI_getbinval(row, desc, 7, &union_null);
 	Datum	   *elems;
 	bool	   *elem_nulls;
 	int			nelems = 0;
@@ -322,6 +331,14 @@ ReadableEntries(FmgrInfo *may_read, HeapTuple row, TupleDesc desc, int64 wanted)
 		return 0;
 	if (MayRead(may_read, trail, trail_null, rule, rule_null, (Datum) 0, true))
 		return entries;
+	/*
+	 * read_keys is the union of the rows' read keys, and _may_read() is true
+	 * when one of the keys it is given matches: if none of the union does, no
+	 * entry's does (a chunk of another site, or owner, is passed over without
+	 * parsing its 1,000 keys).
+	 */
+	if (!MayRead(may_read, trail, trail_null, rule, rule_null, union_keys, union_null))
+		return 0;
 	if (!keys_null)
 		deconstruct_array(DatumGetArrayTypeP(keys), TEXTOID, -1, false, TYPALIGN_INT,
 						  &elems, &elem_nulls, &nelems);
@@ -373,6 +390,8 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 	MemoryContext cxt = CurrentMemoryContext;
 	FmgrInfo	may_read;
 	StringInfoData conditions;
+	StringInfoData checked;
+	bool		indexed = false;
 	char	   *query;
 	char	   *continued;
 	Datum		args[NEWEST_FILTERS + 2];
@@ -397,17 +416,33 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 				 errhint("Pass how many of the newest entries the query reads: its OFFSET plus its LIMIT.")));
 	wanted = PG_GETARG_INT32(0);
 
+	/*
+	 * The query's WHERE has one equality an index finds (the user's, else the
+	 * site's: the (user_id, logged_at) and (site_id, logged_at) indexes) and
+	 * the time bounds; every other condition is a column the rows are checked
+	 * by here.  The planner would estimate the statement rows of a site and a
+	 * user as if the two were independent, find a few where there are
+	 * thousands (a user's rows are all of their site), and sort them all
+	 * rather than walk an index newest first.
+	 */
 	initStringInfo(&conditions);
+	initStringInfo(&checked);
+	appendStringInfoString(&checked, "true");
 	for (i = 0; i < NEWEST_FILTERS; i++)
 	{
-		if (PG_ARGISNULL(i + 1))
+		int			arg = newest_arguments[i];
+		bool		in_where = i >= NEWEST_BOUNDS || !indexed;
+
+		if (PG_ARGISNULL(arg))
 			continue;
-		appendStringInfoString(&conditions, " AND ");
-		appendStringInfo(&conditions, newest_conditions[i], nargs + 1);
-		args[nargs] = PG_GETARG_DATUM(i + 1);
+		args[nargs] = PG_GETARG_DATUM(arg);
 		types[nargs] = newest_types[i];
 		nulls[nargs] = ' ';
 		nargs++;
+		appendStringInfoString(in_where ? &conditions : &checked, " AND ");
+		appendStringInfo(in_where ? &conditions : &checked, newest_conditions[i], nargs);
+		if (i < NEWEST_BOUNDS)
+			indexed = true;
 	}
 	/*
 	 * Newest first, as the view orders its entries; after the first batch, on
@@ -415,8 +450,8 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 	 * so that the planner plans for it (the indexes, not a sort of them all).
 	 */
 	query = psprintf("SELECT s.id, s.logged_at, s.trail_id, s.read_rule, s.row_read_keys, "
-					 "pg_catalog.cardinality(s.row_keys) FROM rls_audit.statements s WHERE true%s",
-					 conditions.data);
+					 "pg_catalog.cardinality(s.row_keys), s.read_keys, (%s) FROM rls_audit.statements s WHERE true%s",
+					 checked.data, conditions.data);
 	continued = psprintf("%s AND s.logged_at OPERATOR(pg_catalog.<=) $%d "
 						 "AND (s.logged_at OPERATOR(pg_catalog.<) $%d OR s.id OPERATOR(pg_catalog.<) $%d)",
 						 query, nargs + 1, nargs + 1, nargs + 2);
@@ -452,8 +487,9 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 		{
 			HeapTuple	row = SPI_tuptable->vals[r];
 			bool		isnull;
+			bool		matches = DatumGetBool(SPI_getbinval(row, SPI_tuptable->tupdesc, 8, &isnull)) && !isnull;
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
-			int64		readable = ReadableEntries(&may_read, row, SPI_tuptable->tupdesc, wanted - found);
+			int64		readable = matches ? ReadableEntries(&may_read, row, SPI_tuptable->tupdesc, wanted - found) : 0;
 
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
