@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * ext/audit_lookup.c
- *		rls_audit.statements_of(): the statement rows holding one row's entries.
+ *		rls_audit.statements_of(): the statement rows holding one row's entries;
+ *		rls_audit.newest_statements(): those holding a reader's newest entries.
  *
  * The audit trail is stored one row per statement chunk (rls_audit.statements)
  * and read through the per-row view rls_audit.log, which decides for each
@@ -17,7 +18,9 @@
  * of the key's own entries in them.  Then, as the caller, the ids of those
  * statement rows in which rls_audit._may_read() lets the caller read one of
  * the key's entries.  So the function tells a caller nothing about entries
- * it may not read, not even that they exist.
+ * it may not read, not even that they exist.  newest_statements() (below)
+ * reads the same way: the statement rows as their owner, the entries'
+ * readers as the caller.
  *
  *-------------------------------------------------------------------------
  */
@@ -236,10 +239,10 @@ rls_audit_statements_of(PG_FUNCTION_ARGS)
  * entries, asked for with ORDER BY logged_at DESC, id DESC LIMIT 50, read and
  * sorted every statement row of the site.  This function walks the statement
  * rows newest first instead (logged_at, then id, descending: the view's own
- * order), through the (site_id, logged_at) and (user_id, logged_at) indexes,
- * as the log's owner, and counts the entries of each that the caller may read
- * (rls_audit._may_read(), as the caller, exactly as the view decides), until
- * it has count of them.  It returns the ids of the statement rows holding
+ * order), through the (user_id, logged_at), (site_id, logged_at) or
+ * logged_at indexes, as the log's owner, and counts the entries of each that
+ * the caller may read (rls_audit._may_read(), as the caller, exactly as the
+ * view decides), until it has count of them.  It returns the ids of the statement rows holding
  * readable entries up to there, which the reader puts into the view's
  * statement_id (a condition that reaches the id index behind the barrier),
  * with the same conditions and its own ORDER BY and LIMIT.
