@@ -55,9 +55,9 @@ SINGLE_STATEMENTS = {
 TARGETS = {"insert": 1.5, "update": 1.5, "delete": 3.0}
 SINGLE_TARGET = 1.10
 LOG_TABLES = {
-    "ours": ("rls_audit.log",),
-    "ours_chain": ("rls_audit.log", "rls_audit.seals", "rls_audit.chain_heads"),
-    "ours_checks": ("rls_audit.log",),
+    "ours": ("rls_audit.statements",),
+    "ours_chain": ("rls_audit.statements", "rls_audit.seals", "rls_audit.chain_heads"),
+    "ours_checks": ("rls_audit.statements",),
     "row_jsonb": ("ref.logged_actions",),
     "row_event": ("ref.events",),
     "stmt_jsonb": ("ref.stmt_log",),
@@ -130,7 +130,32 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TABLE ref.stmt_log (LIKE rls_audit.log INCLUDING DEFAULTS INCLUDING IDENTITY);
+-- One row per changed row, with the columns of rls_audit.log (the log django_rls stored before its
+-- statement rows).
+CREATE TABLE ref.stmt_log (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    logged_at timestamptz NOT NULL DEFAULT statement_timestamp(),
+    xact_started_at timestamptz NOT NULL DEFAULT transaction_timestamp(),
+    xact_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    table_oid oid NOT NULL,
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    row_key text,
+    old_values jsonb,
+    new_values jsonb,
+    changed_columns text[],
+    site_id bigint,
+    site_uuid uuid,
+    user_id bigint,
+    user_uuid uuid,
+    claims jsonb,
+    db_role name NOT NULL,
+    application_name text,
+    client_addr inet,
+    read_rule text,
+    read_keys text[],
+    trail_id uuid
+);
 CREATE INDEX ON ref.stmt_log (table_name, row_key);
 CREATE INDEX ON ref.stmt_log (site_id, logged_at) WHERE site_id IS NOT NULL;
 CREATE INDEX ON ref.stmt_log (user_id, logged_at) WHERE user_id IS NOT NULL;
@@ -170,7 +195,7 @@ def create_variant(conn: psycopg.Connection, variant: str) -> str:
         conn.execute("SELECT rls_audit.enable(%s)", [table])
     if variant == "ours_checks":
         for name, check in CHECKS:
-            conn.execute(f"ALTER TABLE rls_audit.log ADD CONSTRAINT {name} CHECK ({check})")
+            conn.execute(f"ALTER TABLE rls_audit.statements ADD CONSTRAINT {name} CHECK ({check})")
     elif variant in ("row_jsonb", "row_event"):
         conn.execute(
             f"CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON {table} "
@@ -225,9 +250,9 @@ def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
     conn.execute("RESET django_rls.audit_chain")
     conn.execute(f"DROP TABLE {table}")
     for name, _ in CHECKS:
-        conn.execute(f"ALTER TABLE rls_audit.log DROP CONSTRAINT IF EXISTS {name}")
+        conn.execute(f"ALTER TABLE rls_audit.statements DROP CONSTRAINT IF EXISTS {name}")
     for log in (
-        "rls_audit.log",
+        "rls_audit.statements",
         "rls_audit.seals",
         "rls_audit.chain_heads",
         "ref.logged_actions",

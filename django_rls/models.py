@@ -6,7 +6,11 @@ from typing import Any
 
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.expressions import Col
+from django.db.models.lookups import Lookup
 from django.db.models.sql.compiler import SQLCompiler
+from django.db.models.sql.query import Query
+from django.db.models.sql.where import AND
 
 
 class TextArrayField(models.Field):
@@ -37,10 +41,89 @@ class TextArrayContains(models.Lookup):
         return f"{lhs} @> ({rhs})::text[]", [*lhs_params, *rhs_params]
 
 
+# The conditions rls_audit.newest_statements() takes, by (field, lookup): its argument.
+NEWEST_ARGUMENTS = {
+    ("site_id", "exact"): "site_id => %s::bigint",
+    ("site_uuid", "exact"): "site_uuid => %s::uuid",
+    ("user_id", "exact"): "user_id => %s::bigint",
+    ("user_uuid", "exact"): "user_uuid => %s::uuid",
+    ("table_name", "exact"): "table_name => %s::text",
+    ("operation", "exact"): "operation => %s::text",
+    ("db_role", "exact"): "db_role => %s::name",
+    ("logged_at", "gte"): "logged_from => %s::timestamptz",
+    ("logged_at", "lt"): "logged_before => %s::timestamptz",
+}
+
+
+def newest_arguments(query: Query) -> dict[tuple[str, str], Any] | None:
+    """The query's conditions as rls_audit.newest_statements() arguments, or None if it has any other.
+
+    Only a conjunction of plain values compared with the statement columns the function
+    filters on qualifies: anything else (a condition on the row key or the images, a search,
+    an OR, NULL, an expression) would leave entries out if the statement rows were narrowed
+    without it.
+    """
+    where = query.where
+    if where.negated or where.connector != AND:
+        return None
+    found: dict[tuple[str, str], Any] = {}
+    for child in where.children:
+        if not isinstance(child, Lookup) or not isinstance(child.lhs, Col):
+            return None
+        key = (child.lhs.target.attname, child.lookup_name)
+        if key not in NEWEST_ARGUMENTS or not child.rhs_is_direct_value() or child.rhs is None:
+            return None
+        if key in found and found[key] != child.rhs:
+            return None
+        found[key] = child.rhs
+    return found
+
+
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def newest(self, count: int) -> AuditEntryQuerySet:
+        """The ``count`` newest entries of this queryset, newest first (by ``logged_at``, then ``id``).
+
+        ``rls_audit.log`` is a security_barrier view, which PostgreSQL plans for full retrieval
+        when the query sorts: ordered and sliced by hand, a site's latest entries read every
+        statement row of the site. When every filter is one ``rls_audit.newest_statements()``
+        takes (exact site, user, table name, operation or role; ``logged_at__gte``,
+        ``logged_at__lt``), the statement rows holding the newest entries come from the log's
+        indexes newest first, and only those are unnested; otherwise the view sorts.
+        """
+        if count < 0:
+            raise ValueError("newest() takes a count of 0 or more")
+        ordered = self.order_by("-logged_at", "-id")
+        found = None if self.query.is_sliced else newest_arguments(self.query)
+        if found is not None:
+            ordered = ordered.filter(
+                models.expressions.RawSQL(
+                    "statement_id = ANY (rls_audit.newest_statements(%s"
+                    + "".join(", " + NEWEST_ARGUMENTS[key] for key in found)
+                    + "))",
+                    [count, *found.values()],
+                    output_field=models.BooleanField(),
+                )
+            )
+        return ordered[:count]
+
     def for_object(self, obj: models.Model) -> AuditEntryQuerySet:
-        """Every change of one row, oldest first (as far as the current context may see)."""
-        return self.for_model(type(obj)).filter(row_key=str(obj.pk)).order_by("id")
+        """Every change of one row, oldest first (as far as the current context may see).
+
+        The statement rows holding the row's key come from the row key index
+        (``rls_audit.statements_of()``); only their entries are unnested.
+        """
+        key = str(obj.pk)
+        return (
+            self.filter(
+                models.expressions.RawSQL(
+                    "statement_id = ANY (rls_audit.statements_of(%s::regclass, %s))",
+                    [connections[self.db].ops.quote_name(type(obj)._meta.db_table), key],
+                    output_field=models.BooleanField(),
+                )
+            )
+            .filter(row_key=key)
+            .order_by("id")
+        )
 
     def for_model(self, model: type[models.Model]) -> AuditEntryQuerySet:
         """Every entry of the model's table, by its trail id: also those written before a rename."""

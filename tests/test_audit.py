@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import re
 
 import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from psycopg import sql
 
 import django_rls
@@ -206,17 +208,17 @@ class TestAdmin:
         columns = [
             name
             for (name,) in admin_conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+                "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.statements'::regclass AND attnum > 0 "
                 "AND NOT attisdropped AND attname NOT IN ('id', 'logged_at') ORDER BY attnum"
             )
         ]
         names = sql.SQL(", ").join(map(sql.Identifier, columns))
         earlier = admin_conn.execute(
             sql.SQL(
-                "INSERT INTO rls_audit.log (logged_at, {c}) SELECT logged_at - interval '1 hour', {c} "
-                "FROM rls_audit.log WHERE id = %s RETURNING id"
+                "INSERT INTO rls_audit.statements (logged_at, {c}) SELECT logged_at - interval '1 hour', {c} "
+                "FROM rls_audit.statements WHERE id = %s RETURNING id * 1024 + 1"
             ).format(c=names),
-            [entry.pk],
+            [entry.pk // 1024],
         ).fetchone()[0]
         try:
             assert earlier > entry.pk
@@ -224,7 +226,33 @@ class TestAdmin:
             newer_at = page.index(f"/admin/django_rls/auditentry/{entry.pk}/change/")
             assert newer_at < page.index(f"/admin/django_rls/auditentry/{earlier}/change/")
         finally:
-            admin_conn.execute("DELETE FROM rls_audit.log WHERE id = %s", [earlier])
+            admin_conn.execute("DELETE FROM rls_audit.statements WHERE id = %s", [earlier // 1024])
+
+    def test_a_page_newest_first_reads_only_its_statement_rows(self, cleanup_notes, admin_client, alice):
+        """A page of the list, newest first, filtered by site and operation: the same entries in the same
+        order as the plain ordered query, read through rls_audit.newest_statements() (which walks the
+        statement rows newest first instead of sorting the site's all); a search cannot narrow that way."""
+        with django_rls.context(site=1, user=alice):
+            Note.objects.bulk_create([Note(site_id=1, body=f"page {i}") for i in range(70)])  # one statement row
+            for i in range(40):
+                Note.objects.create(site_id=1, body=f"single {i}")
+        with django_rls.context(site=2):
+            Note.objects.create(site_id=2, body="other site")
+        with django_rls.context(site=1):
+            plain = AuditEntry.objects.filter(site_id=1, operation="INSERT").order_by("-logged_at", "-id")
+            expected = [list(plain[:50].values_list("id", flat=True)), list(plain[50:100].values_list("id", flat=True))]
+            newest = AuditEntry.objects.filter(site_id=1, operation="INSERT").newest(100)
+            assert "newest_statements" in str(newest.query)
+            assert list(newest[50:100].values_list("id", flat=True)) == expected[1]
+            assert "newest_statements" not in str(AuditEntry.objects.filter(row_key__icontains="1").newest(50).query)
+        for page, ids in enumerate(expected, start=1):
+            with CaptureQueriesContext(connection) as queries:
+                html = admin_client.get(
+                    f"/admin/django_rls/auditentry/?site_id__exact=1&operation__exact=INSERT&p={page}", HTTP_HOST=H1
+                ).content.decode()
+            assert any("newest_statements" in query["sql"] for query in queries.captured_queries)
+            listed = [int(pk) for pk in re.findall(r"/admin/django_rls/auditentry/(\d+)/change/", html)]
+            assert list(dict.fromkeys(listed)) == ids
 
     def test_diff_view(self, cleanup_notes, admin_client, alice):
         with django_rls.context(site=1, user=alice):
@@ -274,7 +302,7 @@ def test_the_trail_survives_dump_and_restore(database):
 
 @pytest.mark.skipif(not (BINDIR / "pg_dump").exists(), reason="pg_dump is not installed here")
 def test_rows_waiting_in_the_default_partition_survive_dump_and_restore(database):
-    """A row of a month without a partition waits in rls_audit.log_default, and pg_dump takes it along.
+    """A row of a month without a partition waits in rls_audit.statements_default, and pg_dump takes it along.
 
     pg_dump 14 cannot dump that partition, so on PostgreSQL 14 it is not marked for dumping:
     rls.problems reports the row until ensure_partitions() moves it into a monthly partition.
@@ -285,13 +313,13 @@ def test_rows_waiting_in_the_default_partition_survive_dump_and_restore(database
 
     def prepare(conn: psycopg.Connection) -> None:
         conn.execute(
-            "INSERT INTO rls_audit.log (logged_at, table_oid, table_name, operation, db_role)"
-            " VALUES ('2003-04-05', 1, 'public.old', 'INSERT', 'x')"
+            "INSERT INTO rls_audit.statements (logged_at, table_oid, table_name, operation, db_role, row_keys)"
+            " VALUES ('2003-04-05', 1, 'public.old', 'INSERT', 'x', '{1}')"
         )
-        where = conn.execute("SELECT tableoid::regclass::text FROM rls_audit.log").fetchall()
-        assert where == [("rls_audit.log_default",)]
+        where = conn.execute("SELECT tableoid::regclass::text FROM rls_audit.statements").fetchall()
+        assert where == [("rls_audit.statements_default",)]
         if conn.info.server_version < 150000:
-            assert problems(conn) == [("rls_audit.log_default",)]
+            assert problems(conn) == [("rls_audit.statements_default",)]
             conn.execute("SELECT rls_audit.ensure_partitions(0)")
         assert problems(conn) == []
 

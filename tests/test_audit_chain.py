@@ -50,6 +50,16 @@ def site_one_ids(conn: psycopg.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM rls_audit.log WHERE site_id = 1 ORDER BY id")]
 
 
+def statement_of(entry_id: int) -> int:
+    """The rls_audit.statements row holding an entry (its id is the statement's id * 1024 + its position)."""
+    return entry_id // 1024
+
+
+def first_entry_of(entry_id: int) -> int:
+    """What verify() reports for a bad statement row: the first entry it holds."""
+    return statement_of(entry_id) * 1024 + 1
+
+
 @pytest.fixture
 def chain_db(database: Database) -> Iterator[psycopg.Connection]:
     """A database of its own with the chain on: tampering with its log leaves the shared test log alone."""
@@ -169,37 +179,42 @@ def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
 
 
 def test_entries_moved_out_of_the_default_partition_still_verify(chain_db):
-    assert chain_db.execute("SELECT count(*) FROM rls_audit.log_default").fetchone()[0] == 10
+    assert chain_db.execute("SELECT sum(cardinality(row_keys)) FROM rls_audit.statements_default").fetchone()[0] == 10
     chain_db.execute("SELECT rls_audit.ensure_partitions(0)")
-    assert chain_db.execute("SELECT count(*) FROM rls_audit.log_default").fetchone()[0] == 0
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.statements_default").fetchone()[0] == 0
     assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
 
 
 def test_an_edited_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
-    chain_db.execute('UPDATE rls_audit.log SET new_values = \'{"body": "forged"}\' WHERE id = %s', [ids[5]])
-    assert problems(chain_db) == [("1", "edited", ids[5])]
+    chain_db.execute(
+        'UPDATE rls_audit.statements SET new_values = ARRAY[\'{"body": "forged"}\'::jsonb] WHERE id = %s',
+        [statement_of(ids[5])],
+    )
+    assert problems(chain_db) == [("1", "edited", first_entry_of(ids[5]))]
 
 
 def test_an_entry_moved_to_another_site_is_reported_as_edited(chain_db):
     ids = site_one_ids(chain_db)
-    chain_db.execute("UPDATE rls_audit.log SET site_id = 2 WHERE id = %s", [ids[2]])
-    assert ("1", "edited", ids[2]) in problems(chain_db)
+    chain_db.execute("UPDATE rls_audit.statements SET site_id = 2 WHERE id = %s", [statement_of(ids[2])])
+    assert ("1", "edited", first_entry_of(ids[2])) in problems(chain_db)
 
 
 def test_a_deleted_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
-    chain_db.execute("DELETE FROM rls_audit.log WHERE id = ANY(%s)", [[ids[3], ids[6]]])
-    assert problems(chain_db) == [("1", "deleted", ids[3])]
+    chain_db.execute(
+        "DELETE FROM rls_audit.statements WHERE id = ANY(%s)", [[statement_of(ids[3]), statement_of(ids[6])]]
+    )
+    assert problems(chain_db) == [("1", "deleted", first_entry_of(ids[3]))]
 
 
 def test_an_inserted_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
     chain_db.execute(
-        "INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, new_values, site_id, db_role) "
-        "SELECT table_oid, table_name, 'INSERT', '99', '{\"body\": \"planted\"}', 1, db_role FROM rls_audit.log "
-        "WHERE id = %s",
-        [ids[0]],
+        "INSERT INTO rls_audit.statements (table_oid, table_name, operation, row_keys, new_values, site_id, db_role) "
+        "SELECT table_oid, table_name, 'INSERT', '{99}', ARRAY['{\"body\": \"planted\"}'::jsonb], 1, db_role "
+        "FROM rls_audit.statements WHERE id = %s",
+        [statement_of(ids[0])],
     )
     planted = site_one_ids(chain_db)[-1]
     assert problems(chain_db) == [("1", "inserted", planted)]
@@ -210,21 +225,24 @@ def test_a_copy_of_a_sealed_entry_is_reported_as_inserted(chain_db):
     columns = [
         r[0]
         for r in chain_db.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.statements'::regclass AND attnum > 0 "
             "AND NOT attisdropped AND attname <> 'id'"
         )
     ]
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     chain_db.execute(
-        sql.SQL("INSERT INTO rls_audit.log ({c}) SELECT {c} FROM rls_audit.log WHERE id = %s").format(c=names), [ids[2]]
+        sql.SQL("INSERT INTO rls_audit.statements ({c}) SELECT {c} FROM rls_audit.statements WHERE id = %s").format(
+            c=names
+        ),
+        [statement_of(ids[2])],
     )
-    assert problems(chain_db) == [("1", "inserted", site_one_ids(chain_db)[-1])]
+    assert problems(chain_db) == [("1", "inserted", first_entry_of(site_one_ids(chain_db)[-1]))]
 
 
 def test_an_entry_inserted_for_a_site_without_a_chain_is_reported(chain_db):
     chain_db.execute(
-        "INSERT INTO rls_audit.log (table_oid, table_name, operation, row_key, site_id, db_role) "
-        "VALUES ('item'::regclass, 'public.item', 'DELETE', '1', 77, 'postgres')"
+        "INSERT INTO rls_audit.statements (table_oid, table_name, operation, row_keys, site_id, db_role) "
+        "VALUES ('item'::regclass, 'public.item', 'DELETE', '{1}', 77, 'postgres')"
     )
     assert [(c, p) for c, p, _ in problems(chain_db)] == [("77", "inserted")]
 
@@ -235,18 +253,19 @@ def test_reordered_entries_are_reported(chain_db):
     columns = [
         r[0]
         for r in chain_db.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.log'::regclass AND attnum > 0 "
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'rls_audit.statements'::regclass AND attnum > 0 "
             "AND NOT attisdropped AND attname <> 'id'"
         )
     ]
     assignments = sql.SQL(", ").join(sql.SQL("{c} = o.{c}").format(c=sql.Identifier(c)) for c in columns)
     chain_db.execute(
         sql.SQL(
-            "UPDATE rls_audit.log l SET {a} FROM rls_audit.log o WHERE (l.id, o.id) IN ((%s, %s), (%s, %s))"
+            "UPDATE rls_audit.statements l SET {a} FROM rls_audit.statements o "
+            "WHERE (l.id, o.id) IN ((%s, %s), (%s, %s))"
         ).format(a=assignments),
-        [first, second, second, first],
+        [statement_of(first), statement_of(second), statement_of(second), statement_of(first)],
     )
-    assert problems(chain_db) == [("1", "reordered", first)]
+    assert problems(chain_db) == [("1", "reordered", first_entry_of(first))]
 
 
 def test_an_edited_seal_and_a_deleted_seal_are_reported(chain_db):
@@ -259,7 +278,7 @@ def test_an_edited_seal_and_a_deleted_seal_are_reported(chain_db):
 
 def test_the_last_statement_deleted_with_its_seal_is_reported(chain_db):
     last = site_one_ids(chain_db)[-1]
-    chain_db.execute("DELETE FROM rls_audit.log WHERE id = %s", [last])
+    chain_db.execute("DELETE FROM rls_audit.statements WHERE id = %s", [statement_of(last)])
     chain_db.execute("DELETE FROM rls_audit.seals WHERE chain = '1' AND seq = 4")
     assert [(c, p) for c, p, _ in problems(chain_db)] == [("1", "seal deleted")]
 
@@ -268,16 +287,16 @@ def test_a_month_dropped_for_retention_leaves_the_rest_verifiable(chain_db):
     """Move site 2's history to last month (entries, seals and head re-sealed as the capture would have
     sealed them then), drop last month's partition: the chains of this month still verify."""
     chain_db.execute(
-        "CREATE TABLE rls_audit.log_last_month PARTITION OF rls_audit.log FOR VALUES "
+        "CREATE TABLE rls_audit.statements_last_month PARTITION OF rls_audit.statements FOR VALUES "
         "FROM (date_trunc('month', now(), 'UTC') - interval '1 month') TO (date_trunc('month', now(), 'UTC'))"
     )
-    chain_db.execute("UPDATE rls_audit.log SET logged_at = logged_at - interval '1 month' WHERE site_id = 2")
+    chain_db.execute("UPDATE rls_audit.statements SET logged_at = logged_at - interval '1 month' WHERE site_id = 2")
     chain_db.execute("DELETE FROM rls_audit.seals WHERE chain = '2'")
     chain_db.execute("DELETE FROM rls_audit.chain_heads WHERE chain = '2'")
     chain_db.execute("SET TimeZone = 'UTC'")  # as the capture seals
     chain_db.execute(
         "SELECT rls_audit._seal(rls_audit._chain_month(l.logged_at), '2', ARRAY[l.id], rls_audit._entry_digest(l)) "
-        "FROM rls_audit.log l WHERE site_id = 2"
+        "FROM rls_audit.statements l WHERE site_id = 2"
     )
     assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
     assert chain_db.execute("SELECT rls_audit.drop_partitions_before(date_trunc('month', now()))").fetchone()[0] == 1
@@ -314,6 +333,6 @@ def test_the_command_reports_the_first_bad_entry_and_fails(chain_db, extra_alias
     with pytest.raises(CommandError, match="--since expects a month"):
         call_command("rls_audit_verify", "--since", "last week", database=alias)
     ids = site_one_ids(chain_db)
-    chain_db.execute("DELETE FROM rls_audit.log WHERE id = %s", [ids[1]])
-    with pytest.raises(CommandError, match=rf"chain 1 of .*: deleted entry {ids[1]}"):
+    chain_db.execute("DELETE FROM rls_audit.statements WHERE id = %s", [statement_of(ids[1])])
+    with pytest.raises(CommandError, match=rf"chain 1 of .*: deleted entry {first_entry_of(ids[1])}"):
         call_command("rls_audit_verify", database=alias, stdout=io.StringIO())

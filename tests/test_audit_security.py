@@ -93,6 +93,33 @@ def test_owner_protected_entries_only_for_their_owner(app_conn):
 
 
 @pytest.mark.usefixtures("audited")
+def test_one_statement_of_two_owners_shows_each_only_their_own(app_conn, admin_conn):
+    """Both rows are stored in one statement row of rls_audit.statements: the app role reads neither that
+    row nor, through the view or rls_audit.statements_of(), anything of the other owner's entry."""
+    with admin_conn.transaction():
+        admin_conn.execute("SET LOCAL django_rls.allow_bypassing_roles = on")  # a superuser, writing test data
+        admin_conn.execute("SELECT rls.set_context('1', '7')")
+        admin_conn.execute("INSERT INTO audit_owned VALUES (1, 1, 7, 'private note of 7'), (2, 1, 8, 'note of 8')")
+        one_row = admin_conn.execute(
+            "SELECT count(DISTINCT statement_id) FROM rls_audit.log WHERE table_name = 'public.audit_owned' AND id > %s",
+            (START["id"],),
+        ).fetchone()
+    assert one_row == (1,)
+    assert visible(app_conn, 1, 8, "audit_owned") == [("INSERT", "2")]
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('1', '8')")
+        assert app_conn.execute("SELECT rls_audit.statements_of('audit_owned', '1')").fetchone() == ([],)
+        (mine,) = app_conn.execute("SELECT rls_audit.statements_of('audit_owned', '2')").fetchone()
+        assert len(mine) == 1
+        rows = app_conn.execute(
+            "SELECT row_key, new_values->>'body' FROM rls_audit.log WHERE statement_id = ANY (%s)", (mine,)
+        ).fetchall()
+        assert rows == [("2", "note of 8")]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), app_conn.transaction():
+        app_conn.execute("SELECT new_values FROM rls_audit.statements")
+
+
+@pytest.mark.usefixtures("audited")
 def test_unmirrored_kinds_and_ungranted_tables_are_owner_only(app_conn, owner_conn):
     write_as(app_conn, 1, 7, "INSERT INTO audit_members VALUES (1, 1, 7, 'member row')")
     write_as(app_conn, 1, 7, "INSERT INTO audit_nogrant VALUES (1, 1, 7, 'write only')")
@@ -311,3 +338,72 @@ def test_context_carried_by_the_statement(app_conn, admin_conn):
         (START["id"],),
     ).fetchall()
     assert row == [(2, 5)]
+
+
+def _newest(conn: psycopg.Connection, count: int, conditions: dict[str, object]) -> tuple[list, list]:
+    """The caller's newest `count` entries matching conditions: narrowed by rls_audit.newest_statements(),
+    and by the plain ORDER BY/LIMIT over the view (which reads every statement row), as (row_key, id) lists."""
+    where = sql.SQL(" AND ").join(
+        [sql.SQL("id > {}").format(sql.Literal(START["id"]))]
+        + [
+            sql.SQL("{} = {}").format(sql.Identifier(column), sql.Literal(value))
+            for column, value in conditions.items()
+        ]
+    )
+    names = sql.SQL("").join(
+        sql.SQL(", {} => {}").format(sql.Identifier(column), sql.Literal(value)) for column, value in conditions.items()
+    )
+    newest = sql.SQL(
+        "SELECT row_key, id FROM rls_audit.log WHERE statement_id = ANY (rls_audit.newest_statements({n}{names})) "
+        "AND {where} ORDER BY logged_at DESC, id DESC LIMIT {n}"
+    ).format(n=sql.Literal(count), names=names, where=where)
+    plain = sql.SQL("SELECT row_key, id FROM rls_audit.log WHERE {where} ORDER BY logged_at DESC, id DESC LIMIT {n}")
+    return (
+        conn.execute(newest).fetchall(),
+        conn.execute(plain.format(where=where, n=sql.Literal(count))).fetchall(),
+    )
+
+
+@pytest.mark.usefixtures("audited")
+def test_newest_statements_finds_what_the_plain_query_finds(app_conn, admin_conn, owner_conn):
+    """rls_audit.newest_statements() walks the statement rows newest first and counts only the entries the
+    caller may read: the narrowed query lists the same newest entries as the plain one, for each reader and
+    filter, across statement rows holding several owners' rows and more statement rows than one batch."""
+    with admin_conn.transaction():
+        admin_conn.execute("SET LOCAL django_rls.allow_bypassing_roles = on")  # a superuser, writing test data
+        admin_conn.execute("SELECT rls.set_context('1', '7')")
+        # one statement row of 300 rows of owners 7 and 8 in site 1, and of owner 7 in site 2
+        admin_conn.execute(
+            "INSERT INTO audit_owned SELECT g, 1 + (g % 5 = 0)::int, 7 + (g % 3 = 0)::int, 'bulk' "
+            "FROM generate_series(1, 300) g"
+        )
+    for n in range(301, 401):  # 100 single-row statements, more than the first batch of 64
+        write_as(
+            app_conn,
+            1 + n % 2,
+            7 + n % 3 % 2,
+            f"INSERT INTO audit_owned VALUES ({n}, {1 + n % 2}, {7 + n % 3 % 2}, 'one')",
+        )
+    write_as(app_conn, 1, 7, "UPDATE audit_owned SET body = 'again' WHERE id % 7 = 0")
+    for site, user in ((1, 7), (1, 8), (2, 7), (2, 8), (3, 7)):
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context(%s, %s)", (str(site), str(user)))
+            for count in (0, 1, 10, 50, 250, 1000):
+                for conditions in ({}, {"site_id": site}, {"site_id": 1, "user_id": 8}, {"operation": "INSERT"}):
+                    narrowed, plain = _newest(app_conn, count, conditions)
+                    assert narrowed == plain, (site, user, count, conditions)
+            # none of the statement rows it returns is one the caller reads nothing of
+            (ids,) = app_conn.execute("SELECT rls_audit.newest_statements(1000)").fetchone()
+            readable = app_conn.execute(
+                "SELECT count(DISTINCT statement_id) FROM rls_audit.log WHERE statement_id = ANY (%s)", (ids,)
+            ).fetchone()[0]
+            assert readable == len(ids)
+    assert _newest(app_conn, 50, {})[0] == []  # no context: nothing
+    narrowed, plain = _newest(owner_conn, 120, {"table_name": "public.audit_owned"})
+    assert narrowed == plain and len(plain) == 120  # the owner reads every entry
+
+
+def test_newest_statements_refuses_a_negative_count(app_conn):
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as refused, app_conn.transaction():
+        app_conn.execute("SELECT rls_audit.newest_statements(-1)")
+    assert refused.value.diag.message_hint

@@ -241,13 +241,13 @@ def test_member_of_cannot_read_the_audit_log_or_its_partitions(
     partitions = [
         row[0]
         for row in admin_conn.execute(
-            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'rls_audit.log'::regclass"
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'rls_audit.statements'::regclass"
         )
     ]
     assert partitions
     with database.connect("app_unbound") as conn:
         conn.autocommit = False
-        for table in ["rls_audit.log", *partitions]:
+        for table in ["rls_audit.log", "rls_audit.statements", *partitions]:
             conn.execute("SELECT rls.set_context('1', '10')")
             with pytest.raises((psycopg.errors.WrongObjectType, psycopg.errors.InsufficientPrivilege)):
                 conn.execute("SELECT rls.member_of(%s::regclass, 'site_id', 'user_id', 2::bigint)", (table,))

@@ -250,7 +250,7 @@ HELD = [
     # A cursor declared in the request keeps the request's site, whatever is cleared after it.
     "DECLARE c CURSOR FOR SELECT body FROM testapp_note; SELECT rls.clear_context(); FETCH ALL FROM c",
     # The audit log's partitions are not granted: only the log, under its policies, is.
-    "SELECT count(*) FROM rls_audit.log_default",
+    "SELECT count(*) FROM rls_audit.statements_default",
     # Statistics of protected tables are hidden from the role (the estimates are not: see above).
     "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'testapp_note'",
     "SELECT most_common_vals::text FROM pg_stats_ext WHERE tablename = 'testapp_note'",

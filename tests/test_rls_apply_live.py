@@ -292,14 +292,14 @@ def test_partition_upkeep_waits_bounded_for_an_open_audited_write(live_db, parti
                 "rls_audit_partitions", database="owner", lock_timeout=0.3, lock_budget=1, stdout=io.StringIO()
             )
         message = str(caught.value)
-        assert "it needs an ACCESS EXCLUSIVE lock on rls_audit.log and its partitions" in message
+        assert "it needs an ACCESS EXCLUSIVE lock on rls_audit.statements and its partitions" in message
         assert f"pid {writer.info.backend_pid} (application_name 'slow import'" in message
-        assert "RowExclusiveLock on rls_audit.log" in message
+        assert "RowExclusiveLock on rls_audit.statements" in message
         assert not partition_exists(admin_conn, partition_job)  # rolled back whole
         writer.execute("ROLLBACK")
     out = io.StringIO()
     call_command("rls_audit_partitions", database="owner", lock_timeout=0.3, lock_budget=5, stdout=out)
-    assert "Created 1 partition(s) of rls_audit.log." in out.getvalue()
+    assert "Created 1 partition(s) of rls_audit.statements." in out.getvalue()
     assert partition_exists(admin_conn, partition_job)
 
 

@@ -22,7 +22,13 @@ CREATE SCHEMA rls_audit;
 COMMENT ON SCHEMA rls_audit IS 'django_rls: the audit trail of row changes, with the request context that made them';
 GRANT USAGE ON SCHEMA rls_audit TO PUBLIC;
 
-CREATE TABLE rls_audit.log (
+-- The log is stored one row per statement chunk: at most 1,000 changed rows of
+-- one statement on one table, with the statement's columns once and its rows
+-- as parallel lz4-compressed arrays (position n of each array is the n-th
+-- row).  Each index then costs one entry per chunk, not per changed row, which
+-- is most of what a per-row log costs a bulk write (docs/audit.md, "Cost").
+-- Readers read rls_audit.log, a per-row view over it (below).
+CREATE TABLE rls_audit.statements (
     id bigint GENERATED ALWAYS AS IDENTITY,
     logged_at timestamptz NOT NULL DEFAULT statement_timestamp(),
     xact_started_at timestamptz NOT NULL DEFAULT transaction_timestamp(),
@@ -30,10 +36,6 @@ CREATE TABLE rls_audit.log (
     table_oid oid NOT NULL,
     table_name text NOT NULL,
     operation text NOT NULL,
-    row_key text,
-    old_values jsonb,
-    new_values jsonb,
-    changed_columns text[],
     site_id bigint,
     site_uuid uuid,
     user_id bigint,
@@ -44,15 +46,130 @@ CREATE TABLE rls_audit.log (
     client_addr inet,
     read_rule text,
     read_keys text[],
-    trail_id uuid
+    trail_id uuid,
+    row_keys text[] COMPRESSION lz4 NOT NULL,
+    old_values jsonb[] COMPRESSION lz4,
+    new_values jsonb[] COMPRESSION lz4,
+    changed_columns text[] COMPRESSION lz4,
+    row_read_keys text[] COMPRESSION lz4
 ) PARTITION BY RANGE (logged_at);
 -- No CHECK constraints on operation and read_rule: only the log's owner writes
 -- it, through rls_audit.capture(), which writes those columns from constants
 -- (ext/audit.c), and a CHECK constraint is read back from its stored form and
 -- planned again by every statement that writes the log: about a fifth of what
 -- auditing adds to a single-row statement (docs/audit.md, "Cost").
-COMMENT ON TABLE rls_audit.log IS
-'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it. Partitioned by month.';
+COMMENT ON TABLE rls_audit.statements IS
+'The audit log as stored: one row per chunk of at most 1,000 changed rows of one statement on one table (or per TRUNCATE), the rows as parallel arrays. Partitioned by month. Read it through the per-row view rls_audit.log.';
+COMMENT ON COLUMN rls_audit.statements.read_keys IS
+'Every read key of the chunk''s rows (the union of row_read_keys): who may read the statement row itself.';
+COMMENT ON COLUMN rls_audit.statements.row_keys IS 'Each row''s primary key as text (NULL for TRUNCATE).';
+COMMENT ON COLUMN rls_audit.statements.old_values IS 'Each row''s image before (see rls_audit.log.old_values); NULL when no row has one.';
+COMMENT ON COLUMN rls_audit.statements.new_values IS 'Each row''s image after (see rls_audit.log.new_values); NULL when no row has one.';
+COMMENT ON COLUMN rls_audit.statements.changed_columns IS 'UPDATE: each row''s changed columns, as the text of a text[].';
+COMMENT ON COLUMN rls_audit.statements.row_read_keys IS 'Each row''s read keys, as the text of a text[] (NULL: none).';
+
+CREATE TABLE rls_audit.statements_default PARTITION OF rls_audit.statements DEFAULT;
+COMMENT ON TABLE rls_audit.statements_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
+
+-- Under row level security (and behind a security_barrier view) a reader's
+-- condition reaches an index only when its operator is leakproof, and the
+-- built-in text[] @> is not declared so: through the log's policy a lookup of
+-- one row's history would read every statement row of the table.  So the
+-- extension has its own @> on text[]: the built-in arraycontains, which on
+-- text[] raises no error that depends on the values, declared LEAKPROOF
+-- (only a superuser can), with a GIN operator class over the built-in array
+-- support functions.
+CREATE FUNCTION rls_audit._keys_contain(text[], text[])
+RETURNS boolean
+LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF
+AS 'arraycontains';
+COMMENT ON FUNCTION rls_audit._keys_contain(text[], text[]) IS
+'Internal: the built-in arraycontains on text[], leakproof, for the row key index of rls_audit.statements.';
+CREATE OPERATOR rls_audit.@> (LEFTARG = text[], RIGHTARG = text[], FUNCTION = rls_audit._keys_contain,
+                              RESTRICT = contsel, JOIN = contjoinsel);
+CREATE OPERATOR CLASS rls_audit.row_key_ops FOR TYPE text[] USING gin AS
+    OPERATOR 2 rls_audit.@> (text[], text[]),
+    FUNCTION 1 bttextcmp(text, text),
+    FUNCTION 2 ginarrayextract(anyarray, internal, internal),
+    FUNCTION 3 ginqueryarrayextract(anyarray, internal, int2, internal, internal, internal, internal),
+    FUNCTION 4 ginarrayconsistent(internal, int2, anyarray, int4, internal, internal, internal, internal),
+    FUNCTION 6 ginarraytriconsistent(internal, int2, anyarray, int4, internal, internal, internal),
+    STORAGE text;
+
+-- Indexes live on each partition, not on the partitioned parent: a parent index
+-- would make ATTACH PARTITION create same-named partition indexes while
+-- pg_restore replays a dump, and the restore would fail on the duplicates.
+CREATE FUNCTION rls_audit._index_partition(part regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- a row's history (its key among the chunk's keys; the trail id is on the
+    -- statement row); an entry by id; what a site did when; what a user did
+    -- when; time ranges, and the newest entries of any reader newest first
+    -- (rls_audit.newest_statements(), which a BRIN index cannot order)
+    -- (the keys compared by bytes, "C": a row key is looked for by equality,
+    -- which no collation changes, and the locale's comparison costs a bulk
+    -- write a tenth of its time)
+    EXECUTE format('CREATE INDEX ON %s USING gin (row_keys COLLATE "C" rls_audit.row_key_ops)', part);
+    EXECUTE format('CREATE INDEX ON %s (id)', part);
+    EXECUTE format('CREATE INDEX ON %s (site_id, logged_at) WHERE site_id IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (site_uuid, logged_at) WHERE site_uuid IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (user_id, logged_at) WHERE user_id IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (user_uuid, logged_at) WHERE user_uuid IS NOT NULL', part);
+    EXECUTE format('CREATE INDEX ON %s (logged_at)', part);
+END
+$$;
+COMMENT ON FUNCTION rls_audit._index_partition(regclass) IS
+'Internal: the indexes every partition of rls_audit.statements carries.';
+REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
+SELECT rls_audit._index_partition('rls_audit.statements_default');
+
+-- Readers see only the entries of rows their policies would let them read;
+-- nobody but the owner writes.
+CREATE FUNCTION rls_audit._may_read(trail_id uuid, read_rule text, read_keys text[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'rls_audit_may_read'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION rls_audit._may_read(uuid, text, text[]) IS
+'Internal: the read policy of rls_audit.log. The entry is about the table rls_audit.trails names for trail_id (none once it is dropped). True for roles with the privileges of the table''s owner; otherwise the reader needs USAGE on the table''s schema, SELECT on the table, row level security on it whose every SELECT policy applies to the reader (one of them permissive; or no row level security at all), and a context matching one of read_keys under read_rule.';
+
+-- The statement rows are granted to nobody: a chunk's arrays hold the rows of
+-- many sites or owners.  Readers read the per-row view below.
+ALTER TABLE rls_audit.statements ENABLE ROW LEVEL SECURITY;
+REVOKE ALL ON rls_audit.statements FROM PUBLIC;
+
+-- The log as readers see it: one row per changed row.  A security_barrier
+-- view reads its table as its owner, so it decides for each row itself who
+-- reads it: rls_audit._may_read() runs as the caller and decides by the
+-- caller's role (also on PostgreSQL 14, which has no security_invoker views),
+-- and a reader's own conditions run after it unless their operators are
+-- leakproof (then they reach the indexes).  An entry's id is its statement
+-- row's id times 1024 plus its position: unique, increasing with insertion
+-- order, and found back through the B-tree on the statement row's id.
+--
+-- Newest first, as the admin lists it: PostgreSQL plans a security_barrier
+-- view on its own, before and without the reader's ORDER BY and LIMIT, so the
+-- order is the view's.  Then a site's (or user's) latest entries come from
+-- its (site_id, logged_at) index, and LIMIT stops the scan: without it, the
+-- view would unnest every statement row of the site for the reader to sort.
+CREATE VIEW rls_audit.log WITH (security_barrier) AS
+SELECT s.id * 1024 + e.n AS id,
+       s.logged_at, s.xact_started_at, s.xact_id, s.table_oid, s.table_name, s.operation,
+       e.row_key, e.old_values, e.new_values, e.changed_columns::text[] AS changed_columns,
+       s.site_id, s.site_uuid, s.user_id, s.user_uuid, s.claims, s.db_role, s.application_name,
+       s.client_addr, s.read_rule, e.read_keys::text[] AS read_keys, s.trail_id,
+       s.id AS statement_id
+  FROM rls_audit.statements s
+ CROSS JOIN LATERAL ROWS FROM (unnest(s.row_keys), unnest(s.old_values), unnest(s.new_values),
+                               unnest(s.changed_columns), unnest(s.row_read_keys))
+       WITH ORDINALITY AS e(row_key, old_values, new_values, changed_columns, read_keys, n)
+ WHERE rls_audit._may_read(s.trail_id, s.read_rule, e.read_keys::text[])
+ ORDER BY logged_at DESC, id DESC;
+COMMENT ON VIEW rls_audit.log IS
+'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it; each reader sees the entries of rows its policies let it read. Stored in rls_audit.statements.';
+COMMENT ON COLUMN rls_audit.log.id IS 'The entry: its statement row''s id times 1024 plus its position there; increasing with insertion order.';
 COMMENT ON COLUMN rls_audit.log.row_key IS 'The primary key of the changed row as text; a JSON object of the columns for a composite key.';
 COMMENT ON COLUMN rls_audit.log.old_values IS 'DELETE: the row; UPDATE: the changed columns before; without excluded and masked columns.';
 COMMENT ON COLUMN rls_audit.log.new_values IS 'INSERT: the row; UPDATE: the changed columns after; without excluded and masked columns.';
@@ -66,48 +183,51 @@ COMMENT ON COLUMN rls_audit.log.read_rule IS
 'Which of the row''s values a reader''s context must match (site, owner, site_owner); NULL: only the table''s owner and roles that bypass row level security read the entry.';
 COMMENT ON COLUMN rls_audit.log.read_keys IS
 'The row''s own site and/or owner values (canonical text, "site owner" for site_owner) before and after the change; "*" when the row is shared with everyone.';
-
-CREATE TABLE rls_audit.log_default PARTITION OF rls_audit.log DEFAULT;
-COMMENT ON TABLE rls_audit.log_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
-
--- Indexes live on each partition, not on the partitioned parent: a parent index
--- would make ATTACH PARTITION create same-named partition indexes while
--- pg_restore replays a dump, and the restore would fail on the duplicates.
-CREATE FUNCTION rls_audit._index_partition(part regclass)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    -- history of a row (by the table's trail id, which follows renames); what a
-    -- site did when; what a user did when; time ranges
-    EXECUTE format('CREATE INDEX ON %s (trail_id, row_key)', part);
-    EXECUTE format('CREATE INDEX ON %s (site_id, logged_at) WHERE site_id IS NOT NULL', part);
-    EXECUTE format('CREATE INDEX ON %s (site_uuid, logged_at) WHERE site_uuid IS NOT NULL', part);
-    EXECUTE format('CREATE INDEX ON %s (user_id, logged_at) WHERE user_id IS NOT NULL', part);
-    EXECUTE format('CREATE INDEX ON %s (user_uuid, logged_at) WHERE user_uuid IS NOT NULL', part);
-    EXECUTE format('CREATE INDEX ON %s USING brin (logged_at)', part);
-END
-$$;
-COMMENT ON FUNCTION rls_audit._index_partition(regclass) IS
-'Internal: the indexes every partition of rls_audit.log carries.';
-REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
-SELECT rls_audit._index_partition('rls_audit.log_default');
-
--- Readers see only the entries of rows their policies would let them read;
--- nobody but the owner writes.
-CREATE FUNCTION rls_audit._may_read(trail_id uuid, read_rule text, read_keys text[])
-RETURNS boolean
-AS 'MODULE_PATHNAME', 'rls_audit_may_read'
-LANGUAGE C STABLE PARALLEL SAFE;
-COMMENT ON FUNCTION rls_audit._may_read(uuid, text, text[]) IS
-'Internal: the read policy of rls_audit.log. The entry is about the table rls_audit.trails names for trail_id (none once it is dropped). True for roles with the privileges of the table''s owner; otherwise the reader needs USAGE on the table''s schema, SELECT on the table, row level security on it whose every SELECT policy applies to the reader (one of them permissive; or no row level security at all), and a context matching one of read_keys under read_rule.';
-
-ALTER TABLE rls_audit.log ENABLE ROW LEVEL SECURITY;
-CREATE POLICY log_read ON rls_audit.log FOR SELECT TO PUBLIC
-    USING (rls_audit._may_read(trail_id, read_rule, read_keys));
+COMMENT ON COLUMN rls_audit.log.statement_id IS 'The rls_audit.statements row holding the entry.';
 REVOKE ALL ON rls_audit.log FROM PUBLIC;
 GRANT SELECT ON rls_audit.log TO PUBLIC;
+
+-- The statement rows holding a row's entries, found by the row key index:
+-- readers put them into rls_audit.log's statement_id, a leakproof condition
+-- that reaches the id index behind the view's barrier.  It finds the entries
+-- as the log's owner and keeps those rls_audit._may_read() lets the caller
+-- read, so it tells nothing of the others (ext/audit_lookup.c).
+-- LEAKPROOF (only a superuser can declare it): its errors depend on nothing
+-- it is given or reads, and it returns only what the caller may read, so a
+-- condition on rls_audit.log calling it may run below the view's barrier.
+-- No SET clause: the queries it runs name every object with its schema.
+-- COST: it runs two queries, so the planner should call it once (as an
+-- index condition), never once per row of a scan it filters.
+CREATE FUNCTION rls_audit.statements_of(tbl regclass, row_key text)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'rls_audit_statements_of'
+LANGUAGE C STABLE STRICT LEAKPROOF COST 10000;
+COMMENT ON FUNCTION rls_audit.statements_of(regclass, text) IS
+'The ids of the statement rows (rls_audit.log.statement_id) holding entries of the row row_key of tbl (or of any table of its partition tree, under any name it had) that the caller may read. Use: WHERE statement_id = ANY (rls_audit.statements_of(tbl, key)) AND row_key = key.';
+
+-- The statement rows holding the caller's newest entries, found by the
+-- (site_id, logged_at) and (user_id, logged_at) indexes newest first: readers
+-- put them into rls_audit.log's statement_id, with the same conditions and
+-- their own ORDER BY logged_at DESC, id DESC and LIMIT.  PostgreSQL plans the
+-- security_barrier view for full retrieval when the reader's query sorts, so
+-- without it a site's latest 50 entries read and sort every statement row of
+-- the site.  It reads the statement rows as the log's owner and counts only
+-- the entries rls_audit._may_read() lets the caller read (ext/audit_lookup.c).
+-- Each condition given (not NULL) must hold; one on an entry's own columns
+-- (row_key, the images) cannot be given, and a reader that has one must not
+-- narrow its query this way.  Not LEAKPROOF: called on constants, it runs
+-- once below the view's barrier all the same.  COST as statements_of().
+CREATE FUNCTION rls_audit.newest_statements(
+    entries integer,
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'rls_audit_newest_statements'
+LANGUAGE C STABLE COST 10000;
+COMMENT ON FUNCTION rls_audit.newest_statements(integer, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'The ids of the statement rows (rls_audit.log.statement_id), newest first, holding the caller''s newest readable entries (at least entries of them, or all there are) among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive). Use: WHERE statement_id = ANY (rls_audit.newest_statements(50, site_id => 7)) AND site_id = 7 ORDER BY logged_at DESC, id DESC LIMIT 50.';
 
 -- The partitioned parent holds no rows of its own and is not marked (pg_dump
 -- 14 crashes on that); the monthly partitions are no members of the extension,
@@ -121,11 +241,11 @@ GRANT SELECT ON rls_audit.log TO PUBLIC;
 -- partition's rows; no dump of the database would succeed.  There,
 -- rls.problems reports rows waiting in the default partition, and
 -- rls_audit.ensure_partitions() moves them into monthly partitions.
-SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('rls_audit.log', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('rls_audit.statements', 'id')::regclass, '');
 DO $$
 BEGIN
     IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
-        PERFORM pg_catalog.pg_extension_config_dump('rls_audit.log_default', '');
+        PERFORM pg_catalog.pg_extension_config_dump('rls_audit.statements_default', '');
     END IF;
 END
 $$;

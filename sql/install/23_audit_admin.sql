@@ -384,11 +384,11 @@ AS $$
     -- A primary key is unique across a partition tree, and a write is recorded
     -- under the table its statement named: read the whole tree.  Entries are
     -- found by the tables' trail ids, so they follow a renamed table.
+    -- The statement rows holding the key are found by the row key index
+    -- (rls_audit.statements_of(), over the whole partition tree and by trail
+    -- id), then only their entries are unnested.
     SELECT * FROM rls_audit.log l
-     WHERE l.trail_id IN (SELECT r.trail_id FROM rls_audit.trails r
-                           WHERE r.table_oid IN (SELECT tbl
-                                                 UNION
-                                                 SELECT t.relid FROM pg_partition_tree(coalesce(pg_partition_root(tbl), tbl)) t))
+     WHERE l.statement_id = ANY (rls_audit.statements_of(history.tbl, history.row_key))
        AND l.row_key = history.row_key
      ORDER BY l.id
 $$;

@@ -22,11 +22,11 @@ AS $$
       FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,
            LATERAL (SELECT ARRAY[substring(pg_get_expr(c.relpartbound, c.oid) FROM 'FROM \(''([^'']+)''\)'),
                                  substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''([^'']+)''\)')] AS b) bounds
-     WHERE i.inhparent = 'rls_audit.log'::regclass
+     WHERE i.inhparent = 'rls_audit.statements'::regclass
        AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
 $$;
 COMMENT ON FUNCTION rls_audit._log_partitions() IS
-'Internal: the monthly partitions of rls_audit.log and their bounds (NULL for an open end).';
+'Internal: the monthly partitions of rls_audit.statements and their bounds (NULL for an open end).';
 REVOKE ALL ON FUNCTION rls_audit._log_partitions() FROM PUBLIC;
 
 CREATE FUNCTION rls_audit.ensure_partitions(months_ahead integer DEFAULT 3)
@@ -55,9 +55,9 @@ BEGIN
     FOR month IN SELECT generate_series(date_trunc('month', now()), date_trunc('month', now()) + make_interval(months => months_ahead),
                                         interval '1 month')
                  UNION
-                 SELECT DISTINCT date_trunc('month', logged_at) FROM rls_audit.log_default
+                 SELECT DISTINCT date_trunc('month', logged_at) FROM rls_audit.statements_default
                  ORDER BY 1 LOOP
-        name := format('log_%s', to_char(month, 'YYYY_MM'));
+        name := format('statements_%s', to_char(month, 'YYYY_MM'));
         CONTINUE WHEN to_regclass(format('rls_audit.%I', name)) IS NOT NULL;
         -- Partitions made by an earlier version in the caller's zone end or start
         -- up to a day off a UTC month: meet them, so that neither a gap nor an
@@ -71,16 +71,16 @@ BEGIN
         CONTINUE WHEN lo >= hi OR EXISTS (SELECT FROM rls_audit._log_partitions()
                                            WHERE coalesce(lower_bound, '-infinity') < hi
                                              AND coalesce(upper_bound, 'infinity') > lo);
-        IF EXISTS (SELECT FROM rls_audit.log_default WHERE logged_at >= lo AND logged_at < hi) THEN
+        IF EXISTS (SELECT FROM rls_audit.statements_default WHERE logged_at >= lo AND logged_at < hi) THEN
             -- Rows of this month already sit in the default partition: move them
             -- into a new table and attach that, since a new partition may not
             -- overlap rows of the default one.
-            EXECUTE format('CREATE TABLE rls_audit.%I (LIKE rls_audit.log INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
-            EXECUTE format('WITH moved AS (DELETE FROM rls_audit.log_default WHERE logged_at >= %L AND logged_at < %L '
+            EXECUTE format('CREATE TABLE rls_audit.%I (LIKE rls_audit.statements INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMPRESSION)', name);
+            EXECUTE format('WITH moved AS (DELETE FROM rls_audit.statements_default WHERE logged_at >= %L AND logged_at < %L '
                            'RETURNING *) INSERT INTO rls_audit.%I SELECT * FROM moved', lo, hi, name);
-            EXECUTE format('ALTER TABLE rls_audit.log ATTACH PARTITION rls_audit.%I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+            EXECUTE format('ALTER TABLE rls_audit.statements ATTACH PARTITION rls_audit.%I FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
         ELSE
-            EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+            EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.statements FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
         END IF;
         PERFORM rls_audit._index_partition(format('rls_audit.%I', name)::regclass);
         created := created + 1;
@@ -89,7 +89,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls_audit.ensure_partitions(integer) IS
-'Create the monthly (UTC) partitions of rls_audit.log from this month to months_ahead months on, and for earlier months whose rows wait in rls_audit.log_default (moving them there); run it from a scheduled job.';
+'Create the monthly (UTC) partitions of rls_audit.statements from this month to months_ahead months on, and for earlier months whose rows wait in rls_audit.statements_default (moving them there); run it from a scheduled job.';
 
 CREATE FUNCTION rls_audit.drop_partitions_before(cutoff timestamptz)
 RETURNS integer

@@ -112,13 +112,13 @@ SELECT t.table_name, p.polname::text,
 UNION ALL
 -- The audit log's default partition is marked for pg_dump except on
 -- PostgreSQL 14, where marking it makes pg_dump crash (21_audit_log.sql).
-SELECT NULL, 'rls_audit.log_default',
-       'rows of the audit trail wait in rls_audit.log_default, which pg_dump leaves out (the extension was installed '
+SELECT NULL, 'rls_audit.statements_default',
+       'rows of the audit trail wait in rls_audit.statements_default, which pg_dump leaves out (the extension was installed '
        'on PostgreSQL 14, whose pg_dump cannot dump that partition)',
        'SELECT rls_audit.ensure_partitions(); (as a superuser or a role granted it) moves them into monthly partitions, which pg_dump includes.'
  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_extension e
-                    WHERE e.extname = 'django_rls' AND 'rls_audit.log_default'::regclass::oid = ANY (e.extconfig))
-   AND EXISTS (SELECT FROM rls_audit.log_default);
+                    WHERE e.extname = 'django_rls' AND 'rls_audit.statements_default'::regclass::oid = ANY (e.extconfig))
+   AND EXISTS (SELECT FROM rls_audit.statements_default);
 COMMENT ON VIEW rls.problems IS
 'Every row level security problem django_rls can find: one row per problem, with the table it concerns (NULL for server-wide ones) and a hint.';
 

@@ -12,9 +12,10 @@ from django.utils.dateparse import parse_datetime
 from django_rls.conf import rls_settings
 from django_rls.ddl import ACCESS_EXCLUSIVE, LockRequest, LockWaitExhausted, Runner, add_lock_options, bounds_from
 
-# Creating, attaching or dropping a partition locks rls_audit.log ACCESS EXCLUSIVE: every audited
-# write (its trigger inserts into the log) waits behind it, so the wait for it is bounded.
-AUDIT_LOG = LockRequest('"rls_audit"."log"', "rls_audit.log", ACCESS_EXCLUSIVE, only=False)
+# Creating, attaching or dropping a partition locks rls_audit.statements (where the log is stored)
+# ACCESS EXCLUSIVE: every audited write (its trigger inserts into it) waits behind it, so the wait for
+# it is bounded.
+AUDIT_LOG = LockRequest('"rls_audit"."statements"', "rls_audit.statements", ACCESS_EXCLUSIVE, only=False)
 
 
 def _cutoff(value: str) -> datetime.datetime:
@@ -64,7 +65,7 @@ class Command(BaseCommand):
 
         try:
             created = call("SELECT rls_audit.ensure_partitions(%s)", options["ahead"])
-            self.stdout.write(f"Created {created} partition(s) of rls_audit.log.")
+            self.stdout.write(f"Created {created} partition(s) of rls_audit.statements.")
             if options["drop_before"] is not None:
                 dropped = call("SELECT rls_audit.drop_partitions_before(%s)", options["drop_before"])
                 self.stdout.write(f"Dropped {dropped} partition(s) older than {options['drop_before'].isoformat()}.")

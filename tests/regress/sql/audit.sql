@@ -81,6 +81,10 @@ SELECT operation, row_key, site_id, user_id FROM rls_audit.log ORDER BY id;
 COMMIT;
 
 -- Tampering, as the application role: every route is refused.
+INSERT INTO rls_audit.statements (table_oid, table_name, operation, db_role, row_keys) VALUES (1, 'x', 'INSERT', 'x', '{1}'); -- fail
+UPDATE rls_audit.statements SET user_id = 0; -- fail
+DELETE FROM rls_audit.statements; -- fail
+TRUNCATE rls_audit.statements; -- fail
 INSERT INTO rls_audit.log (table_oid, table_name, operation, db_role) VALUES (1, 'x', 'INSERT', 'x'); -- fail
 UPDATE rls_audit.log SET user_id = 0; -- fail
 DELETE FROM rls_audit.log; -- fail
@@ -112,12 +116,12 @@ RESET session_replication_role;
 SELECT count(*) AS logged_in_replica_mode FROM rls_audit.log WHERE row_key = '6';
 
 -- A write whose audit row cannot be written fails as a whole.
-ALTER TABLE rls_audit.log_default ADD CONSTRAINT regress_refuse CHECK (operation <> 'INSERT') NOT VALID;
+ALTER TABLE rls_audit.statements_default ADD CONSTRAINT regress_refuse CHECK (operation <> 'INSERT') NOT VALID;
 SET SESSION AUTHORIZATION regress_rls_app;
 INSERT INTO regress_rls.accounts VALUES (7, 2, 'gus', 1, 'h', 'c'); -- fail
 RESET SESSION AUTHORIZATION;
 SELECT count(*) AS unaudited_rows FROM regress_rls.accounts WHERE id = 7;
-ALTER TABLE rls_audit.log_default DROP CONSTRAINT regress_refuse;
+ALTER TABLE rls_audit.statements_default DROP CONSTRAINT regress_refuse;
 
 -- TRUNCATE is logged too.
 TRUNCATE regress_rls.accounts;
@@ -134,13 +138,13 @@ RESET ROLE;
 SELECT count(*) > 0 AS trail_kept FROM rls_audit.log;
 
 -- Retention drops whole monthly partitions older than the cutoff, and nothing else.
-CREATE TABLE rls_audit.log_2001_01 PARTITION OF rls_audit.log FOR VALUES FROM ('2001-01-01') TO ('2001-02-01');
-INSERT INTO rls_audit.log (logged_at, table_oid, table_name, operation, db_role)
-    VALUES ('2001-01-15', 1, 'old', 'INSERT', 'x');
-SELECT count(*) > 0 AS rows_in_default FROM rls_audit.log_default;
+CREATE TABLE rls_audit.statements_2001_01 PARTITION OF rls_audit.statements FOR VALUES FROM ('2001-01-01') TO ('2001-02-01');
+INSERT INTO rls_audit.statements (logged_at, table_oid, table_name, operation, db_role, row_keys)
+    VALUES ('2001-01-15', 1, 'old', 'INSERT', 'x', '{1}');
+SELECT count(*) > 0 AS rows_in_default FROM rls_audit.statements_default;
 SELECT rls_audit.ensure_partitions(2);
 SELECT rls_audit.ensure_partitions(2) AS created_again;
-SELECT count(*) AS rows_left_in_default FROM rls_audit.log_default;
+SELECT count(*) AS rows_left_in_default FROM rls_audit.statements_default;
 SELECT rls_audit.drop_partitions_before('2001-03-01');
 SELECT count(*) AS old_rows FROM rls_audit.log WHERE logged_at < '2002-01-01';
 SELECT count(*) > 0 AS recent_rows_kept FROM rls_audit.log;
@@ -254,7 +258,7 @@ UPDATE kinds SET jb = '{"b": [true]}', pt = '(3,4)', ls = '[(0,0),(2,2)]', ci = 
                  tm = '23:59:59', u = '00000000-0000-0000-0000-000000000000', bi = B'0101';
 DELETE FROM kinds;
 RESET SESSION AUTHORIZATION;
-SELECT l.id - min(l.id) OVER () AS entry, l.operation, l.changed_columns FROM rls_audit.log l
+SELECT rank() OVER (ORDER BY l.id) - 1 AS entry, l.operation, l.changed_columns FROM rls_audit.log l
  WHERE l.table_name = 'regress_rls.kinds' ORDER BY l.id;
 SELECT l.operation, k.key, l.old_values -> k.key AS old, l.new_values -> k.key AS new
   FROM rls_audit.log l, LATERAL jsonb_object_keys(coalesce(l.new_values, l.old_values)) AS k(key)

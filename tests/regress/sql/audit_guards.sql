@@ -365,8 +365,8 @@ DECLARE m timestamptz;
 BEGIN
     FOR m IN SELECT generate_series(date_trunc('month', now()) - interval '2 months',
                                     date_trunc('month', now()) - interval '1 month', interval '1 month') LOOP
-        EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)',
-                       'log_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
+        EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.statements FOR VALUES FROM (%L) TO (%L)',
+                       'statements_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
     END LOOP;
 END $$;
 SELECT * FROM regress_partitions_cover(-2, 6);
@@ -400,8 +400,8 @@ SET TimeZone = 'Pacific/Kiritimati';
 DO $$
 DECLARE m date := date_trunc('month', now() AT TIME ZONE 'UTC' + interval '1 month');
 BEGIN
-    EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.log FOR VALUES FROM (%L) TO (%L)',
-                   'log_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
+    EXECUTE format('CREATE TABLE rls_audit.%I PARTITION OF rls_audit.statements FOR VALUES FROM (%L) TO (%L)',
+                   'statements_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
 END $$;
 SET TimeZone = 'America/Adak';
 SELECT rls_audit.ensure_partitions(3) AS created;

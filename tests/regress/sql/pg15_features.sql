@@ -82,13 +82,13 @@ SELECT object_name, problem, hint FROM rls.problems WHERE object_name LIKE 'djan
 -- The audit log's default partition is dumped with the database.  (14:
 -- pg_dump 14 cannot dump it, so it is not marked, and rls.problems reports
 -- rows waiting in it until ensure_partitions() moves them to a partition.)
-SELECT 'rls_audit.log_default'::regclass::oid = ANY (extconfig) AS default_partition_dumped
+SELECT 'rls_audit.statements_default'::regclass::oid = ANY (extconfig) AS default_partition_dumped
   FROM pg_extension WHERE extname = 'django_rls';
-INSERT INTO rls_audit.log (logged_at, table_oid, table_name, operation, db_role)
-    VALUES ('2003-04-05', 1, 'old', 'INSERT', 'x');
+INSERT INTO rls_audit.statements (logged_at, table_oid, table_name, operation, db_role, row_keys)
+    VALUES ('2003-04-05', 1, 'old', 'INSERT', 'x', '{1}');
 SELECT object_name, problem, hint FROM rls.problems WHERE object_name LIKE 'rls_audit.%';
 SELECT rls_audit.ensure_partitions(0);
-SELECT tableoid::regclass, table_name FROM rls_audit.log;
+SELECT tableoid::regclass, table_name FROM rls_audit.statements;
 SELECT object_name, problem, hint FROM rls.problems WHERE object_name LIKE 'rls_audit.%';
 
 REVOKE SET ON PARAMETER django_rls.site FROM regress_rls_app;
