@@ -251,7 +251,9 @@ def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -
         role = sql.Identifier(CONTEXT_ROLE)
         member_role = sql.Identifier(MEMBER_ROLE)
         # A role a newer version needs (django_rls_member came with rls.member_of()) is created as in an install.
-        for statement in _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE) + _role_steps(cursor, AUDIT_ROLE):
+        for statement in (
+            _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE) + _role_steps(cursor, AUDIT_ROLE)
+        ):
             cursor.execute(statement)
         cursor.execute(sql.SQL("GRANT CREATE ON SCHEMA rls TO {}, {}").format(role, member_role))
         _upgrade(cursor, version)
@@ -263,7 +265,9 @@ def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -
         member_role = sql.Identifier(MEMBER_ROLE)
         cursor.execute("SELECT current_database()")
         database = sql.Identifier(cursor.fetchone()[0])
-        for statement in _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE) + _role_steps(cursor, AUDIT_ROLE):
+        for statement in (
+            _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE) + _role_steps(cursor, AUDIT_ROLE)
+        ):
             cursor.execute(statement)
         cursor.execute("CREATE SCHEMA rls")
         cursor.execute("COMMENT ON SCHEMA rls IS 'django_rls: request context and row-level security policy helpers'")

@@ -100,7 +100,8 @@ AS $$
             THEN format('(%s.%I)::pg_catalog.jsonb', alias, col)
         WHEN b = 'json'::regtype
             -- json may hold \u0000, which jsonb cannot: such a document is kept as its text.
-            THEN format('CASE WHEN pg_catalog.strpos(pg_catalog.format(''%%s'', %1$s.%2$I), ''\u0000'') OPERATOR(pg_catalog.>) 0 '
+            THEN format('CASE WHEN pg_catalog.num_nulls(%1$s.%2$I) OPERATOR(pg_catalog.<>) 0 THEN NULL::pg_catalog.jsonb '
+                        'WHEN pg_catalog.strpos(pg_catalog.format(''%%s'', %1$s.%2$I), ''\u0000'') OPERATOR(pg_catalog.>) 0 '
                         'THEN pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %1$s.%2$I)) '
                         'ELSE pg_catalog.jsonb_in(pg_catalog.textout(pg_catalog.format(''%%s'', %1$s.%2$I))) END', alias, col)
         ELSE rls_audit._text_expr(alias, col)
