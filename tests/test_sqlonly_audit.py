@@ -241,9 +241,8 @@ def test_the_app_role_can_neither_write_nor_change_the_log(app_conn):
     # Its capture function refuses to run but as the table's own audit trigger.
     with pytest.raises(psycopg.errors.FeatureNotSupported):  # "trigger functions can only be called as triggers"
         with app_conn.transaction():
-            app_conn.execute(
-                "SELECT rls_audit.capture_%s()" % app_conn.execute("SELECT 'sq_accounts'::regclass::oid").fetchone()[0]
-            )
+            oid = app_conn.execute("SELECT 'sq_accounts'::regclass::oid").fetchone()[0]
+            app_conn.execute(f"SELECT rls_audit.capture_{oid}()")
     # Anyone may regenerate a capture from the registration: it changes nothing the owner did not ask for.
     with app_conn.transaction():
         app_conn.execute("SELECT rls_audit._build_capture('sq_accounts')")
@@ -261,7 +260,7 @@ def test_a_changed_table_is_refused_until_enabled_again(app_conn, owner_conn):
     problems = owner_conn.execute("SELECT problem FROM rls.problems WHERE table_name = 'sq_accounts'::regclass")
     assert any("changed since rls_audit.enable()" in p for (p,) in problems.fetchall())
     as_site(app_conn, 1)
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="changed since rls_audit.enable"):
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match=r"changed since rls_audit\.enable"):
         with app_conn.transaction():
             app_conn.execute("INSERT INTO sq_accounts (id, site_id, extra) VALUES (5, 1, 1)")
     assert app_conn.execute("SELECT count(*) FROM sq_accounts WHERE id = 5").fetchone() == (0,)
