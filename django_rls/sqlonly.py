@@ -95,12 +95,17 @@ def _upgrade_text(text: str) -> str:
     """The install script made to run over an older installation in place.
 
     Functions are replaced, keeping their oids, so the policies that call them stay as
-    they are; tables (the signing keys, spent tokens and roles that must sign) and the
-    one type are kept with their contents; views are dropped beforehand (``_upgrade``)
-    and created again. Everything else the script does (comments, owners, grants) can
+    they are; tables (the signing keys, spent tokens and roles that must sign, the audit
+    trail and its registrations) and the one type are kept with their contents; views
+    of schema rls are dropped beforehand (``_upgrade``) and created again, those of
+    rls_audit replaced. Everything else the script does (comments, owners, grants) can
     be done twice.
     """
     text = re.sub(r"^CREATE FUNCTION ", "CREATE OR REPLACE FUNCTION ", text, flags=re.MULTILINE)
+    # The audit trail's schema and views are kept (the trail, the generated captures, and what
+    # depends on the log's row type, such as rls_audit.history()); their views are replaced.
+    text = re.sub(r"^CREATE SCHEMA rls_audit;", "CREATE SCHEMA IF NOT EXISTS rls_audit;", text, flags=re.MULTILINE)
+    text = re.sub(r"^CREATE VIEW rls_audit\.", "CREATE OR REPLACE VIEW rls_audit.", text, flags=re.MULTILINE)
     text = re.sub(r"^CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", text, flags=re.MULTILINE)
     # The marker type of the context tables: one label, never changed, so an existing one is kept.
     return re.sub(

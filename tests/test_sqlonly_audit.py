@@ -413,3 +413,11 @@ def test_rls_apply_audits_the_declared_models(live_db, admin_conn):
     assert audited == [("testapp_note", "site_id")]
     out = io.StringIO()
     call_command("rls_apply", database="owner", check=True, stdout=out)
+    assert "In sync" in out.getvalue()
+
+
+def test_checks_say_what_the_trail_lacks(live_db):
+    from django_rls.checks import check_database
+
+    warning = next(m for m in check_database(databases=["default"]) if m.id == "django_rls.W014")
+    assert "testapp.Note" in warning.msg and "no hash chain" in warning.msg

@@ -89,7 +89,9 @@ $$;
 COMMENT ON FUNCTION rls_audit._index_partition(regclass) IS
 'Internal: the indexes every partition of rls_audit.statements carries.';
 REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
-SELECT rls_audit._index_partition('rls_audit.statements_default');
+-- (Once: the upgrade of an installation runs this file again, sqlonly._upgrade_text.)
+SELECT rls_audit._index_partition('rls_audit.statements_default')
+ WHERE NOT EXISTS (SELECT FROM pg_index WHERE indrelid = 'rls_audit.statements_default'::regclass);
 
 ALTER TABLE rls_audit.statements ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON rls_audit.statements FROM PUBLIC;
@@ -148,6 +150,10 @@ COMMENT ON FUNCTION rls_audit._owns(oid) IS
 
 ALTER TABLE rls_audit.audited_tables ENABLE ROW LEVEL SECURITY;
 ALTER TABLE rls_audit.read_rules ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS readable ON rls_audit.audited_tables;
+DROP POLICY IF EXISTS own_tables ON rls_audit.audited_tables;
+DROP POLICY IF EXISTS readable ON rls_audit.read_rules;
+DROP POLICY IF EXISTS own_tables ON rls_audit.read_rules;
 CREATE POLICY readable ON rls_audit.audited_tables FOR SELECT USING (true);
 CREATE POLICY own_tables ON rls_audit.audited_tables FOR ALL
     USING (rls_audit._owns(table_oid)) WITH CHECK (rls_audit._owns(table_oid));
