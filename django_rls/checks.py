@@ -656,7 +656,7 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
                 "runs again, partitioned tables are refused, and nothing stops the table's owner from dropping its "
                 "audit triggers (rls.problems reports it).",
                 hint='Where the trail must be tamper-evident, use the django_rls extension (docs/audit.md, "The '
-                'SQL-only mode\'s trail"); otherwise run rls_apply after every migration.',
+                "SQL-only mode's trail\"); otherwise run rls_apply after every migration.",
                 id="django_rls.W014",
             )
         )
