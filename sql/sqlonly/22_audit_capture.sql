@@ -56,14 +56,15 @@ AS $$
 $$;
 COMMENT ON FUNCTION rls_audit._base_type(oid) IS 'Internal: a type''s base type (the type itself unless it is a domain).';
 
--- What the generated text depends on: every column (number, name, type), the
--- primary key, the options and the read rule.
+-- What the generated text depends on: the table's oid (a restore gives it a new
+-- one), every column (number, name, type), the primary key, the options and the
+-- read rule.
 CREATE FUNCTION rls_audit._capture_signature(tbl oid)
 RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT concat_ws(' | ',
+    SELECT concat_ws(' | ', format('oid %s', tbl),
         (SELECT string_agg(format('%s:%s:%s', a.attnum, a.attname, a.atttypid), ',' ORDER BY a.attnum)
            FROM pg_attribute a WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped),
         (SELECT format('key %s', i.indkey::text) FROM pg_index i WHERE i.indrelid = tbl AND i.indisprimary),
