@@ -421,3 +421,22 @@ def test_checks_say_what_the_trail_lacks(live_db):
 
     warning = next(m for m in check_database(databases=["default"]) if m.id == "django_rls.W014")
     assert "testapp.Note" in warning.msg and "no hash chain" in warning.msg
+
+
+def test_a_forged_context_table_is_not_read_as_the_log_owner(evil_owner, database):
+    """A writer with TEMP making its own pg_temp.django_rls_context gets its write refused, its code never run."""
+    admin_conn = evil_owner
+    admin_conn.execute(
+        sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(
+            sql.Identifier(admin_conn.info.dbname), sql.Identifier(EVIL)
+        )
+    )
+    admin_conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(EVIL)))
+    admin_conn.execute(
+        "CREATE TEMPORARY VIEW django_rls_context AS SELECT '1'::text AS site, '2'::text AS \"user\", "
+        "NULL::jsonb AS claims, evil.policy() AS genuine"
+    )
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="did not create"):
+        admin_conn.execute("INSERT INTO evil.t (id) VALUES (7)")
+    admin_conn.rollback()
+    assert admin_conn.execute("SELECT count(*) FROM evil.ran WHERE who = 'django_rls_audit'").fetchone() == (0,)

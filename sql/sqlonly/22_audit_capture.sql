@@ -277,6 +277,17 @@ BEGIN
                   DETAIL = 'Its columns, key, audit options or read rule differ from those the capture was generated for, and the SQL-only mode has no event trigger to follow them: the write is refused rather than recorded wrongly.',
                   HINT = pg_catalog.format('As the table owner: SELECT rls_audit.enable(%%L, ...) with its options again (manage.py rls_apply does).', TG_RELID::regclass);
     END IF;
+    -- The context is read as django_rls_audit: only from the context tables django_rls_context made
+    -- (a table or view of that name made by the writer could run its owner's code as this role).
+    IF EXISTS (SELECT FROM pg_catalog.pg_class c
+                WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()
+                  AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY['django_rls_context', 'django_rls_session_context']::pg_catalog.name[])
+                  AND (c.relkind OPERATOR(pg_catalog.<>) 'r' OR c.relrowsecurity
+                       OR c.relowner OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'django_rls_context'))) THEN
+        RAISE EXCEPTION 'a temporary context table that django_rls did not create exists in this session'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Revoke TEMPORARY on the database from the role (manage.py rls_roles does this) and open a new session.';
+    END IF;
     held := rls._held();
     IF coalesce(held.site, '') OPERATOR(pg_catalog.=) '' AND coalesce(held."user", '') OPERATOR(pg_catalog.=) ''
        AND coalesce(pg_catalog.current_setting('django_rls.strict', true), '') OPERATOR(pg_catalog.=) ANY (ARRAY['on', 'true', '1', 'yes']) THEN
