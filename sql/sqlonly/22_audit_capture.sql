@@ -24,6 +24,9 @@
  *   - rows are compared by their printed text, never by a type's operators;
  *     UPDATE pairs old and new rows by their position in the transition
  *     tables, as the C capture does;
+ *   - jit is off for it: its statements' estimates (transition tables, the
+ *     unnested read keys) reach JIT's cost thresholds, and compiling their
+ *     many expressions cost a 10,000-row UPDATE seconds;
  *   - every function and operator is resolved with search_path pinned to
  *     pg_catalog (pg_temp is never searched for functions or operators);
  *     transition tables are ephemeral relations (no policy, rule or trigger
@@ -254,6 +257,7 @@ SET lc_monetary = 'C'
 SET xmlbinary = 'base64'
 SET xmloption = 'content'
 SET quote_all_identifiers = off
+SET jit = off
 AS $capture$
 DECLARE
     held record;
