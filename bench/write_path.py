@@ -15,6 +15,10 @@ Each variant gets the same fresh 8-column table and the same statements:
                  record as ours (the fastest PL/pgSQL design measured in the research);
 - ours_chain:    ours with django_rls.audit_chain = on (every statement sealed into its site's
                  hash chain), to show what the chain costs;
+- sqlonly:       the SQL-only mode's capture (rls_audit.enable() of sql/sqlonly/: a generated
+                 PL/pgSQL statement-level trigger per table, SECURITY DEFINER), in a second
+                 database of the same server where that mode is installed (the same table and
+                 statements; its ratios divide by the same "none");
 - ours_checks:   ours with the two CHECK constraints (operation, read_rule) the log had before
                  (docs/audit.md, design notes), to show what they cost; only when BENCH_VARIANTS
                  names it.
@@ -43,6 +47,7 @@ SINGLE = int(os.environ.get("BENCH_SINGLE", "2000"))
 # A comma-separated subset of the variants, for iterating on one of them ("none" is always run).
 ONLY = [v for v in os.environ.get("BENCH_VARIANTS", "").split(",") if v]
 DB = "django_rls_write_bench"
+SQL_DB = "django_rls_write_bench_sql"  # the SQL-only variant's database
 COLUMNS = (
     "id bigint PRIMARY KEY, site_id int, qty int, name text, note text, price numeric(12,2), "
     "created_at timestamptz, active boolean"
@@ -58,6 +63,7 @@ LOG_TABLES = {
     "ours": ("rls_audit.statements",),
     "ours_chain": ("rls_audit.statements", "rls_audit.seals", "rls_audit.chain_heads"),
     "ours_checks": ("rls_audit.statements",),
+    "sqlonly": ("rls_audit.statements",),
     "row_jsonb": ("ref.logged_actions",),
     "row_event": ("ref.events",),
     "stmt_jsonb": ("ref.stmt_log",),
@@ -191,7 +197,7 @@ def create_variant(conn: psycopg.Connection, variant: str) -> str:
     table = f"bench_{variant}"
     conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
-    if variant in ("ours", "ours_chain", "ours_checks"):
+    if variant in ("ours", "ours_chain", "ours_checks", "sqlonly"):
         conn.execute("SELECT rls_audit.enable(%s)", [table])
     if variant == "ours_checks":
         for name, check in CHECKS:
@@ -259,7 +265,8 @@ def run_variant(conn: psycopg.Connection, variant: str) -> dict[str, float]:
         "ref.events",
         "ref.stmt_log",
     ):
-        conn.execute(f"TRUNCATE {log}")
+        if conn.execute("SELECT to_regclass(%s)", [log]).fetchone()[0] is not None:
+            conn.execute(f"TRUNCATE {log}")
     return times
 
 
@@ -275,6 +282,10 @@ def print_targets(ratios: dict[str, dict[str, float]], references: tuple[str, ..
     for op in SINGLE_STATEMENTS:
         mine = ratios["ours"][f"single {op}"]
         print(f"  single {op:7s} {mine:.2f}x (target <= {SINGLE_TARGET}x: {'yes' if mine <= SINGLE_TARGET else 'NO'})")
+    if "sqlonly" in ratios:
+        print("\nthe SQL-only mode's capture against the C one (sqlonly / ours):")
+        for key in (*STATEMENTS, *(f"single {op}" for op in SINGLE_STATEMENTS)):
+            print(f"  {key:14s} {ratios['sqlonly'][key] / ratios['ours'][key]:.2f}x")
     if "ours_chain" in ratios:
         print("\nthe chain's cost (ours_chain / ours):")
         for key in (*STATEMENTS, *(f"single {op}" for op in SINGLE_STATEMENTS)):
@@ -286,13 +297,24 @@ def main() -> int:
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
-    variants = ["none", "ours", "ours_chain", "row_jsonb", "row_event", "stmt_jsonb"]
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(SQL_DB)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(SQL_DB)))
+    variants = ["none", "ours", "ours_chain", "row_jsonb", "row_event", "stmt_jsonb", "sqlonly"]
     if ONLY:
         variants = ["none", *(v for v in (*variants, "ours_checks") if v in ONLY and v != "none")]
     references = tuple(v for v in ("row_jsonb", "row_event", "stmt_jsonb") if v in variants)
     results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     started = time.monotonic()
-    with psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn:
+    with (
+        psycopg.connect(make_conninfo(server, dbname=DB), autocommit=True) as conn,
+        psycopg.connect(make_conninfo(server, dbname=SQL_DB), autocommit=True) as sql_conn,
+    ):
+        if "sqlonly" in variants:
+            sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+            from django_rls import sqlonly
+
+            with sql_conn.cursor() as cursor:
+                sqlonly.install(cursor, [])
         conn.execute("CREATE EXTENSION django_rls")
         # This connection is a superuser's, which the server refuses a context unless allowed
         # (docs/security.md); the audit capture it measures records that context.
@@ -301,7 +323,7 @@ def main() -> int:
         for repetition in range(REPEAT):
             order = variants[repetition % len(variants) :] + variants[: repetition % len(variants)]
             for variant in order:
-                results[variant].append(run_variant(conn, variant))
+                results[variant].append(run_variant(sql_conn if variant == "sqlonly" else conn, variant))
 
     def median_ratio(variant: str, key: str) -> float:
         pairs = zip(results[variant], results["none"], strict=True)
@@ -333,6 +355,7 @@ def main() -> int:
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(DB)))
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(SQL_DB)))
     return 0
 
 

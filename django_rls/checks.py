@@ -676,6 +676,22 @@ def _check_sql_mode(alias: str, cursor: Any, version: str) -> list[CheckMessage]
                 id="django_rls.W012",
             )
         )
+    from django_rls.declarations import all_declarations
+
+    audited = sorted(label for label, declaration in all_declarations().items() if declaration.audit)
+    if audited:
+        messages.append(
+            Warning(
+                f"database {alias!r} uses the SQL-only mode, whose audit trail of {', '.join(audited)} is weaker than "
+                "the library's: no hash chain (rls_audit.verify() refuses), the context recorded is the one in force "
+                "when a statement ends, a table whose columns change has its audited writes refused until rls_apply "
+                "runs again, partitioned tables are refused, and nothing stops the table's owner from dropping its "
+                "audit triggers (rls.problems reports it).",
+                hint='Where the trail must be tamper-evident, use the django_rls extension (docs/audit.md, "The '
+                "SQL-only mode's trail\"); otherwise run rls_apply after every migration.",
+                id="django_rls.W014",
+            )
+        )
     cursor.execute(
         r"""
         SELECT string_agg(DISTINCT format('%s (%s)', p.polrelid::regclass, p.polname), ', ')

@@ -197,7 +197,9 @@ class Plan:
     # (reader, read): a declared policy of the first table reads the second (ThroughParent, Membership)
     links: list[tuple[str, str]] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # stale groups kept because --prune was not given
-    left_unaudited: list[str] = field(default_factory=list)  # audit=True models, in the SQL-only mode's --without-audit
+    left_unaudited: list[str] = field(
+        default_factory=list
+    )  # audit=True models, with the SQL-only mode's --without-audit
 
     @property
     def in_sync(self) -> bool:
@@ -253,9 +255,9 @@ def _declared_groups(connection: BaseDatabaseWrapper) -> dict[str, list[Group]]:
 def make_plan(connection: BaseDatabaseWrapper, prune: bool = False, without_audit: bool = False) -> Plan:
     """The steps that bring policies and grants in line with the declarations.
 
-    ``without_audit``: in the SQL-only mode, which has no audit trail yet, leave the
-    models declared with ``audit=True`` unaudited (listed in ``left_unaudited``)
-    instead of refusing to plan.
+    ``without_audit``: in the SQL-only mode, leave the models declared with
+    ``audit=True`` unaudited (listed in ``left_unaudited``), as before that mode
+    had an audit trail.
     """
     mode = check_extension(connection)
     role = app_role()
@@ -270,7 +272,8 @@ def make_plan(connection: BaseDatabaseWrapper, prune: bool = False, without_audi
         plan.links = _links(found)
         if mode == "sql":
             _plan_member_reads(cursor, plan, found)
-            plan.left_unaudited = _audit_in_sql_mode(without_audit)
+        if mode == "sql" and without_audit:
+            plan.left_unaudited = sorted(label for label, d in all_declarations().items() if d.audit)
         else:
             _plan_audit(cursor, plan, prune, found)
         _plan_grants(cursor, plan, role, found)
@@ -370,18 +373,6 @@ def _plan_member_reads(cursor: Any, plan: Plan, tables: dict[str, Table]) -> Non
                 lock=_policy_lock(table),
             )
         )
-
-
-def _audit_in_sql_mode(without_audit: bool) -> list[str]:
-    """The SQL-only mode has no audit trail yet: the audited models left out, only when asked to leave them out."""
-    audited = sorted(label for label, declaration in all_declarations().items() if declaration.audit)
-    if audited and not without_audit:
-        raise PlanError(
-            f"{', '.join(audited)} declare audit=True, but the SQL-only mode of django_rls has no audit trail yet: "
-            "install the django_rls extension (the C library) for it, or run rls_apply --without-audit to apply "
-            "everything else and leave these models unaudited"
-        )
-    return audited
 
 
 def _plan_audit(cursor: Any, plan: Plan, prune: bool, tables: dict[str, Table]) -> None:

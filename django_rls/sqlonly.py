@@ -24,11 +24,17 @@ import django_rls
 CONTEXT_ROLE = "django_rls_context"
 # Owns rls._member_rows(), the read behind rls.member_of() (sql/sqlonly/27_membership.sql).
 MEMBER_ROLE = "django_rls_member"
+# Owns the audit log and runs the capture functions rls_audit.enable() generates (sql/sqlonly/22_audit_capture.sql).
+AUDIT_ROLE = "django_rls_audit"
 # In install order: shared files are the C library's own, unchanged.
 SCRIPTS = (
     "sqlonly/10_context.sql",
     "sqlonly/11_tokens.sql",
     "install/20_policies.sql",
+    "sqlonly/21_audit_log.sql",
+    "sqlonly/22_audit_capture.sql",
+    "sqlonly/23_audit_admin.sql",
+    "install/24_audit_retention.sql",
     "sqlonly/27_membership.sql",
     "install/28_citus.sql",
     "install/29_problems.sql",
@@ -89,12 +95,17 @@ def _upgrade_text(text: str) -> str:
     """The install script made to run over an older installation in place.
 
     Functions are replaced, keeping their oids, so the policies that call them stay as
-    they are; tables (the signing keys, spent tokens and roles that must sign) and the
-    one type are kept with their contents; views are dropped beforehand (``_upgrade``)
-    and created again. Everything else the script does (comments, owners, grants) can
+    they are; tables (the signing keys, spent tokens and roles that must sign, the audit
+    trail and its registrations) and the one type are kept with their contents; views
+    of schema rls are dropped beforehand (``_upgrade``) and created again, those of
+    rls_audit replaced. Everything else the script does (comments, owners, grants) can
     be done twice.
     """
     text = re.sub(r"^CREATE FUNCTION ", "CREATE OR REPLACE FUNCTION ", text, flags=re.MULTILINE)
+    # The audit trail's schema and views are kept (the trail, the generated captures, and what
+    # depends on the log's row type, such as rls_audit.history()); their views are replaced.
+    text = re.sub(r"^CREATE SCHEMA rls_audit;", "CREATE SCHEMA IF NOT EXISTS rls_audit;", text, flags=re.MULTILINE)
+    text = re.sub(r"^CREATE VIEW rls_audit\.", "CREATE OR REPLACE VIEW rls_audit.", text, flags=re.MULTILINE)
     text = re.sub(r"^CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", text, flags=re.MULTILINE)
     # The marker type of the context tables: one label, never changed, so an existing one is kept.
     return re.sub(
@@ -245,7 +256,9 @@ def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -
         role = sql.Identifier(CONTEXT_ROLE)
         member_role = sql.Identifier(MEMBER_ROLE)
         # A role a newer version needs (django_rls_member came with rls.member_of()) is created as in an install.
-        for statement in _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE):
+        for statement in (
+            _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE) + _role_steps(cursor, AUDIT_ROLE)
+        ):
             cursor.execute(statement)
         cursor.execute(sql.SQL("GRANT CREATE ON SCHEMA rls TO {}, {}").format(role, member_role))
         _upgrade(cursor, version)
@@ -257,7 +270,9 @@ def install(cursor: Any, signing_keys: list[str], app_role: str | None = None) -
         member_role = sql.Identifier(MEMBER_ROLE)
         cursor.execute("SELECT current_database()")
         database = sql.Identifier(cursor.fetchone()[0])
-        for statement in _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE):
+        for statement in (
+            _role_steps(cursor, CONTEXT_ROLE) + _role_steps(cursor, MEMBER_ROLE) + _role_steps(cursor, AUDIT_ROLE)
+        ):
             cursor.execute(statement)
         cursor.execute("CREATE SCHEMA rls")
         cursor.execute("COMMENT ON SCHEMA rls IS 'django_rls: request context and row-level security policy helpers'")

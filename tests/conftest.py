@@ -176,15 +176,7 @@ def django_db_setup(database: Database, django_db_blocker: Any) -> Iterator[None
 
     with django_db_blocker.unblock():
         call_command("migrate", database="owner", verbosity=0)
-        # The SQL-only mode has no audit trail yet: the audited test models go unaudited there.
-        call_command(
-            "rls_apply",
-            database="owner",
-            verbosity=0,
-            without_audit=SQL_MODE,
-            stdout=io.StringIO(),
-            stderr=io.StringIO(),
-        )
+        call_command("rls_apply", database="owner", verbosity=0, stdout=io.StringIO(), stderr=io.StringIO())
         seed()
         for connection in connections.all():
             connection.close()

@@ -20,6 +20,5 @@ def library_only(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(SQL_MODE, reason=f"the C library only: {reason}")
 
 
-# rls_apply's options for the test database: the SQL-only mode has no audit trail yet, so the
-# audited test models go unaudited there (rls_apply --without-audit).
-RLS_APPLY_OPTIONS: dict[str, bool] = {"without_audit": True} if SQL_MODE else {}
+# rls_apply's options for the test database: the same in both modes (the SQL-only mode audits too).
+RLS_APPLY_OPTIONS: dict[str, bool] = {}

@@ -20,6 +20,7 @@ from django_rls.policies import BySite, Declaration
 from tests.conftest import unbound_session
 from tests.dumps import dump_and_restore
 from tests.harness.cluster import BINDIR
+from tests.modes import library_only
 from tests.roles import OWNER_ROLE
 from tests.seed import OWNER_A, TENANT_A
 from tests.testapp.models import Note, TenantDoc
@@ -266,6 +267,7 @@ class TestAdmin:
 
 
 @pytest.mark.skipif(not (BINDIR / "pg_dump").exists(), reason="pg_dump is not installed here")
+@library_only("dump and restore of the extension (tests/dumps.py creates it)")
 def test_the_trail_survives_dump_and_restore(database):
     def prepare(conn: psycopg.Connection) -> None:
         # Written under another name, then renamed: entries stay with the table (rls_audit.trails).
@@ -301,6 +303,7 @@ def test_the_trail_survives_dump_and_restore(database):
 
 
 @pytest.mark.skipif(not (BINDIR / "pg_dump").exists(), reason="pg_dump is not installed here")
+@library_only("dump and restore of the extension (tests/dumps.py creates it)")
 def test_rows_waiting_in_the_default_partition_survive_dump_and_restore(database):
     """A row of a month without a partition waits in rls_audit.statements_default, and pg_dump takes it along.
 

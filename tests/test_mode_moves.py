@@ -26,7 +26,9 @@ DB = "django_rls_move"
 # too (it carries the groups' conjunction), so CASCADE takes them all and the table closes, never opens.
 SQL_TO_LIBRARY = (
     "DROP SCHEMA rls CASCADE",
-    "DROP OWNED BY django_rls_context, django_rls_member",
+    # The SQL-only mode's audit trail (its log, registrations and the capture triggers with their functions).
+    "DROP SCHEMA rls_audit CASCADE",
+    "DROP OWNED BY django_rls_context, django_rls_member, django_rls_audit",
     "CREATE EXTENSION django_rls",
 )
 LIBRARY_TO_SQL = ("DROP EXTENSION django_rls CASCADE", "DROP SCHEMA rls")
@@ -50,10 +52,11 @@ def move_db(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection
             owner.execute("INSERT INTO notes VALUES (1, 1), (2, 2), (3, 2)")
             owner.execute(sql.SQL("GRANT SELECT ON notes TO {}").format(sql.Identifier(APP_ROLE)))
             protect(owner)
+            owner.execute("SELECT rls_audit.enable('notes')")
             yield admin, owner
     finally:
         admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
-        admin_conn.execute("DROP ROLE IF EXISTS django_rls_context, django_rls_member")
+        admin_conn.execute("DROP ROLE IF EXISTS django_rls_context, django_rls_member, django_rls_audit")
 
 
 def protect(owner: psycopg.Connection) -> None:
@@ -96,6 +99,10 @@ def test_sql_only_to_the_library_and_back(move_db):
         assert admin.execute("SELECT count(*) FROM notes").fetchone() == (0,)
 
     run(admin, SQL_TO_LIBRARY)
+    # The SQL-only capture went with its schema; the library's audits the table again.
+    assert admin.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass").fetchone() == (0,)
+    admin.commit()
+    owner.execute("SELECT rls_audit.enable('notes')")
     # Between the move and rls_apply the table keeps row level security without a policy: it shows nothing.
     with admin.transaction():
         admin.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(APP_ROLE)))

@@ -154,7 +154,7 @@ class TestInstalledWithoutTheLibrary:
             ).fetchone()[0]
             assert settings == ["search_path=public, pg_temp"]  # no statement_bound: nothing would read it
             with pytest.raises(CommandError, match="migrate"):  # installed first; the tables come with migrate
-                call_command("rls_apply", database=alias, install=True, without_audit=True, stdout=out)
+                call_command("rls_apply", database=alias, install=True, stdout=out)
             from django.db import connections
 
             with connections[alias].cursor() as cursor:
@@ -171,26 +171,29 @@ class TestInstalledWithoutTheLibrary:
             admin_conn.execute("DROP ROLE IF EXISTS hosted_app")
             admin_conn.execute("DROP ROLE IF EXISTS hosted_admin")
 
-    def test_rls_apply_refuses_audit_unless_told(self, live_db):
-        with pytest.raises(CommandError, match=r"no audit trail yet.*--without-audit"):
-            call_command("rls_apply", database="owner", stdout=io.StringIO())
+    def test_rls_apply_audits_and_leaves_audit_out_only_when_told(self, live_db, admin_conn):
+        audited = "SELECT array_agg(table_oid::text ORDER BY 1) FROM rls_audit.audited_tables"
+        assert "testapp_note" in admin_conn.execute(audited).fetchone()[0]
+        out = io.StringIO()
+        call_command("rls_apply", database="owner", check=True, stdout=out)  # nothing left to do
         err = io.StringIO()
         call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO(), stderr=err)
-        assert "Not audited" in err.getvalue() and "testapp.Note" in err.getvalue()
+        assert "Not audited (--without-audit)" in err.getvalue() and "testapp.Note" in err.getvalue()
+        assert "testapp_note" in admin_conn.execute(audited).fetchone()[0]  # left as it was, not disabled
 
     def test_rls_apply_lets_owner_or_member_read_its_membership_table(self, live_db, admin_conn):
         """OwnerOrMember (testapp.Team) needs one more step in this mode, which rls_apply plans and keeps."""
-        call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO())
+        call_command("rls_apply", database="owner", stdout=io.StringIO())
         assert admin_conn.execute(
             "SELECT rls.member_of_allowed('testapp_teammember', 'team_id', 'user_id')"
         ).fetchone() == (True,)
         admin_conn.execute("DROP POLICY django_rls_member_of ON testapp_teammember")
         out = io.StringIO()
         with pytest.raises(SystemExit):
-            call_command("rls_apply", database="owner", without_audit=True, check=True, stdout=out)
+            call_command("rls_apply", database="owner", check=True, stdout=out)
         assert "let rls.member_of() read testapp_teammember (team_id, user_id) as django_rls_member" in out.getvalue()
-        call_command("rls_apply", database="owner", without_audit=True, stdout=io.StringIO())
-        call_command("rls_apply", database="owner", without_audit=True, check=True, stdout=io.StringIO())
+        call_command("rls_apply", database="owner", stdout=io.StringIO())
+        call_command("rls_apply", database="owner", check=True, stdout=io.StringIO())
 
     def test_ids_are_read_as_the_library_and_python_read_them(self, app_conn):
         cases = json.loads((Path(__file__).parent / "id_vectors.json").read_text())["cases"]

@@ -2,7 +2,8 @@
 
 An "older installation" is this version's, made to look like the previous release's: without
 rls.member_of() (which came later), with a function the new version no longer has, and with
-another version number. Contexts, policies, signing keys and spent tokens must come through.
+another version number. Contexts, policies, signing keys, spent tokens and the audit trail
+must come through.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def older(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]
             )
             owner.execute("CREATE FUNCTION rls._only_in_the_older() RETURNS boolean LANGUAGE sql AS 'SELECT true'")
             owner.execute("CREATE TABLE notes (id int PRIMARY KEY, site_id bigint NOT NULL)")
+            owner.execute("SELECT rls_audit.enable('notes')")
             owner.execute("INSERT INTO notes VALUES (1, 1), (2, 2), (3, 2)")
             owner.execute(sql.SQL("GRANT SELECT ON notes TO {}").format(sql.Identifier(APP_ROLE)))
             owner.execute("SELECT rls.protect_by_site('notes', to_role => %s)", (APP_ROLE,))
@@ -102,6 +104,9 @@ def test_an_older_installation_is_upgraded_in_place(older):
         app.execute("SELECT rls.set_context_signed(%s)", (spent,))
     # What came with the new version works: rls.member_of() and its role.
     assert owner.execute("SELECT rls.member_of_allowed('notes', 'id', 'site_id')").fetchone() == (False,)
+    # The audit trail and its capture come through.
+    assert owner.execute("SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.notes'").fetchone() == (3,)
+    assert owner.execute("SELECT missing_triggers FROM rls_audit.status").fetchall() == [([],)]
     # And installing the same version again changes nothing.
     assert _install(owner) == []
 

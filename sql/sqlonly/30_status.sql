@@ -7,6 +7,16 @@
 CREATE VIEW rls.problems AS
 SELECT table_name, object_name, problem, hint FROM rls._common_problems
 UNION ALL
+-- As in the C mode; in this one a table whose columns, key, options or read
+-- rule changed since rls_audit.enable() generated its capture is listed too:
+-- its audited writes are refused until enable() runs again.
+SELECT s.table_name, s.table_name::text,
+       format('audit triggers for %s are missing, or the table changed since rls_audit.enable() generated its capture, '
+              'so those writes go unrecorded or are refused', array_to_string(s.missing_triggers, ', ')),
+       format('SELECT rls_audit.enable(%L) as the table owner, with the same options (manage.py rls_apply does).', s.table_name)
+  FROM rls_audit.status s
+ WHERE cardinality(s.missing_triggers) > 0
+UNION ALL
 -- A role that need not sign can choose any context with rls.set_context(),
 -- and so can SQL injected into its statements: the SQL-only mode has no
 -- statement-bound contexts (docs/security.md).

@@ -41,3 +41,24 @@ GRANT EXECUTE ON FUNCTION rls._store(text, text, jsonb, boolean), rls._ensure_co
 -- rls.member_of()'s read runs as the NOLOGIN role django_rls_member, whose only rights are
 -- SELECT on the two columns of each membership table rls.allow_member_of() named.
 ALTER FUNCTION rls._member_rows(regclass, name, name) OWNER TO django_rls_member;
+
+-- The audit log and its registrations belong to the NOLOGIN role django_rls_audit, which only
+-- the capture functions rls_audit.enable() generates (owned by it, SECURITY DEFINER) and the
+-- retention functions run as; it creates those functions and the log's monthly partitions, so it
+-- keeps CREATE on schema rls_audit (sql/sqlonly/22_audit_capture.sql).
+GRANT CREATE ON SCHEMA rls_audit TO django_rls_audit;
+ALTER TABLE rls_audit.statements OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.statements_default OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.audited_tables OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.trails OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.read_rules OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.captures OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.chain_heads OWNER TO django_rls_audit;
+ALTER TABLE rls_audit.seals OWNER TO django_rls_audit;
+ALTER VIEW rls_audit.log OWNER TO django_rls_audit;
+ALTER FUNCTION rls_audit._build_capture(regclass) OWNER TO django_rls_audit;
+ALTER FUNCTION rls_audit._index_partition(regclass) OWNER TO django_rls_audit;
+ALTER FUNCTION rls_audit._log_partitions() OWNER TO django_rls_audit;
+ALTER FUNCTION rls_audit.ensure_partitions(integer) OWNER TO django_rls_audit;
+ALTER FUNCTION rls_audit.drop_partitions_before(timestamptz) OWNER TO django_rls_audit;
+GRANT EXECUTE ON FUNCTION rls_audit._capture_text(regclass) TO django_rls_audit;

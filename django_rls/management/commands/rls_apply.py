@@ -51,8 +51,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--without-audit",
             action="store_true",
-            help="SQL-only mode, which has no audit trail yet: apply everything else and leave the models declared "
-            "with audit=True unaudited (listed), instead of refusing.",
+            help="SQL-only mode: apply everything else and leave the models declared with audit=True unaudited "
+            "(listed).",
         )
         add_lock_options(parser)
 
@@ -84,11 +84,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         if plan.left_unaudited:
-            self.stderr.write(
-                self.style.WARNING(
-                    f"Not audited (the SQL-only mode has no audit trail yet): {', '.join(plan.left_unaudited)}"
-                )
-            )
+            self.stderr.write(self.style.WARNING(f"Not audited (--without-audit): {', '.join(plan.left_unaudited)}"))
         if options["dry_run"]:
             self._print_sql(connection, plan, bounds.timeout_setting())
         elif options["check"]:
