@@ -307,6 +307,60 @@ $$;
 COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
 'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; under whatever name the table had when they were written.';
 
+-- The C mode walks the statement rows newest first as their owner and checks
+-- each entry as the caller (ext/audit_lookup.c); here the caller's own query
+-- of the view finds them: the same statement rows, with no time saved (the
+-- view sorts every entry that matches), so that readers written for the C mode
+-- (AuditEntryQuerySet.newest(), the admin's list) run unchanged.
+CREATE FUNCTION rls_audit.newest_statements(
+    entries integer,
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wanted integer := entries;
+    site bigint := site_id;
+    site_u uuid := site_uuid;
+    usr bigint := user_id;
+    usr_u uuid := user_uuid;
+    tbl text := table_name;
+    op text := operation;
+    role name := db_role;
+    since timestamptz := logged_from;
+    until timestamptz := logged_before;
+BEGIN
+    IF wanted IS NULL OR wanted < 0 THEN
+        RAISE EXCEPTION 'rls_audit.newest_statements() needs a count of entries of 0 or more'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how many of the newest entries the query reads: its OFFSET plus its LIMIT.';
+    END IF;
+    RETURN coalesce((
+        SELECT array_agg(n.statement_id ORDER BY n.newest DESC)
+          FROM (SELECT l.statement_id, max(l.logged_at) AS newest
+                  FROM (SELECT l.statement_id, l.logged_at
+                          FROM rls_audit.log l
+                         WHERE (site IS NULL OR l.site_id = site)
+                           AND (site_u IS NULL OR l.site_uuid = site_u)
+                           AND (usr IS NULL OR l.user_id = usr)
+                           AND (usr_u IS NULL OR l.user_uuid = usr_u)
+                           AND (tbl IS NULL OR l.table_name = tbl)
+                           AND (op IS NULL OR l.operation = op)
+                           AND (role IS NULL OR l.db_role = role)
+                           AND (since IS NULL OR l.logged_at >= since)
+                           AND (until IS NULL OR l.logged_at < until)
+                         ORDER BY l.logged_at DESC, l.id DESC
+                         LIMIT wanted) l
+                 GROUP BY l.statement_id) n), '{}');
+END
+$$;
+COMMENT ON FUNCTION rls_audit.newest_statements(integer, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'The ids of the statement rows (rls_audit.log.statement_id), newest first, holding the caller''s newest readable entries (at least entries of them, or all there are) among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive). In the SQL-only mode it reads the view as the caller, no faster than the ordered query. Use: WHERE statement_id = ANY (rls_audit.newest_statements(50, site_id => 7)) AND site_id = 7 ORDER BY logged_at DESC, id DESC LIMIT 50.';
+
 -- The hash chain's tables, so that retention (sql/install/24_audit_retention.sql)
 -- is the C mode's: the SQL-only mode seals nothing, and they stay empty.
 CREATE TABLE rls_audit.chain_heads (
