@@ -21,7 +21,10 @@
  *     numeric, date and time types, json, jsonb; a domain by its base type)
  *     are first relabelled to that built-in base type, then converted by
  *     to_jsonb(), which for built-in types consults no cast;
- *   - rows are compared by their printed text, never by a type's operators;
+ *   - rows are compared by their printed text, never by a type's operators,
+ *     and COLLATE "C" (byte by byte): format() takes its argument's collation,
+ *     and under a nondeterministic one 'alice' and 'ALICE' compare equal, so
+ *     an UPDATE changing only the case would go unrecorded;
  *     UPDATE pairs old and new rows by their position in the transition
  *     tables, as the C capture does;
  *   - jit is off for it: its statements' estimates (transition tables, the
@@ -85,7 +88,7 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format('CASE WHEN pg_catalog.num_nulls(%1$s.%2$I) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format(''%%s'', %1$s.%2$I) END',
+    SELECT format('CASE WHEN pg_catalog.num_nulls(%1$s.%2$I) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format(''%%s'', %1$s.%2$I) COLLATE pg_catalog."C" END',
                   alias, col)
 $$;
 -- A column's value in a row image: JSON for the types the C capture maps
@@ -177,7 +180,7 @@ BEGIN
     -- Every column but the excluded ones, masked ones included.
     SELECT format('pg_catalog.array_remove(ARRAY[%s]::pg_catalog.text[], NULL)',
                   coalesce(string_agg(format('CASE WHEN pg_catalog.num_nulls(o.%1$I) OPERATOR(pg_catalog.<>) pg_catalog.num_nulls(n.%1$I) '
-                                             'OR pg_catalog.format(''%%s'', o.%1$I) OPERATOR(pg_catalog.<>) pg_catalog.format(''%%s'', n.%1$I) '
+                                             'OR pg_catalog.format(''%%s'', o.%1$I) COLLATE pg_catalog."C" OPERATOR(pg_catalog.<>) pg_catalog.format(''%%s'', n.%1$I) COLLATE pg_catalog."C" '
                                              'THEN %2$L END', a.attname, a.attname), ', ' ORDER BY a.attnum), ''))
       INTO changed
       FROM pg_attribute a
@@ -204,10 +207,9 @@ BEGIN
     -- The key a reader's context must match (rls_audit._may_read), "*" for a shared row, NULL for none.
     IF rule.site_column IS NOT NULL AND rule.owner_column IS NOT NULL THEN
         rule_name := 'site_owner';
-        rk_o := format('CASE WHEN pg_catalog.num_nulls(o.%1$I, o.%2$I) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format(''%%s %%s'', o.%1$I, o.%2$I) END',
+        rk_o := format('CASE WHEN pg_catalog.num_nulls(o.%1$I, o.%2$I) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format(''%%s %%s'', o.%1$I, o.%2$I) COLLATE pg_catalog."C" END',
                        rule.site_column, rule.owner_column);
-        rk_n := replace(rk_o, 'o.', 'n.');
-        rk_n := format('CASE WHEN pg_catalog.num_nulls(n.%1$I, n.%2$I) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format(''%%s %%s'', n.%1$I, n.%2$I) END',
+        rk_n := format('CASE WHEN pg_catalog.num_nulls(n.%1$I, n.%2$I) OPERATOR(pg_catalog.=) 0 THEN pg_catalog.format(''%%s %%s'', n.%1$I, n.%2$I) COLLATE pg_catalog."C" END',
                        rule.site_column, rule.owner_column);
     ELSIF rule.site_column IS NOT NULL OR rule.owner_column IS NOT NULL THEN
         rule_name := CASE WHEN rule.site_column IS NOT NULL THEN 'site' ELSE 'owner' END;

@@ -1,0 +1,131 @@
+"""Red team, session 6: the audit v2 layout, the SQL-only capture and newest_statements(), attacked.
+
+- The SQL-only capture (sql/sqlonly/22_audit_capture.sql) compared a column's old and new
+  printed text with the column's own collation: format() takes the collation of its argument,
+  so under a nondeterministic (case-insensitive) collation 'alice' -> 'ALICE' compared equal,
+  and such an UPDATE went unrecorded while it succeeded (a hole, fixed: the printed text is
+  compared COLLATE "C", as the C capture compares values).
+- rls_audit.newest_statements() and statements_of(): whatever the arguments, the app role gets
+  back only statement rows holding entries it may read, and those rows' unreadable entries stay
+  unreadable through the view.
+
+Every read runs as the application role; the superuser only sets up and checks. The file is in
+the Makefile's SQLONLY_SUITES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.roles import APP_ROLE
+
+APP = sql.Identifier(APP_ROLE)
+
+
+def as_site(conn: psycopg.Connection, site: int, user: int = 7) -> None:
+    conn.execute("SELECT rls.set_context(%s, %s, NULL, false)", (str(site), str(user)))
+
+
+@pytest.fixture
+def ci_accounts(admin_conn: psycopg.Connection, owner_conn: psycopg.Connection) -> Iterator[str]:
+    """An audited, site-protected table with a case-insensitive key and name (Django's db_collation)."""
+    admin_conn.execute(
+        "CREATE COLLATION IF NOT EXISTS public.rt_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+    )
+    admin_conn.commit()
+    owner_conn.execute("DROP TABLE IF EXISTS rt_ci_accounts")
+    owner_conn.execute(
+        "CREATE TABLE rt_ci_accounts (login text COLLATE public.rt_ci PRIMARY KEY, site_id bigint NOT NULL, "
+        "name text COLLATE public.rt_ci)"
+    )
+    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt_ci_accounts TO {}").format(APP))
+    owner_conn.execute("SELECT rls.protect_by_site('rt_ci_accounts', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute("SELECT rls_audit.enable('rt_ci_accounts')")
+    owner_conn.execute("SELECT rls_audit.set_read_rule('rt_ci_accounts', site_column => 'site_id')")
+    owner_conn.commit()
+    yield "rt_ci_accounts"
+    owner_conn.rollback()
+    owner_conn.execute("SELECT rls_audit.disable('rt_ci_accounts')")
+    owner_conn.execute("DROP TABLE rt_ci_accounts")
+    owner_conn.commit()
+
+
+@pytest.mark.usefixtures("ci_accounts")
+def test_a_case_only_change_under_a_nondeterministic_collation_is_recorded(app_conn, admin_conn):
+    as_site(app_conn, 1)
+    app_conn.execute("INSERT INTO rt_ci_accounts VALUES ('alice', 1, 'alice')")
+    app_conn.execute("UPDATE rt_ci_accounts SET name = 'ALICE'")
+    app_conn.execute("UPDATE rt_ci_accounts SET login = 'Alice'")
+    app_conn.commit()
+    as_site(app_conn, 1)
+    got = app_conn.execute(
+        "SELECT operation, row_key, old_values, new_values, changed_columns FROM rls_audit.log "
+        "WHERE table_name = 'public.rt_ci_accounts' ORDER BY id"
+    ).fetchall()
+    assert got[0][:2] == ("INSERT", "alice")
+    assert got[1] == ("UPDATE", "alice", {"name": "alice"}, {"name": "ALICE"}, ["name"])
+    # a changed key: the old row under the old key, the new row under the new one, as the C capture does
+    assert [(op, key, changed) for op, key, _, _, changed in got[2:]] == [
+        ("UPDATE", "alice", ["login"]),
+        ("UPDATE", "Alice", ["login"]),
+    ]
+
+
+@pytest.fixture
+def two_site_table(owner_conn: psycopg.Connection) -> Iterator[str]:
+    owner_conn.execute("DROP TABLE IF EXISTS rt_two_sites")
+    owner_conn.execute("CREATE TABLE rt_two_sites (id int PRIMARY KEY, site_id bigint, note text)")
+    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt_two_sites TO {}").format(APP))
+    owner_conn.execute("SELECT rls.protect_by_site('rt_two_sites', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute("SELECT rls_audit.enable('rt_two_sites')")
+    owner_conn.execute("SELECT rls_audit.set_read_rule('rt_two_sites', site_column => 'site_id')")
+    owner_conn.commit()
+    yield "rt_two_sites"
+    owner_conn.rollback()
+    owner_conn.execute("SELECT rls_audit.disable('rt_two_sites')")
+    owner_conn.execute("DROP TABLE rt_two_sites")
+    owner_conn.commit()
+
+
+@pytest.mark.usefixtures("two_site_table")
+def test_newest_statements_and_statements_of_return_only_readable_statement_rows(app_conn, admin_conn):
+    # One statement row with entries of both sites (written by the superuser, whom no policy binds),
+    # and statement rows of site 2 alone, all recorded with the context of site 2.
+    admin_conn.execute("SET django_rls.allow_bypassing_roles = on")  # ignored by the SQL-only mode
+    admin_conn.execute("SELECT rls.set_context('2', '9', NULL, false)")
+    admin_conn.execute("INSERT INTO rt_two_sites VALUES (1, 1, 'mine'), (2, 2, 'theirs'), (3, 1, 'mine too')")
+    admin_conn.execute("INSERT INTO rt_two_sites VALUES (4, 2, 'theirs only')")
+    admin_conn.execute("UPDATE rt_two_sites SET note = 'changed' WHERE site_id = 2")
+    admin_conn.commit()
+    as_site(app_conn, 1)
+    mixed = app_conn.execute(
+        "SELECT DISTINCT statement_id FROM rls_audit.log WHERE table_name = 'public.rt_two_sites'"
+    ).fetchall()
+    assert len(mixed) == 1
+    mixed_id = mixed[0][0]
+    # Whatever the conditions, only the mixed statement row comes back, never site 2's own ones.
+    for call in (
+        "rls_audit.newest_statements(1000)",
+        "rls_audit.newest_statements(1000, site_id => 2)",
+        "rls_audit.newest_statements(1000, user_id => 9)",
+        "rls_audit.newest_statements(1000, table_name => 'public.rt_two_sites')",
+        "rls_audit.newest_statements(1000, operation => 'UPDATE')",
+        "rls_audit.newest_statements(2147483647, logged_from => '-infinity', logged_before => 'infinity')",
+        "rls_audit.statements_of('rt_two_sites', '2')",
+        "rls_audit.statements_of('rt_two_sites', '4')",
+    ):
+        got = app_conn.execute(f"SELECT {call}").fetchone()[0]
+        assert set(got) <= {mixed_id}, (call, got)
+    assert app_conn.execute("SELECT rls_audit.statements_of('rt_two_sites', '1')").fetchone()[0] == [mixed_id]
+    # The mixed row, read through the view by its id, shows only site 1's entries.
+    rows = app_conn.execute(
+        "SELECT row_key FROM rls_audit.log WHERE statement_id = ANY (rls_audit.newest_statements(50)) "
+        "AND table_name = 'public.rt_two_sites' ORDER BY id"
+    ).fetchall()
+    assert rows == [("1",), ("3",)]
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        app_conn.execute("SELECT rls_audit.newest_statements(-1)")
