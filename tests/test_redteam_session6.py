@@ -5,6 +5,10 @@
   so under a nondeterministic (case-insensitive) collation 'alice' -> 'ALICE' compared equal,
   and such an UPDATE went unrecorded while it succeeded (a hole, fixed: the printed text is
   compared COLLATE "C", as the C capture compares values).
+- The SQL-only capture's text was dollar-quoted ($capture$) around a body naming the table's
+  columns: a table owner's column named "$capture$;DELETE FROM rls_audit.statements;SELECT
+  $capture$" (with check_function_bodies off) ran the DELETE as django_rls_audit in
+  rls_audit.enable(), emptying the whole trail (a hole, fixed: the body is quoted with %L).
 - rls_audit.newest_statements() and statements_of(): whatever the arguments, the app role gets
   back only statement rows holding entries it may read, and those rows' unreadable entries stay
   unreadable through the view.
@@ -21,6 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.modes import SQL_MODE
 from tests.roles import APP_ROLE
 
 APP = sql.Identifier(APP_ROLE)
@@ -129,3 +134,53 @@ def test_newest_statements_and_statements_of_return_only_readable_statement_rows
     assert rows == [("1",), ("3",)]
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         app_conn.execute("SELECT rls_audit.newest_statements(-1)")
+
+
+EVIL = "rls_test_rt6_owner"
+# A column name that ends the capture function's dollar-quoted body where the generated text
+# first names it, and reopens a string at its end: the text between runs as django_rls_audit.
+INJECTED = "$capture$;DELETE FROM rls_audit.statements;SELECT $capture$"
+
+
+@pytest.fixture
+def rt6_owner(admin_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """A table owner, no member of django_rls_audit, with a schema of its own."""
+    role = sql.Identifier(EVIL)
+    admin_conn.execute("DROP SCHEMA IF EXISTS rt6 CASCADE")
+    admin_conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+    admin_conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    admin_conn.execute(sql.SQL("CREATE SCHEMA rt6 AUTHORIZATION {}").format(role))
+    admin_conn.commit()
+    yield admin_conn
+    admin_conn.rollback()
+    admin_conn.execute("RESET ROLE")
+    admin_conn.execute("DROP SCHEMA rt6 CASCADE")
+    if SQL_MODE:  # forget rt6.t (no event trigger does in that mode)
+        admin_conn.execute("SELECT rls_audit._build_capture(table_oid) FROM rls_audit.audited_tables")
+    admin_conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+    admin_conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    admin_conn.commit()
+
+
+@pytest.mark.usefixtures("two_site_table")
+def test_a_column_name_cannot_inject_sql_into_the_generated_capture(rt6_owner):
+    admin_conn = rt6_owner
+    admin_conn.execute("SET django_rls.allow_bypassing_roles = on")
+    admin_conn.execute("SELECT rls.set_context('2', '9', NULL, false)")
+    admin_conn.execute("INSERT INTO rt_two_sites VALUES (1, 2, 'kept')")
+    admin_conn.commit()
+    before = admin_conn.execute("SELECT count(*) FROM rls_audit.statements").fetchone()[0]
+    assert before > 0
+    admin_conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(EVIL)))
+    admin_conn.execute("SET check_function_bodies = off")
+    admin_conn.execute(sql.SQL("CREATE TABLE rt6.t (id int PRIMARY KEY, {} text)").format(sql.Identifier(INJECTED)))
+    admin_conn.execute("SELECT rls_audit.enable('rt6.t')")
+    admin_conn.execute("INSERT INTO rt6.t VALUES (1, 'x')")
+    admin_conn.commit()
+    admin_conn.execute("RESET ROLE")
+    admin_conn.execute("RESET check_function_bodies")
+    assert admin_conn.execute("SELECT count(*) FROM rls_audit.statements").fetchone()[0] == before + 1
+    # The column is recorded under its name like any other.
+    assert admin_conn.execute("SELECT new_values FROM rls_audit.log WHERE table_name = 'rt6.t'").fetchall() == [
+        ({"id": 1, INJECTED: "x"},)
+    ]

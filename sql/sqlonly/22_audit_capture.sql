@@ -245,22 +245,13 @@ BEGIN
     $tail$, insert_head, rule_name, trail);
 
     -- The row read keys of an entry about rows a and b: the distinct non-NULL ones, a's first.
+    -- The body (argument 1, the function's name, is unused there).  It holds
+    -- the table's column names, which its owner chose, so it is quoted as a
+    -- literal below, never dollar-quoted: a column named with the closing tag
+    -- ($capture$...) would end the body there, and the rest of its name would
+    -- run as SQL of django_rls_audit (CREATE FUNCTION with check_function_bodies
+    -- off accepts the cut body).
     entries := format($body$
-CREATE OR REPLACE FUNCTION %1$s()
-RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET extra_float_digits = 1
-SET DateStyle = 'ISO, MDY'
-SET IntervalStyle = 'postgres'
-SET TimeZone = 'UTC'
-SET bytea_output = 'hex'
-SET lc_monetary = 'C'
-SET xmlbinary = 'base64'
-SET xmloption = 'content'
-SET quote_all_identifiers = off
-SET jit = off
-AS $capture$
 DECLARE
     held record;
     ctx_site_id bigint;
@@ -369,14 +360,29 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$capture$;
 $body$,
         fn, tbl::oid, tbl::text, rls_audit._capture_signature(tbl),
         key_n, img_n, format('CASE WHEN %1$s IS NULL THEN NULL ELSE ARRAY[%1$s] END', rk_n),
         insert_tail,
         key_o, img_o, format('CASE WHEN %1$s IS NULL THEN NULL ELSE ARRAY[%1$s] END', rk_o),
         changed, trail, rk_o, rk_n);
-    RETURN entries;
+    RETURN format($head$
+CREATE OR REPLACE FUNCTION %s()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET extra_float_digits = 1
+SET DateStyle = 'ISO, MDY'
+SET IntervalStyle = 'postgres'
+SET TimeZone = 'UTC'
+SET bytea_output = 'hex'
+SET lc_monetary = 'C'
+SET xmlbinary = 'base64'
+SET xmloption = 'content'
+SET quote_all_identifiers = off
+SET jit = off
+AS %L
+$head$, fn, entries);
 END
 $$;
 COMMENT ON FUNCTION rls_audit._capture_text(regclass) IS
