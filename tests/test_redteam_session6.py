@@ -184,3 +184,32 @@ def test_a_column_name_cannot_inject_sql_into_the_generated_capture(rt6_owner):
     assert admin_conn.execute("SELECT new_values FROM rls_audit.log WHERE table_name = 'rt6.t'").fetchall() == [
         ({"id": 1, INJECTED: "x"},)
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PostgreSQL's per-table access counters (pg_stat_xact_all_tables, readable by every role) count the "
+    "statement rows a leakproof condition on rls_audit.log fetched behind the view's barrier, readable or not: "
+    "another site's number of audited write statements shows (docs/security.md, side channels); open",
+)
+@pytest.mark.usefixtures("two_site_table")
+def test_the_access_counters_tell_nothing_of_another_sites_audited_writes(app_conn, admin_conn):
+    admin_conn.execute("SET django_rls.allow_bypassing_roles = on")  # ignored by the SQL-only mode
+    admin_conn.execute("SELECT rls.set_context('2', '9', NULL, false)")
+    for i in range(7):
+        admin_conn.execute("INSERT INTO rt_two_sites VALUES (%s, 2, 'theirs')", (100 + i,))
+    admin_conn.commit()
+    as_site(app_conn, 1)
+
+    def fetched() -> int:
+        return app_conn.execute(
+            "SELECT coalesce(sum(coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0)), 0) "
+            "FROM pg_stat_xact_all_tables WHERE schemaname = 'rls_audit' AND relname LIKE 'statements%'"
+        ).fetchone()[0]
+
+    app_conn.execute("SET enable_seqscan = off")  # the index on (site_id, logged_at), as on a large log
+    before = fetched()
+    assert app_conn.execute("SELECT count(*) FROM rls_audit.log WHERE site_id = 2").fetchone() == (0,)
+    theirs = admin_conn.execute("SELECT count(*) FROM rls_audit.statements WHERE site_id = 2").fetchone()[0]
+    assert theirs >= 7
+    assert fetched() - before != theirs
