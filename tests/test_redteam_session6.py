@@ -9,6 +9,10 @@
   columns: a table owner's column named "$capture$;DELETE FROM rls_audit.statements;SELECT
   $capture$" (with check_function_bodies off) ran the DELETE as django_rls_audit in
   rls_audit.enable(), emptying the whole trail (a hole, fixed: the body is quoted with %L).
+- The generic plan of a client-prepared marker statement (ext/accessor_params.c
+  RlsHideAccessorsFromEstimates): RETURNING, CTEs (also writing ones), run-time partition
+  pruning, LATERAL, scalar sub-selects and UNION ALL each read the carried site of each
+  execution, never the one before (no hole found).
 - rls_audit.newest_statements() and statements_of(): whatever the arguments, the app role gets
   back only statement rows holding entries it may read, and those rows' unreadable entries stay
   unreadable through the view.
@@ -25,7 +29,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.modes import SQL_MODE
+from tests.modes import SQL_MODE, library_only
 from tests.roles import APP_ROLE
 
 APP = sql.Identifier(APP_ROLE)
@@ -213,3 +217,49 @@ def test_the_access_counters_tell_nothing_of_another_sites_audited_writes(app_co
     theirs = admin_conn.execute("SELECT count(*) FROM rls_audit.statements WHERE site_id = 2").fetchone()[0]
     assert theirs >= 7
     assert fetched() - before != theirs
+
+
+@library_only("the statement marker")
+def test_a_generic_plan_of_a_marker_statement_reads_each_executions_site(app_conn, sites_table, owner_conn):
+    from tests.test_statement_context import MARKER, Text, TextDumper, unsigned
+
+    app_conn.adapters.register_dumper(Text, TextDumper)
+    owner_conn.execute("DROP TABLE IF EXISTS rt6_parts")
+    owner_conn.execute(
+        "CREATE TABLE rt6_parts (id int, site_id bigint NOT NULL, body text, PRIMARY KEY (site_id, id)) "
+        "PARTITION BY LIST (site_id)"
+    )
+    owner_conn.execute("CREATE TABLE rt6_parts_1 PARTITION OF rt6_parts FOR VALUES IN (1)")
+    owner_conn.execute("CREATE TABLE rt6_parts_2 PARTITION OF rt6_parts FOR VALUES IN (2)")
+    owner_conn.execute("INSERT INTO rt6_parts SELECT g, s, 'p' FROM generate_series(1, 3) g, generate_series(1, 2) s")
+    owner_conn.execute(sql.SQL("GRANT SELECT, UPDATE ON rt6_parts TO {}").format(APP))
+    owner_conn.execute("SELECT rls.protect_by_site('rt6_parts', to_role => %s)", (APP_ROLE,))
+    owner_conn.commit()
+    shapes = (
+        f"UPDATE {sites_table} SET body = body RETURNING site_id",
+        f"WITH x AS (SELECT site_id FROM {sites_table}) SELECT site_id FROM x",
+        f"WITH x AS (UPDATE {sites_table} SET body = body RETURNING site_id) SELECT site_id FROM x",
+        "SELECT site_id FROM rt6_parts",
+        "UPDATE rt6_parts SET body = body RETURNING site_id",
+        f"SELECT n.site_id FROM {sites_table} n, LATERAL (SELECT count(*) FROM rt6_parts p WHERE p.id = n.id) c",
+        f"SELECT (SELECT max(site_id) FROM {sites_table}) FROM rt6_parts",
+        f"SELECT site_id FROM {sites_table} UNION ALL SELECT site_id FROM rt6_parts",
+    )
+    try:
+        with app_conn.transaction():
+            app_conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            for query in shapes:
+                for site in (1, 2, 1, 2):
+                    rows = app_conn.execute(MARKER + query, (unsigned(site=site),), prepare=True).fetchall()
+                    assert rows and {site_id for (site_id,) in rows} == {site}, (query, site, rows)
+            for site in (1, 2):
+                plan = app_conn.execute(
+                    MARKER + "EXPLAIN (ANALYZE, COSTS OFF) SELECT site_id FROM rt6_parts",
+                    (unsigned(site=site),),
+                    prepare=True,
+                ).fetchall()
+                assert any("Subplans Removed: 1" in line for (line,) in plan), plan
+    finally:
+        owner_conn.rollback()
+        owner_conn.execute("DROP TABLE rt6_parts")
+        owner_conn.commit()
