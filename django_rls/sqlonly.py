@@ -41,6 +41,7 @@ SCRIPTS = (
     "sqlonly/30_status.sql",
     "install/31_status.sql",
     "sqlonly/90_privileges.sql",
+    "sqlonly/95_audit_captures.sql",
 )
 
 

@@ -59,6 +59,10 @@ def older(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]
             owner.execute("CREATE FUNCTION rls._only_in_the_older() RETURNS boolean LANGUAGE sql AS 'SELECT true'")
             owner.execute("CREATE TABLE notes (id int PRIMARY KEY, site_id bigint NOT NULL)")
             owner.execute("SELECT rls_audit.enable('notes')")
+            # As an older generator made it: without a setting this version's captures pin.
+            owner.execute(
+                f"ALTER FUNCTION rls_audit.capture_{_oid(owner, 'notes')}() RESET standard_conforming_strings"
+            )
             owner.execute("INSERT INTO notes VALUES (1, 1), (2, 2), (3, 2)")
             owner.execute(sql.SQL("GRANT SELECT ON notes TO {}").format(sql.Identifier(APP_ROLE)))
             owner.execute("SELECT rls.protect_by_site('notes', to_role => %s)", (APP_ROLE,))
@@ -69,6 +73,17 @@ def older(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]
             yield owner, app
     finally:
         admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+
+
+def _oid(conn: psycopg.Connection, table: str) -> int:
+    return conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
+
+
+def _capture_settings(conn: psycopg.Connection) -> list[str]:
+    return conn.execute(
+        "SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure",
+        (f"rls_audit.capture_{_oid(conn, 'notes')}()",),
+    ).fetchone()[0]
 
 
 def _policies(conn: psycopg.Connection) -> list[tuple[int, str]]:
@@ -107,6 +122,14 @@ def test_an_older_installation_is_upgraded_in_place(older):
     # The audit trail and its capture come through.
     assert owner.execute("SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.notes'").fetchone() == (3,)
     assert owner.execute("SELECT missing_triggers FROM rls_audit.status").fetchall() == [([],)]
+    # The capture is generated again by this version's generator (fixes to it reach existing tables).
+    assert "standard_conforming_strings=on" in _capture_settings(owner)
+    owner.execute(sql.SQL("GRANT INSERT ON notes TO {}").format(sql.Identifier(APP_ROLE)))
+    owner.commit()
+    with app.transaction():
+        app.execute("SELECT rls.set_context_signed(%s)", (sign_context(KEY, site=1, user=None, database=DB),))
+        app.execute("INSERT INTO notes VALUES (4, 1)")
+    assert owner.execute("SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.notes'").fetchone() == (4,)
     # And installing the same version again changes nothing.
     assert _install(owner) == []
 

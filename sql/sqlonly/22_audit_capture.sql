@@ -380,6 +380,7 @@ SET lc_monetary = 'C'
 SET xmlbinary = 'base64'
 SET xmloption = 'content'
 SET quote_all_identifiers = off
+SET standard_conforming_strings = on
 SET jit = off
 AS %L
 $head$, fn, entries);
