@@ -60,7 +60,7 @@ PG_FUNCTION_INFO_V1(rls_audit_statements_of);
 	"WHERE r.table_oid OPERATOR(pg_catalog.=) $1 OR r.table_oid OPERATOR(pg_catalog.=) ANY (ARRAY(" \
 	"SELECT t.relid FROM pg_catalog.pg_partition_tree(" \
 	"COALESCE(pg_catalog.pg_partition_root($1), $1)) t)))) " \
-	"AND s.row_keys OPERATOR(rls_audit.@>) ARRAY[$2 COLLATE \"C\"]"
+	"AND s.row_keys OPERATOR(rls_audit.@>) ARRAY[$2 COLLATE pg_catalog.\"C\"]"
 
 /* As the caller: the statements of the entries it may read. */
 #define READABLE_STATEMENTS \
