@@ -259,18 +259,22 @@ PushKey(JsonbParseState **state, const char *name)
 /*
  * The row in slot as a jsonb object of its logged columns: every column that
  * is neither excluded nor masked, or, when only is given, those of them for
- * which only[i] is true.
+ * which only[i] is true (i the column's index in columns).  order lists the
+ * indexes of norder live columns in the order their keys take in a jsonb
+ * object, so that the object's keys need no sorting.
  */
 Jsonb *
-RlsAuditRowImage(RlsAuditColumn *columns, int ncolumns, TupleTableSlot *slot, const bool *only)
+RlsAuditRowImage(RlsAuditColumn *columns, const int *order, int norder, TupleTableSlot *slot,
+				 const bool *only)
 {
 	JsonbParseState *state = NULL;
 	JsonbValue *result;
-	int			i;
+	int			n;
 
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	for (i = 0; i < ncolumns; i++)
+	for (n = 0; n < norder; n++)
 	{
+		int			i = order[n];
 		RlsAuditColumn *column = &columns[i];
 
 		if (column->name == NULL || column->excluded || column->masked || (only != NULL && !only[i]))

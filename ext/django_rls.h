@@ -203,8 +203,8 @@ extern void RlsAuditColumnInit(RlsAuditColumn *column, Form_pg_attribute attr,
 extern bool RlsAuditValuesEqual(RlsAuditColumn *column, Datum a, bool a_null,
 								Datum b, bool b_null);
 extern char *RlsAuditValueText(RlsAuditColumn *column, Datum value);
-extern Jsonb *RlsAuditRowImage(RlsAuditColumn *columns, int ncolumns,
-							   TupleTableSlot *slot, const bool *only);
+extern Jsonb *RlsAuditRowImage(RlsAuditColumn *columns, const int *order,
+							   int norder, TupleTableSlot *slot, const bool *only);
 extern char *RlsAuditKeyText(RlsAuditColumn *columns, const AttrNumber *key,
 							 int nkey, TupleTableSlot *slot);
 
