@@ -139,7 +139,9 @@ class TestInstalledWithoutTheLibrary:
             with connections[alias].cursor() as cursor, pytest.raises(sqlonly.InstallError, match="WITH ADMIN OPTION"):
                 sqlonly.install(cursor, [])
             connections[alias].close()
-            admin_conn.execute("GRANT django_rls_context, django_rls_member TO hosted_admin WITH ADMIN OPTION")
+            admin_conn.execute(
+                "GRANT django_rls_context, django_rls_member, django_rls_audit TO hosted_admin WITH ADMIN OPTION"
+            )
         out = io.StringIO()
         try:
             call_command(
@@ -355,7 +357,7 @@ class TestSignedContexts:
                 lambda key: sign_context(key, site=2, user=None, now=time.time() - 100, lifetime=30),
                 "exp is in the past",
             ),
-            (lambda key: sign_context(key, site=2, user=None, lifetime=301), "more than 300 seconds"),
+            (lambda key: sign_context(key, site=2, user=None, lifetime=360), "more than 300 seconds"),
             (lambda key: sign_context(key, site=2, user=None, database="elsewhere"), "another database"),
             (lambda key: "v1.e30." + "A" * 43, "does not match"),
         ],
