@@ -30,7 +30,10 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.types.string import StrDumper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from django_rls.wire import ContextParameter, ContextParameterDumper
 
 DB = "django_rls_statement_bench"
 BOUND = "bench_bound"
@@ -39,14 +42,6 @@ STATEMENTS = int(os.environ.get("BENCH_STATEMENTS", "3000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 CONTEXT = '{"site":"42","user":"7","claims":null}'
 LOOKUP = "SELECT id, site_id, name, price FROM {} WHERE id = 4241"  # a row of site 42: every variant returns it
-
-
-class Text(str):
-    """Bound as type text: the marker's parameter is never read, so the server cannot infer it."""
-
-
-class TextDumper(StrDumper):
-    oid = psycopg.adapters.types["text"].oid
 
 
 def setup(server: str) -> None:
@@ -79,11 +74,11 @@ def backend_cpu_seconds(pid: int) -> float:
 def variants(server: str) -> dict[str, tuple[psycopg.Cursor, str, tuple | None]]:
     def connect(role: str) -> psycopg.Connection:
         conn = psycopg.connect(make_conninfo(server, dbname=DB, user=role), autocommit=True, prepare_threshold=None)
-        conn.adapters.register_dumper(Text, TextDumper)
+        conn.adapters.register_dumper(ContextParameter, ContextParameterDumper)
         return conn
 
     marker = "/*django_rls:%s*/ "
-    carried = (Text(CONTEXT),)
+    carried = (ContextParameter(CONTEXT),)
     session = connect(UNBOUND)
     session.execute("SELECT rls.set_context('42', '7', NULL, false)")
     return {
