@@ -120,17 +120,27 @@ class RecentValuesFilter(admin.AllValuesFieldListFilter):
 
     Django offers every distinct value of the column, a DISTINCT over the caller's whole trail
     for each filter. Here the choices are the values among the newest ``RECENT`` entries the
-    caller may read (``AuditEntryQuerySet.newest()``); a filter by any other value works as
-    before (by its URL parameter).
+    caller may read (``AuditEntryQuerySet.newest()``), read once per request for every filter
+    on a statement column; a filter by any other value works as before (by its URL parameter).
     """
 
     RECENT = 1000
+    # The statement columns the filters share one read of the newest entries for.
+    COLUMNS = ("operation", "table_name", "site_id", "site_uuid", "user_id", "user_uuid", "db_role")
 
     def __init__(
         self, field: Any, request: HttpRequest, params: Any, model: Any, model_admin: Any, field_path: str
     ) -> None:
         super().__init__(field, request, params, model, model_admin, field_path)
-        recent = set(model_admin.get_queryset(request).newest(self.RECENT).values_list(field.name, flat=True))
+        newest = model_admin.get_queryset(request).newest(self.RECENT)
+        if field.name in self.COLUMNS:
+            rows = getattr(request, "_django_rls_recent_entries", None)
+            if rows is None:
+                rows = list(newest.values_list(*self.COLUMNS))
+                request._django_rls_recent_entries = rows
+            recent = {row[self.COLUMNS.index(field.name)] for row in rows}
+        else:
+            recent = set(newest.values_list(field.name, flat=True))
         self.lookup_choices = sorted(value for value in recent if value is not None) + (
             [None] if None in recent else []
         )
