@@ -14,8 +14,13 @@ context:
 - a site's latest 50 changes: the log filtered by site, newest first, as the admin lists it
   (AuditEntryQuerySet.newest(): narrowed by rls_audit.newest_statements()), target under 50 ms;
   also page 20 of that list, one user's in the site, the latest 50 without a site filter (the
-  context alone decides), the plain ORDER BY/LIMIT the admin read before, and the count the
-  admin's paginator runs.
+  context alone decides), the plain ORDER BY/LIMIT the admin read before;
+- what else an admin page of the site's list reads: its paginator's count (count(*) through the
+  view, as before; rls_audit.count_entries() capped at 1,001 as AuditPaginator asks it, target
+  under 50 ms; and exact), the date hierarchy's min and max of logged_at (through the view;
+  rls_audit.entry_times(), target under 50 ms);
+- a list filtered by user and table: one user's latest 50 changes of one table and their
+  capped count, targets under 50 ms.
 Median of BENCH_READS runs each, warm cache; also the log's bytes per recorded row.
 """
 
@@ -72,8 +77,39 @@ QUERIES = {
         "SELECT * FROM rls_audit.log WHERE site_id = %(site)s ORDER BY logged_at DESC, id DESC LIMIT 50",
         50.0,
     ),
-    # The admin paginator's count of the site's entries (show_full_result_count is off, this one it runs).
-    "… count of the site's entries": ("SELECT count(*) FROM rls_audit.log WHERE site_id = %(site)s", None),
+    # The admin paginator's count of the site's entries as it ran before rls_audit.count_entries()
+    # (show_full_result_count is off, this one it ran): the view unnests and sorts them all.
+    "… count(*) of the site's entries": ("SELECT count(*) FROM rls_audit.log WHERE site_id = %(site)s", None),
+    # The admin's paginator now (AuditPaginator): counts at most its limit + 1, then says "more than".
+    "… count, as the admin pages": ("SELECT rls_audit.count_entries(1001, site_id => %(site)s)", 50.0),
+    # The exact count (QuerySet.count() of a filter on statement columns), without the images or a sort.
+    "… exact count_entries()": ("SELECT rls_audit.count_entries(NULL, site_id => %(site)s)", None),
+    # The date hierarchy's first question (min and max of logged_at), through the view as before …
+    "… min/max(logged_at), the view": (
+        "SELECT min(logged_at), max(logged_at) FROM rls_audit.log WHERE site_id = %(site)s",
+        None,
+    ),
+    # … and as AuditEntryQuerySet.aggregate() asks it now, from either end of the site's index.
+    "… min/max(logged_at), entry_times()": ("SELECT * FROM rls_audit.entry_times(site_id => %(site)s)", 50.0),
+    # A filtered list: one user's latest 50 changes of one table (the admin's user and table filters).
+    "a user's latest 50 in one table": (
+        "SELECT * FROM rls_audit.log WHERE statement_id = ANY "
+        "(rls_audit.newest_statements(50, user_id => %(user)s, table_name => 'public.item')) "
+        "AND user_id = %(user)s AND table_name = 'public.item' ORDER BY logged_at DESC, id DESC LIMIT 50",
+        50.0,
+    ),
+    # … and its count as the admin pages it.
+    "… its count, as the admin pages": (
+        "SELECT rls_audit.count_entries(1001, user_id => %(user)s, table_name => 'public.item')",
+        50.0,
+    ),
+}
+# The rows that answer with a count of entries (shown as that number).
+COUNTS = {
+    "… count(*) of the site's entries",
+    "… count, as the admin pages",
+    "… exact count_entries()",
+    "… its count, as the admin pages",
 }
 
 
@@ -148,7 +184,10 @@ def main() -> int:
                 f"audit read path: {LOG_ROWS:,} recorded rows in the log ({OBJECTS:,} objects, 100 sites), "
                 f"filled in {filled:.0f} s; {stored / LOG_ROWS:.0f} bytes per recorded row"
             )
-            print(f"as {ROLE} (site {site} context, through the log's policy), median of {READS} warm runs:")
+            print(
+                f"as {ROLE} (site {site} context, through the log's policy), median of {READS} warm runs "
+                f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores):"
+            )
             arguments = {"key": key, "site": site, "user": 7 * 100 + site}
             for name, (query, target) in QUERIES.items():
                 rows = app.execute(query, arguments).fetchall()
@@ -158,9 +197,12 @@ def main() -> int:
                     app.execute(query, arguments).fetchall()
                     times.append((time.perf_counter() - begun) * 1000)
                 ms = statistics.median(times)
-                shown = f"{rows[0][0]:,} entries" if target is None else f"{len(rows)} rows"
+                shown = f"{rows[0][0]:,} entries" if name in COUNTS else f"{len(rows)} rows"
+                if name.startswith("… min/max"):
+                    shown = f"{rows[0][0]:%H:%M:%S} to {rows[0][1]:%H:%M:%S}"
                 verdict = "" if target is None else f"; target < {target:.0f} ms: {'yes' if ms < target else 'NO'}"
-                print(f"  {name:32s} {ms:8.2f} ms  ({shown}{verdict})")
+                print(f"  {name:36s} {ms:8.2f} ms  ({shown}{verdict})")
+            print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
     finally:
         if KEEP:
             print(f"kept database {DB} and role {ROLE} (BENCH_KEEP=1)")

@@ -80,6 +80,80 @@ def newest_arguments(query: Query) -> dict[tuple[str, str], Any] | None:
 
 
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def statement_conditions(self) -> dict[tuple[str, str], Any] | None:
+        """This queryset's conditions as statement-row conditions (``newest_arguments()``), or None.
+
+        None also when the query is more than a plain filtered read of the log's rows (sliced,
+        distinct, annotated, grouped, combined or with ``extra()``): then its count or its range of
+        times is not that of the entries its conditions match.
+        """
+        query = self.query
+        if (
+            query.is_sliced
+            or query.distinct
+            or query.combinator
+            or query.annotations
+            or query.extra
+            or query.group_by is not None
+            or query.values_select
+        ):
+            return None
+        return newest_arguments(query)
+
+    def _call(self, function: str, leading: list[Any], found: dict[tuple[str, str], Any]) -> tuple[Any, ...]:
+        arguments = ["%s"] * len(leading) + [NEWEST_ARGUMENTS[key] for key in found]
+        with connections[self.db].cursor() as cursor:
+            cursor.execute(f"SELECT * FROM rls_audit.{function}({', '.join(arguments)})", [*leading, *found.values()])
+            return cursor.fetchone()
+
+    def readable_count(self, up_to: int | None = None) -> int:
+        """How many entries this queryset holds, counting at most ``up_to`` (None: all of them).
+
+        When every filter is one ``rls_audit.newest_statements()`` takes, ``rls_audit.count_entries()``
+        counts them from the statement rows (the caller's readable entries only, as the view
+        decides), without unnesting the row images or sorting them; otherwise the view counts
+        (at most ``up_to`` of them).
+        """
+        if up_to is not None and up_to < 0:
+            raise ValueError("readable_count() takes a limit of 0 or more, or None")
+        found = None if self._result_cache is not None else self.statement_conditions()
+        if found is None:
+            if up_to is None:
+                return super().count()
+            return models.QuerySet.count(self[:up_to])
+        return self._call("count_entries", [up_to], found)[0]
+
+    def count(self) -> int:
+        """``count()``, from the statement rows when the filters allow it (``readable_count()``)."""
+        return self.readable_count()
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """``aggregate()``; only ``Min`` and ``Max`` of ``logged_at`` are read from the statement rows.
+
+        When every filter is one ``rls_audit.newest_statements()`` takes, ``rls_audit.entry_times()``
+        finds the oldest and newest readable entry from either end of the log's indexes (what
+        the admin's date hierarchy asks first); anything else aggregates through the view.
+        """
+        ends: dict[str, bool] = {}
+        for alias, aggregate in kwargs.items():
+            if (
+                type(aggregate) not in (models.Min, models.Max)
+                or aggregate.filter is not None
+                or getattr(aggregate, "default", None) is not None
+                or getattr(aggregate, "order_by", None) is not None
+                or len(aggregate.source_expressions) != 1
+                or type(aggregate.source_expressions[0]) is not models.F
+                or aggregate.source_expressions[0].name != "logged_at"
+            ):
+                break
+            ends[alias] = type(aggregate) is models.Max
+        else:
+            found = None if args or not ends or self._result_cache is not None else self.statement_conditions()
+            if found is not None:
+                oldest, newest = self._call("entry_times", [], found)
+                return {alias: newest if latest else oldest for alias, latest in ends.items()}
+        return super().aggregate(*args, **kwargs)
+
     def newest(self, count: int) -> AuditEntryQuerySet:
         """The ``count`` newest entries of this queryset, newest first (by ``logged_at``, then ``id``).
 

@@ -2,7 +2,9 @@
  *
  * ext/audit_lookup.c
  *		rls_audit.statements_of(): the statement rows holding one row's entries;
- *		rls_audit.newest_statements(): those holding a reader's newest entries.
+ *		rls_audit.newest_statements(): those holding a reader's newest entries;
+ *		rls_audit.count_entries() and rls_audit.entry_times(): how many entries a
+ *		reader may read, and the first and last one's time.
  *
  * The audit trail is stored one row per statement chunk (rls_audit.statements)
  * and read through the per-row view rls_audit.log, which decides for each
@@ -20,17 +22,19 @@
  * the key's entries.  So the function tells a caller nothing about entries
  * it may not read, not even that they exist.  newest_statements() (below)
  * reads the same way: the statement rows as their owner, the entries'
- * readers as the caller.
+ * readers as the caller; so do count_entries() and entry_times().
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -305,6 +309,23 @@ MayRead(FmgrInfo *may_read, Datum trail, bool trail_null, Datum rule, bool rule_
 }
 
 /*
+ * Whether entries a and b of a statement row have the same read keys, as
+ * text; both NULL (or past the array's end) is the same too.
+ */
+static bool
+SameKeys(Datum *elems, bool *elem_nulls, int nelems, int64 a, int64 b)
+{
+	bool		a_null = a >= nelems || elem_nulls[a];
+	bool		b_null = b >= nelems || elem_nulls[b];
+
+	if (a_null || b_null)
+		return a_null && b_null;
+	return VARSIZE_ANY_EXHDR(DatumGetPointer(elems[a])) == VARSIZE_ANY_EXHDR(DatumGetPointer(elems[b])) &&
+		memcmp(VARDATA_ANY(DatumGetPointer(elems[a])), VARDATA_ANY(DatumGetPointer(elems[b])),
+			   VARSIZE_ANY_EXHDR(DatumGetPointer(elems[a]))) == 0;
+}
+
+/*
  * How many entries of one statement row the caller may read, counting at most
  * up to wanted.  As the view: entry i's read keys are row_read_keys[i] as a
  * text[] (NULL past the array's end).  A role that reads an entry whatever its
@@ -324,11 +345,12 @@ ReadableEntries(FmgrInfo *may_read, HeapTuple row, TupleDesc desc, int64 wanted)
 	int64		entries = DatumGetInt32(SPI_getbinval(row, desc, 6, &count_null));
 	bool		union_null;
 	Datum		union_keys = SPI_getbinval(row, desc, 7, &union_null);
-	Datum	   *elems;
-	bool	   *elem_nulls;
+	Datum	   *elems = NULL;
+	bool	   *elem_nulls = NULL;
 	int			nelems = 0;
 	int64		readable = 0;
 	int64		i;
+	bool		last_readable = false;
 
 	if (count_null || entries <= 0)
 		return 0;
@@ -338,9 +360,10 @@ ReadableEntries(FmgrInfo *may_read, HeapTuple row, TupleDesc desc, int64 wanted)
 	 * read_keys is the union of the rows' read keys, and _may_read() is true
 	 * when one of the keys it is given matches: if none of the union does, no
 	 * entry's does (a chunk of another site, or owner, is passed over without
-	 * parsing its 1,000 keys).
+	 * parsing its 1,000 keys).  A statement row of one entry is checked by
+	 * that entry's keys alone.
 	 */
-	if (!MayRead(may_read, trail, trail_null, rule, rule_null, union_keys, union_null))
+	if (entries > 1 && !MayRead(may_read, trail, trail_null, rule, rule_null, union_keys, union_null))
 		return 0;
 	if (!keys_null)
 		deconstruct_array(DatumGetArrayTypeP(keys), TEXTOID, -1, false, TYPALIGN_INT,
@@ -350,15 +373,28 @@ ReadableEntries(FmgrInfo *may_read, HeapTuple row, TupleDesc desc, int64 wanted)
 		bool		null = i >= nelems || elem_nulls[i];
 		Datum		entry_keys = (Datum) 0;
 
+		/*
+		 * An entry with the same keys as the one before (as text: every row
+		 * of a chunk of one site, say) is read or not as that one is:
+		 * _may_read() decides by the keys, the statement's columns and the
+		 * caller, which one call of this function does not change.
+		 */
+		if (i > 0 && SameKeys(elems, elem_nulls, nelems, i - 1, i))
+		{
+			if (last_readable)
+				readable++;
+			continue;
+		}
 		if (!null)
 			entry_keys = OidInputFunctionCall(F_ARRAY_IN, TextDatumGetCString(elems[i]), TEXTOID, -1);
-		if (MayRead(may_read, trail, trail_null, rule, rule_null, entry_keys, null))
+		last_readable = MayRead(may_read, trail, trail_null, rule, rule_null, entry_keys, null);
+		if (last_readable)
 			readable++;
 	}
 	return readable;
 }
 
-/* A batch of statement rows newest first, as the statement rows' owner. */
+/* A batch of statement rows in order, as the statement rows' owner. */
 static int
 NewestBatch(const char *query, int nargs, Oid *types, Datum *args, char *nulls)
 {
@@ -381,14 +417,33 @@ NewestBatch(const char *query, int nargs, Oid *types, Datum *args, char *nulls)
 	return rc;
 }
 
+/* What a walk over the statement rows found. */
+typedef struct Walk
+{
+	int64		found;			/* readable entries counted (at most the number wanted) */
+	Datum	   *ids;			/* the statement rows holding them, in the walk's order (if collected) */
+	int			nids;
+	bool		any;			/* whether a statement row held one */
+	Datum		first_at;		/* then: the first such statement row's logged_at */
+} Walk;
+
 /*
- * rls_audit.newest_statements(count, site_id, site_uuid, user_id, user_uuid,
- * table_name, operation, db_role, logged_from, logged_before) RETURNS
- * bigint[]: the statement rows, newest first, holding the caller's count
- * newest readable entries among those matching every condition given.
+ * Walk the statement rows matching every condition among fcinfo's arguments
+ * base .. base + 8 (newest_statements()' site_id .. logged_before, in its
+ * order), newest first (or oldest first: logged_at, then id), as their owner,
+ * counting the entries the caller may read (rls_audit._may_read(), as the
+ * caller, exactly as the view decides) until there are wanted of them.
+ *
+ * The query's WHERE has one equality an index finds (the user's, else the
+ * site's: the (user_id, logged_at) and (site_id, logged_at) indexes) and the
+ * time bounds; every other condition is a column the rows are checked by
+ * here.  The planner would estimate the statement rows of a site and a user
+ * as if the two were independent, find a few where there are thousands (a
+ * user's rows are all of their site), and sort them all rather than walk an
+ * index in order.  No column of the row images is read.
  */
-Datum
-rls_audit_newest_statements(PG_FUNCTION_ARGS)
+static void
+WalkStatements(FunctionCallInfo fcinfo, int base, bool oldest_first, int64 wanted, bool collect, Walk *walk)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	FmgrInfo	may_read;
@@ -401,39 +456,28 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 	Oid			types[NEWEST_FILTERS + 2];
 	char		nulls[NEWEST_FILTERS + 2];
 	int			nargs = 0;
-	int64		wanted;
-	int64		found = 0;
 	int			batch = NEWEST_FIRST_BATCH;
-	Datum	   *ids;
-	int			nids = 0;
 	int			maxids = 64;
 	bool		more = true;
 	bool		first = true;
+	const char *direction = oldest_first ? "ASC" : "DESC";
+	const char *on_or_past = oldest_first ? ">=" : "<=";
+	const char *past = oldest_first ? ">" : "<";
 	MemoryContext rowcxt;
 	int			i;
 
-	if (PG_ARGISNULL(0) || PG_GETARG_INT32(0) < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("rls_audit.newest_statements() needs a count of entries of 0 or more"),
-				 errhint("Pass how many of the newest entries the query reads: its OFFSET plus its LIMIT.")));
-	wanted = PG_GETARG_INT32(0);
+	walk->found = 0;
+	walk->ids = NULL;
+	walk->nids = 0;
+	walk->any = false;
+	walk->first_at = (Datum) 0;
 
-	/*
-	 * The query's WHERE has one equality an index finds (the user's, else the
-	 * site's: the (user_id, logged_at) and (site_id, logged_at) indexes) and
-	 * the time bounds; every other condition is a column the rows are checked
-	 * by here.  The planner would estimate the statement rows of a site and a
-	 * user as if the two were independent, find a few where there are
-	 * thousands (a user's rows are all of their site), and sort them all
-	 * rather than walk an index newest first.
-	 */
 	initStringInfo(&conditions);
 	initStringInfo(&checked);
 	appendStringInfoString(&checked, "true");
 	for (i = 0; i < NEWEST_FILTERS; i++)
 	{
-		int			arg = newest_arguments[i];
+		int			arg = base + newest_arguments[i] - 1;
 		bool		in_where = i >= NEWEST_BOUNDS || !indexed;
 
 		if (PG_ARGISNULL(arg))
@@ -448,16 +492,16 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 			indexed = true;
 	}
 	/*
-	 * Newest first, as the view orders its entries; after the first batch, on
-	 * from the last statement row read.  The batch size is part of the text,
-	 * so that the planner plans for it (the indexes, not a sort of them all).
+	 * In order; after the first batch, on from the last statement row read.
+	 * The batch size is part of the text, so that the planner plans for it
+	 * (the indexes, not a sort of them all).
 	 */
 	query = psprintf("SELECT s.id, s.logged_at, s.trail_id, s.read_rule, s.row_read_keys, "
 					 "pg_catalog.cardinality(s.row_keys), s.read_keys, (%s) FROM rls_audit.statements s WHERE true%s",
 					 checked.data, conditions.data);
-	continued = psprintf("%s AND s.logged_at OPERATOR(pg_catalog.<=) $%d "
-						 "AND (s.logged_at OPERATOR(pg_catalog.<) $%d OR s.id OPERATOR(pg_catalog.<) $%d)",
-						 query, nargs + 1, nargs + 1, nargs + 2);
+	continued = psprintf("%s AND s.logged_at OPERATOR(pg_catalog.%s) $%d "
+						 "AND (s.logged_at OPERATOR(pg_catalog.%s) $%d OR s.id OPERATOR(pg_catalog.%s) $%d)",
+						 query, on_or_past, nargs + 1, past, nargs + 1, past, nargs + 2);
 	types[nargs] = TIMESTAMPTZOID;
 	nulls[nargs] = ' ';
 	types[nargs + 1] = INT8OID;
@@ -471,41 +515,52 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 	may_read.fn_retset = false;
 	may_read.fn_mcxt = cxt;
 
-	ids = MemoryContextAlloc(cxt, sizeof(Datum) * maxids);
+	if (collect)
+		walk->ids = MemoryContextAlloc(cxt, sizeof(Datum) * maxids);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed in rls_audit.newest_statements()");
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "rls_audit.newest_statements() row", ALLOCSET_DEFAULT_SIZES);
-	while (found < wanted && more)
+		elog(ERROR, "SPI_connect failed in rls_audit's walk over the statement rows");
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "rls_audit statement row", ALLOCSET_DEFAULT_SIZES);
+	while (walk->found < wanted && more)
 	{
 		int			rc;
 		uint64		r;
 
-		rc = NewestBatch(psprintf("%s ORDER BY s.logged_at DESC, s.id DESC LIMIT %d", first ? query : continued, batch),
+		rc = NewestBatch(psprintf("%s ORDER BY s.logged_at %s, s.id %s LIMIT %d", first ? query : continued,
+								  direction, direction, batch),
 						 first ? nargs : nargs + 2, types, args, nulls);
 		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "rls_audit.newest_statements() could not read the log: %s", SPI_result_code_string(rc));
+			elog(ERROR, "rls_audit could not read the log's statement rows: %s", SPI_result_code_string(rc));
 		more = SPI_processed == (uint64) batch;
-		for (r = 0; r < SPI_processed && found < wanted; r++)
+		for (r = 0; r < SPI_processed && walk->found < wanted; r++)
 		{
 			HeapTuple	row = SPI_tuptable->vals[r];
 			bool		isnull;
 			bool		matches = DatumGetBool(SPI_getbinval(row, SPI_tuptable->tupdesc, 8, &isnull)) && !isnull;
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
-			int64		readable = matches ? ReadableEntries(&may_read, row, SPI_tuptable->tupdesc, wanted - found) : 0;
+			int64		readable = matches ? ReadableEntries(&may_read, row, SPI_tuptable->tupdesc,
+															 wanted - walk->found) : 0;
 
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
 
 			if (readable > 0)
 			{
-				if (nids == maxids)
+				if (!walk->any)
 				{
-					maxids *= 2;
-					ids = repalloc(ids, sizeof(Datum) * maxids);
+					walk->any = true;
+					walk->first_at = SPI_getbinval(row, SPI_tuptable->tupdesc, 2, &isnull);
 				}
-				ids[nids++] = SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull);
-				found += readable;
+				if (collect)
+				{
+					if (walk->nids == maxids)
+					{
+						maxids *= 2;
+						walk->ids = repalloc(walk->ids, sizeof(Datum) * maxids);
+					}
+					walk->ids[walk->nids++] = SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull);
+				}
+				walk->found += readable;
 			}
 			if (r == SPI_processed - 1)
 			{
@@ -513,10 +568,91 @@ rls_audit_newest_statements(PG_FUNCTION_ARGS)
 				args[nargs + 1] = SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull);
 			}
 		}
+		SPI_freetuptable(SPI_tuptable);
 		first = false;
 		batch = Min(batch * 4, NEWEST_MAX_BATCH);
 	}
 	if (SPI_finish() != SPI_OK_FINISH)
-		elog(ERROR, "SPI_finish failed in rls_audit.newest_statements()");
-	PG_RETURN_ARRAYTYPE_P(construct_array(ids, nids, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		elog(ERROR, "SPI_finish failed in rls_audit's walk over the statement rows");
+}
+
+/*
+ * rls_audit.newest_statements(count, site_id, site_uuid, user_id, user_uuid,
+ * table_name, operation, db_role, logged_from, logged_before) RETURNS
+ * bigint[]: the statement rows, newest first, holding the caller's count
+ * newest readable entries among those matching every condition given.
+ */
+Datum
+rls_audit_newest_statements(PG_FUNCTION_ARGS)
+{
+	Walk		walk;
+
+	if (PG_ARGISNULL(0) || PG_GETARG_INT32(0) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rls_audit.newest_statements() needs a count of entries of 0 or more"),
+				 errhint("Pass how many of the newest entries the query reads: its OFFSET plus its LIMIT.")));
+	WalkStatements(fcinfo, 1, false, PG_GETARG_INT32(0), true, &walk);
+	PG_RETURN_ARRAYTYPE_P(construct_array(walk.ids, walk.nids, INT8OID, 8, true, TYPALIGN_DOUBLE));
+}
+
+/*
+ * rls_audit.count_entries(up_to, site_id, site_uuid, user_id, user_uuid,
+ * table_name, operation, db_role, logged_from, logged_before) RETURNS bigint:
+ * how many entries of rls_audit.log the caller may read among those whose
+ * statement columns match every condition given, counting at most up_to
+ * (NULL: all).  What count(*) of the view with those conditions returns, or
+ * up_to if that is more, without unnesting the row images or sorting.
+ */
+PG_FUNCTION_INFO_V1(rls_audit_count_entries);
+
+Datum
+rls_audit_count_entries(PG_FUNCTION_ARGS)
+{
+	Walk		walk;
+	int64		up_to = PG_ARGISNULL(0) ? PG_INT64_MAX : PG_GETARG_INT64(0);
+
+	if (up_to < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rls_audit.count_entries() needs a limit of 0 or more, or NULL"),
+				 errhint("Pass how many entries are worth counting (a paginator's limit plus one), or NULL to count them all.")));
+	WalkStatements(fcinfo, 1, false, up_to, false, &walk);
+	PG_RETURN_INT64(walk.found);
+}
+
+/*
+ * rls_audit.entry_times(site_id, site_uuid, user_id, user_uuid, table_name,
+ * operation, db_role, logged_from, logged_before, OUT oldest, OUT newest): the
+ * min(logged_at) and max(logged_at) of the entries of rls_audit.log the caller
+ * may read among those matching every condition given (both NULL if none):
+ * the first statement row with a readable entry from either end of the
+ * indexes, not every entry sorted.
+ */
+PG_FUNCTION_INFO_V1(rls_audit_entry_times);
+
+Datum
+rls_audit_entry_times(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[2] = {(Datum) 0, (Datum) 0};
+	bool		nulls[2] = {true, true};
+	Walk		walk;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "rls_audit.entry_times() must return a record of two timestamps");
+	desc = BlessTupleDesc(desc);
+	WalkStatements(fcinfo, 0, false, 1, false, &walk);
+	if (walk.any)
+	{
+		values[1] = walk.first_at;
+		nulls[1] = false;
+		WalkStatements(fcinfo, 0, true, 1, false, &walk);
+		if (walk.any)
+		{
+			values[0] = walk.first_at;
+			nulls[0] = false;
+		}
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

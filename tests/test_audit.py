@@ -255,6 +255,80 @@ class TestAdmin:
             listed = [int(pk) for pk in re.findall(r"/admin/django_rls/auditentry/(\d+)/change/", html)]
             assert list(dict.fromkeys(listed)) == ids
 
+    def test_counts_and_dates_come_from_the_statement_rows(self, cleanup_notes, alice):
+        """count(), Min/Max of logged_at and the date hierarchy's datetimes() of a filtered trail: the
+        answers the view gives (QuerySet's own methods), read through rls_audit.count_entries() and
+        rls_audit.entry_times() when every filter is a statement column; another site's entries count
+        for nothing."""
+        from django.db.models import Max, Min, QuerySet
+
+        from django_rls.admin import _HierarchyQuerySet
+
+        with django_rls.context(site=1, user=alice):
+            Note.objects.bulk_create([Note(site_id=1, body=f"counted {i}") for i in range(12)])
+            Note.objects.create(site_id=1, body="counted alone")
+        with django_rls.context(site=2):
+            Note.objects.create(site_id=2, body="other site")
+        for site in (1, 2, 3):
+            with django_rls.context(site=site):
+                for filtered in (
+                    AuditEntry.objects.all(),
+                    AuditEntry.objects.filter(site_id=1),
+                    AuditEntry.objects.filter(site_id=1, operation="INSERT", table_name="public.testapp_note"),
+                    AuditEntry.objects.filter(user_id=alice.pk),
+                ):
+                    with CaptureQueriesContext(connection) as queries:
+                        counted = filtered.count()
+                        ends = filtered.aggregate(first=Min("logged_at"), last=Max("logged_at"))
+                    read = [query["sql"] for query in queries.captured_queries]
+                    assert any("count_entries" in q for q in read) and any("entry_times" in q for q in read)
+                    assert not any('"rls_audit"."log"' in q for q in read)  # the view was not read
+                    assert counted == QuerySet.count(filtered)
+                    assert ends == QuerySet.aggregate(filtered, first=Min("logged_at"), last=Max("logged_at"))
+                    assert filtered.readable_count(3) == min(3, counted)
+                    hierarchy = filtered._chain()
+                    hierarchy.__class__ = _HierarchyQuerySet
+                    for kind in ("year", "month", "day"):
+                        assert list(hierarchy.datetimes("logged_at", kind)) == list(
+                            QuerySet.datetimes(filtered, "logged_at", kind)
+                        )
+                    if site == 3:
+                        assert counted == 0 and ends == {"first": None, "last": None}
+                # a search is not a statement column: counted through the view
+                searched = AuditEntry.objects.filter(site_id=1, row_key__icontains="1")
+                with CaptureQueriesContext(connection) as queries:
+                    assert searched.count() == QuerySet.count(searched)
+                assert not any("count_entries" in query["sql"] for query in queries.captured_queries)
+
+    def test_the_list_says_more_than_where_it_stops_counting(self, cleanup_notes, admin_client, alice, monkeypatch):
+        """The paginator counts as far as the limit (or the page after the one asked for): past it the
+        list says "more than", never a wrong number; below it the number is exact."""
+        from django_rls.admin import AuditEntryAdmin
+
+        monkeypatch.setattr(AuditEntryAdmin, "list_per_page", 2)
+        monkeypatch.setattr(AuditEntryAdmin, "list_count_limit", 3)
+        with django_rls.context(site=1, user=alice):
+            for i in range(7):
+                Note.objects.create(site_id=1, body=f"paged {i}")
+            listed = AuditEntry.objects.filter(site_id=1).count()
+        assert listed >= 7
+        with CaptureQueriesContext(connection) as queries:
+            page = admin_client.get("/admin/django_rls/auditentry/?site_id__exact=1", HTTP_HOST=H1).content.decode()
+        assert "more than 4 entries" in page and "more than 4 results" in page  # pages 1 and 2 counted
+        # every read of the view is narrowed to the statement rows of the newest entries: the page, and
+        # the filters' choices; the count and the date hierarchy read the statement rows
+        read = [query["sql"] for query in queries.captured_queries]
+        views = [q for q in read if '"rls_audit"."log"' in q]
+        assert len(views) == 2 and all("newest_statements" in q for q in views)  # the page; the filters' values
+        assert any("count_entries" in q for q in read) and any("entry_times" in q for q in read)
+        assert f"user_id={alice.pk}" in page and "operation=INSERT" in page  # the filters' choices
+        page = admin_client.get("/admin/django_rls/auditentry/?site_id__exact=1&p=3", HTTP_HOST=H1).content.decode()
+        assert ("more than 8 entries" if listed > 8 else f"{listed} audit trail") in page  # pages 3 and 4 counted
+        last = (listed + 1) // 2
+        page = admin_client.get(f"/admin/django_rls/auditentry/?site_id__exact=1&p={last}", HTTP_HOST=H1)
+        html = page.content.decode()
+        assert f"{listed} audit trail" in html and "more than" not in html  # the last page counts them all: exact
+
     def test_diff_view(self, cleanup_notes, admin_client, alice):
         with django_rls.context(site=1, user=alice):
             note = Note.objects.create(site_id=1, body="before")

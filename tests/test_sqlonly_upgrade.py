@@ -1,8 +1,8 @@
 """Upgrading the SQL-only mode in place: rls_apply --install over an older installation.
 
 An "older installation" is this version's, made to look like the previous release's: without
-rls.member_of() (which came later), with a function the new version no longer has, and with
-another version number. Contexts, policies, signing keys, spent tokens and the audit trail
+rls.member_of() and rls_audit.count_entries() / entry_times() (which came later), with a function
+the new version no longer has, and with another version number. Contexts, policies, signing keys, spent tokens and the audit trail
 must come through.
 """
 
@@ -52,6 +52,8 @@ def older(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]
                 "AND proname ~ 'member' ORDER BY proname DESC"
             ).fetchall():
                 owner.execute(f"DROP FUNCTION {function}")
+            # nor rls_audit.count_entries() and entry_times() (the admin's count and date hierarchy)
+            owner.execute("DROP FUNCTION rls_audit.count_entries, rls_audit.entry_times")
             owner.execute(
                 "CREATE OR REPLACE FUNCTION rls._sqlonly_version() RETURNS text LANGUAGE sql IMMUTABLE "
                 "SET search_path = pg_catalog, pg_temp AS $$ SELECT '0.0.1'::text $$"
@@ -119,8 +121,12 @@ def test_an_older_installation_is_upgraded_in_place(older):
         app.execute("SELECT rls.set_context_signed(%s)", (spent,))
     # What came with the new version works: rls.member_of() and its role.
     assert owner.execute("SELECT rls.member_of_allowed('notes', 'id', 'site_id')").fetchone() == (False,)
-    # The audit trail and its capture come through.
+    # The audit trail and its capture come through, and the functions the admin counts it with are there.
     assert owner.execute("SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.notes'").fetchone() == (3,)
+    assert owner.execute(
+        "SELECT rls_audit.count_entries(NULL, table_name => 'public.notes'), rls_audit.count_entries(2), "
+        "(SELECT oldest IS NOT NULL FROM rls_audit.entry_times(table_name => 'public.notes'))"
+    ).fetchone() == (3, 2, True)
     assert owner.execute("SELECT missing_triggers FROM rls_audit.status").fetchall() == [([],)]
     # The capture is generated again by this version's generator (fixes to it reach existing tables).
     assert "standard_conforming_strings=on" in _capture_settings(owner)

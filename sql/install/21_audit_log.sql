@@ -233,6 +233,39 @@ LANGUAGE C STABLE COST 10000;
 COMMENT ON FUNCTION rls_audit.newest_statements(integer, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
 'The ids of the statement rows (rls_audit.log.statement_id), newest first, holding the caller''s newest readable entries (at least entries of them, or all there are) among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive). Use: WHERE statement_id = ANY (rls_audit.newest_statements(50, site_id => 7)) AND site_id = 7 ORDER BY logged_at DESC, id DESC LIMIT 50.';
 
+-- How many of the caller's entries, and from when to when: the admin list's
+-- paginator and its date hierarchy.  count(*), min(logged_at) and
+-- max(logged_at) of the view with the same conditions give the same answers,
+-- but through the view each one unnests every matching entry with its row
+-- images and sorts them in the view's order.  These walk the statement rows
+-- as newest_statements() does (as their owner, through the same indexes,
+-- never reading the images) and count only the entries rls_audit._may_read()
+-- lets the caller read, as the caller.  count_entries() stops at up_to (a
+-- paginator's "more than N"); entry_times() reads from either end of the
+-- indexes up to the first statement row with a readable entry.
+CREATE FUNCTION rls_audit.count_entries(
+    up_to bigint,
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'rls_audit_count_entries'
+LANGUAGE C STABLE COST 10000;
+COMMENT ON FUNCTION rls_audit.count_entries(bigint, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'How many entries of rls_audit.log the caller may read among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive), counting at most up_to (NULL: all): count(*) of the view with those conditions, or up_to if that is more.';
+
+CREATE FUNCTION rls_audit.entry_times(
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL,
+    OUT oldest timestamptz, OUT newest timestamptz)
+AS 'MODULE_PATHNAME', 'rls_audit_entry_times'
+LANGUAGE C STABLE COST 10000;
+COMMENT ON FUNCTION rls_audit.entry_times(bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'min(logged_at) and max(logged_at) of the entries of rls_audit.log the caller may read among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive); both NULL if there are none.';
+
 -- The partitioned parent holds no rows of its own and is not marked (pg_dump
 -- 14 crashes on that); the monthly partitions are no members of the extension,
 -- so pg_dump dumps them whole; the default partition is marked.  The id

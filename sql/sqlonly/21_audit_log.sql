@@ -363,6 +363,92 @@ $$;
 COMMENT ON FUNCTION rls_audit.newest_statements(integer, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
 'The ids of the statement rows (rls_audit.log.statement_id), newest first, holding the caller''s newest readable entries (at least entries of them, or all there are) among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive). In the SQL-only mode it reads the view as the caller, no faster than the ordered query. Use: WHERE statement_id = ANY (rls_audit.newest_statements(50, site_id => 7)) AND site_id = 7 ORDER BY logged_at DESC, id DESC LIMIT 50.';
 
+-- The C mode's count_entries() and entry_times() walk the statement rows as
+-- their owner (ext/audit_lookup.c); here the caller's own query of the view
+-- answers, with the same results and no time saved (the view unnests and
+-- sorts every entry that matches), so that readers written for the C mode (the
+-- admin's paginator and date hierarchy) run unchanged.
+CREATE FUNCTION rls_audit.count_entries(
+    up_to bigint,
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    wanted bigint := up_to;
+    site bigint := site_id;
+    site_u uuid := site_uuid;
+    usr bigint := user_id;
+    usr_u uuid := user_uuid;
+    tbl text := table_name;
+    op text := operation;
+    role name := db_role;
+    since timestamptz := logged_from;
+    until timestamptz := logged_before;
+BEGIN
+    IF wanted < 0 THEN
+        RAISE EXCEPTION 'rls_audit.count_entries() needs a limit of 0 or more, or NULL'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how many entries are worth counting (a paginator''s limit plus one), or NULL to count them all.';
+    END IF;
+    RETURN (SELECT count(*)
+              FROM (SELECT
+                      FROM rls_audit.log l
+                     WHERE (site IS NULL OR l.site_id = site)
+                       AND (site_u IS NULL OR l.site_uuid = site_u)
+                       AND (usr IS NULL OR l.user_id = usr)
+                       AND (usr_u IS NULL OR l.user_uuid = usr_u)
+                       AND (tbl IS NULL OR l.table_name = tbl)
+                       AND (op IS NULL OR l.operation = op)
+                       AND (role IS NULL OR l.db_role = role)
+                       AND (since IS NULL OR l.logged_at >= since)
+                       AND (until IS NULL OR l.logged_at < until)
+                     LIMIT wanted) l);
+END
+$$;
+COMMENT ON FUNCTION rls_audit.count_entries(bigint, bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'How many entries of rls_audit.log the caller may read among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive), counting at most up_to (NULL: all): count(*) of the view with those conditions, or up_to if that is more. In the SQL-only mode it counts through the view, no faster than count(*).';
+
+CREATE FUNCTION rls_audit.entry_times(
+    site_id bigint DEFAULT NULL, site_uuid uuid DEFAULT NULL,
+    user_id bigint DEFAULT NULL, user_uuid uuid DEFAULT NULL,
+    table_name text DEFAULT NULL, operation text DEFAULT NULL, db_role name DEFAULT NULL,
+    logged_from timestamptz DEFAULT NULL, logged_before timestamptz DEFAULT NULL,
+    OUT oldest timestamptz, OUT newest timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    site bigint := site_id;
+    site_u uuid := site_uuid;
+    usr bigint := user_id;
+    usr_u uuid := user_uuid;
+    tbl text := table_name;
+    op text := operation;
+    role name := db_role;
+    since timestamptz := logged_from;
+    until timestamptz := logged_before;
+BEGIN
+    SELECT min(l.logged_at), max(l.logged_at) INTO oldest, newest
+      FROM rls_audit.log l
+     WHERE (site IS NULL OR l.site_id = site)
+       AND (site_u IS NULL OR l.site_uuid = site_u)
+       AND (usr IS NULL OR l.user_id = usr)
+       AND (usr_u IS NULL OR l.user_uuid = usr_u)
+       AND (tbl IS NULL OR l.table_name = tbl)
+       AND (op IS NULL OR l.operation = op)
+       AND (role IS NULL OR l.db_role = role)
+       AND (since IS NULL OR l.logged_at >= since)
+       AND (until IS NULL OR l.logged_at < until);
+END
+$$;
+COMMENT ON FUNCTION rls_audit.entry_times(bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
+'min(logged_at) and max(logged_at) of the entries of rls_audit.log the caller may read among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive); both NULL if there are none. In the SQL-only mode it reads through the view.';
+
 -- The hash chain's tables, so that retention (sql/install/24_audit_retention.sql)
 -- is the C mode's: the SQL-only mode seals nothing, and they stay empty.
 CREATE TABLE rls_audit.chain_heads (
