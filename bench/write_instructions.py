@@ -103,9 +103,7 @@ def main() -> int:
         started = time.monotonic()
         load(cluster.dsn())
         cluster.stop()
-        os.environ["DJANGO_RLS_SERVER_WRAPPER"] = (
-            f"valgrind --tool=callgrind --callgrind-out-file={out}/cg.%p"
-        )
+        os.environ["DJANGO_RLS_SERVER_WRAPPER"] = f"valgrind --tool=callgrind --callgrind-out-file={out}/cg.%p"
         cluster.start()
         # The first backend after a restart builds the relation cache's init file: a session of its own.
         counted(out, cluster.dsn(), "none", "SELECT %s::int", range(1))
