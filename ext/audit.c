@@ -608,6 +608,7 @@ typedef struct StatementValues
 	EState	   *estate;
 	ResultRelInfo *partition_info;
 	TupleTableSlot *log_slot;
+	LogLayout	layout;			/* the log's, when the writer opened it */
 	bool		sealing;		/* the hash chain is on: seal the rows at the end */
 	ArrayBuildState *seal_ids;
 	StringInfoData seal_digests;
@@ -1215,13 +1216,20 @@ OpenLogWriter(StatementValues *sv)
 	sv->decided = true;
 	sv->direct = false;
 	LoadLogLayout();
-	if (!log_layout.direct || (audit_chain && !log_layout.sealable))
-	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
 	log = table_open(log_layout.relid, RowExclusiveLock);
-	if (PlainLogTable(log) && !log->rd_rel->relforcerowsecurity)
+
+	/*
+	 * Opening the log may have taken an invalidation that forgot the layout:
+	 * look it up again under the lock, which keeps its columns as they are
+	 * until the transaction ends, and keep a copy for this statement (an
+	 * invalidation taken later, at a lock the insert takes, forgets the
+	 * backend's layout but not the copy).
+	 */
+	LoadLogLayout();
+	sv->layout = log_layout;
+	if (sv->layout.relid == RelationGetRelid(log) && sv->layout.direct &&
+		(!audit_chain || sv->layout.sealable) &&
+		PlainLogTable(log) && !log->rd_rel->relforcerowsecurity)
 	{
 		Datum		logged_at = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
 		bool		equal = false;
@@ -1295,7 +1303,7 @@ OpenLogWriter(StatementValues *sv)
  * is taken and verify() takes it again.
  */
 static void
-RowDigest(TupleTableSlot *slot, StringInfo digests)
+RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
 {
 	Datum		values[DIGEST_NATTS];
 	bool		nulls[DIGEST_NATTS];
@@ -1308,13 +1316,13 @@ RowDigest(TupleTableSlot *slot, StringInfo digests)
 
 	if (digest_desc == NULL)
 	{
-		Relation	log = table_open(log_layout.relid, AccessShareLock);
+		Relation	log = table_open(layout->relid, AccessShareLock);
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 		TupleDesc	desc = CreateTemplateTupleDesc(DIGEST_NATTS);
 
 		for (i = 0; i < DIGEST_NATTS; i++)
 			TupleDescInitEntry(desc, (AttrNumber) (i + 1), digest_names[i],
-							   TupleDescAttr(RelationGetDescr(log), log_layout.digest_source[i])->atttypid, -1, 0);
+							   TupleDescAttr(RelationGetDescr(log), layout->digest_source[i])->atttypid, -1, 0);
 		fmgr_info_cxt(F_RECORD_OUT, &digest_record_out, TopMemoryContext);
 		digest_desc = BlessTupleDesc(desc);
 		MemoryContextSwitchTo(old);
@@ -1322,8 +1330,8 @@ RowDigest(TupleTableSlot *slot, StringInfo digests)
 	}
 	for (i = 0; i < DIGEST_NATTS; i++)
 	{
-		values[i] = slot->tts_values[log_layout.digest_source[i]];
-		nulls[i] = slot->tts_isnull[log_layout.digest_source[i]];
+		values[i] = slot->tts_values[layout->digest_source[i]];
+		nulls[i] = slot->tts_isnull[layout->digest_source[i]];
 	}
 	tuple = heap_form_tuple(digest_desc, values, nulls);
 	text = OutputFunctionCall(&digest_record_out, HeapTupleGetDatum(tuple));
@@ -1383,7 +1391,7 @@ Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, boo
 		seal_plan = plan;
 	}
 	GetUserIdAndSecContext(&saved_user, &saved_context);
-	SetUserIdAndSecContext(log_layout.owner,
+	SetUserIdAndSecContext(sv->layout.owner,
 						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
@@ -1411,15 +1419,15 @@ InsertStatementRow(StatementValues *sv, Datum *values, bool *nulls)
 	int			i;
 
 	ExecClearTuple(slot);
-	for (i = 0; i < log_layout.natts; i++)
+	for (i = 0; i < sv->layout.natts; i++)
 	{
 		Datum		value = (Datum) 0;
 		bool		isnull = false;
 
-		switch (log_layout.source[i])
+		switch (sv->layout.source[i])
 		{
 			case LOG_SOURCE_ID:
-				value = Int64GetDatum(nextval_internal(log_layout.id_sequence, false));
+				value = Int64GetDatum(nextval_internal(sv->layout.id_sequence, false));
 				break;
 			case LOG_SOURCE_LOGGED_AT:
 				value = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
@@ -1431,8 +1439,8 @@ InsertStatementRow(StatementValues *sv, Datum *values, bool *nulls)
 				value = FullTransactionIdGetDatum(GetTopFullTransactionId());
 				break;
 			default:
-				value = values[log_layout.source[i]];
-				isnull = nulls[log_layout.source[i]];
+				value = values[sv->layout.source[i]];
+				isnull = nulls[sv->layout.source[i]];
 				break;
 		}
 		if (isnull && TupleDescAttr(desc, i)->attnotnull)
@@ -1448,7 +1456,7 @@ InsertStatementRow(StatementValues *sv, Datum *values, bool *nulls)
 
 	/* As the log's owner, security-restricted: only the log's own index code runs here. */
 	GetUserIdAndSecContext(&saved_user, &saved_context);
-	SetUserIdAndSecContext(log_layout.owner,
+	SetUserIdAndSecContext(sv->layout.owner,
 						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	PG_TRY();
 	{
@@ -1464,10 +1472,10 @@ InsertStatementRow(StatementValues *sv, Datum *values, bool *nulls)
 	PG_END_TRY();
 	if (sv->sealing)
 	{
-		for (i = 0; i < log_layout.natts; i++)
-			if (log_layout.source[i] == LOG_SOURCE_ID)
+		for (i = 0; i < sv->layout.natts; i++)
+			if (sv->layout.source[i] == LOG_SOURCE_ID)
 				accumArrayResult(sv->seal_ids, slot->tts_values[i], false, INT8OID, sv->cxt);
-		RowDigest(slot, &sv->seal_digests);
+		RowDigest(&sv->layout, slot, &sv->seal_digests);
 	}
 }
 
