@@ -88,6 +88,7 @@ bench: deps
 	$(VENV)/bin/python bench/read_instructions.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/policy_set.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/write_path.py
+	$(VENV)/bin/python bench/write_instructions.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/audit_read.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/rls_apply_scale.py
 	$(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/python bench/request_path.py

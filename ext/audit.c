@@ -9,7 +9,11 @@
  * audit_image.c, the context from audit_context.c), collects the entries in
  * statement rows of rls_audit.statements (chunks of at most CHUNK_ROWS
  * entries, as parallel arrays, with the statement's own columns once), and
- * writes those with an INSERT ... SELECT from a tuplestore, every
+ * inserts each into the partition of its month itself, with its index
+ * entries (OpenLogWriter()); with the hash chain on, it digests each and
+ * seals them with one rls_audit._seal() call.  A log changed from what the
+ * extension made (a CHECK constraint, a trigger, other columns) is written
+ * with an INSERT ... SELECT from a tuplestore instead, every
  * CHUNKS_PER_WRITE statement rows and at the end.  Readers read the per-row
  * view rls_audit.log (sql/install/21_audit_log.sql).
  *
@@ -17,7 +21,8 @@
  * building the images runs with the rights of the role that wrote them.  Only
  * the INSERT into rls_audit.statements runs as the log's owner, inside
  * SetUserIdAndSecContext(..., SECURITY_LOCAL_USERID_CHANGE |
- * SECURITY_RESTRICTED_OPERATION), and that INSERT runs only built-in code:
+ * SECURITY_RESTRICTED_OPERATION) (so do the capture's own heap and index
+ * inserts, and the seal), and that INSERT runs only built-in code:
  * it names no function or operator, its source is a tuplestore of built-in
  * types exactly matching the log's columns (no coercion), and the log's
  * defaults, constraints, indexes and partition bounds are the extension's
@@ -56,22 +61,32 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_policy.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
 #include "pgtime.h"
 #include "parser/parse_func.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
 #include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -79,12 +94,14 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/partcache.h"
 #include "utils/queryenvironment.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
+#include "utils/xid8.h"
 
 #include "django_rls.h"
 
@@ -147,10 +164,61 @@ typedef struct AuditTable
 static HTAB *audit_tables = NULL;
 
 static void WriteLog(Tuplestorestate *rows, int64 count);
+static void ForgetLogLayout(void);
+struct StatementValues;
+static void OpenLogWriter(struct StatementValues *sv);
+static void InsertStatementRow(struct StatementValues *sv, Datum *values, bool *nulls);
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr sealed_insert_plan = NULL;
 static bool audit_chain = false;
 static TupleDesc log_desc = NULL;
+
+/*
+ * Where each column of rls_audit.statements comes from when the capture
+ * inserts its statement rows itself (InsertStatementRow()): an index into
+ * LOG_COLUMNS, or one of the columns the log's defaults fill.
+ */
+#define LOG_SOURCE_ID (-1)
+#define LOG_SOURCE_LOGGED_AT (-2)
+#define LOG_SOURCE_XACT_STARTED_AT (-3)
+#define LOG_SOURCE_XACT_ID (-4)
+#define LOG_MAX_ATTS (LOG_NATTS + 4)
+
+/*
+ * What the capture knows of rls_audit.statements, per backend: its oid and
+ * owner, and whether its columns are exactly the ones the capture fills
+ * itself (then it inserts without SQL, see OpenLogWriter()).  Forgotten at a
+ * relcache invalidation of the log (ALTER TABLE, a new owner, an extension
+ * update).
+ */
+typedef struct LogLayout
+{
+	Oid			relid;			/* InvalidOid: not looked up yet */
+	Oid			owner;
+	bool		direct;			/* the columns are those InsertStatementRow() fills */
+	Oid			id_sequence;	/* the identity sequence of id */
+	int			natts;
+	int			source[LOG_MAX_ATTS];	/* by attribute number - 1 */
+	bool		sealable;		/* every column rls_audit._entry_digest() prints is there */
+	int			digest_source[LOG_MAX_ATTS - 1];	/* the attribute (0-based) of each */
+} LogLayout;
+
+/*
+ * The columns rls_audit._entry_digest() (sql/install/26_audit_chain.sql)
+ * prints as the text of a row of them, in its order: every column but id.
+ */
+#define DIGEST_NATTS (LOG_MAX_ATTS - 1)
+static const char *const digest_names[DIGEST_NATTS] = {
+	"logged_at", "xact_started_at", "xact_id", "table_oid", "table_name", "operation",
+	"site_id", "site_uuid", "user_id", "user_uuid", "claims", "db_role", "application_name",
+	"client_addr", "read_rule", "read_keys", "trail_id", "row_keys", "old_values", "new_values",
+	"changed_columns", "row_read_keys"
+};
+static TupleDesc digest_desc = NULL;
+static FmgrInfo digest_record_out;
+static SPIPlanPtr seal_plan = NULL;
+
+static LogLayout log_layout;
 
 /* The columns CompareImageOrder() sorts the indexes of. */
 static RlsAuditColumn *image_order_columns = NULL;
@@ -185,6 +253,8 @@ InvalidateAuditTables(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	AuditTable *table;
 
+	if (relid == InvalidOid || relid == log_layout.relid)
+		ForgetLogLayout();
 	if (audit_tables == NULL)
 		return;
 	hash_seq_init(&status, audit_tables);
@@ -527,8 +597,21 @@ typedef struct StatementValues
 {
 	Datum		values[LOG_NATTS];
 	bool		nulls[LOG_NATTS];
-	Tuplestorestate *rows;
+	MemoryContext cxt;			/* the capture's: the writer below lives there */
+	Tuplestorestate *rows;		/* the INSERT statement's rows, or NULL */
 	int64		statements;		/* statement rows in rows, not yet written */
+	/* The capture's own insert (OpenLogWriter()), decided at the first statement row. */
+	bool		decided;
+	bool		direct;
+	Relation	log;
+	Relation	partition;
+	EState	   *estate;
+	ResultRelInfo *partition_info;
+	TupleTableSlot *log_slot;
+	LogLayout	layout;			/* the log's, when the writer opened it */
+	bool		sealing;		/* the hash chain is on: seal the rows at the end */
+	ArrayBuildState *seal_ids;
+	StringInfoData seal_digests;
 	MemoryContext chunkcxt;
 	int			nrows;
 	ArrayBuildState *row_keys;
@@ -609,8 +692,12 @@ InitStatementValues(StatementValues *sv, AuditTable *table, const char *operatio
 		sv->values[11] = CStringGetTextDatum(read_rule_names[table->read_rule]);
 		sv->nulls[11] = false;
 	}
-	sv->rows = tuplestore_begin_heap(false, false, work_mem);
+	sv->cxt = CurrentMemoryContext;
+	sv->rows = NULL;
 	sv->statements = 0;
+	sv->decided = false;
+	sv->direct = false;
+	sv->sealing = false;
 	sv->chunkcxt = AllocSetContextCreate(CurrentMemoryContext, "django_rls audit chunk",
 										 ALLOCSET_DEFAULT_SIZES);
 	sv->nrows = 0;
@@ -760,12 +847,26 @@ FlushChunk(StatementValues *sv)
 	nulls[17] = !sv->any_changed;
 	values[18] = sv->any_read_keys ? makeArrayResult(sv->row_read_keys, sv->chunkcxt) : (Datum) 0;
 	nulls[18] = !sv->any_read_keys;
-	tuplestore_putvalues(sv->rows, LogDescriptor(), values, nulls);
+	if (!sv->decided)
+		OpenLogWriter(sv);
+	if (sv->direct)
+		InsertStatementRow(sv, values, nulls);
+	else
+	{
+		if (sv->rows == NULL)
+		{
+			MemoryContextSwitchTo(sv->cxt);
+			sv->rows = tuplestore_begin_heap(false, false, work_mem);
+			MemoryContextSwitchTo(sv->chunkcxt);
+		}
+		tuplestore_putvalues(sv->rows, LogDescriptor(), values, nulls);
+		sv->statements++;
+	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(sv->chunkcxt);
 	sv->nrows = 0;
 	sv->read_keys = NIL;
-	if (++sv->statements >= CHUNKS_PER_WRITE)
+	if (sv->statements >= CHUNKS_PER_WRITE)
 	{
 		WriteLog(sv->rows, sv->statements);
 		tuplestore_clear(sv->rows);
@@ -942,18 +1043,461 @@ CaptureUpdates(StatementValues *sv, AuditTable *table,
 	return count;
 }
 
+static void
+ForgetLogLayout(void)
+{
+	memset(&log_layout, 0, sizeof(log_layout));
+}
+
+/*
+ * Look up rls_audit.statements once per backend (until its next relcache
+ * invalidation): its owner, and whether the capture can insert its rows
+ * itself: every column one that LOG_COLUMNS names with its type, or id (an
+ * identity column), logged_at, xact_started_at or xact_id (filled as their
+ * defaults fill them), and the table partitioned by range on logged_at.
+ */
+static void
+LoadLogLayout(void)
+{
+	static const struct
+	{
+		const char *name;
+		Oid			type;
+		int			source;
+	}			filled[] = {
+		{"id", INT8OID, LOG_SOURCE_ID},
+		{"logged_at", TIMESTAMPTZOID, LOG_SOURCE_LOGGED_AT},
+		{"xact_started_at", TIMESTAMPTZOID, LOG_SOURCE_XACT_STARTED_AT},
+		{"xact_id", XID8OID, LOG_SOURCE_XACT_ID},
+	};
+	TupleDesc	given = LogDescriptor();
+	LogLayout	layout;
+	Relation	rel;
+	TupleDesc	desc;
+	PartitionKey key;
+	AttrNumber	logged_at = InvalidAttrNumber;
+	int			i;
+	int			j;
+
+	if (OidIsValid(log_layout.relid))
+		return;
+	memset(&layout, 0, sizeof(layout));
+	layout.relid = AuditRelation("statements");
+	rel = table_open(layout.relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	layout.owner = rel->rd_rel->relowner;
+	layout.direct = rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE && desc->natts == LOG_MAX_ATTS;
+	layout.natts = desc->natts;
+	for (i = 0; i < desc->natts && layout.direct; i++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, i);
+		bool		known = false;
+
+		if (attr->attisdropped || attr->attgenerated != '\0')
+		{
+			layout.direct = false;
+			break;
+		}
+		for (j = 0; j < LOG_NATTS && !known; j++)
+		{
+			if (strcmp(NameStr(attr->attname), NameStr(TupleDescAttr(given, j)->attname)) == 0 &&
+				attr->atttypid == TupleDescAttr(given, j)->atttypid)
+			{
+				layout.source[i] = j;
+				known = true;
+			}
+		}
+		for (j = 0; j < (int) lengthof(filled) && !known; j++)
+		{
+			if (strcmp(NameStr(attr->attname), filled[j].name) == 0 && attr->atttypid == filled[j].type &&
+				(filled[j].source == LOG_SOURCE_ID ? attr->attidentity == ATTRIBUTE_IDENTITY_ALWAYS : attr->atthasdef))
+			{
+				layout.source[i] = filled[j].source;
+				known = true;
+				if (filled[j].source == LOG_SOURCE_ID)
+					layout.id_sequence = RlsIdentitySequence(rel, attr->attnum);
+				else if (filled[j].source == LOG_SOURCE_LOGGED_AT)
+					logged_at = attr->attnum;
+			}
+		}
+		layout.direct = known;
+	}
+	layout.sealable = layout.direct;
+	for (i = 0; i < DIGEST_NATTS && layout.sealable; i++)
+	{
+		layout.digest_source[i] = -1;
+		for (j = 0; j < desc->natts; j++)
+			if (strcmp(NameStr(TupleDescAttr(desc, j)->attname), digest_names[i]) == 0)
+				layout.digest_source[i] = j;
+		layout.sealable = layout.digest_source[i] >= 0;
+	}
+	if (layout.direct)
+	{
+		key = RelationGetPartitionKey(rel);
+		layout.direct = key->strategy == PARTITION_STRATEGY_RANGE && key->partnatts == 1 &&
+			key->partattrs[0] == logged_at && OidIsValid(layout.id_sequence);
+	}
+	table_close(rel, AccessShareLock);
+	log_layout = layout;
+}
+
 static Oid
 LogOwner(void)
 {
-	Oid			relid = AuditRelation("statements");
-	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
+	LoadLogLayout();
+	return log_layout.owner;
+}
 
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
-	return owner;
+/* No CHECK constraint, rule or trigger, which only the INSERT statement runs. */
+static bool
+PlainLogTable(Relation rel)
+{
+	TupleConstr *constr = rel->rd_att->constr;
+
+	return rel->trigdesc == NULL && rel->rd_rules == NULL && (constr == NULL || constr->num_check == 0);
+}
+
+/* The partition's columns are the parent's, in the same places. */
+static bool
+SameColumns(TupleDesc parent, TupleDesc partition)
+{
+	int			i;
+
+	if (parent->natts != partition->natts)
+		return false;
+	for (i = 0; i < parent->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(parent, i);
+		Form_pg_attribute b = TupleDescAttr(partition, i);
+
+		if (a->attisdropped != b->attisdropped || a->atttypid != b->atttypid ||
+			b->attgenerated != '\0' || strcmp(NameStr(a->attname), NameStr(b->attname)) != 0)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Decide how this statement's rows are written, at its first statement row.
+ *
+ * Directly (sv->direct): the capture forms each statement row itself, puts
+ * it into the partition of the statement's month (found from the log's
+ * partition bounds, as the executor's tuple routing finds it) and inserts
+ * its index entries, as the log's owner.  That is what the INSERT statement
+ * does for a log made as sql/install/21_audit_log.sql makes it, without
+ * SPI, a plan's revalidation and executor start-up, partition routing's
+ * set-up and the tuplestore: the fixed cost of an audited single-row
+ * statement (docs/audit.md, "Cost").  The defaults it fills are the log's:
+ * id from its identity sequence, logged_at = statement_timestamp(),
+ * xact_started_at = transaction_timestamp(), xact_id = pg_current_xact_id().
+ *
+ * With the hash chain on, it also digests each statement row as
+ * rls_audit._entry_digest() does (RowDigest()) and seals them at the end
+ * with one rls_audit._seal() call (Seal()).
+ *
+ * Otherwise through the INSERT statement (WriteLog()), when the log is not
+ * as the extension made it: other columns, a CHECK constraint, a rule or a
+ * trigger on the log or the partition, FORCE ROW LEVEL SECURITY, a partition
+ * with other columns or an index that is deferred or an exclusion
+ * constraint.  Whatever a superuser added to the log then still applies.
+ */
+static void
+OpenLogWriter(StatementValues *sv)
+{
+	MemoryContext old = MemoryContextSwitchTo(sv->cxt);
+	Relation	log;
+	Relation	partition;
+	PartitionKey key;
+	PartitionDesc parts;
+	Oid			partition_oid = InvalidOid;
+	ResultRelInfo *info;
+	int			i;
+
+	sv->decided = true;
+	sv->direct = false;
+	LoadLogLayout();
+	log = table_open(log_layout.relid, RowExclusiveLock);
+
+	/*
+	 * Opening the log may have taken an invalidation that forgot the layout:
+	 * look it up again under the lock, which keeps its columns as they are
+	 * until the transaction ends, and keep a copy for this statement (an
+	 * invalidation taken later, at a lock the insert takes, forgets the
+	 * backend's layout but not the copy).
+	 */
+	LoadLogLayout();
+	sv->layout = log_layout;
+	if (sv->layout.relid == RelationGetRelid(log) && sv->layout.direct &&
+		(!audit_chain || sv->layout.sealable) &&
+		PlainLogTable(log) && !log->rd_rel->relforcerowsecurity)
+	{
+		Datum		logged_at = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
+		bool		equal = false;
+		int			index = -1;
+
+		key = RelationGetPartitionKey(log);
+		parts = RelationGetPartitionDesc(log, true);
+		if (parts->boundinfo != NULL)
+		{
+			/* The bound at offset is the greatest not above logged_at; the next one ends its partition. */
+			int			offset = partition_range_datum_bsearch(key->partsupfunc, key->partcollation,
+															   parts->boundinfo, 1, &logged_at, &equal);
+
+			index = parts->boundinfo->indexes[offset + 1];
+			if (index < 0)
+				index = parts->boundinfo->default_index;
+		}
+		if (index >= 0 && parts->is_leaf[index])
+			partition_oid = parts->oids[index];
+	}
+	if (!OidIsValid(partition_oid))
+	{
+		table_close(log, NoLock);
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	partition = table_open(partition_oid, RowExclusiveLock);
+	if (partition->rd_rel->relkind != RELKIND_RELATION || !PlainLogTable(partition) ||
+		!SameColumns(RelationGetDescr(log), RelationGetDescr(partition)))
+	{
+		table_close(partition, NoLock);
+		table_close(log, NoLock);
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	info = makeNode(ResultRelInfo);
+	InitResultRelInfo(info, partition, 0, NULL, 0);
+	ExecOpenIndices(info, false);
+	for (i = 0; i < info->ri_NumIndices; i++)
+	{
+		if (!info->ri_IndexRelationDescs[i]->rd_index->indimmediate ||
+			info->ri_IndexRelationInfo[i]->ii_ExclusionOps != NULL)
+		{
+			ExecCloseIndices(info);
+			table_close(partition, NoLock);
+			table_close(log, NoLock);
+			MemoryContextSwitchTo(old);
+			return;
+		}
+	}
+	sv->direct = true;
+	sv->sealing = audit_chain;
+	if (sv->sealing)
+	{
+		sv->seal_ids = initArrayResult(INT8OID, sv->cxt, false);
+		initStringInfo(&sv->seal_digests);
+	}
+	sv->log = log;
+	sv->partition = partition;
+	sv->partition_info = info;
+	sv->estate = CreateExecutorState();
+	sv->log_slot = MakeSingleTupleTableSlot(RelationGetDescr(partition), &TTSOpsVirtual);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Append the SHA-256 digest of a statement row, as rls_audit._entry_digest()
+ * computes it: sha256(convert_to(ROW(every column but id)::text, 'UTF8')).
+ * The text is record_out's, as the cast prints it; the capture runs under
+ * TimeZone UTC and DateStyle ISO (PinOutputSettings()), as the SQL digest
+ * is taken and verify() takes it again.
+ */
+static void
+RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
+{
+	Datum		values[DIGEST_NATTS];
+	bool		nulls[DIGEST_NATTS];
+	HeapTuple	tuple;
+	char	   *text;
+	char	   *utf8;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	pg_cryptohash_ctx *ctx;
+	int			i;
+
+	if (digest_desc == NULL)
+	{
+		Relation	log = table_open(layout->relid, AccessShareLock);
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		TupleDesc	desc = CreateTemplateTupleDesc(DIGEST_NATTS);
+
+		for (i = 0; i < DIGEST_NATTS; i++)
+			TupleDescInitEntry(desc, (AttrNumber) (i + 1), digest_names[i],
+							   TupleDescAttr(RelationGetDescr(log), layout->digest_source[i])->atttypid, -1, 0);
+		fmgr_info_cxt(F_RECORD_OUT, &digest_record_out, TopMemoryContext);
+		digest_desc = BlessTupleDesc(desc);
+		MemoryContextSwitchTo(old);
+		table_close(log, AccessShareLock);
+	}
+	for (i = 0; i < DIGEST_NATTS; i++)
+	{
+		values[i] = slot->tts_values[layout->digest_source[i]];
+		nulls[i] = slot->tts_isnull[layout->digest_source[i]];
+	}
+	tuple = heap_form_tuple(digest_desc, values, nulls);
+	text = OutputFunctionCall(&digest_record_out, HeapTupleGetDatum(tuple));
+	utf8 = pg_server_to_any(text, strlen(text), PG_UTF8);
+	ctx = pg_cryptohash_create(PG_SHA256);
+	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) utf8, strlen(utf8)) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute the digest of an audit statement row");
+	pg_cryptohash_free(ctx);
+	appendBinaryStringInfo(digests, (const char *) digest, sizeof(digest));
+}
+
+/*
+ * Seal the statement rows this statement wrote: one rls_audit._seal() call
+ * (sql/install/26_audit_chain.sql), as the log's owner, with their ids in id
+ * order and their digests.  A statement's rows share one chain: the site is
+ * the statement's, and the month that of statement_timestamp().
+ */
+static void
+Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, bool site_uuid_null)
+{
+	Datum		args[4];
+	struct pg_tm tm;
+	fsec_t		fsec;
+	bytea	   *digests;
+	Oid			saved_user;
+	int			saved_context;
+	volatile int rc = 0;
+
+	if (timestamp2tm(GetCurrentStatementStartTimestamp(), NULL, &tm, &fsec, NULL, NULL) != 0)
+		elog(ERROR, "statement timestamp out of range");
+	args[0] = DateADTGetDatum(date2j(tm.tm_year, tm.tm_mon, 1) - POSTGRES_EPOCH_JDATE);
+	if (!site_id_null)
+		args[1] = CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(int8out, site_id)));
+	else if (!site_uuid_null)
+		args[1] = CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, site_uuid)));
+	else
+		args[1] = CStringGetTextDatum("");
+	args[2] = makeArrayResult(sv->seal_ids, CurrentMemoryContext);
+	digests = palloc(VARHDRSZ + sv->seal_digests.len);
+	SET_VARSIZE(digests, VARHDRSZ + sv->seal_digests.len);
+	memcpy(VARDATA(digests), sv->seal_digests.data, sv->seal_digests.len);
+	args[3] = PointerGetDatum(digests);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed in rls_audit.capture()");
+	if (seal_plan == NULL)
+	{
+		Oid			types[4] = {DATEOID, TEXTOID, INT8ARRAYOID, BYTEAOID};
+		SPIPlanPtr	plan = SPI_prepare("SELECT rls_audit._seal($1, $2, $3, $4)", 4, types);
+
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the audit seal: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not keep the audit seal");
+		seal_plan = plan;
+	}
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(sv->layout.owner,
+						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(seal_plan, args, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "rls_audit.capture() could not seal the audit log: %s", SPI_result_code_string(rc));
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed in rls_audit.capture()");
+}
+
+/* Insert one statement row (values and nulls as LOG_COLUMNS) into the partition OpenLogWriter() opened. */
+static void
+InsertStatementRow(StatementValues *sv, Datum *values, bool *nulls)
+{
+	TupleTableSlot *slot = sv->log_slot;
+	TupleDesc	desc = slot->tts_tupleDescriptor;
+	Oid			saved_user;
+	int			saved_context;
+	int			i;
+
+	ExecClearTuple(slot);
+	for (i = 0; i < sv->layout.natts; i++)
+	{
+		Datum		value = (Datum) 0;
+		bool		isnull = false;
+
+		switch (sv->layout.source[i])
+		{
+			case LOG_SOURCE_ID:
+				value = Int64GetDatum(nextval_internal(sv->layout.id_sequence, false));
+				break;
+			case LOG_SOURCE_LOGGED_AT:
+				value = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
+				break;
+			case LOG_SOURCE_XACT_STARTED_AT:
+				value = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+				break;
+			case LOG_SOURCE_XACT_ID:
+				value = FullTransactionIdGetDatum(GetTopFullTransactionId());
+				break;
+			default:
+				value = values[sv->layout.source[i]];
+				isnull = nulls[sv->layout.source[i]];
+				break;
+		}
+		if (isnull && TupleDescAttr(desc, i)->attnotnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("null value in column \"%s\" of relation \"%s\" violates not-null constraint",
+							NameStr(TupleDescAttr(desc, i)->attname), RelationGetRelationName(sv->partition)),
+					 errhint("The audit log's columns were changed; restore them as the extension made them.")));
+		slot->tts_values[i] = value;
+		slot->tts_isnull[i] = isnull;
+	}
+	ExecStoreVirtualTuple(slot);
+
+	/* As the log's owner, security-restricted: only the log's own index code runs here. */
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(sv->layout.owner,
+						   saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		table_tuple_insert(sv->partition, slot, GetCurrentCommandId(true), 0, NULL);
+		if (sv->partition_info->ri_NumIndices > 0)
+			(void) RlsInsertIndexTuples(sv->partition_info, slot, sv->estate);
+		ResetPerTupleExprContext(sv->estate);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
+	if (sv->sealing)
+	{
+		for (i = 0; i < sv->layout.natts; i++)
+			if (sv->layout.source[i] == LOG_SOURCE_ID)
+				accumArrayResult(sv->seal_ids, slot->tts_values[i], false, INT8OID, sv->cxt);
+		RowDigest(&sv->layout, slot, &sv->seal_digests);
+	}
+}
+
+/* Close what OpenLogWriter() opened; the locks stay until the transaction ends. */
+static void
+CloseLogWriter(StatementValues *sv)
+{
+	if (!sv->direct)
+		return;
+	ExecCloseIndices(sv->partition_info);
+	ExecDropSingleTupleTableSlot(sv->log_slot);
+	FreeExecutorState(sv->estate);
+	table_close(sv->partition, NoLock);
+	table_close(sv->log, NoLock);
+	sv->direct = false;
+	/* As SPI does after a write: later commands see the rows. */
+	CommandCounterIncrement();
+	if (sv->sealing)
+	{
+		sv->sealing = false;
+		Seal(sv, sv->values[3], sv->nulls[3], sv->values[4], sv->nulls[4]);
+	}
 }
 
 /*
@@ -1078,6 +1622,7 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 		count = CaptureUpdates(&sv, table, trigdata->tg_oldtable, trigdata->tg_newtable,
 							   slot, other, rowcxt);
 	FlushChunk(&sv);
+	CloseLogWriter(&sv);
 	if (sv.statements > 0)
 		WriteLog(sv.rows, sv.statements);
 
@@ -1107,7 +1652,8 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 	ExecDropSingleTupleTableSlot(other);
 	MemoryContextDelete(rowcxt);
 	MemoryContextDelete(sv.chunkcxt);
-	tuplestore_end(sv.rows);
+	if (sv.rows != NULL)
+		tuplestore_end(sv.rows);
 }
 
 /*

@@ -121,6 +121,29 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #endif
 
 /*
+ * PostgreSQL 17 made getIdentitySequence() take the relation instead of its
+ * oid.
+ */
+#if PG_VERSION_NUM >= 170000
+#define RlsIdentitySequence(rel, attnum) getIdentitySequence((rel), (attnum), false)
+#else
+#define RlsIdentitySequence(rel, attnum) getIdentitySequence(RelationGetRelid(rel), (attnum), false)
+#endif
+
+/*
+ * PostgreSQL 16 added ExecInsertIndexTuples()'s onlySummarizing argument
+ * (false: every index, as an INSERT does).  audit.c inserts the log's index
+ * entries for a row it inserted, without update, speculation or arbiters.
+ */
+#if PG_VERSION_NUM >= 160000
+#define RlsInsertIndexTuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL, false)
+#else
+#define RlsInsertIndexTuples(rri, slot, estate) \
+	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+
+/*
  * PostgreSQL 17 shows an initplan's outputs as (InitPlan 1).col1 in EXPLAIN
  * and names the initplan just "InitPlan 1"; older releases show $0 and name
  * it "InitPlan 1 (returns $0,$1)".  Initplans made by accessor_params.c

@@ -185,6 +185,57 @@ def test_entries_moved_out_of_the_default_partition_still_verify(chain_db):
     assert chain_db.execute("SELECT count(*), count(problem) FROM rls_audit.verify()").fetchone() == (3, 0)
 
 
+def test_a_statement_of_many_statement_rows_is_sealed_once(chain_db):
+    """10,000 rows are 10 statement rows of 1,000 entries: one seal lists them all, in id order."""
+    chain_db.execute("SELECT rls.set_context('3', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item SELECT g, 3, 'bulk ' || g FROM generate_series(1000, 10999) g")
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '3'").fetchone() == (
+        1,
+        10000,
+        None,
+    )
+    ids = chain_db.execute("SELECT statement_ids FROM rls_audit.seals WHERE chain = '3'").fetchone()[0]
+    assert len(ids) == 10 and ids == sorted(ids)
+
+
+def test_a_log_given_a_check_constraint_is_written_by_the_insert_statement_still_sealed(chain_db):
+    """The capture inserts statement rows itself only into the log as the extension made it; a CHECK
+    constraint a superuser adds sends them through the INSERT statement, which enforces it, with or
+    without the chain, and what that writes verifies and reads as before."""
+    chain_db.execute("ALTER TABLE rls_audit.statements ADD CONSTRAINT not_32 CHECK (row_keys <> '{32}')")
+    chain_db.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item VALUES (30, 1, 'checked')")
+    chain_db.execute("UPDATE item SET body = 'checked!' WHERE id = 30")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        chain_db.execute("INSERT INTO item VALUES (32, 1, 'refused')")
+    chain_db.execute("SET django_rls.audit_chain = off")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        chain_db.execute("INSERT INTO item VALUES (32, 1, 'refused')")
+    chain_db.execute("ALTER TABLE rls_audit.statements DROP CONSTRAINT not_32")
+    chain_db.execute("RESET django_rls.audit_chain")
+    chain_db.execute("DELETE FROM item WHERE id = 30")
+    assert problems(chain_db) == []
+    assert chain_db.execute("SELECT seals, entries FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (7, 11)
+    assert chain_db.execute(
+        "SELECT operation, old_values, new_values, changed_columns FROM rls_audit.log WHERE row_key = '30' ORDER BY id"
+    ).fetchall() == [
+        ("INSERT", None, {"id": 30, "body": "checked", "site_id": 1}, None),
+        ("UPDATE", {"body": "checked"}, {"body": "checked!"}, ["body"]),
+        ("DELETE", {"id": 30, "body": "checked!", "site_id": 1}, None, None),
+    ]
+
+
+def test_entries_go_to_the_partition_of_their_month(chain_db):
+    chain_db.execute("SELECT rls_audit.ensure_partitions(0)")
+    chain_db.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item VALUES (31, 1, 'this month')")
+    month = chain_db.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')").fetchone()[0]
+    assert chain_db.execute(
+        "SELECT tableoid::regclass::text FROM rls_audit.statements WHERE row_keys = '{31}'"
+    ).fetchone() == (f"rls_audit.statements_{month}",)
+    assert problems(chain_db) == []
+
+
 def test_an_edited_entry_is_reported(chain_db):
     ids = site_one_ids(chain_db)
     chain_db.execute(
