@@ -725,9 +725,12 @@ def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, 
     run_as_site(app, "transaction", "INSERT INTO items_moved VALUES (%s, %s, 'own')", (NEW_ID, SITE))
     with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
         run_as_site(app, "transaction", "INSERT INTO items_moved VALUES (%s, %s, 'cross')", (NEW_ID + 1, OTHER_SITE))
-    assert run_as_site(
-        app, "transaction", "UPDATE items_moved SET title = title WHERE site_id = %s", (OTHER_SITE,)
-    ).rowcount == 0
+    assert (
+        run_as_site(
+            app, "transaction", "UPDATE items_moved SET title = title WHERE site_id = %s", (OTHER_SITE,)
+        ).rowcount
+        == 0
+    )
     moved = on_placements(
         admin,
         "items_moved",
@@ -1101,7 +1104,9 @@ def test_a_worker_refuses_a_credential_replayed_outside_its_transaction(citus, a
     does get it accepted: why pg_hba.conf must keep the app role off the workers (docs/scale-out.md)."""
     credential = _captured(app)
     txn = _txn(credential)
-    with pytest.raises(errors.InvalidAuthorizationSpecification, match="invalid django_rls context forwarded") as excinfo:
+    with pytest.raises(
+        errors.InvalidAuthorizationSpecification, match="invalid django_rls context forwarded"
+    ) as excinfo:
         _on_worker(citus, credential, None)
     assert excinfo.value.diag.message_detail == "This backend is not in a distributed transaction of Citus."
     assert excinfo.value.diag.message_hint
@@ -1182,3 +1187,18 @@ def test_without_a_key_the_shards_refuse_with_what_to_configure(citus, where):
         for conn in connections:
             _set_key_file(conn, None)
             conn.close()
+
+
+def test_a_setter_pushed_down_to_the_shards_does_not_change_their_context(app):
+    """rls.set_context() in the target list of a query on a distributed table runs on the workers, beside
+    the context the coordinator forwarded: the workers refuse to choose, and no other site's row is read."""
+    with pytest.raises(errors.InsufficientPrivilege) as excinfo:
+        with app.transaction():
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            pushed = app.execute("SELECT rls.set_context(%s, NULL) FROM items", (str(OTHER_SITE),)).fetchall()
+            rows = app.execute("SELECT site_id FROM items").fetchall()
+            pytest.fail(f"read {rows} after {len(pushed)} pushed-down setter calls")
+    assert excinfo.value.diag.message_primary == (
+        "a django_rls context was set on this Citus worker beside the one the coordinator forwarded"
+    )
+    assert excinfo.value.diag.message_hint

@@ -33,12 +33,12 @@ SIGNING_KEY_FILE = "django_rls_signing_key"
 
 # Citus must come first. Multi-shard writes commit with two-phase commit, shard
 # moves use logical replication.
-CITUS_SETTINGS = """
+CITUS_SETTINGS = f"""
 shared_preload_libraries = 'citus, django_rls'
 max_prepared_transactions = 20
 wal_level = logical
 citus.log_remote_commands = off
-django_rls.signing_key_file = '""" + SIGNING_KEY_FILE + """'
+django_rls.signing_key_file = '{SIGNING_KEY_FILE}'
 """
 
 SKIP_REASON = "Citus is not installed for this PostgreSQL: see docs/scale-out.md"
