@@ -1202,3 +1202,50 @@ def test_a_setter_pushed_down_to_the_shards_does_not_change_their_context(app):
         "a django_rls context was set on this Citus worker beside the one the coordinator forwarded"
     )
     assert excinfo.value.diag.message_hint
+
+
+def test_a_session_context_set_in_a_transaction_block_reaches_the_shards_for_that_transaction(app):
+    """is_local => false inside a transaction block: forwarded for that transaction, not for the next."""
+    with app.transaction():
+        app.execute("SELECT rls.set_context(%s, NULL, NULL, false)", (str(SITE),))
+        assert {id_ for (id_,) in app.execute("SELECT id FROM items").fetchall()} == SITE_ROWS
+    with app.transaction():
+        assert app.execute("SELECT rls.site_id()").fetchone() == (SITE,)
+        assert app.execute("SELECT count(*) FROM items").fetchone() == (0,)
+    app.execute("SELECT rls.clear_context()")
+
+
+def _set_lifetime(admin: psycopg.Connection, seconds: int | None) -> None:
+    """ALTER SYSTEM (or RESET) django_rls.max_token_lifetime on the node, and wait for the reload."""
+    if seconds is None:
+        admin.execute("ALTER SYSTEM RESET django_rls.max_token_lifetime")
+    else:
+        admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.max_token_lifetime = {}").format(sql.Literal(seconds)))
+    admin.execute("SELECT pg_reload_conf()")
+    expected = "5min" if seconds is None else f"{seconds}s"
+    for _ in range(100):
+        if admin.execute("SHOW django_rls.max_token_lifetime").fetchone()[0] == expected:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not reload its configuration")
+
+
+def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citus, admin):
+    """The credential lives django_rls.max_token_lifetime (the coordinator's): a transaction that first reaches
+    the workers later than that is refused there, and setting the context again carries a fresh one."""
+    _set_lifetime(admin, 1)
+    try:
+        with citus.connect(APP_ROLE, PASSWORD) as app:
+            with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
+                with app.transaction():
+                    app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+                    time.sleep(2.2)
+                    app.execute("SELECT count(*) FROM items").fetchone()
+            assert excinfo.value.diag.message_detail.startswith("It expired ")
+            with app.transaction():
+                app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+                time.sleep(2.2)
+                app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+                assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
+    finally:
+        _set_lifetime(admin, None)
