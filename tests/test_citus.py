@@ -1249,3 +1249,35 @@ def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citu
                 assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
     finally:
         _set_lifetime(admin, None)
+
+
+def test_a_protected_reference_table_reads_and_writes_with_the_forwarded_context(admin, app):
+    """A reference table has a placement on every node: a write reaches each of them, so each worker must
+    hold the context; from a transaction block the site reads and writes its own rows only."""
+    admin.execute("CREATE TABLE ref_items (id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id))")
+    try:
+        admin.execute(f"ALTER TABLE ref_items OWNER TO {OWNER_ROLE}")
+        admin.execute("SELECT create_reference_table('ref_items')")
+        admin.execute("SELECT rls.protect_by_site('ref_items', to_role => %s)", (APP_ROLE,))
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ref_items TO {APP_ROLE}")
+        admin.execute(
+            "INSERT INTO ref_items SELECT g, CASE WHEN g <= 6 THEN 3 ELSE 5 END FROM generate_series(1, 20) g"
+        )
+        ids = {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM ref_items").fetchall()}
+        assert ids == SITE_ROWS
+        run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+            run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, OTHER_SITE))
+        assert (
+            run_as_site(app, "transaction", "UPDATE ref_items SET id = id WHERE site_id = %s", (OTHER_SITE,)).rowcount
+            == 0
+        )
+        assert run_as_site(app, "transaction", "DELETE FROM ref_items WHERE id = %s", (NEW_ID,)).rowcount == 1
+        assert run_without_context(app, "autocommit", "SELECT count(*) FROM ref_items").fetchone() == (0,)
+        # Every placement holds the same rows: the own-site insert and delete reached each node.
+        counts = admin.execute(
+            "SELECT DISTINCT result FROM run_command_on_placements('ref_items', 'SELECT count(*) FROM %s')"
+        ).fetchall()
+        assert counts == [("20",)]
+    finally:
+        admin.execute("DROP TABLE ref_items")
