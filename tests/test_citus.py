@@ -1274,6 +1274,12 @@ def test_a_protected_reference_table_reads_and_writes_with_the_forwarded_context
         )
         assert run_as_site(app, "transaction", "DELETE FROM ref_items WHERE id = %s", (NEW_ID,)).rowcount == 1
         assert run_without_context(app, "autocommit", "SELECT count(*) FROM ref_items").fetchone() == (0,)
+        # In autocommit the read is served by the coordinator's own placement, with its own context.
+        session = {id_ for (id_,) in run_as_site(app, "session", "SELECT id FROM ref_items").fetchall()}
+        app.execute("SELECT rls.clear_context()")
+        assert session == SITE_ROWS
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+            run_as_site(app, "marker", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
         # Every placement holds the same rows: the own-site insert and delete reached each node.
         counts = admin.execute(
             "SELECT DISTINCT result FROM run_command_on_placements('ref_items', 'SELECT count(*) FROM %s')"
