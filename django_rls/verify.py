@@ -126,8 +126,9 @@ def _catalog_failures(alias: str, declarations: dict[str, Declaration]) -> list[
 def _citus_failures(cursor: Any) -> list[str]:
     """What rls.problems reports about protected tables Citus distributes (docs/scale-out.md); none without Citus.
 
-    The context does not reach the workers yet (issue 17), so such a table shows the application
-    none of its rows; rls.problems also names policies that fail open on the shards.
+    The context reaches the workers only from a transaction block (issue 17), so such a table shows
+    an autocommit statement of the application none of its rows; rls.problems also names policies
+    that fail open on the shards.
     """
     cursor.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
     if not cursor.fetchone()[0]:

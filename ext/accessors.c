@@ -40,6 +40,41 @@ static Jsonb *claims_cache = NULL;
 static uint64 claims_cache_generation = 0;
 
 pg_noreturn static void ReportMissing(const char *what);
+
+/*
+ * The context policies read: the local one, or on a Citus worker the one the
+ * coordinator forwarded, verified at first use (citus.c).
+ */
+static const RlsId *
+ContextSite(void)
+{
+	RlsForwardedContext forwarded;
+
+	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
+		return forwarded.site;
+	return &rls_current_site;
+}
+
+static const RlsId *
+ContextUser(void)
+{
+	RlsForwardedContext forwarded;
+
+	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
+		return forwarded.user;
+	return &rls_current_user;
+}
+
+static const char *
+ContextClaims(void)
+{
+	RlsForwardedContext forwarded;
+
+	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
+		return forwarded.claims;
+	return rls_claims_setting;
+}
+
 pg_noreturn static void ReportWrongKind(const char *what, const char *holds, const char *wanted, const char *use);
 
 static void
@@ -102,25 +137,25 @@ IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
 Datum
 rls_site_id(PG_FUNCTION_ARGS)
 {
-	return IdAsInt64(&rls_current_site, "site", "rls.site_uuid()", fcinfo);
+	return IdAsInt64(ContextSite(), "site", "rls.site_uuid()", fcinfo);
 }
 
 Datum
 rls_user_id(PG_FUNCTION_ARGS)
 {
-	return IdAsInt64(&rls_current_user, "user", "rls.user_uuid()", fcinfo);
+	return IdAsInt64(ContextUser(), "user", "rls.user_uuid()", fcinfo);
 }
 
 Datum
 rls_site_uuid(PG_FUNCTION_ARGS)
 {
-	return IdAsUuid(&rls_current_site, "site", "rls.site_id()", fcinfo);
+	return IdAsUuid(ContextSite(), "site", "rls.site_id()", fcinfo);
 }
 
 Datum
 rls_user_uuid(PG_FUNCTION_ARGS)
 {
-	return IdAsUuid(&rls_current_user, "user", "rls.user_id()", fcinfo);
+	return IdAsUuid(ContextUser(), "user", "rls.user_id()", fcinfo);
 }
 
 /*
@@ -131,22 +166,27 @@ rls_user_uuid(PG_FUNCTION_ARGS)
 Datum
 rls_site_id_lenient(PG_FUNCTION_ARGS)
 {
+	const RlsId *site;
+
 	RlsCheckStatementContext();
-	if (rls_current_site.kind != RLS_ID_INT)
+	site = ContextSite();
+	if (site->kind != RLS_ID_INT)
 		PG_RETURN_NULL();
-	PG_RETURN_INT64(rls_current_site.int_value);
+	PG_RETURN_INT64(site->int_value);
 }
 
 Datum
 rls_site_uuid_lenient(PG_FUNCTION_ARGS)
 {
 	pg_uuid_t  *result;
+	const RlsId *site;
 
 	RlsCheckStatementContext();
-	if (rls_current_site.kind != RLS_ID_UUID)
+	site = ContextSite();
+	if (site->kind != RLS_ID_UUID)
 		PG_RETURN_NULL();
 	result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
-	*result = rls_current_site.uuid_value;
+	*result = site->uuid_value;
 	PG_RETURN_UUID_P(result);
 }
 
@@ -155,9 +195,11 @@ static Jsonb *
 CurrentClaims(void)
 {
 	MemoryContext oldcontext;
+	const char *text;
 
 	RlsCheckStatementContext();
-	if (rls_claims_setting == NULL || rls_claims_setting[0] == '\0')
+	text = ContextClaims();
+	if (text == NULL || text[0] == '\0')
 		return NULL;
 	if (claims_cache != NULL && claims_cache_generation == rls_claims_generation)
 		return claims_cache;
@@ -171,7 +213,7 @@ CurrentClaims(void)
 
 	oldcontext = MemoryContextSwitchTo(claims_context);
 	claims_cache = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-													  CStringGetDatum(rls_claims_setting)));
+													  CStringGetDatum(text)));
 	MemoryContextSwitchTo(oldcontext);
 	claims_cache_generation = rls_claims_generation;
 	return claims_cache;
@@ -251,14 +293,16 @@ Datum
 rls_context(PG_FUNCTION_ARGS)
 {
 	StringInfoData buf;
+	const char *claims;
 
 	RlsCheckStatementContext();
+	claims = ContextClaims();
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
-	AppendId(&buf, "site", &rls_current_site);
+	AppendId(&buf, "site", ContextSite());
 	appendStringInfoString(&buf, ", ");
-	AppendId(&buf, "user", &rls_current_user);
+	AppendId(&buf, "user", ContextUser());
 	appendStringInfo(&buf, ", \"claims\": %s}",
-					 (rls_claims_setting && rls_claims_setting[0]) ? rls_claims_setting : "null");
+					 (claims && claims[0]) ? claims : "null");
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }

@@ -55,6 +55,13 @@ bool		rls_statement_bound = false;
  */
 static bool setter_active = false;
 
+/* Whether RlsApplyContext() is setting the context right now (citus.c). */
+bool
+RlsSetterActive(void)
+{
+	return setter_active;
+}
+
 /*
  * Refuse a non-empty context value unless it comes from our own setter or is
  * being copied into a parallel worker from its leader.
@@ -255,6 +262,8 @@ RlsApplyContext(const char *site, const char *user, const char *claims,
 								 PGC_S_SESSION, action, true, ERROR, false);
 		(void) set_config_option(RLS_GUC_PREFIX ".claims", claims, PGC_SUSET,
 								 PGC_S_SESSION, action, true, ERROR, false);
+		/* On a Citus coordinator, in a transaction block (citus.c). */
+		RlsForwardContext(site, user, claims);
 	}
 	PG_FINALLY();
 	{

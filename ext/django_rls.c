@@ -92,6 +92,7 @@ _PG_init(void)
 	RlsDefineKeySettings();
 	RlsDefineAccessorParamSettings();
 	RlsDefineAuditSettings();
+	RlsDefineCitusSettings();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);

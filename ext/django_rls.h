@@ -63,6 +63,24 @@ extern void RlsCheckSetterAllowed(const char *function_name);
 extern void RlsCheckScope(const char *function_name, bool is_local);
 extern void RlsApplyContext(const char *site, const char *user,
 							const char *claims, bool is_local);
+extern bool RlsSetterActive(void);
+
+/*
+ * citus.c
+ */
+
+/* A context a Citus coordinator forwarded, verified (claims: "" for none). */
+typedef struct RlsForwardedContext
+{
+	const RlsId *site;
+	const RlsId *user;
+	const char *claims;
+} RlsForwardedContext;
+
+extern bool rls_forwarded_present;
+extern void RlsDefineCitusSettings(void);
+extern void RlsForwardContext(const char *site, const char *user, const char *claims);
+extern const RlsForwardedContext *RlsForwardedCredential(RlsForwardedContext *result);
 
 /*
  * own_role.c
@@ -118,6 +136,7 @@ extern void RlsParseContextObject(const char *json, int len, RlsContextValues *r
  */
 extern void RlsDefineTokenSettings(void);
 extern void RlsVerifyToken(const char *token, int len, RlsContextValues *result);
+extern int	RlsMaxTokenLifetime(void);
 
 /*
  * token_cache.c
@@ -216,6 +235,7 @@ extern bool RlsSigningKeyConfigured(void);
 extern bool RlsSignatureMatches(const char *signed_part, size_t signed_len,
 								const uint8 *signature);
 extern uint64 RlsSigningKeysGeneration(void);
+extern void RlsSign(const char *data, size_t len, uint8 *mac);
 
 /*
  * replay.c

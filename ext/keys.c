@@ -314,3 +314,15 @@ RlsSignatureMatches(const char *signed_part, size_t signed_len, const uint8 *sig
 	}
 	return matched;
 }
+
+/*
+ * HMAC-SHA256 of data under the first key of the file, for what this server
+ * signs itself (the context a Citus coordinator forwards, citus.c).
+ */
+void
+RlsSign(const char *data, size_t len, uint8 *mac)
+{
+	LoadKeys();
+	if (!RlsHmacSha256((const uint8 *) keys[0], key_lengths[0], (const uint8 *) data, len, mac))
+		elog(ERROR, "could not compute HMAC-SHA256 for a django_rls context");
+}

@@ -82,6 +82,13 @@ RlsDefineTokenSettings(void)
 							GUC_UNIT_S, NULL, NULL, NULL);
 }
 
+/* The longest lifetime a token, or a context forwarded to Citus workers, may have. */
+int
+RlsMaxTokenLifetime(void)
+{
+	return max_token_lifetime;
+}
+
 pg_noreturn static void ReportInvalidToken(const char *detail);
 pg_noreturn static void ReportInvalidUse(const char *detail);
 

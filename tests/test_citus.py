@@ -12,9 +12,11 @@ test is marked xfail(strict=True) with the cause, so it flips when issue 17 is f
   rls_base_<command> that carries the same expression, so on the shards the permissive
   copy of the group is OR'd with an identical expression. No context, or another site,
   reads and writes nothing.
-- The context set on the coordinator never reaches the worker backends that run the
-  shard queries: the shards see no site, so site 3 reads nothing and cannot write its
-  own rows either (the table fails closed for everybody).
+- The context reaches the worker backends that run the shard queries as a credential the
+  coordinator's setter forwards with SET LOCAL (ext/citus.c): signed with the key every node
+  shares, bound to the database and the distributed transaction, verified by the workers at first
+  use. Only a transaction block carries it: an autocommit statement (a session-scoped context,
+  the statement marker) opens no transaction on the workers, and reads and writes nothing there.
 - rls.problems on the coordinator reports the distributed table, and compares every
   shard placement's policies with the table's; rls_roles revokes Citus's
   run-on-other-nodes functions from PUBLIC.
@@ -24,8 +26,11 @@ Without Citus in the server's pkglibdir every test here skips (docs/scale-out.md
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -52,16 +57,16 @@ RESTRICTIVE_DROPPED = (
     "(CreatePolicyCommandForPolicy never writes AS RESTRICTIVE); rls_base_<command> carries the "
     "same expression, so the shards do not fail open for it, but the flag is lost"
 )
-CONTEXT_NOT_ON_WORKERS = (
-    "issue 17: the context set on the coordinator never reaches the worker backends that run "
-    "the shard queries (only SET statements are forwarded, and only with citus.propagate_set_commands), "
-    "so the shards see no site"
+AUTOCOMMIT_NOT_CARRIED = (
+    "issue 17: an autocommit statement opens no transaction on the workers for the forwarded SET LOCAL to "
+    "ride on, so a session-scoped context or one the statement marker carries never reaches the shards "
+    "(Django on Citus needs ATOMIC_REQUESTS)"
 )
 
 # A test marked xfail must fail on its assertion, never on an unrelated error.
 NOT_AS_REQUIRED = (AssertionError, pytest.fail.Exception)
 restrictive_dropped = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=RESTRICTIVE_DROPPED)
-context_lost = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=CONTEXT_NOT_ON_WORKERS)
+autocommit_lost = pytest.mark.xfail(strict=True, raises=NOT_AS_REQUIRED, reason=AUTOCOMMIT_NOT_CARRIED)
 
 TABLES = ("items", "items_protected_first", "items_repaired", "items_moved")
 
@@ -200,6 +205,8 @@ def run_as_site(conn: psycopg.Connection, mode: str, query: str, params: tuple =
     transaction: BEGIN, rls.set_context() (transaction scope), the statement, COMMIT.
     session: rls.set_context(..., is_local => false), then the statement in autocommit.
     marker: the statement alone in autocommit, carrying its context as $1 (/*django_rls:$1*/).
+    marker in a transaction: the same statement in a transaction block, as the Django bridge sends it
+    under ATOMIC_REQUESTS.
     """
     if mode == "transaction":
         with conn.transaction():
@@ -208,8 +215,11 @@ def run_as_site(conn: psycopg.Connection, mode: str, query: str, params: tuple =
     if mode == "session":
         conn.execute("SELECT rls.set_context(%s, NULL, NULL, false)", (str(SITE),))
         return conn.execute(query, params)
-    assert mode == "marker"
     parameter = Text(json.dumps({"site": SITE, "user": None, "claims": None}))
+    if mode == "marker in a transaction":
+        with conn.transaction():
+            return conn.execute("/*django_rls:%s*/ " + query, (parameter, *params))
+    assert mode == "marker"
     return conn.execute("/*django_rls:%s*/ " + query, (parameter, *params))
 
 
@@ -221,7 +231,14 @@ def run_without_context(conn: psycopg.Connection, mode: str, query: str, params:
     return conn.execute(query, params)
 
 
-CONTEXT_MODES = ["transaction", "session", "marker"]
+CONTEXT_MODES = ["transaction", "session", "marker", "marker in a transaction"]
+# Where the context must reach the shards: in a transaction block it does, in autocommit it does not.
+FORWARDED_MODES = [
+    "transaction",
+    "marker in a transaction",
+    pytest.param("session", marks=autocommit_lost),
+    pytest.param("marker", marks=autocommit_lost),
+]
 NO_CONTEXT_MODES = ["transaction", "autocommit"]
 
 
@@ -314,13 +331,13 @@ def _problems(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
 
 
 def test_problems_report_the_distributed_table(admin, app):
-    """One row per distributed protected table (the context does not reach the workers); the placements
+    """One row per distributed protected table (autocommit carries no context to the workers); the placements
     match the table but for the lost AS RESTRICTIVE, which does not count for a table of one group."""
     assert _problems(admin, "items") == [
         (
             "items",
-            "items is distributed by Citus, and the context does not reach the workers, so the application role "
-            "reads and writes none of its rows",
+            "items is distributed by Citus, and the context reaches its shards only from a transaction block on the "
+            "coordinator, so an autocommit statement of the application role reads and writes none of its rows",
         )
     ]
     # The app role cannot run the placement commands: it is told that the placements were not compared.
@@ -342,7 +359,7 @@ def test_rls_verify_reports_the_distributed_protected_tables(app):
     for table in TABLES:
         assert any(
             failure.startswith(f"{table}: ")
-            and "is distributed by Citus, and the context does not reach the workers" in failure
+            and "is distributed by Citus, and the context reaches its shards only from a transaction block" in failure
             for failure in failures
         ), (table, failures)
 
@@ -571,11 +588,10 @@ def test_problems_name_a_member_of_policy_that_was_distributed(admin, owner, app
         assert f"rls_member_select: {expected}" in _citus_failures(cursor)
 
 
-# -- the table as Citus leaves it: fails closed ------------------------------------------------
+# -- the table on the cluster: each site exactly its rows, from a transaction block ----------------
 
 
-@context_lost
-@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("mode", FORWARDED_MODES)
 def test_site_reads_exactly_its_rows(app, mode):
     ids = {id_ for (id_,) in run_as_site(app, mode, "SELECT id FROM items").fetchall()}
     assert ids == SITE_ROWS
@@ -611,8 +627,7 @@ def test_cross_site_update_changes_nothing(app, admin, mode):
     assert (cursor.rowcount, changed) == (0, 0)
 
 
-@context_lost
-@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("mode", FORWARDED_MODES)
 def test_unfiltered_update_changes_only_the_sites_rows(app, admin, mode):
     run_as_site(app, mode, "UPDATE items SET title = 'touched'")
     touched = {id_ for (id_,) in admin.execute("SELECT id FROM items WHERE title = 'touched'").fetchall()}
@@ -620,10 +635,9 @@ def test_unfiltered_update_changes_only_the_sites_rows(app, admin, mode):
     assert touched == SITE_ROWS
 
 
-@context_lost
-@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("mode", FORWARDED_MODES)
 def test_shard_queries_see_the_context(app, mode):
-    """rls.site_id() in the target list is evaluated on the workers: there it is NULL, not 3."""
+    """rls.site_id() in the target list is evaluated on the workers: there it is 3 too, from the forwarded context."""
     assert run_as_site(app, mode, "SELECT DISTINCT rls.site_id() FROM items").fetchall() == [(SITE,)]
 
 
@@ -634,7 +648,7 @@ def test_the_coordinator_holds_the_context(app):
     assert app.execute("/*django_rls:%s*/ SELECT rls.site_id()", (parameter,)).fetchone() == (SITE,)
 
 
-# -- shard policies put back as RESTRICTIVE by hand: fails closed, and works for nobody -----------
+# -- shard policies put back as RESTRICTIVE by hand: the same ---------------------------------------
 
 
 def test_repaired_shards_are_restrictive(admin):
@@ -666,15 +680,13 @@ def test_repaired_cross_site_reads_and_writes_are_refused(app, admin, mode):
     ).fetchone() == (0,)
 
 
-@context_lost
-@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("mode", FORWARDED_MODES)
 def test_repaired_site_reads_exactly_its_rows(app, mode):
     ids = {id_ for (id_,) in run_as_site(app, mode, "SELECT id FROM items_repaired").fetchall()}
     assert ids == SITE_ROWS
 
 
-@context_lost
-@pytest.mark.parametrize("mode", CONTEXT_MODES)
+@pytest.mark.parametrize("mode", FORWARDED_MODES)
 def test_repaired_site_writes_its_own_rows(app, admin, mode):
     try:
         run_as_site(app, mode, "INSERT INTO items_repaired VALUES (%s, %s, 'own')", (NEW_ID, SITE))
@@ -683,9 +695,8 @@ def test_repaired_site_writes_its_own_rows(app, admin, mode):
     assert admin.execute("SELECT site_id FROM items_repaired WHERE id = %s", (NEW_ID,)).fetchall() == [(SITE,)]
 
 
-@context_lost
-def test_repaired_propagated_set_commands_do_not_carry_the_context(app):
-    """citus.propagate_set_commands forwards SET statements only; rls.set_context() is not one."""
+def test_repaired_context_reaches_the_shards_with_propagation_on_too(app):
+    """The user's own citus.propagate_set_commands = 'local' changes nothing: the setter sets it anyway."""
     app.execute("SET citus.propagate_set_commands = 'local'")
     ids = {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM items_repaired").fetchall()}
     assert ids == SITE_ROWS
@@ -693,7 +704,8 @@ def test_repaired_propagated_set_commands_do_not_carry_the_context(app):
 
 def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, app):
     """A repair by hand does not last: the move copies the policies without AS RESTRICTIVE again. The
-    table does not depend on it: without a context the app role still reads nothing."""
+    table does not depend on it: without a context the app role still reads nothing, and with site 3's
+    context it reads and writes site 3's rows on the moved placement, and no other site's."""
     shard = admin.execute("SELECT get_shard_id_for_distribution_column('items_moved', %s)", (SITE,)).fetchone()[0]
     (source,) = admin.execute(
         "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
@@ -708,6 +720,17 @@ def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, 
         (shard, source, target),
     )
     assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
+    # The context reaches the moved placement too: site 3 sees its rows and writes only its own.
+    assert {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM items_moved").fetchall()} == SITE_ROWS
+    run_as_site(app, "transaction", "INSERT INTO items_moved VALUES (%s, %s, 'own')", (NEW_ID, SITE))
+    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+        run_as_site(app, "transaction", "INSERT INTO items_moved VALUES (%s, %s, 'cross')", (NEW_ID + 1, OTHER_SITE))
+    assert (
+        run_as_site(
+            app, "transaction", "UPDATE items_moved SET title = title WHERE site_id = %s", (OTHER_SITE,)
+        ).rowcount
+        == 0
+    )
     moved = on_placements(
         admin,
         "items_moved",
@@ -725,7 +748,7 @@ def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, 
 # groups for that command. On one server the guard keeps any other permissive policy from widening
 # it; where a copy loses RESTRICTIVE the guard becomes a permissive policy with the same expression,
 # and OR-ing identical expressions changes nothing. Literal stand-ins (site 3, user 7) replace the
-# accessors, because the context does not reach the workers yet.
+# accessors, so that what is shown is the policy structure alone.
 
 CONJUNCTION = "site_id = 3 AND user_id = 7"
 STRUCTURE = [
@@ -870,8 +893,8 @@ def test_filter_by_site_routes_django_queries_to_one_shard(note_table, app, admi
             app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
             assert _task_count(app, unfiltered[kind]) == shards, kind
             assert _task_count(app, filtered[kind]) == 1, kind
-    # The same rows as the policies would give (read as the superuser: the context does not reach the
-    # workers yet, item 2, so the app role reads nothing either way).
+    # The same rows as the policies would give (read as the superuser, so that the comparison does not
+    # depend on the policies).
     text, params = filtered["select"]
     plain_text, plain_params = unfiltered["select"]
     every_site = admin.execute(plain_text, plain_params).fetchall()
@@ -879,11 +902,11 @@ def test_filter_by_site_routes_django_queries_to_one_shard(note_table, app, admi
     assert len(every_site) == 90
 
 
-# -- what carrying the context to the workers can build on (issue 17, item 2; not built) ----------
+# -- what carrying the context to the workers builds on (issue 17, item 2) -----------------------
 #
 # Citus's behaviour the design in docs/scale-out.md ("Design notes") rests on, pinned here so that a
 # Citus release that changes it fails these tests. A plain distributed table and a placeholder setting
-# (myapp.site) stand in for a protected table and the credential setting the extension would define.
+# (myapp.site) stand in for a protected table and django_rls.forwarded.
 
 
 @pytest.fixture
@@ -975,3 +998,292 @@ def test_the_app_role_reads_what_is_propagated_and_may_assign_a_transaction_id(c
             assert direct.execute(
                 "SELECT initiator_node_identifier, transaction_number FROM get_current_transaction_id()"
             ).fetchone() == (0, 424242)
+
+
+# -- the forwarded context: what a worker accepts (issue 17, item 2) ------------------------------
+#
+# ext/citus.c: on the coordinator, in a transaction block, the setter runs
+# SET LOCAL django_rls.forwarded = 'c1.<mac>.<exp>.<initiator>.<number>.<stamp>.<site>.<user>.<claims>'
+# through SPI, which Citus forwards to every worker backend of the transaction. The MAC is HMAC-SHA256
+# under the key the nodes share over "c1.<exp>...<claims>", a NUL byte and the database's name. A
+# worker verifies it when a policy first reads the context. The sessions "on a worker" below are the
+# app role's own, straight to a worker: what pg_hba.conf must refuse in production (docs/scale-out.md).
+
+FORWARDED = re.compile(r"SET LOCAL django_rls\.forwarded = '([^']*)'")
+
+
+def _captured(app: psycopg.Connection) -> str:
+    """The credential of one real transaction of site 3, read the way the app role can: citus.log_remote_commands."""
+    sent: list[str] = []
+
+    def handler(notice: psycopg.errors.Diagnostic) -> None:
+        sent.append(notice.message_primary or "")
+
+    app.add_notice_handler(handler)
+    app.execute("SET citus.log_remote_commands = on")
+    try:
+        with app.transaction():
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
+    finally:
+        app.execute("RESET citus.log_remote_commands")
+        app.remove_notice_handler(handler)
+    values = [value for command in sent for value in FORWARDED.findall(command)]
+    assert values and all(value == values[0] for value in values), sent
+    return values[0]
+
+
+def _fields(credential: str) -> list[str]:
+    """c1, mac, exp, initiator, number, stamp, site, user, claims."""
+    return credential.split(".", 8)
+
+
+def _signed(key: str, *, database: str, expires_at: int, txn: tuple[int, int, int], site: str = str(SITE)) -> str:
+    """A credential made the way the coordinator makes one, with the test's choice of database, expiry, transaction."""
+    rest = f"{expires_at}.{txn[0]}.{txn[1]}.{txn[2]}.{site}.."
+    mac = hmac.new(key.encode(), b"c1." + rest.encode() + b"\0" + database.encode(), hashlib.sha256).hexdigest()
+    return f"c1.{mac}.{rest}"
+
+
+def _on_worker(citus: CitusCluster, credential: str, txn: tuple[int, int, int] | None) -> int | None:
+    """rls.site_id() in the app role's own transaction on a worker, with the credential set and, if txn is
+    given, that distributed transaction id assigned (as Citus assigns it on a connection of its own)."""
+    with citus.connect(APP_ROLE, PASSWORD, node=citus.workers[0]) as direct:
+        with direct.transaction():
+            direct.execute("SELECT set_config('django_rls.forwarded', %s, true)", (credential,))
+            if txn is not None:
+                direct.execute(
+                    "SELECT assign_distributed_transaction_id(%s, %s, "
+                    "'2000-01-01 00:00:00+00'::timestamptz + (%s || ' microseconds')::interval)",
+                    (txn[0], txn[1], str(txn[2])),
+                )
+            return direct.execute("SELECT rls.site_id()").fetchone()[0]
+
+
+def _txn(credential: str) -> tuple[int, int, int]:
+    fields = _fields(credential)
+    return int(fields[3]), int(fields[4]), int(fields[5])
+
+
+def test_the_forwarded_credential_names_the_distributed_transaction(app):
+    """What the app role sees of it: the site in clear, bound to the coordinator's (group 0) transaction."""
+    credential = _captured(app)
+    fields = _fields(credential)
+    assert fields[0] == "c1" and re.fullmatch(r"[0-9a-f]{64}", fields[1])
+    assert 0 < int(fields[2]) - time.time() <= 300  # django_rls.max_token_lifetime
+    assert fields[3] == "0" and int(fields[4]) > 0
+    assert fields[6:] == [str(SITE), "", ""]
+    # Every transaction gets its own.
+    assert _txn(_captured(app)) != _txn(credential)
+
+
+def test_the_app_role_cannot_set_the_credential_on_the_coordinator(app):
+    """Refused by the check hook, so Citus never carries a captured credential on to the workers
+    (the SET is sent to already open connections before it runs locally, and the error then aborts
+    the transaction on the workers too)."""
+    credential = _captured(app)
+    for value in (credential, "c1.nokey"):
+        with pytest.raises(errors.InsufficientPrivilege, match="can only be set by the django_rls setter") as excinfo:
+            with app.transaction():
+                app.execute("SET LOCAL citus.propagate_set_commands = 'local'")
+                app.execute(sql.SQL("SET LOCAL django_rls.forwarded = {}").format(sql.Literal(value)))
+        assert excinfo.value.diag.message_hint
+        with pytest.raises(errors.InsufficientPrivilege, match="can only be set by the django_rls setter"):
+            app.execute("SELECT set_config('django_rls.forwarded', %s, false)", (value,))
+    with pytest.raises(errors.InsufficientPrivilege, match="can only be set by the django_rls setter"):
+        with app.transaction():
+            app.execute(sql.SQL("SET LOCAL django_rls.forwarded = {}").format(sql.Literal(credential)))
+            app.execute("SELECT count(*) FROM items")
+    # Without a context of its own the app role still reads nothing.
+    assert run_without_context(app, "transaction", "SELECT count(*) FROM items").fetchone() == (0,)
+
+
+def test_a_worker_refuses_a_credential_replayed_outside_its_transaction(citus, app):
+    """Seen in citus.log_remote_commands and replayed in a session of the app role's own on a worker: refused
+    without a distributed transaction and in another one. Assigning itself the very transaction id it names
+    does get it accepted: why pg_hba.conf must keep the app role off the workers (docs/scale-out.md)."""
+    credential = _captured(app)
+    txn = _txn(credential)
+    with pytest.raises(
+        errors.InvalidAuthorizationSpecification, match="invalid django_rls context forwarded"
+    ) as excinfo:
+        _on_worker(citus, credential, None)
+    assert excinfo.value.diag.message_detail == "This backend is not in a distributed transaction of Citus."
+    assert excinfo.value.diag.message_hint
+    for other in ((txn[0], txn[1] + 1000, txn[2]), (txn[0], txn[1], txn[2] + 1), (txn[0] + 1, txn[1], txn[2])):
+        with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
+            _on_worker(citus, credential, other)
+        assert excinfo.value.diag.message_detail == "It was made for another distributed transaction."
+    assert _on_worker(citus, credential, txn) == SITE
+
+
+def test_a_worker_refuses_a_credential_with_a_bad_mac(citus, app):
+    credential = _captured(app)
+    fields = _fields(credential)
+    flipped = fields[1][:10] + ("0" if fields[1][10] != "0" else "1") + fields[1][11:]
+    other_site = ".".join([*fields[:6], str(OTHER_SITE), *fields[7:]])
+    for forged in (".".join([fields[0], flipped, *fields[2:]]), other_site):
+        with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
+            _on_worker(citus, forged, _txn(credential))
+        assert excinfo.value.diag.message_detail == (
+            "Its MAC does not match any key of this worker's django_rls.signing_key_file for this database."
+        )
+    # Malformed ones are refused by the check hook already.
+    for malformed in ("c1.", "c1.zz", "v1.abc.def", ".".join(fields[:5])):
+        with pytest.raises(errors.InvalidParameterValue):
+            _on_worker(citus, malformed, None)
+
+
+def test_a_worker_refuses_a_credential_for_another_database_or_expired(citus, app):
+    """Made with the right key (the test's own signing, checked by the control that is accepted)."""
+    txn = _txn(_captured(app))
+    later = int(time.time()) + 60
+    accepted = _signed(citus.signing_key, database="django_rls_citus", expires_at=later, txn=txn)
+    assert _on_worker(citus, accepted, txn) == SITE
+    other_database = _signed(citus.signing_key, database="postgres", expires_at=later, txn=txn)
+    with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
+        _on_worker(citus, other_database, txn)
+    assert "for this database" in excinfo.value.diag.message_detail
+    expired = _signed(citus.signing_key, database="django_rls_citus", expires_at=int(time.time()) - 5, txn=txn)
+    with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
+        _on_worker(citus, expired, txn)
+    assert excinfo.value.diag.message_detail.startswith("It expired ")
+    wrong_key = _signed("x" * 48, database="django_rls_citus", expires_at=later, txn=txn)
+    with pytest.raises(errors.InvalidAuthorizationSpecification):
+        _on_worker(citus, wrong_key, txn)
+
+
+def _set_key_file(admin: psycopg.Connection, value: str | None) -> None:
+    if value is None:
+        admin.execute("ALTER SYSTEM RESET django_rls.signing_key_file")
+    else:
+        admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(value)))
+    admin.execute("SELECT pg_reload_conf()")
+    expected = value if value is not None else "django_rls_signing_key"
+    for _ in range(100):
+        if admin.execute("SHOW django_rls.signing_key_file").fetchone()[0] == expected:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not reload its configuration")
+
+
+@pytest.mark.parametrize("where", ["coordinator", "workers"])
+def test_without_a_key_the_shards_refuse_with_what_to_configure(citus, where):
+    """Fail closed, and say so: a key missing on the coordinator or on the workers is an error that names it."""
+    nodes = [citus.coordinator] if where == "coordinator" else citus.workers
+    connections = [citus.connect(node=node) for node in nodes]
+    try:
+        for conn in connections:
+            _set_key_file(conn, "")
+        with citus.connect(APP_ROLE, PASSWORD) as app:
+            with pytest.raises(errors.ObjectNotInPrerequisiteState) as excinfo:
+                run_as_site(app, "transaction", "SELECT count(*) FROM items")
+            expected = "the Citus coordinator has no" if where == "coordinator" else "this Citus worker has no"
+            assert excinfo.value.diag.message_primary.startswith(expected)
+            assert "django_rls.signing_key_file" in excinfo.value.diag.message_hint
+            # The coordinator's own context is there all the same.
+            assert run_as_site(app, "transaction", "SELECT rls.site_id()").fetchone() == (SITE,)
+    finally:
+        for conn in connections:
+            _set_key_file(conn, None)
+            conn.close()
+
+
+def test_a_setter_pushed_down_to_the_shards_does_not_change_their_context(app):
+    """rls.set_context() in the target list of a query on a distributed table runs on the workers, beside
+    the context the coordinator forwarded: the workers refuse to choose, and no other site's row is read."""
+    with pytest.raises(errors.InsufficientPrivilege) as excinfo:
+        with app.transaction():
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            pushed = app.execute("SELECT rls.set_context(%s, NULL) FROM items", (str(OTHER_SITE),)).fetchall()
+            rows = app.execute("SELECT site_id FROM items").fetchall()
+            pytest.fail(f"read {rows} after {len(pushed)} pushed-down setter calls")
+    assert excinfo.value.diag.message_primary == (
+        "a django_rls context was set on this Citus worker beside the one the coordinator forwarded"
+    )
+    assert excinfo.value.diag.message_hint
+
+
+def test_a_session_context_set_in_a_transaction_block_reaches_the_shards_for_that_transaction(app):
+    """is_local => false inside a transaction block: forwarded for that transaction, not for the next."""
+    with app.transaction():
+        app.execute("SELECT rls.set_context(%s, NULL, NULL, false)", (str(SITE),))
+        assert {id_ for (id_,) in app.execute("SELECT id FROM items").fetchall()} == SITE_ROWS
+    with app.transaction():
+        assert app.execute("SELECT rls.site_id()").fetchone() == (SITE,)
+        assert app.execute("SELECT count(*) FROM items").fetchone() == (0,)
+    app.execute("SELECT rls.clear_context()")
+
+
+def _set_lifetime(admin: psycopg.Connection, seconds: int | None) -> None:
+    """ALTER SYSTEM (or RESET) django_rls.max_token_lifetime on the node, and wait for the reload."""
+    if seconds is None:
+        admin.execute("ALTER SYSTEM RESET django_rls.max_token_lifetime")
+    else:
+        admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.max_token_lifetime = {}").format(sql.Literal(seconds)))
+    admin.execute("SELECT pg_reload_conf()")
+    expected = "5min" if seconds is None else f"{seconds}s"
+    for _ in range(100):
+        if admin.execute("SHOW django_rls.max_token_lifetime").fetchone()[0] == expected:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not reload its configuration")
+
+
+def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citus, admin):
+    """The credential lives django_rls.max_token_lifetime (the coordinator's): a transaction that first reaches
+    the workers later than that is refused there, and setting the context again carries a fresh one."""
+    _set_lifetime(admin, 1)
+    try:
+        with citus.connect(APP_ROLE, PASSWORD) as app:
+            with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
+                with app.transaction():
+                    app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+                    time.sleep(2.2)
+                    app.execute("SELECT count(*) FROM items").fetchone()
+            assert excinfo.value.diag.message_detail.startswith("It expired ")
+            with app.transaction():
+                app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+                time.sleep(2.2)
+                app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+                assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
+    finally:
+        _set_lifetime(admin, None)
+
+
+def test_a_protected_reference_table_reads_and_writes_with_the_forwarded_context(admin, app):
+    """A reference table has a placement on every node: a write reaches each of them, so each worker must
+    hold the context; from a transaction block the site reads and writes its own rows only."""
+    admin.execute("CREATE TABLE ref_items (id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id))")
+    try:
+        admin.execute(f"ALTER TABLE ref_items OWNER TO {OWNER_ROLE}")
+        admin.execute("SELECT create_reference_table('ref_items')")
+        admin.execute("SELECT rls.protect_by_site('ref_items', to_role => %s)", (APP_ROLE,))
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ref_items TO {APP_ROLE}")
+        admin.execute(
+            "INSERT INTO ref_items SELECT g, CASE WHEN g <= 6 THEN 3 ELSE 5 END FROM generate_series(1, 20) g"
+        )
+        ids = {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM ref_items").fetchall()}
+        assert ids == SITE_ROWS
+        run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+            run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, OTHER_SITE))
+        assert (
+            run_as_site(app, "transaction", "UPDATE ref_items SET id = id WHERE site_id = %s", (OTHER_SITE,)).rowcount
+            == 0
+        )
+        assert run_as_site(app, "transaction", "DELETE FROM ref_items WHERE id = %s", (NEW_ID,)).rowcount == 1
+        assert run_without_context(app, "autocommit", "SELECT count(*) FROM ref_items").fetchone() == (0,)
+        # In autocommit the read is served by the coordinator's own placement, with its own context.
+        session = {id_ for (id_,) in run_as_site(app, "session", "SELECT id FROM ref_items").fetchall()}
+        app.execute("SELECT rls.clear_context()")
+        assert session == SITE_ROWS
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+            run_as_site(app, "marker", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
+        # Every placement holds the same rows: the own-site insert and delete reached each node.
+        counts = admin.execute(
+            "SELECT DISTINCT result FROM run_command_on_placements('ref_items', 'SELECT count(*) FROM %s')"
+        ).fetchall()
+        assert counts == [("20",)]
+    finally:
+        admin.execute("DROP TABLE ref_items")

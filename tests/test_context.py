@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 import django_rls
 from django_rls.state import current_values, make_values, normalize_id, parse_id_text
+from tests.modes import library_only
 from tests.testapp.models import Note
 
 
@@ -213,3 +214,32 @@ def test_integer_ids_beyond_64_bits_are_refused():
     with pytest.raises(ValueError, match="64 bits"):
         normalize_id(2**63, "user")
     assert normalize_id(-(2**63), "user") == str(-(2**63))
+
+
+FORWARDED_ATTEMPTS = [
+    "SET django_rls.forwarded = 'c1.nokey'",
+    "SELECT set_config('django_rls.forwarded', 'c1.' || repeat('0', 64) || '.9999999999.0.1.0.2..', false)",
+    "BEGIN; SET LOCAL django_rls.forwarded = 'c1.nokey'",
+    "BEGIN; SELECT set_config('django_rls.forwarded', 'c1.nokey', true)",
+    "ALTER ROLE CURRENT_USER SET django_rls.forwarded = 'c1.nokey'",
+]
+
+
+@library_only("django_rls.forwarded, the context a Citus coordinator forwards (docs/scale-out.md), is the library's")
+@pytest.mark.parametrize("attempt", FORWARDED_ATTEMPTS)
+def test_the_forwarded_context_cannot_be_set_without_citus(app_conn, attempt):
+    """Without Citus nobody may set it, and the setter forwards nothing: everything is as before."""
+    import psycopg
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as excinfo:
+        app_conn.execute(attempt)
+    assert excinfo.value.diag.message_primary == (
+        "django_rls.forwarded can only be set by the django_rls setter on a Citus coordinator, which forwards it "
+        "to the workers"
+    )
+    assert excinfo.value.diag.message_hint
+    app_conn.execute("ROLLBACK")
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('1', '7')")
+        assert app_conn.execute("SHOW django_rls.forwarded").fetchone() == ("",)
+        assert app_conn.execute("SELECT rls.site_id(), rls.user_id()").fetchone() == (1, 7)

@@ -165,12 +165,15 @@ BEGIN
     LOOP
         table_name := tbl;
         object_name := NULL;
-        problem := format('%%1$s is distributed by Citus, and the context does not reach the workers, so the application '
-                          'role reads and writes none of its rows%s',
+        problem := format('%%1$s is distributed by Citus, and the context reaches its shards only from a transaction '
+                          'block on the coordinator, so an autocommit statement of the application role reads and '
+                          'writes none of its rows%s',
                           CASE WHEN NOT superuser THEN ' (its shard placements were not compared with its policies: '
                                                        'only a superuser can)' END);
-        hint := 'django_rls does not support Citus yet (docs/scale-out.md): keep protected tables local, or wait for '
-                'issue 17; run SELECT * FROM rls.problems as a superuser to compare the shard placements.';
+        hint := 'Run every request in a transaction (Django: ATOMIC_REQUESTS), give every node the same '
+                'django_rls.signing_key_file and admit the application role on the workers only from the coordinator '
+                '(pg_hba.conf; docs/scale-out.md); run SELECT * FROM rls.problems as a superuser to compare the shard '
+                'placements.';
         RETURN NEXT;
 
         -- A command with two groups: on the shards each is a permissive policy that admits a row alone.

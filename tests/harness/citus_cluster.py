@@ -17,6 +17,7 @@ cluster cannot start, for tests to skip with.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -27,14 +28,17 @@ from psycopg import sql
 from tests.harness.cluster import BINDIR, Cluster, as_postgres, main, supervise
 
 DATABASE = "django_rls_citus"
+# Relative to each node's data directory, so protected without a mode of its own.
+SIGNING_KEY_FILE = "django_rls_signing_key"
 
 # Citus must come first. Multi-shard writes commit with two-phase commit, shard
 # moves use logical replication.
-CITUS_SETTINGS = """
+CITUS_SETTINGS = f"""
 shared_preload_libraries = 'citus, django_rls'
 max_prepared_transactions = 20
 wal_level = logical
 citus.log_remote_commands = off
+django_rls.signing_key_file = '{SIGNING_KEY_FILE}'
 """
 
 SKIP_REASON = "Citus is not installed for this PostgreSQL: see docs/scale-out.md"
@@ -66,6 +70,8 @@ class CitusCluster:
     def __init__(self, workers: int = 2) -> None:
         self.coordinator = Cluster(preload=False)
         self.workers = [Cluster(preload=False) for _ in range(workers)]
+        # The key every node shares (docs/scale-out.md); tests sign with it too.
+        self.signing_key = secrets.token_urlsafe(48)
 
     @property
     def nodes(self) -> list[Cluster]:
@@ -91,6 +97,11 @@ class CitusCluster:
             subprocess.run(
                 as_postgres(["sh", "-c", f"cat >> '{node.data_dir}/postgresql.conf'"]),
                 input=CITUS_SETTINGS.encode(),
+                check=True,
+            )
+            subprocess.run(
+                as_postgres(["sh", "-c", f"umask 077; cat > '{node.data_dir}/{SIGNING_KEY_FILE}'"]),
+                input=(self.signing_key + "\n").encode(),
                 check=True,
             )
             node.start()
