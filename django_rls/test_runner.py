@@ -14,7 +14,9 @@ before your own runner class):
 ``BypassFixtures`` (for ``TestCase``) loads ``fixtures`` and runs ``setUpTestData``
 inside ``django_rls.testing.test_bypass()``; ``FlushAsOwner`` (for
 ``TransactionTestCase``) empties the tables as the owner, since the application
-role may not TRUNCATE. Neither sends a query of its own inside a test, so
+role may not TRUNCATE. The runner does the same for every
+``TransactionTestCase`` of the suite that is not a ``TestCase``, so the suites of
+apps you cannot edit empty their tables too. Neither mixin sends a query of its own inside a test, so
 ``assertNumQueries`` counts what it counted before.
 """
 
@@ -30,7 +32,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connections
 from django.db.models.signals import post_migrate
+from django.test import TestCase, TransactionTestCase
 from django.test.runner import DiscoverRunner
+from django.test.utils import iter_test_cases
 
 from django_rls.conf import app_role, rls_settings
 from django_rls.database import protected_aliases
@@ -105,7 +109,19 @@ def _harden(connection: Any, parallel: int) -> None:
 
 
 class RlsRunnerMixin:
-    """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning."""
+    """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning.
+
+    Every ``TransactionTestCase`` of the suite (not a ``TestCase``, which rolls back) empties
+    its tables as the owner, as ``FlushAsOwner`` does, also those of third-party apps' suites.
+    """
+
+    def build_suite(self, *args: Any, **kwargs: Any) -> Any:
+        suite = super().build_suite(*args, **kwargs)  # type: ignore[misc]
+        for test in iter_test_cases(suite):
+            cls = type(test)
+            if issubclass(cls, TransactionTestCase) and not issubclass(cls, (TestCase, FlushAsOwner)):
+                _flush_as_owner(cls)
+        return suite
 
     def setup_databases(self, **kwargs: Any) -> Any:
         protected = protected_aliases()
@@ -168,3 +184,24 @@ class FlushAsOwner:
         aliases = [a for a in self._databases_names(include_mirrors=False) if a in protected]  # type: ignore[attr-defined]
         with connected_as_owner(aliases):
             super()._fixture_teardown()  # type: ignore[misc]
+
+
+def _flush_as_owner(cls: type) -> None:
+    """What FlushAsOwner does, patched into a TransactionTestCase class the runner found without it.
+
+    The class itself is changed, not replaced, so that ``--parallel`` can still pickle its
+    tests by name (its workers are forked after the suite is built); a subclass of a
+    patched class inherits the patch.
+    """
+    original = cls._fixture_teardown  # type: ignore[attr-defined]
+    if getattr(original, "flushes_as_owner", False):
+        return
+
+    def _fixture_teardown(self: Any) -> None:
+        protected = protected_aliases()
+        aliases = [a for a in self._databases_names(include_mirrors=False) if a in protected]
+        with connected_as_owner(aliases):
+            original(self)
+
+    _fixture_teardown.flushes_as_owner = True  # type: ignore[attr-defined]
+    cls._fixture_teardown = _fixture_teardown  # type: ignore[attr-defined]
