@@ -32,9 +32,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connections
 from django.db.models.signals import post_migrate
-from django.test import TestCase, TransactionTestCase
+from django.test import TransactionTestCase
 from django.test.runner import DiscoverRunner
-from django.test.utils import iter_test_cases
 
 from django_rls.conf import app_role, rls_settings
 from django_rls.database import protected_aliases
@@ -111,17 +110,18 @@ def _harden(connection: Any, parallel: int) -> None:
 class RlsRunnerMixin:
     """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning.
 
-    Every ``TransactionTestCase`` of the suite (not a ``TestCase``, which rolls back) empties
+    Every ``TransactionTestCase`` of the run (not a ``TestCase``, which rolls back) empties
     its tables as the owner, as ``FlushAsOwner`` does, also those of third-party apps' suites.
     """
 
-    def build_suite(self, *args: Any, **kwargs: Any) -> Any:
-        suite = super().build_suite(*args, **kwargs)  # type: ignore[misc]
-        for test in iter_test_cases(suite):
-            cls = type(test)
-            if issubclass(cls, TransactionTestCase) and not issubclass(cls, (TestCase, FlushAsOwner)):
-                _flush_as_owner(cls)
-        return suite
+    def setup_test_environment(self, **kwargs: Any) -> None:
+        super().setup_test_environment(**kwargs)  # type: ignore[misc]
+        self._rls_flushing = flushing_as_owner()
+        self._rls_flushing.__enter__()
+
+    def teardown_test_environment(self, **kwargs: Any) -> None:
+        self._rls_flushing.__exit__(None, None, None)
+        super().teardown_test_environment(**kwargs)  # type: ignore[misc]
 
     def setup_databases(self, **kwargs: Any) -> Any:
         protected = protected_aliases()
@@ -176,32 +176,44 @@ class BypassFixtures:
         return atomics
 
 
+def _flush_as_owner(test: Any, flush: Any) -> None:
+    protected = protected_aliases()
+    aliases = [a for a in test._databases_names(include_mirrors=False) if a in protected]
+    with connected_as_owner(aliases):
+        flush(test)
+
+
 class FlushAsOwner:
     """TransactionTestCase mixin: empty the tables after each test as the owner role (TRUNCATE is the owner's)."""
 
     def _fixture_teardown(self) -> None:
-        protected = protected_aliases()
-        aliases = [a for a in self._databases_names(include_mirrors=False) if a in protected]  # type: ignore[attr-defined]
-        with connected_as_owner(aliases):
-            super()._fixture_teardown()  # type: ignore[misc]
+        _flush_as_owner(self, super()._fixture_teardown.__func__)  # type: ignore[misc]
 
 
-def _flush_as_owner(cls: type) -> None:
-    """What FlushAsOwner does, patched into a TransactionTestCase class the runner found without it.
+@contextmanager
+def flushing_as_owner() -> Iterator[None]:
+    """Inside the block every TransactionTestCase empties its tables as the owner, as FlushAsOwner does.
 
-    The class itself is changed, not replaced, so that ``--parallel`` can still pickle its
-    tests by name (its workers are forked after the suite is built); a subclass of a
-    patched class inherits the patch.
+    For test cases nobody can add the mixin to: a third-party app's own suite, and the
+    ``TransactionTestCase`` pytest-django runs ``transactional_db`` tests in. ``TestCase``
+    rolls back instead and is left alone. The method is replaced on ``TransactionTestCase``
+    itself, not on a subclass, so ``--parallel`` still pickles the tests by name (its
+    workers are forked after the test environment is set up).
     """
-    original = cls._fixture_teardown  # type: ignore[attr-defined]
-    if getattr(original, "flushes_as_owner", False):
+    flush = TransactionTestCase.__dict__["_fixture_teardown"]
+    if getattr(flush, "flushes_as_owner", False):  # already inside such a block
+        yield
         return
 
     def _fixture_teardown(self: Any) -> None:
-        protected = protected_aliases()
-        aliases = [a for a in self._databases_names(include_mirrors=False) if a in protected]
-        with connected_as_owner(aliases):
-            original(self)
+        if isinstance(self, FlushAsOwner):
+            flush(self)  # FlushAsOwner called us with the owner's connections already
+        else:
+            _flush_as_owner(self, flush)
 
     _fixture_teardown.flushes_as_owner = True  # type: ignore[attr-defined]
-    cls._fixture_teardown = _fixture_teardown  # type: ignore[attr-defined]
+    TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]

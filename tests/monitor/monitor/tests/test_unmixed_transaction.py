@@ -1,8 +1,8 @@
 """A TransactionTestCase as a third-party app's own suite has it: no django_rls mixin.
 
-The application role may not TRUNCATE; RlsDiscoverRunner makes it flush as the owner, as FlushAsOwner does, so the
-tables are emptied after each test all the same. Both tests create the same unique
-username: whichever runs second passes only if the first one's row was flushed.
+The application role may not TRUNCATE; RlsDiscoverRunner empties the tables after each test
+as the owner all the same, as FlushAsOwner does. Both tests create the same unique username:
+whichever runs second passes only if the first one's row was flushed.
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ class UnmixedTransactionTests(TransactionTestCase):
         self.assertEqual(User.objects.count(), 1)
 
     def test_the_runner_flushes_it_as_the_owner(self):
-        self.assertNotIsInstance(self, FlushAsOwner)  # the class stays itself: --parallel pickles its tests by name
+        self.assertNotIsInstance(self, FlushAsOwner)
         self.assertTrue(type(self)._fixture_teardown.flushes_as_owner)
