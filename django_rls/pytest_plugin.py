@@ -8,7 +8,8 @@
   create databases or tables. Put them in place of pytest-django's fixtures of the same
   name, in your ``conftest.py``, and the test database is created and migrated by the
   owner role (``DJANGO_RLS["OWNER_DATABASE"]``), ``rls_apply`` runs on it, and every test
-  then connects to it as the application role (docs/testing.md)::
+  then connects to it as the application role; ``transactional_db`` tests empty the tables
+  as the owner (docs/testing.md)::
 
       from django_rls.pytest_plugin import rls_django_db_modify_db_settings as django_db_modify_db_settings
       from django_rls.pytest_plugin import rls_django_db_setup as django_db_setup
@@ -79,6 +80,7 @@ def rls_django_db_setup(
     from django.db import connections
 
     from django_rls.conf import app_role, rls_settings
+    from django_rls.test_runner import flushing_as_owner
     from django_rls.testing import grant_like_application
 
     if not isinstance(django_db_modify_db_settings, dict):
@@ -101,7 +103,9 @@ def rls_django_db_setup(
                 )
     for connection in connections.all():
         connection.close()
-    yield
+    # transactional_db tests run in a TransactionTestCase that empties the tables after each: as the owner.
+    with flushing_as_owner():
+        yield
     # pytest-django drops the test database through "default": as its owner, with no session left on it.
     for connection in connections.all():
         connection.close()

@@ -14,7 +14,9 @@ before your own runner class):
 ``BypassFixtures`` (for ``TestCase``) loads ``fixtures`` and runs ``setUpTestData``
 inside ``django_rls.testing.test_bypass()``; ``FlushAsOwner`` (for
 ``TransactionTestCase``) empties the tables as the owner, since the application
-role may not TRUNCATE. Neither sends a query of its own inside a test, so
+role may not TRUNCATE. The runner does the same for every
+``TransactionTestCase`` of the suite that is not a ``TestCase``, so the suites of
+apps you cannot edit empty their tables too. Neither mixin sends a query of its own inside a test, so
 ``assertNumQueries`` counts what it counted before.
 """
 
@@ -30,6 +32,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import connections
 from django.db.models.signals import post_migrate
+from django.test import TransactionTestCase
 from django.test.runner import DiscoverRunner
 
 from django_rls.conf import app_role, rls_settings
@@ -105,7 +108,20 @@ def _harden(connection: Any, parallel: int) -> None:
 
 
 class RlsRunnerMixin:
-    """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning."""
+    """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning.
+
+    Every ``TransactionTestCase`` of the run (not a ``TestCase``, which rolls back) empties
+    its tables as the owner, as ``FlushAsOwner`` does, also those of third-party apps' suites.
+    """
+
+    def setup_test_environment(self, **kwargs: Any) -> None:
+        super().setup_test_environment(**kwargs)  # type: ignore[misc]
+        self._rls_flushing = flushing_as_owner()
+        self._rls_flushing.__enter__()
+
+    def teardown_test_environment(self, **kwargs: Any) -> None:
+        self._rls_flushing.__exit__(None, None, None)
+        super().teardown_test_environment(**kwargs)  # type: ignore[misc]
 
     def setup_databases(self, **kwargs: Any) -> Any:
         protected = protected_aliases()
@@ -160,11 +176,44 @@ class BypassFixtures:
         return atomics
 
 
+def _flush_as_owner(test: Any, flush: Any) -> None:
+    protected = protected_aliases()
+    aliases = [a for a in test._databases_names(include_mirrors=False) if a in protected]
+    with connected_as_owner(aliases):
+        flush(test)
+
+
 class FlushAsOwner:
     """TransactionTestCase mixin: empty the tables after each test as the owner role (TRUNCATE is the owner's)."""
 
     def _fixture_teardown(self) -> None:
-        protected = protected_aliases()
-        aliases = [a for a in self._databases_names(include_mirrors=False) if a in protected]  # type: ignore[attr-defined]
-        with connected_as_owner(aliases):
-            super()._fixture_teardown()  # type: ignore[misc]
+        _flush_as_owner(self, super()._fixture_teardown.__func__)  # type: ignore[misc]
+
+
+@contextmanager
+def flushing_as_owner() -> Iterator[None]:
+    """Inside the block every TransactionTestCase empties its tables as the owner, as FlushAsOwner does.
+
+    For test cases nobody can add the mixin to: a third-party app's own suite, and the
+    ``TransactionTestCase`` pytest-django runs ``transactional_db`` tests in. ``TestCase``
+    rolls back instead and is left alone. The method is replaced on ``TransactionTestCase``
+    itself, not on a subclass, so ``--parallel`` still pickles the tests by name (its
+    workers are forked after the test environment is set up).
+    """
+    flush = TransactionTestCase.__dict__["_fixture_teardown"]
+    if getattr(flush, "flushes_as_owner", False):  # already inside such a block
+        yield
+        return
+
+    def _fixture_teardown(self: Any) -> None:
+        if isinstance(self, FlushAsOwner):
+            flush(self)  # FlushAsOwner called us with the owner's connections already
+        else:
+            _flush_as_owner(self, flush)
+
+    _fixture_teardown.flushes_as_owner = True  # type: ignore[attr-defined]
+    TransactionTestCase._fixture_teardown = _fixture_teardown  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]

@@ -80,7 +80,7 @@ def test_manage_py_test_parallel(monitor_server: dict[str, str], admin_conn: psy
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "Cloning test database for alias 'default'" in output
-    assert "Ran 13 tests" in output and "\nOK" in output, output[-3000:]
+    assert "Ran 16 tests" in output and "\nOK" in output, output[-3000:]
     # The owner destroyed the clones and the test database.
     placeholders = sql.SQL(", ").join(sql.Literal(name) for name in TEST_DATABASES)
     query = sql.SQL("SELECT datname FROM pg_database WHERE datname IN ({})").format(placeholders)
