@@ -122,13 +122,13 @@ class CarryingClientCursor(CarryingMixin, DjangoClientCursor):  # type: ignore[m
     has its parameters inlined by that same code, then goes through the extended
     protocol with the marker in front and the context bound as ``$1``, the only bound
     parameter: never as text in the query. That one step replaces psycopg's
-    ``_execute_send()``, where the client-side cursor sends the inlined text; with a
+    ``_execute_send()`` for that statement, where the client-side cursor sends the inlined text; with a
     psycopg that no longer sends through it, a query that should carry a context fails
     before it is sent (``CARRIES_CLIENT_SIDE``), and again after, should the check at
     import have been wrong.
     """
 
-    # The context being sent with the statement under way; _execute_send() spends it.
+    # The context being sent with the statement under way; _send_carrying() spends it.
     _django_rls_sending: ContextParameter | None = None
 
     def execute(
@@ -140,20 +140,25 @@ class CarryingClientCursor(CarryingMixin, DjangoClientCursor):  # type: ignore[m
         self.django_rls_carry = None
         if not CARRIES_CLIENT_SIDE:
             raise _cannot_carry()
+        # For this one statement, psycopg's send step is ours (an instance attribute): a query
+        # that carries nothing pays no extra call.
         self._django_rls_sending = carry
+        self._execute_send = self._send_carrying
         try:
             result = super().execute(query, params, prepare=prepare, binary=binary)
         finally:
             sent = self._django_rls_sending is None
             self._django_rls_sending = None
+            del self._execute_send
         if not sent:
             raise _cannot_carry()
         return result
 
-    def _execute_send(self, query: Any, *args: Any, **kwargs: Any) -> None:
+    def _send_carrying(self, query: Any, *args: Any, **kwargs: Any) -> None:
+        """psycopg's send step for a statement that carries a context: the marker, the inlined text, $1."""
         carry = self._django_rls_sending
-        if carry is None:
-            return super()._execute_send(query, *args, **kwargs)  # type: ignore[misc]
+        if carry is None:  # a second statement within one execute(): it carries nothing
+            return DjangoClientCursor._execute_send(self, query, *args, **kwargs)
         self._django_rls_sending = None
         binary = kwargs.get("binary")
         if binary or (binary is None and self.format == pq.Format.BINARY):

@@ -82,10 +82,22 @@ def test_a_psycopg_that_sends_otherwise_fails_before_the_carried_query_is_sent(m
 
 def test_a_carried_query_that_psycopg_sent_unmarked_raises(monkeypatch, live_db):
     """The second check: had psycopg sent the query without CarryingClientCursor's step, the call raises."""
-    monkeypatch.setattr(carrying.CarryingClientCursor, "_execute_send", carrying.DjangoClientCursor._execute_send)
+    monkeypatch.setattr(carrying.CarryingClientCursor, "_send_carrying", carrying.DjangoClientCursor._execute_send)
     connections.close_all()
     with django_rls.context(site=1), pytest.raises(Exception, match="cannot carry a context"):
         Note.objects.count()
+
+
+def test_a_carried_query_keeps_its_percent_signs(alias):
+    """The marker goes in front of the final text: a literal %, with parameters or without, reaches the server as is."""
+    with django_rls.context(site=1), connections[alias].cursor() as cursor:
+        with wire.traced(connections[alias]) as log:
+            cursor.execute("SELECT '5%', rls.site_id()")
+            assert cursor.fetchone() == ("5%", 1)
+            cursor.execute("SELECT %s || '%%', rls.site_id()", ["7"])
+            assert cursor.fetchone() == ("7%", 1)
+            assert Note.objects.using(alias).filter(body__contains="%").count() == 0
+        assert log.carried == 3
 
 
 @pytest.mark.parametrize("chunk_size", [1, 100])
