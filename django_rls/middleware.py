@@ -73,8 +73,16 @@ class RequestFrame(Frame):
             self._site_resolver = rls_settings.SITE_RESOLVER
             self._user_resolver = rls_settings.USER_RESOLVER
             self._claims = self._resolve(rls_settings.CLAIMS_RESOLVER)
-        site = self._resolve(self._site_resolver) if self.switched_site is _UNRESOLVED else self.switched_site
-        user = self._resolve(self._user_resolver) if self.switched_user is _UNRESOLVED else self.switched_user
+        # Both resolvers in one resolving stretch: this runs before every query of the request.
+        site, user = self.switched_site, self.switched_user
+        self.resolving = True
+        try:
+            if site is _UNRESOLVED:
+                site = self._site_resolver(self.request) if self._site_resolver is not None else None
+            if user is _UNRESOLVED:
+                user = self._user_resolver(self.request) if self._user_resolver is not None else None
+        finally:
+            self.resolving = False
         if self._values is None or site is not self._site or user is not self._user:
             values = make_values(site, user, self._claims)
             if self._used_site is not None and values.site != self._used_site:

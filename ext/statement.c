@@ -124,6 +124,45 @@ RememberAppliedContext(const char *parameter, const RlsContextValues *context)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * The last unsigned context (a JSON object) this backend parsed, and what it
+ * parsed to, kept in TopMemoryContext across transactions.  Parsing is a pure
+ * function of the parameter's bytes, so a client that sends the same context
+ * statement after statement (autocommit) parses it once; everything else (the
+ * checks of who may set a context, applying it) is done for every statement
+ * as before.  Only a parse that succeeded is kept.  Signed tokens are never
+ * kept here: each use differs, and each must be verified and spent.
+ */
+static char *parsed_parameter = NULL;
+static RlsContextValues parsed_context;
+
+static void
+ParseUnsignedContext(const char *parameter, RlsContextValues *context)
+{
+	MemoryContext old;
+
+	if (parsed_parameter != NULL && strcmp(parameter, parsed_parameter) == 0)
+	{
+		*context = parsed_context;
+		return;
+	}
+	RlsParseContextObject(parameter, strlen(parameter), context);
+	if (parsed_parameter != NULL)
+	{
+		pfree(parsed_parameter);
+		pfree(parsed_context.site);
+		pfree(parsed_context.user);
+		pfree(parsed_context.claims);
+		parsed_parameter = NULL;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	parsed_context.site = pstrdup(context->site);
+	parsed_context.user = pstrdup(context->user);
+	parsed_context.claims = pstrdup(context->claims);
+	parsed_parameter = pstrdup(parameter);
+	MemoryContextSwitchTo(old);
+}
+
 static void
 OnTransactionEnd(XactEvent event, void *arg)
 {
@@ -251,7 +290,7 @@ ApplyStatementContext(const char *source, ParamListInfo params, bool planning)
 					 errmsg("unsigned django_rls contexts are refused because django_rls.require_signature is on"),
 					 errdetail("Only a context signed with the server's key is accepted from this role."),
 					 errhint("Send a token signed by the application (DJANGO_RLS[\"SIGNING_KEY\"]) as parameter $1.")));
-		RlsParseContextObject(parameter, strlen(parameter), &context);
+		ParseUnsignedContext(parameter, &context);
 	}
 	RlsApplyContext(context.site, context.user, context.claims, true);
 	RememberAppliedContext(parameter, &context);

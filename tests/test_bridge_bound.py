@@ -62,15 +62,42 @@ def test_the_python_marker_is_the_c_marker():
     assert carrying.MARKER.replace("%s", "$1").strip() == c_marker
 
 
-def test_inlining_without_psycopgs_private_converter(monkeypatch, live_db):
-    """Should psycopg move the private class the client-side cursor inlines with, Django's own mogrify() does it."""
-    with django_rls.context(site=1):
-        expected = sorted(Note.objects.filter(body__startswith="").values_list("pk", flat=True))
-    monkeypatch.setattr(carrying, "PostgresClientQuery", None)
+def test_psycopg_sends_through_the_step_the_client_side_cursor_replaces():
+    """The psycopg installed sends a client-side cursor's query through _execute_send(), where the marker goes."""
+    assert carrying.CARRIES_CLIENT_SIDE
+
+
+def test_a_psycopg_that_sends_otherwise_fails_before_the_carried_query_is_sent(monkeypatch, live_db):
+    """Should a psycopg release send without _execute_send(), a query that must carry fails, unsent."""
+    monkeypatch.setattr(carrying, "CARRIES_CLIENT_SIDE", False)
     connections.close_all()
     with django_rls.context(site=1):
-        assert sorted(Note.objects.filter(body__startswith="").values_list("pk", flat=True)) == expected
-    assert expected
+        with wire.traced(connections["default"]) as log, pytest.raises(Exception, match="cannot carry a context"):
+            Note.objects.count()
+        assert not any("testapp_note" in line for line in log.sent)
+        with connections["default"].cursor() as cursor:  # a statement sent first still carries it
+            cursor.execute("SHOW django_rls.site")
+            assert cursor.fetchone() == ("1",)
+
+
+def test_a_carried_query_that_psycopg_sent_unmarked_raises(monkeypatch, live_db):
+    """The second check: had psycopg sent the query without CarryingClientCursor's step, the call raises."""
+    monkeypatch.setattr(carrying.CarryingClientCursor, "_send_carrying", carrying.DjangoClientCursor._execute_send)
+    connections.close_all()
+    with django_rls.context(site=1), pytest.raises(Exception, match="cannot carry a context"):
+        Note.objects.count()
+
+
+def test_a_carried_query_keeps_its_percent_signs(alias):
+    """The marker goes in front of the final text: a literal %, with parameters or without, reaches the server as is."""
+    with django_rls.context(site=1), connections[alias].cursor() as cursor:
+        with wire.traced(connections[alias]) as log:
+            cursor.execute("SELECT '5%', rls.site_id()")
+            assert cursor.fetchone() == ("5%", 1)
+            cursor.execute("SELECT %s || '%%', rls.site_id()", ["7"])
+            assert cursor.fetchone() == ("7%", 1)
+            assert Note.objects.using(alias).filter(body__contains="%").count() == 0
+        assert log.carried == 3
 
 
 @pytest.mark.parametrize("chunk_size", [1, 100])

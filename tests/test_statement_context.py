@@ -68,6 +68,27 @@ def test_planner_sees_the_site(conn, owner_conn):
         owner_conn.execute("DROP TABLE carried_skew")
 
 
+def test_the_same_unsigned_context_statement_after_statement(conn, sites_table):
+    """The backend keeps the last context it parsed: each statement still gets exactly the context it carries."""
+    query = f"SELECT DISTINCT site_id, rls.user_id(), rls.claim('role') FROM {sites_table}"
+    first, second = unsigned(site=1, user=7, claims={"role": "a"}), unsigned(site=2, user=8)
+    for parameter, expected in [
+        (first, (1, 7, "a")),
+        (first, (1, 7, "a")),
+        (second, (2, 8, None)),
+        (first, (1, 7, "a")),
+    ]:
+        assert carried(conn, parameter, query) == [expected]
+        assert conn.execute("SELECT rls.site_id()").fetchone() == (None,)  # and it ends with its statement
+    for _ in range(2):  # a parse that failed kept nothing: refused again
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="invalid site identifier"):
+            carried(conn, unsigned(site="x", user=7), query)
+    assert carried(conn, first, query) == [(1, 7, "a")]
+    with conn.transaction():
+        assert carried(conn, second, query) == [(2, 8, None)]
+        assert carried(conn, first, query) == [(1, 7, "a")]
+
+
 def test_in_a_transaction_the_context_lasts_until_commit(conn):
     with conn.transaction():
         assert carried(conn, unsigned(site=5, claims={"role": "editor"}), "SELECT rls.site_id()") == [(5,)]
