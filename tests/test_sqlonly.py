@@ -472,14 +472,23 @@ class TestATransactionContextEndsWithItsTransaction:
             assert context_of(app_conn) == {"site": None, "user": None, "claims": None}
         assert _table_read_refused(app_conn)
 
-    def test_the_table_stays_one_page(self, app_conn):
-        """The setter updates one row in place (HOT, pruned as it goes): a long-lived session's table
-        does not grow with the transactions it ran."""
+    def test_the_tables_stay_one_page(self, app_conn):
+        """The setters update one row in place (HOT, pruned as it goes): a long-lived session's tables
+        do not grow with the transactions or requests it ran."""
         for site in range(1, 1001):
             with app_conn.transaction():
                 app_conn.execute("SELECT rls.set_context(%s, '')", (str(site),))
-        size = app_conn.execute("SELECT pg_relation_size('pg_temp.django_rls_transaction_context')").fetchone()[0]
-        assert size == 8192
+        # SCOPE = "session": set and cleared per request.
+        for site in range(1, 1001):
+            app_conn.execute("SELECT rls.set_context(%s, '', NULL, false)", (str(site),))
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (site,)
+            app_conn.execute("SELECT rls.clear_context()")
+        assert context_of(app_conn) == {"site": None, "user": None, "claims": None}
+        sizes = app_conn.execute(
+            "SELECT pg_relation_size('pg_temp.django_rls_transaction_context'), "
+            "pg_relation_size('pg_temp.django_rls_session_context')"
+        ).fetchone()
+        assert sizes == (8192, 8192)
 
 
 @sql_mode_only

@@ -222,8 +222,14 @@ COMMENT ON FUNCTION rls._ensure_context_tables() IS
 'Internal: create the session''s context tables (as django_rls_context) unless they exist.';
 
 -- Store a checked context in the scope asked for.  Runs as django_rls_context.
--- The transaction's row is updated, never deleted and inserted again (see
--- rls._held()); setting the session's context ends the transaction's.
+-- Both tables' rows are updated in place, never deleted and inserted again:
+-- temporary tables are never vacuumed, and the dead row a DELETE leaves keeps
+-- its line pointer until a vacuum, so a session setting and clearing its
+-- context per request (SCOPE = "session") grew its table by a page every
+-- ~290 requests, all read by every statement; a HOT update's old version is
+-- pruned whole.  A cleared session context is a row of empty values, which
+-- every reader takes as no context.  Setting the session's context ends the
+-- transaction's.
 CREATE FUNCTION rls._store(site text, "user" text, claims jsonb, is_local boolean)
 RETURNS void
 LANGUAGE plpgsql
@@ -238,8 +244,11 @@ BEGIN
         UPDATE pg_temp.django_rls_transaction_context
            SET site = NULL, "user" = NULL, claims = NULL, xact = NULL
          WHERE xact IS NOT NULL;
-        DELETE FROM pg_temp.django_rls_session_context;
-        INSERT INTO pg_temp.django_rls_session_context (site, "user", claims) VALUES (site, "user", claims);
+        UPDATE pg_temp.django_rls_session_context
+           SET site = _store.site, "user" = _store."user", claims = _store.claims;
+        IF NOT FOUND THEN
+            INSERT INTO pg_temp.django_rls_session_context (site, "user", claims) VALUES (site, "user", claims);
+        END IF;
     END IF;
 END
 $$;
@@ -278,7 +287,9 @@ BEGIN
         UPDATE pg_temp.django_rls_transaction_context
            SET site = NULL, "user" = NULL, claims = NULL, xact = NULL
          WHERE xact IS NOT NULL;
-        DELETE FROM pg_temp.django_rls_session_context;
+        UPDATE pg_temp.django_rls_session_context
+           SET site = '', "user" = '', claims = NULL
+         WHERE site <> '' OR "user" <> '' OR claims IS NOT NULL;
     END IF;
 END
 $$;
