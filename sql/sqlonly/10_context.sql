@@ -108,7 +108,8 @@ COMMENT ON TYPE rls._genuine IS
 -- XACT_FLAGS_ACCESSEDTEMPNAMESPACE), and the accessors read this table in
 -- every statement of a protected table: every transaction paid a truncation
 -- of the table, its TOAST table and TOAST index (a scan of all local buffers
--- and file truncations each), about 0.2 ms, four times a primary-key lookup.
+-- and file truncations each), 0.25-0.35 ms of backend CPU, five times a
+-- primary-key lookup (docs/security.md, "Where the context lives").
 --
 -- So pg_temp.django_rls_transaction_context is a plain temporary table with
 -- one row, which the setter updates in place (a HOT update: the table stays
@@ -123,7 +124,8 @@ COMMENT ON TYPE rls._genuine IS
 -- with the rest), an implicit transaction of autocommit or of the extended
 -- protocol ending at Sync; ROLLBACK TO SAVEPOINT undoes the update, so the row
 -- version before it, with the context before, is the one seen; nothing runs
--- at commit, so SET CONSTRAINTS ALL IMMEDIATE has nothing to fire early.  The
+-- at commit, so SET CONSTRAINTS ALL IMMEDIATE has nothing to fire early;
+-- PREPARE TRANSACTION stays refused (the setter wrote a temporary table).  The
 -- later transactions of the session, a pooled connection's next request among
 -- them, have another id (or none, read-only), and see no transaction context.
 --
