@@ -210,16 +210,22 @@ class TestInstalledWithoutTheLibrary:
 # Each route is run as the app role inside a transaction whose context is site 1; none may
 # change the context, and each must be refused by PostgreSQL itself.
 FORGING_ROUTES = [
-    "INSERT INTO pg_temp.django_rls_context VALUES ('2', '', NULL)",
-    "UPDATE pg_temp.django_rls_context SET site = '2'",
-    "DELETE FROM pg_temp.django_rls_context",
-    "TRUNCATE pg_temp.django_rls_context",
-    "DROP TABLE pg_temp.django_rls_context",
-    "ALTER TABLE pg_temp.django_rls_context RENAME TO gone",
-    "ALTER TABLE pg_temp.django_rls_context OWNER TO rls_test_app",
-    "CREATE TRIGGER t BEFORE INSERT ON pg_temp.django_rls_context FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+    "INSERT INTO pg_temp.django_rls_transaction_context VALUES ('2', '', NULL, pg_current_xact_id())",
+    "UPDATE pg_temp.django_rls_transaction_context SET site = '2'",
+    "UPDATE pg_temp.django_rls_transaction_context SET xact = NULL",
+    "DELETE FROM pg_temp.django_rls_transaction_context",
+    "TRUNCATE pg_temp.django_rls_transaction_context",
+    "DROP TABLE pg_temp.django_rls_transaction_context",
+    "ALTER TABLE pg_temp.django_rls_transaction_context RENAME TO gone",
+    "ALTER TABLE pg_temp.django_rls_transaction_context OWNER TO rls_test_app",
+    "ALTER TABLE pg_temp.django_rls_transaction_context ALTER xact SET DEFAULT pg_current_xact_id()",
+    "CREATE TRIGGER t BEFORE UPDATE ON pg_temp.django_rls_transaction_context FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+    "CREATE RULE keep AS ON UPDATE TO pg_temp.django_rls_transaction_context DO INSTEAD NOTHING",
+    "SELECT * FROM pg_temp.django_rls_transaction_context",
+    "SELECT * FROM pg_temp.django_rls_session_context",
+    "INSERT INTO pg_temp.django_rls_session_context VALUES ('2', '')",
     'CREATE TEMP TABLE django_rls_session_context (site text, "user" text, claims jsonb)',
-    "CREATE TEMP VIEW django_rls_context AS SELECT '2'::text AS site, ''::text AS \"user\", NULL::jsonb AS claims",
+    "CREATE TEMP VIEW django_rls_transaction_context AS SELECT '2'::text AS site, ''::text AS \"user\", NULL::jsonb AS claims",
     "CREATE FUNCTION pg_temp._held() RETURNS record LANGUAGE sql AS $$SELECT '2'::text, ''::text, NULL::jsonb$$",
     "CREATE FUNCTION rls.site_id_forged() RETURNS bigint LANGUAGE sql AS 'SELECT 2::bigint'",
     "CREATE OR REPLACE FUNCTION rls.site_id() RETURNS bigint LANGUAGE sql AS 'SELECT 2::bigint'",
@@ -262,12 +268,21 @@ class TestTheContextCannotBeForged:
             with database.connect("app_unbound") as app:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for type"):
                     app.execute(
-                        'CREATE TEMP TABLE django_rls_context (site text, "user" text, claims jsonb, genuine rls._genuine)'
+                        "CREATE TEMP TABLE django_rls_transaction_context "
+                        '(site text, "user" text, claims jsonb, xact xid8, genuine rls._genuine)'
                     )
-                app.execute('CREATE TEMP TABLE django_rls_context (site text, "user" text, claims jsonb, genuine text)')
-                app.execute("INSERT INTO pg_temp.django_rls_context VALUES ('2', '', NULL, 'django_rls')")
+                app.execute(
+                    "CREATE TEMP TABLE django_rls_transaction_context "
+                    '(site text, "user" text, claims jsonb, xact xid8, genuine text)'
+                )
+                app.execute("GRANT SELECT ON pg_temp.django_rls_transaction_context TO PUBLIC")
+                app.execute("BEGIN")
+                app.execute(
+                    "INSERT INTO pg_temp.django_rls_transaction_context VALUES ('2', '', NULL, pg_current_xact_id(), 'django_rls')"
+                )
                 with pytest.raises(psycopg.errors.UndefinedFunction, match="operator does not exist"):
                     app.execute("SELECT rls.site_id()")
+                app.execute("ROLLBACK")
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match="that django_rls did not create"):
                     with app.transaction():
                         app.execute("SELECT rls.set_context('1', '')")
@@ -317,6 +332,163 @@ class TestTheContextCannotBeForged:
         app_conn.execute("SET django_rls.strict = on")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="no site is set"):
             app_conn.execute("SELECT rls.site_id()")
+
+
+def _table_read_refused(app: psycopg.Connection) -> bool:
+    """Whether the app role's direct read of the transaction's context table is refused (it must be, always)."""
+    try:
+        with app.transaction():
+            app.execute("SELECT * FROM pg_temp.django_rls_transaction_context")
+    except psycopg.errors.InsufficientPrivilege:
+        return True
+    return False
+
+
+@sql_mode_only
+class TestATransactionContextEndsWithItsTransaction:
+    """The transaction's context is a row tagged with its transaction id (sql/sqlonly/10_context.sql,
+    rls._held()), not an ON COMMIT DELETE ROWS table: whatever ends the transaction, no later
+    transaction of the session sees it, and the app role can neither read the row left behind nor
+    keep it alive. Every case runs as the app role."""
+
+    @pytest.fixture
+    def deferred(self, owner_conn):
+        """A table with a constraint checked at commit, that the app role may write."""
+        owner_conn.execute(
+            "CREATE TABLE ctx_deferred (id int CONSTRAINT ctx_deferred_once UNIQUE DEFERRABLE INITIALLY DEFERRED)"
+        )
+        owner_conn.execute(sql.SQL("GRANT INSERT, DELETE ON ctx_deferred TO {}").format(sql.Identifier(APP_ROLE)))
+        yield "ctx_deferred"
+        owner_conn.execute("DROP TABLE ctx_deferred")
+
+    def test_commit_and_rollback(self, app_conn):
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context('1', '7', '{\"role\": \"editor\"}')")
+            assert context_of(app_conn) == {"site": 1, "user": 7, "claims": {"role": "editor"}}
+        assert context_of(app_conn) == {"site": None, "user": None, "claims": None}
+        with app_conn.transaction(force_rollback=True):
+            app_conn.execute("SELECT rls.set_context('2', '')")
+        assert context_of(app_conn)["site"] is None
+        assert _table_read_refused(app_conn)  # the row left behind is nobody's to read
+
+    def test_savepoints_and_subtransactions(self, app_conn):
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context('1', '')")
+            with app_conn.transaction(force_rollback=True):  # SAVEPOINT ... ROLLBACK TO SAVEPOINT
+                app_conn.execute("SELECT rls.set_context('2', '')")
+                assert app_conn.execute("SELECT rls.site_id()").fetchone() == (2,)
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (1,)  # the context before it
+            with app_conn.transaction():  # RELEASE SAVEPOINT keeps it
+                app_conn.execute("SELECT rls.set_context('3', '')")
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (3,)
+        assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+        with app_conn.transaction():
+            with app_conn.transaction(force_rollback=True):
+                app_conn.execute("SELECT rls.set_context('2', '')")
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+            # A PL/pgSQL exception block is a subtransaction too.
+            app_conn.execute(
+                "DO $$BEGIN PERFORM rls.set_context('2', ''); RAISE EXCEPTION 'undo'; "
+                "EXCEPTION WHEN raise_exception THEN NULL; END$$"
+            )
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+        assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+    def test_an_error_at_commit(self, app_conn, deferred):
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.set_context('1', '')")
+                app_conn.execute("INSERT INTO ctx_deferred VALUES (1), (1)")  # refused only at COMMIT
+                assert app_conn.execute("SELECT rls.site_id()").fetchone() == (1,)
+        assert context_of(app_conn)["site"] is None
+
+    def test_set_constraints_all_immediate_neither_ends_nor_keeps_it(self, app_conn, deferred):
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context('1', '')")
+            app_conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            app_conn.execute("INSERT INTO ctx_deferred VALUES (1)")
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (1,)
+            app_conn.execute("SET CONSTRAINTS ALL DEFERRED")
+            app_conn.execute("DELETE FROM ctx_deferred")
+        assert context_of(app_conn)["site"] is None
+
+    def test_implicit_transactions(self, app_conn):
+        # Autocommit: a statement is a transaction.
+        app_conn.execute("SELECT rls.set_context('1', '')")
+        assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+        # A simple query of several statements is one implicit transaction, and only that one.
+        cursor = app_conn.execute("SELECT rls.set_context('1', ''); SELECT rls.site_id()")
+        assert cursor.nextset() and cursor.fetchone() == (1,)
+        assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+        # Pipeline mode (extended protocol): the statements up to a Sync are one implicit transaction.
+        with app_conn.pipeline() as pipeline:
+            app_conn.execute("SELECT rls.set_context('1', '')")
+            inside = app_conn.execute("SELECT rls.site_id()")
+            pipeline.sync()
+            after = app_conn.execute("SELECT rls.site_id()")
+        assert inside.fetchone() == (1,)
+        assert after.fetchone() == (None,)
+
+    def test_discard_temp_and_all(self, app_conn):
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context('1', '')")
+            app_conn.execute("DISCARD TEMP")  # drops the tables: fail closed
+            assert context_of(app_conn)["site"] is None
+            app_conn.execute("SELECT rls.set_context('2', '')")  # made again
+            assert context_of(app_conn)["site"] == 2
+        assert context_of(app_conn)["site"] is None
+        app_conn.execute("SELECT rls.set_context('1', '', NULL, false)")
+        app_conn.execute("DISCARD ALL")
+        assert context_of(app_conn)["site"] is None
+        with app_conn.transaction():
+            app_conn.execute("SELECT rls.set_context('2', '')")
+            assert context_of(app_conn)["site"] == 2
+        assert context_of(app_conn)["site"] is None
+
+    def test_prepare_transaction_is_refused(self, app_conn):
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="operated on temporary objects"):
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.set_context('1', '')")
+                app_conn.execute("PREPARE TRANSACTION 'keep_the_context'")
+        assert context_of(app_conn)["site"] is None
+
+    def test_a_pooled_connections_next_request_sees_none(self, app_conn, deferred):
+        """The next request's transaction has a transaction id of its own (it writes) and sets no
+        context: it reads none, directly or through the accessors, and the session's own one again
+        once the request that set a transaction context over it has ended."""
+        app_conn.execute("SELECT rls.set_context('5', '', NULL, false)")
+        for site in (1, 2):
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.set_context(%s, '9')", (str(site),))
+                app_conn.execute("INSERT INTO ctx_deferred VALUES (%s)", (site,))
+                assert context_of(app_conn) == {"site": site, "user": 9, "claims": None}
+            with app_conn.transaction():
+                app_conn.execute("INSERT INTO ctx_deferred VALUES (%s)", (site + 10,))
+                assert app_conn.execute("SELECT pg_current_xact_id_if_assigned() IS NOT NULL").fetchone() == (True,)
+                assert context_of(app_conn) == {"site": 5, "user": None, "claims": None}
+        app_conn.execute("SELECT rls.clear_context()")
+        with app_conn.transaction():
+            app_conn.execute("INSERT INTO ctx_deferred VALUES (100)")
+            assert context_of(app_conn) == {"site": None, "user": None, "claims": None}
+        assert _table_read_refused(app_conn)
+
+    def test_the_tables_stay_one_page(self, app_conn):
+        """The setters update one row in place (HOT, pruned as it goes): a long-lived session's tables
+        do not grow with the transactions or requests it ran."""
+        for site in range(1, 1001):
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.set_context(%s, '')", (str(site),))
+        # SCOPE = "session": set and cleared per request.
+        for site in range(1, 1001):
+            app_conn.execute("SELECT rls.set_context(%s, '', NULL, false)", (str(site),))
+            assert app_conn.execute("SELECT rls.site_id()").fetchone() == (site,)
+            app_conn.execute("SELECT rls.clear_context()")
+        assert context_of(app_conn) == {"site": None, "user": None, "claims": None}
+        sizes = app_conn.execute(
+            "SELECT pg_relation_size('pg_temp.django_rls_transaction_context'), "
+            "pg_relation_size('pg_temp.django_rls_session_context')"
+        ).fetchone()
+        assert sizes == (8192, 8192)
 
 
 @sql_mode_only

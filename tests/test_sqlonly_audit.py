@@ -423,8 +423,9 @@ def test_checks_say_what_the_trail_lacks(live_db):
     assert "testapp.Note" in warning.msg and "no hash chain" in warning.msg
 
 
-def test_a_forged_context_table_is_not_read_as_the_log_owner(evil_owner, database):
-    """A writer with TEMP making its own pg_temp.django_rls_context gets its write refused, its code never run."""
+@pytest.mark.parametrize("name", ["django_rls_transaction_context", "django_rls_session_context"])
+def test_a_forged_context_table_is_not_read_as_the_log_owner(evil_owner, database, name):
+    """A writer with TEMP making its own context table of either name gets its write refused, its code never run."""
     admin_conn = evil_owner
     admin_conn.execute(
         sql.SQL("GRANT TEMPORARY ON DATABASE {} TO {}").format(
@@ -433,8 +434,10 @@ def test_a_forged_context_table_is_not_read_as_the_log_owner(evil_owner, databas
     )
     admin_conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(EVIL)))
     admin_conn.execute(
-        "CREATE TEMPORARY VIEW django_rls_context AS SELECT '1'::text AS site, '2'::text AS \"user\", "
-        "NULL::jsonb AS claims, evil.policy() AS genuine"
+        sql.SQL(
+            "CREATE TEMPORARY VIEW {} AS SELECT '1'::text AS site, '2'::text AS \"user\", "
+            "NULL::jsonb AS claims, NULL::xid8 AS xact, evil.policy() AS genuine"
+        ).format(sql.Identifier(name))
     )
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="did not create"):
         admin_conn.execute("INSERT INTO evil.t (id) VALUES (7)")

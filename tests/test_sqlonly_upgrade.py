@@ -28,6 +28,44 @@ DB = "django_rls_upgrade"
 KEY = secrets.token_urlsafe(48)
 
 
+# The context functions of the releases that kept the transaction's context in an ON COMMIT DELETE
+# ROWS table, pg_temp.django_rls_context, that every role could read (trimmed of their checks).
+OLDER_CONTEXT_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION rls._held(OUT site text, OUT "user" text, OUT claims jsonb)
+RETURNS record LANGUAGE plpgsql STABLE SECURITY INVOKER AS $$
+BEGIN
+    IF pg_catalog.to_regclass('pg_temp.django_rls_context') IS NULL THEN RETURN; END IF;
+    SELECT c.site, c."user", c.claims INTO site, "user", claims FROM pg_temp.django_rls_context c;
+    IF NOT FOUND THEN
+        SELECT c.site, c."user", c.claims INTO site, "user", claims FROM pg_temp.django_rls_session_context c;
+    END IF;
+END $$;
+CREATE OR REPLACE FUNCTION rls._ensure_context_tables() RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_context (
+        site text NOT NULL, "user" text NOT NULL, claims jsonb,
+        genuine rls._genuine NOT NULL DEFAULT 'django_rls') ON COMMIT DELETE ROWS;
+    CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_session_context (
+        site text NOT NULL, "user" text NOT NULL, claims jsonb,
+        genuine rls._genuine NOT NULL DEFAULT 'django_rls');
+    GRANT SELECT ON pg_temp.django_rls_context, pg_temp.django_rls_session_context TO PUBLIC;
+END $$;
+CREATE OR REPLACE FUNCTION rls._store(site text, "user" text, claims jsonb, is_local boolean)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM rls._ensure_context_tables();
+    DELETE FROM pg_temp.django_rls_context;
+    IF is_local THEN
+        INSERT INTO pg_temp.django_rls_context (site, "user", claims) VALUES (site, "user", claims);
+    ELSE
+        DELETE FROM pg_temp.django_rls_session_context;
+        INSERT INTO pg_temp.django_rls_session_context (site, "user", claims) VALUES (site, "user", claims);
+    END IF;
+END $$;
+"""
+
+
 def _install(conn: psycopg.Connection) -> list[str]:
     with conn.cursor() as cursor:
         done = sqlonly.install(cursor, [KEY], APP_ROLE)
@@ -59,6 +97,7 @@ def older(admin_conn) -> Iterator[tuple[psycopg.Connection, psycopg.Connection]]
                 "SET search_path = pg_catalog, pg_temp AS $$ SELECT '0.0.1'::text $$"
             )
             owner.execute("CREATE FUNCTION rls._only_in_the_older() RETURNS boolean LANGUAGE sql AS 'SELECT true'")
+            owner.execute(OLDER_CONTEXT_FUNCTIONS)
             owner.execute("CREATE TABLE notes (id int PRIMARY KEY, site_id bigint NOT NULL)")
             owner.execute("SELECT rls_audit.enable('notes')")
             # As an older generator made it: without a setting this version's captures pin.
@@ -162,3 +201,26 @@ def test_a_newer_installation_is_refused(older):
     owner.commit()
     with owner.cursor() as cursor, pytest.raises(sqlonly.InstallError, match=r"99\.0\.0 is installed, newer than"):
         sqlonly.install(cursor, [KEY], APP_ROLE)
+
+
+def test_sessions_opened_before_the_upgrade_carry_over(older):
+    """A session that holds the older tables keeps its session context through the upgrade, never
+    sees another transaction's context, and moves to the new table at its next setter call, which
+    drops the older ON COMMIT DELETE ROWS table (truncated at every commit while it exists)."""
+    owner, app = older
+    app.execute("SELECT rls.set_context_signed(%s, false)", (sign_context(KEY, site=2, user=None, database=DB),))
+    assert app.execute("SELECT array_agg(id ORDER BY id) FROM notes").fetchone() == ([2, 3],)
+    assert app.execute("SELECT to_regclass('pg_temp.django_rls_context') IS NOT NULL").fetchone() == (True,)
+
+    _install(owner)
+
+    assert app.execute("SELECT rls.site_id(), array_agg(id ORDER BY id) FROM notes").fetchone() == (2, [2, 3])
+    with app.transaction():
+        app.execute("SELECT rls.set_context_signed(%s)", (sign_context(KEY, site=1, user=None, database=DB),))
+        assert app.execute("SELECT array_agg(id) FROM notes").fetchone() == ([1],)
+        assert app.execute("SELECT to_regclass('pg_temp.django_rls_context')").fetchone() == (None,)
+    assert app.execute("SELECT rls.site_id(), array_agg(id ORDER BY id) FROM notes").fetchone() == (2, [2, 3])
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app.execute("SELECT * FROM pg_temp.django_rls_session_context")  # its older grant is taken back
+    app.execute("SELECT rls.clear_context()")
+    assert app.execute("SELECT rls.site_id(), array_agg(id) FROM notes").fetchone() == (None, None)

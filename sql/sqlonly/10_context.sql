@@ -8,12 +8,12 @@
  * made itself a member of it and granted it TEMPORARY on the database.
  *
  * Where the context lives: in two temporary tables of the session,
- * pg_temp.django_rls_context (ON COMMIT DELETE ROWS: transaction scope) and
- * pg_temp.django_rls_session_context (session scope), created and written
- * only by the setter functions below, which are SECURITY DEFINER functions
- * owned by django_rls_context.  The application role can read them (its own
- * context) but not write, truncate, drop or alter them: it owns neither and
- * has no privilege on them but SELECT.  It cannot put a table of its own in
+ * pg_temp.django_rls_transaction_context (transaction scope: see rls._held()
+ * for how) and pg_temp.django_rls_session_context (session scope), created
+ * and written only by the setter functions below, which are SECURITY DEFINER
+ * functions owned by django_rls_context, and read only by rls._held(), one
+ * too.  The application role can neither read, write, truncate, drop nor
+ * alter them: it owns neither and has no privilege on them.  It cannot put a table of its own in
  * their place either, because it has no TEMPORARY right on the database
  * (rls_roles revokes it; PostgreSQL checks it on every temporary object, not
  * only the first).  Should a role keep that right by mistake, a table of its
@@ -101,44 +101,84 @@ CREATE TYPE rls._genuine AS ENUM ('django_rls');
 COMMENT ON TYPE rls._genuine IS
 'Internal: the type of a column only django_rls''s own context tables can have.';
 
+-- Why the transaction's context is a tagged row, not an ON COMMIT DELETE ROWS
+-- table (what earlier versions used): PostgreSQL truncates every ON COMMIT
+-- DELETE ROWS table of the session at the commit of every transaction that
+-- touched any temporary object (xact.c, PreCommit_on_commit_actions, under
+-- XACT_FLAGS_ACCESSEDTEMPNAMESPACE), and the accessors read this table in
+-- every statement of a protected table: every transaction paid a truncation
+-- of the table, its TOAST table and TOAST index (a scan of all local buffers
+-- and file truncations each), 0.25-0.35 ms of backend CPU, five times a
+-- primary-key lookup (docs/security.md, "Where the context lives").
+--
+-- So pg_temp.django_rls_transaction_context is a plain temporary table with
+-- one row, which the setter updates in place (a HOT update: the table stays
+-- one page however many transactions run) with the context and the 64-bit id
+-- of the transaction setting it (pg_current_xact_id(): the setter writes a
+-- table, so the transaction has an id anyway).  rls._held() returns that row
+-- only while pg_current_xact_id_if_assigned() is that same id.  Full
+-- transaction ids are never reused (64 bits, the epoch included) and never go
+-- back: no clock is read, so a clock step or two transactions starting in the
+-- same microsecond change nothing.  Whatever ends the transaction ends the
+-- context with it: COMMIT, ROLLBACK, an error at commit (the update is undone
+-- with the rest), an implicit transaction of autocommit or of the extended
+-- protocol ending at Sync; ROLLBACK TO SAVEPOINT undoes the update, so the row
+-- version before it, with the context before, is the one seen; nothing runs
+-- at commit, so SET CONSTRAINTS ALL IMMEDIATE has nothing to fire early;
+-- PREPARE TRANSACTION stays refused (the setter wrote a temporary table).  The
+-- later transactions of the session, a pooled connection's next request among
+-- them, have another id (or none, read-only), and see no transaction context.
+--
+-- The row with an ended transaction's values stays until the next setter
+-- call; no role but django_rls_context reads it: the tables have no grants,
+-- and rls._held() is a SECURITY DEFINER function of django_rls_context that
+-- returns the current transaction's context only.
+--
 -- The context the session holds now: the transaction's, else the session's;
 -- NULLs when it has none (no setter ran yet, or DISCARD dropped the tables).
--- It runs as the caller, once per statement in policies (rls._policy_text),
--- so it is kept to one catalog-free query: no pinned search_path (every name
--- and operator is qualified; the application role can create neither), and
--- the tables' genuineness is in the query, as a comparison of rls._genuine
--- values, which fails to plan on a table of the same name made by anyone
--- but django_rls_context.
+-- It runs once per statement in policies (rls._policy_text).  Its queries are
+-- guarded by to_regclass() and compare the tables' genuineness, as a
+-- comparison of rls._genuine values, which fails to plan on a table of the
+-- same name made by anyone but django_rls_context (a role that kept the
+-- TEMPORARY right by mistake).
 --
--- jit is off for it: its query is planned again after each transaction that
--- wrote the table, with the caller's settings, and a caller's SET LOCAL
--- enable_seqscan = off makes that plan look expensive enough for JIT, which
--- would then compile the query again at every later call of the session
--- (70 ms each instead of a few microseconds, seen in bench/read_path.py).
+-- jit is off for it: its query can be planned again with the caller's
+-- settings, and a caller's SET LOCAL enable_seqscan = off makes that plan look
+-- expensive enough for JIT, which would then compile the query again at every
+-- later call of the session (70 ms each instead of a few microseconds, seen in
+-- bench/read_path.py).
 CREATE FUNCTION rls._held(OUT site text, OUT "user" text, OUT claims jsonb)
 RETURNS record
-LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 SET jit = off
 AS $$
 BEGIN
-    IF pg_catalog.to_regclass('pg_temp.django_rls_context') IS NULL THEN
-        RETURN;
+    IF to_regclass('pg_temp.django_rls_transaction_context') IS NOT NULL THEN
+        SELECT c.site, c."user", c.claims INTO site, "user", claims
+          FROM pg_temp.django_rls_transaction_context c
+         WHERE c.xact = pg_current_xact_id_if_assigned()
+           AND c.genuine = 'django_rls'::rls._genuine;
+        IF FOUND THEN
+            RETURN;
+        END IF;
     END IF;
-    SELECT c.site, c."user", c.claims INTO site, "user", claims
-      FROM pg_temp.django_rls_context c
-     WHERE c.genuine OPERATOR(pg_catalog.=) 'django_rls'::rls._genuine;
-    IF NOT FOUND THEN
+    IF to_regclass('pg_temp.django_rls_session_context') IS NOT NULL THEN
         SELECT c.site, c."user", c.claims INTO site, "user", claims
           FROM pg_temp.django_rls_session_context c
-         WHERE c.genuine OPERATOR(pg_catalog.=) 'django_rls'::rls._genuine;
+         WHERE c.genuine = 'django_rls'::rls._genuine;
     END IF;
 END
 $$;
 COMMENT ON FUNCTION rls._held() IS
-'Internal: the context the session holds (transaction scope first, then session scope).';
+'Internal: the context the session holds (the current transaction''s, then the session''s).';
 
 -- Create the session's context tables on first use, refusing tables of that
 -- name that django_rls_context does not own.  Runs as django_rls_context.
+-- A session opened before an upgrade from an earlier version has the
+-- ON COMMIT DELETE ROWS table pg_temp.django_rls_context, which nothing reads
+-- any more: it is dropped here, so that its truncation at every commit stops
+-- too; its session table is kept with its context.
 CREATE FUNCTION rls._ensure_context_tables()
 RETURNS void
 LANGUAGE plpgsql
@@ -148,12 +188,12 @@ DECLARE
     name text;
     existing regclass;
     genuine integer := 0;
+    context_role oid := (SELECT r.oid FROM pg_roles r WHERE r.rolname = 'django_rls_context');
 BEGIN
-    FOREACH name IN ARRAY ARRAY['django_rls_context', 'django_rls_session_context'] LOOP
+    FOREACH name IN ARRAY ARRAY['django_rls_transaction_context', 'django_rls_session_context'] LOOP
         existing := to_regclass('pg_temp.' || name);
         CONTINUE WHEN existing IS NULL;
-        IF (SELECT c.relowner FROM pg_class c WHERE c.oid = existing)
-           <> (SELECT r.oid FROM pg_roles r WHERE r.rolname = 'django_rls_context') THEN
+        IF (SELECT c.relowner FROM pg_class c WHERE c.oid = existing) <> context_role THEN
             RAISE EXCEPTION 'a temporary table pg_temp.% that django_rls did not create exists in this session', name
                 USING ERRCODE = 'insufficient_privilege',
                       DETAIL = 'Only rls.set_context() and rls.set_context_signed() may create it; this one was made to forge a context.',
@@ -164,19 +204,34 @@ BEGIN
     IF genuine = 2 THEN
         RETURN;
     END IF;
-    CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_context (
-        site text NOT NULL, "user" text NOT NULL, claims jsonb,
-        genuine rls._genuine NOT NULL DEFAULT 'django_rls') ON COMMIT DELETE ROWS;
+    existing := to_regclass('pg_temp.django_rls_context');
+    IF existing IS NOT NULL AND (SELECT c.relowner FROM pg_class c WHERE c.oid = existing) = context_role THEN
+        DROP TABLE pg_temp.django_rls_context;
+    END IF;
+    CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_transaction_context (
+        site text, "user" text, claims jsonb, xact xid8,
+        genuine rls._genuine NOT NULL DEFAULT 'django_rls');
+    INSERT INTO pg_temp.django_rls_transaction_context (xact)
+    SELECT NULL WHERE NOT EXISTS (SELECT FROM pg_temp.django_rls_transaction_context);
     CREATE TEMPORARY TABLE IF NOT EXISTS django_rls_session_context (
         site text NOT NULL, "user" text NOT NULL, claims jsonb,
         genuine rls._genuine NOT NULL DEFAULT 'django_rls');
-    GRANT SELECT ON pg_temp.django_rls_context, pg_temp.django_rls_session_context TO PUBLIC;
+    -- Earlier versions let every role read them; rls._held() reads them now.
+    REVOKE ALL ON pg_temp.django_rls_transaction_context, pg_temp.django_rls_session_context FROM PUBLIC;
 END
 $$;
 COMMENT ON FUNCTION rls._ensure_context_tables() IS
 'Internal: create the session''s context tables (as django_rls_context) unless they exist.';
 
 -- Store a checked context in the scope asked for.  Runs as django_rls_context.
+-- Both tables' rows are updated in place, never deleted and inserted again:
+-- temporary tables are never vacuumed, and the dead row a DELETE leaves keeps
+-- its line pointer until a vacuum, so a session setting and clearing its
+-- context per request (SCOPE = "session") grew its table by a page every
+-- ~290 requests, all read by every statement; a HOT update's old version is
+-- pruned whole.  A cleared session context is a row of empty values, which
+-- every reader takes as no context.  Setting the session's context ends the
+-- transaction's.
 CREATE FUNCTION rls._store(site text, "user" text, claims jsonb, is_local boolean)
 RETURNS void
 LANGUAGE plpgsql
@@ -184,12 +239,18 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM rls._ensure_context_tables();
-    DELETE FROM pg_temp.django_rls_context;
     IF is_local THEN
-        INSERT INTO pg_temp.django_rls_context (site, "user", claims) VALUES (site, "user", claims);
+        UPDATE pg_temp.django_rls_transaction_context
+           SET site = _store.site, "user" = _store."user", claims = _store.claims, xact = pg_current_xact_id();
     ELSE
-        DELETE FROM pg_temp.django_rls_session_context;
-        INSERT INTO pg_temp.django_rls_session_context (site, "user", claims) VALUES (site, "user", claims);
+        UPDATE pg_temp.django_rls_transaction_context
+           SET site = NULL, "user" = NULL, claims = NULL, xact = NULL
+         WHERE xact IS NOT NULL;
+        UPDATE pg_temp.django_rls_session_context
+           SET site = _store.site, "user" = _store."user", claims = _store.claims;
+        IF NOT FOUND THEN
+            INSERT INTO pg_temp.django_rls_session_context (site, "user", claims) VALUES (site, "user", claims);
+        END IF;
     END IF;
 END
 $$;
@@ -222,10 +283,15 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF to_regclass('pg_temp.django_rls_context') IS NOT NULL THEN
+    IF to_regclass('pg_temp.django_rls_transaction_context') IS NOT NULL
+       OR to_regclass('pg_temp.django_rls_session_context') IS NOT NULL THEN
         PERFORM rls._ensure_context_tables();  -- refuses tables it did not create
-        DELETE FROM pg_temp.django_rls_context;
-        DELETE FROM pg_temp.django_rls_session_context;
+        UPDATE pg_temp.django_rls_transaction_context
+           SET site = NULL, "user" = NULL, claims = NULL, xact = NULL
+         WHERE xact IS NOT NULL;
+        UPDATE pg_temp.django_rls_session_context
+           SET site = '', "user" = '', claims = NULL
+         WHERE site <> '' OR "user" <> '' OR claims IS NOT NULL;
     END IF;
 END
 $$;

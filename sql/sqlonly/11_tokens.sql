@@ -307,14 +307,19 @@ COMMENT ON FUNCTION rls.require_signature(regrole, boolean) IS
 -- Whether the session must sign: its login role is, or is a member of, a role
 -- that must.  session_user, because current_user is django_rls_context inside
 -- the setters; a role cannot change its session_user without being a
--- superuser.
+-- superuser.  PL/pgSQL, not SQL: rls.set_context() calls it in every
+-- transaction, and a SQL function that cannot be inlined (this one pins
+-- search_path) is parsed and planned again at every call, pg_roles' view
+-- with it; PL/pgSQL keeps the plan for the session.
 CREATE FUNCTION rls._signature_required()
 RETURNS boolean
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT EXISTS (SELECT FROM rls._signing_roles s JOIN pg_catalog.pg_roles r ON r.oid = s.role_oid
-                    WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'))
+BEGIN
+    RETURN EXISTS (SELECT FROM rls._signing_roles s JOIN pg_catalog.pg_roles r ON r.oid = s.role_oid
+                    WHERE pg_catalog.pg_has_role(session_user, r.oid, 'MEMBER'));
+END
 $$;
 COMMENT ON FUNCTION rls._signature_required() IS
 'Internal: whether the session must set its context with a signed token.';

@@ -283,7 +283,7 @@ BEGIN
     -- (a table or view of that name made by the writer could run its owner's code as this role).
     IF EXISTS (SELECT FROM pg_catalog.pg_class c
                 WHERE c.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()
-                  AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY['django_rls_context', 'django_rls_session_context']::pg_catalog.name[])
+                  AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY['django_rls_transaction_context', 'django_rls_session_context']::pg_catalog.name[])
                   AND (c.relkind OPERATOR(pg_catalog.<>) 'r' OR c.relrowsecurity
                        OR c.relowner OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'django_rls_context'))) THEN
         RAISE EXCEPTION 'a temporary context table that django_rls did not create exists in this session'

@@ -28,6 +28,8 @@ ALTER FUNCTION rls.remove_signing_key(text) OWNER TO django_rls_context;
 ALTER FUNCTION rls.require_signature(regrole, boolean) OWNER TO django_rls_context;
 ALTER FUNCTION rls._session_must_sign() OWNER TO django_rls_context;
 ALTER FUNCTION rls._signing_role_oids() OWNER TO django_rls_context;
+-- The only reader of the context tables, which have no grants (sql/sqlonly/10_context.sql).
+ALTER FUNCTION rls._held() OWNER TO django_rls_context;
 
 -- Keys and the roles that must sign are the owner's to change (a member of django_rls_context).
 REVOKE EXECUTE ON FUNCTION rls.add_signing_key(text), rls.remove_signing_key(text),
