@@ -283,14 +283,14 @@ CheckForwarded(char **newval, void **extra, GucSource source)
 	{
 		if (source != PGC_S_SESSION || !IsTransactionState() || CitusGroup() <= 0)
 		{
-			free(cred);
+			RlsGucFree(cred);
 			return RefuseForwarded("django_rls.forwarded can only be set by the django_rls setter on a Citus coordinator, which forwards it to the workers",
 								   "Set the context with rls.set_context() on the coordinator, in a transaction block.");
 		}
 	}
 	if (!ParseCredential(value, cred))
 	{
-		free(cred);
+		RlsGucFree(cred);
 		GUC_check_errcode(ERRCODE_INVALID_PARAMETER_VALUE);
 		GUC_check_errdetail("The value is not a context credential made by a django_rls coordinator.");
 		GUC_check_errhint("Set the context with rls.set_context() on the coordinator, in a transaction block.");

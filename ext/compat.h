@@ -80,13 +80,17 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 }
 
 /*
- * PostgreSQL 16 exported guc_malloc() for check hooks' "extra" data; before
- * it, the GUC machinery releases extra data with plain free().
+ * PostgreSQL 16 exported guc_malloc() for check hooks' "extra" data, which
+ * lives in the GUC memory context and is released with guc_free(); before it,
+ * the GUC machinery releases extra data with plain free().  A check hook that
+ * refuses a value releases what it allocated with RlsGucFree().
  */
 #if PG_VERSION_NUM >= 160000
 #define RlsGucMalloc(size) guc_malloc(LOG, (size))
+#define RlsGucFree(ptr) guc_free(ptr)
 #else
 #define RlsGucMalloc(size) malloc(size)
+#define RlsGucFree(ptr) free(ptr)
 #endif
 
 /* PostgreSQL 18 records the extension's name and version in the module. */
