@@ -1,0 +1,400 @@
+"""Django on a real Citus cluster (issue 17, item 5): requests, the leak matrix, the attack suite, PgBouncer.
+
+The test project (tests/settings.py, tests/testapp) is migrated onto the coordinator of a cluster of its
+own (tests/harness/citus_cluster.py), rls_apply protects it, and tests/seed.py fills it. Two protected
+models are distributed: ``testapp.Note`` (BySite, audited; the table the attack suite and the views
+read) and ``testapp.Tag`` (BySite). Their primary key is ``id`` alone, so Citus distributes them by
+``id`` (a distribution column must be in every unique constraint), and their foreign keys, which
+Citus refuses between a distributed table and a plain one, are dropped first. The audit triggers
+need ``citus.enable_unsafe_triggers`` on the coordinator.
+
+Every Django alias of the test project is pointed at the coordinator for the module, with
+``ATOMIC_REQUESTS`` on for the application's aliases (docs/scale-out.md: an autocommit statement
+carries no context to the workers). Every assertion about rows runs as the app role through Django
+(neither a superuser, nor BYPASSRLS, nor an owner); the superuser only sets up and compares.
+
+Without Citus in the server's pkglibdir every test here skips (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from django.db.transaction import TransactionManagementError
+from psycopg import sql
+
+from django_rls.roles import plan as hardening_plan
+from django_rls.roles import specs as role_specs
+from tests.harness.citus_cluster import DATABASE, CitusCluster, citus_missing
+from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
+from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD
+from tests.test_attacks import ATTACKS, H1, SITE2_NOTE, site2_state
+from tests.test_pgbouncer import HOSTS
+from tests.test_pgbouncer import _request as request_through_bouncer
+
+MISSING = citus_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+H2 = HOSTS[1]
+# The models distributed on the cluster, and the column Citus distributes each by.
+DISTRIBUTED = {"testapp_note": "id", "testapp_tag": "id"}
+DISTRIBUTED_MODELS = ["testapp.Note", "testapp.Tag"]
+APP_ALIASES = ("default", "replica", "pooled")
+ALIASES = (*APP_ALIASES, "owner", "bypass")
+
+
+def _create_role(admin: psycopg.Connection, role: str, options: str) -> None:
+    admin.execute(
+        sql.SQL("CREATE ROLE {} LOGIN " + options + " PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORD))
+    )
+
+
+def _prepare_database(admin: psycopg.Connection) -> None:
+    """The roles and the hardening tests/conftest.py gives the single-server test database."""
+    _create_role(admin, OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS")
+    _create_role(admin, APP_ROLE, "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB")
+    _create_role(admin, BYPASS_ROLE, "NOSUPERUSER BYPASSRLS")
+    admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(BYPASS_ROLE)))
+    admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(DATABASE), sql.Identifier(OWNER_ROLE)))
+    admin.execute("SELECT rls_audit.ensure_partitions(1)")
+    # The owner creates the tables; a shard move creates them on the target worker as their owner.
+    admin.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
+    admin.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+    with admin.transaction(), admin.cursor() as cursor:
+        for _, statement in hardening_plan(cursor, role_specs(APP_ROLE, OWNER_ROLE, BYPASS_ROLE, None, {})):
+            cursor.execute(statement)
+    # Audited models have triggers, which Citus refuses on distributed tables unless told.
+    admin.execute("ALTER SYSTEM SET citus.enable_unsafe_triggers = on")
+    admin.execute("SELECT pg_reload_conf()")
+
+
+def _distribute(admin: psycopg.Connection) -> None:
+    """Drop the foreign keys to and from the tables to distribute (Citus refuses them), then distribute."""
+    tables = list(DISTRIBUTED)
+    # The audit guard refuses the copies of the audit triggers Citus makes on the shards (docs/scale-out.md).
+    admin.execute("SELECT rls_audit.disable('testapp_note')")
+    for table, constraint in admin.execute(
+        "SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE contype = 'f' "
+        "AND (conrelid = ANY (%s::regclass[]) OR confrelid = ANY (%s::regclass[]))",
+        (tables, tables),
+    ).fetchall():
+        admin.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.Identifier(table), sql.Identifier(constraint))
+        )
+    for table, column in DISTRIBUTED.items():
+        admin.execute("SELECT create_distributed_table(%s, %s)", (table, column))
+
+
+def _point_aliases_at(cluster: CitusCluster) -> dict[str, dict[str, Any]]:
+    """Every alias of the test project to the coordinator; the app's with ATOMIC_REQUESTS. Returns the old settings."""
+    from django.db import connections
+
+    saved = {}
+    for alias in ALIASES:
+        connections[alias].close()
+        saved[alias] = dict(connections.settings[alias])
+        connections.settings[alias].update(
+            {"HOST": "127.0.0.1", "PORT": str(cluster.coordinator.port), "NAME": DATABASE},
+            ATOMIC_REQUESTS=alias in APP_ALIASES,
+        )
+        del connections[alias]
+    return saved
+
+
+def _restore_aliases(saved: dict[str, dict[str, Any]]) -> None:
+    from django.db import connections
+
+    for alias, settings in saved.items():
+        connections[alias].close()
+        connections.settings[alias].clear()
+        connections.settings[alias].update(settings)
+        del connections[alias]
+
+
+@pytest.fixture(scope="module")
+def citus(django_db_blocker: Any) -> Iterator[CitusCluster]:
+    """The cluster with the test project migrated, two models distributed, protected and seeded."""
+    from django.core.management import call_command
+    from django.db import connections
+
+    from tests.seed import seed
+
+    cluster = CitusCluster()
+    saved: dict[str, dict[str, Any]] = {}
+    try:
+        cluster.start()
+        with cluster.connect() as admin:
+            _prepare_database(admin)
+        saved = _point_aliases_at(cluster)
+        with django_db_blocker.unblock():
+            call_command("migrate", database="owner", verbosity=0)
+            call_command("rls_apply", database="owner", verbosity=0, stdout=io.StringIO(), stderr=io.StringIO())
+            with cluster.connect() as admin:
+                _distribute(admin)
+            seed()
+            connections.close_all()
+        yield cluster
+    except Exception:
+        print(cluster.log_tails())
+        raise
+    finally:
+        if saved:
+            _restore_aliases(saved)
+        cluster.stop()
+        cluster.remove()
+
+
+@pytest.fixture
+def admin(citus: CitusCluster) -> Iterator[psycopg.Connection]:
+    with citus.connect() as conn:
+        yield conn
+
+
+@pytest.fixture
+def db(citus: CitusCluster, django_db_blocker: Any, admin: psycopg.Connection) -> Iterator[None]:
+    """Database access for the test, autocommit as in production; rows a test wrote are removed afterwards."""
+    from django.db import connections
+
+    notes = admin.execute("SELECT max(id) FROM testapp_note").fetchone()[0]
+    with django_db_blocker.unblock():
+        yield
+        connections.close_all()
+    admin.execute("DELETE FROM testapp_note WHERE id > %s", (notes,))
+
+
+def _placements(admin: psycopg.Connection) -> dict[int, set[int]]:
+    """Worker port -> the shards of testapp_note it holds."""
+    held: dict[int, set[int]] = {}
+    for shard, port in admin.execute(
+        "SELECT shardid, nodeport FROM citus_shards WHERE table_name = 'testapp_note'::regclass"
+    ).fetchall():
+        held.setdefault(port, set()).add(shard)
+    return held
+
+
+@pytest.fixture(scope="module", params=["as placed", "after a shard move"])
+def placement(request: pytest.FixtureRequest, citus: CitusCluster) -> str:
+    """The cluster as created, then after every shard of testapp_note holding site 1's notes moved workers."""
+    if request.param == "after a shard move":
+        with citus.connect() as admin:
+            shards = {
+                shard
+                for (shard,) in admin.execute(
+                    "SELECT DISTINCT get_shard_id_for_distribution_column('testapp_note', id) "
+                    "FROM testapp_note WHERE site_id = 1"
+                ).fetchall()
+            }
+            before = _placements(admin)
+            for shard in sorted(shards):
+                [source] = [port for port, held in before.items() if shard in held]
+                [target] = [w.port for w in citus.workers if w.port != source]
+                admin.execute(
+                    "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, "
+                    "shard_transfer_mode => 'block_writes')",
+                    (shard, source, target),
+                )
+            after = _placements(admin)
+            assert shards and all(
+                shard not in after.get(port, set()) for shard in shards for port in before if shard in before[port]
+            ), (before, after)
+    return request.param
+
+
+def inject(client: Any, statement: str, alias: str = "default", host: str = H1) -> dict:
+    return client.get("/inject/", {"sql": statement, "alias": alias}, HTTP_HOST=host).json()
+
+
+# -- a request of each site -------------------------------------------------------------------------
+
+
+def test_each_request_sees_exactly_its_sites_notes(placement, db, client):
+    """/notes/ reads through the ORM in the request's transaction; the rows live on the workers' shards."""
+    assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+    assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+    assert client.get("/notes/raw/", HTTP_HOST=H2).json() == {"sites": [2]}
+
+
+def test_each_request_writes_its_own_site_and_is_refused_another(placement, db, client, admin):
+    for host, own, other in ((H1, 1, 2), (H2, 2, 1)):
+        mine = inject(
+            client, f"INSERT INTO testapp_note (site_id, body) VALUES ({own}, 'mine') RETURNING site_id", host=host
+        )
+        assert mine == {"outcome": f"[[{own}]]", "sites": [own]}, mine
+        theirs = inject(client, f"INSERT INTO testapp_note (site_id, body) VALUES ({other}, 'planted')", host=host)
+        assert "new row violates row-level security policy" in theirs["outcome"], theirs
+        moved = inject(client, f"UPDATE testapp_note SET site_id = {other} WHERE body = 'mine' RETURNING id", host=host)
+        assert "new row violates row-level security policy" in moved["outcome"], moved
+        changed = inject(client, "UPDATE testapp_note SET body = body RETURNING site_id", host=host)
+        assert json.loads(changed["outcome"]) == [[own]] * 4, changed
+        deleted = inject(client, f"DELETE FROM testapp_note WHERE site_id = {other} RETURNING id", host=host)
+        assert deleted["outcome"] == "[]", deleted
+    # As the superuser: each site's new row is on the shards, nothing was planted or moved.
+    assert admin.execute(
+        "SELECT site_id, body FROM testapp_note WHERE body IN ('mine', 'planted') ORDER BY 1"
+    ).fetchall() == [(1, "mine"), (2, "mine")]
+    assert admin.execute("SELECT site_id, count(*) FROM testapp_note GROUP BY 1 ORDER BY 1").fetchall() == [
+        (1, 4),
+        (2, 4),
+    ]
+
+
+def test_the_context_is_evaluated_on_the_workers(placement, db, client, admin):
+    """Not the coordinator's local answer: rls.site_id() in the target list runs on the shards."""
+    result = inject(client, "SELECT DISTINCT rls.site_id() FROM testapp_note", host=H2)
+    assert result["outcome"] == "[[2]]", result
+    # The plan is a Citus one: the rows come from the workers.
+    plan = "\n".join(row[0] for row in admin.execute("EXPLAIN SELECT * FROM testapp_note").fetchall())
+    assert "Custom Scan (Citus Adaptive)" in plan
+
+
+# -- the leak matrix over the distributed models -------------------------------------------------------
+
+
+def _users() -> dict[str, int]:
+    from django.contrib.auth.models import User
+
+    return {u.username: u.pk for u in User.objects.all()}
+
+
+def test_leak_matrix_over_the_distributed_models(placement, db):
+    from django_rls.testing import leak_matrix
+
+    users = _users()
+    leaks = leak_matrix([{"site": 1, "user": users["alice"]}, {"site": 2, "user": users["bob"]}], DISTRIBUTED_MODELS)
+    assert leaks == []
+
+
+def test_the_matrix_catches_a_leak_on_the_shards(db, admin):
+    """The control: weaken the insert policies on the shards only (as a superuser, behind Citus): the matrix
+    run through the coordinator must report exactly that hole."""
+    from django_rls.testing import leak_matrix
+
+    users = _users()
+    weaken = "ALTER POLICY {} ON %s WITH CHECK (true)"
+    restore = "ALTER POLICY {} ON %s WITH CHECK (site_id = rls.site_id())"
+    policies = ("rls_site_insert", "rls_base_insert")
+    for policy in policies:
+        admin.execute("SELECT run_command_on_placements('testapp_note', %s)", (weaken.format(policy),))
+    try:
+        leaks = leak_matrix([{"site": 1, "user": users["alice"]}, {"site": 2, "user": users["bob"]}], ["testapp.Note"])
+    finally:
+        for policy in policies:
+            admin.execute("SELECT run_command_on_placements('testapp_note', %s)", (restore.format(policy),))
+    assert [leak.operation for leak in leaks] == ["insert", "insert"], leaks
+
+
+# -- the attack suite (tests/test_attacks.py) against the distributed notes ---------------------------
+
+
+@pytest.fixture(params=["statement-bound", "signed"])
+def mode(
+    request: pytest.FixtureRequest, db: None, citus: CitusCluster, admin: psycopg.Connection, settings
+) -> Iterator[str]:
+    """As tests/test_attacks.py: statement-bound without a key, or signed with signatures required; the key is
+    the one every node of the cluster shares."""
+    from django.db import connections
+
+    role = sql.Identifier(APP_ROLE)
+    if request.param == "signed":
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": citus.signing_key}
+        admin.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
+    connections.close_all()
+    yield request.param
+    if request.param == "signed":
+        admin.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
+    connections.close_all()
+
+
+@pytest.mark.parametrize("alias", ["default", "replica"], ids=["client-side binding", "server-side binding"])
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attack_stays_inside_site_1(mode, alias, client, admin, attack):
+    before = site2_state(admin)
+    if attack.startswith("COPY"):
+        # psycopg refuses COPY through execute() once the server has begun it, and the connection then cannot
+        # roll back to the view's savepoint: the request's transaction (ATOMIC_REQUESTS) fails whole, and the
+        # attacker gets an error page and no row.
+        with pytest.raises(TransactionManagementError):
+            inject(client, attack, alias)
+        result = {"sites": [], "outcome": ""}
+    else:
+        result = inject(client, attack, alias)
+    assert result["sites"] in ([1], []), result
+    assert SITE2_NOTE not in result["outcome"], result
+    after = site2_state(admin)
+    assert after[:2] == before[:2], "site 2's notes changed"
+    assert after[2] >= before[2], "audit rows disappeared"
+
+
+def test_the_attacks_ran_against_a_distributed_table(db, admin, client):
+    """What the attacks above aim at holds site 2's notes on the workers, and the view reads site 1 there."""
+    assert site2_state(admin)[0] == 3
+    assert admin.execute("SELECT count(*) FROM citus_shards WHERE table_name = 'testapp_note'::regclass").fetchone()[
+        0
+    ] == int(admin.execute("SHOW citus.shard_count").fetchone()[0])
+    assert inject(client, "SELECT 1")["sites"] == [1]
+
+
+# -- PgBouncer in transaction pooling in front of the coordinator -------------------------------------
+
+
+@pytest.fixture(params=["server-side binding", "client-side binding"])
+def bouncer_alias(request: pytest.FixtureRequest, db: None, citus: CitusCluster) -> Iterator[str]:
+    """An alias of the app role through PgBouncer (transaction pooling, two server connections) to the coordinator."""
+    if not Path(PGBOUNCER).exists():
+        pytest.skip("pgbouncer is not installed")
+    from django.db import connections
+
+    bouncer = PgBouncer(DATABASE, "127.0.0.1", citus.coordinator.port, [APP_ROLE], "transaction")
+    bouncer.start()
+    connections.settings["bouncer"] = {
+        **connections.settings["default"],
+        "HOST": "127.0.0.1",
+        "PORT": str(bouncer.port),
+        "ATOMIC_REQUESTS": True,
+        "DISABLE_SERVER_SIDE_CURSORS": True,
+        "OPTIONS": {"prepare_threshold": None, "server_side_binding": request.param == "server-side binding"},
+    }
+    try:
+        yield "bouncer"
+    finally:
+        connections["bouncer"].close()
+        del connections["bouncer"]
+        del connections.settings["bouncer"]
+        bouncer.stop()
+
+
+def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin):
+    """Sixty requests of two sites from ten threads over two pooled server connections to the coordinator."""
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(request_through_bouncer, range(60)))
+    assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
+    assert {site for site, _ in results} == {1, 2}
+
+
+# -- E032: an alias without ATOMIC_REQUESTS on a Citus coordinator ------------------------------------
+
+
+def _check_ids(databases: list[str]) -> list[tuple[str, str]]:
+    from django_rls.checks import check_database
+
+    return [(m.id, m.msg) for m in check_database(databases=databases)]
+
+
+def test_the_check_reports_an_alias_without_atomic_requests(db):
+    from django.db import connections
+
+    assert not [id_ for id_, _ in _check_ids(["default"]) if id_ == "django_rls.E032"]
+    connections.settings["default"]["ATOMIC_REQUESTS"] = False
+    try:
+        found = [msg for id_, msg in _check_ids(["default"]) if id_ == "django_rls.E032"]
+    finally:
+        connections.settings["default"]["ATOMIC_REQUESTS"] = True
+    assert len(found) == 1, found
+    assert "testapp_note" in found[0] and "testapp_tag" in found[0], found
