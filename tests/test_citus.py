@@ -31,7 +31,9 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -199,6 +201,99 @@ def app(citus: CitusCluster) -> Iterator[psycopg.Connection]:
             admin.execute(sql.SQL("DELETE FROM {} WHERE id >= %s").format(sql.Identifier(table)), (NEW_ID,))
 
 
+@pytest.fixture
+def scratch_table(admin: psycopg.Connection) -> Iterator[Callable[..., str]]:
+    """``scratch_table(name, columns, owned=False)`` creates a table for one test (owned by the owner role if
+    ``owned``); every table it created is dropped afterwards."""
+    created: list[str] = []
+
+    def create(name: str, columns: str, owned: bool = False) -> str:
+        admin.execute(sql.SQL("CREATE TABLE {} (" + columns + ")").format(sql.Identifier(name)))
+        created.append(name)
+        if owned:
+            admin.execute(
+                sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(OWNER_ROLE))
+            )
+        return name
+
+    yield create
+    for name in reversed(created):
+        admin.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def move_shard(admin: psycopg.Connection) -> Callable[[str, int], int]:
+    """``move_shard(table, value)`` moves the shard of ``table`` that holds ``value`` of its distribution column to
+    the other worker (citus_move_shard_placement, block_writes), and returns its id."""
+
+    def move(table: str, value: int) -> int:
+        shard = admin.execute("SELECT get_shard_id_for_distribution_column(%s, %s)", (table, value)).fetchone()[0]
+        (source,) = admin.execute(
+            "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
+        ).fetchone()
+        (target,) = admin.execute(
+            "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND isactive AND groupid <> 0",
+            (source,),
+        ).fetchone()
+        admin.execute(
+            "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, 'block_writes')",
+            (shard, source, target),
+        )
+        return shard
+
+    return move
+
+
+def _reload(conn: psycopg.Connection, name: str, shown: str) -> None:
+    """Reload the node's configuration and wait until ``SHOW name`` gives ``shown``."""
+    conn.execute("SELECT pg_reload_conf()")
+    for _ in range(100):
+        if conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(*name.split(".")))).fetchone()[0] == shown:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not reload its configuration")
+
+
+@pytest.fixture
+def system_setting(citus: CitusCluster) -> Iterator[Callable[[Any, str, str, str], None]]:
+    """``system_setting(node, name, value, shown)``: ALTER SYSTEM SET on one node, waiting until SHOW gives
+    ``shown``; every setting changed is reset afterwards, waiting for the value it had."""
+    changed: list[tuple[Any, str, str]] = []
+
+    def change(node: Any, name: str, value: str, shown: str) -> None:
+        with citus.connect(node=node) as conn:
+            original = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(*name.split(".")))).fetchone()[0]
+            changed.append((node, name, original))
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(value))
+            )
+            _reload(conn, name, shown)
+
+    yield change
+    for node, name, original in reversed(changed):
+        with citus.connect(node=node) as conn:
+            conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(*name.split("."))))
+            _reload(conn, name, original)
+
+
+@contextmanager
+def remote_commands(app: psycopg.Connection) -> Iterator[list[str]]:
+    """The commands Citus sends to the workers while the block runs, as the app role reads them itself
+    (citus.log_remote_commands, which any role may set)."""
+    sent: list[str] = []
+
+    def handler(notice: psycopg.errors.Diagnostic) -> None:
+        sent.append(notice.message_primary or "")
+
+    app.add_notice_handler(handler)
+    app.execute("SET citus.log_remote_commands = on")
+    try:
+        yield sent
+    finally:
+        app.execute("RESET citus.log_remote_commands")
+        app.remove_notice_handler(handler)
+
+
 def run_as_site(conn: psycopg.Connection, mode: str, query: str, params: tuple = ()) -> psycopg.Cursor:
     """Run one statement as the app role with site 3's context, set the way ``mode`` says.
 
@@ -299,11 +394,11 @@ def test_shard_policies_stay_restrictive(admin, table):
     raises=NOT_AS_REQUIRED,
     reason="issue 17: Citus drops AS RESTRICTIVE from any policy it copies to shards, django_rls or not",
 )
-def test_minimal_restrictive_policy_survives_distribution(admin, app):
+def test_minimal_restrictive_policy_survives_distribution(admin, app, scratch_table):
     """The upstream report, without django_rls (docs/scale-out.md): a RESTRICTIVE policy arrives on the
     shards as a permissive one, so a role that should see only k > 0 sees every row."""
+    scratch_table("plain_restrictive", "k int")
     for statement in (
-        "CREATE TABLE plain_restrictive (k int)",
         "INSERT INTO plain_restrictive VALUES (-1), (1)",
         "ALTER TABLE plain_restrictive ENABLE ROW LEVEL SECURITY",
         "CREATE POLICY p_all ON plain_restrictive USING (true)",
@@ -312,16 +407,13 @@ def test_minimal_restrictive_policy_survives_distribution(admin, app):
         f"GRANT SELECT ON plain_restrictive TO {APP_ROLE}",
     ):
         admin.execute(statement)
-    try:
-        assert app.execute("SELECT k FROM plain_restrictive").fetchall() == [(1,)]
-        permissive = on_placements(
-            admin,
-            "plain_restrictive",
-            "SELECT polpermissive FROM pg_policy WHERE polrelid = '%s'::regclass AND polname = 'p_positive'",
-        )
-        assert set(permissive) == {"f"}
-    finally:
-        admin.execute("DROP TABLE plain_restrictive")
+    assert app.execute("SELECT k FROM plain_restrictive").fetchall() == [(1,)]
+    permissive = on_placements(
+        admin,
+        "plain_restrictive",
+        "SELECT polpermissive FROM pg_policy WHERE polrelid = '%s'::regclass AND polname = 'p_positive'",
+    )
+    assert set(permissive) == {"f"}
 
 
 def _problems(conn: psycopg.Connection, table: str) -> list[tuple[str, str]]:
@@ -385,24 +477,21 @@ def test_problems_report_a_drifted_shard_placement(admin):
     assert not [name for name, _ in _problems(admin, "items") if name.startswith("shard ")]
 
 
-def test_problems_report_what_fails_open_on_the_shards(admin):
+def test_problems_report_what_fails_open_on_the_shards(admin, scratch_table):
     """Two groups, or a permissive policy of the user's, would widen the table on the shards."""
-    admin.execute("CREATE TABLE two_groups (id bigint NOT NULL, site_id int NOT NULL, user_id int NOT NULL)")
-    try:
-        admin.execute("SELECT create_distributed_table('two_groups', 'site_id')")
-        admin.execute("SELECT rls.protect_by_site_and_owner('two_groups', to_role => %s)", (APP_ROLE,))
-        admin.execute(f"CREATE POLICY mine ON two_groups TO {APP_ROLE} USING (user_id = 7)")
-        problems = [problem for _, problem in _problems(admin, "two_groups")]
-        assert (
-            "the select policies of two_groups (rls_owner_select, rls_site_select) arrive on the shards without "
-            "AS RESTRICTIVE, so there each admits a row on its own"
-        ) in problems
-        assert (
-            "permissive policy mine of two_groups is OR'd on the shards with the policy groups, which arrive there "
-            "without AS RESTRICTIVE, so it widens what they allow"
-        ) in problems
-    finally:
-        admin.execute("DROP TABLE two_groups")
+    scratch_table("two_groups", "id bigint NOT NULL, site_id int NOT NULL, user_id int NOT NULL")
+    admin.execute("SELECT create_distributed_table('two_groups', 'site_id')")
+    admin.execute("SELECT rls.protect_by_site_and_owner('two_groups', to_role => %s)", (APP_ROLE,))
+    admin.execute(f"CREATE POLICY mine ON two_groups TO {APP_ROLE} USING (user_id = 7)")
+    problems = [problem for _, problem in _problems(admin, "two_groups")]
+    assert (
+        "the select policies of two_groups (rls_owner_select, rls_site_select) arrive on the shards without "
+        "AS RESTRICTIVE, so there each admits a row on its own"
+    ) in problems
+    assert (
+        "permissive policy mine of two_groups is OR'd on the shards with the policy groups, which arrive there "
+        "without AS RESTRICTIVE, so it widens what they allow"
+    ) in problems
 
 
 RUN_ON_NODES = (
@@ -702,23 +791,12 @@ def test_repaired_context_reaches_the_shards_with_propagation_on_too(app):
     assert ids == SITE_ROWS
 
 
-def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, app):
+def test_a_shard_move_drops_restrictive_again_and_the_table_stays_closed(admin, app, move_shard):
     """A repair by hand does not last: the move copies the policies without AS RESTRICTIVE again. The
     table does not depend on it: without a context the app role still reads nothing, and with site 3's
     context it reads and writes site 3's rows on the moved placement, and no other site's."""
-    shard = admin.execute("SELECT get_shard_id_for_distribution_column('items_moved', %s)", (SITE,)).fetchone()[0]
-    (source,) = admin.execute(
-        "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
-    ).fetchone()
-    (target,) = admin.execute(
-        "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND isactive AND groupid <> 0",
-        (source,),
-    ).fetchone()
     assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
-    admin.execute(
-        "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, 'block_writes')",
-        (shard, source, target),
-    )
+    move_shard("items_moved", SITE)
     assert run_without_context(app, "autocommit", "SELECT count(*) FROM items_moved").fetchone() == (0,)
     # The context reaches the moved placement too: site 3 sees its rows and writes only its own.
     assert {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM items_moved").fetchall()} == SITE_ROWS
@@ -765,62 +843,48 @@ STRUCTURE = [
 
 
 @pytest.mark.parametrize("order", ["policies first", "distributed first"])
-def test_conjunction_in_every_policy_holds_on_shards_and_after_a_move(admin, app, order):
-    table = f"conjunction_{order.split()[0]}"
-    admin.execute(
-        f"CREATE TABLE {table} (id bigint NOT NULL, site_id int NOT NULL, user_id int NOT NULL, "
-        "PRIMARY KEY (site_id, id))"
+def test_conjunction_in_every_policy_holds_on_shards_and_after_a_move(admin, app, order, scratch_table, move_shard):
+    table = scratch_table(
+        f"conjunction_{order.split()[0]}",
+        "id bigint NOT NULL, site_id int NOT NULL, user_id int NOT NULL, PRIMARY KEY (site_id, id)",
     )
-    try:
-        # Sites 3 and 4 times users 7 and 8, five rows each: site 3's user 7 owns ids 1-5.
-        admin.execute(
-            f"INSERT INTO {table} SELECT g, 3 + (g - 1) / 10, 7 + ((g - 1) / 5) %% 2 FROM generate_series(1, %s) g",
-            (20,),
-        )
-        admin.execute(f"ALTER TABLE {table} OWNER TO {OWNER_ROLE}")
-        admin.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
-        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE}")
-        if order == "distributed first":
-            admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
-        for statement in STRUCTURE:
-            admin.execute(statement.format(table=table))
-        if order == "policies first":
-            admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
-        # The guards did lose RESTRICTIVE on the shards: what follows holds without it.
-        guards = on_placements(
-            admin,
-            table,
-            "SELECT bool_or(NOT polpermissive) FROM pg_policy WHERE polrelid = '%s'::regclass AND polname LIKE 'rls\\_guard\\_%%'",
-        )
-        assert set(guards) == {"f"}
+    # Sites 3 and 4 times users 7 and 8, five rows each: site 3's user 7 owns ids 1-5.
+    admin.execute(
+        f"INSERT INTO {table} SELECT g, 3 + (g - 1) / 10, 7 + ((g - 1) / 5) %% 2 FROM generate_series(1, %s) g",
+        (20,),
+    )
+    admin.execute(f"ALTER TABLE {table} OWNER TO {OWNER_ROLE}")
+    admin.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+    admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {APP_ROLE}")
+    if order == "distributed first":
+        admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    for statement in STRUCTURE:
+        admin.execute(statement.format(table=table))
+    if order == "policies first":
+        admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    # The guards did lose RESTRICTIVE on the shards: what follows holds without it.
+    guards = on_placements(
+        admin,
+        table,
+        "SELECT bool_or(NOT polpermissive) FROM pg_policy WHERE polrelid = '%s'::regclass AND polname LIKE 'rls\\_guard\\_%%'",
+    )
+    assert set(guards) == {"f"}
 
-        def holds() -> None:
-            assert {id_ for (id_,) in app.execute(f"SELECT id FROM {table}").fetchall()} == {1, 2, 3, 4, 5}
-            for site, user in ((3, 8), (4, 7)):
-                with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
-                    app.execute(f"INSERT INTO {table} VALUES (%s, %s, %s)", (NEW_ID, site, user))
-            assert app.execute(f"UPDATE {table} SET id = id WHERE site_id = 3").rowcount == 5
+    def holds() -> None:
+        assert {id_ for (id_,) in app.execute(f"SELECT id FROM {table}").fetchall()} == {1, 2, 3, 4, 5}
+        for site, user in ((3, 8), (4, 7)):
             with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
-                app.execute(f"UPDATE {table} SET user_id = 8 WHERE id = 1")
-            with app.transaction():
-                assert app.execute(f"DELETE FROM {table}").rowcount == 5
-                raise psycopg.Rollback
+                app.execute(f"INSERT INTO {table} VALUES (%s, %s, %s)", (NEW_ID, site, user))
+        assert app.execute(f"UPDATE {table} SET id = id WHERE site_id = 3").rowcount == 5
+        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+            app.execute(f"UPDATE {table} SET user_id = 8 WHERE id = 1")
+        with app.transaction():
+            assert app.execute(f"DELETE FROM {table}").rowcount == 5
+            raise psycopg.Rollback
 
-        holds()
-        shard = admin.execute("SELECT get_shard_id_for_distribution_column(%s, 3)", (table,)).fetchone()[0]
-        (source,) = admin.execute(
-            "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
-        ).fetchone()
-        (target,) = admin.execute(
-            "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND groupid <> 0", (source,)
-        ).fetchone()
-        admin.execute(
-            "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, 'block_writes')",
-            (shard, source, target),
-        )
-        holds()
-    finally:
-        admin.execute(f"DROP TABLE {table}")
+    holds()
+    move_shard(table, 3)
+    holds()
 
 
 # -- DJANGO_RLS["FILTER_BY_SITE"]: router planning (issue 17 item 3) ------------------------------
@@ -962,15 +1026,12 @@ def test_autocommit_statements_carry_no_set_local(app, admin, carrier):
     )
     try:
         assert _unset(app.execute("SELECT * FROM carry_and_read('3')").fetchall())
-        sent: list[str] = []
-        app.add_notice_handler(lambda notice: sent.append(notice.message_primary or ""))
-        app.execute("SET citus.log_remote_commands = on")
-        app.execute("SELECT count(*) FROM carrier")
-        assert sent and not any("BEGIN" in command for command in sent), sent
-        sent.clear()
-        app.execute("UPDATE carrier SET id = id WHERE id < 0")
-        assert any(command.startswith("issuing BEGIN") for command in sent), sent
-        app.execute("SET citus.log_remote_commands = off")
+        with remote_commands(app) as sent:
+            app.execute("SELECT count(*) FROM carrier")
+            assert sent and not any("BEGIN" in command for command in sent), sent
+            sent.clear()
+            app.execute("UPDATE carrier SET id = id WHERE id < 0")
+            assert any(command.startswith("issuing BEGIN") for command in sent), sent
     finally:
         admin.execute("DROP FUNCTION carry_and_read(text)")
         app.execute("RESET citus.propagate_set_commands")
@@ -981,14 +1042,10 @@ def test_the_app_role_reads_what_is_propagated_and_may_assign_a_transaction_id(c
     distributed transaction alone does not stop a replay from a session of the app role's own on a worker:
     citus.log_remote_commands (any role may set it) shows the SET LOCAL text, which a new worker connection
     receives before assign_distributed_transaction_id(); and that function is executable by PUBLIC."""
-    sent: list[str] = []
-    app.add_notice_handler(lambda notice: sent.append(notice.message_primary or ""))
     app.execute("SET citus.propagate_set_commands = 'local'")
-    app.execute("SET citus.log_remote_commands = on")
-    with app.transaction():
+    with remote_commands(app) as sent, app.transaction():
         app.execute("SELECT carry('secret-3')")
         app.execute("SELECT count(*) FROM carrier WHERE site_id = 3")
-    app.execute("RESET citus.log_remote_commands")
     app.execute("RESET citus.propagate_set_commands")
     [begin] = [command for command in sent if command.startswith("issuing BEGIN")]
     assert begin.index("SET LOCAL myapp.site = 'secret-3'") < begin.index("assign_distributed_transaction_id(")
@@ -1014,20 +1071,9 @@ FORWARDED = re.compile(r"SET LOCAL django_rls\.forwarded = '([^']*)'")
 
 def _captured(app: psycopg.Connection) -> str:
     """The credential of one real transaction of site 3, read the way the app role can: citus.log_remote_commands."""
-    sent: list[str] = []
-
-    def handler(notice: psycopg.errors.Diagnostic) -> None:
-        sent.append(notice.message_primary or "")
-
-    app.add_notice_handler(handler)
-    app.execute("SET citus.log_remote_commands = on")
-    try:
-        with app.transaction():
-            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-            assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
-    finally:
-        app.execute("RESET citus.log_remote_commands")
-        app.remove_notice_handler(handler)
+    with remote_commands(app) as sent, app.transaction():
+        app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+        assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
     values = [value for command in sent for value in FORWARDED.findall(command)]
     assert values and all(value == values[0] for value in values), sent
     return values[0]
@@ -1153,40 +1199,19 @@ def test_a_worker_refuses_a_credential_for_another_database_or_expired(citus, ap
         _on_worker(citus, wrong_key, txn)
 
 
-def _set_key_file(admin: psycopg.Connection, value: str | None) -> None:
-    if value is None:
-        admin.execute("ALTER SYSTEM RESET django_rls.signing_key_file")
-    else:
-        admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.signing_key_file = {}").format(sql.Literal(value)))
-    admin.execute("SELECT pg_reload_conf()")
-    expected = value if value is not None else "django_rls_signing_key"
-    for _ in range(100):
-        if admin.execute("SHOW django_rls.signing_key_file").fetchone()[0] == expected:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server did not reload its configuration")
-
-
 @pytest.mark.parametrize("where", ["coordinator", "workers"])
-def test_without_a_key_the_shards_refuse_with_what_to_configure(citus, where):
+def test_without_a_key_the_shards_refuse_with_what_to_configure(citus, system_setting, where):
     """Fail closed, and say so: a key missing on the coordinator or on the workers is an error that names it."""
-    nodes = [citus.coordinator] if where == "coordinator" else citus.workers
-    connections = [citus.connect(node=node) for node in nodes]
-    try:
-        for conn in connections:
-            _set_key_file(conn, "")
-        with citus.connect(APP_ROLE, PASSWORD) as app:
-            with pytest.raises(errors.ObjectNotInPrerequisiteState) as excinfo:
-                run_as_site(app, "transaction", "SELECT count(*) FROM items")
-            expected = "the Citus coordinator has no" if where == "coordinator" else "this Citus worker has no"
-            assert excinfo.value.diag.message_primary.startswith(expected)
-            assert "django_rls.signing_key_file" in excinfo.value.diag.message_hint
-            # The coordinator's own context is there all the same.
-            assert run_as_site(app, "transaction", "SELECT rls.site_id()").fetchone() == (SITE,)
-    finally:
-        for conn in connections:
-            _set_key_file(conn, None)
-            conn.close()
+    for node in [citus.coordinator] if where == "coordinator" else citus.workers:
+        system_setting(node, "django_rls.signing_key_file", "", "")
+    with citus.connect(APP_ROLE, PASSWORD) as app:
+        with pytest.raises(errors.ObjectNotInPrerequisiteState) as excinfo:
+            run_as_site(app, "transaction", "SELECT count(*) FROM items")
+        expected = "the Citus coordinator has no" if where == "coordinator" else "this Citus worker has no"
+        assert excinfo.value.diag.message_primary.startswith(expected)
+        assert "django_rls.signing_key_file" in excinfo.value.diag.message_hint
+        # The coordinator's own context is there all the same.
+        assert run_as_site(app, "transaction", "SELECT rls.site_id()").fetchone() == (SITE,)
 
 
 def test_a_setter_pushed_down_to_the_shards_does_not_change_their_context(app):
@@ -1215,75 +1240,50 @@ def test_a_session_context_set_in_a_transaction_block_reaches_the_shards_for_tha
     app.execute("SELECT rls.clear_context()")
 
 
-def _set_lifetime(admin: psycopg.Connection, seconds: int | None) -> None:
-    """ALTER SYSTEM (or RESET) django_rls.max_token_lifetime on the node, and wait for the reload."""
-    if seconds is None:
-        admin.execute("ALTER SYSTEM RESET django_rls.max_token_lifetime")
-    else:
-        admin.execute(sql.SQL("ALTER SYSTEM SET django_rls.max_token_lifetime = {}").format(sql.Literal(seconds)))
-    admin.execute("SELECT pg_reload_conf()")
-    expected = "5min" if seconds is None else f"{seconds}s"
-    for _ in range(100):
-        if admin.execute("SHOW django_rls.max_token_lifetime").fetchone()[0] == expected:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server did not reload its configuration")
-
-
-def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citus, admin):
+def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citus, system_setting):
     """The credential lives django_rls.max_token_lifetime (the coordinator's): a transaction that first reaches
     the workers later than that is refused there, and setting the context again carries a fresh one."""
-    _set_lifetime(admin, 1)
-    try:
-        with citus.connect(APP_ROLE, PASSWORD) as app:
-            with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
-                with app.transaction():
-                    app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-                    time.sleep(2.2)
-                    app.execute("SELECT count(*) FROM items").fetchone()
-            assert excinfo.value.diag.message_detail.startswith("It expired ")
+    system_setting(citus.coordinator, "django_rls.max_token_lifetime", "1", "1s")
+    with citus.connect(APP_ROLE, PASSWORD) as app:
+        with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
             with app.transaction():
                 app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
                 time.sleep(2.2)
-                app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-                assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
-    finally:
-        _set_lifetime(admin, None)
+                app.execute("SELECT count(*) FROM items").fetchone()
+        assert excinfo.value.diag.message_detail.startswith("It expired ")
+        with app.transaction():
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            time.sleep(2.2)
+            app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
+            assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
 
 
-def test_a_protected_reference_table_reads_and_writes_with_the_forwarded_context(admin, app):
+def test_a_protected_reference_table_reads_and_writes_with_the_forwarded_context(admin, app, scratch_table):
     """A reference table has a placement on every node: a write reaches each of them, so each worker must
     hold the context; from a transaction block the site reads and writes its own rows only."""
-    admin.execute("CREATE TABLE ref_items (id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id))")
-    try:
-        admin.execute(f"ALTER TABLE ref_items OWNER TO {OWNER_ROLE}")
-        admin.execute("SELECT create_reference_table('ref_items')")
-        admin.execute("SELECT rls.protect_by_site('ref_items', to_role => %s)", (APP_ROLE,))
-        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ref_items TO {APP_ROLE}")
-        admin.execute(
-            "INSERT INTO ref_items SELECT g, CASE WHEN g <= 6 THEN 3 ELSE 5 END FROM generate_series(1, 20) g"
-        )
-        ids = {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM ref_items").fetchall()}
-        assert ids == SITE_ROWS
-        run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
-        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
-            run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, OTHER_SITE))
-        assert (
-            run_as_site(app, "transaction", "UPDATE ref_items SET id = id WHERE site_id = %s", (OTHER_SITE,)).rowcount
-            == 0
-        )
-        assert run_as_site(app, "transaction", "DELETE FROM ref_items WHERE id = %s", (NEW_ID,)).rowcount == 1
-        assert run_without_context(app, "autocommit", "SELECT count(*) FROM ref_items").fetchone() == (0,)
-        # In autocommit the read is served by the coordinator's own placement, with its own context.
-        session = {id_ for (id_,) in run_as_site(app, "session", "SELECT id FROM ref_items").fetchall()}
-        app.execute("SELECT rls.clear_context()")
-        assert session == SITE_ROWS
-        with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
-            run_as_site(app, "marker", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
-        # Every placement holds the same rows: the own-site insert and delete reached each node.
-        counts = admin.execute(
-            "SELECT DISTINCT result FROM run_command_on_placements('ref_items', 'SELECT count(*) FROM %s')"
-        ).fetchall()
-        assert counts == [("20",)]
-    finally:
-        admin.execute("DROP TABLE ref_items")
+    scratch_table("ref_items", "id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id)", owned=True)
+    admin.execute("SELECT create_reference_table('ref_items')")
+    admin.execute("SELECT rls.protect_by_site('ref_items', to_role => %s)", (APP_ROLE,))
+    admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ref_items TO {APP_ROLE}")
+    admin.execute("INSERT INTO ref_items SELECT g, CASE WHEN g <= 6 THEN 3 ELSE 5 END FROM generate_series(1, 20) g")
+    ids = {id_ for (id_,) in run_as_site(app, "transaction", "SELECT id FROM ref_items").fetchall()}
+    assert ids == SITE_ROWS
+    run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
+    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+        run_as_site(app, "transaction", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, OTHER_SITE))
+    assert (
+        run_as_site(app, "transaction", "UPDATE ref_items SET id = id WHERE site_id = %s", (OTHER_SITE,)).rowcount == 0
+    )
+    assert run_as_site(app, "transaction", "DELETE FROM ref_items WHERE id = %s", (NEW_ID,)).rowcount == 1
+    assert run_without_context(app, "autocommit", "SELECT count(*) FROM ref_items").fetchone() == (0,)
+    # In autocommit the read is served by the coordinator's own placement, with its own context.
+    session = {id_ for (id_,) in run_as_site(app, "session", "SELECT id FROM ref_items").fetchall()}
+    app.execute("SELECT rls.clear_context()")
+    assert session == SITE_ROWS
+    with pytest.raises(errors.InsufficientPrivilege, match="row-level security"):
+        run_as_site(app, "marker", "INSERT INTO ref_items VALUES (%s, %s)", (NEW_ID, SITE))
+    # Every placement holds the same rows: the own-site insert and delete reached each node.
+    counts = admin.execute(
+        "SELECT DISTINCT result FROM run_command_on_placements('ref_items', 'SELECT count(*) FROM %s')"
+    ).fetchall()
+    assert counts == [("20",)]
