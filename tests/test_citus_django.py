@@ -38,6 +38,7 @@ from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD
 from tests.test_attacks import ATTACKS, H1, SITE2_NOTE, site2_state
 from tests.test_pgbouncer import HOSTS
 from tests.test_pgbouncer import _request as request_through_bouncer
+from tests.test_pgbouncer import _signed_request as signed_request_through_bouncer
 
 MISSING = citus_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -370,10 +371,19 @@ def bouncer_alias(request: pytest.FixtureRequest, db: None, citus: CitusCluster)
         bouncer.stop()
 
 
-def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin):
-    """Sixty requests of two sites from ten threads over two pooled server connections to the coordinator."""
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        results = list(pool.map(request_through_bouncer, range(60)))
+@pytest.mark.parametrize("signed", [False, True], ids=["statement-bound", "signed"])
+def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin, citus, settings, signed):
+    """Sixty requests of two sites from ten threads over two pooled server connections to the coordinator; signed:
+    with signatures required, each query with a use of its request's reusable token (tests/test_pgbouncer.py)."""
+    role = sql.Identifier(APP_ROLE)
+    if signed:
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": citus.signing_key}
+        admin.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(signed_request_through_bouncer if signed else request_through_bouncer, range(60)))
+    finally:
+        admin.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
     assert [body for _, body in results] == [{"sites": [site]} for site, _ in results]
     assert {site for site, _ in results} == {1, 2}
 
@@ -387,17 +397,29 @@ def _check_ids(databases: list[str]) -> list[tuple[str, str]]:
     return [(m.id, m.msg) for m in check_database(databases=databases)]
 
 
-def test_the_check_reports_an_alias_without_atomic_requests(db):
+def test_the_check_reports_an_alias_without_atomic_requests(db, client):
+    """What E032 is for: without ATOMIC_REQUESTS a request's autocommit queries read nothing on the workers,
+    without an error."""
     from django.db import connections
 
     assert not [id_ for id_, _ in _check_ids(["default"]) if id_ == "django_rls.E032"]
     connections.settings["default"]["ATOMIC_REQUESTS"] = False
+    connections.close_all()
     try:
         found = [msg for id_, msg in _check_ids(["default"]) if id_ == "django_rls.E032"]
+        assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [], "count": 0}
     finally:
         connections.settings["default"]["ATOMIC_REQUESTS"] = True
+        connections.close_all()
+    assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
     assert len(found) == 1, found
     assert "testapp_note" in found[0] and "testapp_tag" in found[0], found
+
+
+def test_django_refuses_atomic_requests_for_an_async_view(db, client):
+    """So an async view cannot rely on ATOMIC_REQUESTS on Citus: Django refuses the combination outright."""
+    with pytest.raises(RuntimeError, match="You cannot use ATOMIC_REQUESTS with async views"):
+        client.get("/notes/async/", HTTP_HOST=H1)
 
 
 # -- what the setup above works around ------------------------------------------------------------------
