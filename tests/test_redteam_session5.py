@@ -17,7 +17,8 @@
 Every assertion about rows runs as the application role; the superuser only reads the catalog
 (passwords, role settings) and the rows' state after an attack. The file is in the Makefile's
 SQLONLY_SUITES: what only the C library does is marked library_only (tests/modes.py), and the
-SQL-only mode's rls.member_of() read is attacked there (an open hole, a strict xfail).
+SQL-only mode's rls.member_of() read is attacked there (a hole, fixed: its SECURITY DEFINER read now
+makes the caller's checks itself).
 """
 
 from __future__ import annotations
@@ -385,29 +386,18 @@ def site_memberships(owner_conn: psycopg.Connection) -> Iterator[None]:
 
 
 @pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open in the SQL-only mode (docs/security.md lists the direct call as a difference from the library): "
-        "rls._member_rows(), the SECURITY DEFINER read behind rls.member_of() (run as django_rls_member), is "
-        "executable by PUBLIC and makes none of the caller's checks, which only rls._member_keys() makes (SELECT on "
-        "both columns, the caller's own SELECT policies show it every row of its user). With Members() (E023) the "
-        "user sees those rows anyway; but for a membership table allowed with rls.allow_member_of() and protected "
-        "by site and by owner, SQL injected into a request of site 1 calls it directly and reads the keys of its "
-        "user's memberships of site 2, which its policies hide and rls.member_of() refuses to read"
-    ),
-)
 def test_the_member_read_called_directly_shows_no_more_than_the_callers_policies(app_conn, site_memberships):
+    """A hole, fixed: rls._member_rows() made none of the caller's checks, so a direct call read the
+    keys of the user's memberships of site 2. It now makes them itself, for the session's role."""
     with app_conn.transaction(force_rollback=True):
         app_conn.execute("SELECT rls.set_context('1', '12')")
         visible = app_conn.execute("SELECT array_agg(proj_id::text ORDER BY proj_id) FROM rt5_memb").fetchone()[0]
         assert visible == ["1"]
-        with pytest.raises(errors.InsufficientPrivilege, match=r"rls_owner_select|rls_site_select"):
-            with app_conn.transaction():
-                app_conn.execute("SELECT rls._member_keys('rt5_memb', 'proj_id', 'user_id')")
-        try:
-            with app_conn.transaction():
-                direct = app_conn.execute("SELECT rls._member_rows('rt5_memb', 'proj_id', 'user_id')").fetchone()[0]
-        except errors.InsufficientPrivilege:
-            return
-    assert set(direct) <= set(visible), direct
+        for call in (
+            "SELECT rls._member_keys('rt5_memb', 'proj_id', 'user_id')",
+            "SELECT rls._member_rows('rt5_memb', 'proj_id', 'user_id')",
+            "SELECT k FROM unnest(rls._member_rows('rt5_memb'::regclass, 'proj_id'::name, 'user_id'::name)) k",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege, match=r"do not show role .*rls_owner_select|rls_site_select"):
+                with app_conn.transaction():
+                    app_conn.execute(call)
