@@ -21,11 +21,17 @@
  *     the read never expands the policies that would recurse, and sees only
  *     the context user's own rows, whatever the query asks.  Before reading,
  *     rls._member_rows() checks that this is still so, and refuses otherwise.
- *   - rls._member_keys() runs as the caller, before that read: it checks, as
- *     the C function does, that the caller may SELECT both columns and that
- *     the caller's own SELECT policies show it every row of its user (each
- *     one has "user_column = rls.user_id()" as a top-level OR-branch).  The
- *     check reads the policy's deparsed text, not its parse tree.
+ *   - rls._member_rows() is executable by everyone, so it trusts its caller
+ *     for nothing: before reading, it checks, as the C function does, that
+ *     the role may SELECT both columns and that the role's own SELECT
+ *     policies show it every row of its user (each one has
+ *     "user_column = rls.user_id()" as a top-level OR-branch), for the role
+ *     the session runs as outside any SECURITY DEFINER function (SET ROLE's,
+ *     else the session's; rls._session_role()), which no caller can claim.
+ *     rls._member_keys() runs as the caller and makes the same checks for
+ *     current_user when that is another role (inside a SECURITY DEFINER
+ *     function, its owner, which is whom the C function checks).  The check
+ *     reads the policy's deparsed text, not its parse tree.
  *
  * Policies call it once per statement: rls._policy_text turns
  * rls.member_of(table, 'key', 'user', column) into
