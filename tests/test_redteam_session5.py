@@ -442,6 +442,22 @@ def test_the_member_read_checks_the_role_set_role_chose_not_the_login_role(app_c
                     app_conn.execute(f"SELECT {call}('rt5_own', 'proj_id', 'user_id')")
 
 
+@pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
+def test_the_member_read_refuses_when_set_roles_role_was_renamed(app_conn, admin_conn, own_memberships):
+    """The setting "role" keeps the name SET ROLE was given: renamed since, the read refuses rather than
+    finding no role to check and skipping the checks."""
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('1', '12')")
+        app_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(LOWER)))
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RENAME TO rt5_renamed").format(sql.Identifier(LOWER)))
+        try:
+            with pytest.raises(errors.InsufficientPrivilege, match="cannot tell which role this session runs as"):
+                with app_conn.transaction():
+                    app_conn.execute("SELECT rls._member_rows('rt5_own', 'proj_id', 'user_id')")
+        finally:
+            admin_conn.execute(sql.SQL("ALTER ROLE rt5_renamed RENAME TO {}").format(sql.Identifier(LOWER)))
+
+
 # Every SECURITY DEFINER function of the SQL-only mode the application role may execute, and what it
 # trusts its caller for (docs/security.md, "SECURITY DEFINER functions of the SQL-only mode"): a new
 # one fails this test until it is reviewed and listed there.

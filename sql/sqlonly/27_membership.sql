@@ -147,6 +147,13 @@ DECLARE
     policy record;
     admits boolean;
 BEGIN
+    -- NULL when SET ROLE's role was renamed since (the setting keeps the name): refuse, never skip.
+    IF reader IS NULL THEN
+        RAISE EXCEPTION 'rls.member_of() cannot tell which role this session runs as'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'The role chosen with SET ROLE no longer has the name it had then.',
+                  HINT = 'Run SET ROLE again (or RESET ROLE).';
+    END IF;
     PERFORM rls._member_table_checked(membership, key_column, user_column);
     FOREACH col IN ARRAY ARRAY[key_column, user_column] LOOP
         IF NOT has_column_privilege(reader, membership, col, 'SELECT') THEN
