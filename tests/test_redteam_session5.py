@@ -458,6 +458,29 @@ def test_the_member_read_refuses_when_set_roles_role_was_renamed(app_conn, admin
             admin_conn.execute(sql.SQL("ALTER ROLE rt5_renamed RENAME TO {}").format(sql.Identifier(LOWER)))
 
 
+@pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
+def test_inside_another_roles_definer_the_member_keys_check_that_role_too(app_conn, admin_conn, own_memberships):
+    """As the C function checks GetUserId(): inside a SECURITY DEFINER function of rt5_lower (whom no
+    policy shows the rows), rls._member_keys() checks rt5_lower besides the session's role;
+    rls._member_rows() called directly there checks the session's role only (docs/security.md)."""
+    admin_conn.execute(
+        "CREATE FUNCTION rt5_keys_as_lower(direct boolean) RETURNS text[] LANGUAGE sql SECURITY DEFINER"
+        " SET search_path = pg_catalog, pg_temp AS $$ SELECT CASE WHEN direct"
+        " THEN rls._member_rows('public.rt5_own', 'proj_id', 'user_id')"
+        " ELSE rls._member_keys('public.rt5_own', 'proj_id', 'user_id') END $$"
+    )
+    admin_conn.execute(sql.SQL("ALTER FUNCTION rt5_keys_as_lower(boolean) OWNER TO {}").format(sql.Identifier(LOWER)))
+    try:
+        with app_conn.transaction(force_rollback=True):
+            app_conn.execute("SELECT rls.set_context('1', '12')")
+            with pytest.raises(errors.InsufficientPrivilege, match=f"do not show role {LOWER} the rows"):
+                with app_conn.transaction():
+                    app_conn.execute("SELECT rt5_keys_as_lower(false)")
+            assert sorted(app_conn.execute("SELECT rt5_keys_as_lower(true)").fetchone()[0]) == ["1", "2"]
+    finally:
+        admin_conn.execute("DROP FUNCTION rt5_keys_as_lower(boolean)")
+
+
 # Every SECURITY DEFINER function of the SQL-only mode the application role may execute, and what it
 # trusts its caller for (docs/security.md, "SECURITY DEFINER functions of the SQL-only mode"): a new
 # one fails this test until it is reviewed and listed there.
