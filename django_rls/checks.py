@@ -227,7 +227,11 @@ def check_site_resolver(**kwargs: Any) -> list[CheckMessage]:
         declarations = all_declarations()
     except (ImproperlyConfigured, DeclarationError):
         return []  # reported by E001 / E004
-    if not apps.is_installed("django.contrib.sites") and getattr(settings, "SITE_ID", None) is None:
+    if (
+        not apps.is_installed("django.contrib.sites")
+        and getattr(settings, "SITE_ID", None) is None
+        and _keys_rows_by_site(declarations)
+    ):
         return [
             Warning(
                 "the default SITE_RESOLVER reads django.contrib.sites, which is not installed, and SITE_ID is not "
@@ -316,6 +320,29 @@ def check_lookups(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+SITE_ACCESSORS = ("rls.site_id()", "rls.site_uuid()")
+
+
+def _keys_rows_by_site(declarations: Any) -> bool:
+    """Whether a declared model's policies compare anything with the context's site (W007 is moot otherwise).
+
+    Read from the policies' SQL, as rls_apply would write it: BySite, Shared, Members and the like, a
+    Custom condition on CurrentSite(), and ThroughParent with a parent that keys its rows by site
+    (whose condition it copies or reads). Declarations that do not compile are reported by E005/E006.
+    """
+    from django_rls.policies import DeclarationError
+
+    for declaration in declarations.values():
+        try:
+            groups = declaration.groups(connections["default"])
+        except (LookupError, DeclarationError):
+            continue
+        for group in groups:
+            if any(accessor in (group.using or "") + (group.check or "") for accessor in SITE_ACCESSORS):
+                return True
+    return False
 
 
 def _site_key_targets(declarations: Any) -> dict[str, str]:

@@ -343,6 +343,22 @@ def test_w007_default_site_resolver_without_contrib_sites(monkeypatch, settings)
     assert ids() == []  # a resolver of the project's own
 
 
+def test_w007_is_quiet_when_no_model_keys_its_rows_by_site(monkeypatch, settings):
+    """Only owner-protected models (thirdparty.Widget, from settings): no request needs a site, so the
+    default resolver finding none is no problem; a condition on the site brings the warning back."""
+    from django.apps import apps
+
+    installed = apps.is_installed
+    monkeypatch.setattr(apps, "is_installed", lambda name: name != "django.contrib.sites" and installed(name))
+    monkeypatch.setattr(declarations, "_registry", {})
+    owner = {"policy": "owner", "field": "owner_id"}
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "MODELS": {"thirdparty.Widget": {"policies": [owner]}}}
+    assert ids() == []
+    on_site = {"policy": "custom", "using": "owner_id <> rls.site_id()", "name": "not_the_site"}
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "MODELS": {"thirdparty.Widget": {"policies": [owner, on_site]}}}
+    assert ids() == ["django_rls.W007"]
+
+
 def test_w008_default_site_resolver_with_a_tenant_model_of_its_own(monkeypatch, settings):
     """Every site key points at the project's own tenant model: Site ids would find none of its rows."""
     from django_rls.policies import BySiteAndOwner

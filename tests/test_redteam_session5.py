@@ -17,7 +17,8 @@
 Every assertion about rows runs as the application role; the superuser only reads the catalog
 (passwords, role settings) and the rows' state after an attack. The file is in the Makefile's
 SQLONLY_SUITES: what only the C library does is marked library_only (tests/modes.py), and the
-SQL-only mode's rls.member_of() read is attacked there (an open hole, a strict xfail).
+SQL-only mode's rls.member_of() read is attacked there (a hole, fixed: its SECURITY DEFINER read now
+makes the caller's checks itself).
 """
 
 from __future__ import annotations
@@ -385,29 +386,136 @@ def site_memberships(owner_conn: psycopg.Connection) -> Iterator[None]:
 
 
 @pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open in the SQL-only mode (docs/security.md lists the direct call as a difference from the library): "
-        "rls._member_rows(), the SECURITY DEFINER read behind rls.member_of() (run as django_rls_member), is "
-        "executable by PUBLIC and makes none of the caller's checks, which only rls._member_keys() makes (SELECT on "
-        "both columns, the caller's own SELECT policies show it every row of its user). With Members() (E023) the "
-        "user sees those rows anyway; but for a membership table allowed with rls.allow_member_of() and protected "
-        "by site and by owner, SQL injected into a request of site 1 calls it directly and reads the keys of its "
-        "user's memberships of site 2, which its policies hide and rls.member_of() refuses to read"
-    ),
-)
 def test_the_member_read_called_directly_shows_no_more_than_the_callers_policies(app_conn, site_memberships):
+    """A hole, fixed: rls._member_rows() made none of the caller's checks, so a direct call read the
+    keys of the user's memberships of site 2. It now makes them itself, for the session's role."""
     with app_conn.transaction(force_rollback=True):
         app_conn.execute("SELECT rls.set_context('1', '12')")
         visible = app_conn.execute("SELECT array_agg(proj_id::text ORDER BY proj_id) FROM rt5_memb").fetchone()[0]
         assert visible == ["1"]
-        with pytest.raises(errors.InsufficientPrivilege, match=r"rls_owner_select|rls_site_select"):
-            with app_conn.transaction():
-                app_conn.execute("SELECT rls._member_keys('rt5_memb', 'proj_id', 'user_id')")
+        for call in (
+            "SELECT rls._member_keys('rt5_memb', 'proj_id', 'user_id')",
+            "SELECT rls._member_rows('rt5_memb', 'proj_id', 'user_id')",
+            "SELECT k FROM unnest(rls._member_rows('rt5_memb'::regclass, 'proj_id'::name, 'user_id'::name)) k",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege, match=f"do not show role {APP_ROLE} the rows"):
+                with app_conn.transaction():
+                    app_conn.execute(call)
+
+
+LOWER = "rt5_lower"
+
+
+@pytest.fixture
+def own_memberships(owner_conn: psycopg.Connection, admin_conn: psycopg.Connection) -> Iterator[None]:
+    """User 12 is a member of projects 1 and 2; the app role sees a user's own memberships (one group,
+    "user_id = rls.user_id()"), and may SET ROLE rt5_lower, which may SELECT them but has no policy."""
+    admin_conn.execute(f"DO $$ BEGIN CREATE ROLE {LOWER} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    admin_conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(LOWER), APP))
+    owner_conn.execute("DROP TABLE IF EXISTS rt5_own")
+    owner_conn.execute("CREATE TABLE rt5_own (id serial PRIMARY KEY, proj_id bigint NOT NULL, user_id bigint NOT NULL)")
+    owner_conn.execute("INSERT INTO rt5_own (proj_id, user_id) VALUES (1, 12), (2, 12), (3, 13)")
+    owner_conn.execute(sql.SQL("GRANT SELECT ON rt5_own TO {}, {}").format(APP, sql.Identifier(LOWER)))
+    owner_conn.execute("SELECT rls.protect('rt5_own', 'own', 'user_id = rls.user_id()', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute("SELECT rls.allow_member_of('rt5_own', 'proj_id', 'user_id')")
+    yield
+    owner_conn.execute("DROP TABLE rt5_own")
+    admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(LOWER)))
+
+
+@pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
+def test_the_member_read_checks_the_role_set_role_chose_not_the_login_role(app_conn, own_memberships):
+    """The read checks the role the session runs as (SET ROLE's), which no caller can claim: as the
+    login role it answers what a plain SELECT shows; after SET ROLE to a role whose policies show
+    nothing, both the direct call and rls._member_keys() are refused, though the login role's would pass."""
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('1', '12')")
+        mine = app_conn.execute("SELECT array_agg(proj_id::text ORDER BY proj_id) FROM rt5_own").fetchone()[0]
+        assert mine == ["1", "2"]
+        direct = app_conn.execute("SELECT rls._member_rows('rt5_own', 'proj_id', 'user_id')").fetchone()[0]
+        assert sorted(direct) == mine
+        app_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(LOWER)))
+        assert app_conn.execute("SELECT count(*) FROM rt5_own").fetchone()[0] == 0
+        for call in ("rls._member_rows", "rls._member_keys"):
+            with pytest.raises(errors.InsufficientPrivilege, match=f"do not show role {LOWER} the rows"):
+                with app_conn.transaction():
+                    app_conn.execute(f"SELECT {call}('rt5_own', 'proj_id', 'user_id')")
+
+
+@pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
+def test_the_member_read_refuses_when_set_roles_role_was_renamed(app_conn, admin_conn, own_memberships):
+    """The setting "role" keeps the name SET ROLE was given: renamed since, the read refuses rather than
+    finding no role to check and skipping the checks."""
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('1', '12')")
+        app_conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(LOWER)))
+        admin_conn.execute(sql.SQL("ALTER ROLE {} RENAME TO rt5_renamed").format(sql.Identifier(LOWER)))
         try:
+            with pytest.raises(errors.InsufficientPrivilege, match="cannot tell which role this session runs as"):
+                with app_conn.transaction():
+                    app_conn.execute("SELECT rls._member_rows('rt5_own', 'proj_id', 'user_id')")
+        finally:
+            admin_conn.execute(sql.SQL("ALTER ROLE rt5_renamed RENAME TO {}").format(sql.Identifier(LOWER)))
+
+
+@pytest.mark.skipif(not SQL_MODE, reason="the SQL-only mode: the C library's rls.member_of() has no separate read")
+def test_inside_another_roles_definer_the_member_keys_check_that_role_too(app_conn, admin_conn, own_memberships):
+    """As the C function checks GetUserId(): inside a SECURITY DEFINER function of rt5_lower (whom no
+    policy shows the rows), rls._member_keys() checks rt5_lower besides the session's role;
+    rls._member_rows() called directly there checks the session's role only (docs/security.md)."""
+    admin_conn.execute(
+        "CREATE FUNCTION rt5_keys_as_lower(direct boolean) RETURNS text[] LANGUAGE sql SECURITY DEFINER"
+        " SET search_path = pg_catalog, pg_temp AS $$ SELECT CASE WHEN direct"
+        " THEN rls._member_rows('public.rt5_own', 'proj_id', 'user_id')"
+        " ELSE rls._member_keys('public.rt5_own', 'proj_id', 'user_id') END $$"
+    )
+    admin_conn.execute(sql.SQL("ALTER FUNCTION rt5_keys_as_lower(boolean) OWNER TO {}").format(sql.Identifier(LOWER)))
+    try:
+        with app_conn.transaction(force_rollback=True):
+            app_conn.execute("SELECT rls.set_context('1', '12')")
+            with pytest.raises(errors.InsufficientPrivilege, match=f"do not show role {LOWER} the rows"):
+                with app_conn.transaction():
+                    app_conn.execute("SELECT rt5_keys_as_lower(false)")
+            assert sorted(app_conn.execute("SELECT rt5_keys_as_lower(true)").fetchone()[0]) == ["1", "2"]
+    finally:
+        admin_conn.execute("DROP FUNCTION rt5_keys_as_lower(boolean)")
+
+
+# Every SECURITY DEFINER function of the SQL-only mode the application role may execute, and what it
+# trusts its caller for (docs/security.md, "SECURITY DEFINER functions of the SQL-only mode"): a new
+# one fails this test until it is reviewed and listed there.
+REACHABLE_DEFINERS = {
+    "rls._held()": "nothing: no arguments; the session's own context",
+    "rls._member_rows(regclass,name,name)": "nothing: checks the session's role itself (test above)",
+    "rls._session_must_sign()": "nothing: no arguments; decided by session_user",
+    "rls._signing_key_configured()": "nothing: no arguments",
+    "rls._signing_role_oids()": "nothing: no arguments",
+    "rls.clear_context()": "nothing: can only take access away",
+    "rls.set_context(text,text,jsonb,boolean)": "the values, unless session_user must sign (then refused)",
+    "rls.set_context_signed(text,boolean)": "nothing: the token's signature",
+    "rls_audit._build_capture(regclass)": "nothing: the registration the owner wrote and the catalogs",
+}
+
+
+def test_every_definer_the_app_role_may_execute_is_one_reviewed(admin_conn, app_conn):
+    """With the library there is none (its SQL definers are revoked from PUBLIC; event-trigger
+    functions cannot be called); in the SQL-only mode, those listed above."""
+    reachable = {
+        name
+        for (name,) in admin_conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p"
+            " WHERE p.prosecdef AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)"
+            "   AND p.pronamespace IN ('rls'::regnamespace, 'rls_audit'::regnamespace)"
+            "   AND has_function_privilege(%s, p.oid, 'EXECUTE')",
+            (APP_ROLE,),
+        )
+    }
+    assert reachable == (set(REACHABLE_DEFINERS) if SQL_MODE else set())
+    # Those the app role may not execute stay so: the keys, the roles that must sign, the partitions.
+    calls = ["rls_audit.ensure_partitions()"]
+    if SQL_MODE:
+        calls += ["rls.add_signing_key('x')", f"rls.require_signature('{APP_ROLE}', false)"]
+    for call in calls:
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied for function"):
             with app_conn.transaction():
-                direct = app_conn.execute("SELECT rls._member_rows('rt5_memb', 'proj_id', 'user_id')").fetchone()[0]
-        except errors.InsufficientPrivilege:
-            return
-    assert set(direct) <= set(visible), direct
+                app_conn.execute(f"SELECT {call}")

@@ -224,3 +224,70 @@ def test_sessions_opened_before_the_upgrade_carry_over(older):
         app.execute("SELECT * FROM pg_temp.django_rls_session_context")  # its older grant is taken back
     app.execute("SELECT rls.clear_context()")
     assert app.execute("SELECT rls.site_id(), array_agg(id) FROM notes").fetchone() == (None, None)
+
+
+# The read behind rls.member_of() as earlier versions made it: SECURITY DEFINER, executable by
+# PUBLIC, and with none of the caller's checks (trimmed to the read itself).
+UNCHECKED_MEMBER_READ = """
+CREATE OR REPLACE FUNCTION rls._member_rows(membership regclass, key_column name, user_column name)
+RETURNS text[] LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keys text[];
+BEGIN
+    EXECUTE format('SELECT array_agg(DISTINCT m.%I::pg_catalog.text) FROM %s m WHERE m.%I OPERATOR(pg_catalog.=) (SELECT %s)',
+                   key_column, membership, user_column, rls._accessor_for(membership, user_column, 'user'))
+       INTO keys;
+    RETURN coalesce(keys, '{}');
+END $$;
+DROP FUNCTION rls._member_reader_checked(oid, regclass, name, name), rls._session_role();
+"""
+
+
+def test_an_upgrade_closes_the_unchecked_member_read(admin_conn):
+    """An installation whose rls._member_rows() trusted its caller (the read of the user's memberships
+    of other sites, called directly) gets the checked one from rls_apply --install."""
+    admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+    admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DB), sql.Identifier(OWNER_ROLE)))
+    dsn = make_conninfo(admin_conn.info.dsn, dbname=DB)
+    direct = "SELECT rls._member_rows('memb', 'proj_id', 'user_id')"
+    try:
+        with (
+            psycopg.connect(make_conninfo(dsn, user=OWNER_ROLE, password=PASSWORD)) as owner,
+            psycopg.connect(make_conninfo(dsn, user=APP_ROLE, password=PASSWORD), autocommit=True) as app,
+        ):
+            _install(owner)
+            owner.execute(UNCHECKED_MEMBER_READ)
+            owner.execute(
+                "CREATE OR REPLACE FUNCTION rls._sqlonly_version() RETURNS text LANGUAGE sql IMMUTABLE "
+                "SET search_path = pg_catalog, pg_temp AS $$ SELECT '0.0.1'::text $$"
+            )
+            owner.execute(
+                "CREATE TABLE memb (id serial PRIMARY KEY, site_id bigint NOT NULL, proj_id bigint NOT NULL,"
+                " user_id bigint NOT NULL)"
+            )
+            owner.execute("INSERT INTO memb (site_id, proj_id, user_id) VALUES (1, 1, 12), (2, 2, 12)")
+            owner.execute(sql.SQL("GRANT SELECT ON memb TO {}").format(sql.Identifier(APP_ROLE)))
+            owner.execute("SELECT rls.protect_by_site_and_owner('memb', to_role => %s)", (APP_ROLE,))
+            owner.execute("SELECT rls.allow_member_of('memb', 'proj_id', 'user_id')")
+            owner.commit()
+
+            def as_site_1_user_12(statement: str) -> list[str]:
+                with app.transaction():
+                    app.execute("SELECT rls.set_context_signed(%s)", (sign_context(KEY, site=1, user=12, database=DB),))
+                    return app.execute(statement).fetchone()[0]
+
+            assert as_site_1_user_12("SELECT array_agg(proj_id::text) FROM memb") == ["1"]
+            assert sorted(as_site_1_user_12(direct)) == ["1", "2"]  # the hole: site 2's membership
+
+            assert _install(owner) == [
+                f"upgraded the SQL-only mode of django_rls from 0.0.1 to {django_rls.EXTENSION_VERSION}"
+            ]
+            assert owner.execute("SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = %s::regprocedure",
+                                 ("rls._member_rows(regclass,name,name)",)).fetchone() == ("django_rls_member",)  # fmt: skip
+            owner.commit()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="do not show role"):
+                as_site_1_user_12(direct)
+            assert as_site_1_user_12("SELECT array_agg(proj_id::text) FROM memb") == ["1"]
+    finally:
+        admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))

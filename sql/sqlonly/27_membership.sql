@@ -21,11 +21,17 @@
  *     the read never expands the policies that would recurse, and sees only
  *     the context user's own rows, whatever the query asks.  Before reading,
  *     rls._member_rows() checks that this is still so, and refuses otherwise.
- *   - rls._member_keys() runs as the caller, before that read: it checks, as
- *     the C function does, that the caller may SELECT both columns and that
- *     the caller's own SELECT policies show it every row of its user (each
- *     one has "user_column = rls.user_id()" as a top-level OR-branch).  The
- *     check reads the policy's deparsed text, not its parse tree.
+ *   - rls._member_rows() is executable by everyone, so it trusts its caller
+ *     for nothing: before reading, it checks, as the C function does, that
+ *     the role may SELECT both columns and that the role's own SELECT
+ *     policies show it every row of its user (each one has
+ *     "user_column = rls.user_id()" as a top-level OR-branch), for the role
+ *     the session runs as outside any SECURITY DEFINER function (SET ROLE's,
+ *     else the session's; rls._session_role()), which no caller can claim.
+ *     rls._member_keys() runs as the caller and makes the same checks for
+ *     current_user when that is another role (inside a SECURITY DEFINER
+ *     function, its owner, which is whom the C function checks).  The check
+ *     reads the policy's deparsed text, not its parse tree.
  *
  * Policies call it once per statement: rls._policy_text turns
  * rls.member_of(table, 'key', 'user', column) into
@@ -112,7 +118,90 @@ $$;
 COMMENT ON FUNCTION rls.allow_member_of(regclass, name, name) IS
 'SQL-only mode: let rls.member_of() read a membership table (SELECT on its two columns and one policy for django_rls_member, showing it the context user''s rows only). Run as the table''s owner.';
 
--- The read, as django_rls_member: the keys of the context user's membership rows, as text.
+-- The role a statement of this session runs as outside any SECURITY DEFINER function: what SET ROLE
+-- set, else the session's.  Neither can be claimed by a caller: SET ROLE checks membership, and
+-- only a superuser changes the session's role.
+CREATE FUNCTION rls._session_role()
+RETURNS oid
+LANGUAGE sql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.oid FROM pg_roles r
+     WHERE r.rolname = CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                            ELSE current_setting('role') END
+$$;
+COMMENT ON FUNCTION rls._session_role() IS
+'Internal: the role the session runs as outside any SECURITY DEFINER function (SET ROLE''s, else the session user).';
+
+-- Refuse unless role may SELECT both columns and its own SELECT policies show it every row whose
+-- user_column is its user, as the C function checks for its caller.
+CREATE FUNCTION rls._member_reader_checked(reader oid, membership regclass, key_column name, user_column name)
+RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    col name;
+    permitted boolean := false;
+    refusing name;
+    policy record;
+    admits boolean;
+BEGIN
+    -- NULL when SET ROLE's role was renamed since (the setting keeps the name): refuse, never skip.
+    IF reader IS NULL THEN
+        RAISE EXCEPTION 'rls.member_of() cannot tell which role this session runs as'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'The role chosen with SET ROLE no longer has the name it had then.',
+                  HINT = 'Run SET ROLE again (or RESET ROLE).';
+    END IF;
+    PERFORM rls._member_table_checked(membership, key_column, user_column);
+    FOREACH col IN ARRAY ARRAY[key_column, user_column] LOOP
+        IF NOT has_column_privilege(reader, membership, col, 'SELECT') THEN
+            RAISE EXCEPTION 'permission denied for column "%" of %', col, membership
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'rls.member_of() reads only what its caller may SELECT; grant SELECT on the membership table.';
+        END IF;
+    END LOOP;
+    -- row_security_active() for reader: policies apply unless the table has none enabled, the role
+    -- bypasses them (a superuser or BYPASSRLS), or it has its owner's rights and nothing forces them.
+    IF NOT EXISTS (SELECT FROM pg_class c, pg_roles r
+                    WHERE c.oid = membership AND r.oid = reader AND c.relrowsecurity
+                      AND NOT r.rolsuper AND NOT r.rolbypassrls
+                      AND (c.relforcerowsecurity OR NOT pg_has_role(reader, c.relowner, 'USAGE'))) THEN
+        RETURN;
+    END IF;
+    FOR policy IN
+        SELECT p.polname, p.polpermissive, pg_get_expr(p.polqual, p.polrelid) AS qual
+          FROM pg_policy p
+         WHERE p.polrelid = membership AND p.polcmd IN ('r', '*')
+           AND EXISTS (SELECT FROM unnest(p.polroles) AS r
+                        WHERE r = 0 OR pg_has_role(reader, r, 'USAGE'))
+         ORDER BY p.polname
+    LOOP
+        admits := rls._admits_own_rows(policy.qual, user_column);
+        IF policy.polpermissive THEN
+            permitted := permitted OR admits OR policy.qual = 'true';
+        ELSIF NOT admits AND refusing IS NULL THEN
+            refusing := policy.polname;
+        END IF;
+    END LOOP;
+    IF refusing IS NOT NULL OR NOT permitted THEN
+        RAISE EXCEPTION 'the policies of % do not show role % the rows whose "%" is its user',
+                        membership, reader::regrole, user_column
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = CASE WHEN refusing IS NOT NULL
+                                THEN format('Policy "%s" has no OR-branch "%s = rls.user_id()"; rls.member_of() reads only rows its caller may read itself.', refusing, user_column)
+                                ELSE 'No permissive SELECT policy admits them; rls.member_of() reads only rows its caller may read itself.' END,
+                  HINT = format('Protect the membership table with Members() (a user''s own memberships are always visible), or give each of its SELECT policies the branch "%s = rls.user_id() OR ...".', user_column);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION rls._member_reader_checked(oid, regclass, name, name) IS
+'Internal: refuse unless the role may SELECT the membership table''s two columns and its own SELECT policies show it every row whose user_column is its user.';
+
+-- The read, as django_rls_member: the keys of the context user's membership rows, as text.  Anyone
+-- may call it, so it trusts its caller for nothing: it makes the checks of the C function itself,
+-- for the session's role (rls._session_role()), which the caller cannot choose.
 CREATE FUNCTION rls._member_rows(membership regclass, key_column name, user_column name)
 RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
@@ -123,7 +212,7 @@ DECLARE
     other name;
     keys text[];
 BEGIN
-    PERFORM rls._member_table_checked(membership, key_column, user_column);
+    PERFORM rls._member_reader_checked(rls._session_role(), membership, key_column, user_column);
     IF NOT rls.member_of_allowed(membership, key_column, user_column) THEN
         RAISE EXCEPTION 'rls.member_of() may not read %', membership
             USING ERRCODE = 'insufficient_privilege',
@@ -151,7 +240,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls._member_rows(regclass, name, name) IS
-'Internal: the keys (as text) of the context user''s rows of a membership table, read as django_rls_member.';
+'Internal: the keys (as text) of the context user''s rows of a membership table, read as django_rls_member once the session''s role is shown to see them itself.';
 
 -- Whether the caller's own SELECT policies on the table admit every row whose user_column is its user.
 CREATE FUNCTION rls._admits_own_rows(qual text, user_column name)
@@ -210,58 +299,25 @@ $$;
 COMMENT ON FUNCTION rls._admits_own_rows(text, name) IS
 'Internal: whether a deparsed policy expression is, or ORs in at its top level, "user_column = rls.user_id()" (or user_uuid()).';
 
--- As the caller: the keys of its user's memberships, after the checks the C function makes.
+-- As the caller: the keys of its user's memberships.  rls._member_rows() checks the session's role;
+-- inside a SECURITY DEFINER function the caller is another role (the function's owner), checked here.
 CREATE FUNCTION rls._member_keys(membership regclass, key_column name, user_column name)
 RETURNS text[]
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    col name;
-    permitted boolean := false;
-    refusing name;
-    policy record;
-    admits boolean;
 BEGIN
-    PERFORM rls._member_table_checked(membership, key_column, user_column);
-    FOREACH col IN ARRAY ARRAY[key_column, user_column] LOOP
-        IF NOT has_column_privilege(membership, col, 'SELECT') THEN
-            RAISE EXCEPTION 'permission denied for column "%" of %', col, membership
-                USING ERRCODE = 'insufficient_privilege',
-                      HINT = 'rls.member_of() reads only what its caller may SELECT; grant SELECT on the membership table.';
-        END IF;
-    END LOOP;
-    IF row_security_active(membership) THEN
-        FOR policy IN
-            SELECT p.polname, p.polpermissive, pg_get_expr(p.polqual, p.polrelid) AS qual
-              FROM pg_policy p
-             WHERE p.polrelid = membership AND p.polcmd IN ('r', '*')
-               AND EXISTS (SELECT FROM unnest(p.polroles) AS r
-                            WHERE r = 0 OR pg_has_role(current_user, r, 'USAGE'))
-             ORDER BY p.polname
-        LOOP
-            admits := rls._admits_own_rows(policy.qual, user_column);
-            IF policy.polpermissive THEN
-                permitted := permitted OR admits OR policy.qual = 'true';
-            ELSIF NOT admits AND refusing IS NULL THEN
-                refusing := policy.polname;
-            END IF;
-        END LOOP;
-        IF refusing IS NOT NULL OR NOT permitted THEN
-            RAISE EXCEPTION 'the policies of % do not show role % the rows whose "%" is its user',
-                            membership, current_user, user_column
-                USING ERRCODE = 'insufficient_privilege',
-                      DETAIL = CASE WHEN refusing IS NOT NULL
-                                    THEN format('Policy "%s" has no OR-branch "%s = rls.user_id()"; rls.member_of() reads only rows its caller may read itself.', refusing, user_column)
-                                    ELSE 'No permissive SELECT policy admits them; rls.member_of() reads only rows its caller may read itself.' END,
-                      HINT = format('Protect the membership table with Members() (a user''s own memberships are always visible), or give each of its SELECT policies the branch "%s = rls.user_id() OR ...".', user_column);
-        END IF;
+    -- The name comparison is rls._session_role() without its catalog lookup (this runs per statement).
+    IF current_user::text IS DISTINCT FROM (CASE WHEN current_setting('role') = 'none' THEN session_user::text
+                                                 ELSE current_setting('role') END) THEN
+        PERFORM rls._member_reader_checked((SELECT oid FROM pg_roles WHERE rolname = current_user),
+                                           membership, key_column, user_column);
     END IF;
     RETURN rls._member_rows(membership, key_column, user_column);
 END
 $$;
 COMMENT ON FUNCTION rls._member_keys(regclass, name, name) IS
-'Internal: the keys (as text) of the context user''s rows of a membership table, once the caller is shown to see them itself.';
+'Internal: the keys (as text) of the context user''s rows of a membership table, once the caller and the session''s role are shown to see them themselves.';
 
 CREATE FUNCTION rls.member_of(membership regclass, key_column name, user_column name, key anyelement)
 RETURNS boolean
