@@ -8,7 +8,8 @@ CREATEROLE that owns the database, such as RDS's master user. What differs from
 the C library, and why, is in docs/security.md ("SQL-only mode").
 
 The files come from ``sql/sqlonly`` (what only this mode has) and ``sql/install``
-(what both modes share: the policy helpers and the problems both report).
+(what both modes share: the policy helpers, the audit trail's tables and its log
+view, retention, and the problems both report).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ SCRIPTS = (
     "sqlonly/10_context.sql",
     "sqlonly/11_tokens.sql",
     "install/20_policies.sql",
+    "install/21_audit_base.sql",
     "sqlonly/21_audit_log.sql",
+    "install/21_audit_view.sql",
     "sqlonly/22_audit_capture.sql",
     "sqlonly/23_audit_admin.sql",
     "install/24_audit_retention.sql",

@@ -42,11 +42,20 @@ def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
         "import django_rls, importlib.resources as r;"
         "print(django_rls.__version__);"
         "print(r.files('django_rls').joinpath('templates/admin/django_rls/auditentry/change_form.html').is_file());"
-        # rls_apply --install reads the SQL-only mode's scripts from the installed package.
-        "from django_rls import sqlonly; print('rls.set_context_signed' in sqlonly.script_text())"
+        # rls_apply --install reads the SQL-only mode's scripts from the installed package: its own and those
+        # it shares with the extension's install script (sql/install/21_audit_base.sql, ...).
+        "from django_rls import sqlonly; print('rls.set_context_signed' in sqlonly.script_text());"
+        "print(all(r.files('django_rls').joinpath('sql', name).is_file() for name in sqlonly.SCRIPTS));"
+        "print(sorted(name for name in sqlonly.SCRIPTS if name.startswith('install/21_')))"
     )
-    out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout.split()
-    assert out == [django_rls.__version__, "True", "True"]
+    out = subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert out == [
+        django_rls.__version__,
+        "True",
+        "True",
+        "True",
+        "['install/21_audit_base.sql', 'install/21_audit_view.sql']",
+    ]
 
 
 def test_sdist_carries_and_builds_the_extension(dist, tmp_path):
@@ -62,6 +71,9 @@ def test_sdist_carries_and_builds_the_extension(dist, tmp_path):
         "ext/context.c",
         "ext/compat.h",
         "sql/install/10_context.sql",
+        # shared with the SQL-only mode, which reads them from the installed package
+        "sql/install/21_audit_base.sql",
+        "sql/install/21_audit_view.sql",
     ):
         assert f"{top.name}/{needed}" in names, needed
     # The install script `make` builds (present in the checkout once make ran) is never shipped: the

@@ -16,60 +16,13 @@
 -- name, with SELECT on the table, USAGE on its schema and a context that
 -- matches.  An event trigger refuses to disable or drop an audit trigger
 -- behind rls_audit.disable()'s back.
+--
+-- The tables (rls_audit.statements, the registrations, the trail ids) and
+-- the view rls_audit.log are the SQL-only mode's as well: they are made by
+-- 21_audit_base.sql, before this file, and 21_audit_view.sql, after it.  Here
+-- is what only the extension has: the leakproof row key index, the read
+-- policy and the lookups in C, and which tables pg_dump dumps.
 -------------------------------------------------------------------------------
-
-CREATE SCHEMA rls_audit;
-COMMENT ON SCHEMA rls_audit IS 'django_rls: the audit trail of row changes, with the request context that made them';
-GRANT USAGE ON SCHEMA rls_audit TO PUBLIC;
-
--- The log is stored one row per statement chunk: at most 1,000 changed rows of
--- one statement on one table, with the statement's columns once and its rows
--- as parallel lz4-compressed arrays (position n of each array is the n-th
--- row).  Each index then costs one entry per chunk, not per changed row, which
--- is most of what a per-row log costs a bulk write (docs/audit.md, "Cost").
--- Readers read rls_audit.log, a per-row view over it (below).
-CREATE TABLE rls_audit.statements (
-    id bigint GENERATED ALWAYS AS IDENTITY,
-    logged_at timestamptz NOT NULL DEFAULT statement_timestamp(),
-    xact_started_at timestamptz NOT NULL DEFAULT transaction_timestamp(),
-    xact_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    table_oid oid NOT NULL,
-    table_name text NOT NULL,
-    operation text NOT NULL,
-    site_id bigint,
-    site_uuid uuid,
-    user_id bigint,
-    user_uuid uuid,
-    claims jsonb,
-    db_role name NOT NULL,
-    application_name text,
-    client_addr inet,
-    read_rule text,
-    read_keys text[],
-    trail_id uuid,
-    row_keys text[] COMPRESSION lz4 NOT NULL,
-    old_values jsonb[] COMPRESSION lz4,
-    new_values jsonb[] COMPRESSION lz4,
-    changed_columns text[] COMPRESSION lz4,
-    row_read_keys text[] COMPRESSION lz4
-) PARTITION BY RANGE (logged_at);
--- No CHECK constraints on operation and read_rule: only the log's owner writes
--- it, through rls_audit.capture(), which writes those columns from constants
--- (ext/audit.c), and a CHECK constraint is read back from its stored form and
--- planned again by every statement that writes the log: about a fifth of what
--- auditing adds to a single-row statement (docs/audit.md, "Cost").
-COMMENT ON TABLE rls_audit.statements IS
-'The audit log as stored: one row per chunk of at most 1,000 changed rows of one statement on one table (or per TRUNCATE), the rows as parallel arrays. Partitioned by month. Read it through the per-row view rls_audit.log.';
-COMMENT ON COLUMN rls_audit.statements.read_keys IS
-'Every read key of the chunk''s rows (the union of row_read_keys): who may read the statement row itself.';
-COMMENT ON COLUMN rls_audit.statements.row_keys IS 'Each row''s primary key as text (NULL for TRUNCATE).';
-COMMENT ON COLUMN rls_audit.statements.old_values IS 'Each row''s image before (see rls_audit.log.old_values); NULL when no row has one.';
-COMMENT ON COLUMN rls_audit.statements.new_values IS 'Each row''s image after (see rls_audit.log.new_values); NULL when no row has one.';
-COMMENT ON COLUMN rls_audit.statements.changed_columns IS 'UPDATE: each row''s changed columns, as the text of a text[].';
-COMMENT ON COLUMN rls_audit.statements.row_read_keys IS 'Each row''s read keys, as the text of a text[] (NULL: none).';
-
-CREATE TABLE rls_audit.statements_default PARTITION OF rls_audit.statements DEFAULT;
-COMMENT ON TABLE rls_audit.statements_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
 
 -- Under row level security (and behind a security_barrier view) a reader's
 -- condition reaches an index only when its operator is leakproof, and the
@@ -138,58 +91,6 @@ AS 'MODULE_PATHNAME', 'rls_audit_may_read'
 LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION rls_audit._may_read(uuid, text, text[]) IS
 'Internal: the read policy of rls_audit.log. The entry is about the table rls_audit.trails names for trail_id (none once it is dropped). True for roles with the privileges of the table''s owner; otherwise the reader needs USAGE on the table''s schema, SELECT on the table, row level security on it whose every SELECT policy applies to the reader (one of them permissive; or no row level security at all), and a context matching one of read_keys under read_rule.';
-
--- The statement rows are granted to nobody: a chunk's arrays hold the rows of
--- many sites or owners.  Readers read the per-row view below.
-ALTER TABLE rls_audit.statements ENABLE ROW LEVEL SECURITY;
-REVOKE ALL ON rls_audit.statements FROM PUBLIC;
-
--- The log as readers see it: one row per changed row.  A security_barrier
--- view reads its table as its owner, so it decides for each row itself who
--- reads it: rls_audit._may_read() runs as the caller and decides by the
--- caller's role (also on PostgreSQL 14, which has no security_invoker views),
--- and a reader's own conditions run after it unless their operators are
--- leakproof (then they reach the indexes).  An entry's id is its statement
--- row's id times 1024 plus its position: unique, increasing with insertion
--- order, and found back through the B-tree on the statement row's id.
---
--- Newest first, as the admin lists it: PostgreSQL plans a security_barrier
--- view on its own, before and without the reader's ORDER BY and LIMIT, so the
--- order is the view's.  Then a site's (or user's) latest entries come from
--- its (site_id, logged_at) index, and LIMIT stops the scan: without it, the
--- view would unnest every statement row of the site for the reader to sort.
-CREATE VIEW rls_audit.log WITH (security_barrier) AS
-SELECT s.id * 1024 + e.n AS id,
-       s.logged_at, s.xact_started_at, s.xact_id, s.table_oid, s.table_name, s.operation,
-       e.row_key, e.old_values, e.new_values, e.changed_columns::text[] AS changed_columns,
-       s.site_id, s.site_uuid, s.user_id, s.user_uuid, s.claims, s.db_role, s.application_name,
-       s.client_addr, s.read_rule, e.read_keys::text[] AS read_keys, s.trail_id,
-       s.id AS statement_id
-  FROM rls_audit.statements s
- CROSS JOIN LATERAL ROWS FROM (unnest(s.row_keys), unnest(s.old_values), unnest(s.new_values),
-                               unnest(s.changed_columns), unnest(s.row_read_keys))
-       WITH ORDINALITY AS e(row_key, old_values, new_values, changed_columns, read_keys, n)
- WHERE rls_audit._may_read(s.trail_id, s.read_rule, e.read_keys::text[])
- ORDER BY logged_at DESC, id DESC;
-COMMENT ON VIEW rls_audit.log IS
-'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it; each reader sees the entries of rows its policies let it read. Stored in rls_audit.statements.';
-COMMENT ON COLUMN rls_audit.log.id IS 'The entry: its statement row''s id times 1024 plus its position there; increasing with insertion order.';
-COMMENT ON COLUMN rls_audit.log.row_key IS 'The primary key of the changed row as text; a JSON object of the columns for a composite key.';
-COMMENT ON COLUMN rls_audit.log.old_values IS 'DELETE: the row; UPDATE: the changed columns before; without excluded and masked columns.';
-COMMENT ON COLUMN rls_audit.log.new_values IS 'INSERT: the row; UPDATE: the changed columns after; without excluded and masked columns.';
-COMMENT ON COLUMN rls_audit.log.changed_columns IS 'UPDATE: every changed column, masked ones included.';
-COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name when the entry was written; it survives a dump and restore, the oid does not.';
-COMMENT ON COLUMN rls_audit.log.trail_id IS
-'The table''s trail id (rls_audit.trails) when the entry was written: which table the entry is about, whatever it is called or whatever oid it has now. Readers are decided by it, never by table_name.';
-COMMENT ON COLUMN rls_audit.log.db_role IS 'The database role that ran the statement (outside any SECURITY DEFINER function).';
-COMMENT ON COLUMN rls_audit.log.operation IS 'INSERT, UPDATE, DELETE or TRUNCATE.';
-COMMENT ON COLUMN rls_audit.log.read_rule IS
-'Which of the row''s values a reader''s context must match (site, owner, site_owner); NULL: only the table''s owner and roles that bypass row level security read the entry.';
-COMMENT ON COLUMN rls_audit.log.read_keys IS
-'The row''s own site and/or owner values (canonical text, "site owner" for site_owner) before and after the change; "*" when the row is shared with everyone.';
-COMMENT ON COLUMN rls_audit.log.statement_id IS 'The rls_audit.statements row holding the entry.';
-REVOKE ALL ON rls_audit.log FROM PUBLIC;
-GRANT SELECT ON rls_audit.log TO PUBLIC;
 
 -- The statement rows holding a row's entries, found by the row key index:
 -- readers put them into rls_audit.log's statement_id, a leakproof condition
@@ -287,15 +188,6 @@ BEGIN
 END
 $$;
 
-CREATE TABLE rls_audit.audited_tables (
-    table_oid regclass PRIMARY KEY,  -- regclass, not oid: a dump stores the name, so a restore finds the table
-    excluded_columns text[] NOT NULL DEFAULT '{}',
-    masked_columns text[] NOT NULL DEFAULT '{}',
-    operations text[] NOT NULL DEFAULT '{INSERT,UPDATE,DELETE,TRUNCATE}'
-);
-COMMENT ON TABLE rls_audit.audited_tables IS 'Which tables are audited, and how (rls_audit.enable()).';
-REVOKE ALL ON rls_audit.audited_tables FROM PUBLIC;
-GRANT SELECT ON rls_audit.audited_tables TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.audited_tables', '');
 
 -- A table's identity in the trail.  The log records it with every entry, and
@@ -306,13 +198,7 @@ SELECT pg_catalog.pg_extension_config_dump('rls_audit.audited_tables', '');
 -- audited, kept when auditing stops (so the owner still reads the entries),
 -- removed with the table (the entries are then read only by roles that bypass
 -- row level security).
-CREATE TABLE rls_audit.trails (
-    table_oid regclass PRIMARY KEY,  -- regclass, not oid: a dump stores the name, so a restore finds the table
-    trail_id uuid NOT NULL UNIQUE DEFAULT gen_random_uuid()
-);
 COMMENT ON TABLE rls_audit.trails IS
 'The trail id of every table that is or was audited and still exists: rls_audit.log entries carry it, and are read as entries of the table it names.';
-REVOKE ALL ON rls_audit.trails FROM PUBLIC;
-GRANT SELECT ON rls_audit.trails TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.trails', '');
 

@@ -22,18 +22,8 @@ COMMENT ON FUNCTION rls_audit.capture() IS
 -- rls_audit.enable() creates the triggers; nobody else attaches this function.
 REVOKE ALL ON FUNCTION rls_audit.capture() FROM PUBLIC;
 
-CREATE TABLE rls_audit.read_rules (
-    table_oid regclass PRIMARY KEY,  -- regclass, not oid: a dump stores the name, so a restore finds the table
-    site_column name,
-    owner_column name,
-    null_is_shared boolean NOT NULL DEFAULT false,
-    CHECK (site_column IS NOT NULL OR owner_column IS NOT NULL),
-    CHECK (NOT null_is_shared OR site_column IS NULL OR owner_column IS NULL)
-);
-COMMENT ON TABLE rls_audit.read_rules IS
-'Which column of an audited table holds the site and which the owner, so that the log shows the application role only the entries of rows it may read (rls_audit.set_read_rule()). A table without a rule: only its owner reads its entries.';
-REVOKE ALL ON rls_audit.read_rules FROM PUBLIC;
-GRANT SELECT ON rls_audit.read_rules TO PUBLIC;
+-- The read rules (rls_audit.read_rules, made by 21_audit_base.sql) are dumped
+-- with the database.
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.read_rules', '');
 
 -- The work of rls_audit.set_read_rule(), which checks that the role calling

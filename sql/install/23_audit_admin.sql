@@ -368,13 +368,11 @@ LANGUAGE C;
 COMMENT ON FUNCTION rls_audit.disable(regclass) IS
 'Stop auditing a table and the partitions and children audited through it; the trail stays. Only the table''s owner may call it.';
 
-CREATE FUNCTION rls_audit.table_name(tbl regclass)
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT tbl::text $$;
-COMMENT ON FUNCTION rls_audit.table_name(regclass) IS
-'A table''s name as rls_audit.log.table_name records it (always schema-qualified).';
+-- How an entry names its table (rls_audit.log, 21_audit_view.sql): by name
+-- when written, and by trail id for good.
+COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name when the entry was written; it survives a dump and restore, the oid does not.';
+COMMENT ON COLUMN rls_audit.log.trail_id IS
+'The table''s trail id (rls_audit.trails) when the entry was written: which table the entry is about, whatever it is called or whatever oid it has now. Readers are decided by it, never by table_name.';
 
 CREATE FUNCTION rls_audit.history(tbl regclass, row_key text)
 RETURNS SETOF rls_audit.log

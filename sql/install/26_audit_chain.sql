@@ -13,32 +13,17 @@
 -- (the head row stays locked until the writing transaction ends); per month,
 -- so that dropping a month's partition for retention drops whole chains and
 -- leaves every other one verifiable from its genesis.  See docs/audit.md.
+--
+-- The two tables are made by 21_audit_base.sql, as in the SQL-only mode,
+-- whose retention (24_audit_retention.sql) reads them too.
 -------------------------------------------------------------------------------
 
-CREATE TABLE rls_audit.chain_heads (
-    month date NOT NULL,
-    chain text NOT NULL,
-    seq bigint NOT NULL,
-    seal bytea NOT NULL,
-    PRIMARY KEY (month, chain)
-);
 COMMENT ON TABLE rls_audit.chain_heads IS
 'The last seal of each hash chain of the audit log (one per site, or '''' for entries without a site, per UTC month). Store it outside the database to detect a rewrite of a whole chain.';
-REVOKE ALL ON rls_audit.chain_heads FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.chain_heads', '');
 
-CREATE TABLE rls_audit.seals (
-    month date NOT NULL,
-    chain text NOT NULL,
-    seq bigint NOT NULL,
-    statement_ids bigint[] NOT NULL,
-    digests bytea NOT NULL,
-    seal bytea NOT NULL,
-    PRIMARY KEY (month, chain, seq)
-);
 COMMENT ON TABLE rls_audit.seals IS
 'One row per audited statement and chain: the ids of the entries it wrote (in id order), their SHA-256 digests (32 bytes each, same order) and the seal: sha256(previous seal || seq as 8 bytes || digests).';
-REVOKE ALL ON rls_audit.seals FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('rls_audit.seals', '');
 
 -- The chain an entry belongs to.  Text output of bigint and uuid depends on no setting.

@@ -2,7 +2,11 @@
  * sql/sqlonly/21_audit_log.sql
  *     The audit log of the SQL-only mode: the same rls_audit.statements,
  *     rls_audit.log, registrations and read rule as the C library's
- *     (sql/install/21_audit_log.sql, docs/audit.md), without C.
+ *     (sql/install/21_audit_log.sql, docs/audit.md), without C.  The tables
+ *     and the view are the C library's own files, run before and after this
+ *     one: sql/install/21_audit_base.sql and sql/install/21_audit_view.sql
+ *     (django_rls/sqlonly.py, SCRIPTS); rls_audit.history(), which returns
+ *     the view's rows, is in 23_audit_admin.sql.
  *
  * What differs, and why:
  *   - The log, the registrations and the trail ids belong to the NOLOGIN role
@@ -24,48 +28,6 @@
  *     are written only by django_rls_audit: a trail id decides who reads an
  *     entry, so a table's owner must not choose one.
  */
-
-CREATE SCHEMA rls_audit;
-COMMENT ON SCHEMA rls_audit IS 'django_rls: the audit trail of row changes, with the request context that made them';
-GRANT USAGE ON SCHEMA rls_audit TO PUBLIC;
-
-CREATE TABLE rls_audit.statements (
-    id bigint GENERATED ALWAYS AS IDENTITY,
-    logged_at timestamptz NOT NULL DEFAULT statement_timestamp(),
-    xact_started_at timestamptz NOT NULL DEFAULT transaction_timestamp(),
-    xact_id xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    table_oid oid NOT NULL,
-    table_name text NOT NULL,
-    operation text NOT NULL,
-    site_id bigint,
-    site_uuid uuid,
-    user_id bigint,
-    user_uuid uuid,
-    claims jsonb,
-    db_role name NOT NULL,
-    application_name text,
-    client_addr inet,
-    read_rule text,
-    read_keys text[],
-    trail_id uuid,
-    row_keys text[] COMPRESSION lz4 NOT NULL,
-    old_values jsonb[] COMPRESSION lz4,
-    new_values jsonb[] COMPRESSION lz4,
-    changed_columns text[] COMPRESSION lz4,
-    row_read_keys text[] COMPRESSION lz4
-) PARTITION BY RANGE (logged_at);
-COMMENT ON TABLE rls_audit.statements IS
-'The audit log as stored: one row per chunk of at most 1,000 changed rows of one statement on one table (or per TRUNCATE), the rows as parallel arrays. Partitioned by month. Read it through the per-row view rls_audit.log.';
-COMMENT ON COLUMN rls_audit.statements.read_keys IS
-'Every read key of the chunk''s rows (the union of row_read_keys): who may read the statement row itself.';
-COMMENT ON COLUMN rls_audit.statements.row_keys IS 'Each row''s primary key as text (NULL for TRUNCATE).';
-COMMENT ON COLUMN rls_audit.statements.old_values IS 'Each row''s image before (see rls_audit.log.old_values); NULL when no row has one.';
-COMMENT ON COLUMN rls_audit.statements.new_values IS 'Each row''s image after (see rls_audit.log.new_values); NULL when no row has one.';
-COMMENT ON COLUMN rls_audit.statements.changed_columns IS 'UPDATE: each row''s changed columns, as the text of a text[].';
-COMMENT ON COLUMN rls_audit.statements.row_read_keys IS 'Each row''s read keys, as the text of a text[] (NULL: none).';
-
-CREATE TABLE rls_audit.statements_default PARTITION OF rls_audit.statements DEFAULT;
-COMMENT ON TABLE rls_audit.statements_default IS 'Catches rows for months without a partition; rls_audit.ensure_partitions() creates those ahead of time.';
 
 -- The indexes of every partition: those of the C mode, with the built-in GIN
 -- operator class for the row keys, and one on the trail id, by which this
@@ -95,34 +57,8 @@ REVOKE ALL ON FUNCTION rls_audit._index_partition(regclass) FROM PUBLIC;
 SELECT rls_audit._index_partition('rls_audit.statements_default')
  WHERE NOT EXISTS (SELECT FROM pg_index WHERE indrelid = 'rls_audit.statements_default'::regclass);
 
-ALTER TABLE rls_audit.statements ENABLE ROW LEVEL SECURITY;
-REVOKE ALL ON rls_audit.statements FROM PUBLIC;
-
-CREATE TABLE rls_audit.audited_tables (
-    table_oid regclass PRIMARY KEY,
-    excluded_columns text[] NOT NULL DEFAULT '{}',
-    masked_columns text[] NOT NULL DEFAULT '{}',
-    operations text[] NOT NULL DEFAULT '{INSERT,UPDATE,DELETE,TRUNCATE}'
-);
-COMMENT ON TABLE rls_audit.audited_tables IS 'Which tables are audited, and how (rls_audit.enable()).';
-
-CREATE TABLE rls_audit.trails (
-    table_oid regclass PRIMARY KEY,
-    trail_id uuid NOT NULL UNIQUE DEFAULT gen_random_uuid()
-);
 COMMENT ON TABLE rls_audit.trails IS
 'The trail id of every table that is or was audited: rls_audit.log entries carry it, and are read as entries of the table it names.';
-
-CREATE TABLE rls_audit.read_rules (
-    table_oid regclass PRIMARY KEY,
-    site_column name,
-    owner_column name,
-    null_is_shared boolean NOT NULL DEFAULT false,
-    CHECK (site_column IS NOT NULL OR owner_column IS NOT NULL),
-    CHECK (NOT null_is_shared OR site_column IS NULL OR owner_column IS NULL)
-);
-COMMENT ON TABLE rls_audit.read_rules IS
-'Which column of an audited table holds the site and which the owner, so that the log shows the application role only the entries of rows it may read (rls_audit.set_read_rule()). A table without a rule: only its owner reads its entries.';
 
 -- SQL-only mode: the capture function rls_audit.enable() generated for each
 -- audited table, and what it was generated from (rls_audit._capture_signature).
@@ -137,8 +73,8 @@ COMMENT ON TABLE rls_audit.captures IS
 -- The registrations are read by everyone and written by a table's owner (its
 -- own rows only) through rls_audit.enable(), disable() and set_read_rule(),
 -- which run as the caller.
-REVOKE ALL ON rls_audit.audited_tables, rls_audit.trails, rls_audit.read_rules, rls_audit.captures FROM PUBLIC;
-GRANT SELECT ON rls_audit.audited_tables, rls_audit.trails, rls_audit.read_rules, rls_audit.captures TO PUBLIC;
+REVOKE ALL ON rls_audit.captures FROM PUBLIC;
+GRANT SELECT ON rls_audit.captures TO PUBLIC;
 GRANT INSERT, UPDATE, DELETE ON rls_audit.audited_tables, rls_audit.read_rules TO PUBLIC;
 
 -- Whether the role calling has the privileges of the table's owner.
@@ -213,39 +149,6 @@ $$;
 COMMENT ON FUNCTION rls_audit._may_read(uuid, text, text[]) IS
 'Internal: the read policy of rls_audit.log. The entry is about the table rls_audit.trails names for trail_id (none once it is dropped). True for roles with the privileges of the table''s owner; otherwise the reader needs USAGE on the table''s schema, SELECT on the table, row level security on it whose every SELECT policy applies to the reader (one of them permissive; or no row level security at all), and a context matching one of read_keys under read_rule.';
 
-CREATE VIEW rls_audit.log WITH (security_barrier) AS
-SELECT s.id * 1024 + e.n AS id,
-       s.logged_at, s.xact_started_at, s.xact_id, s.table_oid, s.table_name, s.operation,
-       e.row_key, e.old_values, e.new_values, e.changed_columns::text[] AS changed_columns,
-       s.site_id, s.site_uuid, s.user_id, s.user_uuid, s.claims, s.db_role, s.application_name,
-       s.client_addr, s.read_rule, e.read_keys::text[] AS read_keys, s.trail_id,
-       s.id AS statement_id
-  FROM rls_audit.statements s
- CROSS JOIN LATERAL ROWS FROM (unnest(s.row_keys), unnest(s.old_values), unnest(s.new_values),
-                               unnest(s.changed_columns), unnest(s.row_read_keys))
-       WITH ORDINALITY AS e(row_key, old_values, new_values, changed_columns, read_keys, n)
- WHERE rls_audit._may_read(s.trail_id, s.read_rule, e.read_keys::text[])
- ORDER BY logged_at DESC, id DESC;
-COMMENT ON VIEW rls_audit.log IS
-'One row per changed row of an audited table (or per TRUNCATE), with the django_rls context that changed it; each reader sees the entries of rows its policies let it read. Stored in rls_audit.statements.';
-COMMENT ON COLUMN rls_audit.log.id IS 'The entry: its statement row''s id times 1024 plus its position there; increasing with insertion order.';
-COMMENT ON COLUMN rls_audit.log.row_key IS 'The primary key of the changed row as text; a JSON object of the columns for a composite key.';
-COMMENT ON COLUMN rls_audit.log.old_values IS 'DELETE: the row; UPDATE: the changed columns before; without excluded and masked columns.';
-COMMENT ON COLUMN rls_audit.log.new_values IS 'INSERT: the row; UPDATE: the changed columns after; without excluded and masked columns.';
-COMMENT ON COLUMN rls_audit.log.changed_columns IS 'UPDATE: every changed column, masked ones included.';
-COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name when the entry was written.';
-COMMENT ON COLUMN rls_audit.log.trail_id IS
-'The table''s trail id (rls_audit.trails) when the entry was written: which table the entry is about, whatever it is called now. Readers are decided by it, never by table_name.';
-COMMENT ON COLUMN rls_audit.log.db_role IS 'The database role that ran the statement (outside any SECURITY DEFINER function).';
-COMMENT ON COLUMN rls_audit.log.operation IS 'INSERT, UPDATE, DELETE or TRUNCATE.';
-COMMENT ON COLUMN rls_audit.log.read_rule IS
-'Which of the row''s values a reader''s context must match (site, owner, site_owner); NULL: only the table''s owner and roles that bypass row level security read the entry.';
-COMMENT ON COLUMN rls_audit.log.read_keys IS
-'The row''s own site and/or owner values (canonical text, "site owner" for site_owner) before and after the change; "*" when the row is shared with everyone.';
-COMMENT ON COLUMN rls_audit.log.statement_id IS 'The rls_audit.statements row holding the entry.';
-REVOKE ALL ON rls_audit.log FROM PUBLIC;
-GRANT SELECT ON rls_audit.log TO PUBLIC;
-
 -- The trail ids of a table and every table below it in its partition tree
 -- (SQL-only mode audits no trees; kept for the same answers as the C mode).
 CREATE FUNCTION rls_audit._tree_trails(tbl regclass)
@@ -283,31 +186,6 @@ END
 $$;
 COMMENT ON FUNCTION rls_audit.statements_of(regclass, text) IS
 'The ids of the statement rows (rls_audit.log.statement_id) holding entries of the row row_key of tbl (or of any table of its partition tree, under any name it had) that the caller may read. Use: WHERE statement_id = ANY (rls_audit.statements_of(tbl, key)) AND row_key = key.';
-
-CREATE FUNCTION rls_audit.table_name(tbl regclass)
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT tbl::text $$;
-COMMENT ON FUNCTION rls_audit.table_name(regclass) IS
-'A table''s name as rls_audit.log.table_name records it (always schema-qualified).';
-
-CREATE FUNCTION rls_audit.history(tbl regclass, row_key text)
-RETURNS SETOF rls_audit.log
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    trails uuid[] := rls_audit._tree_trails(tbl);
-    key text := row_key;
-BEGIN
-    -- The trail ids are a parameter here: a leakproof equality that reaches
-    -- the (trail_id, logged_at) index behind the view's barrier.
-    RETURN QUERY SELECT * FROM rls_audit.log l WHERE l.trail_id = ANY (trails) AND l.row_key = key ORDER BY l.id;
-END
-$$;
-COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
-'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; under whatever name the table had when they were written.';
 
 -- The C mode walks the statement rows newest first as their owner and checks
 -- each entry as the caller (ext/audit_lookup.c); here the caller's own query
@@ -449,27 +327,11 @@ $$;
 COMMENT ON FUNCTION rls_audit.entry_times(bigint, uuid, bigint, uuid, text, text, name, timestamptz, timestamptz) IS
 'min(logged_at) and max(logged_at) of the entries of rls_audit.log the caller may read among those whose statement columns match every condition given (logged_from inclusive, logged_before exclusive); both NULL if there are none. In the SQL-only mode it reads through the view.';
 
--- The hash chain's tables, so that retention (sql/install/24_audit_retention.sql)
--- is the C mode's: the SQL-only mode seals nothing, and they stay empty.
-CREATE TABLE rls_audit.chain_heads (
-    month date NOT NULL,
-    chain text NOT NULL,
-    seq bigint NOT NULL,
-    seal bytea NOT NULL,
-    PRIMARY KEY (month, chain)
-);
-CREATE TABLE rls_audit.seals (
-    month date NOT NULL,
-    chain text NOT NULL,
-    seq bigint NOT NULL,
-    statement_ids bigint[] NOT NULL,
-    digests bytea NOT NULL,
-    seal bytea NOT NULL,
-    PRIMARY KEY (month, chain, seq)
-);
+-- The hash chain's tables (sql/install/21_audit_base.sql), so that retention
+-- (sql/install/24_audit_retention.sql) is the C mode's: the SQL-only mode
+-- seals nothing, and they stay empty.
 COMMENT ON TABLE rls_audit.chain_heads IS 'SQL-only mode: always empty (the hash chain needs the C library).';
 COMMENT ON TABLE rls_audit.seals IS 'SQL-only mode: always empty (the hash chain needs the C library).';
-REVOKE ALL ON rls_audit.chain_heads, rls_audit.seals FROM PUBLIC;
 
 CREATE FUNCTION rls_audit.verify(since date DEFAULT NULL)
 RETURNS TABLE (month date, chain text, seals bigint, entries bigint, problem text,

@@ -362,6 +362,29 @@ $$;
 COMMENT ON FUNCTION rls_audit.set_read_rule(regclass, name, name, boolean) IS
 'Which log entries of a table the application role reads: those of rows whose site_column and/or owner_column match its context (and, with null_is_shared, those of rows where that column is NULL). Without columns, none (the default). Entries keep the rule they were written with. Only the table''s owner may call it.';
 
+-- How an entry names its table (rls_audit.log, sql/install/21_audit_view.sql):
+-- by name when written, and by trail id for good.
+COMMENT ON COLUMN rls_audit.log.table_name IS 'The schema-qualified table name when the entry was written.';
+COMMENT ON COLUMN rls_audit.log.trail_id IS
+'The table''s trail id (rls_audit.trails) when the entry was written: which table the entry is about, whatever it is called now. Readers are decided by it, never by table_name.';
+
+CREATE FUNCTION rls_audit.history(tbl regclass, row_key text)
+RETURNS SETOF rls_audit.log
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    trails uuid[] := rls_audit._tree_trails(tbl);
+    key text := row_key;
+BEGIN
+    -- The trail ids are a parameter here: a leakproof equality that reaches
+    -- the (trail_id, logged_at) index behind the view's barrier.
+    RETURN QUERY SELECT * FROM rls_audit.log l WHERE l.trail_id = ANY (trails) AND l.row_key = key ORDER BY l.id;
+END
+$$;
+COMMENT ON FUNCTION rls_audit.history(regclass, text) IS
+'Every logged change of one row, oldest first, as far as the caller''s row level security lets it see; under whatever name the table had when they were written.';
+
 -- As in the C mode; a table whose capture was generated for other columns,
 -- key, options or read rule has every operation listed as missing: its
 -- audited writes are refused until rls_audit.enable() runs again.
