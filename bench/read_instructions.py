@@ -14,7 +14,11 @@ application role under rls.protect_by_site(), calls as a member of it with
 django_rls.accessor_initplans = off. Parallel workers are off (their work is counted in
 processes of their own), so the parallel path is measured as a plain sequential scan.
 
-BENCH_ROWS (default 200,000) sets the rows per table.
+BENCH_ROWS (default 200,000) sets the rows per table. BENCH_CASES runs only the paths whose
+label contains one of its comma-separated words ("index-only,join": the two paths a
+per-execution cost shows on best). BENCH_CALLGRIND_DIR keeps callgrind's files there (one per
+process, cg.<pid>, each printed with its role and runs before its path's row: the warming
+session, the one running the query twice, the one running it once), for callgrind_annotate.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.startswith(("totals:", "summary:")):
+                    if os.environ.get("BENCH_CALLGRIND_DIR"):
+                        print(f"  {path} ({times} run{'s' if times > 1 else ''} as {conn.info.user})")
                     return int(line.split()[1])
         time.sleep(0.2)
     raise SystemExit(f"read_instructions.py: callgrind wrote no totals to {path}")
@@ -117,7 +123,15 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
 def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("read_instructions.py needs valgrind (apt-get install valgrind)")
-    out = Path(tempfile.mkdtemp(prefix="django_rls-callgrind-"))
+    wanted = [word.strip() for word in os.environ.get("BENCH_CASES", "").split(",") if word.strip()]
+    cases = {label: case for label, case in CASES.items() if not wanted or any(w in label for w in wanted)}
+    if not cases:
+        raise SystemExit(
+            f"read_instructions.py: BENCH_CASES={os.environ['BENCH_CASES']!r} names no path of {list(CASES)}"
+        )
+    keep = os.environ.get("BENCH_CALLGRIND_DIR")
+    out = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="django_rls-callgrind-"))
+    out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o777)
     cluster = Cluster()
     try:
@@ -137,7 +151,7 @@ def main() -> int:
         print(
             f"{'what':32s} {'floor':>12s} {'ours':>12s} {'ours x':>7s} {'calls':>12s} {'calls x':>8s} {'ours - floor':>13s}"
         )
-        for label, (settings, protected, floor_query) in CASES.items():
+        for label, (settings, protected, floor_query) in cases.items():
             warm = {}
             for name, user, query in (
                 ("floor", "postgres", floor_query),
@@ -157,7 +171,8 @@ def main() -> int:
     finally:
         cluster.stop()
         cluster.remove()
-        shutil.rmtree(out, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     return 0
 
 
