@@ -98,6 +98,7 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
     """Instructions callgrind counted in one session that runs query `times` times."""
     with psycopg.connect(dsn) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        user = conn.info.user
         conn.commit()
         with conn.transaction():
             for statement in settings:
@@ -114,7 +115,7 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
             for line in path.read_text().splitlines():
                 if line.startswith(("totals:", "summary:")):
                     if os.environ.get("BENCH_CALLGRIND_DIR"):
-                        print(f"  {path} ({times} run{'s' if times > 1 else ''} as {conn.info.user})")
+                        print(f"  {path} ({times} run{'s' if times > 1 else ''} as {user})")
                     return int(line.split()[1])
         time.sleep(0.2)
     raise SystemExit(f"read_instructions.py: callgrind wrote no totals to {path}")
