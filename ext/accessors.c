@@ -42,36 +42,50 @@ static uint64 claims_cache_generation = 0;
 pg_noreturn static void ReportMissing(const char *what);
 
 /*
- * The context policies read: the local one, or on a Citus worker the one the
- * coordinator forwarded, verified at first use (citus.c).
+ * The context a Citus coordinator forwarded, verified at first use (citus.c),
+ * or NULL.  Out of line, and filled into a static rather than a local: the
+ * accessors below stay free of any local whose address is taken, which
+ * -fstack-protector-strong would guard with a canary in every call, on every
+ * server.  A policy that calls rls.site_id() per row
+ * (django_rls.accessor_initplans = off) paid 12 instructions a call for the
+ * local and its check, 27 against 15 (bench/read_instructions.py, docs/benchmarks.md).
  */
-static const RlsId *
+static pg_noinline const RlsForwardedContext *
+Forwarded(void)
+{
+	static RlsForwardedContext result;
+
+	return RlsForwardedCredential(&result);
+}
+
+/* The context policies read: the local one, or on a Citus worker the forwarded one. */
+static inline const RlsId *
 ContextSite(void)
 {
-	RlsForwardedContext forwarded;
+	const RlsForwardedContext *forwarded;
 
-	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
-		return forwarded.site;
+	if (unlikely(rls_forwarded_present) && (forwarded = Forwarded()) != NULL)
+		return forwarded->site;
 	return &rls_current_site;
 }
 
-static const RlsId *
+static inline const RlsId *
 ContextUser(void)
 {
-	RlsForwardedContext forwarded;
+	const RlsForwardedContext *forwarded;
 
-	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
-		return forwarded.user;
+	if (unlikely(rls_forwarded_present) && (forwarded = Forwarded()) != NULL)
+		return forwarded->user;
 	return &rls_current_user;
 }
 
-static const char *
+static inline const char *
 ContextClaims(void)
 {
-	RlsForwardedContext forwarded;
+	const RlsForwardedContext *forwarded;
 
-	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
-		return forwarded.claims;
+	if (unlikely(rls_forwarded_present) && (forwarded = Forwarded()) != NULL)
+		return forwarded->claims;
 	return rls_claims_setting;
 }
 
