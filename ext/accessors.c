@@ -114,11 +114,14 @@ ReportWrongKind(const char *what, const char *holds, const char *wanted, const c
  * Shared body of the integer accessors: NULL when unset (or an error in strict
  * mode), an error when the identifier is a UUID.
  */
-static Datum
-IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
+static inline Datum
+IdAsInt64(const RlsId *(*context_id) (void), const char *what, const char *uuid_accessor,
 		  FunctionCallInfo fcinfo)
 {
+	const RlsId *id;
+
 	RlsCheckStatementContext();
+	id = context_id();
 	if (id->kind == RLS_ID_INT)
 		PG_RETURN_INT64(id->int_value);
 	if (id->kind == RLS_ID_UUID)
@@ -128,13 +131,15 @@ IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
 	PG_RETURN_NULL();
 }
 
-static Datum
-IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
+static inline Datum
+IdAsUuid(const RlsId *(*context_id) (void), const char *what, const char *int_accessor,
 		 FunctionCallInfo fcinfo)
 {
 	pg_uuid_t  *result;
+	const RlsId *id;
 
 	RlsCheckStatementContext();
+	id = context_id();
 	if (id->kind == RLS_ID_UUID)
 	{
 		result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
@@ -151,25 +156,25 @@ IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
 Datum
 rls_site_id(PG_FUNCTION_ARGS)
 {
-	return IdAsInt64(ContextSite(), "site", "rls.site_uuid()", fcinfo);
+	return IdAsInt64(ContextSite, "site", "rls.site_uuid()", fcinfo);
 }
 
 Datum
 rls_user_id(PG_FUNCTION_ARGS)
 {
-	return IdAsInt64(ContextUser(), "user", "rls.user_uuid()", fcinfo);
+	return IdAsInt64(ContextUser, "user", "rls.user_uuid()", fcinfo);
 }
 
 Datum
 rls_site_uuid(PG_FUNCTION_ARGS)
 {
-	return IdAsUuid(ContextSite(), "site", "rls.site_id()", fcinfo);
+	return IdAsUuid(ContextSite, "site", "rls.site_id()", fcinfo);
 }
 
 Datum
 rls_user_uuid(PG_FUNCTION_ARGS)
 {
-	return IdAsUuid(ContextUser(), "user", "rls.user_id()", fcinfo);
+	return IdAsUuid(ContextUser, "user", "rls.user_id()", fcinfo);
 }
 
 /*
