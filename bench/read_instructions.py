@@ -14,13 +14,22 @@ application role under rls.protect_by_site(), calls as a member of it with
 django_rls.accessor_initplans = off. Parallel workers are off (their work is counted in
 processes of their own), so the parallel path is measured as a plain sequential scan.
 
-BENCH_ROWS (default 200,000) sets the rows per table.
+A session now and then counts a one-off on top (a malloc() growing the heap, about 900
+instructions; 8,000 and 16,000 in two published cells whose code measured the usual count
+when run again), so each cell is the median of BENCH_REPEAT (default 3) such differences.
+
+BENCH_ROWS (default 200,000) sets the rows per table. BENCH_CASES runs only the paths whose
+label contains one of its comma-separated words ("index-only,join": the two paths a
+per-execution cost shows on best). BENCH_CALLGRIND_DIR keeps callgrind's files there (one per
+process, cg.<pid>, each printed with its role and runs before its path's row: the warming
+session, the one running the query twice, the one running it once), for callgrind_annotate.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "harne
 from cluster import Cluster
 
 ROWS = int(os.environ.get("BENCH_ROWS", "200000"))
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 SITES = 100
 SITE = 42
 SEQ = [
@@ -94,6 +104,7 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
     """Instructions callgrind counted in one session that runs query `times` times."""
     with psycopg.connect(dsn) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        user = conn.info.user
         conn.commit()
         with conn.transaction():
             for statement in settings:
@@ -109,6 +120,8 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.startswith(("totals:", "summary:")):
+                    if os.environ.get("BENCH_CALLGRIND_DIR"):
+                        print(f"  {path} ({times} run{'s' if times > 1 else ''} as {user})")
                     return int(line.split()[1])
         time.sleep(0.2)
     raise SystemExit(f"read_instructions.py: callgrind wrote no totals to {path}")
@@ -117,7 +130,15 @@ def counted(out: Path, dsn: str, settings: list[str], context: bool, query: str,
 def main() -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("read_instructions.py needs valgrind (apt-get install valgrind)")
-    out = Path(tempfile.mkdtemp(prefix="django_rls-callgrind-"))
+    wanted = [word.strip() for word in os.environ.get("BENCH_CASES", "").split(",") if word.strip()]
+    cases = {label: case for label, case in CASES.items() if not wanted or any(w in label for w in wanted)}
+    if not cases:
+        raise SystemExit(
+            f"read_instructions.py: BENCH_CASES={os.environ['BENCH_CASES']!r} names no path of {list(CASES)}"
+        )
+    keep = os.environ.get("BENCH_CALLGRIND_DIR")
+    out = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="django_rls-callgrind-"))
+    out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o777)
     cluster = Cluster()
     try:
@@ -137,7 +158,7 @@ def main() -> int:
         print(
             f"{'what':32s} {'floor':>12s} {'ours':>12s} {'ours x':>7s} {'calls':>12s} {'calls x':>8s} {'ours - floor':>13s}"
         )
-        for label, (settings, protected, floor_query) in CASES.items():
+        for label, (settings, protected, floor_query) in cases.items():
             warm = {}
             for name, user, query in (
                 ("floor", "postgres", floor_query),
@@ -147,17 +168,19 @@ def main() -> int:
                 dsn = cluster.dsn(user=user)
                 context = name != "floor"
                 counted(out, dsn, settings, context, query, 1)  # reads the pages into shared buffers first
-                warm[name] = counted(out, dsn, settings, context, query, 2) - counted(
-                    out, dsn, settings, context, query, 1
+                warm[name] = statistics.median(
+                    counted(out, dsn, settings, context, query, 2) - counted(out, dsn, settings, context, query, 1)
+                    for _ in range(REPEAT)
                 )
             print(
-                f"{label:32s} {warm['floor']:12,d} {warm['ours']:12,d} {warm['ours'] / warm['floor']:7.3f} "
-                f"{warm['calls']:12,d} {warm['calls'] / warm['floor']:8.3f} {warm['ours'] - warm['floor']:13,d}"
+                f"{label:32s} {warm['floor']:12,.0f} {warm['ours']:12,.0f} {warm['ours'] / warm['floor']:7.3f} "
+                f"{warm['calls']:12,.0f} {warm['calls'] / warm['floor']:8.3f} {warm['ours'] - warm['floor']:13,.0f}"
             )
     finally:
         cluster.stop()
         cluster.remove()
-        shutil.rmtree(out, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     return 0
 
 

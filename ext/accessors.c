@@ -42,36 +42,50 @@ static uint64 claims_cache_generation = 0;
 pg_noreturn static void ReportMissing(const char *what);
 
 /*
- * The context policies read: the local one, or on a Citus worker the one the
- * coordinator forwarded, verified at first use (citus.c).
+ * The context a Citus coordinator forwarded, verified at first use (citus.c),
+ * or NULL.  Out of line, and filled into a static rather than a local: the
+ * accessors below stay free of any local whose address is taken, which
+ * -fstack-protector-strong would guard with a canary in every call, on every
+ * server.  A policy that calls rls.site_id() per row
+ * (django_rls.accessor_initplans = off) paid 12 instructions a call for the
+ * local and its check, 27 against 15 (bench/read_instructions.py, docs/benchmarks.md).
  */
-static const RlsId *
+static pg_noinline const RlsForwardedContext *
+Forwarded(void)
+{
+	static RlsForwardedContext result;
+
+	return RlsForwardedCredential(&result);
+}
+
+/* The context policies read: the local one, or on a Citus worker the forwarded one. */
+static inline const RlsId *
 ContextSite(void)
 {
-	RlsForwardedContext forwarded;
+	const RlsForwardedContext *forwarded;
 
-	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
-		return forwarded.site;
+	if (unlikely(rls_forwarded_present) && (forwarded = Forwarded()) != NULL)
+		return forwarded->site;
 	return &rls_current_site;
 }
 
-static const RlsId *
+static inline const RlsId *
 ContextUser(void)
 {
-	RlsForwardedContext forwarded;
+	const RlsForwardedContext *forwarded;
 
-	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
-		return forwarded.user;
+	if (unlikely(rls_forwarded_present) && (forwarded = Forwarded()) != NULL)
+		return forwarded->user;
 	return &rls_current_user;
 }
 
-static const char *
+static inline const char *
 ContextClaims(void)
 {
-	RlsForwardedContext forwarded;
+	const RlsForwardedContext *forwarded;
 
-	if (unlikely(rls_forwarded_present) && RlsForwardedCredential(&forwarded) != NULL)
-		return forwarded.claims;
+	if (unlikely(rls_forwarded_present) && (forwarded = Forwarded()) != NULL)
+		return forwarded->claims;
 	return rls_claims_setting;
 }
 
@@ -100,11 +114,14 @@ ReportWrongKind(const char *what, const char *holds, const char *wanted, const c
  * Shared body of the integer accessors: NULL when unset (or an error in strict
  * mode), an error when the identifier is a UUID.
  */
-static Datum
-IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
+static inline Datum
+IdAsInt64(const RlsId *(*context_id) (void), const char *what, const char *uuid_accessor,
 		  FunctionCallInfo fcinfo)
 {
+	const RlsId *id;
+
 	RlsCheckStatementContext();
+	id = context_id();
 	if (id->kind == RLS_ID_INT)
 		PG_RETURN_INT64(id->int_value);
 	if (id->kind == RLS_ID_UUID)
@@ -114,13 +131,15 @@ IdAsInt64(const RlsId *id, const char *what, const char *uuid_accessor,
 	PG_RETURN_NULL();
 }
 
-static Datum
-IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
+static inline Datum
+IdAsUuid(const RlsId *(*context_id) (void), const char *what, const char *int_accessor,
 		 FunctionCallInfo fcinfo)
 {
 	pg_uuid_t  *result;
+	const RlsId *id;
 
 	RlsCheckStatementContext();
+	id = context_id();
 	if (id->kind == RLS_ID_UUID)
 	{
 		result = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
@@ -137,25 +156,25 @@ IdAsUuid(const RlsId *id, const char *what, const char *int_accessor,
 Datum
 rls_site_id(PG_FUNCTION_ARGS)
 {
-	return IdAsInt64(ContextSite(), "site", "rls.site_uuid()", fcinfo);
+	return IdAsInt64(ContextSite, "site", "rls.site_uuid()", fcinfo);
 }
 
 Datum
 rls_user_id(PG_FUNCTION_ARGS)
 {
-	return IdAsInt64(ContextUser(), "user", "rls.user_uuid()", fcinfo);
+	return IdAsInt64(ContextUser, "user", "rls.user_uuid()", fcinfo);
 }
 
 Datum
 rls_site_uuid(PG_FUNCTION_ARGS)
 {
-	return IdAsUuid(ContextSite(), "site", "rls.site_id()", fcinfo);
+	return IdAsUuid(ContextSite, "site", "rls.site_id()", fcinfo);
 }
 
 Datum
 rls_user_uuid(PG_FUNCTION_ARGS)
 {
-	return IdAsUuid(ContextUser(), "user", "rls.user_id()", fcinfo);
+	return IdAsUuid(ContextUser, "user", "rls.user_id()", fcinfo);
 }
 
 /*
