@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.test_rls_roles import run, superuser_alias  # noqa: F401 (a fixture)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,3 +52,32 @@ def test_checks_run_without_django_contrib_auth():
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected
+
+
+def test_rls_roles_lets_a_new_owner_role_migrate(superuser_alias, database):  # noqa: F811 (the fixture)
+    """getting-started's steps, followed to run a suite against a development database, stopped at rls_migrate.
+
+    The database is created by a superuser before the owner role exists; since PostgreSQL 15
+    its public schema lets only the database's owner create in it (and rls_roles takes
+    CREATE from PUBLIC where PUBLIC had it), so the owner's first migration failed with
+    ``permission denied for schema public``. rls_roles now grants the owner that right.
+    """
+    import psycopg
+    from django.db import connections
+
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("SELECT has_schema_privilege('public', 'public', 'CREATE')")
+        public_had_create = cursor.fetchone()[0]
+    try:
+        assert "let the owner role rls_t_owner create tables in schema public" in run(superuser_alias)
+        assert run(superuser_alias).startswith("Nothing to do")
+        with connections[superuser_alias].cursor() as cursor:
+            cursor.execute("ALTER ROLE rls_t_owner PASSWORD 'x'")
+        dsn = psycopg.conninfo.make_conninfo(database.admin, user="rls_t_owner", password="x")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE public.rls_t_owner_migrates (id int)")
+            conn.execute("DROP TABLE public.rls_t_owner_migrates")
+    finally:
+        if public_had_create:
+            with connections[superuser_alias].cursor() as cursor:
+                cursor.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
