@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.exceptions import ImproperlyConfigured
@@ -53,7 +54,8 @@ def check_middleware(**kwargs: Any) -> list[CheckMessage]:
                 id="django_rls.E002",
             )
         ]
-    auth = _middleware_index(AUTH_MIDDLEWARE)
+    # Without django.contrib.auth its middleware cannot even be imported (its models are not installed).
+    auth = _middleware_index(AUTH_MIDDLEWARE) if apps.is_installed("django.contrib.auth") else None
     if auth is not None and auth > ours:
         return [
             Error(

@@ -246,6 +246,35 @@ def _schema_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
     ]
 
 
+def _owner_schema_steps(cursor: Any, owner: str) -> list[tuple[str, sql.Composable]]:
+    """Let the owner role create its tables in schema public, as ``rls_migrate`` needs.
+
+    Since PostgreSQL 15 a new database's public schema lets only the database's owner
+    create in it, and the database is usually created by a superuser before the owner
+    role exists (docs/getting-started.md): its first migration would fail with
+    ``permission denied for schema public``. When PUBLIC has the right (PostgreSQL 14,
+    or granted by hand) the owner gets it by name too, since ``_schema_steps`` takes it
+    from PUBLIC; a role that does not exist yet has no other.
+    """
+    cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'public'")
+    if cursor.fetchone() is None:
+        return []
+    if _exists(cursor, owner):
+        cursor.execute(
+            "SELECT has_schema_privilege(%s, 'public', 'CREATE')"
+            " AND NOT has_schema_privilege('public', 'public', 'CREATE')",
+            [owner],
+        )
+        if cursor.fetchone()[0]:
+            return []
+    return [
+        (
+            f"let the owner role {owner} create tables in schema public",
+            sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(owner)),
+        )
+    ]
+
+
 def _temp_steps(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
     """Take the TEMPORARY right on this database away from the application role.
 
@@ -472,6 +501,7 @@ def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]
     return (
         steps
         + _schema_steps(cursor, app)
+        + [step for spec in wanted if spec.kind == "owner" for step in _owner_schema_steps(cursor, spec.name)]
         + _temp_steps(cursor, wanted)
         + _search_path_steps(cursor, app)
         + _statement_bound_steps(cursor, app)
