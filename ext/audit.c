@@ -55,6 +55,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/gin_private.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/skey.h"
@@ -64,6 +65,7 @@
 #include "catalog/dependency.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_policy.h"
 #include "catalog/pg_proc.h"
@@ -260,6 +262,7 @@ typedef struct LogWriterShape
 	int			nindexes;
 	Oid		   *index_oids;
 	IndexInfo **index_info;
+	bool	   *gin;			/* a GIN index: its GinState (ii_AmCache) is kept too */
 } LogWriterShape;
 
 static LogWriterShape *writer_shape = NULL;
@@ -1347,6 +1350,7 @@ BuildIndexShapes(Relation partition, LogWriterShape *shape, Relation *indexes)
 	shape->nindexes = list_length(oids);
 	shape->index_oids = MemoryContextAlloc(shape->cxt, sizeof(Oid) * (shape->nindexes + 1));
 	shape->index_info = MemoryContextAlloc(shape->cxt, sizeof(IndexInfo *) * (shape->nindexes + 1));
+	shape->gin = MemoryContextAllocZero(shape->cxt, sizeof(bool) * (shape->nindexes + 1));
 	foreach(lc, oids)
 	{
 		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
@@ -1356,6 +1360,7 @@ BuildIndexShapes(Relation partition, LogWriterShape *shape, Relation *indexes)
 		indexes[n] = index;
 		shape->index_oids[n] = RelationGetRelid(index);
 		shape->index_info[n] = info;
+		shape->gin[n] = index->rd_rel->relam == GIN_AM_OID;
 		n++;
 		if (!index->rd_index->indimmediate || info->ii_ExclusionOps != NULL)
 		{
@@ -1524,11 +1529,30 @@ ready:
 	info->ri_NumIndices = shape->nindexes;
 	info->ri_IndexRelationDescs = indexes;
 	info->ri_IndexRelationInfo = shape->index_info;
-	/* An index AM's per-statement state (GIN's) lives and dies with the statement. */
+	/*
+	 * An index AM's insert state (ii_AmCache) lives and dies with the
+	 * statement, except GIN's: its GinState (the index's support functions
+	 * and tuple descriptors, 10,000 instructions to set up) is kept in the
+	 * shape, as long as it describes the relation just opened (an
+	 * invalidation of the index would have given the shape up anyway).
+	 */
 	for (i = 0; i < shape->nindexes; i++)
 	{
-		shape->index_info[i]->ii_AmCache = NULL;
-		shape->index_info[i]->ii_Context = sv->cxt;
+		IndexInfo  *index_info = shape->index_info[i];
+
+		if (shape->gin[i])
+		{
+			GinState   *gin = (GinState *) index_info->ii_AmCache;
+
+			if (gin != NULL && (gin->index != indexes[i] || gin->origTupdesc != RelationGetDescr(indexes[i])))
+				index_info->ii_AmCache = NULL;
+			index_info->ii_Context = shape->cxt;
+		}
+		else
+		{
+			index_info->ii_AmCache = NULL;
+			index_info->ii_Context = sv->cxt;
+		}
 	}
 	sv->direct = true;
 	sv->shape = shape;
@@ -1749,7 +1773,8 @@ CloseLogWriter(StatementValues *sv)
 		return;
 	ExecCloseIndices(sv->partition_info);
 	for (i = 0; i < sv->shape->nindexes; i++)
-		sv->shape->index_info[i]->ii_AmCache = NULL;
+		if (!sv->shape->gin[i])
+			sv->shape->index_info[i]->ii_AmCache = NULL;
 	if (sv->shape_cached)
 		writer_depth--;
 	sv->shape = NULL;
