@@ -1485,8 +1485,8 @@ OpenLogWriter(StatementValues *sv)
 	if (writer_depth == 0)
 		FreeLogWriterShape(writer_shape);
 	{
-		MemoryContext cxt = AllocSetContextCreate(writer_depth == 0 ? CacheMemoryContext : sv->cxt,
-												  "django_rls audit log writer", ALLOCSET_SMALL_SIZES);
+		/* Under the statement's context until kept: an error half way leaves nothing behind. */
+		MemoryContext cxt = AllocSetContextCreate(sv->cxt, "django_rls audit log writer", ALLOCSET_SMALL_SIZES);
 
 		shape = MemoryContextAllocZero(cxt, sizeof(LogWriterShape));
 		shape->cxt = cxt;
@@ -1515,7 +1515,8 @@ OpenLogWriter(StatementValues *sv)
 		shape->valid = false;
 	if (writer_depth == 0)
 	{
-		/* The context was made in CacheMemoryContext: keep it for the next statements. */
+		/* Keep it for the next statements. */
+		MemoryContextSetParent(shape->cxt, CacheMemoryContext);
 		writer_shape = shape;
 		sv->shape_cached = true;
 		writer_depth++;
@@ -1574,8 +1575,7 @@ fallback:
 	if (partition != NULL)
 		table_close(partition, NoLock);
 	table_close(log, NoLock);
-	if (writer_depth == 0)
-		MemoryContextDelete(shape->cxt);
+	MemoryContextDelete(shape->cxt);
 	MemoryContextSwitchTo(old);
 }
 
