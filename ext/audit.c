@@ -55,6 +55,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/gin_private.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/skey.h"
@@ -62,7 +63,9 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_policy.h"
 #include "catalog/pg_proc.h"
@@ -74,6 +77,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
 #include "pgtime.h"
 #include "parser/parse_func.h"
 #include "partitioning/partbounds.h"
@@ -85,8 +89,11 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
+#include "utils/bytea.h"
+#include "utils/float.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -95,12 +102,14 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/partcache.h"
+#include "utils/pg_locale.h"
 #include "utils/queryenvironment.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
+#include "utils/xml.h"
 #include "utils/xid8.h"
 
 #include "django_rls.h"
@@ -220,6 +229,68 @@ static SPIPlanPtr seal_plan = NULL;
 
 static LogLayout log_layout;
 
+/*
+ * What the capture resolved about the partition its statement rows go to,
+ * kept per backend across statements (docs/audit.md, "Cost"): the partition,
+ * the range of logged_at it holds (from the log's partition bounds), and its
+ * indexes with their IndexInfo, the states of their partial-index predicates
+ * and expressions prepared once.  Every statement still takes the lock of the
+ * log, the partition and each index, and opens them; the shape is only used
+ * when it is still valid after those locks (which take the invalidations
+ * other sessions committed).  Any relcache invalidation of the log, the
+ * partition or one of its indexes, or of everything (InvalidOid), marks it
+ * invalid (InvalidateLogWriterShape()): a new, dropped, detached or attached
+ * partition, an index created, dropped or rebuilt, a trigger, rule, CHECK
+ * constraint or row security change, ALTER TABLE, and the local replay of the
+ * invalidations of a transaction that rolled back.  The next statement then
+ * decides again, from the relcache, whether it can insert itself at all
+ * (OpenLogWriter()) and builds the shape again.  Freed only when no
+ * statement uses it (writer_depth).
+ */
+typedef struct LogWriterShape
+{
+	MemoryContext cxt;
+	bool		valid;
+	Oid			log_relid;
+	Oid			partition;
+	bool		has_lower;		/* logged_at >= lower */
+	bool		has_upper;		/* logged_at < upper */
+	Datum		lower;
+	Datum		upper;
+	FmgrInfo	cmp;			/* the partition key's comparison function */
+	Oid			collation;
+	int			nindexes;
+	Oid		   *index_oids;
+	IndexInfo **index_info;
+	bool	   *gin;			/* a GIN index: its GinState (ii_AmCache) is kept too */
+} LogWriterShape;
+
+static LogWriterShape *writer_shape = NULL;
+
+/* Captures using writer_shape now (a capture inside another's is not expected, but safe). */
+static int	writer_depth = 0;
+
+/* Counts relcache invalidations: a shape built while one arrived is not kept. */
+static uint64 writer_invalidations = 0;
+
+static void
+InvalidateLogWriterShape(Oid relid)
+{
+	int			i;
+
+	writer_invalidations++;
+	if (writer_shape == NULL || !writer_shape->valid)
+		return;
+	if (relid == InvalidOid || relid == writer_shape->log_relid || relid == writer_shape->partition)
+	{
+		writer_shape->valid = false;
+		return;
+	}
+	for (i = 0; i < writer_shape->nindexes; i++)
+		if (writer_shape->index_oids[i] == relid)
+			writer_shape->valid = false;
+}
+
 /* The columns CompareImageOrder() sorts the indexes of. */
 static RlsAuditColumn *image_order_columns = NULL;
 
@@ -255,6 +326,7 @@ InvalidateAuditTables(Datum arg, Oid relid)
 
 	if (relid == InvalidOid || relid == log_layout.relid)
 		ForgetLogLayout();
+	InvalidateLogWriterShape(relid);
 	if (audit_tables == NULL)
 		return;
 	hash_seq_init(&status, audit_tables);
@@ -605,6 +677,8 @@ typedef struct StatementValues
 	bool		direct;
 	Relation	log;
 	Relation	partition;
+	LogWriterShape *shape;		/* the partition's, cached or this statement's own */
+	bool		shape_cached;	/* shape is writer_shape, counted in writer_depth */
 	EState	   *estate;
 	ResultRelInfo *partition_info;
 	TupleTableSlot *log_slot;
@@ -1177,6 +1251,142 @@ SameColumns(TupleDesc parent, TupleDesc partition)
 	return true;
 }
 
+/* Whether logged_at falls in the range of the shape's partition. */
+static bool
+ShapeHolds(const LogWriterShape *shape, Datum logged_at)
+{
+	if (shape->has_lower &&
+		DatumGetInt32(FunctionCall2Coll((FmgrInfo *) &shape->cmp, shape->collation, logged_at, shape->lower)) < 0)
+		return false;
+	if (shape->has_upper &&
+		DatumGetInt32(FunctionCall2Coll((FmgrInfo *) &shape->cmp, shape->collation, logged_at, shape->upper)) >= 0)
+		return false;
+	return true;
+}
+
+/* Free a shape, unless it is writer_shape and a capture uses it. */
+static void
+FreeLogWriterShape(LogWriterShape *shape)
+{
+	if (shape == NULL)
+		return;
+	if (shape == writer_shape)
+	{
+		if (writer_depth > 0)
+			return;
+		writer_shape = NULL;
+	}
+	MemoryContextDelete(shape->cxt);
+}
+
+/*
+ * The partition of the statement's month, found from the log's partition
+ * bounds as the executor's tuple routing finds it, with the range of
+ * logged_at between the bounds around it (so that the next statements find
+ * it without searching).  InvalidOid when the log has no leaf partition for
+ * logged_at (the INSERT statement then reports it).
+ */
+static Oid
+FindLogPartition(Relation log, Datum logged_at, LogWriterShape *shape)
+{
+	PartitionKey key = RelationGetPartitionKey(log);
+	PartitionDesc parts = RelationGetPartitionDesc(log, true);
+	PartitionBoundInfo bounds = parts->boundinfo;
+	bool		equal = false;
+	int			offset;
+	int			index;
+
+	if (bounds == NULL)
+		return InvalidOid;
+	/* The bound at offset is the greatest not above logged_at; the next one ends its partition. */
+	offset = partition_range_datum_bsearch(key->partsupfunc, key->partcollation, bounds, 1, &logged_at, &equal);
+	index = bounds->indexes[offset + 1];
+	if (index < 0)
+		index = bounds->default_index;
+	if (index < 0 || !parts->is_leaf[index])
+		return InvalidOid;
+
+	fmgr_info_copy(&shape->cmp, &key->partsupfunc[0], shape->cxt);
+	shape->collation = key->partcollation[0];
+	shape->has_lower = offset >= 0;
+	shape->has_upper = offset + 1 < bounds->ndatums;
+	/* MINVALUE below and MAXVALUE above bound nothing; a bound of another kind is searched every time. */
+	if (shape->has_lower && bounds->kind[offset][0] != PARTITION_RANGE_DATUM_VALUE)
+	{
+		if (bounds->kind[offset][0] != PARTITION_RANGE_DATUM_MINVALUE)
+			shape->valid = false;
+		shape->has_lower = false;
+	}
+	if (shape->has_upper && bounds->kind[offset + 1][0] != PARTITION_RANGE_DATUM_VALUE)
+	{
+		if (bounds->kind[offset + 1][0] != PARTITION_RANGE_DATUM_MAXVALUE)
+			shape->valid = false;
+		shape->has_upper = false;
+	}
+	if (shape->has_lower)
+		shape->lower = datumCopy(bounds->datums[offset][0], key->parttypbyval[0], key->parttyplen[0]);
+	if (shape->has_upper)
+		shape->upper = datumCopy(bounds->datums[offset + 1][0], key->parttypbyval[0], key->parttyplen[0]);
+	return parts->oids[index];
+}
+
+/*
+ * Open the partition's indexes (RowExclusiveLock, as ExecOpenIndices() does)
+ * and build what inserting into them needs, in the shape's context: their
+ * IndexInfo, as ExecOpenIndices() builds it, and the states of their
+ * partial-index predicates and expressions, which ExecInsertIndexTuples()
+ * would otherwise prepare for every statement.  False, with the indexes
+ * closed, when an index is deferred or an exclusion constraint (the INSERT
+ * statement checks those).
+ */
+static bool
+BuildIndexShapes(Relation partition, LogWriterShape *shape, Relation *indexes)
+{
+	List	   *oids = RelationGetIndexList(partition);
+	ListCell   *lc;
+	int			n = 0;
+	int			i;
+
+	shape->nindexes = list_length(oids);
+	shape->index_oids = MemoryContextAlloc(shape->cxt, sizeof(Oid) * (shape->nindexes + 1));
+	shape->index_info = MemoryContextAlloc(shape->cxt, sizeof(IndexInfo *) * (shape->nindexes + 1));
+	shape->gin = MemoryContextAllocZero(shape->cxt, sizeof(bool) * (shape->nindexes + 1));
+	foreach(lc, oids)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+		MemoryContext old = MemoryContextSwitchTo(shape->cxt);
+		IndexInfo  *info = BuildIndexInfo(index);
+
+		indexes[n] = index;
+		shape->index_oids[n] = RelationGetRelid(index);
+		shape->index_info[n] = info;
+		shape->gin[n] = index->rd_rel->relam == GIN_AM_OID;
+		n++;
+		if (!index->rd_index->indimmediate || info->ii_ExclusionOps != NULL)
+		{
+			MemoryContextSwitchTo(old);
+			for (i = 0; i < n; i++)
+				index_close(indexes[i], RowExclusiveLock);
+			list_free(oids);
+			return false;
+		}
+		if (info->ii_Predicate != NIL)
+			info->ii_PredicateState = ExecInitQual((List *) expression_planner((Expr *) info->ii_Predicate), NULL);
+		if (info->ii_Expressions != NIL)
+		{
+			ListCell   *e;
+
+			info->ii_ExpressionsState = NIL;
+			foreach(e, info->ii_Expressions)
+				info->ii_ExpressionsState = lappend(info->ii_ExpressionsState,
+													ExecInitExpr(expression_planner((Expr *) lfirst(e)), NULL));
+		}
+		MemoryContextSwitchTo(old);
+	}
+	list_free(oids);
+	return true;
+}
+
 /*
  * Decide how this statement's rows are written, at its first statement row.
  *
@@ -1190,6 +1400,9 @@ SameColumns(TupleDesc parent, TupleDesc partition)
  * statement (docs/audit.md, "Cost").  The defaults it fills are the log's:
  * id from its identity sequence, logged_at = statement_timestamp(),
  * xact_started_at = transaction_timestamp(), xact_id = pg_current_xact_id().
+ * What it resolves about the partition and its indexes is kept across
+ * statements (LogWriterShape); every statement still locks and opens the
+ * log, the partition and each index.
  *
  * With the hash chain on, it also digests each statement row as
  * rls_audit._entry_digest() does (RowDigest()) and seals them at the end
@@ -1200,16 +1413,21 @@ SameColumns(TupleDesc parent, TupleDesc partition)
  * trigger on the log or the partition, FORCE ROW LEVEL SECURITY, a partition
  * with other columns or an index that is deferred or an exclusion
  * constraint.  Whatever a superuser added to the log then still applies.
+ * Those conditions on the log are checked at every statement; those on the
+ * partition and its indexes whenever the shape is built, which every
+ * invalidation of them makes happen again.
  */
 static void
 OpenLogWriter(StatementValues *sv)
 {
 	MemoryContext old = MemoryContextSwitchTo(sv->cxt);
 	Relation	log;
-	Relation	partition;
-	PartitionKey key;
-	PartitionDesc parts;
-	Oid			partition_oid = InvalidOid;
+	Relation	partition = NULL;
+	Relation   *indexes = NULL;
+	LogWriterShape *shape = writer_shape;
+	Datum		logged_at = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
+	Oid			partition_oid;
+	uint64		invalidations;
 	ResultRelInfo *info;
 	int			i;
 
@@ -1227,60 +1445,118 @@ OpenLogWriter(StatementValues *sv)
 	 */
 	LoadLogLayout();
 	sv->layout = log_layout;
-	if (sv->layout.relid == RelationGetRelid(log) && sv->layout.direct &&
-		(!audit_chain || sv->layout.sealable) &&
-		PlainLogTable(log) && !log->rd_rel->relforcerowsecurity)
-	{
-		Datum		logged_at = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
-		bool		equal = false;
-		int			index = -1;
-
-		key = RelationGetPartitionKey(log);
-		parts = RelationGetPartitionDesc(log, true);
-		if (parts->boundinfo != NULL)
-		{
-			/* The bound at offset is the greatest not above logged_at; the next one ends its partition. */
-			int			offset = partition_range_datum_bsearch(key->partsupfunc, key->partcollation,
-															   parts->boundinfo, 1, &logged_at, &equal);
-
-			index = parts->boundinfo->indexes[offset + 1];
-			if (index < 0)
-				index = parts->boundinfo->default_index;
-		}
-		if (index >= 0 && parts->is_leaf[index])
-			partition_oid = parts->oids[index];
-	}
-	if (!OidIsValid(partition_oid))
+	if (sv->layout.relid != RelationGetRelid(log) || !sv->layout.direct ||
+		(audit_chain && !sv->layout.sealable) ||
+		!PlainLogTable(log) || log->rd_rel->relforcerowsecurity)
 	{
 		table_close(log, NoLock);
 		MemoryContextSwitchTo(old);
 		return;
 	}
+
+	/*
+	 * The kept shape, if the locks of the partition and of each index (which
+	 * take what other sessions committed) leave it valid.
+	 */
+	if (shape != NULL && shape->valid && shape->log_relid == RelationGetRelid(log) &&
+		ShapeHolds(shape, logged_at))
+	{
+		partition = table_open(shape->partition, RowExclusiveLock);
+		if (shape->valid)
+		{
+			indexes = palloc(sizeof(Relation) * (shape->nindexes + 1));
+			for (i = 0; i < shape->nindexes; i++)
+				indexes[i] = index_open(shape->index_oids[i], RowExclusiveLock);
+			if (shape->valid)
+			{
+				sv->shape_cached = true;
+				writer_depth++;
+				goto ready;
+			}
+			for (i = 0; i < shape->nindexes; i++)
+				index_close(indexes[i], RowExclusiveLock);
+		}
+		table_close(partition, NoLock);
+		partition = NULL;
+	}
+
+	/* Resolve the partition and its indexes again, into a new shape. */
+	invalidations = writer_invalidations;
+	if (writer_depth == 0)
+		FreeLogWriterShape(writer_shape);
+	{
+		/* Under the statement's context until kept: an error half way leaves nothing behind. */
+		MemoryContext cxt = AllocSetContextCreate(sv->cxt, "django_rls audit log writer", ALLOCSET_SMALL_SIZES);
+
+		shape = MemoryContextAllocZero(cxt, sizeof(LogWriterShape));
+		shape->cxt = cxt;
+	}
+	shape->log_relid = RelationGetRelid(log);
+	shape->valid = true;
+	partition_oid = FindLogPartition(log, logged_at, shape);
+	if (!OidIsValid(partition_oid))
+		goto fallback;
+	shape->partition = partition_oid;
 	partition = table_open(partition_oid, RowExclusiveLock);
 	if (partition->rd_rel->relkind != RELKIND_RELATION || !PlainLogTable(partition) ||
 		!SameColumns(RelationGetDescr(log), RelationGetDescr(partition)))
+		goto fallback;
+	indexes = palloc(sizeof(Relation) * (list_length(RelationGetIndexList(partition)) + 1));
+	if (!BuildIndexShapes(partition, shape, indexes))
+		goto fallback;
+
+	/*
+	 * An invalidation taken while the shape was built may be one of the
+	 * partition's (an index made concurrently): use the shape for this
+	 * statement, which holds the locks it was built under, and build it again
+	 * for the next.
+	 */
+	if (writer_invalidations != invalidations)
+		shape->valid = false;
+	if (writer_depth == 0)
 	{
-		table_close(partition, NoLock);
-		table_close(log, NoLock);
-		MemoryContextSwitchTo(old);
-		return;
+		/* Keep it for the next statements. */
+		MemoryContextSetParent(shape->cxt, CacheMemoryContext);
+		writer_shape = shape;
+		sv->shape_cached = true;
+		writer_depth++;
 	}
+	else
+		sv->shape_cached = false;
+
+ready:
 	info = makeNode(ResultRelInfo);
 	InitResultRelInfo(info, partition, 0, NULL, 0);
-	ExecOpenIndices(info, false);
-	for (i = 0; i < info->ri_NumIndices; i++)
+	info->ri_NumIndices = shape->nindexes;
+	info->ri_IndexRelationDescs = indexes;
+	info->ri_IndexRelationInfo = shape->index_info;
+	/*
+	 * An index AM's insert state (ii_AmCache) lives and dies with the
+	 * statement, except GIN's: its GinState (the index's support functions
+	 * and tuple descriptors, 10,000 instructions to set up) is kept in the
+	 * shape, as long as it describes the relation just opened (an
+	 * invalidation of the index would have given the shape up anyway).
+	 */
+	for (i = 0; i < shape->nindexes; i++)
 	{
-		if (!info->ri_IndexRelationDescs[i]->rd_index->indimmediate ||
-			info->ri_IndexRelationInfo[i]->ii_ExclusionOps != NULL)
+		IndexInfo  *index_info = shape->index_info[i];
+
+		if (shape->gin[i])
 		{
-			ExecCloseIndices(info);
-			table_close(partition, NoLock);
-			table_close(log, NoLock);
-			MemoryContextSwitchTo(old);
-			return;
+			GinState   *gin = (GinState *) index_info->ii_AmCache;
+
+			if (gin != NULL && (gin->index != indexes[i] || gin->origTupdesc != RelationGetDescr(indexes[i])))
+				index_info->ii_AmCache = NULL;
+			index_info->ii_Context = shape->cxt;
+		}
+		else
+		{
+			index_info->ii_AmCache = NULL;
+			index_info->ii_Context = sv->cxt;
 		}
 	}
 	sv->direct = true;
+	sv->shape = shape;
 	sv->sealing = audit_chain;
 	if (sv->sealing)
 	{
@@ -1292,6 +1568,14 @@ OpenLogWriter(StatementValues *sv)
 	sv->partition_info = info;
 	sv->estate = CreateExecutorState();
 	sv->log_slot = MakeSingleTupleTableSlot(RelationGetDescr(partition), &TTSOpsVirtual);
+	MemoryContextSwitchTo(old);
+	return;
+
+fallback:
+	if (partition != NULL)
+		table_close(partition, NoLock);
+	table_close(log, NoLock);
+	MemoryContextDelete(shape->cxt);
 	MemoryContextSwitchTo(old);
 }
 
@@ -1483,9 +1767,17 @@ InsertStatementRow(StatementValues *sv, Datum *values, bool *nulls)
 static void
 CloseLogWriter(StatementValues *sv)
 {
+	int			i;
+
 	if (!sv->direct)
 		return;
 	ExecCloseIndices(sv->partition_info);
+	for (i = 0; i < sv->shape->nindexes; i++)
+		if (!sv->shape->gin[i])
+			sv->shape->index_info[i]->ii_AmCache = NULL;
+	if (sv->shape_cached)
+		writer_depth--;
+	sv->shape = NULL;
 	ExecDropSingleTupleTableSlot(sv->log_slot);
 	FreeExecutorState(sv->estate);
 	table_close(sv->partition, NoLock);
@@ -1677,26 +1969,44 @@ static const char *const pinned_settings[][2] = {
 };
 
 /*
- * Whether a setting already prints as its pinned value does: the same value,
- * or for TimeZone any zone at a fixed offset of zero (ISO output prints the
- * offset, never the zone's name), or for lc_monetary a C locale by another
- * name (their monetary conventions are C's).
+ * Whether a setting (the i-th of pinned_settings, in its order) already prints as its
+ * pinned value does, read from the variable the setting assigns rather than
+ * looked up by name (the nine lookups were about 6,000 instructions of every
+ * audited statement): any positive extra_float_digits (each prints floats
+ * shortest-exact, as 1 does), ISO dates in either field order (the order
+ * does not change ISO output), for TimeZone any zone at a fixed offset of
+ * zero (ISO output prints the offset, never the zone's name), for
+ * lc_monetary a C locale by another name (their monetary conventions are
+ * C's), and otherwise the pinned value itself.
  */
 static bool
-AlreadyPinned(const char *name, const char *pinned)
+AlreadyPinned(int i)
 {
-	const char *current = GetConfigOption(name, false, false);
 	long int	offset;
 
-	if (current == NULL)
-		return false;
-	if (strcmp(current, pinned) == 0)
-		return true;
-	if (strcmp(name, "TimeZone") == 0)
-		return session_timezone != NULL && pg_get_timezone_offset(session_timezone, &offset) && offset == 0;
-	if (strcmp(name, "lc_monetary") == 0)
-		return pg_strcasecmp(current, "POSIX") == 0 || pg_strcasecmp(current, "C.UTF-8") == 0 ||
-			pg_strcasecmp(current, "C.utf8") == 0;
+	switch (i)
+	{
+		case 0:
+			return extra_float_digits > 0;
+		case 1:
+			return DateStyle == USE_ISO_DATES;
+		case 2:
+			return IntervalStyle == INTSTYLE_POSTGRES;
+		case 3:
+			return session_timezone != NULL && pg_get_timezone_offset(session_timezone, &offset) && offset == 0;
+		case 4:
+			return bytea_output == BYTEA_OUTPUT_HEX;
+		case 5:
+			return locale_monetary != NULL &&
+				(strcmp(locale_monetary, "C") == 0 || pg_strcasecmp(locale_monetary, "POSIX") == 0 ||
+				 pg_strcasecmp(locale_monetary, "C.UTF-8") == 0 || pg_strcasecmp(locale_monetary, "C.utf8") == 0);
+		case 6:
+			return xmlbinary == XMLBINARY_BASE64;
+		case 7:
+			return xmloption == XMLOPTION_CONTENT;
+		case 8:
+			return !quote_all_identifiers;
+	}
 	return false;
 }
 
@@ -1714,9 +2024,10 @@ PinOutputSettings(void)
 	int			level = -1;
 	int			i;
 
+	StaticAssertStmt(lengthof(pinned_settings) == 9, "AlreadyPinned() checks pinned_settings by position");
 	for (i = 0; i < (int) lengthof(pinned_settings); i++)
 	{
-		if (AlreadyPinned(pinned_settings[i][0], pinned_settings[i][1]))
+		if (AlreadyPinned(i))
 			continue;
 		if (level < 0)
 			level = NewGUCNestLevel();
@@ -1738,6 +2049,7 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 	RlsStatementContext context;
 	AuditTable *table;
 	Oid			relid;
+	volatile int depth;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -1784,6 +2096,7 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 				 errhint("Run the write inside django_rls.context() or a request, or turn django_rls.strict off.")));
 
 	table = AcquireAuditTable(rel);
+	depth = writer_depth;
 	PG_TRY();
 	{
 		int			level = PinOutputSettings();
@@ -1795,6 +2108,8 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 	PG_FINALLY();
 	{
 		ReleaseAuditTable(relid);
+		/* An error leaves the kept log writer's shape free to be replaced. */
+		writer_depth = depth;
 	}
 	PG_END_TRY();
 	return PointerGetDatum(NULL);

@@ -142,6 +142,39 @@ def test_images_do_not_depend_on_the_writers_settings(app_conn, admin_conn):
     assert plain["tz"] == "2024-01-02T03:04:05+00:00" and plain["mn"] == "$12.50"
 
 
+# Values that print as the pinned ones do, which the capture leaves as they are (ext/audit.c, AlreadyPinned()).
+BENIGN = {
+    "extra_float_digits": "3",
+    "DateStyle": "ISO, DMY",
+    "TimeZone": "Etc/UTC",
+    "lc_monetary": "POSIX",
+}
+
+
+def _images_under(app_conn: psycopg.Connection, admin_conn: psycopg.Connection, settings: dict[str, str]) -> None:
+    """The image written under settings is the one written under the default settings."""
+    _insert(app_conn, 1, 2)  # default settings
+    _set(app_conn, settings)
+    _insert(app_conn, 2, 2)
+    for name in settings:
+        app_conn.execute(sql.SQL("RESET {}").format(sql.Identifier(name)))
+    ((_, _, plain),) = _entries(admin_conn, 1, "INSERT")
+    ((_, _, written),) = _entries(admin_conn, 2, "INSERT")
+    assert {k: v for k, v in written.items() if k != "id"} == {k: v for k, v in plain.items() if k != "id"}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+@pytest.mark.usefixtures("family_table")
+def test_each_hostile_setting_alone_is_pinned(app_conn, admin_conn, name):
+    """Each setting is checked on its own variable: one hostile value alone is pinned too."""
+    _images_under(app_conn, admin_conn, {name: HOSTILE[name]})
+
+
+@pytest.mark.usefixtures("family_table")
+def test_settings_that_print_as_the_pinned_ones_write_the_same_images(app_conn, admin_conn):
+    _images_under(app_conn, admin_conn, BENIGN)
+
+
 @pytest.mark.parametrize(("column", "type_name", "before", "after"), FAMILIES, ids=COLUMNS)
 @pytest.mark.usefixtures("family_table")
 def test_a_change_hostile_settings_print_away_is_recorded(app_conn, admin_conn, column, type_name, before, after):
