@@ -15,7 +15,7 @@
  * extension made (a CHECK constraint, a trigger, other columns) is written
  * with an INSERT ... SELECT from a tuplestore instead, every
  * CHUNKS_PER_WRITE statement rows and at the end.  Readers read the per-row
- * view rls_audit.log (sql/install/21_audit_log.sql).
+ * view rls_audit.log (sql/install/21_audit_view.sql).
  *
  * Rights.  The function is not SECURITY DEFINER: reading the rows and
  * building the images runs with the rights of the role that wrote them.  Only
@@ -1394,8 +1394,8 @@ BuildIndexShapes(Relation partition, LogWriterShape *shape, Relation *indexes)
  * it into the partition of the statement's month (found from the log's
  * partition bounds, as the executor's tuple routing finds it) and inserts
  * its index entries, as the log's owner.  That is what the INSERT statement
- * does for a log made as sql/install/21_audit_log.sql makes it, without
- * SPI, a plan's revalidation and executor start-up, partition routing's
+ * does for a log made as sql/install/21_audit_base.sql and 21_audit_log.sql
+ * make it, without SPI, a plan's revalidation and executor start-up, partition routing's
  * set-up and the tuplestore: the fixed cost of an audited single-row
  * statement (docs/audit.md, "Cost").  The defaults it fills are the log's:
  * id from its identity sequence, logged_at = statement_timestamp(),
