@@ -316,6 +316,14 @@ def test_an_autocommit_request_sees_exactly_its_sites_notes(placement, autocommi
     assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [], "count": 0}
 
 
+def test_an_autocommit_request_with_signatures_required(mode, autocommit, client):
+    """Statement-bound, and signed with signatures required: the statement that carries the context in the
+    transaction of its own sends a use of the request's reusable token."""
+    assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+    assert client.get("/notes/on/replica/", HTTP_HOST=H2).json() == {"sites": [2]}
+    assert len(autocommit) >= 3, autocommit
+
+
 def test_an_autocommit_async_view_sees_exactly_its_sites_notes(autocommit, client):
     """Django refuses ATOMIC_REQUESTS for async views; in autocommit their queries get the context like any."""
     assert client.get("/notes/async/", HTTP_HOST=H1).json() == {"sites": [1]}
@@ -533,10 +541,15 @@ def bouncer_alias(request: pytest.FixtureRequest, db: None, citus: CitusCluster)
         bouncer.stop()
 
 
+@pytest.mark.parametrize("atomic", [True, False], ids=["ATOMIC_REQUESTS", "autocommit"])
 @pytest.mark.parametrize("signed", [False, True], ids=["statement-bound", "signed"])
-def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin, citus, settings, signed):
+def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin, citus, settings, signed, atomic):
     """Sixty requests of two sites from ten threads over two pooled server connections to the coordinator; signed:
-    with signatures required, each query with a use of its request's reusable token (tests/test_pgbouncer.py)."""
+    with signatures required, each query with a use of its request's reusable token (tests/test_pgbouncer.py).
+    In autocommit each query is a transaction of its own, which PgBouncer may give either server connection."""
+    from django.db import connections
+
+    connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = atomic
     role = sql.Identifier(APP_ROLE)
     if signed:
         settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": citus.signing_key}
