@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
-from django_rls.citus_checks import check_atomic_requests
+from django_rls.citus_checks import check_session_scope
 from django_rls.sqlonly import installed_mode, installed_version
 
 MIDDLEWARE = "django_rls.middleware.RlsMiddleware"
@@ -494,7 +494,7 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             messages.extend(_check_sql_mode(alias, cursor, version))
         messages.extend(citus_refusals(_distributed_tables(cursor), connections[alias], mode))
         if mode == "c":
-            messages.extend(check_atomic_requests(alias, cursor))
+            messages.extend(check_session_scope(alias, cursor))
         cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         is_super, bypass = cursor.fetchone()
         # Never advise demoting the role this alias connects as: it may be the only superuser of the cluster,

@@ -17,6 +17,14 @@ makes one choice (``ContextWrapper.__call__``):
   nothing else; in autocommit, where each query is its own transaction, the query
   is wrapped in ``BEGIN``, that statement and ``COMMIT``, pipelined where psycopg
   can (one round trip).
+- **in a transaction of its own**: on a Citus coordinator (the database has the
+  ``citus`` extension, asked once per connection by ``citus_coordinator``) an
+  autocommit query that could carry is sent as ``send first`` sends one in
+  autocommit: the context reaches the workers only from a transaction block
+  (ext/citus.c, docs/scale-out.md), and a query carrying it alone would read and
+  write none of the rows kept there. Other servers pay that one catalog read per
+  connection (on its first autocommit query that carries; none in a transaction
+  block), and a cached test per autocommit query after it.
 - **setter**: only where the marker cannot work (the server did not preload the
   library, asked once per connection by ``marker_supported``, or ``SCOPE =
   "session"``) the context goes through ``rls.set_context()`` (signed:
@@ -70,12 +78,21 @@ from django_rls.wire import (
     is_planned,
 )
 
-__all__ = ["MARKER", "ContextParameter", "context_parameter", "install", "marker_supported", "wrapper"]
+__all__ = [
+    "MARKER",
+    "ContextParameter",
+    "citus_coordinator",
+    "context_parameter",
+    "install",
+    "marker_supported",
+    "wrapper",
+]
 
 _APPLIED = "_django_rls_applied"
 _UNKNOWN: Any = object()  # the context a session holds before this wrapper has set one
 _PRELOADED = "_django_rls_preloaded"
 _PREPARED = "_django_rls_prepared"  # the psycopg connection prepare() has readied
+_CITUS = "_django_rls_citus"
 # Reported by the server at connection start (GUC_REPORT); absent where the library is not loaded.
 PRELOADED_SETTING = "django_rls.preloaded"
 
@@ -211,6 +228,30 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
     return supported
 
 
+def citus_coordinator(connection: BaseDatabaseWrapper) -> bool:
+    """Whether this connection's database has the Citus extension, so an autocommit query needs a transaction.
+
+    Asked once per connection, by the first autocommit query that would carry its
+    context alone (one catalog read, in autocommit, changing nothing). The answer is
+    the database's, so it holds for every backend a pooler may hand this connection.
+    Citus on a worker with metadata (which can also run distributed queries) answers
+    yes as well: wrapping a query in a transaction there costs the round trip's
+    ``BEGIN``/``COMMIT`` and changes no row it sees.
+    """
+    pgconn: psycopg.Connection[Any] = connection.connection
+    cached = getattr(connection, _CITUS, None)
+    if cached is not None and cached[0] is pgconn:
+        return bool(cached[1])
+    row = (
+        psycopg.Cursor(pgconn)
+        .execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
+        .fetchone()
+    )
+    found = row is not None and bool(row[0])
+    setattr(connection, _CITUS, (pgconn, found))
+    return found
+
+
 def protected_aliases() -> list[str]:
     """Database aliases whose connections get the context."""
     configured = rls_settings.DATABASES
@@ -264,7 +305,9 @@ class ContextWrapper:
             result = execute(sql, params, many, context)
         elif rls_settings.SCOPE == "session" or not marker_supported(connection):
             result = self._execute_after_setter(connection, pgconn, wanted, execute, sql, params, many, context)
-        elif (cursor := carrier(sql, many, context)) is not None:
+        elif (cursor := carrier(sql, many, context)) is not None and (
+            status != TransactionStatus.IDLE or not pgconn.autocommit or not citus_coordinator(connection)
+        ):
             cursor.django_rls_carry = context_parameter(wanted)
             try:
                 result = execute(sql, params, many, context)

@@ -62,7 +62,7 @@ RESTRICTIVE_DROPPED = (
 AUTOCOMMIT_NOT_CARRIED = (
     "issue 17: an autocommit statement opens no transaction on the workers for the forwarded SET LOCAL to "
     "ride on, so a session-scoped context or one the statement marker carries never reaches the shards "
-    "(Django on Citus needs ATOMIC_REQUESTS)"
+    "(the Django bridge sends each autocommit query in a transaction of its own on a coordinator)"
 )
 
 # A test marked xfail must fail on its assertion, never on an unrelated error.
@@ -301,7 +301,7 @@ def run_as_site(conn: psycopg.Connection, mode: str, query: str, params: tuple =
     session: rls.set_context(..., is_local => false), then the statement in autocommit.
     marker: the statement alone in autocommit, carrying its context as $1 (/*django_rls:$1*/).
     marker in a transaction: the same statement in a transaction block, as the Django bridge sends it
-    under ATOMIC_REQUESTS.
+    under ATOMIC_REQUESTS, and on a coordinator in autocommit too (in a transaction of its own).
     """
     if mode == "transaction":
         with conn.transaction():

@@ -9,8 +9,8 @@ Citus refuses between a distributed table and a plain one, are dropped first. Th
 need ``citus.enable_unsafe_triggers`` on the coordinator.
 
 Every Django alias of the test project is pointed at the coordinator for the module, with
-``ATOMIC_REQUESTS`` on for the application's aliases (docs/scale-out.md: an autocommit statement
-carries no context to the workers). Every assertion about rows runs as the app role through Django
+``ATOMIC_REQUESTS`` on for the application's aliases, and off for the autocommit tests (the bridge then sends each
+autocommit query in a transaction of its own, which carries the context to the workers; docs/scale-out.md). Every assertion about rows runs as the app role through Django
 (neither a superuser, nor BYPASSRLS, nor an owner); the superuser only sets up and compares.
 
 Without Citus in the server's pkglibdir every test here skips (docs/scale-out.md).
@@ -267,6 +267,164 @@ def test_the_context_is_evaluated_on_the_workers(placement, db, client, admin):
     assert "Custom Scan (Citus Adaptive)" in plan
 
 
+# -- autocommit: the aliases without ATOMIC_REQUESTS ---------------------------------------------------
+
+
+@pytest.fixture
+def autocommit(db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The application's aliases without ATOMIC_REQUESTS, as Django's default is; yields the SQL of every query the
+    bridge sent in a transaction of its own (database.py, ``_execute_in_transaction``)."""
+    from django.db import connections
+
+    from django_rls import database
+
+    wrapped: list[str] = []
+    original = database.ContextWrapper._execute_in_transaction
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        wrapped.append(str(args[4]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(database.ContextWrapper, "_execute_in_transaction", staticmethod(spy))
+    for alias in APP_ALIASES:
+        connections.settings[alias]["ATOMIC_REQUESTS"] = False
+    connections.close_all()
+    try:
+        yield wrapped
+    finally:
+        for alias in APP_ALIASES:
+            connections.settings[alias]["ATOMIC_REQUESTS"] = True
+        connections.close_all()
+
+
+def test_an_autocommit_request_sees_exactly_its_sites_notes(placement, autocommit, client, monkeypatch):
+    """Each autocommit query of the request goes in a transaction of its own that carries the context to the
+    workers; carried alone (as on one server) it would read nothing there."""
+    from django.db import connections
+
+    from django_rls import database
+
+    assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+    assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+    assert client.get("/notes/raw/", HTTP_HOST=H2).json() == {"sites": [2]}
+    assert client.get("/notes/on/replica/", HTTP_HOST=H2).json() == {"sites": [2]}
+    assert len([q for q in autocommit if "testapp_note" in q]) >= 6, autocommit
+    assert database.citus_coordinator(connections["default"]) is True
+    # The control: the same request with the query carrying its context alone.
+    monkeypatch.setattr(database, "citus_coordinator", lambda connection: False)
+    connections.close_all()
+    assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [], "count": 0}
+
+
+def test_an_autocommit_request_with_signatures_required(mode, autocommit, client):
+    """Statement-bound, and signed with signatures required: the statement that carries the context in the
+    transaction of its own sends a use of the request's reusable token."""
+    assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+    assert client.get("/notes/on/replica/", HTTP_HOST=H2).json() == {"sites": [2]}
+    assert len(autocommit) >= 3, autocommit
+
+
+def test_an_autocommit_async_view_sees_exactly_its_sites_notes(autocommit, client):
+    """Django refuses ATOMIC_REQUESTS for async views; in autocommit their queries get the context like any."""
+    assert client.get("/notes/async/", HTTP_HOST=H1).json() == {"sites": [1]}
+    assert client.get("/notes/async/", HTTP_HOST=H2).json() == {"sites": [2]}
+
+
+def test_autocommit_writes_its_own_site_and_is_refused_another(placement, autocommit, admin):
+    from django.db import DatabaseError, connection
+    from django.db.models import F
+
+    import django_rls
+    from tests.testapp.models import Note
+
+    for own, other in ((1, 2), (2, 1)):
+        with django_rls.context(site=own):
+            assert connection.get_autocommit()
+            assert Note.objects.create(site_id=own, body="mine").site_id == own
+            with pytest.raises(DatabaseError, match="new row violates row-level security policy"):
+                Note.objects.create(site_id=other, body="planted")
+            with pytest.raises(DatabaseError, match="new row violates row-level security policy"):
+                Note.objects.filter(body="mine").update(site_id=other)
+            assert Note.objects.update(body=F("body")) == 4
+            with connection.cursor() as cursor:
+                cursor.execute("DELETE FROM testapp_note WHERE site_id = %s RETURNING id", [other])
+                assert cursor.fetchall() == []
+    assert admin.execute(
+        "SELECT site_id, body FROM testapp_note WHERE body IN ('mine', 'planted') ORDER BY 1"
+    ).fetchall() == [(1, "mine"), (2, "mine")]
+    assert admin.execute("SELECT site_id, count(*) FROM testapp_note GROUP BY 1 ORDER BY 1").fetchall() == [
+        (1, 4),
+        (2, 4),
+    ]
+
+
+def test_an_autocommit_iterator_reads_its_sites_notes_through_a_named_cursor(placement, autocommit, client):
+    """QuerySet.iterator() declares a server-side cursor (WITH HOLD in autocommit), in a request's streaming body
+    and in code that sets a context itself."""
+    import django_rls
+    from tests.testapp.models import Note
+
+    with django_rls.context(site=2):
+        assert [note.site_id for note in Note.objects.order_by("id").iterator(chunk_size=2)] == [2, 2, 2]
+    assert any(q.lstrip().upper().startswith("SELECT") for q in autocommit)
+    response = client.get("/notes/stream/", HTTP_HOST=H1)
+    assert b"".join(response.streaming_content).split() == [b"1"] * 3
+
+
+def test_the_leak_matrix_in_autocommit(placement, autocommit, admin):
+    """The matrix's questions asked in autocommit, where leak_matrix() cannot roll its writes back: for each
+    distributed model and each ordered pair of sites, the first reads exactly its own rows and can neither read,
+    write, move into, nor delete the second's. Rows a leak wrote are removed afterwards."""
+    from django.db import DatabaseError, connection
+
+    import django_rls
+    from tests.testapp.models import Note, Tag
+
+    cases = ((Note, "body"), (Tag, "label"))
+    truth = {
+        (model, site): count
+        for model, _ in cases
+        for site, count in admin.execute(
+            sql.SQL("SELECT site_id, count(*) FROM {} GROUP BY 1").format(sql.Identifier(model._meta.db_table))
+        ).fetchall()
+    }
+    try:
+        for model, field in cases:
+            table = model._meta.db_table
+            for own, other in ((1, 2), (2, 1)):
+                with django_rls.context(site=own):
+                    assert connection.get_autocommit()
+                    seen = list(model.objects.values_list("site_id", flat=True))
+                    assert sorted(seen) == [own] * truth[(model, own)], (table, own, seen)
+                    assert model.objects.filter(site_id=other).count() == 0
+                    assert model.objects.filter(site_id=other).update(**{field: "leaked"}) == 0
+                    with pytest.raises(DatabaseError, match="new row violates row-level security policy"):
+                        model.objects.create(site_id=other, **{field: "leaked"})
+                    with pytest.raises(DatabaseError, match="new row violates row-level security policy"):
+                        model.objects.filter(site_id=own).update(site_id=other)
+                    with connection.cursor() as cursor:
+                        cursor.execute(f"DELETE FROM {table} WHERE site_id = %s RETURNING id", [other])
+                        assert cursor.fetchall() == []
+    finally:
+        after = {
+            (model, site): count
+            for model, field in cases
+            for site, count in admin.execute(
+                sql.SQL("SELECT site_id, count(*) FROM {} GROUP BY 1").format(sql.Identifier(model._meta.db_table))
+            ).fetchall()
+        }
+        leaked = [
+            admin.execute(
+                sql.SQL("DELETE FROM {} WHERE {} = 'leaked' RETURNING id").format(
+                    sql.Identifier(model._meta.db_table), sql.Identifier(field)
+                )
+            ).fetchall()
+            for model, field in cases
+        ]
+    assert after == truth
+    assert leaked == [[], []]
+
+
 # -- the leak matrix over the distributed models -------------------------------------------------------
 
 
@@ -383,10 +541,15 @@ def bouncer_alias(request: pytest.FixtureRequest, db: None, citus: CitusCluster)
         bouncer.stop()
 
 
+@pytest.mark.parametrize("atomic", [True, False], ids=["ATOMIC_REQUESTS", "autocommit"])
 @pytest.mark.parametrize("signed", [False, True], ids=["statement-bound", "signed"])
-def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin, citus, settings, signed):
+def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin, citus, settings, signed, atomic):
     """Sixty requests of two sites from ten threads over two pooled server connections to the coordinator; signed:
-    with signatures required, each query with a use of its request's reusable token (tests/test_pgbouncer.py)."""
+    with signatures required, each query with a use of its request's reusable token (tests/test_pgbouncer.py).
+    In autocommit each query is a transaction of its own, which PgBouncer may give either server connection."""
+    from django.db import connections
+
+    connections.settings[bouncer_alias]["ATOMIC_REQUESTS"] = atomic
     role = sql.Identifier(APP_ROLE)
     if signed:
         settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": citus.signing_key}
@@ -400,7 +563,7 @@ def test_interleaved_requests_through_transaction_pooling(bouncer_alias, admin, 
     assert {site for site, _ in results} == {1, 2}
 
 
-# -- E032: an alias without ATOMIC_REQUESTS on a Citus coordinator ------------------------------------
+# -- E032: a session-scoped context on a Citus coordinator -------------------------------------------
 
 
 def _check_ids(databases: list[str]) -> list[tuple[str, str]]:
@@ -409,23 +572,54 @@ def _check_ids(databases: list[str]) -> list[tuple[str, str]]:
     return [(m.id, m.msg) for m in check_database(databases=databases)]
 
 
-def test_the_check_reports_an_alias_without_atomic_requests(db, client):
-    """What E032 is for: without ATOMIC_REQUESTS a request's autocommit queries read nothing on the workers,
-    without an error."""
+def _e032(databases: list[str]) -> list[str]:
+    return [msg for id_, msg in _check_ids(databases) if id_ == "django_rls.E032"]
+
+
+def test_the_check_is_silent_for_the_transaction_scope_with_or_without_atomic_requests(autocommit, client):
+    """The autocommit queries of a request reach the workers' rows (above), so an alias without ATOMIC_REQUESTS
+    is no error any more."""
     from django.db import connections
 
-    assert not [id_ for id_, _ in _check_ids(["default"]) if id_ == "django_rls.E032"]
-    connections.settings["default"]["ATOMIC_REQUESTS"] = False
-    connections.close_all()
-    try:
-        found = [msg for id_, msg in _check_ids(["default"]) if id_ == "django_rls.E032"]
-        assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [], "count": 0}
-    finally:
-        connections.settings["default"]["ATOMIC_REQUESTS"] = True
-        connections.close_all()
+    assert not connections.settings["default"]["ATOMIC_REQUESTS"]
+    assert _e032(["default"]) == []
     assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [2], "count": 3}
+    connections.settings["default"]["ATOMIC_REQUESTS"] = True
+    assert _e032(["default"]) == []
+
+
+def test_the_check_reports_a_session_scope_in_autocommit(autocommit, client, settings, admin):
+    """What E032 is for: a session-scoped context is set by a setter sent on its own, which in autocommit reaches
+    no worker: a request in autocommit reads none of the workers' rows, without an error. In transaction blocks
+    the setter is sent again in each, and the rows are there."""
+    from django.db import connection, connections, transaction
+
+    import django_rls
+    from tests.testapp.models import Note
+
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SCOPE": "session"}
+    found = _e032(["default"])
     assert len(found) == 1, found
     assert "testapp_note" in found[0] and "testapp_tag" in found[0], found
+    connections.settings["default"]["ATOMIC_REQUESTS"] = True
+    assert _e032(["default"]) == []
+    connections.settings["default"]["ATOMIC_REQUESTS"] = False
+    # A session-scoped context goes through the setter, which a statement-bound role (rls_roles) may not call.
+    role = sql.Identifier(APP_ROLE)
+    admin.execute(sql.SQL("ALTER ROLE {} RESET django_rls.statement_bound").format(role))
+    try:
+        connections.close_all()
+        assert client.get("/notes/", HTTP_HOST=H2).json() == {"sites": [], "count": 0}
+        with django_rls.context(site=2):
+            with transaction.atomic():
+                first = Note.objects.count()
+            with transaction.atomic():
+                second = Note.objects.count()
+            assert connection.get_autocommit()
+    finally:
+        connections.close_all()
+        admin.execute(sql.SQL("ALTER ROLE {} SET django_rls.statement_bound = on").format(role))
+    assert (first, second) == (3, 3)
 
 
 def test_django_refuses_atomic_requests_for_an_async_view(db, client):

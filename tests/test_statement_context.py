@@ -320,6 +320,43 @@ def test_preloaded_server_says_so_and_the_bridge_carries():
     assert marker_supported(connection) is True
 
 
+def test_autocommit_queries_without_citus_carry_alone(live_db, monkeypatch):
+    """The transaction of its own a Citus coordinator needs (database.py, ``citus_coordinator``) is not taken on a
+    server without Citus: each autocommit query carries its context alone, and the question is asked once per
+    connection."""
+    from django.db import connections
+
+    import django_rls
+    from django_rls import database
+    from tests.testapp.models import Note
+
+    wrapped: list[str] = []
+    original = database.ContextWrapper._execute_in_transaction
+
+    def spy(*args, **kwargs):
+        wrapped.append(str(args[4]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(database.ContextWrapper, "_execute_in_transaction", staticmethod(spy))
+    connection = connections["default"]
+    with django_rls.context(site=2):
+        assert connection.get_autocommit()
+        assert {note.site_id for note in Note.objects.all()} == {2}
+        asked = getattr(connection, database._CITUS)
+        assert Note.objects.filter(site_id=1).count() == 0
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT rls.site_id()")
+            assert cursor.fetchone() == (2,)
+    assert wrapped == []
+    assert asked == (connection.connection, False)
+    assert getattr(connection, database._CITUS) is asked
+    # The control: with the answer a coordinator gives, the same query goes in a transaction of its own.
+    setattr(connection, database._CITUS, (connection.connection, True))
+    with django_rls.context(site=2):
+        assert Note.objects.filter(site_id=2).count() == 3
+    assert len(wrapped) == 1 and "COUNT(*)" in wrapped[0], wrapped
+
+
 def test_transaction_control_inside_a_procedure_leaves_the_marker_working(conn, owner_conn):
     owner_conn.execute(
         "CREATE PROCEDURE public.ends_transactions() LANGUAGE plpgsql AS $$ BEGIN ROLLBACK; COMMIT; END $$"
