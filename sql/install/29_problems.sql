@@ -160,14 +160,23 @@ SELECT t.table_name, part.oid::regclass::text,
   JOIN pg_catalog.pg_class part ON part.oid = i.inhrelid
  WHERE t.relkind = 'p' AND NOT part.relrowsecurity
 UNION ALL
+-- A policy is django_rls's by its name or by the mark rls._ensure_policy() leaves in its comment,
+-- which ALTER POLICY ... RENAME keeps: one renamed away from its name (where neither django_rls nor
+-- the server's owner check looks for it any more) is reported, and checked whatever its name.
 SELECT t.table_name, p.polname::text,
-       format('policy %s was changed outside django_rls', p.polname),
-       'Run rls_apply (or the rls.protect call that created it) again to restore it.'
+       format(CASE WHEN named THEN 'policy %s was changed outside django_rls'
+                   WHEN changed THEN 'policy %s was renamed and changed outside django_rls'
+                   ELSE 'policy %s was renamed outside django_rls' END, p.polname),
+       CASE WHEN named THEN 'Run rls_apply (or the rls.protect call that created it) again to restore it.'
+            ELSE format('DROP POLICY %I ON %s, then run rls_apply (or the rls.protect call that created it) again.',
+                        p.polname, t.table_name) END
   FROM protected t
-  JOIN pg_catalog.pg_policy p ON p.polrelid = t.oid
- WHERE (p.polname ~ '^rls_.+_(select|insert|update|delete)$' OR p.polname = 'rls_base')
-   AND split_part(coalesce(obj_description(p.oid, 'pg_policy'), ''), ' ', 3)
-       IS DISTINCT FROM rls._policy_fingerprint(p)
+  JOIN pg_catalog.pg_policy p ON p.polrelid = t.oid,
+       LATERAL (SELECT p.polname ~ '^rls_.+_(select|insert|update|delete)$' OR p.polname = 'rls_base' AS named,
+                       coalesce(obj_description(p.oid, 'pg_policy'), '') AS mark) m,
+       LATERAL (SELECT split_part(m.mark, ' ', 3) IS DISTINCT FROM rls._policy_fingerprint(p) AS changed) c
+ WHERE p.polname <> 'django_rls_member_of'
+   AND (m.named AND c.changed OR NOT m.named AND m.mark LIKE 'django\_rls %')
 UNION ALL
 SELECT NULL, r.rolname::text,
        format('role %s may create temporary tables in database %s, and a temporary table hides the table of the same name '

@@ -1,0 +1,202 @@
+"""Red team, session 7: the Citus autocommit wrapping and rls.problems' view of django_rls's policies, attacked.
+
+- django_rls/database.py ``_execute_in_transaction``: on a Citus coordinator an autocommit query
+  goes as ``BEGIN``, a statement that carries the context (or the setter, without the library),
+  the query, ``COMMIT``, pipelined. Every injection of tests/test_attacks.py, and injections that
+  end or chain that transaction (``COMMIT``, ``ROLLBACK``, ``COMMIT AND CHAIN``, ``PREPARE
+  TRANSACTION``, a savepoint rolled back past the context), run through that path with the
+  coordinator's answer forced (as tests/test_statement_context.py does), statement-bound with no
+  key and signed, through both bindings: none shows or changes another site's rows, and a query
+  after a broken-out transaction runs with no context (no rows), never another one (no hole
+  found). In the SQL-only mode every autocommit query takes that path through the setter.
+- rls.problems reports "policy … was changed outside django_rls" only for policies named as
+  django_rls names them: a table owner who renamed rls_base_select and the groups' SELECT policies
+  and then widened them to ``true`` opened every site's rows to the application role while
+  rls.problems said nothing about the table (a detection hole, fixed: a policy that carries
+  django_rls's mark is checked whatever its name, and a renamed one is reported).
+
+Every read of rows runs as the application role; the superuser only sets up and checks. The file
+is in the Makefile's SQLONLY_SUITES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from django.db import connections
+from psycopg import sql
+
+from tests.modes import SQL_MODE
+from tests.roles import APP_ROLE
+from tests.test_attacks import ATTACKS, SITE2_NOTE, alias, mode, site2_state  # noqa: F401 (fixtures)
+
+APP = sql.Identifier(APP_ROLE)
+
+# Injections aimed at the transaction the wrapper opens around the query.
+BREAKOUTS = [
+    "COMMIT",
+    "ROLLBACK",
+    "END",
+    "ABORT",
+    "COMMIT AND CHAIN",
+    "ROLLBACK AND CHAIN",
+    "PREPARE TRANSACTION 'rt7'",
+    "COMMIT; SELECT body FROM testapp_note",
+    "COMMIT; SELECT rls.set_context('2', NULL); SELECT body FROM testapp_note",
+    "COMMIT AND CHAIN; SELECT body FROM testapp_note",
+    "SAVEPOINT s; ROLLBACK TO SAVEPOINT s; SELECT body FROM testapp_note",
+    "ROLLBACK; BEGIN; SELECT body FROM testapp_note",
+    "SELECT body FROM testapp_note WHERE site_id = 2; COMMIT",
+]
+
+
+def _inject_in_autocommit(alias_name: str, attack: str) -> tuple[str, list[int]]:
+    """As the inject view does, but in autocommit on a connection the bridge takes for a Citus coordinator."""
+    import django_rls
+    from django_rls import database
+
+    connection = connections[alias_name]
+    connection.ensure_connection()
+    assert connection.get_autocommit()
+    setattr(connection, database._CITUS, (connection.connection, True))
+    outcome = "ok"
+    with django_rls.context(site=1):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(attack)
+                rows: list = []
+                while True:
+                    if cursor.description:
+                        rows = cursor.fetchall()
+                    if not cursor.nextset():
+                        break
+                outcome = repr(rows)
+        except Exception as exc:  # the attacker sees the error text too
+            outcome = f"error: {exc}"
+        try:
+            sites = _sites(connection)
+        except Exception:
+            # cursor.execute() of a COPY leaves psycopg's connection in the COPY (with Django alone too):
+            # unusable, as Django finds it at the end of the request. The next connection reads site 1.
+            assert "COPY" in attack, attack
+            connection.close()
+            sites = _sites(connection)
+    return outcome, sites
+
+
+def _sites(connection) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT site_id FROM testapp_note ORDER BY 1")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("attack", ATTACKS + BREAKOUTS)
+def test_injections_through_the_coordinators_autocommit_wrapping_stay_inside_site_1(
+    mode, alias, admin_conn, attack  # noqa: F811 (fixtures)
+):
+    from django_rls import database
+
+    wrapped: list[str] = []
+    original = database.ContextWrapper._execute_in_transaction
+
+    def spy(*args, **kwargs):
+        wrapped.append(str(args[4]))
+        return original(*args, **kwargs)
+
+    before = site2_state(admin_conn)
+    try:
+        database.ContextWrapper._execute_in_transaction = staticmethod(spy)
+        outcome, sites = _inject_in_autocommit(alias, attack)
+    finally:
+        database.ContextWrapper._execute_in_transaction = staticmethod(original)
+    assert wrapped[:1] == [attack], wrapped  # the injection itself ran in the wrapper's transaction
+    assert sites == [1], (outcome, sites)
+    assert SITE2_NOTE not in outcome, outcome
+    after = site2_state(admin_conn)
+    assert after[:2] == before[:2], "site 2's notes changed"
+    assert after[2] >= before[2], "audit rows disappeared"
+    # max_prepared_transactions is 0 on the test server: nothing is left prepared
+    assert admin_conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+
+
+def test_a_query_after_a_broken_out_transaction_runs_with_no_context(mode, live_db):  # noqa: F811 (fixture)
+    """What follows the injected COMMIT is no longer in the wrapper's transaction: it has no context at all."""
+    outcome, sites = _inject_in_autocommit(
+        "replica", "COMMIT; SELECT count(*) FROM testapp_note; SELECT rls.site_id()"
+    )
+    if outcome.startswith("error: "):  # one statement per query through the extended protocol: nothing ran
+        assert "multiple commands" in outcome or "cannot" in outcome, outcome
+    else:
+        assert outcome == "[(None,)]", outcome
+    assert sites == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# rls.problems and django_rls's policies under other names.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def renamable(owner_conn: psycopg.Connection) -> Iterator[str]:
+    owner_conn.execute("DROP TABLE IF EXISTS rt7_notes")
+    owner_conn.execute("CREATE TABLE rt7_notes (id int PRIMARY KEY, site_id bigint NOT NULL, body text)")
+    owner_conn.execute("INSERT INTO rt7_notes VALUES (1, 1, 'mine'), (2, 2, 'theirs')")
+    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt7_notes TO {}").format(APP))
+    owner_conn.execute("SELECT rls.protect_by_site('rt7_notes', to_role => %s)", (APP_ROLE,))
+    owner_conn.commit()
+    yield "rt7_notes"
+    owner_conn.rollback()
+    owner_conn.execute("DROP TABLE rt7_notes")
+    owner_conn.commit()
+
+
+def _problems(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    return conn.execute(
+        "SELECT object_name, problem FROM rls.problems WHERE table_name = 'rt7_notes'::regclass AND problem LIKE 'policy %' "
+        "ORDER BY 1"
+    ).fetchall()
+
+
+def _app_reads(app_conn: psycopg.Connection) -> list[str]:
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('1', NULL)")
+        return [row[0] for row in app_conn.execute("SELECT body FROM rt7_notes ORDER BY id").fetchall()]
+
+
+def test_django_rls_policies_renamed_and_widened_are_reported(owner_conn, app_conn, renamable):
+    assert _problems(owner_conn) == []
+    assert _app_reads(app_conn) == ["mine"]
+    for name in ("rls_base_select", "rls_site_select"):
+        owner_conn.execute(sql.SQL("ALTER POLICY {} ON rt7_notes RENAME TO {}").format(
+            sql.Identifier(name), sql.Identifier(f"kept_{name}")))
+        owner_conn.execute(sql.SQL("ALTER POLICY {} ON rt7_notes USING (true)").format(sql.Identifier(f"kept_{name}")))
+    owner_conn.commit()
+    # What the owner did: every site's rows are open to the application role.
+    assert _app_reads(app_conn) == ["mine", "theirs"]
+    assert _problems(owner_conn) == [
+        (f"kept_{name}", f"policy kept_{name} was renamed and changed outside django_rls")
+        for name in ("rls_base_select", "rls_site_select")
+    ]
+
+
+def test_a_django_rls_policy_renamed_alone_is_reported(owner_conn, renamable):
+    """Renamed but unchanged, it still filters; but django_rls no longer finds it (rls_apply makes a second one,
+    the server's owner check looks for rls_base_select), so it is reported too."""
+    owner_conn.execute("ALTER POLICY rls_base_select ON rt7_notes RENAME TO quiet")
+    owner_conn.commit()
+    assert _problems(owner_conn) == [
+        ("quiet", "policy quiet was renamed outside django_rls"),
+    ]
+    # rls.protect puts the one django_rls names back; the renamed copy is still reported until dropped.
+    owner_conn.execute("SELECT rls.protect_by_site('rt7_notes', to_role => %s)", (APP_ROLE,))
+    assert [row[0] for row in _problems(owner_conn)] == ["quiet"]
+    owner_conn.execute("DROP POLICY quiet ON rt7_notes")
+    assert _problems(owner_conn) == []
+
+
+@pytest.mark.skipif(SQL_MODE, reason="the SQL-only mode's membership policy is checked by rls.member_of_allowed()")
+def test_the_policies_django_rls_names_are_not_reported_as_renamed(owner_conn, renamable):
+    owner_conn.execute("SELECT rls.protect('rt7_notes', 'shown', 'body IS NOT NULL', to_role => %s)", (APP_ROLE,))
+    assert _problems(owner_conn) == []
