@@ -28,9 +28,10 @@ import pytest
 from django.db import connections
 from psycopg import sql
 
+from tests.conftest import require_signature
 from tests.modes import SQL_MODE
 from tests.roles import APP_ROLE
-from tests.test_attacks import ATTACKS, SITE2_NOTE, alias, mode, site2_state  # noqa: F401 (fixtures)
+from tests.test_attacks import ATTACKS, SITE2_NOTE, site2_state
 
 APP = sql.Identifier(APP_ROLE)
 
@@ -50,6 +51,26 @@ BREAKOUTS = [
     "ROLLBACK; BEGIN; SELECT body FROM testapp_note",
     "SELECT body FROM testapp_note WHERE site_id = 2; COMMIT",
 ]
+
+
+@pytest.fixture(params=["statement-bound", "signed"])
+def injected_mode(request, live_db, settings, signing_keys, database):
+    """As tests/test_attacks.py's mode: statement-bound with no key, or signatures required of the app role."""
+    if SQL_MODE and request.param == "statement-bound":
+        pytest.skip("the SQL-only mode has no statement-bound contexts: without a key injected SQL may set one")
+    if request.param == "signed":
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+        require_signature(database, True)
+    connections.close_all()
+    yield request.param
+    if request.param == "signed":
+        require_signature(database, False)
+    connections.close_all()
+
+
+@pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
+def binding(request):
+    return request.param
 
 
 def _inject_in_autocommit(alias_name: str, attack: str) -> tuple[str, list[int]]:
@@ -94,7 +115,7 @@ def _sites(connection) -> list[int]:
 
 @pytest.mark.parametrize("attack", ATTACKS + BREAKOUTS)
 def test_injections_through_the_coordinators_autocommit_wrapping_stay_inside_site_1(
-    mode, alias, admin_conn, attack  # noqa: F811 (fixtures)
+    injected_mode, binding, admin_conn, attack
 ):
     from django_rls import database
 
@@ -108,7 +129,7 @@ def test_injections_through_the_coordinators_autocommit_wrapping_stay_inside_sit
     before = site2_state(admin_conn)
     try:
         database.ContextWrapper._execute_in_transaction = staticmethod(spy)
-        outcome, sites = _inject_in_autocommit(alias, attack)
+        outcome, sites = _inject_in_autocommit(binding, attack)
     finally:
         database.ContextWrapper._execute_in_transaction = staticmethod(original)
     assert wrapped[:1] == [attack], wrapped  # the injection itself ran in the wrapper's transaction
@@ -121,11 +142,9 @@ def test_injections_through_the_coordinators_autocommit_wrapping_stay_inside_sit
     assert admin_conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
 
 
-def test_a_query_after_a_broken_out_transaction_runs_with_no_context(mode, live_db):  # noqa: F811 (fixture)
+def test_a_query_after_a_broken_out_transaction_runs_with_no_context(injected_mode):
     """What follows the injected COMMIT is no longer in the wrapper's transaction: it has no context at all."""
-    outcome, sites = _inject_in_autocommit(
-        "replica", "COMMIT; SELECT count(*) FROM testapp_note; SELECT rls.site_id()"
-    )
+    outcome, sites = _inject_in_autocommit("replica", "COMMIT; SELECT count(*) FROM testapp_note; SELECT rls.site_id()")
     if outcome.startswith("error: "):  # one statement per query through the extended protocol: nothing ran
         assert "multiple commands" in outcome or "cannot" in outcome, outcome
     else:
@@ -169,8 +188,11 @@ def test_django_rls_policies_renamed_and_widened_are_reported(owner_conn, app_co
     assert _problems(owner_conn) == []
     assert _app_reads(app_conn) == ["mine"]
     for name in ("rls_base_select", "rls_site_select"):
-        owner_conn.execute(sql.SQL("ALTER POLICY {} ON rt7_notes RENAME TO {}").format(
-            sql.Identifier(name), sql.Identifier(f"kept_{name}")))
+        owner_conn.execute(
+            sql.SQL("ALTER POLICY {} ON rt7_notes RENAME TO {}").format(
+                sql.Identifier(name), sql.Identifier(f"kept_{name}")
+            )
+        )
         owner_conn.execute(sql.SQL("ALTER POLICY {} ON rt7_notes USING (true)").format(sql.Identifier(f"kept_{name}")))
     owner_conn.commit()
     # What the owner did: every site's rows are open to the application role.
