@@ -222,3 +222,28 @@ def test_a_django_rls_policy_renamed_alone_is_reported(owner_conn, renamable):
 def test_the_policies_django_rls_names_are_not_reported_as_renamed(owner_conn, renamable):
     owner_conn.execute("SELECT rls.protect('rt7_notes', 'shown', 'body IS NOT NULL', to_role => %s)", (APP_ROLE,))
     assert _problems(owner_conn) == []
+
+
+def test_policies_replaced_by_the_owners_own_are_caught_by_rls_verify(live_db):
+    """What rls.problems cannot tell (docs/security.md): django_rls's SELECT policies renamed, stripped of their
+    mark and widened are the owner's own policies to the catalog; rls_verify compares with the declarations."""
+    from django.core.management import call_command
+
+    from tests.test_rls_verify import owner_sql, verify
+
+    try:
+        for name in ("rls_base_select", "rls_site_select"):
+            owner_sql(f"ALTER POLICY {name} ON testapp_note RENAME TO own_{name}")
+            owner_sql(f"COMMENT ON POLICY own_{name} ON testapp_note IS NULL")
+            owner_sql(f"ALTER POLICY own_{name} ON testapp_note USING (true)")
+        with connections["owner"].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM rls.problems WHERE table_name = 'testapp_note'::regclass AND problem LIKE 'policy %'"
+            )
+            assert cursor.fetchone() == (0,)
+        code, out = verify()
+        assert code == 1 and "testapp_note: policy group 'site' is missing or differs" in out, out
+    finally:
+        for name in ("rls_base_select", "rls_site_select"):
+            owner_sql(f"DROP POLICY IF EXISTS own_{name} ON testapp_note")
+        call_command("rls_apply", "--prune", verbosity=0)
