@@ -185,6 +185,36 @@ IntegerMember(JsonbValue *value, const char *name)
 	return result;
 }
 
+/*
+ * The signed payload as jsonb, or the token reported invalid (28000, as every
+ * other failure of a token) when jsonb refuses the text: bad JSON, or a
+ * \u0000 or unpaired surrogate escape jsonb cannot store.  Only parsing runs
+ * inside the PG_TRY (no lock, buffer or other resource is taken there), and the
+ * caught error is replaced at once by the token's.
+ */
+static Jsonb *
+PayloadJsonb(char *text)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Jsonb	   *volatile payload = NULL;
+
+	PG_TRY();
+	{
+		payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error;
+
+		MemoryContextSwitchTo(cxt);
+		error = CopyErrorData();
+		FlushErrorState();
+		ReportInvalidToken(psprintf("The payload is not JSON that PostgreSQL can store: %s", error->message));
+	}
+	PG_END_TRY();
+	return payload;
+}
+
 static JsonbValue *
 Member(Jsonb *payload, const char *name, JsonbValue *buf)
 {
@@ -313,8 +343,7 @@ ParseToken(const char *token, int len, RlsVerifiedToken *result)
 	payload_len = Base64UrlDecode(payload_start, dot - payload_start, &payload_bytes);
 	if (payload_len < 0)
 		ReportInvalidToken("The payload is not base64url.");
-	payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												 CStringGetDatum(pnstrdup((char *) payload_bytes, payload_len))));
+	payload = PayloadJsonb(pnstrdup((char *) payload_bytes, payload_len));
 	if (!JB_ROOT_IS_OBJECT(payload))
 		ReportInvalidToken("The payload is not a JSON object.");
 	unknown = RlsUnknownMember(payload, token_members, lengthof(token_members));

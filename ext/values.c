@@ -296,10 +296,10 @@ RlsReadContextMembers(Jsonb *object, RlsContextValues *result)
 	value = Member(object, "claims", &buf);
 	if (value == NULL || value->type == jbvNull)
 		result->claims = pstrdup("");
-	else if (value->type == jbvBinary)
+	else if (value->type == jbvBinary && JsonContainerIsObject(value->val.binary.data))
 		result->claims = RlsCanonicalClaims(JsonbPGetDatum(JsonbValueToJsonb(value)));
 	else
-		return "claims";
+		return "claims";			/* a scalar or an array */
 	return NULL;
 }
 

@@ -21,6 +21,7 @@ is in the Makefile's SQLONLY_SUITES.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 
 import psycopg
@@ -247,3 +248,127 @@ def test_policies_replaced_by_the_owners_own_are_caught_by_rls_verify(live_db):
         for name in ("rls_base_select", "rls_site_select"):
             owner_sql(f"DROP POLICY IF EXISTS own_{name} ON testapp_note")
         call_command("rls_apply", "--prune", verbosity=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed tokens with unusual JSON, signed with a real key: both modes read the same context, or
+# both refuse it, with SQLSTATE 28000.
+# ---------------------------------------------------------------------------------------------
+
+_SEQUENCE = iter(range(1, 1_000_000))
+_ISSUER = secrets.token_urlsafe(16)  # a new issuer for every run: the server remembers what it spent
+
+
+def _raw_token(key: str, members: str) -> str:
+    """A single-use token whose payload is the given JSON text (members, then iat, exp, iss and seq)."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = int(time.time())
+    payload = f'{{{members}, "iat": {now}, "exp": {now + 60}, "iss": "{_ISSUER}", "seq": {next(_SEQUENCE)}}}'
+    signed = f"v1.{b64(payload.encode())}"
+    return f"{signed}.{b64(hmac.new(key.encode(), signed.encode(), hashlib.sha256).digest())}"
+
+
+@pytest.mark.parametrize(
+    ("members", "site", "refused"),
+    [
+        ('"site": 2, "site": 1, "user": 7', "1", None),  # duplicate keys: the last one, as jsonb keeps it
+        ('"site": 1e0, "user": 7', "1", None),  # a number is read as jsonb prints it
+        ('"site": 12E1, "user": 7', "120", None),
+        ('"site": -0, "user": 7', "0", None),
+        ('"site": "\\u0032", "user": 7', "2", None),  # an escaped digit is the digit
+        ('"site": -9223372036854775808, "user": 7', "-9223372036854775808", None),
+        ('"site": 1.0, "user": 7', None, "22023"),  # not an integer
+        ('"site": 1.5, "user": 7', None, "22023"),
+        ('"site": 9223372036854775808, "user": 7', None, "22023"),  # beyond bigint
+        ('"site": -9223372036854775809, "user": 7', None, "22023"),
+        ('"site": 1e400, "user": 7', None, "22023"),
+        ('"site": true, "user": 7', None, "28000"),
+        ('"site": [1], "user": 7', None, "28000"),
+        ('"site": {"id": 1}, "user": 7', None, "28000"),
+        ('"site": "1 ", "user": 7', None, "22023"),
+        ('"site": "\\u0031\\u0000", "user": 7', None, "28000"),  # NUL: jsonb refuses the escape
+        ('"site": "\\ud800", "user": 7', None, "28000"),  # an unpaired surrogate
+        ('"site": 1, "user": 7, "Site": 2', None, "28000"),  # members are case-sensitive: an unknown one
+        ('"site": 1, "user": 7, "claims": [1]', None, "28000"),
+        ('"site": 1, "user": 7, "claims": {"a": 1, "a": 2}', "1", None),
+    ],
+)
+def test_unusual_json_in_a_signed_token_reads_the_same_in_both_modes(app_conn, signing_keys, members, site, refused):
+    token = _raw_token(signing_keys[0], members)
+    if site is None:
+        with pytest.raises(psycopg.Error) as error:
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+        # 28000 for what only a token holds (a member of the wrong JSON type, JSON jsonb cannot store); an id
+        # of the right type but a bad value is refused as rls.set_context() refuses it (22023).
+        assert (error.value.sqlstate, bool(error.value.diag.message_hint)) == (refused, True), error.value
+    else:
+        with app_conn.transaction(force_rollback=True):
+            app_conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+            got = app_conn.execute("SELECT rls.site_id()::text, rls.context() -> 'claims'").fetchone()
+        assert got[0] == site
+        if '"claims"' in members:
+            assert got[1] == {"a": 2}
+    assert app_conn.execute("SELECT rls.site_id()").fetchone() == (None,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Negative ids: a 64-bit integer may be negative (tests/id_vectors.json), in both modes.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def negative_sites(owner_conn: psycopg.Connection) -> Iterator[str]:
+    owner_conn.execute("DROP TABLE IF EXISTS rt7_negative")
+    owner_conn.execute("CREATE TABLE rt7_negative (id int PRIMARY KEY, site_id bigint NOT NULL, body text)")
+    owner_conn.execute("INSERT INTO rt7_negative VALUES (1, -7, 'minus seven'), (2, 7, 'seven')")
+    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt7_negative TO {}").format(APP))
+    owner_conn.execute("SELECT rls.protect_by_site('rt7_negative', to_role => %s)", (APP_ROLE,))
+    owner_conn.execute("SELECT rls_audit.enable('rt7_negative')")
+    owner_conn.execute("SELECT rls_audit.set_read_rule('rt7_negative', site_column => 'site_id')")
+    owner_conn.commit()
+    yield "rt7_negative"
+    owner_conn.rollback()
+    owner_conn.execute("SELECT rls_audit.disable('rt7_negative')")
+    owner_conn.execute("DROP TABLE rt7_negative")
+    owner_conn.commit()
+
+
+def test_a_negative_id_is_an_integer_in_both_modes(app_conn, negative_sites):
+    """The SQL-only accessors and audit capture took any id holding a '-' for a UUID: rls.site_id() of site -7
+    raised "the django_rls site is a UUID", and an audited write failed casting '-7' to uuid (fixed: a held id
+    is canonical, and only a UUID is 36 characters long)."""
+    with app_conn.transaction():
+        app_conn.execute("SELECT rls.set_context('-7', '-9223372036854775808')")
+        assert app_conn.execute("SELECT rls.site_id(), rls.user_id()").fetchone() == (-7, -9223372036854775808)
+        assert app_conn.execute("SELECT rls.context()").fetchone()[0] == {
+            "site": -7,
+            "user": -9223372036854775808,
+            "claims": None,
+        }
+        assert app_conn.execute("SELECT body FROM rt7_negative").fetchall() == [("minus seven",)]
+        app_conn.execute("UPDATE rt7_negative SET body = 'changed'")
+        with pytest.raises(psycopg.errors.DatatypeMismatch) as wrong_kind:
+            with app_conn.transaction():
+                app_conn.execute("SELECT rls.site_uuid()")
+        assert wrong_kind.value.diag.message_hint
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('-7', NULL)")
+        entries = app_conn.execute(
+            "SELECT site_id, site_uuid, user_id, operation, old_values, new_values FROM rls_audit.log "
+            "WHERE table_name = 'public.rt7_negative'"
+        ).fetchall()
+    assert entries == [(-7, None, -9223372036854775808, "UPDATE", {"body": "minus seven"}, {"body": "changed"})]
+    with app_conn.transaction(force_rollback=True):
+        app_conn.execute("SELECT rls.set_context('7', NULL)")
+        assert app_conn.execute("SELECT body FROM rt7_negative").fetchall() == [("seven",)]
+        assert app_conn.execute(
+            "SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.rt7_negative'"
+        ).fetchone() == (0,)

@@ -329,7 +329,9 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    is_uuid := pg_catalog.strpos(value, '-') OPERATOR(pg_catalog.>) 0;
+    -- Held ids are canonical (rls._canonical_id): a UUID is 36 characters, an integer at most 20 and
+    -- may hold a '-' too (its sign), so a '-' alone does not make a UUID.
+    is_uuid := pg_catalog.length(value) OPERATOR(pg_catalog.=) 36;
     IF is_uuid OPERATOR(pg_catalog.<>) (kind OPERATOR(pg_catalog.=) 'uuid') THEN
         RAISE EXCEPTION 'the django_rls % is %, not %', what,
                         CASE WHEN is_uuid THEN 'a UUID' ELSE 'an integer' END,

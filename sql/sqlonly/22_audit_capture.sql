@@ -298,9 +298,9 @@ BEGIN
                   DETAIL = 'django_rls.strict is on, so audited writes need a site or a user.',
                   HINT = 'Run the write inside django_rls.context() or a request, or turn django_rls.strict off.';
     END IF;
-    IF pg_catalog.strpos(held.site, '-') OPERATOR(pg_catalog.>) 0 THEN ctx_site_uuid := pg_catalog.uuid_in(pg_catalog.textout(held.site));
+    IF pg_catalog.length(held.site) OPERATOR(pg_catalog.=) 36 THEN ctx_site_uuid := pg_catalog.uuid_in(pg_catalog.textout(held.site));
     ELSIF held.site OPERATOR(pg_catalog.<>) '' THEN ctx_site_id := pg_catalog.int8in(pg_catalog.textout(held.site)); END IF;
-    IF pg_catalog.strpos(held."user", '-') OPERATOR(pg_catalog.>) 0 THEN ctx_user_uuid := pg_catalog.uuid_in(pg_catalog.textout(held."user"));
+    IF pg_catalog.length(held."user") OPERATOR(pg_catalog.=) 36 THEN ctx_user_uuid := pg_catalog.uuid_in(pg_catalog.textout(held."user"));
     ELSIF held."user" OPERATOR(pg_catalog.<>) '' THEN ctx_user_id := pg_catalog.int8in(pg_catalog.textout(held."user")); END IF;
     ctx_claims := held.claims;
     -- The role outside any SECURITY DEFINER function, as the C capture records it.
