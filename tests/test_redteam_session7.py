@@ -28,10 +28,12 @@ import psycopg
 import pytest
 from django.db import connections
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
-from tests.conftest import require_signature
+from django_rls import sqlonly
+from tests.conftest import Database, require_signature, unbound_session
 from tests.modes import SQL_MODE
-from tests.roles import APP_ROLE
+from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
 from tests.test_attacks import ATTACKS, SITE2_NOTE, site2_state
 
 APP = sql.Identifier(APP_ROLE)
@@ -372,3 +374,70 @@ def test_a_negative_id_is_an_integer_in_both_modes(app_conn, negative_sites):
         assert app_conn.execute(
             "SELECT count(*) FROM rls_audit.log WHERE table_name = 'public.rt7_negative'"
         ).fetchone() == (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# A token spent in one database, presented in another database of the same server with the same key.
+# ---------------------------------------------------------------------------------------------
+
+OTHER_DB = "django_rls_rt7_other"
+
+
+@pytest.fixture
+def other_database(database: Database, signing_keys) -> Iterator[Database]:
+    """A second database of the server, set up as the test database is, with the same signing key."""
+    name = sql.Identifier(OTHER_DB)
+    with psycopg.connect(database.admin, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, sql.Identifier(OWNER_ROLE)))
+    other = Database(
+        admin=make_conninfo(database.admin, dbname=OTHER_DB),
+        owner=make_conninfo(database.owner, dbname=OTHER_DB),
+        app=make_conninfo(database.app, dbname=OTHER_DB),
+        name=OTHER_DB,
+    )
+    try:
+        with psycopg.connect(other.admin) as admin:
+            if SQL_MODE:
+                with admin.cursor() as cursor:
+                    sqlonly.install(cursor, [])
+            else:
+                admin.execute("CREATE EXTENSION django_rls")
+            admin.commit()
+        if SQL_MODE:  # the keys live in each database (the library's key file is the server's)
+            with psycopg.connect(make_conninfo(other.owner, password=PASSWORD), autocommit=True) as owner:
+                owner.execute("SELECT rls.add_signing_key(%s)", (signing_keys[0],))
+        yield other
+    finally:
+        with psycopg.connect(database.admin, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+
+
+def _spend(conn: psycopg.Connection, token: str) -> object:
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT rls.set_context_signed(%s)", (token,))
+        return conn.execute("SELECT rls.site_id()").fetchone()[0]
+
+
+def test_a_token_spent_in_one_database_and_presented_in_another(database, app_conn, signing_keys, other_database):
+    """The library remembers spent tokens per server (shared memory): spent in one database, a token is spent in
+    every other. The SQL-only mode remembers them per database (rls._spent_tokens): one that another database
+    lists the key of accepts it once more, unless the token names its database ("db"), which the bridge does not
+    do (docs/security.md, "Replay")."""
+    from django_rls.tokens import sign_context
+
+    token = sign_context(signing_keys[0], site=2, user=7)
+    bound = sign_context(signing_keys[0], site=2, user=7, database=database.name)
+    assert _spend(app_conn, token) == 2
+    assert _spend(app_conn, bound) == 2
+    with unbound_session(other_database, lambda: psycopg.connect(other_database.app, autocommit=True)) as other:
+        if SQL_MODE:
+            assert _spend(other, token) == 2  # the documented limit
+        else:
+            with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification, match="already been used"):
+                _spend(other, token)
+        with pytest.raises(psycopg.errors.InvalidAuthorizationSpecification) as refused:
+            _spend(other, bound)
+        assert refused.value.diag.message_detail == (
+            "The token is bound to another database." if SQL_MODE else "The token was signed for another database."
+        )
