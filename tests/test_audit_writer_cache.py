@@ -291,3 +291,47 @@ def test_discard_all_leaves_the_writer_correct(log):
     month = log.month_partition()
     assert [log.partition_of(k) for k in (1, 2, 3)] == [month, month, month]
     log.check(1, 2, 3)
+
+
+def _seconds_from_now(log: Log, seconds: int):
+    return log.admin.execute(
+        "SELECT date_trunc('second', clock_timestamp()) + make_interval(secs => %s)", [seconds]
+    ).fetchone()[0]
+
+
+def test_the_kept_partition_is_left_when_time_passes_its_bound(log):
+    """What a month boundary does, in seconds: a writer that kept the partition of one range (or the default
+    partition for the gap below the next one) puts the entries written after the bound where the log's bounds
+    send them, never into the kept partition past its range (the capture inserts into it directly, without the
+    partition constraint check the INSERT statement makes). Red team, session 7."""
+    bound = _seconds_from_now(log, 3)
+    log.admin.execute(
+        "CREATE TABLE rls_audit.statements_ending PARTITION OF rls_audit.statements"
+        f" FOR VALUES FROM ('-infinity') TO ('{bound.isoformat()}')"
+    )
+    with log.app() as app:
+        insert(app, 1)
+        assert log.partition_of(1) == "rls_audit.statements_ending"
+        app.execute("SELECT pg_sleep_until(%s)", [bound])
+        insert(app, 2)
+        assert log.partition_of(2) == "rls_audit.statements_default"
+        # The default partition's gap ends where a later partition starts: the kept gap is left there too.
+        later = _seconds_from_now(log, 3)
+        log.admin.execute(
+            "CREATE TABLE rls_audit.statements_later PARTITION OF rls_audit.statements"
+            f" FOR VALUES FROM ('{later.isoformat()}') TO ('infinity')"
+        )
+        insert(app, 3)
+        assert log.partition_of(3) == "rls_audit.statements_default"
+        app.execute("SELECT pg_sleep_until(%s)", [later])
+        insert(app, 4)
+        assert log.partition_of(4) == "rls_audit.statements_later"
+    # Every entry within its partition's range.
+    misplaced = log.admin.execute(
+        "SELECT (SELECT count(*) FROM ONLY rls_audit.statements_ending WHERE logged_at >= %(bound)s)"
+        " + (SELECT count(*) FROM ONLY rls_audit.statements_default WHERE logged_at < %(bound)s OR logged_at >= %(later)s)"
+        " + (SELECT count(*) FROM ONLY rls_audit.statements_later WHERE logged_at < %(later)s)",
+        {"bound": bound, "later": later},
+    ).fetchone()
+    assert misplaced == (0,)
+    log.check(1, 2, 3, 4)
