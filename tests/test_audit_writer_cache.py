@@ -291,3 +291,110 @@ def test_discard_all_leaves_the_writer_correct(log):
     month = log.month_partition()
     assert [log.partition_of(k) for k in (1, 2, 3)] == [month, month, month]
     log.check(1, 2, 3)
+
+
+def partition_index_locks(log: Log, pid: int, partition: str) -> list[tuple[str, str]]:
+    """The locks the backend pid holds on the partition's indexes."""
+    return log.admin.execute(
+        "SELECT l.relation::regclass::text, l.mode FROM pg_locks l JOIN pg_index i ON i.indexrelid = l.relation"
+        " WHERE l.pid = %s AND l.locktype = 'relation' AND i.indrelid = %s::regclass AND l.granted"
+        " ORDER BY 1",
+        [pid, partition],
+    ).fetchall()
+
+
+def test_the_index_locks_are_held_to_the_end_of_the_transaction(log):
+    """The writer keeps its RowExclusiveLock on the partition's indexes, as on the partition itself,
+    until its transaction ends (the next statements of a transaction do not take them again)."""
+    indexes = log.admin.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'rls_audit.statements_default'::regclass"
+        " ORDER BY 1"
+    ).fetchall()
+    assert len(indexes) == 7
+    with log.app() as app:
+        pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with app.transaction():
+            insert(app, 1)
+            held = partition_index_locks(log, pid, "rls_audit.statements_default")
+            assert held == [(name, "RowExclusiveLock") for (name,) in indexes]
+            insert(app, 2)
+            insert(app, 3)
+            assert partition_index_locks(log, pid, "rls_audit.statements_default") == held
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+        insert(app, 4)
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+    log.check(1, 2, 3, 4)
+
+
+def test_ddl_between_the_writes_of_one_transaction(log):
+    """The writer's own DDL on the partition, its indexes, the log and the audited table between
+    writes of one transaction (the writer holds the locks of the indexes it wrote from the first
+    write on): every write lands where it belongs, in every index."""
+    with log.superuser(autocommit=False) as writer:
+        insert(writer, 1)
+        writer.execute("CREATE INDEX extra ON rls_audit.statements_default (table_oid, id)")
+        insert(writer, 2)
+        writer.execute("REINDEX TABLE rls_audit.statements_default")
+        insert(writer, 3)
+        writer.execute("DROP INDEX rls_audit.extra")
+        insert(writer, 4)
+        writer.execute("ALTER TABLE rls_audit.statements_default ADD CONSTRAINT not_9 CHECK (row_keys <> '{9}')")
+        insert(writer, 5)
+        writer.execute("ALTER TABLE rls_audit.statements_default DROP CONSTRAINT not_9")
+        writer.execute("ALTER TABLE item ADD COLUMN extra text")
+        insert(writer, 6)
+        # The month's partition made in the same transaction: the next entries go there.
+        writer.execute("SELECT rls_audit.ensure_partitions(0)")
+        insert(writer, 7)
+        writer.execute("ALTER TABLE item DROP COLUMN extra")
+        insert(writer, 8)
+        writer.commit()
+        insert(writer, 9)
+        writer.commit()
+    month = log.month_partition()
+    assert [log.partition_of(k) for k in range(1, 10)] == [month] * 9
+    log.check(*range(1, 10))
+
+
+def test_a_savepoint_rolled_back_after_a_write(log):
+    """Writes inside a savepoint rolled back, the first of the transaction and after DDL made inside
+    it: the rolled-back entries are gone, the others whole, and the writer goes on writing."""
+    with log.superuser(autocommit=False) as writer:
+        pid = writer.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # The savepoint's writes are the transaction's first: their index locks go with the savepoint.
+        writer.execute("SAVEPOINT s")
+        insert(writer, 100)
+        writer.execute("ROLLBACK TO SAVEPOINT s")
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+        insert(writer, 1)
+        writer.execute("SAVEPOINT s")
+        insert(writer, 101)
+        writer.execute("CREATE INDEX extra ON rls_audit.statements_default (table_oid, id)")
+        insert(writer, 102)
+        writer.execute("SELECT rls_audit.ensure_partitions(0)")
+        insert(writer, 103)
+        writer.execute("ROLLBACK TO SAVEPOINT s")
+        insert(writer, 2)
+        writer.execute("SAVEPOINT t")
+        insert(writer, 3)
+        writer.execute("RELEASE SAVEPOINT t")
+        writer.commit()
+        insert(writer, 4)
+        writer.commit()
+    assert log.admin.execute(
+        "SELECT count(*) FROM rls_audit.statements WHERE row_keys && '{100,101,102,103}'"
+    ).fetchone() == (0,)
+    assert [log.partition_of(k) for k in range(1, 5)] == ["rls_audit.statements_default"] * 4
+    log.check(1, 2, 3, 4)
+
+
+def test_an_aborted_transaction_leaves_no_lock_and_no_entry(log):
+    with log.app() as app:
+        pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with pytest.raises(psycopg.errors.UniqueViolation), app.transaction():
+            insert(app, 100)
+            insert(app, 100)
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+        insert(app, 1)
+    assert log.admin.execute("SELECT count(*) FROM rls_audit.statements WHERE row_keys && '{100}'").fetchone() == (0,)
+    log.check(1)
