@@ -13,7 +13,14 @@ prepared, the same 8-column table and statements). Variants: none (no trigger), 
 (rls_audit.enable()) and ours_chain (ours with django_rls.audit_chain = on). The log has this
 month's partition (rls_audit.ensure_partitions()), as a deployment keeps it.
 
-BENCH_STATEMENTS (default 100) sets N; BENCH_WARM (default 20) the statements before it.
+Each statement also runs in transactions of BENCH_XACT statements (default 5; 0 leaves it out),
+as a request with ATOMIC_REQUESTS writes: the same pair of sessions, each statement of one
+explicit transaction of BENCH_XACT, the difference over N again one statement's count (the
+transaction's BEGIN and COMMIT spread over its statements). BENCH_VARIANTS (default all)
+picks variants by name, comma-separated; "none" always runs.
+
+BENCH_STATEMENTS (default 100) sets N; BENCH_WARM (default 20) the statements before it (both
+multiples of BENCH_XACT).
 BENCH_CALLGRIND_DIR keeps callgrind's files there (one per process, cg.<pid>), for
 callgrind_annotate --inclusive=yes: the sessions run in the order printed, WARM + N then WARM + 2N.
 """
@@ -36,7 +43,11 @@ from cluster import Cluster
 N = int(os.environ.get("BENCH_STATEMENTS", "100"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 WARM = int(os.environ.get("BENCH_WARM", "20"))
-VARIANTS = ("none", "ours", "ours_chain")
+ALL_VARIANTS = ("none", "ours", "ours_chain")
+XACT = int(os.environ.get("BENCH_XACT", "5"))
+VARIANTS = tuple(
+    v for v in ALL_VARIANTS if v == "none" or v in os.environ.get("BENCH_VARIANTS", ",".join(ALL_VARIANTS)).split(",")
+)
 COLUMNS = (
     "id bigint PRIMARY KEY, site_id int, qty int, name text, note text, price numeric(12,2), "
     "created_at timestamptz, active boolean"
@@ -48,7 +59,9 @@ STATEMENTS = {
     "delete": "DELETE FROM {t} WHERE id = %s",
 }
 # Rows loaded for UPDATE and DELETE (each uses half of them); INSERT writes keys above them.
-LOADED = 2 * REPEAT * (2 * WARM + 3 * N) + 2
+LOADED = 2 * REPEAT * (2 * WARM + 3 * N) * (2 if XACT else 1) + 2
+# Autocommit (1 statement per transaction) and, unless BENCH_XACT=0, XACT statements per transaction.
+MODES = (1, XACT) if XACT > 1 else (1,)
 
 
 def load(dsn: str) -> None:
@@ -67,16 +80,24 @@ def load(dsn: str) -> None:
         conn.execute("VACUUM (FREEZE, ANALYZE)")
 
 
-def counted(out: Path, dsn: str, variant: str, query: str, keys: range) -> tuple[int, int]:
-    """The backend's pid and the instructions callgrind counted in one session that runs query once per key."""
+def counted(out: Path, dsn: str, variant: str, query: str, keys: range, per_xact: int = 1) -> tuple[int, int]:
+    """The backend's pid and the instructions callgrind counted in one session that runs query once per key,
+    per_xact statements to a transaction (1: autocommit)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         # A superuser's session, which the server refuses a context unless allowed (docs/security.md).
         conn.execute("SET django_rls.allow_bypassing_roles = on")
         conn.execute("SELECT rls.set_context('7', '42', NULL, false)")
         conn.execute(f"SET django_rls.audit_chain = {'on' if variant == 'ours_chain' else 'off'}")
-        for key in keys:
-            conn.execute(query, [key], prepare=True)
+        if per_xact == 1:
+            for key in keys:
+                conn.execute(query, [key], prepare=True)
+        else:
+            keys = list(keys)
+            for start in range(0, len(keys), per_xact):
+                with conn.transaction():
+                    for key in keys[start : start + per_xact]:
+                        conn.execute(query, [key], prepare=True)
     # callgrind writes the file when the backend exits.
     path = out / f"cg.{pid}"
     deadline = time.monotonic() + 300
@@ -90,6 +111,8 @@ def counted(out: Path, dsn: str, variant: str, query: str, keys: range) -> tuple
 
 
 def main() -> int:
+    if XACT > 1 and (N % XACT or WARM % XACT):
+        raise SystemExit("write_instructions.py: BENCH_STATEMENTS and BENCH_WARM must be multiples of BENCH_XACT")
     if shutil.which("valgrind") is None:
         raise SystemExit("write_instructions.py needs valgrind (apt-get install valgrind)")
     keep = os.environ.get("BENCH_CALLGRIND_DIR")
@@ -107,35 +130,44 @@ def main() -> int:
         cluster.start()
         # The first backend after a restart builds the relation cache's init file: a session of its own.
         counted(out, cluster.dsn(), "none", "SELECT %s::int", range(1))
-        per_statement: dict[tuple[str, str], float] = {}
+        per_statement: dict[tuple[str, int, str], float] = {}
         for variant in VARIANTS:
             next_key = {"insert": LOADED + 1, "update": 1, "delete": LOADED // 2 + 1}
-            for op, statement in STATEMENTS.items():
-                query = statement.format(t=f"bench_{variant}")
-                differences = []
-                for _ in range(REPEAT):
-                    totals = []
-                    for n in (N, 2 * N):
-                        first = next_key[op]
-                        next_key[op] += WARM + n
-                        pid, total = counted(out, cluster.dsn(), variant, query, range(first, first + WARM + n))
-                        totals.append(total)
-                        if keep:
-                            print(f"  {variant} {op} {WARM} + {n}: {total:,d} instructions, {out}/cg.{pid}", flush=True)
-                    differences.append((totals[1] - totals[0]) / N)
-                per_statement[variant, op] = statistics.median(differences)
-        print(
-            f"single-row statements in autocommit, instructions per statement (callgrind, whole backend; "
-            f"{WARM} + {N} against {WARM} + {2 * N} statements, median of {REPEAT}); setup and run {time.monotonic() - started:.0f} s"
-        )
-        print(f"{'variant':12s} " + " ".join(f"{op:>10s} {'x':>6s} {'- none':>9s}" for op in STATEMENTS))
-        for variant in VARIANTS:
-            cells = []
-            for op in STATEMENTS:
-                mine = per_statement[variant, op]
-                base = per_statement["none", op]
-                cells.append(f"{mine:10,.0f} {mine / base:6.2f} {mine - base:9,.0f}")
-            print(f"{variant:12s} " + " ".join(cells))
+            for mode in MODES:
+                for op, statement in STATEMENTS.items():
+                    query = statement.format(t=f"bench_{variant}")
+                    differences = []
+                    for _ in range(REPEAT):
+                        totals = []
+                        for n in (N, 2 * N):
+                            first = next_key[op]
+                            next_key[op] += WARM + n
+                            pid, total = counted(
+                                out, cluster.dsn(), variant, query, range(first, first + WARM + n), mode
+                            )
+                            totals.append(total)
+                            if keep:
+                                print(
+                                    f"  {variant} {op} x{mode} {WARM} + {n}: {total:,d} instructions, {out}/cg.{pid}",
+                                    flush=True,
+                                )
+                        differences.append((totals[1] - totals[0]) / N)
+                    per_statement[variant, mode, op] = statistics.median(differences)
+        for mode in MODES:
+            print(
+                f"single-row statements {'in autocommit' if mode == 1 else f'{mode} to a transaction'}, "
+                f"instructions per statement (callgrind, whole backend; "
+                f"{WARM} + {N} against {WARM} + {2 * N} statements, median of {REPEAT})"
+            )
+            print(f"{'variant':12s} " + " ".join(f"{op:>10s} {'x':>6s} {'- none':>9s}" for op in STATEMENTS))
+            for variant in VARIANTS:
+                cells = []
+                for op in STATEMENTS:
+                    mine = per_statement[variant, mode, op]
+                    base = per_statement["none", mode, op]
+                    cells.append(f"{mine:10,.0f} {mine / base:6.2f} {mine - base:9,.0f}")
+                print(f"{variant:12s} " + " ".join(cells))
+        print(f"setup and run {time.monotonic() - started:.0f} s")
     finally:
         cluster.stop()
         cluster.remove()

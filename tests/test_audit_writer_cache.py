@@ -335,3 +335,151 @@ def test_the_kept_partition_is_left_when_time_passes_its_bound(log):
     ).fetchone()
     assert misplaced == (0,)
     log.check(1, 2, 3, 4)
+
+
+def partition_index_locks(log: Log, pid: int, partition: str) -> list[tuple[str, str]]:
+    """The locks the backend pid holds on the partition's indexes."""
+    return log.admin.execute(
+        "SELECT l.relation::regclass::text, l.mode FROM pg_locks l JOIN pg_index i ON i.indexrelid = l.relation"
+        " WHERE l.pid = %s AND l.locktype = 'relation' AND i.indrelid = %s::regclass AND l.granted"
+        " ORDER BY 1",
+        [pid, partition],
+    ).fetchall()
+
+
+def test_the_index_locks_are_held_to_the_end_of_the_transaction(log):
+    """The writer keeps its RowExclusiveLock on the partition's indexes it wrote to, as on the
+    partition itself, until its transaction ends (the next statements of a transaction do not take
+    them again); the partial indexes its statement rows take no entry in (the uuid and user ones,
+    for a site-only integer context) it does not open at all."""
+    indexes = log.admin.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'rls_audit.statements_default'::regclass"
+        " AND (indpred IS NULL OR pg_get_indexdef(indexrelid) LIKE '%WHERE (site_id IS NOT NULL)')"
+        " ORDER BY 1"
+    ).fetchall()
+    assert len(indexes) == 4
+    with log.app() as app:
+        pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # The session's first write resolves the partition's indexes, opening every one of them.
+        insert(app, 0)
+        with app.transaction():
+            insert(app, 1)
+            held = partition_index_locks(log, pid, "rls_audit.statements_default")
+            assert held == [(name, "RowExclusiveLock") for (name,) in indexes]
+            insert(app, 2)
+            insert(app, 3)
+            assert partition_index_locks(log, pid, "rls_audit.statements_default") == held
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+        insert(app, 4)
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+    log.check(0, 1, 2, 3, 4)
+
+
+def test_ddl_between_the_writes_of_one_transaction(log):
+    """The writer's own DDL on the partition, its indexes, the log and the audited table between
+    writes of one transaction (the writer holds the locks of the indexes it wrote from the first
+    write on): every write lands where it belongs, in every index."""
+    with log.superuser(autocommit=False) as writer:
+        insert(writer, 1)
+        writer.execute("CREATE INDEX extra ON rls_audit.statements_default (table_oid, id)")
+        insert(writer, 2)
+        writer.execute("REINDEX TABLE rls_audit.statements_default")
+        insert(writer, 3)
+        writer.execute("DROP INDEX rls_audit.extra")
+        insert(writer, 4)
+        writer.execute("ALTER TABLE rls_audit.statements_default ADD CONSTRAINT not_9 CHECK (row_keys <> '{9}')")
+        insert(writer, 5)
+        writer.execute("ALTER TABLE rls_audit.statements_default DROP CONSTRAINT not_9")
+        writer.execute("ALTER TABLE item ADD COLUMN extra text")
+        insert(writer, 6)
+        # The month's partition made in the same transaction: the next entries go there.
+        writer.execute("SELECT rls_audit.ensure_partitions(0)")
+        insert(writer, 7)
+        writer.execute("ALTER TABLE item DROP COLUMN extra")
+        insert(writer, 8)
+        writer.commit()
+        insert(writer, 9)
+        writer.commit()
+    month = log.month_partition()
+    assert [log.partition_of(k) for k in range(1, 10)] == [month] * 9
+    log.check(*range(1, 10))
+
+
+def test_a_savepoint_rolled_back_after_a_write(log):
+    """Writes inside a savepoint rolled back, the first of the transaction and after DDL made inside
+    it: the rolled-back entries are gone, the others whole, and the writer goes on writing."""
+    with log.superuser(autocommit=False) as writer:
+        pid = writer.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # The savepoint's writes are the transaction's first: their index locks go with the savepoint.
+        writer.execute("SAVEPOINT s")
+        insert(writer, 100)
+        writer.execute("ROLLBACK TO SAVEPOINT s")
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+        insert(writer, 1)
+        writer.execute("SAVEPOINT s")
+        insert(writer, 101)
+        writer.execute("CREATE INDEX extra ON rls_audit.statements_default (table_oid, id)")
+        insert(writer, 102)
+        writer.execute("SELECT rls_audit.ensure_partitions(0)")
+        insert(writer, 103)
+        writer.execute("ROLLBACK TO SAVEPOINT s")
+        insert(writer, 2)
+        writer.execute("SAVEPOINT t")
+        insert(writer, 3)
+        writer.execute("RELEASE SAVEPOINT t")
+        writer.commit()
+        insert(writer, 4)
+        writer.commit()
+    assert log.admin.execute(
+        "SELECT count(*) FROM rls_audit.statements WHERE row_keys && '{100,101,102,103}'"
+    ).fetchone() == (0,)
+    assert [log.partition_of(k) for k in range(1, 5)] == ["rls_audit.statements_default"] * 4
+    log.check(1, 2, 3, 4)
+
+
+def test_an_aborted_transaction_leaves_no_lock_and_no_entry(log):
+    with log.app() as app:
+        pid = app.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with pytest.raises(psycopg.errors.UniqueViolation), app.transaction():
+            insert(app, 100)
+            insert(app, 100)
+        assert partition_index_locks(log, pid, "rls_audit.statements_default") == []
+        insert(app, 1)
+    assert log.admin.execute("SELECT count(*) FROM rls_audit.statements WHERE row_keys && '{100}'").fetchone() == (0,)
+    log.check(1)
+
+
+def test_partial_indexes_opened_as_the_statement_rows_need_them(log):
+    """Statement rows of one transaction with a site, a user, uuid ids and no context at all: each
+    partial index (opened only for a row its predicate takes) holds exactly the rows it should."""
+    site_uuid = "6f1c2a4e-9d1b-4c55-8a61-3f0f4a0d2b7e"
+    user_uuid = "0b9e8f4a-2c3d-4e5f-8a9b-1c2d3e4f5a6b"
+    with log.superuser(autocommit=False) as writer:
+        insert(writer, 1)
+        writer.execute("SELECT rls.set_context('1', '5', NULL, false)")
+        insert(writer, 2)
+        writer.execute("SELECT rls.set_context(%s, %s, NULL, false)", [site_uuid, user_uuid])
+        writer.execute("INSERT INTO item VALUES (3, 2, 'b3')")
+        writer.execute("SELECT rls.set_context(NULL, NULL, NULL, false)")
+        writer.execute("INSERT INTO item VALUES (4, 2, 'b4')")
+        writer.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+        insert(writer, 5)
+        writer.commit()
+        # And a new transaction whose first rows need the uuid indexes only.
+        writer.execute("SELECT rls.set_context(%s, %s, NULL, false)", [site_uuid, user_uuid])
+        writer.execute("INSERT INTO item VALUES (6, 2, 'b6')")
+        writer.commit()
+    counts = {}
+    with log.admin.transaction():
+        log.admin.execute("SET LOCAL enable_seqscan = off")
+        log.admin.execute("SET LOCAL enable_bitmapscan = off")
+        for column, value in (("site_id", 1), ("user_id", 5), ("site_uuid", site_uuid), ("user_uuid", user_uuid)):
+            query = (
+                f"SELECT array_agg(row_keys[1] ORDER BY row_keys[1]) FROM rls_audit.statements"
+                f" WHERE {column} = %s AND logged_at > '-infinity'"
+            )
+            plan = " ".join(r[0] for r in log.admin.execute(f"EXPLAIN {query}", [value]))
+            assert f"{column}_logged_at_idx" in plan, plan
+            counts[column] = log.admin.execute(query, [value]).fetchone()[0]
+    assert counts == {"site_id": ["1", "2", "5"], "user_id": ["2"], "site_uuid": ["3", "6"], "user_uuid": ["3", "6"]}
+    log.check(1, 2, 5)
