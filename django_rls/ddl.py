@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
@@ -348,6 +348,25 @@ class Runner:
     def advisory_unlock(self, key: str) -> None:
         with self.connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+    def run_at_once(self, locks: Sequence[LockRequest], statements: Sequence[str]) -> bool:
+        """Run ``statements`` in one transaction and one round trip if every lock is free right now.
+
+        The locks are taken first with ``NOWAIT``: if another session holds (or
+        queues for) any of them, nothing waits, nothing is changed, and the
+        answer is False, as it is when any statement fails (a statement's own
+        wait is bounded by the lock timeout, as in :meth:`run`). The caller then
+        runs the same work unit by unit with :meth:`run`, so that a busy table
+        delays only itself and an error names the unit it belongs to.
+        """
+        head = [f"SET LOCAL lock_timeout = '{self.bounds.timeout_setting()}'"]
+        head += [f"{statement} NOWAIT" for _, statement in lock_statements(locks)]
+        try:
+            with transaction.atomic(using=self.connection.alias), self.connection.cursor() as cursor:
+                cursor.execute(";\n".join([*head, *statements]))
+        except DatabaseError:
+            return False
+        return True
 
     def _attempt(self, locks: Sequence[LockRequest], work: Callable[[Any], T]) -> T:
         timeout = self.bounds.timeout_setting()

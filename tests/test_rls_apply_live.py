@@ -411,3 +411,64 @@ def test_tables_whose_policies_read_each_other_change_in_one_transaction(restore
     except SystemExit:
         pass
     assert "replace testapp_order:" in out.getvalue() and "replace testapp_orderline:" in out.getvalue()
+
+
+class Sent:
+    """The statements rls_apply sends on the owner alias."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        self.statements.append(sql)
+        return execute(sql, params, many, context)
+
+
+def check_output() -> str:
+    out = io.StringIO()
+    try:
+        call_command("rls_apply", "--check", stdout=out)
+    except SystemExit:
+        pass
+    return out.getvalue()
+
+
+def test_free_tables_change_together_in_one_transaction(restore, owner_conn):
+    """With no table busy, every table's changes go in one statement, locks taken NOWAIT, and commit together."""
+    for table in ("testapp_note", "testapp_order", "testapp_orderline"):
+        drift(owner_conn, table)
+    sent = Sent()
+    with connections["owner"].execute_wrapper(sent):
+        output = run(lock_timeout=LOCK_TIMEOUT)
+    protecting = [s for s in sent.statements if "rls.protect(" in s]
+    assert len(protecting) == 1, protecting
+    batch = protecting[0]
+    assert batch.startswith("SET LOCAL lock_timeout = '500ms';\nLOCK TABLE ONLY ")
+    assert "IN ACCESS EXCLUSIVE MODE NOWAIT;\n" in batch
+    for table in ("testapp_note", "testapp_order", "testapp_orderline"):
+        assert f"""'"public"."{table}"'::regclass""" in batch
+        assert f"replace {table}: policy group" in output
+    assert in_sync()
+
+
+def test_a_busy_table_delays_only_itself(restore, owner_conn, database):
+    """A table of the batch is busy: nothing of the batch is kept, the free table before it is applied on its own."""
+    for table in ("testapp_note", "testapp_order", "testapp_orderline"):
+        drift(owner_conn, table)
+    sent = Sent()
+    with database.connect("owner", application_name="line maintenance") as other:
+        other.execute("BEGIN")
+        other.execute("LOCK TABLE testapp_orderline IN ACCESS SHARE MODE")
+        started = time.monotonic()
+        with connections["owner"].execute_wrapper(sent), pytest.raises(CommandError) as caught:
+            run(lock_timeout=0.3, lock_budget=1)
+        gave_up_after = time.monotonic() - started
+        other.execute("ROLLBACK")
+    message = str(caught.value)
+    assert "it needs an ACCESS EXCLUSIVE lock on testapp_orderline;" in message
+    assert "Applied 1 of " in message
+    assert sum("NOWAIT" in s for s in sent.statements) == 1  # the batch was tried once, and gave way at once
+    assert gave_up_after <= 1 + SLACK
+    pending = check_output()
+    assert "replace testapp_note:" not in pending  # applied alone, not held up by the busy table
+    assert "replace testapp_order:" in pending and "replace testapp_orderline:" in pending

@@ -31,6 +31,11 @@ DECLARE
     trig record;
     missing record;
 BEGIN
+    -- Commands that create, change or comment on a policy, or grant, touch no trigger, no
+    -- inheritance and no column's name (rls.protect() runs them by the dozen): nothing to look at.
+    IF tg_tag IN ('CREATE POLICY', 'ALTER POLICY', 'COMMENT', 'GRANT', 'REVOKE') THEN
+        RETURN;
+    END IF;
     rels := ARRAY(SELECT DISTINCT r.relid
                     FROM pg_event_trigger_ddl_commands() c,
                          LATERAL (SELECT CASE WHEN c.classid = 'pg_class'::regclass THEN c.objid
