@@ -1629,11 +1629,35 @@ RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
 	appendBinaryStringInfo(digests, (const char *) digest, sizeof(digest));
 }
 
+/* RlsAuditSealDirect() as the log's owner, security-restricted. */
+static bool
+SealDirectAsOwner(Oid owner, DateADT month, const char *chain, ArrayType *ids, const uint8 *digests, size_t len)
+{
+	Oid			saved_user;
+	int			saved_context;
+	volatile bool sealed = false;
+
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		sealed = RlsAuditSealDirect(month, chain, ids, digests, len);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
+	return sealed;
+}
+
 /*
- * Seal the statement rows this statement wrote: one rls_audit._seal() call
- * (sql/install/26_audit_chain.sql), as the log's owner, with their ids in id
- * order and their digests.  A statement's rows share one chain: the site is
- * the statement's, and the month that of statement_timestamp().
+ * Seal the statement rows this statement wrote, as the log's owner,
+ * security-restricted, with their ids in id order and their digests: by
+ * RlsAuditSealDirect() (audit_chain.c), or, when a superuser changed the
+ * chain's tables, one rls_audit._seal() call (sql/install/26_audit_chain.sql),
+ * which has the same results.  A statement's rows share one chain: the site
+ * is the statement's, and the month that of statement_timestamp().
  */
 static void
 Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, bool site_uuid_null)
@@ -1641,26 +1665,34 @@ Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, boo
 	Datum		args[4];
 	struct pg_tm tm;
 	fsec_t		fsec;
+	char	   *chain;
 	bytea	   *digests;
 	Oid			saved_user;
 	int			saved_context;
+	bool		sealed;
 	volatile int rc = 0;
 
 	if (timestamp2tm(GetCurrentStatementStartTimestamp(), NULL, &tm, &fsec, NULL, NULL) != 0)
 		elog(ERROR, "statement timestamp out of range");
 	args[0] = DateADTGetDatum(date2j(tm.tm_year, tm.tm_mon, 1) - POSTGRES_EPOCH_JDATE);
 	if (!site_id_null)
-		args[1] = CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(int8out, site_id)));
+		chain = DatumGetCString(DirectFunctionCall1(int8out, site_id));
 	else if (!site_uuid_null)
-		args[1] = CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, site_uuid)));
+		chain = DatumGetCString(DirectFunctionCall1(uuid_out, site_uuid));
 	else
-		args[1] = CStringGetTextDatum("");
+		chain = "";
 	args[2] = makeArrayResult(sv->seal_ids, CurrentMemoryContext);
+
+	sealed = SealDirectAsOwner(sv->layout.owner, DatumGetDateADT(args[0]), chain, DatumGetArrayTypeP(args[2]),
+							   (const uint8 *) sv->seal_digests.data, sv->seal_digests.len);
+	if (sealed)
+		return;
+
+	args[1] = CStringGetTextDatum(chain);
 	digests = palloc(VARHDRSZ + sv->seal_digests.len);
 	SET_VARSIZE(digests, VARHDRSZ + sv->seal_digests.len);
 	memcpy(VARDATA(digests), sv->seal_digests.data, sv->seal_digests.len);
 	args[3] = PointerGetDatum(digests);
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed in rls_audit.capture()");
 	if (seal_plan == NULL)
