@@ -49,6 +49,7 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "storage/bufmgr.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/datetime.h"
@@ -68,6 +69,37 @@ static Oid	heads_relid = InvalidOid;
 static Oid	seals_relid = InvalidOid;
 static bool invalidation_registered = false;
 
+/*
+ * Where this backend last left a chain's head: a head is updated at every
+ * seal, and its versions pile up in one HOT chain until the page is pruned,
+ * which the primary key lookup walks (about 30,000 instructions a seal when
+ * one backend writes the chain).  The next seal of the same chain first
+ * looks at that place; a version there that the latest snapshot sees and
+ * that holds the same month and chain is the head the index would find.
+ * Anything else (another backend sealed the chain since, the page was
+ * pruned, the table rewritten) falls back to the index.
+ */
+static DateADT last_head_month;
+static char *last_head_chain = NULL;
+static ItemPointerData last_head_tid;
+
+static void
+ForgetLastHead(void)
+{
+	if (last_head_chain != NULL)
+		pfree(last_head_chain);
+	last_head_chain = NULL;
+}
+
+static void
+RememberLastHead(DateADT month, const char *chain, ItemPointer tid)
+{
+	ForgetLastHead();
+	last_head_month = month;
+	last_head_chain = MemoryContextStrdup(TopMemoryContext, chain);
+	last_head_tid = *tid;
+}
+
 static void
 ForgetChainTables(Datum arg, Oid relid)
 {
@@ -75,6 +107,7 @@ ForgetChainTables(Datum arg, Oid relid)
 	{
 		heads_relid = InvalidOid;
 		seals_relid = InvalidOid;
+		ForgetLastHead();
 	}
 }
 
@@ -238,6 +271,26 @@ typedef struct ChainWrite
 	Relation	pkey;			/* chain_heads' primary key (month, chain) */
 } ChainWrite;
 
+/* Whether the head this backend last wrote is still the head of (month, chain) in snapshot. */
+static bool
+LastHeadHolds(ChainWrite *w, Snapshot snapshot, DateADT month, text *chain)
+{
+	bool		isnull;
+	text	   *found;
+
+	if (last_head_chain == NULL || last_head_month != month ||
+		strlen(last_head_chain) != VARSIZE_ANY_EXHDR(chain) ||
+		memcmp(last_head_chain, VARDATA_ANY(chain), VARSIZE_ANY_EXHDR(chain)) != 0 ||
+		ItemPointerGetBlockNumber(&last_head_tid) >= RelationGetNumberOfBlocks(w->heads))
+		return false;
+	if (!table_tuple_fetch_row_version(w->heads, &last_head_tid, snapshot, w->head_slot))
+		return false;
+	found = DatumGetTextPP(slot_getattr(w->head_slot, 2, &isnull));
+	return DatumGetDateADT(slot_getattr(w->head_slot, 1, &isnull)) == month &&
+		VARSIZE_ANY_EXHDR(found) == VARSIZE_ANY_EXHDR(chain) &&
+		memcmp(VARDATA_ANY(found), VARDATA_ANY(chain), VARSIZE_ANY_EXHDR(chain)) == 0;
+}
+
 /* Find the head of (month, chain) in snapshot; false when there is none. */
 static bool
 FindHead(ChainWrite *w, Snapshot snapshot, DateADT month, text *chain, ItemPointer tid)
@@ -247,6 +300,11 @@ FindHead(ChainWrite *w, Snapshot snapshot, DateADT month, text *chain, ItemPoint
 	HeapTuple	tuple;
 	bool		found = false;
 
+	if (LastHeadHolds(w, snapshot, month, chain))
+	{
+		*tid = last_head_tid;
+		return true;
+	}
 	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid, InvalidOid,
 						   F_DATE_EQ, DateADTGetDatum(month));
 	ScanKeyEntryInitialize(&keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid, w->pkey->rd_indcollation[1],
@@ -326,6 +384,7 @@ UpdateHead(ChainWrite *w, Datum month, Datum chain, int64 seq, bytea *seal)
 								GetActiveSnapshot(), InvalidSnapshot, true, &tmfd, &lockmode, &update_indexes);
 	if (result != TM_Ok)
 		elog(ERROR, "could not update the locked audit chain head: result %d", (int) result);
+	RememberLastHead(DatumGetDateADT(month), TextDatumGetCString(chain), &slot->tts_tid);
 	if (RlsUpdateNeedsIndexes(update_indexes) && w->heads_info->ri_NumIndices > 0)
 		(void) RlsInsertIndexTuplesForUpdate(w->heads_info, slot, w->estate, update_indexes);
 }
@@ -361,6 +420,7 @@ InsertHead(ChainWrite *w, Datum month, Datum chain, bytea *seal)
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
+		RememberLastHead(DatumGetDateADT(month), TextDatumGetCString(chain), &slot->tts_tid);
 	}
 	PG_CATCH();
 	{

@@ -386,6 +386,26 @@ def test_two_writers_creating_one_chain_head_wait_and_both_seal(chain_db, databa
     )
 
 
+def test_writers_taking_turns_on_one_chain_and_a_rewritten_head_table_keep_it_whole(chain_db, database):
+    """Each backend remembers where it left a chain's head; a head another backend moved since, or a table
+    rewritten under it, is found through the primary key again."""
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn, autocommit=True) as first, psycopg.connect(dsn, autocommit=True) as second:
+        for conn in (first, second):
+            conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+        for key in range(700, 710):
+            (first if key % 3 else second).execute("INSERT INTO item VALUES (%s, 1, 'turns')", [key])
+            if key == 704:
+                chain_db.execute("VACUUM FULL rls_audit.chain_heads")
+            if key == 706:
+                chain_db.execute("UPDATE rls_audit.chain_heads SET seal = seal WHERE chain = '1'")
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (
+        14,
+        18,
+        None,
+    )
+
+
 def test_a_repeatable_read_writer_behind_a_new_chain_head_gets_a_serialization_failure(chain_db, database):
     dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
     with psycopg.connect(dsn) as late:
