@@ -223,8 +223,9 @@ static const char *const digest_names[DIGEST_NATTS] = {
 	"client_addr", "read_rule", "read_keys", "trail_id", "row_keys", "old_values", "new_values",
 	"changed_columns", "row_read_keys"
 };
-static TupleDesc digest_desc = NULL;
-static FmgrInfo digest_record_out;
+static Oid	digest_types[DIGEST_NATTS];	/* InvalidOid: not looked up yet */
+static FmgrInfo digest_output[DIGEST_NATTS];
+static StringInfoData digest_text;
 static SPIPlanPtr seal_plan = NULL;
 
 static LogLayout log_layout;
@@ -1582,44 +1583,75 @@ fallback:
 /*
  * Append the SHA-256 digest of a statement row, as rls_audit._entry_digest()
  * computes it: sha256(convert_to(ROW(every column but id)::text, 'UTF8')).
- * The text is record_out's, as the cast prints it; the capture runs under
- * TimeZone UTC and DateStyle ISO (PinOutputSettings()), as the SQL digest
- * is taken and verify() takes it again.
+ * The text is the one record_out() prints for that row, written here
+ * without forming the row: '(', the columns' texts separated by ',', ')'; a
+ * NULL prints nothing; a value that is empty or holds a double quote, a
+ * backslash, a parenthesis, a comma or white space is double-quoted, with
+ * its double quotes and backslashes doubled.  The capture runs under
+ * TimeZone UTC and DateStyle ISO (PinOutputSettings()), as the SQL digest is
+ * taken and verify() takes it again (tests/test_audit_chain.py compares the
+ * two).
  */
 static void
 RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
 {
-	Datum		values[DIGEST_NATTS];
-	bool		nulls[DIGEST_NATTS];
-	HeapTuple	tuple;
-	char	   *text;
+	StringInfo	buf = &digest_text;
 	char	   *utf8;
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	pg_cryptohash_ctx *ctx;
 	int			i;
 
-	if (digest_desc == NULL)
-	{
-		Relation	log = table_open(layout->relid, AccessShareLock);
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		TupleDesc	desc = CreateTemplateTupleDesc(DIGEST_NATTS);
-
-		for (i = 0; i < DIGEST_NATTS; i++)
-			TupleDescInitEntry(desc, (AttrNumber) (i + 1), digest_names[i],
-							   TupleDescAttr(RelationGetDescr(log), layout->digest_source[i])->atttypid, -1, 0);
-		fmgr_info_cxt(F_RECORD_OUT, &digest_record_out, TopMemoryContext);
-		digest_desc = BlessTupleDesc(desc);
-		MemoryContextSwitchTo(old);
-		table_close(log, AccessShareLock);
-	}
 	for (i = 0; i < DIGEST_NATTS; i++)
 	{
-		values[i] = slot->tts_values[layout->digest_source[i]];
-		nulls[i] = slot->tts_isnull[layout->digest_source[i]];
+		Oid			type = TupleDescAttr(slot->tts_tupleDescriptor, layout->digest_source[i])->atttypid;
+
+		if (digest_types[i] != type)
+		{
+			Oid			output;
+			bool		varlena;
+
+			digest_types[i] = InvalidOid;
+			getTypeOutputInfo(type, &output, &varlena);
+			fmgr_info_cxt(output, &digest_output[i], TopMemoryContext);
+			digest_types[i] = type;
+		}
 	}
-	tuple = heap_form_tuple(digest_desc, values, nulls);
-	text = OutputFunctionCall(&digest_record_out, HeapTupleGetDatum(tuple));
-	utf8 = pg_server_to_any(text, strlen(text), PG_UTF8);
+	if (buf->data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(buf);
+		MemoryContextSwitchTo(old);
+	}
+	resetStringInfo(buf);
+	appendStringInfoChar(buf, '(');
+	for (i = 0; i < DIGEST_NATTS; i++)
+	{
+		const char *value;
+		const char *c;
+		bool		quote;
+
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		if (slot->tts_isnull[layout->digest_source[i]])
+			continue;
+		value = OutputFunctionCall(&digest_output[i], slot->tts_values[layout->digest_source[i]]);
+		quote = value[0] == '\0';
+		for (c = value; *c != '\0' && !quote; c++)
+			quote = *c == '"' || *c == '\\' || *c == '(' || *c == ')' || *c == ',' || isspace((unsigned char) *c);
+		if (quote)
+			appendStringInfoChar(buf, '"');
+		for (c = value; *c != '\0'; c++)
+		{
+			if (*c == '"' || *c == '\\')
+				appendStringInfoCharMacro(buf, *c);
+			appendStringInfoCharMacro(buf, *c);
+		}
+		if (quote)
+			appendStringInfoChar(buf, '"');
+	}
+	appendStringInfoChar(buf, ')');
+	utf8 = pg_server_to_any(buf->data, buf->len, PG_UTF8);
 	ctx = pg_cryptohash_create(PG_SHA256);
 	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) utf8, strlen(utf8)) < 0 ||
@@ -1627,6 +1659,12 @@ RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
 		elog(ERROR, "could not compute the digest of an audit statement row");
 	pg_cryptohash_free(ctx);
 	appendBinaryStringInfo(digests, (const char *) digest, sizeof(digest));
+	/* Kept for the next row, unless a large statement row grew it. */
+	if (buf->maxlen > 65536)
+	{
+		pfree(buf->data);
+		buf->data = NULL;
+	}
 }
 
 /* RlsAuditSealDirect() as the log's owner, security-restricted. */
