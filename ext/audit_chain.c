@@ -48,6 +48,7 @@
 #include "common/sha2.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "port/pg_bswap.h"
 #include "utils/array.h"
 #include "storage/bufmgr.h"
 #include "utils/builtins.h"
@@ -163,13 +164,14 @@ Sha256(pg_cryptohash_ctx *ctx, const uint8 *const *parts, const size_t *lengths,
 {
 	int			i;
 
+	/* pg_cryptohash_error() is PostgreSQL 15's. */
 	if (pg_cryptohash_init(ctx) < 0)
-		elog(ERROR, "could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
+		elog(ERROR, "could not initialize SHA-256 for an audit seal");
 	for (i = 0; i < nparts; i++)
 		if (pg_cryptohash_update(ctx, parts[i], lengths[i]) < 0)
-			elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+			elog(ERROR, "could not compute the SHA-256 of an audit seal");
 	if (pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
-		elog(ERROR, "could not finish SHA-256: %s", pg_cryptohash_error(ctx));
+		elog(ERROR, "could not finish the SHA-256 of an audit seal");
 }
 
 static void
@@ -347,10 +349,23 @@ LockHead(ChainWrite *w, Snapshot snapshot, ItemPointer tid)
 	switch (result)
 	{
 		case TM_Ok:
-			/* A head this transaction's snapshot does not see was sealed by another after it. */
+
+			/*
+			 * A head the statement's snapshot does not see was sealed by
+			 * another transaction after it, unless this transaction wrote it
+			 * itself (as ON CONFLICT DO UPDATE checks it).
+			 */
 			if (xact_snapshot &&
-				!table_tuple_satisfies_snapshot(w->heads, w->head_slot, GetTransactionSnapshot()))
-				ConcurrentUpdate();
+				!table_tuple_satisfies_snapshot(w->heads, w->head_slot, GetActiveSnapshot()))
+			{
+				bool		isnull;
+				TransactionId xmin = DatumGetTransactionId(slot_getsysattr(w->head_slot,
+																		   MinTransactionIdAttributeNumber,
+																		   &isnull));
+
+				if (!TransactionIdIsCurrentTransactionId(xmin))
+					ConcurrentUpdate();
+			}
 			return true;
 		case TM_Updated:
 		case TM_Deleted:
@@ -496,11 +511,19 @@ RlsAuditSealDirect(DateADT month, const char *chain_name, ArrayType *ids, const 
 	uint8		seal[PG_SHA256_DIGEST_LENGTH];
 	bytea	   *seal_bytea = NULL;
 	int64		seq = 0;
+	Oid			heads;
+	Oid			seals;
 	int			i;
 
+	/*
+	 * Copies: opening a table takes invalidations, which may forget the
+	 * looked-up oids (an oid of a table dropped meanwhile fails to open).
+	 */
 	LookUpChainTables();
-	w.heads = table_open(heads_relid, RowExclusiveLock);
-	w.seals = table_open(seals_relid, RowExclusiveLock);
+	heads = heads_relid;
+	seals = seals_relid;
+	w.heads = table_open(heads, RowExclusiveLock);
+	w.seals = table_open(seals, RowExclusiveLock);
 	if (!PlainChainTable(w.heads, head_types, lengthof(head_types)) ||
 		!PlainChainTable(w.seals, seal_types, lengthof(seal_types)))
 	{

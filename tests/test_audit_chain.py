@@ -169,6 +169,24 @@ def test_a_repeatable_read_writer_behind_a_newer_seal_of_its_site_gets_a_seriali
     assert problems(chain_db) == []
 
 
+def test_a_repeatable_read_transaction_seals_its_own_site_several_times(chain_db, database):
+    """A head this transaction updated itself is not a concurrent update, in any isolation level."""
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    for level in ("REPEATABLE READ", "SERIALIZABLE"):
+        with psycopg.connect(dsn) as conn:
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+            conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+            conn.execute("INSERT INTO item VALUES (800, 1, 'once'), (801, 1, 'once')")
+            conn.execute("UPDATE item SET body = 'twice' WHERE id >= 800")
+            conn.execute("SELECT rls.set_context('12', NULL, NULL, false)")
+            conn.execute("INSERT INTO item VALUES (802, 12, 'a new chain')")
+            conn.execute("INSERT INTO item VALUES (803, 12, 'and again')")
+            conn.execute("DELETE FROM item WHERE id >= 800")
+            conn.commit()
+    assert problems(chain_db) == []
+    assert chain_db.execute("SELECT seals, entries FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (8, 16)
+
+
 def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
     chain_db.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'")
     chain_db.execute("SELECT rls.set_context('2', NULL, NULL, false)")
