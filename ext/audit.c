@@ -11,7 +11,7 @@
  * entries, as parallel arrays, with the statement's own columns once), and
  * inserts each into the partition of its month itself, with its index
  * entries (OpenLogWriter()); with the hash chain on, it digests each and
- * seals them with one rls_audit._seal() call.  A log changed from what the
+ * seals them (RlsAuditSealDirect(), audit_chain.c).  A log changed from what the
  * extension made (a CHECK constraint, a trigger, other columns) is written
  * with an INSERT ... SELECT from a tuplestore instead, every
  * CHUNKS_PER_WRITE statement rows and at the end.  Readers read the per-row
@@ -1407,7 +1407,7 @@ BuildIndexShapes(Relation partition, LogWriterShape *shape, Relation *indexes)
  *
  * With the hash chain on, it also digests each statement row as
  * rls_audit._entry_digest() does (RowDigest()) and seals them at the end
- * with one rls_audit._seal() call (Seal()).
+ * (Seal()).
  *
  * Otherwise through the INSERT statement (WriteLog()), when the log is not
  * as the extension made it: other columns, a CHECK constraint, a rule or a

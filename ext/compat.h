@@ -153,15 +153,13 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
  * summarizing ones) where it was a bool.  audit_chain.c updates a chain head
  * and inserts the index entries the update needs.
  */
-#include "access/tableam.h"
-
 #if PG_VERSION_NUM >= 160000
-typedef TU_UpdateIndexes RlsUpdateIndexes;
+#define RlsUpdateIndexes TU_UpdateIndexes
 #define RlsUpdateNeedsIndexes(u) ((u) != TU_None)
 #define RlsInsertIndexTuplesForUpdate(rri, slot, estate, u) \
 	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL, (u) == TU_Summarizing)
 #else
-typedef bool RlsUpdateIndexes;
+#define RlsUpdateIndexes bool
 #define RlsUpdateNeedsIndexes(u) (u)
 #define RlsInsertIndexTuplesForUpdate(rri, slot, estate, u) \
 	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL)
