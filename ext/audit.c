@@ -11,7 +11,7 @@
  * entries, as parallel arrays, with the statement's own columns once), and
  * inserts each into the partition of its month itself, with its index
  * entries (OpenLogWriter()); with the hash chain on, it digests each and
- * seals them with one rls_audit._seal() call.  A log changed from what the
+ * seals them (RlsAuditSealDirect(), audit_chain.c).  A log changed from what the
  * extension made (a CHECK constraint, a trigger, other columns) is written
  * with an INSERT ... SELECT from a tuplestore instead, every
  * CHUNKS_PER_WRITE statement rows and at the end.  Readers read the per-row
@@ -223,8 +223,9 @@ static const char *const digest_names[DIGEST_NATTS] = {
 	"client_addr", "read_rule", "read_keys", "trail_id", "row_keys", "old_values", "new_values",
 	"changed_columns", "row_read_keys"
 };
-static TupleDesc digest_desc = NULL;
-static FmgrInfo digest_record_out;
+static Oid	digest_types[DIGEST_NATTS];	/* InvalidOid: not looked up yet */
+static FmgrInfo digest_output[DIGEST_NATTS];
+static StringInfoData digest_text;
 static SPIPlanPtr seal_plan = NULL;
 
 static LogLayout log_layout;
@@ -1488,7 +1489,7 @@ OpenPartialIndexes(StatementValues *sv, TupleTableSlot *slot)
  *
  * With the hash chain on, it also digests each statement row as
  * rls_audit._entry_digest() does (RowDigest()) and seals them at the end
- * with one rls_audit._seal() call (Seal()).
+ * (Seal()).
  *
  * Otherwise through the INSERT statement (WriteLog()), when the log is not
  * as the extension made it: other columns, a CHECK constraint, a rule or a
@@ -1664,44 +1665,75 @@ fallback:
 /*
  * Append the SHA-256 digest of a statement row, as rls_audit._entry_digest()
  * computes it: sha256(convert_to(ROW(every column but id)::text, 'UTF8')).
- * The text is record_out's, as the cast prints it; the capture runs under
- * TimeZone UTC and DateStyle ISO (PinOutputSettings()), as the SQL digest
- * is taken and verify() takes it again.
+ * The text is the one record_out() prints for that row, written here
+ * without forming the row: '(', the columns' texts separated by ',', ')'; a
+ * NULL prints nothing; a value that is empty or holds a double quote, a
+ * backslash, a parenthesis, a comma or white space is double-quoted, with
+ * its double quotes and backslashes doubled.  The capture runs under
+ * TimeZone UTC and DateStyle ISO (PinOutputSettings()), as the SQL digest is
+ * taken and verify() takes it again (tests/test_audit_chain.py compares the
+ * two).
  */
 static void
 RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
 {
-	Datum		values[DIGEST_NATTS];
-	bool		nulls[DIGEST_NATTS];
-	HeapTuple	tuple;
-	char	   *text;
+	StringInfo	buf = &digest_text;
 	char	   *utf8;
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	pg_cryptohash_ctx *ctx;
 	int			i;
 
-	if (digest_desc == NULL)
-	{
-		Relation	log = table_open(layout->relid, AccessShareLock);
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-		TupleDesc	desc = CreateTemplateTupleDesc(DIGEST_NATTS);
-
-		for (i = 0; i < DIGEST_NATTS; i++)
-			TupleDescInitEntry(desc, (AttrNumber) (i + 1), digest_names[i],
-							   TupleDescAttr(RelationGetDescr(log), layout->digest_source[i])->atttypid, -1, 0);
-		fmgr_info_cxt(F_RECORD_OUT, &digest_record_out, TopMemoryContext);
-		digest_desc = BlessTupleDesc(desc);
-		MemoryContextSwitchTo(old);
-		table_close(log, AccessShareLock);
-	}
 	for (i = 0; i < DIGEST_NATTS; i++)
 	{
-		values[i] = slot->tts_values[layout->digest_source[i]];
-		nulls[i] = slot->tts_isnull[layout->digest_source[i]];
+		Oid			type = TupleDescAttr(slot->tts_tupleDescriptor, layout->digest_source[i])->atttypid;
+
+		if (digest_types[i] != type)
+		{
+			Oid			output;
+			bool		varlena;
+
+			digest_types[i] = InvalidOid;
+			getTypeOutputInfo(type, &output, &varlena);
+			fmgr_info_cxt(output, &digest_output[i], TopMemoryContext);
+			digest_types[i] = type;
+		}
 	}
-	tuple = heap_form_tuple(digest_desc, values, nulls);
-	text = OutputFunctionCall(&digest_record_out, HeapTupleGetDatum(tuple));
-	utf8 = pg_server_to_any(text, strlen(text), PG_UTF8);
+	if (buf->data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(buf);
+		MemoryContextSwitchTo(old);
+	}
+	resetStringInfo(buf);
+	appendStringInfoChar(buf, '(');
+	for (i = 0; i < DIGEST_NATTS; i++)
+	{
+		const char *value;
+		const char *c;
+		bool		quote;
+
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		if (slot->tts_isnull[layout->digest_source[i]])
+			continue;
+		value = OutputFunctionCall(&digest_output[i], slot->tts_values[layout->digest_source[i]]);
+		quote = value[0] == '\0';
+		for (c = value; *c != '\0' && !quote; c++)
+			quote = *c == '"' || *c == '\\' || *c == '(' || *c == ')' || *c == ',' || isspace((unsigned char) *c);
+		if (quote)
+			appendStringInfoChar(buf, '"');
+		for (c = value; *c != '\0'; c++)
+		{
+			if (*c == '"' || *c == '\\')
+				appendStringInfoCharMacro(buf, *c);
+			appendStringInfoCharMacro(buf, *c);
+		}
+		if (quote)
+			appendStringInfoChar(buf, '"');
+	}
+	appendStringInfoChar(buf, ')');
+	utf8 = pg_server_to_any(buf->data, buf->len, PG_UTF8);
 	ctx = pg_cryptohash_create(PG_SHA256);
 	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) utf8, strlen(utf8)) < 0 ||
@@ -1709,13 +1741,43 @@ RowDigest(const LogLayout *layout, TupleTableSlot *slot, StringInfo digests)
 		elog(ERROR, "could not compute the digest of an audit statement row");
 	pg_cryptohash_free(ctx);
 	appendBinaryStringInfo(digests, (const char *) digest, sizeof(digest));
+	/* Kept for the next row, unless a large statement row grew it. */
+	if (buf->maxlen > 65536)
+	{
+		pfree(buf->data);
+		buf->data = NULL;
+	}
+}
+
+/* RlsAuditSealDirect() as the log's owner, security-restricted. */
+static bool
+SealDirectAsOwner(Oid owner, DateADT month, const char *chain, ArrayType *ids, const uint8 *digests, size_t len)
+{
+	Oid			saved_user;
+	int			saved_context;
+	volatile bool sealed = false;
+
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(owner, saved_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		sealed = RlsAuditSealDirect(month, chain, ids, digests, len);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
+	return sealed;
 }
 
 /*
- * Seal the statement rows this statement wrote: one rls_audit._seal() call
- * (sql/install/26_audit_chain.sql), as the log's owner, with their ids in id
- * order and their digests.  A statement's rows share one chain: the site is
- * the statement's, and the month that of statement_timestamp().
+ * Seal the statement rows this statement wrote, as the log's owner,
+ * security-restricted, with their ids in id order and their digests: by
+ * RlsAuditSealDirect() (audit_chain.c), or, when a superuser changed the
+ * chain's tables, one rls_audit._seal() call (sql/install/26_audit_chain.sql),
+ * which has the same results.  A statement's rows share one chain: the site
+ * is the statement's, and the month that of statement_timestamp().
  */
 static void
 Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, bool site_uuid_null)
@@ -1723,26 +1785,34 @@ Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, boo
 	Datum		args[4];
 	struct pg_tm tm;
 	fsec_t		fsec;
+	char	   *chain;
 	bytea	   *digests;
 	Oid			saved_user;
 	int			saved_context;
+	bool		sealed;
 	volatile int rc = 0;
 
 	if (timestamp2tm(GetCurrentStatementStartTimestamp(), NULL, &tm, &fsec, NULL, NULL) != 0)
 		elog(ERROR, "statement timestamp out of range");
 	args[0] = DateADTGetDatum(date2j(tm.tm_year, tm.tm_mon, 1) - POSTGRES_EPOCH_JDATE);
 	if (!site_id_null)
-		args[1] = CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(int8out, site_id)));
+		chain = DatumGetCString(DirectFunctionCall1(int8out, site_id));
 	else if (!site_uuid_null)
-		args[1] = CStringGetTextDatum(DatumGetCString(DirectFunctionCall1(uuid_out, site_uuid)));
+		chain = DatumGetCString(DirectFunctionCall1(uuid_out, site_uuid));
 	else
-		args[1] = CStringGetTextDatum("");
+		chain = "";
 	args[2] = makeArrayResult(sv->seal_ids, CurrentMemoryContext);
+
+	sealed = SealDirectAsOwner(sv->layout.owner, DatumGetDateADT(args[0]), chain, DatumGetArrayTypeP(args[2]),
+							   (const uint8 *) sv->seal_digests.data, sv->seal_digests.len);
+	if (sealed)
+		return;
+
+	args[1] = CStringGetTextDatum(chain);
 	digests = palloc(VARHDRSZ + sv->seal_digests.len);
 	SET_VARSIZE(digests, VARHDRSZ + sv->seal_digests.len);
 	memcpy(VARDATA(digests), sv->seal_digests.data, sv->seal_digests.len);
 	args[3] = PointerGetDatum(digests);
-
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed in rls_audit.capture()");
 	if (seal_plan == NULL)

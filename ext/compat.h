@@ -148,6 +148,24 @@ RlsHmacSha256(const uint8 *key, size_t keylen, const uint8 *data, size_t datalen
 #endif
 
 /*
+ * PostgreSQL 16 made table_tuple_update()'s report of which indexes need an
+ * entry for the new row version a TU_UpdateIndexes (none, all, or only the
+ * summarizing ones) where it was a bool.  audit_chain.c updates a chain head
+ * and inserts the index entries the update needs.
+ */
+#if PG_VERSION_NUM >= 160000
+#define RlsUpdateIndexes TU_UpdateIndexes
+#define RlsUpdateNeedsIndexes(u) ((u) != TU_None)
+#define RlsInsertIndexTuplesForUpdate(rri, slot, estate, u) \
+	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL, (u) == TU_Summarizing)
+#else
+#define RlsUpdateIndexes bool
+#define RlsUpdateNeedsIndexes(u) (u)
+#define RlsInsertIndexTuplesForUpdate(rri, slot, estate, u) \
+	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL)
+#endif
+
+/*
  * PostgreSQL 17 shows an initplan's outputs as (InitPlan 1).col1 in EXPLAIN
  * and names the initplan just "InitPlan 1"; older releases show $0 and name
  * it "InitPlan 1 (returns $0,$1)".  Initplans made by accessor_params.c

@@ -174,6 +174,14 @@ extern void RlsCheckStatementContext(void);
 extern void RlsDefineAuditSettings(void);
 
 /*
+ * audit_chain.c
+ */
+#include "utils/array.h"
+#include "utils/date.h"
+extern bool RlsAuditSealDirect(DateADT month, const char *chain, ArrayType *ids,
+							   const uint8 *digests, size_t digests_len);
+
+/*
  * audit_context.c
  */
 

@@ -169,6 +169,24 @@ def test_a_repeatable_read_writer_behind_a_newer_seal_of_its_site_gets_a_seriali
     assert problems(chain_db) == []
 
 
+def test_a_repeatable_read_transaction_seals_its_own_site_several_times(chain_db, database):
+    """A head this transaction updated itself is not a concurrent update, in any isolation level."""
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    for level in ("REPEATABLE READ", "SERIALIZABLE"):
+        with psycopg.connect(dsn) as conn:
+            conn.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")
+            conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+            conn.execute("INSERT INTO item VALUES (800, 1, 'once'), (801, 1, 'once')")
+            conn.execute("UPDATE item SET body = 'twice' WHERE id >= 800")
+            conn.execute("SELECT rls.set_context('12', NULL, NULL, false)")
+            conn.execute("INSERT INTO item VALUES (802, 12, 'a new chain')")
+            conn.execute("INSERT INTO item VALUES (803, 12, 'and again')")
+            conn.execute("DELETE FROM item WHERE id >= 800")
+            conn.commit()
+    assert problems(chain_db) == []
+    assert chain_db.execute("SELECT seals, entries FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (8, 16)
+
+
 def test_the_writers_and_the_verifiers_settings_do_not_matter(chain_db):
     chain_db.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'")
     chain_db.execute("SELECT rls.set_context('2', NULL, NULL, false)")
@@ -233,6 +251,189 @@ def test_entries_go_to_the_partition_of_their_month(chain_db):
     assert chain_db.execute(
         "SELECT tableoid::regclass::text FROM rls_audit.statements WHERE row_keys = '{31}'"
     ).fetchone() == (f"rls_audit.statements_{month}",)
+    assert problems(chain_db) == []
+
+
+# One column of each built-in type family, with values whose text needs quoting or escaping.
+TYPED_TABLE = """
+CREATE TABLE typed (
+    id int PRIMARY KEY, site_id int, n numeric, f float8, r real, b boolean, t text, c char(4),
+    ts timestamp, tz timestamptz, d date, tm time, ttz timetz, iv interval, by bytea, u uuid,
+    j json, jb jsonb, ia int[], ta text[], ip inet, net cidr, mac macaddr, m money, p point,
+    bx box, tr tsrange, tzr tstzrange, bits varbit, x xml, o oid, rc regclass, tv tsvector
+);
+SELECT rls_audit.enable('typed');
+"""
+TYPED_ROW = (
+    r"""({id}, {site}, 12345.678901234567890, 1.0/3, 0.1, true, E'a "quoted", back\\slash, {{brace}}, é', 'ab ',"""
+    r""" '2024-02-29 23:59:59.123456', '2024-07-01 12:34:56.789+05:30', '2024-12-31', '23:59:59.5', '01:02:03+04',"""
+    r""" '1 year 2 mons -3 days 04:05:06.7', '\x00ff5c22', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',"""
+    r""" '{{"k": [1, "v\"\\"]}}', '{{"k": {{"z": null, "a": 1.50}}}}', '{{1,NULL,3}}',"""
+    r""" '{{"x y",NULL,"\"\\"}}', '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03', 12.34, '(1.5,-2)',"""
+    r""" '((0,0),(1,1))', '[2024-01-01,2024-02-01)', '[2024-01-01 00:00+02,)', B'1011', '<a b="1">x &amp; y</a>',"""
+    r""" 4294967295, 'typed', 'fat:1A cat:2B')"""
+)
+
+
+def write_typed(conn: psycopg.Connection, site: str | None, first: int) -> None:
+    """Insert two rows of every type (one all NULL but its key), update some columns, delete one."""
+    site_value = "NULL" if site is None or not site.isdigit() else site
+    if site is None:
+        conn.execute("SELECT rls.clear_context()")
+    else:
+        conn.execute("SELECT rls.set_context(%s, NULL, NULL, false)", [site])
+    conn.execute("INSERT INTO typed (id, site_id) VALUES " + f"({first + 1}, {site_value})")
+    conn.execute("INSERT INTO typed VALUES " + TYPED_ROW.format(id=first, site=site_value))
+    conn.execute(
+        f"UPDATE typed SET tz = tz + interval '1 hour', iv = NULL, jb = '{{\"k\": \"changed\"}}', "
+        f"f = 'NaN', n = n * -1 WHERE id = {first}"
+    )
+    conn.execute(f"DELETE FROM typed WHERE id = {first + 1}")
+
+
+SITE_UUID = "6f1b0c2e-2d7a-4f4e-9c1a-0b8e6a3c5d11"
+
+
+def digests_match_entry_digest(conn: psycopg.Connection) -> list[tuple]:
+    """Per seal: whether its digests are rls_audit._entry_digest() of the statement rows it lists."""
+    conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'")  # as _entry_digest() is defined
+    return conn.execute(
+        "SELECT s.chain, s.seq, s.digests = (SELECT string_agg(rls_audit._entry_digest(l), ''::bytea ORDER BY l.id)"
+        "                                 FROM rls_audit.statements l WHERE l.id = ANY (s.statement_ids)),"
+        "       cardinality(s.statement_ids) * 32 = octet_length(s.digests)"
+        "  FROM rls_audit.seals s ORDER BY s.chain, s.seq"
+    ).fetchall()
+
+
+def test_the_capture_seals_every_type_family_across_sites_as_verify_checks(chain_db):
+    """The capture's own seal (audit_chain.c): a chain of a site id, of a site uuid and of no site, each
+    starting next to another month's head of the same name, verifies, and every seal's digests are
+    _entry_digest() of its statement rows."""
+    chain_db.execute(TYPED_TABLE)
+    # Last month's heads of the chains written below: the capture must start this month's chains apart.
+    chain_db.execute(
+        "INSERT INTO rls_audit.chain_heads SELECT (date_trunc('month', now(), 'UTC') - interval '1 month')::date,"
+        " c, 5, '\\x00' FROM unnest(ARRAY['7', %s, '']) c",
+        [SITE_UUID],
+    )
+    write_typed(chain_db, "7", 100)
+    write_typed(chain_db, SITE_UUID, 200)
+    write_typed(chain_db, None, 300)
+    write_typed(chain_db, "7", 400)
+    this_month = "rls_audit._chain_month(now())"
+    rows = chain_db.execute(
+        f"SELECT chain, seals, entries, problem FROM rls_audit.verify() WHERE month = {this_month} ORDER BY chain"
+    ).fetchall()
+    assert rows == [("", 5, 5, None), ("1", 4, 8, None), ("2", 1, 1, None), (SITE_UUID, 4, 4, None), ("7", 8, 8, None)]
+    assert chain_db.execute(
+        f"SELECT h.seq, h.seal = s.seal FROM rls_audit.chain_heads h JOIN rls_audit.seals s USING (month, chain, seq)"
+        f" WHERE h.month = {this_month} AND h.chain = '7'"
+    ).fetchone() == (8, True)
+    # The other month's heads were neither used nor changed.
+    assert chain_db.execute(
+        "SELECT count(*) FROM rls_audit.chain_heads WHERE month < rls_audit._chain_month(now()) AND seq = 5"
+    ).fetchone() == (3,)
+    assert all(row[2] and row[3] for row in digests_match_entry_digest(chain_db))
+    assert chain_db.execute("SELECT count(*) FROM rls_audit.seals").fetchone() == (22,)
+
+
+def test_the_capture_digest_equals_entry_digest_whatever_the_writers_settings(chain_db):
+    """Rows written under another TimeZone, DateStyle, IntervalStyle, float and bytea output: the digests the
+    capture sealed are those _entry_digest() computes under TimeZone UTC and DateStyle ISO."""
+    chain_db.execute(TYPED_TABLE)
+    chain_db.execute(
+        "SET TimeZone = 'America/St_Johns'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard';"
+        " SET extra_float_digits = 0; SET bytea_output = 'escape'"
+    )
+    write_typed(chain_db, "7", 100)
+    chain_db.execute("SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'German'; SET IntervalStyle = 'iso_8601'")
+    write_typed(chain_db, "7", 200)
+    matches = digests_match_entry_digest(chain_db)
+    assert [row for row in matches if row[0] == "7"] == [("7", seq, True, True) for seq in range(1, 9)]
+    assert problems(chain_db) == []
+
+
+def test_a_trigger_on_the_chain_heads_still_fires_and_the_chain_verifies(chain_db):
+    """The capture writes the chain's tables itself only as the extension made them; a trigger a superuser
+    adds to one sends the seal through rls_audit._seal(), where it fires, and the chain stays whole."""
+    chain_db.execute("CREATE TABLE public.head_changes (chain text, seq bigint)")
+    chain_db.execute(
+        "CREATE FUNCTION public.note_head() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO public.head_changes VALUES (NEW.chain, NEW.seq); RETURN NEW; END$$"
+    )
+    chain_db.execute(
+        "CREATE TRIGGER note_head AFTER INSERT OR UPDATE ON rls_audit.chain_heads "
+        "FOR EACH ROW EXECUTE FUNCTION public.note_head()"
+    )
+    chain_db.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item VALUES (40, 1, 'noted')")
+    chain_db.execute("SELECT rls.set_context('9', NULL, NULL, false)")
+    chain_db.execute("INSERT INTO item VALUES (41, 9, 'noted, new chain')")
+    assert chain_db.execute("SELECT chain, seq FROM public.head_changes ORDER BY chain").fetchall() == [
+        ("1", 5),
+        ("9", 1),
+    ]
+    chain_db.execute("DROP TRIGGER note_head ON rls_audit.chain_heads")
+    chain_db.execute("INSERT INTO item VALUES (42, 9, 'sealed by the capture again')")
+    assert chain_db.execute("SELECT count(*) FROM public.head_changes").fetchone() == (2,)
+    assert problems(chain_db) == []
+    assert chain_db.execute("SELECT seals, entries FROM rls_audit.verify() WHERE chain = '9'").fetchone() == (2, 2)
+
+
+def test_two_writers_creating_one_chain_head_wait_and_both_seal(chain_db, database):
+    """The second writer of a chain without a head yet waits for the first one's head, then appends to it
+    (READ COMMITTED); the creation's unique violation never reaches it."""
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+        for conn in (first, second):
+            conn.execute("SELECT rls.set_context('55', NULL, NULL, false)")
+        first.execute("INSERT INTO item VALUES (500, 55, 'creates the head')")
+        waiting = threading.Thread(
+            target=lambda: (second.execute("INSERT INTO item VALUES (501, 55, 'second')"), second.commit())
+        )
+        waiting.start()
+        time.sleep(0.5)
+        assert waiting.is_alive(), "the second writer should wait for the head the first one is creating"
+        first.commit()
+        waiting.join(timeout=10)
+        assert not waiting.is_alive()
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '55'").fetchone() == (
+        2,
+        2,
+        None,
+    )
+
+
+def test_writers_taking_turns_on_one_chain_and_a_rewritten_head_table_keep_it_whole(chain_db, database):
+    """Each backend remembers where it left a chain's head; a head another backend moved since, or a table
+    rewritten under it, is found through the primary key again."""
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn, autocommit=True) as first, psycopg.connect(dsn, autocommit=True) as second:
+        for conn in (first, second):
+            conn.execute("SELECT rls.set_context('1', NULL, NULL, false)")
+        for key in range(700, 710):
+            (first if key % 3 else second).execute("INSERT INTO item VALUES (%s, 1, 'turns')", [key])
+            if key == 704:
+                chain_db.execute("VACUUM FULL rls_audit.chain_heads")
+            if key == 706:
+                chain_db.execute("UPDATE rls_audit.chain_heads SET seal = seal WHERE chain = '1'")
+    assert chain_db.execute("SELECT seals, entries, problem FROM rls_audit.verify() WHERE chain = '1'").fetchone() == (
+        14,
+        18,
+        None,
+    )
+
+
+def test_a_repeatable_read_writer_behind_a_new_chain_head_gets_a_serialization_failure(chain_db, database):
+    dsn = psycopg.conninfo.make_conninfo(database.admin, dbname=CHAIN_DB)
+    with psycopg.connect(dsn) as late:
+        late.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        late.execute("SELECT rls.set_context('56', NULL, NULL, false)")  # takes the snapshot
+        chain_db.execute("SELECT rls.set_context('56', NULL, NULL, false)")
+        chain_db.execute("INSERT INTO item VALUES (600, 56, 'head created after that snapshot')")
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            late.execute("INSERT INTO item VALUES (601, 56, 'late')")
+        late.rollback()
     assert problems(chain_db) == []
 
 

@@ -81,10 +81,13 @@ COMMENT ON FUNCTION rls_audit._seal_value(bytea, bigint, bigint[], bytea) IS
 'Internal: the seal following previous for the seq-th sealed statement of a chain.';
 REVOKE ALL ON FUNCTION rls_audit._seal_value(bytea, bigint, bigint[], bytea) FROM PUBLIC;
 
--- Called by rls_audit.capture() (as the log's owner, in the statement that
--- inserts the entries) once per chain the statement wrote to, in (month,
--- chain) order, so that two statements lock the heads they share in the
--- same order.  The head row stays locked until the transaction ends.
+-- The capture seals in C with the same results (ext/audit_chain.c); it calls
+-- this (as the log's owner, in the statement that inserts the entries) when
+-- a superuser changed chain_heads or seals (a trigger, rule, CHECK, other
+-- columns), so that what was added applies, and from its INSERT ... SELECT
+-- when the log itself was changed: once per chain the statement wrote to, in
+-- (month, chain) order, so that two statements lock the heads they share in
+-- the same order.  The head row stays locked until the transaction ends.
 CREATE FUNCTION rls_audit._seal(month date, chain text, statement_ids bigint[], digests bytea)
 RETURNS void
 LANGUAGE plpgsql
