@@ -52,6 +52,8 @@ StartupSharedMemory(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	RlsReplayShmemStartup();
+	/* Every preloaded library is loaded by now, Citus too if it comes after us in the list. */
+	RlsReportCitusLibrary();
 }
 
 void		_PG_init(void);
@@ -93,6 +95,7 @@ _PG_init(void)
 	RlsDefineAccessorParamSettings();
 	RlsDefineAuditSettings();
 	RlsDefineCitusSettings();
+	RlsReportCitusLibrary();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);
