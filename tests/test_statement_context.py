@@ -415,7 +415,7 @@ def test_the_citus_report_cannot_be_set_by_a_client(database):
             conn.execute("SET django_rls.citus = on")
         with pytest.raises(psycopg.errors.CantChangeRuntimeParam):
             conn.execute("SELECT set_config('django_rls.citus', 'on', false)")
-    with pytest.raises(psycopg.OperationalError, match="django_rls.citus"):
+    with pytest.raises(psycopg.OperationalError, match=r"django_rls\.citus"):
         database.connect("app", options="-c django_rls.citus=on").close()
 
 

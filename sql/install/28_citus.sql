@@ -157,6 +157,25 @@ BEGIN
         RETURN;
     END IF;
 
+    -- An audited table of Citus's: rls_audit.enable() refuses one, and the audit guard refuses the trigger
+    -- copies that distributing an audited table makes, but a superuser can step around both (the guard's event
+    -- trigger disabled, or the table audited before the citus extension existed).
+    FOR tbl IN EXECUTE
+        'SELECT d.logicalrelid FROM pg_catalog.pg_dist_partition d
+          WHERE d.logicalrelid IN (SELECT a.table_oid FROM rls_audit.audited_tables a)
+          ORDER BY d.logicalrelid::text'
+    LOOP
+        table_name := tbl;
+        object_name := NULL;
+        problem := format('%%1$s is audited and %s, so its writes are captured in its shard placements, apart from '
+                          'the audit log of the coordinator (where they are captured at all)',
+                          CASE rls._citus_table_kind(tbl) WHEN 'Citus local' THEN 'a Citus local table'
+                               ELSE format('a %s table of Citus', rls._citus_table_kind(tbl)) END);
+        hint := 'Keep an audited table out of Citus (undistribute_table()), or stop auditing it '
+                '(rls_audit.disable(), Django: audit=False); docs/scale-out.md.';
+        RETURN NEXT;
+    END LOOP;
+
     FOR tbl IN EXECUTE
         'SELECT d.logicalrelid FROM pg_catalog.pg_dist_partition d
           WHERE EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = d.logicalrelid
@@ -254,7 +273,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls._citus_problems() IS
-'Internal: what rls.problems reports about tables Citus distributes (nothing without Citus).';
+'Internal: what rls.problems reports about tables Citus distributes, and audited tables of Citus''s (nothing without Citus).';
 
 -- Citus's functions that send a statement to other nodes, executable by
 -- PUBLIC after CREATE EXTENSION citus: the application role could reach the
