@@ -692,18 +692,26 @@ def test_audit_enable_refuses_a_table_of_citus(admin, owner, scratch_table, kind
 
 def test_a_table_audited_before_it_is_distributed_stays_local(admin, owner, scratch_table):
     """The other order: an audited table cannot be distributed. Citus refuses a table with triggers (without
-    citus.enable_unsafe_triggers), and with it on, the audit guard on the workers refuses the copies of the audit
-    triggers on the shards; either way the table stays a plain, audited table on the coordinator."""
+    citus.enable_unsafe_triggers); with it on, the audit guard on the workers refuses Citus's copies of the audit
+    triggers on the shards, saying why and what to do. Either way the table stays a plain, audited table on the
+    coordinator."""
     table = scratch_table("audited_first", "id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id)", True)
     owner.execute("SELECT rls_audit.enable(%s)", (table,))
-    for unsafe in ("off", "on"):
-        admin.execute("SELECT set_config('citus.enable_unsafe_triggers', %s, false)", (unsafe,))
-        with pytest.raises(psycopg.Error) as refused:
-            admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
-        if unsafe == "on":
-            assert "rls_audit.capture()" in str(refused.value), refused.value
-        assert table not in citus_tables(admin.cursor())
+    admin.execute("SET citus.enable_unsafe_triggers = off")
+    with pytest.raises(errors.InternalError_, match=f'cannot distribute relation "{table}" because it has triggers'):
+        admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    assert table not in citus_tables(admin.cursor())
+    admin.execute("SET citus.enable_unsafe_triggers = on")
+    with pytest.raises(errors.FeatureNotSupported) as by_guard:
+        admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
     admin.execute("RESET citus.enable_unsafe_triggers")
+    diag = by_guard.value.diag
+    assert re.fullmatch(
+        rf"public\.{table}_\d+ is a shard of an audited table, and django_rls cannot audit a table of Citus",
+        diag.message_primary or "",
+    ), diag.message_primary
+    assert "rls_audit.disable()" in (diag.message_hint or "") and "audit=False" in (diag.message_hint or "")
+    assert table not in citus_tables(admin.cursor())
     assert len(_audit_triggers(admin, table)) == 4
 
 

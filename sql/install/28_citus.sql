@@ -34,6 +34,30 @@ $$;
 COMMENT ON FUNCTION rls._citus_table_kind(regclass) IS
 'Internal: distributed, reference or Citus local where Citus''s metadata holds the table; NULL otherwise.';
 
+-- Whether trigger tgname of tbl is Citus's copy of an audit trigger on a shard placement: Citus's metadata
+-- knows the shard, or (while Citus creates a shard on a worker, before the metadata reaches it) the trigger
+-- and the table carry the same shard id suffix, as Citus names its copies (rls_audit_delete_102137 of
+-- items_102137).  False without Citus.  Only the guard's message depends on it, never what it allows.
+CREATE FUNCTION rls._citus_shard_trigger(tgname name, tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known boolean;
+    suffix text := substring(tgname from '^rls_audit_(?:insert|update|delete|truncate)_([0-9]+)$');
+BEGIN
+    IF to_regprocedure('pg_catalog.relation_is_a_known_shard(regclass)') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.relation_is_a_known_shard($1)' INTO known USING tbl;
+    RETURN coalesce(known, false)
+        OR (suffix IS NOT NULL AND (SELECT relname FROM pg_class WHERE oid = tbl) LIKE '%\_' || suffix);
+END
+$$;
+COMMENT ON FUNCTION rls._citus_shard_trigger(name, regclass) IS
+'Internal: true where an audit trigger of tbl is Citus''s copy on a shard placement.';
+
 -- What, in a pair of policy expressions for tbl, reads another table, as
 -- PostgreSQL parses them: 'sub-select' (a SubLink: EXISTS, IN, ANY or a
 -- scalar sub-select; Citus refuses to create such a policy on any of its
