@@ -1,4 +1,4 @@
-"""E032: a Citus coordinator whose protected distributed tables a session-scoped context misses in autocommit.
+"""What Citus holds, for every Citus check; and E032: a session-scoped context in autocommit on a coordinator.
 
 On a Citus coordinator the context reaches the workers only from a transaction block (ext/citus.c,
 docs/scale-out.md). The bridge (database.py) sends each autocommit query that needs a context there in a

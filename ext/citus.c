@@ -116,11 +116,12 @@ CitusLibraryPresent(void)
 
 /*
  * Switch django_rls.citus on when the Citus library is loaded.  Called from
- * _PG_init and, for a preloaded library, once every preloaded library is
- * loaded (shmem startup): Citus may come after django_rls in
- * shared_preload_libraries.  Citus can only be loaded that way, so the answer
- * never changes in a backend; it does not say whether the current database
- * has the citus extension (a client treats "on" as "maybe a coordinator").
+ * _PG_init: Citus can only be loaded through shared_preload_libraries, and
+ * only before any library that installs hooks, as this one does ("Citus has
+ * to be loaded first"), so it is loaded by then or never in this server, and
+ * the answer never changes in a backend.  It does not say whether the current
+ * database has the citus extension (a client treats "on" as "maybe a
+ * coordinator").
  */
 void
 RlsReportCitusLibrary(void)

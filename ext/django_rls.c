@@ -52,8 +52,6 @@ StartupSharedMemory(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	RlsReplayShmemStartup();
-	/* Every preloaded library is loaded by now, Citus too if it comes after us in the list. */
-	RlsReportCitusLibrary();
 }
 
 void		_PG_init(void);
