@@ -1333,17 +1333,19 @@ def test_a_session_context_set_in_a_transaction_block_reaches_the_shards_for_tha
 def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citus, system_setting):
     """The credential lives django_rls.max_token_lifetime (the coordinator's): a transaction that first reaches
     the workers later than that is refused there, and setting the context again carries a fresh one."""
-    system_setting(citus.coordinator, "django_rls.max_token_lifetime", "1", "1s")
+    # Whole seconds: a credential of lifetime N expires within N-1 to N seconds of being made. 3 s leaves the fresh
+    # credential below two seconds to reach the workers, which a loaded machine needs (1 s failed under load).
+    system_setting(citus.coordinator, "django_rls.max_token_lifetime", "3", "3s")
     with citus.connect(APP_ROLE, PASSWORD) as app:
         with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
             with app.transaction():
                 app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-                time.sleep(2.2)
+                time.sleep(3.2)
                 app.execute("SELECT count(*) FROM items").fetchone()
         assert excinfo.value.diag.message_detail.startswith("It expired ")
         with app.transaction():
             app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-            time.sleep(2.2)
+            time.sleep(3.2)
             app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
             assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
 
