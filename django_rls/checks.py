@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import psycopg
@@ -12,7 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
-from django_rls.citus_checks import check_session_scope
+from django_rls.citus_checks import CitusTables, check_session_scope, citus_tables, declared_citus_tables
 from django_rls.sqlonly import installed_mode, installed_version
 
 MIDDLEWARE = "django_rls.middleware.RlsMiddleware"
@@ -492,9 +493,10 @@ def _check_alias(alias: str) -> list[CheckMessage]:
             )
         if mode == "sql":
             messages.extend(_check_sql_mode(alias, cursor, version))
-        messages.extend(citus_refusals(_distributed_tables(cursor), connections[alias], mode))
+        in_citus = citus_tables(cursor)
+        messages.extend(citus_refusals(in_citus, connections[alias], mode))
         if mode == "c":
-            messages.extend(check_session_scope(alias, cursor))
+            messages.extend(check_session_scope(alias, in_citus))
         cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         is_super, bypass = cursor.fetchone()
         # Never advise demoting the role this alias connects as: it may be the only superuser of the cluster,
@@ -556,20 +558,13 @@ def _check_alias(alias: str) -> list[CheckMessage]:
     return messages
 
 
-def _distributed_tables(cursor: Any) -> set[str]:
-    """The names of the tables Citus distributes, visible on the search_path; empty without Citus."""
-    cursor.execute("SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL")
-    if not cursor.fetchone()[0]:
-        return set()
-    cursor.execute(
-        "SELECT c.relname FROM pg_dist_partition d JOIN pg_class c ON c.oid = d.logicalrelid "
-        "WHERE pg_table_is_visible(c.oid)"
-    )
-    return {name for (name,) in cursor.fetchall()}
+def citus_refusals(
+    distributed: CitusTables | Mapping[str, str] | Collection[str], connection: Any, mode: str | None = "c"
+) -> list[CheckMessage]:
+    """E022, E024, E026, E030, E033: declarations a table Citus holds cannot hold (issue 17, docs/scale-out.md).
 
-
-def citus_refusals(distributed: set[str], connection: Any, mode: str | None = "c") -> list[CheckMessage]:
-    """E022, E024, E026, E030: declarations a table Citus holds cannot hold (issue 17, docs/scale-out.md).
+    E033: an audited declaration: rls_audit.enable() refuses a table of Citus (its writes happen in the shard
+    placements, apart from the coordinator's audit log).
 
     E022: a policy that reads another table in a sub-select (ThroughParent, Membership, Members with
     parent=True): Citus refuses such a policy on any of its tables, and rls.protect() refuses it first.
@@ -579,20 +574,24 @@ def citus_refusals(distributed: set[str], connection: Any, mode: str | None = "c
     Citus's. E024: two policy groups for one command: Citus copies them to the shards without
     AS RESTRICTIVE, where each admits a row alone.
     """
-    from django_rls.declarations import all_declarations
     from django_rls.policies import OwnerOrMember
 
-    if not distributed:
-        return []
     messages: list[CheckMessage] = []
-    for label, declaration in sorted(all_declarations().items()):
-        try:
-            model = declaration.model_class()
-        except LookupError:
-            continue  # reported by E005
-        table = model._meta.db_table
-        if table not in distributed:
-            continue
+    for label, declaration, model, table, kind in declared_citus_tables(distributed):
+        if declaration.audit:
+            what = "a Citus local table" if kind == "local" else f"a {kind} table of Citus"
+            messages.append(
+                Error(
+                    f"{label} is declared audited (audit=True), and its table {table} is {what}: its writes happen in "
+                    "its shard placements, where the audit triggers would run apart from the audit log and the "
+                    "context of the coordinator, so rls_audit.enable() (and so rls_apply) refuses it.",
+                    hint=f"Keep {table} out of Citus (undistribute_table(), a plain table on the coordinator) to audit "
+                    "it, or declare it with audit=False and record its changes in the application "
+                    "(docs/scale-out.md).",
+                    obj=model,
+                    id="django_rls.E033",
+                )
+            )
         if mode == "sql":
             messages.append(
                 Error(

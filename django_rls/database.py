@@ -17,14 +17,14 @@ makes one choice (``ContextWrapper.__call__``):
   nothing else; in autocommit, where each query is its own transaction, the query
   is wrapped in ``BEGIN``, that statement and ``COMMIT``, pipelined where psycopg
   can (one round trip).
-- **in a transaction of its own**: on a Citus coordinator (the database has the
-  ``citus`` extension, asked once per connection by ``citus_coordinator``) an
-  autocommit query that could carry is sent as ``send first`` sends one in
-  autocommit: the context reaches the workers only from a transaction block
-  (ext/citus.c, docs/scale-out.md), and a query carrying it alone would read and
-  write none of the rows kept there. Other servers pay that one catalog read per
-  connection (on its first autocommit query that carries; none in a transaction
-  block), and a cached test per autocommit query after it.
+- **in a transaction of its own**: on a server with Citus (reported at connection
+  start as ``django_rls.citus``, else asked once per connection:
+  ``citus_coordinator``) an autocommit query that could carry is sent as ``send
+  first`` sends one in autocommit: the context reaches the workers only from a
+  transaction block (ext/citus.c, docs/scale-out.md), and a query carrying it
+  alone would read and write none of the rows kept there. Other servers pay
+  nothing where the library reports (one catalog read per connection where it is
+  not reported), and a cached test per autocommit query.
 - **setter**: only where the marker cannot work (the server did not preload the
   library, asked once per connection by ``marker_supported``, or ``SCOPE =
   "session"``) the context goes through ``rls.set_context()`` (signed:
@@ -95,6 +95,8 @@ _PREPARED = "_django_rls_prepared"  # the psycopg connection prepare() has readi
 _CITUS = "_django_rls_citus"
 # Reported by the server at connection start (GUC_REPORT); absent where the library is not loaded.
 PRELOADED_SETTING = "django_rls.preloaded"
+# Reported likewise: "on" where the server has loaded the Citus library.
+CITUS_SETTING = "django_rls.citus"
 
 
 class AppliedContext:
@@ -229,25 +231,41 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
 
 
 def citus_coordinator(connection: BaseDatabaseWrapper) -> bool:
-    """Whether this connection's database has the Citus extension, so an autocommit query needs a transaction.
+    """Whether an autocommit query on this connection needs a transaction of its own: Citus may run it.
 
-    Asked once per connection, by the first autocommit query that would carry its
-    context alone (one catalog read, in autocommit, changing nothing). The answer is
-    the database's, so it holds for every backend a pooler may hand this connection.
-    Citus on a worker with metadata (which can also run distributed queries) answers
-    yes as well: wrapping a query in a transaction there costs the round trip's
-    ``BEGIN``/``COMMIT`` and changes no row it sees.
+    The library reports ``django_rls.citus`` at connection start: ``on`` where the
+    server has loaded the Citus library (Citus can only be preloaded, so the answer
+    never changes for a backend), ``off`` where it has not. That costs no query, and
+    the answer cannot go stale: ``on`` holds before ``CREATE EXTENSION citus`` and
+    after it. ``on`` does not say the database has the extension; a Citus server's
+    database without it then pays ``BEGIN``/``COMMIT`` in the same pipeline, and no
+    row changes. Where nothing is reported (a proxy that does not pass it on, an
+    older library) one catalog read asks, once per connection, in autocommit,
+    changing nothing; that answer is the database's, so it holds for every backend a
+    pooler may hand this connection, but not past a later ``CREATE EXTENSION citus``.
+
+    A wrong "no" fails closed: the query then carries its context alone, which the
+    workers never see, so it reads and writes none of their rows. No client can make
+    the report say "no" where the library is loaded (``PGC_INTERNAL``); where it is
+    not, a setting of that name is a placeholder, which the server never reports.
+    Citus on a worker with metadata answers yes as well: wrapping a query in a
+    transaction there changes no row it sees.
     """
     pgconn: psycopg.Connection[Any] = connection.connection
     cached = getattr(connection, _CITUS, None)
     if cached is not None and cached[0] is pgconn:
         return bool(cached[1])
-    row = (
-        psycopg.Cursor(pgconn)
-        .execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
-        .fetchone()
-    )
-    found = row is not None and bool(row[0])
+    reported = pgconn.info.parameter_status(CITUS_SETTING)
+    found: bool
+    if reported is not None:
+        found = reported == "on"
+    else:
+        row = (
+            psycopg.Cursor(pgconn)
+            .execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
+            .fetchone()
+        )
+        found = row is not None and bool(row[0])
     setattr(connection, _CITUS, (pgconn, found))
     return found
 

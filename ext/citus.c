@@ -103,6 +103,33 @@ typedef void (*EnsureTransactionIdFunction) (void);
 static LocalGroupIdFunction citus_local_group_id = NULL;
 static EnsureTransactionIdFunction citus_ensure_transaction_id = NULL;
 
+/* Reported to the client (django_rls.citus): the Citus library is loaded. */
+static bool citus_library_setting = false;
+
+/* Whether Citus has defined its settings here, i.e. its library is loaded. */
+static bool
+CitusLibraryPresent(void)
+{
+	return GetConfigOption("citus.version", true, false) != NULL &&
+		(GetConfigOptionFlags("citus.version", true) & GUC_CUSTOM_PLACEHOLDER) == 0;
+}
+
+/*
+ * Switch django_rls.citus on when the Citus library is loaded.  Called from
+ * _PG_init: Citus can only be loaded through shared_preload_libraries, and
+ * only before any library that installs hooks, as this one does ("Citus has
+ * to be loaded first"), so it is loaded by then or never in this server, and
+ * the answer never changes in a backend.  It does not say whether the current
+ * database has the citus extension (a client treats "on" as "maybe a
+ * coordinator").
+ */
+void
+RlsReportCitusLibrary(void)
+{
+	if (!citus_library_setting && CitusLibraryPresent())
+		SetConfigOption(RLS_GUC_PREFIX ".citus", "on", PGC_INTERNAL, PGC_S_OVERRIDE);
+}
+
 /* Whether the Citus library is loaded in this backend (never unloaded). */
 static bool
 CitusLoaded(void)
@@ -111,8 +138,7 @@ CitusLoaded(void)
 
 	if (loaded)
 		return true;
-	if (GetConfigOption("citus.version", true, false) == NULL ||
-		(GetConfigOptionFlags("citus.version", true) & GUC_CUSTOM_PLACEHOLDER) != 0)
+	if (!CitusLibraryPresent())
 		return false;
 	citus_local_group_id = (LocalGroupIdFunction)
 		load_external_function("citus", "GetLocalGroupId", true, NULL);
@@ -326,6 +352,21 @@ RlsDefineCitusSettings(void)
 							   GUC_DISALLOW_IN_AUTO_FILE | GUC_NOT_WHILE_SEC_REST,
 							   CheckForwarded, AssignForwarded, NULL);
 	RegisterXactCallback(ForgetVerification, NULL);
+
+	/*
+	 * Reported at connection start, so the Django bridge learns for free
+	 * whether an autocommit query may need a transaction of its own to reach
+	 * the workers (django_rls/database.py).  PGC_INTERNAL: no client, role or
+	 * file can set it where the library is loaded; where it is not, a setting
+	 * of this name is a placeholder, which is never reported, and the bridge
+	 * asks the catalog instead.
+	 */
+	DefineCustomBoolVariable(RLS_GUC_PREFIX ".citus",
+							 "Whether the Citus library is loaded in this server.",
+							 "On: autocommit statements of a client may reach Citus workers, which get the context only from a transaction block.",
+							 &citus_library_setting, false, PGC_INTERNAL,
+							 GUC_REPORT | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							 NULL, NULL, NULL);
 }
 
 static void

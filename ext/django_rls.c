@@ -93,6 +93,7 @@ _PG_init(void)
 	RlsDefineAccessorParamSettings();
 	RlsDefineAuditSettings();
 	RlsDefineCitusSettings();
+	RlsReportCitusLibrary();
 	if (process_shared_preload_libraries_in_progress)
 		RlsDefineReplaySettings();
 	MarkGUCPrefixReserved(RLS_GUC_PREFIX);

@@ -79,6 +79,7 @@ typedef struct RlsForwardedContext
 
 extern bool rls_forwarded_present;
 extern void RlsDefineCitusSettings(void);
+extern void RlsReportCitusLibrary(void);
 extern void RlsForwardContext(const char *site, const char *user, const char *claims);
 extern const RlsForwardedContext *RlsForwardedCredential(RlsForwardedContext *result);
 

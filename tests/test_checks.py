@@ -429,8 +429,8 @@ def test_e022_e024_what_a_table_citus_distributes_cannot_hold(live_db):
     from django_rls.checks import citus_refusals
 
     assert citus_refusals(set(), connections["default"]) == []
-    assert citus_refusals({"testapp_note"}, connections["default"]) == []
-    found = citus_refusals({"testapp_note", "testapp_task", "testapp_orderline"}, connections["default"])
+    assert citus_refusals({"testapp_tag"}, connections["default"]) == []
+    found = citus_refusals({"testapp_tag", "testapp_task", "testapp_orderline"}, connections["default"])
     assert [(m.id, m.obj._meta.label) for m in found] == [
         ("django_rls.E022", "testapp.OrderLine"),
         ("django_rls.E024", "testapp.Task"),
@@ -450,14 +450,39 @@ def test_e026_owner_or_member_on_a_citus_table(live_db):
     assert "BySite" in message.hint
 
 
+def test_e033_an_audited_model_on_a_citus_table(live_db):
+    """rls_audit.enable() refuses a table of Citus (tests/test_citus.py): a declared audited model whose table Citus
+    holds is an error, whatever the kind of table, and whatever else is said about it; an unaudited one is not."""
+    from django_rls.checks import citus_refusals
+
+    for kind, what in (
+        ("distributed", "a distributed table of Citus"),
+        ("reference", "a reference table of Citus"),
+        ("local", "a Citus local table"),
+    ):
+        [message] = citus_refusals({"testapp_note": kind, "testapp_tag": kind}, connections["default"])
+        assert (message.id, message.obj._meta.label) == ("django_rls.E033", "testapp.Note")
+        assert f"its table testapp_note is {what}" in message.msg
+        assert "undistribute_table()" in message.hint and "audit=False" in message.hint
+    found = citus_refusals({"testapp_tenantdoc"}, connections["default"])
+    assert [(m.id, m.obj._meta.label) for m in found] == [
+        ("django_rls.E033", "testapp.TenantDoc"),
+        ("django_rls.E024", "testapp.TenantDoc"),
+    ]
+    assert [m.id for m in citus_refusals({"testapp_note"}, connections["default"], "sql")] == [
+        "django_rls.E033",
+        "django_rls.E030",
+    ]
+
+
 def test_e030_the_sql_only_mode_protects_no_citus_table(live_db):
     """The SQL-only mode reads the context in sub-selects: every declared model Citus holds is refused, whatever
     its policies, and nothing else is said about it."""
     from django_rls.checks import citus_refusals
 
-    found = citus_refusals({"testapp_note", "testapp_task", "testapp_team"}, connections["default"], "sql")
+    found = citus_refusals({"testapp_tag", "testapp_task", "testapp_team"}, connections["default"], "sql")
     assert sorted((m.id, m.obj._meta.label) for m in found) == [
-        ("django_rls.E030", "testapp.Note"),
+        ("django_rls.E030", "testapp.Tag"),
         ("django_rls.E030", "testapp.Task"),
         ("django_rls.E030", "testapp.Team"),
     ]

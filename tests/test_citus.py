@@ -41,8 +41,10 @@ from psycopg import errors, sql
 from psycopg.types.string import StrDumper
 
 from django_rls import roles as rls_roles
-from django_rls.checks import _distributed_tables
-from tests.harness.citus_cluster import CitusCluster, citus_missing
+from django_rls.citus_checks import citus_tables
+from tests.harness import citus_fixtures
+from tests.harness.citus_cluster import CitusCluster, citus_missing, create_role, on_placements, running_cluster
+from tests.harness.citus_cluster import move_shard as move_shard_to_other_worker
 from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
 
 MISSING = citus_missing()
@@ -79,17 +81,6 @@ class Text(str):
 
 class TextDumper(StrDumper):
     oid = psycopg.adapters.types["text"].oid
-
-
-def on_placements(admin: psycopg.Connection, table: str, command: str) -> list[str]:
-    """The result of ``command`` on every shard placement of ``table`` (``%s`` is the shard's name), as a superuser."""
-    rows = admin.execute(
-        "SELECT success, result FROM run_command_on_placements(%s, %s) ORDER BY shardid", (table, command)
-    ).fetchall()
-    assert rows, f"{table} has no shard placements"
-    failed = [result for success, result in rows if not success]
-    assert not failed, failed
-    return [result for _, result in rows]
 
 
 def _shard_policies(admin: psycopg.Connection, table: str) -> list[tuple[str, bool]]:
@@ -135,16 +126,10 @@ def _restore_restrictive_on_shards(admin: psycopg.Connection, table: str) -> Non
 @pytest.fixture(scope="module")
 def citus() -> Iterator[CitusCluster]:
     """The cluster, with the owner and app roles and the protected, distributed tables."""
-    cluster = CitusCluster()
-    try:
-        cluster.start()
+    with running_cluster() as cluster:
         with cluster.connect() as admin:
-            for role, options in ((OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS"), (APP_ROLE, "NOSUPERUSER NOBYPASSRLS")):
-                admin.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN " + options + " PASSWORD {}").format(
-                        sql.Identifier(role), sql.Literal(PASSWORD)
-                    )
-                )
+            for role in (OWNER_ROLE, APP_ROLE):
+                create_role(admin, role, "NOSUPERUSER NOBYPASSRLS", PASSWORD)
             for table in TABLES:
                 ident = sql.Identifier(table)
                 admin.execute(
@@ -176,18 +161,9 @@ def citus() -> Iterator[CitusCluster]:
             _restore_restrictive_on_shards(admin, "items_repaired")
             _restore_restrictive_on_shards(admin, "items_moved")
         yield cluster
-    except Exception:
-        print(cluster.log_tails())
-        raise
-    finally:
-        cluster.stop()
-        cluster.remove()
 
 
-@pytest.fixture
-def admin(citus: CitusCluster) -> Iterator[psycopg.Connection]:
-    with citus.connect() as conn:
-        yield conn
+admin = citus_fixtures.admin  # the superuser on the coordinator (tests/harness/citus_fixtures.py)
 
 
 @pytest.fixture
@@ -228,17 +204,7 @@ def move_shard(admin: psycopg.Connection) -> Callable[[str, int], int]:
 
     def move(table: str, value: int) -> int:
         shard = admin.execute("SELECT get_shard_id_for_distribution_column(%s, %s)", (table, value)).fetchone()[0]
-        (source,) = admin.execute(
-            "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
-        ).fetchone()
-        (target,) = admin.execute(
-            "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND isactive AND groupid <> 0",
-            (source,),
-        ).fetchone()
-        admin.execute(
-            "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, 'block_writes')",
-            (shard, source, target),
-        )
+        move_shard_to_other_worker(admin, shard)
         return shard
 
     return move
@@ -439,7 +405,10 @@ def test_problems_report_the_distributed_table(admin, app):
 
 def test_the_checks_find_the_distributed_tables(admin):
     """What E022 and E024 (django_rls.checks.citus_refusals, tests/test_checks.py) are decided on."""
-    assert set(TABLES) <= _distributed_tables(admin.cursor())
+    found = citus_tables(admin.cursor())
+    assert {table: found.kinds[table] for table in TABLES} == dict.fromkeys(TABLES, "distributed")
+    assert set(TABLES) <= found.protected
+    assert found.coordinator
 
 
 def test_rls_verify_reports_the_distributed_protected_tables(app):
@@ -675,6 +644,127 @@ def test_problems_name_a_member_of_policy_that_was_distributed(admin, owner, app
     assert ("rls_member_select", expected) in _problems(admin, "tasks")
     with app.cursor() as cursor:
         assert f"rls_member_select: {expected}" in _citus_failures(cursor)
+
+
+# -- audited tables (rls_audit) on tables of Citus ---------------------------------------------------
+
+MAKE_CITUS_TABLE = {
+    "distributed": "SELECT create_distributed_table(%s, 'site_id')",
+    "reference": "SELECT create_reference_table(%s)",
+    "local": "SELECT citus_add_local_table_to_metadata(%s)",
+}
+CITUS_TABLE_WORDS = {
+    "distributed": "a distributed table of Citus",
+    "reference": "a reference table of Citus",
+    "local": "a Citus local table",
+}
+
+
+def _audit_triggers(admin: psycopg.Connection, table: str) -> list[str]:
+    return [
+        name
+        for (name,) in admin.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE 'rls\\_audit\\_%%'", (table,)
+        ).fetchall()
+    ]
+
+
+@pytest.mark.parametrize("kind", list(MAKE_CITUS_TABLE))
+def test_audit_enable_refuses_a_table_of_citus(admin, owner, scratch_table, kind):
+    """Its writes happen in the shard placements, apart from the coordinator's audit log: rls_audit.enable() (the
+    table's owner calls it, as rls_apply does) refuses with feature_not_supported and a hint, and leaves nothing."""
+    table = scratch_table(
+        f"audited_{kind}", "id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id)", True
+    )
+    admin.execute(MAKE_CITUS_TABLE[kind], (table,))
+    found = citus_tables(admin.cursor())
+    assert found.kinds[table] == kind
+    with pytest.raises(errors.FeatureNotSupported) as refused:
+        owner.execute("SELECT rls_audit.enable(%s)", (table,))
+    diag = refused.value.diag
+    assert diag.message_primary == f"public.{table} is {CITUS_TABLE_WORDS[kind]}, which django_rls cannot audit"
+    assert "undistribute_table()" in (diag.message_hint or "") and "audit=False" in (diag.message_hint or "")
+    assert admin.execute(
+        "SELECT count(*) FROM rls_audit.audited_tables WHERE table_oid = %s::regclass", (table,)
+    ).fetchone() == (0,)
+    assert _audit_triggers(admin, table) == []
+
+
+def test_a_table_audited_before_it_is_distributed_stays_local(admin, owner, scratch_table):
+    """The other order: an audited table cannot be distributed. Citus refuses a table with triggers (without
+    citus.enable_unsafe_triggers); with it on, the audit guard on the workers refuses Citus's copies of the audit
+    triggers on the shards, saying why and what to do. Either way the table stays a plain, audited table on the
+    coordinator."""
+    table = scratch_table("audited_first", "id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id)", True)
+    owner.execute("SELECT rls_audit.enable(%s)", (table,))
+    admin.execute("SET citus.enable_unsafe_triggers = off")
+    with pytest.raises(errors.InternalError_, match=f'cannot distribute relation "{table}" because it has triggers'):
+        admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    assert table not in citus_tables(admin.cursor())
+    admin.execute("SET citus.enable_unsafe_triggers = on")
+    with pytest.raises(errors.FeatureNotSupported) as by_guard:
+        admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    admin.execute("RESET citus.enable_unsafe_triggers")
+    diag = by_guard.value.diag
+    assert re.fullmatch(
+        rf"public\.{table}_\d+ is a shard of an audited table, and django_rls cannot audit a table of Citus",
+        diag.message_primary or "",
+    ), diag.message_primary
+    assert "rls_audit.disable()" in (diag.message_hint or "") and "audit=False" in (diag.message_hint or "")
+    assert table not in citus_tables(admin.cursor())
+    assert len(_audit_triggers(admin, table)) == 4
+
+
+def test_problems_report_an_audited_table_of_citus(admin, app, scratch_table):
+    """Should a superuser step around both refusals (here: the registry written by hand), rls.problems names the
+    table; the checks' E033 says it for declared models before rls_apply (tests/test_checks.py)."""
+    table = scratch_table(
+        "audited_by_hand", "id bigint NOT NULL, site_id int NOT NULL, PRIMARY KEY (site_id, id)", True
+    )
+    admin.execute("SELECT create_distributed_table(%s, 'site_id')", (table,))
+    admin.execute("INSERT INTO rls_audit.audited_tables (table_oid) VALUES (%s::regclass)", (table,))
+    try:
+        expected = (
+            f"{table} is audited and a distributed table of Citus, so its writes are captured in its shard "
+            "placements, apart from the audit log of the coordinator (where they are captured at all)"
+        )
+        for conn in (admin, app):
+            rows = conn.execute(
+                "SELECT problem, hint FROM rls.problems WHERE object_name = %s AND problem LIKE '%%audited%%'",
+                (table,),
+            ).fetchall()
+            assert [problem for problem, _ in rows] == [expected]
+            assert "undistribute_table()" in rows[0][1] and "rls_audit.disable()" in rows[0][1]
+    finally:
+        admin.execute("DELETE FROM rls_audit.audited_tables WHERE table_oid = %s::regclass", (table,))
+
+
+# -- raw SQL off Django on a coordinator: autocommit fails closed, a transaction block works ----------
+
+
+@pytest.mark.parametrize("mode", ["session", "marker"])
+def test_raw_sql_in_autocommit_fails_closed_without_an_error_and_a_transaction_block_works(app, admin, mode):
+    """What a raw-SQL user of the coordinator sees (docs/scale-out.md): the context set in autocommit (session-scoped
+    setter, the statement marker) reaches no worker, and nothing says so: reads return no row, an update changes
+    none, only an insert is refused (its WITH CHECK sees no site). The same statements in a transaction block that
+    sets the context first (BEGIN; rls.set_context(); ...; COMMIT, or the marker inside BEGIN ... COMMIT) see and
+    change exactly site 3's rows."""
+    assert run_as_site(app, mode, "SELECT id FROM items").fetchall() == []
+    assert run_as_site(app, mode, "SELECT count(*) FROM items WHERE site_id = %s", (SITE,)).fetchone() == (0,)
+    assert run_as_site(app, mode, "UPDATE items SET title = 'touched'").rowcount == 0
+    with pytest.raises(errors.InsufficientPrivilege, match="new row violates row-level security policy"):
+        run_as_site(app, mode, "INSERT INTO items VALUES (%s, %s, 'own')", (NEW_ID, SITE))
+    assert app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if mode == "session":
+        app.execute("SELECT rls.clear_context()")
+
+    working = "transaction" if mode == "session" else "marker in a transaction"
+    assert {row for (row,) in run_as_site(app, working, "SELECT id FROM items").fetchall()} == SITE_ROWS
+    assert run_as_site(app, working, "UPDATE items SET title = 'touched'").rowcount == len(SITE_ROWS)
+    run_as_site(app, working, "INSERT INTO items VALUES (%s, %s, 'own')", (NEW_ID, SITE))
+    touched = admin.execute("SELECT count(*) FROM items WHERE title = 'touched'").fetchone()[0]
+    admin.execute("UPDATE items SET title = 'row ' || id::text WHERE title = 'touched'")
+    assert touched == len(SITE_ROWS)
 
 
 # -- the table on the cluster: each site exactly its rows, from a transaction block ----------------
@@ -1243,17 +1333,19 @@ def test_a_session_context_set_in_a_transaction_block_reaches_the_shards_for_tha
 def test_a_worker_connection_opened_after_the_credential_expired_refuses_it(citus, system_setting):
     """The credential lives django_rls.max_token_lifetime (the coordinator's): a transaction that first reaches
     the workers later than that is refused there, and setting the context again carries a fresh one."""
-    system_setting(citus.coordinator, "django_rls.max_token_lifetime", "1", "1s")
+    # Whole seconds: a credential of lifetime N expires within N-1 to N seconds of being made. 3 s leaves the fresh
+    # credential below two seconds to reach the workers, which a loaded machine needs (1 s failed under load).
+    system_setting(citus.coordinator, "django_rls.max_token_lifetime", "3", "3s")
     with citus.connect(APP_ROLE, PASSWORD) as app:
         with pytest.raises(errors.InvalidAuthorizationSpecification) as excinfo:
             with app.transaction():
                 app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-                time.sleep(2.2)
+                time.sleep(3.2)
                 app.execute("SELECT count(*) FROM items").fetchone()
         assert excinfo.value.diag.message_detail.startswith("It expired ")
         with app.transaction():
             app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
-            time.sleep(2.2)
+            time.sleep(3.2)
             app.execute("SELECT rls.set_context(%s, NULL)", (str(SITE),))
             assert app.execute("SELECT count(*) FROM items").fetchone() == (len(SITE_ROWS),)
 

@@ -32,7 +32,8 @@ from psycopg import sql
 
 from django_rls.roles import plan as hardening_plan
 from django_rls.roles import specs as role_specs
-from tests.harness.citus_cluster import DATABASE, CitusCluster, citus_missing
+from tests.harness import citus_fixtures
+from tests.harness.citus_cluster import DATABASE, CitusCluster, citus_missing, create_role, move_shard, running_cluster
 from tests.harness.pgbouncer import PGBOUNCER, PgBouncer
 from tests.roles import APP_ROLE, BYPASS_ROLE, OWNER_ROLE, PASSWORD
 from tests.test_attacks import ATTACKS, H1, SITE2_NOTE, site2_state
@@ -53,17 +54,11 @@ APP_ALIASES = ("default", "replica")
 ALIASES = (*APP_ALIASES, "owner", "bypass")
 
 
-def _create_role(admin: psycopg.Connection, role: str, options: str) -> None:
-    admin.execute(
-        sql.SQL("CREATE ROLE {} LOGIN " + options + " PASSWORD {}").format(sql.Identifier(role), sql.Literal(PASSWORD))
-    )
-
-
 def _prepare_database(admin: psycopg.Connection) -> None:
     """The roles and the hardening tests/conftest.py gives the single-server test database."""
-    _create_role(admin, OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS")
-    _create_role(admin, APP_ROLE, "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB")
-    _create_role(admin, BYPASS_ROLE, "NOSUPERUSER BYPASSRLS")
+    create_role(admin, OWNER_ROLE, "NOSUPERUSER NOBYPASSRLS", PASSWORD)
+    create_role(admin, APP_ROLE, "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB", PASSWORD)
+    create_role(admin, BYPASS_ROLE, "NOSUPERUSER BYPASSRLS", PASSWORD)
     admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNER_ROLE), sql.Identifier(BYPASS_ROLE)))
     admin.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(DATABASE), sql.Identifier(OWNER_ROLE)))
     admin.execute("SELECT rls_audit.ensure_partitions(1)")
@@ -139,35 +134,26 @@ def citus(django_db_blocker: Any) -> Iterator[CitusCluster]:
 
     from tests.seed import seed
 
-    cluster = CitusCluster()
     saved: dict[str, dict[str, Any]] = {}
-    try:
-        cluster.start()
-        with cluster.connect() as admin:
-            _prepare_database(admin)
-        saved = _point_aliases_at(cluster)
-        with django_db_blocker.unblock():
-            call_command("migrate", database="owner", verbosity=0)
-            call_command("rls_apply", database="owner", verbosity=0, stdout=io.StringIO(), stderr=io.StringIO())
+    with running_cluster() as cluster:
+        try:
             with cluster.connect() as admin:
-                _distribute(admin)
-            seed()
-            connections.close_all()
-        yield cluster
-    except Exception:
-        print(cluster.log_tails())
-        raise
-    finally:
-        if saved:
-            _restore_aliases(saved)
-        cluster.stop()
-        cluster.remove()
+                _prepare_database(admin)
+            saved = _point_aliases_at(cluster)
+            with django_db_blocker.unblock():
+                call_command("migrate", database="owner", verbosity=0)
+                call_command("rls_apply", database="owner", verbosity=0, stdout=io.StringIO(), stderr=io.StringIO())
+                with cluster.connect() as admin:
+                    _distribute(admin)
+                seed()
+                connections.close_all()
+            yield cluster
+        finally:
+            if saved:
+                _restore_aliases(saved)
 
 
-@pytest.fixture
-def admin(citus: CitusCluster) -> Iterator[psycopg.Connection]:
-    with citus.connect() as conn:
-        yield conn
+admin = citus_fixtures.admin  # the superuser on the coordinator (tests/harness/citus_fixtures.py)
 
 
 @pytest.fixture
@@ -206,13 +192,7 @@ def placement(request: pytest.FixtureRequest, citus: CitusCluster) -> str:
             }
             before = _placements(admin)
             for shard in sorted(shards):
-                [source] = [port for port, held in before.items() if shard in held]
-                [target] = [w.port for w in citus.workers if w.port != source]
-                admin.execute(
-                    "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, "
-                    "shard_transfer_mode => 'block_writes')",
-                    (shard, source, target),
-                )
+                move_shard(admin, shard)
             after = _placements(admin)
             assert shards and all(
                 shard not in after.get(port, set()) for shard in shards for port in before if shard in before[port]
@@ -309,6 +289,8 @@ def test_an_autocommit_request_sees_exactly_its_sites_notes(placement, autocommi
     assert client.get("/notes/raw/", HTTP_HOST=H2).json() == {"sites": [2]}
     assert client.get("/notes/on/replica/", HTTP_HOST=H2).json() == {"sites": [2]}
     assert len([q for q in autocommit if "testapp_note" in q]) >= 6, autocommit
+    # Reported by the server at connection start (django_rls.citus), so the bridge asks the catalog nothing.
+    assert connections["default"].connection.info.parameter_status(database.CITUS_SETTING) == "on"
     assert database.citus_coordinator(connections["default"]) is True
     # The control: the same request with the query carrying its context alone.
     monkeypatch.setattr(database, "citus_coordinator", lambda connection: False)
@@ -633,22 +615,34 @@ def test_django_refuses_atomic_requests_for_an_async_view(db, client):
 
 @pytest.mark.parametrize("order", ["audited first", "distributed first"])
 def test_an_audited_table_cannot_be_distributed(citus, admin, order):
-    """Why testapp_note is distributed with its audit trail off: the audit guard refuses the copies of the audit
-    triggers Citus makes on the shards, and auditing a distributed table fails in Citus's DDL propagation."""
+    """Why testapp_note is distributed with its audit trail off (citus.enable_unsafe_triggers is on here): the audit
+    guard refuses the copies of the audit triggers Citus makes on the shards, and rls_audit.enable() refuses a
+    distributed table (docs/scale-out.md, tests/test_citus.py)."""
     admin.execute("CREATE TABLE audited (id bigint PRIMARY KEY, site_id int NOT NULL)")
     admin.execute(sql.SQL("ALTER TABLE audited OWNER TO {}").format(sql.Identifier(OWNER_ROLE)))
     try:
         with citus.connect(OWNER_ROLE, PASSWORD) as owner:
             if order == "audited first":
                 owner.execute("SELECT rls_audit.enable('audited')")
-                with pytest.raises(psycopg.errors.InsufficientPrivilege) as excinfo:
+                with pytest.raises(psycopg.errors.FeatureNotSupported) as excinfo:
                     admin.execute("SELECT create_distributed_table('audited', 'id')")
-                assert "calls rls_audit.capture(), but public.audited_" in excinfo.value.diag.message_primary
+                assert "is a shard of an audited table" in excinfo.value.diag.message_primary
             else:
                 admin.execute("SELECT create_distributed_table('audited', 'id')")
-                # The guard's ALTER TABLE ... ENABLE ALWAYS TRIGGER, propagated to the workers before the trigger is
-                # there: seen both as a distributed deadlock and as a missing trigger.
-                with pytest.raises((psycopg.errors.DeadlockDetected, psycopg.errors.UndefinedObject)):
+                with pytest.raises(psycopg.errors.FeatureNotSupported) as excinfo:
                     owner.execute("SELECT rls_audit.enable('audited')")
+                assert excinfo.value.diag.message_primary == (
+                    "public.audited is a distributed table of Citus, which django_rls cannot audit"
+                )
     finally:
         admin.execute("DROP TABLE audited")
+
+
+def test_e033_reports_the_audited_model_that_is_distributed(db):
+    """testapp.Note is declared audit=True and distributed here (its trail turned off first, as rls_audit.enable()
+    refuses a table of Citus): E033 names it; testapp.Tag, distributed and not audited, is not named."""
+    found = [msg for id_, msg in _check_ids(["default"]) if id_ == "django_rls.E033"]
+    assert len(found) == 1, found
+    assert found[0].startswith(
+        "testapp.Note is declared audited (audit=True), and its table testapp_note is a distributed table of Citus"
+    )

@@ -174,3 +174,27 @@ def test_session_preload_is_enough_for_a_carried_context(plain_cluster: Cluster)
         with psycopg.connect(plain_cluster.dsn(), autocommit=True) as admin:
             admin.execute("ALTER ROLE late_app RESET session_preload_libraries")
             admin.execute("DELETE FROM t WHERE site_id = 5 AND ctid <> (SELECT min(ctid) FROM t WHERE site_id = 5)")
+
+
+def test_a_client_cannot_make_the_citus_report_say_anything(plain_cluster: Cluster):
+    """Where the library is not loaded, django_rls.citus from a connection's options is a placeholder, which the
+    server never reports (the bridge then asks the catalog); once the library loads, the placeholder gives way to
+    the library's own value (Citus is not loaded here: off), still not reported to this session."""
+    with psycopg.connect(plain_cluster.dsn(user="late_app"), autocommit=True, options="-c django_rls.citus=on") as conn:
+        assert conn.execute("SELECT current_setting('django_rls.citus')").fetchone() == ("on",)
+        assert conn.info.parameter_status("django_rls.citus") is None
+        conn.execute("SELECT rls.site_id()")  # loads the library
+        assert conn.execute("SELECT current_setting('django_rls.citus')").fetchone() == ("off",)
+        assert conn.info.parameter_status("django_rls.citus") is None
+
+
+def test_citus_loads_only_at_server_start(plain_cluster: Cluster):
+    """Why django_rls.citus, set when the library starts, never goes stale: Citus refuses to be loaded later."""
+    from tests.harness.citus_cluster import citus_missing
+
+    missing = citus_missing()
+    if missing:
+        pytest.skip(missing)
+    with psycopg.connect(plain_cluster.dsn(), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error, match="shared_preload_libraries"):
+            conn.execute("LOAD 'citus'")

@@ -7,6 +7,9 @@ of BEGIN, rls.set_context(), the query and COMMIT (ext/statement.c).
 from __future__ import annotations
 
 import json
+import re
+import tempfile
+from typing import Any
 
 import psycopg
 import pytest
@@ -320,10 +323,26 @@ def test_preloaded_server_says_so_and_the_bridge_carries():
     assert marker_supported(connection) is True
 
 
+def _statements_sent(connection: Any, run: Any) -> list[str]:
+    """The messages with SQL (simple Query, extended Parse) ``run()`` sends on ``connection``, from libpq's trace."""
+    from psycopg import pq
+
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn = connection.connection.pgconn
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+        try:
+            run()
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        return [line for line in trace.read().splitlines() if re.match(r"F\t\d+\t(Query|Parse)\t", line)]
+
+
 def test_autocommit_queries_without_citus_carry_alone(live_db, monkeypatch):
     """The transaction of its own a Citus coordinator needs (database.py, ``citus_coordinator``) is not taken on a
-    server without Citus: each autocommit query carries its context alone, and the question is asked once per
-    connection."""
+    server without Citus: each autocommit query carries its context alone. The server reports
+    django_rls.citus = off at connection start, so the bridge asks nothing: one query, one statement sent."""
     from django.db import connections
 
     import django_rls
@@ -339,9 +358,12 @@ def test_autocommit_queries_without_citus_carry_alone(live_db, monkeypatch):
 
     monkeypatch.setattr(database.ContextWrapper, "_execute_in_transaction", staticmethod(spy))
     connection = connections["default"]
+    connection.ensure_connection()
+    assert connection.connection.info.parameter_status(database.CITUS_SETTING) == "off"
     with django_rls.context(site=2):
         assert connection.get_autocommit()
-        assert {note.site_id for note in Note.objects.all()} == {2}
+        sent = _statements_sent(connection, lambda: {note.site_id for note in Note.objects.all()})
+        assert len(sent) == 1 and "testapp_note" in sent[0], sent
         asked = getattr(connection, database._CITUS)
         assert Note.objects.filter(site_id=1).count() == 0
         with connection.cursor() as cursor:
@@ -355,6 +377,46 @@ def test_autocommit_queries_without_citus_carry_alone(live_db, monkeypatch):
     with django_rls.context(site=2):
         assert Note.objects.filter(site_id=2).count() == 3
     assert len(wrapped) == 1 and "COUNT(*)" in wrapped[0], wrapped
+
+
+def test_without_the_citus_report_the_bridge_asks_once_per_connection(live_db, monkeypatch):
+    """Where django_rls.citus is not reported (a proxy that drops it, an older library) the bridge reads the
+    catalog once per connection: the round trip the report saves, on every new connection (per request with
+    CONN_MAX_AGE = 0)."""
+    from django.db import connections
+
+    import django_rls
+    from django_rls import database
+    from tests.testapp.models import Note
+
+    connection = connections["default"]
+    connection.ensure_connection()
+    status = type(connection.connection.info).parameter_status
+    monkeypatch.setattr(
+        type(connection.connection.info),
+        "parameter_status",
+        lambda info, name: None if name == database.CITUS_SETTING else status(info, name),
+    )
+    with django_rls.context(site=2):
+        first = _statements_sent(connection, lambda: list(Note.objects.all()))
+        second = _statements_sent(connection, lambda: list(Note.objects.all()))
+    assert len(first) == 2 and "pg_extension" in first[0] and "testapp_note" in first[1], first
+    assert len(second) == 1, second
+    assert getattr(connection, database._CITUS) == (connection.connection, False)
+
+
+def test_the_citus_report_cannot_be_set_by_a_client(database):
+    """django_rls.citus is PGC_INTERNAL where the library is loaded: a client can neither change it in its
+    session nor start a connection with it (its own correctness is all a false report could cost: a query
+    sent without a transaction of its own on a coordinator reads none of the workers' rows)."""
+    with database.connect("app_unbound") as conn:
+        assert conn.info.parameter_status("django_rls.citus") == "off"
+        with pytest.raises(psycopg.errors.CantChangeRuntimeParam):
+            conn.execute("SET django_rls.citus = on")
+        with pytest.raises(psycopg.errors.CantChangeRuntimeParam):
+            conn.execute("SELECT set_config('django_rls.citus', 'on', false)")
+    with pytest.raises(psycopg.OperationalError, match=r"django_rls\.citus"):
+        database.connect("app", options="-c django_rls.citus=on").close()
 
 
 def test_transaction_control_inside_a_procedure_leaves_the_marker_working(conn, owner_conn):

@@ -91,7 +91,13 @@ BEGIN
                 OR (a.table_oid IS NOT NULL
                     AND t.tgname IN ('rls_audit_insert', 'rls_audit_update', 'rls_audit_delete', 'rls_audit_truncate'))
         LOOP
-            IF trig.operations IS NULL THEN
+            IF trig.operations IS NULL AND rls._citus_shard_trigger(trig.tgname, trig.tbl) THEN
+                -- Citus copies a table's triggers to its shards: the table is audited and being distributed.
+                RAISE EXCEPTION '% is a shard of an audited table, and django_rls cannot audit a table of Citus', trig.tbl
+                    USING ERRCODE = 'feature_not_supported',
+                          DETAIL = format('Citus copied the audit trigger %s to the shard; writes there would be captured apart from the audit log of the coordinator.', trig.tgname),
+                          HINT = 'Stop auditing the table (rls_audit.disable(), Django: audit=False) before Citus distributes it, or keep it out of Citus (docs/scale-out.md).';
+            ELSIF trig.operations IS NULL THEN
                 RAISE EXCEPTION 'trigger % of % calls rls_audit.capture(), but % is not audited', trig.tgname, trig.tbl, trig.tbl
                     USING ERRCODE = 'insufficient_privilege',
                           HINT = 'Audit tables with rls_audit.enable(), which creates their triggers.';

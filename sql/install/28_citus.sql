@@ -34,6 +34,30 @@ $$;
 COMMENT ON FUNCTION rls._citus_table_kind(regclass) IS
 'Internal: distributed, reference or Citus local where Citus''s metadata holds the table; NULL otherwise.';
 
+-- Whether trigger tgname of tbl is Citus's copy of an audit trigger on a shard placement: Citus's metadata
+-- knows the shard, or (while Citus creates a shard on a worker, before the metadata reaches it) the trigger
+-- and the table carry the same shard id suffix, as Citus names its copies (rls_audit_delete_102137 of
+-- items_102137).  False without Citus.  Only the guard's message depends on it, never what it allows.
+CREATE FUNCTION rls._citus_shard_trigger(tgname name, tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known boolean;
+    suffix text := substring(tgname from '^rls_audit_(?:insert|update|delete|truncate)_([0-9]+)$');
+BEGIN
+    IF to_regprocedure('pg_catalog.relation_is_a_known_shard(regclass)') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT pg_catalog.relation_is_a_known_shard($1)' INTO known USING tbl;
+    RETURN coalesce(known, false)
+        OR (suffix IS NOT NULL AND (SELECT relname FROM pg_class WHERE oid = tbl) LIKE '%\_' || suffix);
+END
+$$;
+COMMENT ON FUNCTION rls._citus_shard_trigger(name, regclass) IS
+'Internal: true where an audit trigger of tbl is Citus''s copy on a shard placement.';
+
 -- What, in a pair of policy expressions for tbl, reads another table, as
 -- PostgreSQL parses them: 'sub-select' (a SubLink: EXISTS, IN, ANY or a
 -- scalar sub-select; Citus refuses to create such a policy on any of its
@@ -157,6 +181,25 @@ BEGIN
         RETURN;
     END IF;
 
+    -- An audited table of Citus's: rls_audit.enable() refuses one, and the audit guard refuses the trigger
+    -- copies that distributing an audited table makes, but a superuser can step around both (the guard's event
+    -- trigger disabled, or the table audited before the citus extension existed).
+    FOR tbl IN EXECUTE
+        'SELECT d.logicalrelid FROM pg_catalog.pg_dist_partition d
+          WHERE d.logicalrelid IN (SELECT a.table_oid FROM rls_audit.audited_tables a)
+          ORDER BY d.logicalrelid::text'
+    LOOP
+        table_name := tbl;
+        object_name := NULL;
+        problem := format('%%1$s is audited and %s, so its writes are captured in its shard placements, apart from '
+                          'the audit log of the coordinator (where they are captured at all)',
+                          CASE rls._citus_table_kind(tbl) WHEN 'Citus local' THEN 'a Citus local table'
+                               ELSE format('a %s table of Citus', rls._citus_table_kind(tbl)) END);
+        hint := 'Keep an audited table out of Citus (undistribute_table()), or stop auditing it '
+                '(rls_audit.disable(), Django: audit=False); docs/scale-out.md.';
+        RETURN NEXT;
+    END LOOP;
+
     FOR tbl IN EXECUTE
         'SELECT d.logicalrelid FROM pg_catalog.pg_dist_partition d
           WHERE EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = d.logicalrelid
@@ -254,7 +297,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION rls._citus_problems() IS
-'Internal: what rls.problems reports about tables Citus distributes (nothing without Citus).';
+'Internal: what rls.problems reports about tables Citus distributes, and audited tables of Citus''s (nothing without Citus).';
 
 -- Citus's functions that send a statement to other nodes, executable by
 -- PUBLIC after CREATE EXTENSION citus: the application role could reach the

@@ -20,6 +20,8 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -135,6 +137,58 @@ class CitusCluster:
             f"--- {'coordinator' if node is self.coordinator else 'worker'} :{node.port}\n{node.log_tail()}"
             for node in self.nodes
         )
+
+
+@contextmanager
+def running_cluster(workers: int = 2) -> Iterator[CitusCluster]:
+    """A started cluster for a test module's fixture: the nodes' log tails printed if anything inside fails, the
+    cluster stopped and removed afterwards whatever happened."""
+    cluster = CitusCluster(workers)
+    try:
+        cluster.start()
+        yield cluster
+    except BaseException:
+        print(cluster.log_tails())
+        raise
+    finally:
+        cluster.stop()
+        cluster.remove()
+
+
+def create_role(admin: psycopg.Connection, role: str, options: str, password: str) -> None:
+    """``CREATE ROLE role LOGIN options PASSWORD password`` on the coordinator (Citus propagates it)."""
+    admin.execute(
+        sql.SQL("CREATE ROLE {} LOGIN " + options + " PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+    )
+
+
+def on_placements(admin: psycopg.Connection, table: str, command: str) -> list[str]:
+    """The result of ``command`` on every shard placement of ``table`` (``%s`` is the shard's name), as a superuser;
+    fails if it failed on any."""
+    rows = admin.execute(
+        "SELECT success, result FROM run_command_on_placements(%s, %s) ORDER BY shardid", (table, command)
+    ).fetchall()
+    assert rows, f"{table} has no shard placements"
+    failed = [result for success, result in rows if not success]
+    assert not failed, failed
+    return [result for _, result in rows]
+
+
+def move_shard(admin: psycopg.Connection, shard: int) -> tuple[int, int]:
+    """Move ``shard`` to another active worker (citus_move_shard_placement, block_writes): (source, target) ports."""
+    (source,) = admin.execute(
+        "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = %s", (shard,)
+    ).fetchone()
+    (target,) = admin.execute(
+        "SELECT nodeport FROM pg_dist_node WHERE nodeport <> %s AND shouldhaveshards AND isactive AND groupid <> 0 "
+        "ORDER BY nodeport LIMIT 1",
+        (source,),
+    ).fetchone()
+    admin.execute(
+        "SELECT citus_move_shard_placement(%s, '127.0.0.1', %s, '127.0.0.1', %s, shard_transfer_mode => 'block_writes')",
+        (shard, source, target),
+    )
+    return source, target
 
 
 def run(command: list[str]) -> int:
