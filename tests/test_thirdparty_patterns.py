@@ -169,3 +169,16 @@ def test_fixtures_reset_their_sequences_as_the_owner(plugin_roles, tmp_path):  #
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "3 passed" in result.stdout
+    # The same test cases through Django's runner (the pytest-only test is no TestCase: not collected).
+    runner = (
+        "import django; django.setup()\n"
+        "from django.conf import settings\n"
+        "from django.test.utils import get_runner\n"
+        "runner = get_runner(settings, 'django_rls.test_runner.RlsDiscoverRunner')(verbosity=2)\n"
+        "raise SystemExit(runner.run_tests(['test_fixtures']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", runner], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Ran 2 tests" in result.stderr and "OK" in result.stderr
