@@ -12,6 +12,12 @@ raises :class:`RowNotUpdatable` from the database's error instead. It says no mo
 than the two failures already told: the row either exists but this context may not
 see or change it, or does not exist and this context may not create it as given.
 It never looks the row up, so it cannot tell which.
+
+The same wrapper explains one more refusal, :class:`SequenceResetRefused`: ``setval()``
+on a sequence, which the application role may not run (it has ``USAGE`` on the
+sequences, never ``UPDATE``). Django sends it from ``loaddata`` and from the statements
+``connection.ops.sequence_reset_sql()`` builds, and PostgreSQL's own message
+(``permission denied for sequence``) says neither why nor what to run instead.
 """
 
 from __future__ import annotations
@@ -26,10 +32,32 @@ _UNMATCHED = "_django_rls_unmatched_update"  # table of the last statement, an U
 _UPDATE = re.compile(r'UPDATE "([^"]+)" SET ')
 _INSERT = re.compile(r'INSERT INTO "([^"]+)" ')
 _RLS_VIOLATION = "42501"
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 class RowNotUpdatable(ProgrammingError):
     """``save()`` of a protected row that the current context may not update (see module docs)."""
+
+
+class SequenceResetRefused(ProgrammingError):
+    """``setval()`` by the application role, which may use sequences but not set them (see module docs)."""
+
+
+def _sequence_reset_refused(sql: Any, exc: BaseException) -> SequenceResetRefused | None:
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE or not isinstance(sql, str) or "setval(" not in sql:
+        return None
+    if "permission denied for sequence" not in str(cause):
+        return None
+    return SequenceResetRefused(
+        f"{str(cause).splitlines()[0]}: the application role may take numbers from sequences but not set them "
+        "(setval() needs UPDATE on the sequence, which django_rls never grants it; under row level security its "
+        "max(id) would count only the rows its policies show). Django runs setval() after loaddata and wherever "
+        "connection.ops.sequence_reset_sql() is executed. Run loaddata through the owner role's alias "
+        "(--database <OWNER_DATABASE>); in tests, set DJANGO_RLS['TEST_BYPASS_ROLE'] and use "
+        "django_rls.test_runner.RlsDiscoverRunner or the pytest plugin's rls_django_db_setup, which have the owner "
+        "reset the sequences after each fixture (docs/testing.md)."
+    )
 
 
 def _protected_models() -> dict[str, str]:
@@ -67,6 +95,9 @@ class HiddenRowWrapper:
                 label = _protected_models().get(unmatched) if inserted and inserted.group(1) == unmatched else None
                 if label is not None:
                     raise _error(label, unmatched) from exc
+            refused = _sequence_reset_refused(sql, exc)
+            if refused is not None:
+                raise refused from exc
             raise
         if not many and isinstance(sql, str) and sql.startswith("UPDATE "):
             updated = _UPDATE.match(sql)

@@ -80,7 +80,7 @@ def rls_django_db_setup(
     from django.db import connections
 
     from django_rls.conf import app_role, rls_settings
-    from django_rls.test_runner import flushing_as_owner
+    from django_rls.test_runner import fixture_sequences_reset_as_owner, flushing_as_owner
     from django_rls.testing import grant_like_application
 
     if not isinstance(django_db_modify_db_settings, dict):
@@ -104,7 +104,8 @@ def rls_django_db_setup(
     for connection in connections.all():
         connection.close()
     # transactional_db tests run in a TransactionTestCase that empties the tables after each: as the owner.
-    with flushing_as_owner():
+    # Fixtures of Django test cases reset their sequences as the owner.
+    with flushing_as_owner(), fixture_sequences_reset_as_owner():
         yield
     # pytest-django drops the test database through "default": as its owner, with no session left on it.
     for connection in connections.all():

@@ -111,16 +111,18 @@ class RlsRunnerMixin:
     """Build, clone and destroy the test databases as the owner role, with the policies applied before cloning.
 
     Every ``TransactionTestCase`` of the run (not a ``TestCase``, which rolls back) empties
-    its tables as the owner, as ``FlushAsOwner`` does, also those of third-party apps' suites.
+    its tables as the owner, as ``FlushAsOwner`` does, also those of third-party apps' suites;
+    fixtures reset their sequences as the owner (``fixture_sequences_reset_as_owner``).
     """
 
     def setup_test_environment(self, **kwargs: Any) -> None:
         super().setup_test_environment(**kwargs)  # type: ignore[misc]
-        self._rls_flushing = flushing_as_owner()
-        self._rls_flushing.__enter__()
+        self._rls_environment = ExitStack()
+        self._rls_environment.enter_context(flushing_as_owner())
+        self._rls_environment.enter_context(fixture_sequences_reset_as_owner())
 
     def teardown_test_environment(self, **kwargs: Any) -> None:
-        self._rls_flushing.__exit__(None, None, None)
+        self._rls_environment.close()
         super().teardown_test_environment(**kwargs)  # type: ignore[misc]
 
     def setup_databases(self, **kwargs: Any) -> Any:
@@ -217,3 +219,84 @@ def flushing_as_owner() -> Iterator[None]:
         yield
     finally:
         TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]
+
+
+def _sequence_values(connection: Any, models: Iterable[Any]) -> list[tuple[str, int, bool]]:
+    """What ``loaddata`` would ``setval()`` each model's sequence to, read in ``test_bypass()``: every row counts.
+
+    The same values Django's ``sequence_reset_sql()`` computes on PostgreSQL: the highest id
+    (1 and not called when the table is empty) of the model's first auto field.
+    """
+    from django.db.models import AutoField
+
+    values = []
+    with test_bypass(connection.alias), connection.cursor() as cursor:
+        for model in models:
+            field = next((f for f in model._meta.local_fields if isinstance(f, AutoField)), None)
+            if field is None:
+                continue
+            column = connection.ops.quote_name(field.column)
+            cursor.execute(
+                f"SELECT pg_get_serial_sequence(%s, %s), coalesce(max({column}), 1), max({column}) IS NOT NULL "
+                f"FROM {connection.ops.quote_name(model._meta.db_table)}",
+                [connection.ops.quote_name(model._meta.db_table), field.column],
+            )
+            sequence, value, called = cursor.fetchone()
+            if sequence is not None:
+                values.append((sequence, value, called))
+    return values
+
+
+def _set_sequences_as_owner(connection: Any, values: list[tuple[str, int, bool]]) -> None:
+    """``setval()`` as the owner role, on a connection of its own to the same test database.
+
+    Sequences are not transactional, so the test's transaction sees the new values at once.
+    """
+    import psycopg
+
+    owner = connections[_owner_alias()].settings_dict
+    params = {
+        key: value
+        for key, value in connection.get_connection_params().items()
+        if key not in ("cursor_factory", "context", "prepare_threshold")
+    }
+    params.update(user=owner.get("USER"), password=owner.get("PASSWORD") or None)
+    with psycopg.connect(**params, autocommit=True) as conn:
+        for sequence, value, called in values:
+            conn.execute("SELECT setval(%s::regclass, %s, %s)", (sequence, value, called))
+
+
+@contextmanager
+def fixture_sequences_reset_as_owner() -> Iterator[None]:
+    """Inside the block ``loaddata`` resets the sequences of the tables it loaded as the owner role.
+
+    After loading, ``loaddata`` (``fixtures`` of every test case) sets each loaded table's
+    sequence past its highest id: ``setval()``, which needs ``UPDATE`` on the sequence. The
+    application role has ``USAGE`` only (rls_apply never grants more), so every test case
+    with fixtures failed with ``permission denied for sequence``, whatever its rows, a
+    third-party app's own as well as ``BypassFixtures``. The highest ids are read on the
+    test's own connection in ``test_bypass()`` (``TEST_BYPASS_ROLE``), which sees the rows
+    loaded so far for every site, not only those the policies show the application role;
+    the owner sets the sequences. Without ``TEST_BYPASS_ROLE`` nothing changes. The rows
+    themselves are written as the test case writes them.
+    """
+    from django.core.management.commands import loaddata
+
+    reset = loaddata.Command.__dict__["reset_sequences"]
+    if getattr(reset, "resets_as_owner", False) or not rls_settings.TEST_BYPASS_ROLE:
+        yield
+        return
+
+    def reset_sequences(self: Any, connection: Any, models: Any) -> None:
+        if connection.alias not in protected_aliases():
+            reset(self, connection, models)
+            return
+        # loaddata holds its atomic block open here; test_bypass() refuses outside a test database.
+        _set_sequences_as_owner(connection, _sequence_values(connection, models))
+
+    reset_sequences.resets_as_owner = True  # type: ignore[attr-defined]
+    loaddata.Command.reset_sequences = reset_sequences  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        loaddata.Command.reset_sequences = reset  # type: ignore[method-assign]
