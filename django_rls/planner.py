@@ -80,6 +80,10 @@ class Step:
     unit: str | None = None
     lock: LockRequest | None = None
 
+    def composed(self, connection: BaseDatabaseWrapper) -> str:
+        """The statement with its parameters in it: what --sql prints, and what a batch sends in one round trip."""
+        return connection.ops.compose_sql(self.sql, self.params) if self.params else self.sql
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -788,7 +792,7 @@ def apply_plan(
             batch = todo[done : done + BATCH_UNITS]
             if len(batch) > 1 and runner.run_at_once(
                 merge_locks([lock for unit in batch for lock in unit.locks]),
-                [_composed(connection, step) for unit in batch for step in unit.steps],
+                [step.composed(connection) for unit in batch for step in unit.steps],
             ):
                 done += len(batch)
                 if progress is not None:
@@ -825,11 +829,6 @@ def _restore_name(connection: BaseDatabaseWrapper, name: str) -> None:
             cursor.execute("SELECT set_config('application_name', %s, false)", [name])
     except DatabaseError:
         pass  # as above: the session is gone, and its name with it
-
-
-def _composed(connection: BaseDatabaseWrapper, step: Step) -> str:
-    """The step's statement with its parameters in it (as --sql prints it), to send with others in one round trip."""
-    return connection.ops.compose_sql(step.sql, step.params) if step.params else step.sql
 
 
 def _apply_unit(cursor: Any, *, unit: Unit) -> None:

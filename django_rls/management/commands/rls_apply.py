@@ -117,8 +117,7 @@ class Command(BaseCommand):
             for _, statement in lock_statements(unit.locks):
                 self.stdout.write(f"{statement};")
             for step in unit.steps:
-                sql = connection.ops.compose_sql(step.sql, step.params) if step.params else step.sql
-                self.stdout.write(f"{sql};")
+                self.stdout.write(f"{step.composed(connection)};")
             self.stdout.write("COMMIT;")
         self.stdout.write(f"SELECT pg_advisory_unlock(hashtext('{APPLY_LOCK}'));")
 
