@@ -13,8 +13,10 @@
  * - a current user or session user that is a superuser or has BYPASSRLS
  *   (the session user counts because RESET ROLE returns to it);
  * - a current user or session user that is a member of the owner of a table
- *   django_rls protects (one with an rls_base_select policy, or the single
- *   rls_base policy of a table protected before rls_apply replaced it).
+ *   django_rls protects: one with a policy of django_rls's, known by its name,
+ *   by the mark in its comment or by its reading the context through a
+ *   function of schema rls (IsDjangoRlsPolicy), so that renaming the policies
+ *   does not take the table out of sight.
  *
  * What it cannot see: ownership of tables no django_rls policy protects
  * (nothing to bypass there), and roles the session could SET ROLE to but has
@@ -32,8 +34,13 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_policy.h"
+#include "commands/comment.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -88,43 +95,90 @@ RlsDefineBypassingRoleSettings(void)
 }
 
 /*
- * The permissive policy every table django_rls protects has: rls_base_select,
- * or rls_base on a table protected before rls_base_<command> replaced it (the
- * next rls_apply does).
+ * Whether a policy is django_rls's: named as rls_apply names the permissive
+ * policy every protected table has (rls_base_select, or rls_base on a table
+ * protected before rls_base_<command> replaced it), carrying the mark
+ * rls._ensure_policy() leaves in its comment (ALTER POLICY ... RENAME keeps
+ * it), or reading the context through a function of schema rls (renaming the
+ * policy and stripping its comment keep that dependency).  The owner of the
+ * table can do all three, so the name alone let an owner who renamed
+ * rls_base_select set a context again.
  */
-static const char *const protected_markers[] = {"rls_base_select", "rls_base"};
+static bool
+IsDjangoRlsPolicy(HeapTuple policy, Oid rls_schema)
+{
+	Form_pg_policy form = (Form_pg_policy) GETSTRUCT(policy);
+	const char *name = NameStr(form->polname);
+	char	   *comment;
+	Relation	depend;
+	SysScanDesc scan;
+	ScanKeyData keys[2];
+	HeapTuple	tuple;
+	bool		reads_context = false;
 
-/* A protected table role is a member of the owner of, or InvalidOid. */
+	if (strcmp(name, "rls_base_select") == 0 || strcmp(name, "rls_base") == 0)
+		return true;
+	comment = GetComment(form->oid, PolicyRelationId, 0);
+	if (comment != NULL && strncmp(comment, "django_rls ", strlen("django_rls ")) == 0)
+		return true;
+	if (!OidIsValid(rls_schema))
+		return false;
+	depend = table_open(DependRelationId, AccessShareLock);
+	ScanKeyInit(&keys[0], Anum_pg_depend_classid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(PolicyRelationId));
+	ScanKeyInit(&keys[1], Anum_pg_depend_objid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(form->oid));
+	scan = systable_beginscan(depend, DependDependerIndexId, true, NULL, 2, keys);
+	while (!reads_context && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tuple);
+
+		reads_context = dep->refclassid == ProcedureRelationId &&
+			get_func_namespace(dep->refobjid) == rls_schema;
+	}
+	systable_endscan(scan);
+	table_close(depend, AccessShareLock);
+	return reads_context;
+}
+
+/*
+ * A protected table role is a member of the owner of, or InvalidOid.  Every
+ * policy is read, but only those of tables the role owns are looked at
+ * further, so for a role that owns no table (the application role) the cost
+ * is one owner look-up per table with policies, as it was per rls_base_select.
+ */
 static Oid
 FindOwnedProtectedTable(Oid role)
 {
 	Relation	policies;
+	SysScanDesc scan;
+	HeapTuple	tuple;
 	Oid			owned = InvalidOid;
-	size_t		i;
+	Oid			rls_schema = get_namespace_oid("rls", true);
+	Oid			last_table = InvalidOid;
+	bool		last_owned = false;
 
 	policies = table_open(PolicyRelationId, AccessShareLock);
-	for (i = 0; i < lengthof(protected_markers) && !OidIsValid(owned); i++)
+	scan = systable_beginscan(policies, InvalidOid, false, NULL, 0, NULL);
+	while (!OidIsValid(owned) && HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
-		SysScanDesc scan;
-		ScanKeyData key;
-		HeapTuple	tuple;
+		Oid			relid = ((Form_pg_policy) GETSTRUCT(tuple))->polrelid;
 
-		ScanKeyInit(&key, Anum_pg_policy_polname, BTEqualStrategyNumber, F_NAMEEQ,
-					CStringGetDatum(protected_markers[i]));
-		scan = systable_beginscan(policies, InvalidOid, false, NULL, 1, &key);
-		while (!OidIsValid(owned) && HeapTupleIsValid(tuple = systable_getnext(scan)))
+		if (relid != last_table)
 		{
-			Oid			relid = ((Form_pg_policy) GETSTRUCT(tuple))->polrelid;
 			HeapTuple	classtuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 
+			last_table = relid;
+			last_owned = false;
 			if (!HeapTupleIsValid(classtuple))
 				continue;
-			if (is_member_of_role(role, ((Form_pg_class) GETSTRUCT(classtuple))->relowner))
-				owned = relid;
+			last_owned = is_member_of_role(role, ((Form_pg_class) GETSTRUCT(classtuple))->relowner);
 			ReleaseSysCache(classtuple);
 		}
-		systable_endscan(scan);
+		if (last_owned && IsDjangoRlsPolicy(tuple, rls_schema))
+			owned = relid;
 	}
+	systable_endscan(scan);
 	table_close(policies, AccessShareLock);
 	return owned;
 }

@@ -101,6 +101,7 @@ _PG_init(void)
 	RlsInstallAuditContextHooks();
 	RlsInstallStatementHooks();
 	RlsInstallOwnRoleHook();
+	RlsInstallTableLockHook();
 	RlsInstallAccessorParams();
 	if (!rls_loaded_at_startup)
 		RlsNoteLateLoad();

@@ -89,6 +89,11 @@ extern const RlsForwardedContext *RlsForwardedCredential(RlsForwardedContext *re
 extern void RlsInstallOwnRoleHook(void);
 
 /*
+ * table_locks.c
+ */
+extern void RlsInstallTableLockHook(void);
+
+/*
  * bypassing_roles.c
  */
 extern void RlsDefineBypassingRoleSettings(void);

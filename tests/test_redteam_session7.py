@@ -207,8 +207,8 @@ def test_django_rls_policies_renamed_and_widened_are_reported(owner_conn, app_co
 
 
 def test_a_django_rls_policy_renamed_alone_is_reported(owner_conn, renamable):
-    """Renamed but unchanged, it still filters; but django_rls no longer finds it (rls_apply makes a second one,
-    the server's owner check looks for rls_base_select), so it is reported too."""
+    """Renamed but unchanged, it still filters; but django_rls no longer finds it (rls_apply makes a second one),
+    so it is reported too."""
     owner_conn.execute("ALTER POLICY rls_base_select ON rt7_notes RENAME TO quiet")
     owner_conn.commit()
     assert _problems(owner_conn) == [

@@ -161,8 +161,8 @@ SELECT t.table_name, part.oid::regclass::text,
  WHERE t.relkind = 'p' AND NOT part.relrowsecurity
 UNION ALL
 -- A policy is django_rls's by its name or by the mark rls._ensure_policy() leaves in its comment,
--- which ALTER POLICY ... RENAME keeps: one renamed away from its name (where neither django_rls nor
--- the server's owner check looks for it any more) is reported, and checked whatever its name.
+-- which ALTER POLICY ... RENAME keeps: one renamed away from its name (where django_rls no longer
+-- finds it to replace it) is reported, and checked whatever its name.
 SELECT t.table_name, p.polname::text,
        format(CASE WHEN named THEN 'policy %s was changed outside django_rls'
                    WHEN changed THEN 'policy %s was renamed and changed outside django_rls'
