@@ -39,11 +39,11 @@ class bypass:
                 "whose role has BYPASSRLS (and DATABASE_ROUTERS including django_rls.maintenance.BypassRouter)"
             )
         logger.info("django_rls bypass entered: %s", self.reason)
-        self._token = enter_frame(BypassFrame(self.reason))
+        self._entry = enter_frame(BypassFrame(self.reason))
         return alias
 
     def __exit__(self, *exc_info: object) -> None:
-        reset_frame(self._token)
+        reset_frame(self._entry)
 
 
 class BypassRouter:

@@ -148,26 +148,31 @@ class RlsMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         frame = RequestFrame(request)
-        token = enter_frame(frame)
+        entry = enter_frame(frame)
         try:
             response = self.get_response(request)
         finally:
-            reset_frame(token)
+            reset_frame(entry, close=False)
         return _keep_frame_while_streaming(response, frame)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         frame = RequestFrame(request)
-        token = enter_frame(frame)
+        entry = enter_frame(frame)
         try:
             response = await self.get_response(request)
         finally:
-            reset_frame(token)
+            reset_frame(entry, close=False)
         return _keep_frame_while_streaming(response, frame)
 
 
 def _keep_frame_while_streaming(response: HttpResponseBase, frame: Frame) -> HttpResponseBase:
-    """A streaming body runs after the middleware returned: give each step the request's context back."""
+    """A streaming body runs after the middleware returned: give each step the request's context back.
+
+    The request's frame is closed when its response is complete (``reset_frame``), so that a
+    block the request left open and that ends later never makes it current again.
+    """
     if not getattr(response, "streaming", False):
+        frame.closed = True
         return response
     content = response.streaming_content  # type: ignore[attr-defined]
     if hasattr(content, "__aiter__"):
@@ -179,25 +184,31 @@ def _keep_frame_while_streaming(response: HttpResponseBase, frame: Frame) -> Htt
 
 def _sync_steps(frame: Frame, content: Iterable[Any]) -> Iterator[Any]:
     iterator = iter(content)
-    while True:
-        token = enter_frame(frame)
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
-        finally:
-            reset_frame(token)
-        yield chunk
+    try:
+        while True:
+            entry = enter_frame(frame)
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                reset_frame(entry, close=False)
+            yield chunk
+    finally:
+        frame.closed = True
 
 
 async def _async_steps(frame: Frame, content: AsyncIterable[Any]) -> AsyncIterator[Any]:
     iterator = aiter(content)
-    while True:
-        token = enter_frame(frame)
-        try:
-            chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        finally:
-            reset_frame(token)
-        yield chunk
+    try:
+        while True:
+            entry = enter_frame(frame)
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                reset_frame(entry, close=False)
+            yield chunk
+    finally:
+        frame.closed = True

@@ -123,6 +123,8 @@ class Frame:
     resolving = False
     #: Queries go to the bypass database instead (see django_rls.bypass).
     bypass_reason: str | None = None
+    #: The block or request that entered it has ended: a late exit of another block never makes it current again.
+    closed = False
 
     def values(self) -> Values:
         raise NotImplementedError
@@ -183,11 +185,11 @@ def current_values() -> Values:
 
 @contextmanager
 def _entered(frame: Frame | None) -> Iterator[Frame | None]:
-    token: Token[Frame | None] = _current.set(frame)
+    entry = enter_frame(frame)
     try:
         yield frame
     finally:
-        _current.reset(token)
+        reset_frame(entry)
 
 
 class context:
@@ -200,14 +202,14 @@ class context:
 
     def __init__(self, site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> None:
         self.values = make_values(site, user, claims)
-        self._tokens: list[Token[Frame | None]] = []
+        self._entries: list[Entry] = []
 
     def __enter__(self) -> Values:
-        self._tokens.append(_current.set(FixedFrame(self.values)))
+        self._entries.append(enter_frame(FixedFrame(self.values)))
         return self.values
 
     def __exit__(self, *exc_info: object) -> None:
-        _current.reset(self._tokens.pop())
+        reset_frame(self._entries.pop())
 
     async def __aenter__(self) -> Values:
         return self.__enter__()
@@ -223,10 +225,10 @@ class no_context:
     """Run code with an empty context (no rows of protected tables), for example inside another context."""
 
     def __enter__(self) -> None:
-        self._token = _current.set(None)
+        self._entry = enter_frame(None)
 
     def __exit__(self, *exc_info: object) -> None:
-        _current.reset(self._token)
+        reset_frame(self._entry)
 
     def __call__(self, func: F) -> F:
         return _decorate(func, lambda: _entered(None))
@@ -272,10 +274,39 @@ def propagate(func: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def enter_frame(frame: Frame | None) -> Token[Frame | None]:
-    """Low-level: make frame current until reset_frame(token). Used by the middleware."""
-    return _current.set(frame)
+class Entry:
+    """One entering of a frame, to be left with reset_frame()."""
+
+    __slots__ = ("frame", "token")
+
+    def __init__(self, frame: Frame | None, token: Token[Frame | None]) -> None:
+        self.frame = frame
+        self.token = token
 
 
-def reset_frame(token: Token[Frame | None]) -> None:
-    _current.reset(token)
+def enter_frame(frame: Frame | None) -> Entry:
+    """Low-level: make frame current until reset_frame(entry). Used by the middleware."""
+    return Entry(frame, _current.set(frame))
+
+
+def reset_frame(entry: Entry, close: bool = True) -> None:
+    """Leave what enter_frame() entered: the frame current before it is current again, if it is still open.
+
+    Blocks may end out of order: a generator suspended inside ``context()`` is closed (or
+    collected) while a later block or another request is current, or code calls
+    ``__exit__`` itself in the wrong order. Restoring blindly (``ContextVar.reset``) would then
+    make a frame current again that has already ended: another request's, or an outer
+    block's that has exited. So a block that is not the current one leaves the current one
+    alone, and a block whose previous frame has ended leaves no context (fail closed).
+    ``close=False`` leaves a frame that is entered again (a streaming body's steps) open.
+    """
+    if close and entry.frame is not None:
+        entry.frame.closed = True
+    if _current.get() is not entry.frame:
+        return
+    previous = entry.token.old_value
+    if previous is Token.MISSING:
+        previous = _NOT_ENTERED
+    elif previous is not None and previous is not _NOT_ENTERED and previous.closed:
+        previous = None
+    _current.set(previous)
