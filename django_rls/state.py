@@ -177,6 +177,11 @@ def current_frame() -> Frame | None:
     return ScopeFrame(site) if site is not None else None
 
 
+def inside_context() -> bool:
+    """Whether a request, ``context()``, ``no_context()`` or ``bypass()`` block (or a django-scopes scope) is current."""
+    return _current.get() is not _NOT_ENTERED or current_frame() is not None
+
+
 def current_values() -> Values:
     """The context the next query will run with (EMPTY when none)."""
     frame = current_frame()
