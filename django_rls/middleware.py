@@ -32,6 +32,10 @@ class SiteChanged(Exception):
     """The site resolver returned another site after queries had run with the first one."""
 
 
+class RequestEnded(RuntimeError):
+    """A query ran with the context of a request whose response was already complete."""
+
+
 class RequestFrame(Frame):
     """The context of one request, resolved on first use.
 
@@ -68,6 +72,19 @@ class RequestFrame(Frame):
             self.resolving = False
 
     def values(self) -> Values:
+        if self.closed:
+            raise RequestEnded(
+                "this query runs with the context of a request that has ended (an asyncio task, a thread or a "
+                "callback that copied the request's context and outlived it): give the work a context of its "
+                "own with `with django_rls.context(site=..., user=...)`, or hand it over explicitly with "
+                "django_rls.propagate(fn) while the request runs"
+            )
+        return self.resolved_values()
+
+    def handed_over(self) -> Frame:
+        return HandedOverFrame(self)
+
+    def resolved_values(self) -> Values:
         if self._claims is _UNRESOLVED:
             # The resolvers a request uses are read once, with its claims.
             self._site_resolver = rls_settings.SITE_RESOLVER
@@ -90,6 +107,20 @@ class RequestFrame(Frame):
             self._site, self._user, self._values = site, user, values
         self._used_site = self._values.site
         return self._values
+
+
+class HandedOverFrame(Frame):
+    """A request's context handed to other code with ``propagate()``: usable after the request ends, as asked."""
+
+    def __init__(self, request_frame: RequestFrame) -> None:
+        self.request_frame = request_frame
+
+    @property
+    def resolving(self) -> bool:  # type: ignore[override]
+        return self.request_frame.resolving
+
+    def values(self) -> Values:
+        return self.request_frame.resolved_values()
 
 
 def _site_changed_message(used: str, now: str | None) -> str:

@@ -125,9 +125,15 @@ class Frame:
     bypass_reason: str | None = None
     #: The block or request that entered it has ended: a late exit of another block never makes it current again.
     closed = False
+    #: What was current when it was last entered (``_NOT_ENTERED`` or None: no frame, or no context).
+    entered_over: Any = None
 
     def values(self) -> Values:
         raise NotImplementedError
+
+    def handed_over(self) -> Frame:
+        """This frame as propagate() hands it to other code (a request's frame: one that outlives the request)."""
+        return self
 
 
 class FixedFrame(Frame):
@@ -265,8 +271,12 @@ def propagate(func: F) -> F:
     protected rows. ``pool.submit(django_rls.propagate(work), item)`` runs ``work`` with
     the context (or the ``bypass()``) of the code that submitted it, and restores the
     worker's own afterwards. Each thread still opens its own database connection.
+    A request's context handed over this way stays usable after the request ended; one
+    that a task or thread took without ``propagate()`` does not (``RequestEnded``).
     """
     frame = _current.get()
+    if isinstance(frame, Frame):
+        frame = frame.handed_over()
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -291,27 +301,49 @@ class Entry:
 
 def enter_frame(frame: Frame | None) -> Entry:
     """Low-level: make frame current until reset_frame(entry). Used by the middleware."""
+    if frame is not None:
+        frame.entered_over = _current.get()
     return Entry(frame, _current.set(frame))
 
 
+def _below_current(frame: Frame | None) -> bool:
+    """Whether frame is the current frame, or one the current frame was entered over (directly or not)."""
+    walk: Any = _current.get()
+    passed: set[int] = set()
+    while walk is not frame:
+        if not isinstance(walk, Frame) or id(walk) in passed:
+            return False
+        passed.add(id(walk))
+        walk = walk.entered_over
+    return True
+
+
 def reset_frame(entry: Entry, close: bool = True) -> None:
-    """Leave what enter_frame() entered: the frame current before it is current again, if it is still open.
+    """Leave what enter_frame() entered: what was current before it is current again, if that is still open.
 
     Blocks may end out of order: a generator suspended inside ``context()`` is closed (or
     collected) while a later block or another request is current, or code calls
     ``__exit__`` itself in the wrong order. Restoring blindly (``ContextVar.reset``) would then
     make a frame current again that has already ended: another request's, or an outer
-    block's that has exited. So a block that is not the current one leaves the current one
-    alone, and a block whose previous frame has ended leaves no context (fail closed).
-    ``close=False`` leaves a frame that is entered again (a streaming body's steps) open.
+    block's that has exited. So a block that is neither current nor under the current one
+    (a generator's block closed during the next request) leaves the current one alone; one
+    that is under it (a request whose view left a generator's block open) ends the blocks
+    above it too; and where what it was entered over has ended, what that one was entered over
+    is restored. ``close=False`` leaves a frame that is entered again (a streaming body's steps)
+    open.
     """
-    if close and entry.frame is not None:
+    if entry.frame is not None and close:
         entry.frame.closed = True
-    if _current.get() is not entry.frame:
+    if not _below_current(entry.frame):
         return
     previous = entry.token.old_value
     if previous is Token.MISSING:
         previous = _NOT_ENTERED
-    elif previous is not None and previous is not _NOT_ENTERED and previous.closed:
-        previous = None
+    passed: set[int] = set()
+    while isinstance(previous, Frame) and previous.closed:
+        if id(previous) in passed:  # frames entered over each other: nothing to tell
+            previous = None
+            break
+        passed.add(id(previous))
+        previous = previous.entered_over
     _current.set(previous)

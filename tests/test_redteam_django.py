@@ -24,6 +24,12 @@
   to the routers after it or the default alias, under the context; code outside all of them,
   such as a seed script that uses ``.using(BYPASS_DATABASE)``, keeps Django's rule).
 
+- Work that outlives its request. An ``asyncio`` task created in an async view copies the
+  request's context, and went on querying as the request's site after the response was sent: a
+  context nobody handed over (fixed: a request's frame is closed when its response is complete,
+  streaming bodies included, and a query with it raises ``RequestEnded`` naming ``context()`` and
+  ``propagate()``; work handed over with ``propagate()`` keeps the request's context, as asked).
+
 Held (no hole found; covered here or by the suites named):
 - async ORM, ``asyncio.gather`` of tasks in different contexts, thread pools without
   ``propagate()``: tests/test_concurrency.py, tests/test_context.py, test_switch_and_threads.py.
@@ -37,6 +43,7 @@ Every read of rows runs as the application role.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -86,8 +93,8 @@ def test_blocks_exited_out_of_order_leave_no_context(live_db):
     one, two = django_rls.context(site=1), django_rls.context(site=2)
     one.__enter__()
     two.__enter__()
-    one.__exit__(None, None, None)
-    assert sites() == {2}  # two is still open
+    one.__exit__(None, None, None)  # ends two as well: it was entered inside one
+    assert sites() == set()
     two.__exit__(None, None, None)
     assert sites() == set()  # not one's site: one has ended
 
@@ -137,6 +144,7 @@ def test_a_generator_closed_after_its_request_ended_leaves_no_context(live_db):
 
     # inside the view the generator's block is current until it is closed: documented
     assert json.loads(_serve(view, H1).content) == [2]
+    assert sites() == set()  # the request ended, and the block it left open with it
     with django_rls.context(site=2):
         parked.pop().close()
         assert sites() == {2}
@@ -203,3 +211,38 @@ def test_an_object_loaded_in_bypass_is_saved_under_the_context_after_it(live_db)
             theirs.save()
     with django_rls.context(site=2):
         assert Note.objects.get(pk=theirs.pk).body == body
+
+
+async def test_a_task_that_outlives_its_request_does_not_keep_its_context(live_db):
+    from django_rls.middleware import RequestEnded
+
+    tasks: list[asyncio.Task[list[int]]] = []
+    response_sent = asyncio.Event()
+
+    async def background() -> list[int]:
+        await response_sent.wait()
+        return sorted({note.site_id async for note in Note.objects.all()})
+
+    async def view(request: Any) -> JsonResponse:
+        tasks.append(asyncio.create_task(background()))  # fire and forget: copies the request's context
+        return JsonResponse({})
+
+    await _serve(view, H1)
+    response_sent.set()
+    with pytest.raises(RequestEnded, match="propagate"):
+        await tasks[0]
+
+
+def test_work_handed_over_with_propagate_keeps_the_requests_context_after_it(live_db):
+    handed: list[Any] = []
+
+    def view(request: Any) -> HttpResponse:
+        handed.append(django_rls.propagate(lambda: sorted(sites())))
+        return HttpResponse("queued")
+
+    _serve(view, H2)
+    result: list[list[int]] = []
+    thread = threading.Thread(target=lambda: (result.append(handed[0]()), connections.close_all()))
+    thread.start()
+    thread.join()
+    assert result == [[2]]
