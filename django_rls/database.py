@@ -362,7 +362,7 @@ class ContextWrapper:
 
         # ROLLBACK TO SAVEPOINT restores whatever context the savepoint saw,
         # which may not be the one recorded here: forget it, re-send if needed.
-        if may_roll_back(sql, context):
+        if getattr(connection, _APPLIED, None) is not None and may_roll_back(sql, context):
             setattr(connection, _APPLIED, None)
         return result
 
