@@ -467,6 +467,9 @@ def prepare(connection: BaseDatabaseWrapper) -> None:
 def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     install(connection)
     prepare(connection)
+    # A connection Django takes from its pool may be the very psycopg connection this wrapper
+    # used before, since served to other threads' requests: what its session holds is unknown.
+    setattr(connection, _APPLIED, None)
 
 
 def clear_session_context(aliases: list[str] | None = None) -> None:
