@@ -199,8 +199,9 @@ class RlsMiddleware:
 def _keep_frame_while_streaming(response: HttpResponseBase, frame: Frame) -> HttpResponseBase:
     """A streaming body runs after the middleware returned: give each step the request's context back.
 
-    The request's frame is closed when its response is complete (``reset_frame``), so that a
-    block the request left open and that ends later never makes it current again.
+    The request's frame is closed when its response is complete (here, or after a streaming
+    body's last step): a task or callback that copied it and queries later gets
+    ``RequestEnded``, and a block that ends later never makes it current again.
     """
     if not getattr(response, "streaming", False):
         frame.closed = True
