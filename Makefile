@@ -60,7 +60,7 @@ test: deps lint
 # preload the library, the mode installed by a non-superuser owner, and the
 # suites that show what it must hold (tests/modes.py). Always a throwaway
 # cluster: a DATABASE_URL server preloads the library.
-SQLONLY_SUITES = tests/test_sqlonly.py tests/test_sqlonly_audit.py tests/test_audit.py tests/test_audit_counts.py tests/test_sqlonly_upgrade.py tests/test_member_of.py tests/test_attacks.py tests/test_pgbouncer.py tests/test_leak_matrix.py tests/test_middleware.py tests/test_redteam_session4.py tests/test_redteam_session5.py tests/test_redteam_session6.py tests/test_redteam_session7.py tests/test_redteam_session8.py
+SQLONLY_SUITES = tests/test_sqlonly.py tests/test_sqlonly_audit.py tests/test_audit.py tests/test_audit_counts.py tests/test_sqlonly_upgrade.py tests/test_member_of.py tests/test_attacks.py tests/test_pgbouncer.py tests/test_leak_matrix.py tests/test_middleware.py tests/test_redteam_session4.py tests/test_redteam_session5.py tests/test_redteam_session6.py tests/test_redteam_session7.py tests/test_redteam_session8.py tests/test_redteam_django.py
 test-sqlonly:
 	env -u DATABASE_URL DJANGO_RLS_TEST_MODE=sql $(VENV)/bin/python $(HARNESS)/cluster.py run -- $(VENV)/bin/pytest $(SQLONLY_SUITES)
 

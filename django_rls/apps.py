@@ -5,7 +5,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core import checks
 from django.core.signals import request_finished
-from django.db import connections
+from django.db import close_old_connections, connections
 from django.db.backends.signals import connection_created
 from django.db.models.signals import post_migrate, pre_migrate
 from django.utils.module_loading import autodiscover_modules
@@ -28,7 +28,11 @@ class DjangoRlsConfig(AppConfig):
         autodiscover_modules("rls")
 
         connection_created.connect(database.on_connection_created, dispatch_uid="django_rls.install")
+        # Before Django's close_old_connections: a connection it closes goes back to the pool
+        # (OPTIONS["pool"]) with its session as it is, out of reach of a later clear.
+        request_finished.disconnect(close_old_connections)
         request_finished.connect(_clear_session_context, dispatch_uid="django_rls.clear_session")
+        request_finished.connect(close_old_connections)
         post_migrate.connect(_apply_after_migrate, dispatch_uid="django_rls.apply_after_migrate")
         pre_migrate.connect(_migrate_as_application, dispatch_uid="django_rls.migrate_as_application")
         for alias in connections:

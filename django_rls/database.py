@@ -76,6 +76,7 @@ from django_rls.wire import (
     ContextParameterDumper,
     carrying_cursor_class,
     is_planned,
+    query_text,
 )
 
 __all__ = [
@@ -283,6 +284,25 @@ def protected_aliases() -> list[str]:
     ]
 
 
+def may_roll_back(sql: Any, context: dict[str, Any]) -> bool:
+    """Whether a query may have rolled back to a savepoint (or rolled back at all).
+
+    Not only Django's own ``ROLLBACK TO SAVEPOINT``: raw SQL may have spaces or a comment
+    before the keyword, be a psycopg ``sql.Composed``, or put it after another statement
+    (client-side binding sends a query without parameters as one string). Any query whose
+    text has the word counts, in any case; a false alarm costs only the context carried again.
+    """
+    if isinstance(sql, str):
+        text = sql
+    else:
+        cursor = getattr(context.get("cursor"), "cursor", None)
+        try:
+            text = query_text(cursor, sql)
+        except (TypeError, psycopg.Error):
+            return True  # cannot read it: assume the worst
+    return "rollback" in text.lower()
+
+
 def _send(pgconn: psycopg.Connection[Any], values: Values, is_local: bool) -> None:
     sql, params = context_statement(values, is_local)
     psycopg.Cursor(pgconn).execute(sql, params)
@@ -342,7 +362,7 @@ class ContextWrapper:
 
         # ROLLBACK TO SAVEPOINT restores whatever context the savepoint saw,
         # which may not be the one recorded here: forget it, re-send if needed.
-        if isinstance(sql, str) and sql[:1] in "Rr" and sql[:8].upper() == "ROLLBACK":
+        if getattr(connection, _APPLIED, None) is not None and may_roll_back(sql, context):
             setattr(connection, _APPLIED, None)
         return result
 
@@ -447,6 +467,9 @@ def prepare(connection: BaseDatabaseWrapper) -> None:
 def on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     install(connection)
     prepare(connection)
+    # A connection Django takes from its pool may be the very psycopg connection this wrapper
+    # used before, since served to other threads' requests: what its session holds is unknown.
+    setattr(connection, _APPLIED, None)
 
 
 def clear_session_context(aliases: list[str] | None = None) -> None:

@@ -125,11 +125,11 @@ def find(model: type[models.Model] | str, field: str, value: Any, using: str = D
     if not text or len(text) > (longest or MAX_KEY_LENGTH):
         return None
     claims = json.dumps({lookup.claim(model): text}, separators=(",", ":"))
-    token = enter_frame(FixedFrame(Values(None, None, claims)))
+    entry = enter_frame(FixedFrame(Values(None, None, claims)))
     try:
         rows = list(model._base_manager.using(using).filter(**{field: key})[:2])
     finally:
-        reset_frame(token)
+        reset_frame(entry)
     return rows[0] if len(rows) == 1 else None
 
 

@@ -32,6 +32,10 @@ class SiteChanged(Exception):
     """The site resolver returned another site after queries had run with the first one."""
 
 
+class RequestEnded(RuntimeError):
+    """A query ran with the context of a request whose response was already complete."""
+
+
 class RequestFrame(Frame):
     """The context of one request, resolved on first use.
 
@@ -68,6 +72,19 @@ class RequestFrame(Frame):
             self.resolving = False
 
     def values(self) -> Values:
+        if self.closed:
+            raise RequestEnded(
+                "this query runs with the context of a request that has ended (an asyncio task, a thread or a "
+                "callback that copied the request's context and outlived it): give the work a context of its "
+                "own with `with django_rls.context(site=..., user=...)`, or hand it over explicitly with "
+                "django_rls.propagate(fn) while the request runs"
+            )
+        return self.resolved_values()
+
+    def handed_over(self) -> Frame:
+        return HandedOverFrame(self)
+
+    def resolved_values(self) -> Values:
         if self._claims is _UNRESOLVED:
             # The resolvers a request uses are read once, with its claims.
             self._site_resolver = rls_settings.SITE_RESOLVER
@@ -90,6 +107,20 @@ class RequestFrame(Frame):
             self._site, self._user, self._values = site, user, values
         self._used_site = self._values.site
         return self._values
+
+
+class HandedOverFrame(Frame):
+    """A request's context handed to other code with ``propagate()``: usable after the request ends, as asked."""
+
+    def __init__(self, request_frame: RequestFrame) -> None:
+        self.request_frame = request_frame
+
+    @property
+    def resolving(self) -> bool:  # type: ignore[override]
+        return self.request_frame.resolving
+
+    def values(self) -> Values:
+        return self.request_frame.resolved_values()
 
 
 def _site_changed_message(used: str, now: str | None) -> str:
@@ -148,26 +179,32 @@ class RlsMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         frame = RequestFrame(request)
-        token = enter_frame(frame)
+        entry = enter_frame(frame)
         try:
             response = self.get_response(request)
         finally:
-            reset_frame(token)
+            reset_frame(entry, close=False)
         return _keep_frame_while_streaming(response, frame)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         frame = RequestFrame(request)
-        token = enter_frame(frame)
+        entry = enter_frame(frame)
         try:
             response = await self.get_response(request)
         finally:
-            reset_frame(token)
+            reset_frame(entry, close=False)
         return _keep_frame_while_streaming(response, frame)
 
 
 def _keep_frame_while_streaming(response: HttpResponseBase, frame: Frame) -> HttpResponseBase:
-    """A streaming body runs after the middleware returned: give each step the request's context back."""
+    """A streaming body runs after the middleware returned: give each step the request's context back.
+
+    The request's frame is closed when its response is complete (here, or after a streaming
+    body's last step): a task or callback that copied it and queries later gets
+    ``RequestEnded``, and a block that ends later never makes it current again.
+    """
     if not getattr(response, "streaming", False):
+        frame.closed = True
         return response
     content = response.streaming_content  # type: ignore[attr-defined]
     if hasattr(content, "__aiter__"):
@@ -179,25 +216,31 @@ def _keep_frame_while_streaming(response: HttpResponseBase, frame: Frame) -> Htt
 
 def _sync_steps(frame: Frame, content: Iterable[Any]) -> Iterator[Any]:
     iterator = iter(content)
-    while True:
-        token = enter_frame(frame)
-        try:
-            chunk = next(iterator)
-        except StopIteration:
-            return
-        finally:
-            reset_frame(token)
-        yield chunk
+    try:
+        while True:
+            entry = enter_frame(frame)
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                reset_frame(entry, close=False)
+            yield chunk
+    finally:
+        frame.closed = True
 
 
 async def _async_steps(frame: Frame, content: AsyncIterable[Any]) -> AsyncIterator[Any]:
     iterator = aiter(content)
-    while True:
-        token = enter_frame(frame)
-        try:
-            chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        finally:
-            reset_frame(token)
-        yield chunk
+    try:
+        while True:
+            entry = enter_frame(frame)
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                reset_frame(entry, close=False)
+            yield chunk
+    finally:
+        frame.closed = True

@@ -123,9 +123,17 @@ class Frame:
     resolving = False
     #: Queries go to the bypass database instead (see django_rls.bypass).
     bypass_reason: str | None = None
+    #: The block or request that entered it has ended: a late exit of another block never makes it current again.
+    closed = False
+    #: What was current when it was last entered (``_NOT_ENTERED`` or None: no frame, or no context).
+    entered_over: Any = None
 
     def values(self) -> Values:
         raise NotImplementedError
+
+    def handed_over(self) -> Frame:
+        """This frame as propagate() hands it to other code (a request's frame: one that outlives the request)."""
+        return self
 
 
 class FixedFrame(Frame):
@@ -175,6 +183,11 @@ def current_frame() -> Frame | None:
     return ScopeFrame(site) if site is not None else None
 
 
+def inside_context() -> bool:
+    """Whether a request, ``context()``, ``no_context()`` or ``bypass()`` block (or a django-scopes scope) is current."""
+    return _current.get() is not _NOT_ENTERED or current_frame() is not None
+
+
 def current_values() -> Values:
     """The context the next query will run with (EMPTY when none)."""
     frame = current_frame()
@@ -183,11 +196,11 @@ def current_values() -> Values:
 
 @contextmanager
 def _entered(frame: Frame | None) -> Iterator[Frame | None]:
-    token: Token[Frame | None] = _current.set(frame)
+    entry = enter_frame(frame)
     try:
         yield frame
     finally:
-        _current.reset(token)
+        reset_frame(entry)
 
 
 class context:
@@ -200,14 +213,14 @@ class context:
 
     def __init__(self, site: Any = None, user: Any = None, claims: Mapping[str, Any] | None = None) -> None:
         self.values = make_values(site, user, claims)
-        self._tokens: list[Token[Frame | None]] = []
+        self._entries: list[Entry] = []
 
     def __enter__(self) -> Values:
-        self._tokens.append(_current.set(FixedFrame(self.values)))
+        self._entries.append(enter_frame(FixedFrame(self.values)))
         return self.values
 
     def __exit__(self, *exc_info: object) -> None:
-        _current.reset(self._tokens.pop())
+        reset_frame(self._entries.pop())
 
     async def __aenter__(self) -> Values:
         return self.__enter__()
@@ -223,10 +236,10 @@ class no_context:
     """Run code with an empty context (no rows of protected tables), for example inside another context."""
 
     def __enter__(self) -> None:
-        self._token = _current.set(None)
+        self._entry = enter_frame(None)
 
     def __exit__(self, *exc_info: object) -> None:
-        _current.reset(self._token)
+        reset_frame(self._entry)
 
     def __call__(self, func: F) -> F:
         return _decorate(func, lambda: _entered(None))
@@ -258,8 +271,12 @@ def propagate(func: F) -> F:
     protected rows. ``pool.submit(django_rls.propagate(work), item)`` runs ``work`` with
     the context (or the ``bypass()``) of the code that submitted it, and restores the
     worker's own afterwards. Each thread still opens its own database connection.
+    A request's context handed over this way stays usable after the request ended; one
+    that a task or thread took without ``propagate()`` does not (``RequestEnded``).
     """
     frame = _current.get()
+    if isinstance(frame, Frame):
+        frame = frame.handed_over()
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -272,10 +289,61 @@ def propagate(func: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def enter_frame(frame: Frame | None) -> Token[Frame | None]:
-    """Low-level: make frame current until reset_frame(token). Used by the middleware."""
-    return _current.set(frame)
+class Entry:
+    """One entering of a frame, to be left with reset_frame()."""
+
+    __slots__ = ("frame", "token")
+
+    def __init__(self, frame: Frame | None, token: Token[Frame | None]) -> None:
+        self.frame = frame
+        self.token = token
 
 
-def reset_frame(token: Token[Frame | None]) -> None:
-    _current.reset(token)
+def enter_frame(frame: Frame | None) -> Entry:
+    """Low-level: make frame current until reset_frame(entry). Used by the middleware."""
+    if frame is not None:
+        frame.entered_over = _current.get()
+    return Entry(frame, _current.set(frame))
+
+
+def _below_current(frame: Frame | None) -> bool:
+    """Whether frame is the current frame, or one the current frame was entered over (directly or not)."""
+    walk: Any = _current.get()
+    passed: set[int] = set()
+    while walk is not frame:
+        if not isinstance(walk, Frame) or id(walk) in passed:
+            return False
+        passed.add(id(walk))
+        walk = walk.entered_over
+    return True
+
+
+def reset_frame(entry: Entry, close: bool = True) -> None:
+    """Leave what enter_frame() entered: what was current before it is current again, if that is still open.
+
+    Blocks may end out of order: a generator suspended inside ``context()`` is closed (or
+    collected) while a later block or another request is current, or code calls
+    ``__exit__`` itself in the wrong order. Restoring blindly (``ContextVar.reset``) would then
+    make a frame current again that has already ended: another request's, or an outer
+    block's that has exited. So a block that is neither current nor under the current one
+    (a generator's block closed during the next request) leaves the current one alone; one
+    that is under it (a request whose view left a generator's block open) ends the blocks
+    above it too; and where what it was entered over has ended, what that one was entered over
+    is restored. ``close=False`` leaves a frame that is entered again (a streaming body's steps)
+    open.
+    """
+    if entry.frame is not None and close:
+        entry.frame.closed = True
+    if not _below_current(entry.frame):
+        return
+    previous = entry.token.old_value
+    if previous is Token.MISSING:
+        previous = _NOT_ENTERED
+    passed: set[int] = set()
+    while isinstance(previous, Frame) and previous.closed:
+        if id(previous) in passed:  # frames entered over each other: nothing to tell
+            previous = None
+            break
+        passed.add(id(previous))
+        previous = previous.entered_over
+    _current.set(previous)
