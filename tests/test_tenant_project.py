@@ -77,7 +77,7 @@ def test_the_projects_own_suite_passes_as_the_app_role(project_roles: None):
         cwd=PROJECT, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "7 passed" in result.stdout
+    assert "8 passed" in result.stdout
 
 
 def _manage(database: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import psycopg
+import pytest
+
+from tests.roles import APP_ROLE
 from tests.test_pytest_plugin import APP, CONFTEST, SETTINGS, plugin_roles  # noqa: F401 (a fixture)
 from tests.test_rls_roles import run, superuser_alias  # noqa: F401 (a fixture)
 
@@ -182,3 +186,26 @@ def test_fixtures_reset_their_sequences_as_the_owner(plugin_roles, tmp_path):  #
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Ran 2 tests" in result.stderr and "OK" in result.stderr
+
+
+def test_a_row_written_but_not_readable_back_fails_djangos_insert(owner_conn, bound_app_conn):
+    """django-axes' login log, declared writable by any request (`check` true) and readable by its user only:
+    every login wrote its row with no user in the context, and failed. Django inserts with RETURNING (the
+    new primary key), and PostgreSQL applies the table's SELECT policies to the rows RETURNING returns.
+    docs/testing.md says so; this is the statement Django sends, against the policy shape."""
+    table = "thirdparty_write_only_log"
+    owner_conn.execute(f"DROP TABLE IF EXISTS {table}")
+    owner_conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, username text NOT NULL)")
+    owner_conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")
+    owner_conn.execute(f"GRANT SELECT, INSERT ON {table} TO {APP_ROLE}")
+    owner_conn.execute(f"GRANT USAGE ON SEQUENCE {table}_id_seq TO {APP_ROLE}")
+    owner_conn.execute(f"CREATE POLICY own_log ON {table} TO {APP_ROLE} USING (false) WITH CHECK (true)")
+    owner_conn.commit()
+    try:
+        bound_app_conn.execute(f"INSERT INTO {table} (username) VALUES ('ann')")  # no RETURNING: allowed
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="violates row-level security"):
+            bound_app_conn.execute(f"INSERT INTO {table} (username) VALUES ('ann') RETURNING id")
+    finally:
+        bound_app_conn.rollback()
+        owner_conn.execute(f"DROP TABLE {table}")
+        owner_conn.commit()

@@ -82,6 +82,26 @@ def test_allauth_login_and_a_users_own_email_addresses(shop, client):
 
 
 @pytest.mark.django_db
+def test_allauth_signup_writes_the_new_users_email_address_as_that_user(shop, client, rls_bypass):
+    """The signup request has no user when allauth saves the new user's address: the project's account
+    adapter (docs/testing.md) switches the request to the user it has just created."""
+    form = {"username": "cat", "email": "cat@one.test", "password1": "cat-pass-9x!", "password2": "cat-pass-9x!"}
+    response = client.post("/accounts/signup/", form, HTTP_HOST="one.test")
+    assert response.status_code == 302, response.content[:800]
+    cat = User.objects.get(username="cat")
+    # Logged in as cat: cat's own address, not ann's, on ann's company's host.
+    assert client.get("/emails/", HTTP_HOST="one.test").json() == {"emails": ["cat@one.test"]}
+    with rls_bypass():
+        assert list(EmailAddress.objects.filter(email="cat@one.test").values_list("user", flat=True)) == [cat.pk]
+    # Another visitor cannot sign up with cat's address: allauth's check, which cannot see cat's EmailAddress
+    # row, still finds it in auth_user, where signup put it too.
+    client.logout()
+    taken = {**form, "username": "dan"}
+    assert client.post("/accounts/signup/", taken, HTTP_HOST="one.test").status_code == 200
+    assert not User.objects.filter(username="dan").exists()
+
+
+@pytest.mark.django_db
 def test_each_company_grows_its_own_tree(shop):
     for company in (shop["one"], shop["two"]):
         with scope(company=company):
