@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
 from typing import Any
 
 import psycopg
@@ -558,9 +557,7 @@ def _check_alias(alias: str) -> list[CheckMessage]:
     return messages
 
 
-def citus_refusals(
-    distributed: CitusTables | Mapping[str, str] | Collection[str], connection: Any, mode: str | None = "c"
-) -> list[CheckMessage]:
+def citus_refusals(tables: CitusTables, connection: Any, mode: str | None = "c") -> list[CheckMessage]:
     """E022, E024, E026, E030, E033: declarations a table Citus holds cannot hold (issue 17, docs/scale-out.md).
 
     E033: an audited declaration: rls_audit.enable() refuses a table of Citus (its writes happen in the shard
@@ -577,7 +574,7 @@ def citus_refusals(
     from django_rls.policies import OwnerOrMember
 
     messages: list[CheckMessage] = []
-    for label, declaration, model, table, kind in declared_citus_tables(distributed):
+    for label, declaration, model, table, kind in declared_citus_tables(tables):
         if declaration.audit:
             what = "a Citus local table" if kind == "local" else f"a {kind} table of Citus"
             messages.append(

@@ -12,7 +12,7 @@ the rows of a protected table whose rows live on the workers, without an error. 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,22 +71,11 @@ def citus_tables(cursor: Any) -> CitusTables:
     )
 
 
-def declared_citus_tables(
-    tables: CitusTables | Mapping[str, str] | Collection[str],
-) -> Iterator[tuple[str, Declaration, type[Model], str, str]]:
-    """(label, declaration, model, table, kind) of every declaration whose table Citus holds, by label.
-
-    ``tables`` is what ``citus_tables()`` found, or (for tests without Citus) table names, taken as distributed.
-    """
+def declared_citus_tables(tables: CitusTables) -> Iterator[tuple[str, Declaration, type[Model], str, str]]:
+    """(label, declaration, model, table, kind) of every declaration whose table Citus holds, by label."""
     from django_rls.declarations import all_declarations
 
-    if isinstance(tables, CitusTables):
-        kinds: Mapping[str, str] = tables.kinds
-    elif isinstance(tables, Mapping):
-        kinds = tables
-    else:
-        kinds = dict.fromkeys(tables, "distributed")
-    if not kinds:
+    if not tables:
         return
     for label, declaration in sorted(all_declarations().items()):
         try:
@@ -94,8 +83,8 @@ def declared_citus_tables(
         except LookupError:
             continue  # reported by E005
         table = model._meta.db_table
-        if table in kinds:
-            yield label, declaration, model, table, kinds[table]
+        if table in tables:
+            yield label, declaration, model, table, tables.kinds[table]
 
 
 def check_session_scope(alias: str, tables: CitusTables) -> list[CheckMessage]:

@@ -216,19 +216,9 @@ def marker_supported(connection: BaseDatabaseWrapper) -> bool:
     hand this connection; if it is wrong, the server refuses the statement rather than
     run it without its context.
     """
-    pgconn: psycopg.Connection[Any] = connection.connection
-    cached = getattr(connection, _PRELOADED, None)
-    if cached is not None and cached[0] is pgconn:
-        return bool(cached[1])
-    reported = pgconn.info.parameter_status(PRELOADED_SETTING)
-    supported: bool
-    if reported is not None:
-        supported = reported == "on"
-    else:
-        row = psycopg.Cursor(pgconn).execute("SELECT current_setting(%s, true)", (PRELOADED_SETTING,)).fetchone()
-        supported = row is not None and row[0] == "on"
-    setattr(connection, _PRELOADED, (pgconn, supported))
-    return supported
+    return _reported_or_asked(
+        connection, _PRELOADED, PRELOADED_SETTING, f"SELECT current_setting('{PRELOADED_SETTING}', true) = 'on'"
+    )
 
 
 def citus_coordinator(connection: BaseDatabaseWrapper) -> bool:
@@ -252,23 +242,28 @@ def citus_coordinator(connection: BaseDatabaseWrapper) -> bool:
     Citus on a worker with metadata answers yes as well: wrapping a query in a
     transaction there changes no row it sees.
     """
+    return _reported_or_asked(
+        connection, _CITUS, CITUS_SETTING, "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')"
+    )
+
+
+def _reported_or_asked(connection: BaseDatabaseWrapper, attribute: str, setting: str, question: str) -> bool:
+    """Whether ``setting`` is reported ``on`` at connection start, or else what the one-column boolean query
+    ``question`` answers (NULL: no); kept on the connection under ``attribute`` with the psycopg connection it
+    holds for, so a new connection asks again."""
     pgconn: psycopg.Connection[Any] = connection.connection
-    cached = getattr(connection, _CITUS, None)
+    cached = getattr(connection, attribute, None)
     if cached is not None and cached[0] is pgconn:
         return bool(cached[1])
-    reported = pgconn.info.parameter_status(CITUS_SETTING)
-    found: bool
+    reported = pgconn.info.parameter_status(setting)
+    answer: bool
     if reported is not None:
-        found = reported == "on"
+        answer = reported == "on"
     else:
-        row = (
-            psycopg.Cursor(pgconn)
-            .execute("SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')")
-            .fetchone()
-        )
-        found = row is not None and bool(row[0])
-    setattr(connection, _CITUS, (pgconn, found))
-    return found
+        row = psycopg.Cursor(pgconn).execute(question).fetchone()
+        answer = row is not None and bool(row[0])
+    setattr(connection, attribute, (pgconn, answer))
+    return answer
 
 
 def protected_aliases() -> list[str]:

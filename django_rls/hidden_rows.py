@@ -31,7 +31,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 _UNMATCHED = "_django_rls_unmatched_update"  # table of the last statement, an UPDATE that matched no row
 _UPDATE = re.compile(r'UPDATE "([^"]+)" SET ')
 _INSERT = re.compile(r'INSERT INTO "([^"]+)" ')
-_RLS_VIOLATION = "42501"
+# insufficient_privilege: PostgreSQL raises it for a row-level security violation and a denied privilege alike.
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
@@ -68,7 +68,9 @@ def _protected_models() -> dict[str, str]:
 
 def _is_rls_violation(exc: BaseException) -> bool:
     cause = exc.__cause__
-    return getattr(cause, "sqlstate", None) == _RLS_VIOLATION and "violates row-level security policy" in str(cause)
+    return getattr(cause, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE and "violates row-level security policy" in str(
+        cause
+    )
 
 
 def _error(label: str, table: str) -> RowNotUpdatable:

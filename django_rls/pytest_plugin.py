@@ -27,20 +27,6 @@ import pytest
 _CREDENTIALS = ("USER", "PASSWORD")
 
 
-def _owner_alias() -> str:
-    from django.core.exceptions import ImproperlyConfigured
-
-    from django_rls.conf import rls_settings
-
-    owner = rls_settings.OWNER_DATABASE
-    if not owner or owner == "default":
-        raise ImproperlyConfigured(
-            'rls_django_db_setup builds the test database as the owner role: set DJANGO_RLS["OWNER_DATABASE"] '
-            "to the alias that connects as it (docs/testing.md)"
-        )
-    return str(owner)
-
-
 def _connect_default_as(credentials: Mapping[str, Any]) -> None:
     from django.db import connections
 
@@ -59,7 +45,9 @@ def rls_django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffi
     """
     from django.db import connections
 
-    owner = connections[_owner_alias()].settings_dict
+    from django_rls.test_runner import owner_alias
+
+    owner = connections[owner_alias("rls_django_db_setup")].settings_dict
     default = connections["default"].settings_dict
     application = {key: default.get(key) for key in _CREDENTIALS}
     _connect_default_as({key: owner.get(key) for key in _CREDENTIALS})
@@ -80,7 +68,7 @@ def rls_django_db_setup(
     from django.db import connections
 
     from django_rls.conf import app_role, rls_settings
-    from django_rls.test_runner import fixture_sequences_reset_as_owner, flushing_as_owner
+    from django_rls.test_runner import fixture_sequences_reset_as_owner, flushing_as_owner, owner_alias
     from django_rls.testing import grant_like_application
 
     if not isinstance(django_db_modify_db_settings, dict):
@@ -88,7 +76,7 @@ def rls_django_db_setup(
             "rls_django_db_setup needs rls_django_db_modify_db_settings in place of django_db_modify_db_settings "
             "(docs/testing.md): without it the application role would have built the test database"
         )
-    owner = _owner_alias()
+    owner = owner_alias("rls_django_db_setup")
     owner_credentials = {key: connections[owner].settings_dict.get(key) for key in _CREDENTIALS}
     # pytest-django sets up only the aliases its tests use; the owner must reach the test database all the same.
     connections[owner].creation.set_as_test_mirror(connections["default"].settings_dict)

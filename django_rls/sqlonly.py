@@ -8,8 +8,8 @@ CREATEROLE that owns the database, such as RDS's master user. What differs from
 the C library, and why, is in docs/security.md ("SQL-only mode").
 
 The files come from ``sql/sqlonly`` (what only this mode has) and ``sql/install``
-(what both modes share: the policy helpers, the audit trail's tables and its log
-view, retention, and the problems both report).
+(what both modes share: the policy helpers, the audit trail's tables, its read rules
+and its log view, retention, and the problems both report).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ SCRIPTS = (
     "install/20_policies.sql",
     "install/21_audit_base.sql",
     "sqlonly/21_audit_log.sql",
+    "install/21_audit_read_rules.sql",
     "install/21_audit_view.sql",
     "sqlonly/22_audit_capture.sql",
     "sqlonly/23_audit_admin.sql",

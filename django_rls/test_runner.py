@@ -44,11 +44,16 @@ CREDENTIALS = ("USER", "PASSWORD")
 _APPLY_UID = "django_rls.test_runner.apply"
 
 
-def _owner_alias() -> str:
+def owner_alias(builder: str = "django_rls.test_runner") -> str:
+    """The alias of the owner role, which builds the test databases (the runner's and the pytest plugin's).
+
+    ``builder`` names what builds them, for the error when ``DJANGO_RLS["OWNER_DATABASE"]`` is unset, is
+    ``"default"`` (the application role's alias) or names no alias.
+    """
     owner = rls_settings.OWNER_DATABASE
-    if not owner or owner not in connections.settings:
+    if not owner or owner == "default" or owner not in connections.settings:
         raise ImproperlyConfigured(
-            'django_rls.test_runner builds the test databases as the owner role: set DJANGO_RLS["OWNER_DATABASE"] '
+            f'{builder} builds the test databases as the owner role: set DJANGO_RLS["OWNER_DATABASE"] '
             "to the alias that connects as it (docs/testing.md)"
         )
     return str(owner)
@@ -57,7 +62,7 @@ def _owner_alias() -> str:
 @contextmanager
 def connected_as_owner(aliases: Iterable[str]) -> Iterator[None]:
     """These aliases connect as the owner role inside the block, and as themselves again after it."""
-    owner = connections[_owner_alias()].settings_dict
+    owner = connections[owner_alias()].settings_dict
     saved: dict[str, dict[str, Any]] = {}
     for alias in aliases:
         connection = connections[alias]
@@ -254,7 +259,7 @@ def _set_sequences_as_owner(connection: Any, values: list[tuple[str, int, bool]]
     """
     import psycopg
 
-    owner = connections[_owner_alias()].settings_dict
+    owner = connections[owner_alias()].settings_dict
     params = {
         key: value
         for key, value in connection.get_connection_params().items()

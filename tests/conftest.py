@@ -313,6 +313,30 @@ def require_signature(database: Database, required: bool) -> None:
             conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
 
 
+@pytest.fixture(params=["statement-bound", "signed"])
+def injection_mode(
+    request: pytest.FixtureRequest, live_db: None, settings: Any, signing_keys: tuple[str, str], database: Database
+) -> Iterator[str]:
+    """How the app role sets its context while injected SQL runs (tests/test_attacks.py and the red team's):
+    statement-bound with no key (the test role as rls_roles leaves it; not in the SQL-only mode, where without a
+    key injected SQL may set one), or signed contexts with signatures required of the app role (which is
+    statement-bound too)."""
+    from django.db import connections
+
+    if SQL_MODE and request.param == "statement-bound":
+        pytest.skip("the SQL-only mode has no statement-bound contexts: without a key injected SQL may set one")
+    if request.param == "signed":
+        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
+        require_signature(database, True)
+    else:
+        assert settings.DJANGO_RLS.get("SIGNING_KEY") is None
+    connections.close_all()
+    yield request.param
+    if request.param == "signed":
+        require_signature(database, False)
+    connections.close_all()
+
+
 def _sql_mode_keys(database: Database, current: str, previous: str) -> Iterator[tuple[str, str]]:
     """The SQL-only mode's keys live in the database, added by the owner (rls_apply --install does it)."""
     with database.connect("owner") as conn:

@@ -84,24 +84,6 @@ ATTACKS = [
 ]
 
 
-@pytest.fixture(params=["statement-bound", "signed"])
-def mode(request, live_db, settings, signing_keys, database):
-    """Statement-bound with no key (the test role as rls_roles leaves it), or signed contexts with
-    signatures required of the app role (which is statement-bound too)."""
-    if SQL_MODE and request.param == "statement-bound":
-        pytest.skip("the SQL-only mode has no statement-bound contexts: without a key injected SQL may set one")
-    if request.param == "signed":
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-        require_signature(database, True)
-    else:
-        assert settings.DJANGO_RLS.get("SIGNING_KEY") is None
-    connections.close_all()
-    yield request.param
-    if request.param == "signed":
-        require_signature(database, False)
-    connections.close_all()
-
-
 @pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
 def alias(request):
     return request.param
@@ -119,7 +101,7 @@ def site2_state(admin_conn) -> tuple:
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
-def test_attack_stays_inside_site_1(mode, alias, client, admin_conn, attack):
+def test_attack_stays_inside_site_1(injection_mode, alias, client, admin_conn, attack):
     before = site2_state(admin_conn)
     result = client.get("/inject/", {"sql": attack, "alias": alias}, HTTP_HOST=H1).json()
     assert result["sites"] in ([1], []), result
@@ -137,7 +119,7 @@ def test_attack_stays_inside_site_1(mode, alias, client, admin_conn, attack):
         "SELECT rls.set_context_signed('v1.eyJzaXRlIjoyfQ.AAAA')",
     ],
 )
-def test_statement_bound_refuses_the_setters_without_a_key(mode, alias, client, attack):
+def test_statement_bound_refuses_the_setters_without_a_key(injection_mode, alias, client, attack):
     result = client.get("/inject/", {"sql": attack, "alias": alias}, HTTP_HOST=H1).json()
     # Stacked statements reach the server behind a first one that does not carry the context (psycopg
     # sends a query without parameters through the simple protocol, whatever the binding).
@@ -151,7 +133,7 @@ def test_statement_bound_refuses_the_setters_without_a_key(mode, alias, client, 
 
 
 @library_only("a statement that carries its context (the marker)")
-def test_carried_query_cannot_stack_statements(mode, client):
+def test_carried_query_cannot_stack_statements(injection_mode, client):
     """A query that carries its context goes through the extended protocol: one statement, nothing stacked."""
     attack = "SELECT 1; SELECT rls.set_context('2', NULL); SELECT DISTINCT site_id FROM testapp_note"
     result = client.get("/inject/", {"sql": attack}, HTTP_HOST=H1).json()

@@ -238,6 +238,7 @@ def test_the_owners_own_definer_code_and_invoker_code_may_manage_its_audit(other
         "rls_audit._enable('public.rt_admin', '{}', '{}', '{INSERT}')",
         "rls_audit._disable('public.rt_admin')",
         "rls_audit._set_read_rule('public.rt_admin', 'site_id', NULL, false)",
+        "rls_audit._store_read_rule('public.rt_admin', 'site_id', NULL, false)",
     ],
 )
 def test_the_internal_functions_cannot_be_called(other_owner, owner_conn, app_conn, call):

@@ -11,37 +11,21 @@ binding ("replica"), in autocommit and in a transaction, with no key and in sign
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.db import connections, transaction
-from psycopg import sql
 
 import django_rls
 from django_rls import wire as carrying
 from tests import wire
-from tests.roles import APP_ROLE
 from tests.testapp.models import Note
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["statement-bound", "signed"])
-def mode(request, live_db, settings, signing_keys, admin_conn) -> Iterator[str]:
-    role = sql.Identifier(APP_ROLE)
-    if request.param == "signed":
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-        admin_conn.execute(sql.SQL("ALTER ROLE {} SET django_rls.require_signature = on").format(role))
-    connections.close_all()
-    yield request.param
-    if request.param == "signed":
-        admin_conn.execute(sql.SQL("ALTER ROLE {} RESET django_rls.require_signature").format(role))
-    connections.close_all()
-
-
 @pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
-def alias(request, mode) -> str:
+def alias(request, injection_mode) -> str:
     return request.param
 
 

@@ -14,6 +14,7 @@ from psycopg import sql
 
 import django_rls
 from django_rls import declarations
+from django_rls.citus_checks import CitusTables
 from django_rls.policies import BySite, Declaration
 from tests.conftest import reset_max_token_lifetime, wait_for
 from tests.roles import APP_ROLE
@@ -424,13 +425,18 @@ def test_e020_owner_or_member_written_as_two_queries(monkeypatch):
     assert "OwnerOrMember" in message.hint
 
 
+def _citus(*tables: str, kind: str = "distributed") -> CitusTables:
+    """What citus_tables() would find were Citus to hold these tables, all of one kind."""
+    return CitusTables(kinds=dict.fromkeys(tables, kind))
+
+
 def test_e022_e024_what_a_table_citus_distributes_cannot_hold(live_db):
     """Decided from the declarations and the set of distributed tables (tests/test_citus.py runs the query)."""
     from django_rls.checks import citus_refusals
 
-    assert citus_refusals(set(), connections["default"]) == []
-    assert citus_refusals({"testapp_tag"}, connections["default"]) == []
-    found = citus_refusals({"testapp_tag", "testapp_task", "testapp_orderline"}, connections["default"])
+    assert citus_refusals(_citus(), connections["default"]) == []
+    assert citus_refusals(_citus("testapp_tag"), connections["default"]) == []
+    found = citus_refusals(_citus("testapp_tag", "testapp_task", "testapp_orderline"), connections["default"])
     assert [(m.id, m.obj._meta.label) for m in found] == [
         ("django_rls.E022", "testapp.OrderLine"),
         ("django_rls.E024", "testapp.Task"),
@@ -444,7 +450,7 @@ def test_e026_owner_or_member_on_a_citus_table(live_db):
     """rls.member_of() reads the membership table below Citus: on the workers an empty shell."""
     from django_rls.checks import citus_refusals
 
-    [message] = citus_refusals({"testapp_team"}, connections["default"])
+    [message] = citus_refusals(_citus("testapp_team"), connections["default"])
     assert (message.id, message.obj._meta.label) == ("django_rls.E026", "testapp.Team")
     assert "rls.member_of() reads the membership table itself" in message.msg
     assert "BySite" in message.hint
@@ -460,16 +466,16 @@ def test_e033_an_audited_model_on_a_citus_table(live_db):
         ("reference", "a reference table of Citus"),
         ("local", "a Citus local table"),
     ):
-        [message] = citus_refusals({"testapp_note": kind, "testapp_tag": kind}, connections["default"])
+        [message] = citus_refusals(_citus("testapp_note", "testapp_tag", kind=kind), connections["default"])
         assert (message.id, message.obj._meta.label) == ("django_rls.E033", "testapp.Note")
         assert f"its table testapp_note is {what}" in message.msg
         assert "undistribute_table()" in message.hint and "audit=False" in message.hint
-    found = citus_refusals({"testapp_tenantdoc"}, connections["default"])
+    found = citus_refusals(_citus("testapp_tenantdoc"), connections["default"])
     assert [(m.id, m.obj._meta.label) for m in found] == [
         ("django_rls.E033", "testapp.TenantDoc"),
         ("django_rls.E024", "testapp.TenantDoc"),
     ]
-    assert [m.id for m in citus_refusals({"testapp_note"}, connections["default"], "sql")] == [
+    assert [m.id for m in citus_refusals(_citus("testapp_note"), connections["default"], "sql")] == [
         "django_rls.E033",
         "django_rls.E030",
     ]
@@ -480,11 +486,11 @@ def test_e030_the_sql_only_mode_protects_no_citus_table(live_db):
     its policies, and nothing else is said about it."""
     from django_rls.checks import citus_refusals
 
-    found = citus_refusals({"testapp_tag", "testapp_task", "testapp_team"}, connections["default"], "sql")
+    found = citus_refusals(_citus("testapp_tag", "testapp_task", "testapp_team"), connections["default"], "sql")
     assert sorted((m.id, m.obj._meta.label) for m in found) == [
         ("django_rls.E030", "testapp.Tag"),
         ("django_rls.E030", "testapp.Task"),
         ("django_rls.E030", "testapp.Team"),
     ]
     assert "shared_preload_libraries = 'citus, django_rls'" in found[0].hint
-    assert citus_refusals(set(), connections["default"], "sql") == []
+    assert citus_refusals(_citus(), connections["default"], "sql") == []

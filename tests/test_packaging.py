@@ -54,7 +54,7 @@ def test_wheel_installs_into_a_fresh_venv(dist, tmp_path):
         "True",
         "True",
         "True",
-        "['install/21_audit_base.sql', 'install/21_audit_view.sql']",
+        "['install/21_audit_base.sql', 'install/21_audit_read_rules.sql', 'install/21_audit_view.sql']",
     ]
 
 

@@ -20,26 +20,11 @@ from django.db import connections, transaction
 from psycopg import sql
 
 import django_rls
-from tests.conftest import require_signature, wait_for
+from tests.conftest import wait_for
 from tests.modes import SQL_MODE, library_only
 from tests.roles import APP_ROLE, PASSWORD
 
 H1 = "megacorp1.test"
-
-
-@pytest.fixture(params=["statement-bound", "signed"])
-def mode(request, live_db, settings, signing_keys, database):
-    """As tests/test_attacks.py: statement-bound with no key, or signatures required of the app role."""
-    if SQL_MODE and request.param == "statement-bound":
-        pytest.skip("the SQL-only mode has no statement-bound contexts: without a key injected SQL may set one")
-    if request.param == "signed":
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-        require_signature(database, True)
-    connections.close_all()
-    yield request.param
-    if request.param == "signed":
-        require_signature(database, False)
-    connections.close_all()
 
 
 def inject(client, sql: str, alias: str = "default") -> dict:
@@ -130,7 +115,7 @@ CLIENT_SIDE_VALUES_SHOW = pytest.mark.xfail(
     ],
 )
 def test_a_running_request_of_another_site_shows_no_values_in_pg_stat_activity(
-    mode, client, admin_conn, locked_site2_note, alias
+    injection_mode, client, admin_conn, locked_site2_note, alias
 ):
     from tests.testapp.models import Note
 
@@ -173,7 +158,7 @@ DECLARE_VALUES_KEPT = (
     "alias", [pytest.param("default", id="client-side binding"), pytest.param("replica", id="server-side binding")]
 )
 def test_finished_requests_of_another_site_leave_no_values_in_pg_stat_statements(
-    mode, client, admin_conn, pg_stat_statements, alias, request
+    injection_mode, client, admin_conn, pg_stat_statements, alias, request
 ):
     if alias == "default" and admin_conn.info.server_version < 160000:
         request.applymarker(pytest.mark.xfail(strict=True, reason=DECLARE_VALUES_KEPT))
@@ -274,7 +259,7 @@ def analyzed_notes(owner_conn: psycopg.Connection) -> None:
 
 @pytest.mark.parametrize("attack", HELD)
 @pytest.mark.parametrize("alias", ["default", "replica"], ids=["client-side binding", "server-side binding"])
-def test_held_attack_stays_inside_site_1(mode, alias, client, admin_conn, analyzed_notes, attack):
+def test_held_attack_stays_inside_site_1(injection_mode, alias, client, admin_conn, analyzed_notes, attack):
     from tests.test_attacks import site2_state
     from tests.testapp.models import Note
 
@@ -322,7 +307,7 @@ def app_password(admin_conn: psycopg.Connection) -> Iterator[None]:
         "DO $$ BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''the attacker knows it now'''; END $$",
     ],
 )
-def test_injected_sql_cannot_change_the_app_roles_password(mode, client, admin_conn, app_password, attack):
+def test_injected_sql_cannot_change_the_app_roles_password(injection_mode, client, admin_conn, app_password, attack):
     """A password chosen by injected SQL would give the attacker a session of its own (A3), in which a
     statement-bound role with no key accepts any context the attacker binds; PASSWORD NULL, or any new
     password, would also lock the application out at its next connection."""
@@ -361,7 +346,7 @@ def test_the_refusals_say_why_and_leave_other_roles_alone(database, bound_app_co
         "connection fails"
     ),
 )
-def test_sql_only_injected_sql_cannot_change_the_app_roles_password(mode, client, admin_conn, app_password):
+def test_sql_only_injected_sql_cannot_change_the_app_roles_password(injection_mode, client, admin_conn, app_password):
     before = app_password_verifier(admin_conn)
     result = inject(client, "ALTER ROLE CURRENT_USER PASSWORD 'the attacker knows it now'")
     assert app_password_verifier(admin_conn) == before, result

@@ -31,6 +31,7 @@ from psycopg import sql
 
 from tests.modes import SQL_MODE, library_only
 from tests.roles import APP_ROLE
+from tests.site_tables import site_table
 
 APP = sql.Identifier(APP_ROLE)
 
@@ -50,21 +51,13 @@ def ci_accounts(admin_conn: psycopg.Connection, owner_conn: psycopg.Connection) 
         admin_conn.rollback()
         pytest.skip(f"this PostgreSQL has no ICU, so no nondeterministic collation: {error}")
     admin_conn.commit()
-    owner_conn.execute("DROP TABLE IF EXISTS rt_ci_accounts")
-    owner_conn.execute(
-        "CREATE TABLE rt_ci_accounts (login text COLLATE public.rt_ci PRIMARY KEY, site_id bigint NOT NULL, "
-        "name text COLLATE public.rt_ci)"
-    )
-    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt_ci_accounts TO {}").format(APP))
-    owner_conn.execute("SELECT rls.protect_by_site('rt_ci_accounts', to_role => %s)", (APP_ROLE,))
-    owner_conn.execute("SELECT rls_audit.enable('rt_ci_accounts')")
-    owner_conn.execute("SELECT rls_audit.set_read_rule('rt_ci_accounts', site_column => 'site_id')")
-    owner_conn.commit()
-    yield "rt_ci_accounts"
-    owner_conn.rollback()
-    owner_conn.execute("SELECT rls_audit.disable('rt_ci_accounts')")
-    owner_conn.execute("DROP TABLE rt_ci_accounts")
-    owner_conn.commit()
+    with site_table(
+        owner_conn,
+        "rt_ci_accounts",
+        "login text COLLATE public.rt_ci PRIMARY KEY, site_id bigint NOT NULL, name text COLLATE public.rt_ci",
+        audited=True,
+    ) as table:
+        yield table
 
 
 @pytest.mark.usefixtures("ci_accounts")
@@ -90,18 +83,8 @@ def test_a_case_only_change_under_a_nondeterministic_collation_is_recorded(app_c
 
 @pytest.fixture
 def two_site_table(owner_conn: psycopg.Connection) -> Iterator[str]:
-    owner_conn.execute("DROP TABLE IF EXISTS rt_two_sites")
-    owner_conn.execute("CREATE TABLE rt_two_sites (id int PRIMARY KEY, site_id bigint, note text)")
-    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt_two_sites TO {}").format(APP))
-    owner_conn.execute("SELECT rls.protect_by_site('rt_two_sites', to_role => %s)", (APP_ROLE,))
-    owner_conn.execute("SELECT rls_audit.enable('rt_two_sites')")
-    owner_conn.execute("SELECT rls_audit.set_read_rule('rt_two_sites', site_column => 'site_id')")
-    owner_conn.commit()
-    yield "rt_two_sites"
-    owner_conn.rollback()
-    owner_conn.execute("SELECT rls_audit.disable('rt_two_sites')")
-    owner_conn.execute("DROP TABLE rt_two_sites")
-    owner_conn.commit()
+    with site_table(owner_conn, "rt_two_sites", "id int PRIMARY KEY, site_id bigint, note text", audited=True) as table:
+        yield table
 
 
 @pytest.mark.usefixtures("two_site_table")

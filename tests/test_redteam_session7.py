@@ -31,12 +31,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from django_rls import sqlonly
-from tests.conftest import Database, require_signature, unbound_session
+from tests.conftest import Database, unbound_session
 from tests.modes import SQL_MODE
 from tests.roles import APP_ROLE, OWNER_ROLE, PASSWORD
+from tests.site_tables import site_table
 from tests.test_attacks import ATTACKS, SITE2_NOTE, site2_state
-
-APP = sql.Identifier(APP_ROLE)
 
 # Injections aimed at the transaction the wrapper opens around the query.
 BREAKOUTS = [
@@ -54,21 +53,6 @@ BREAKOUTS = [
     "ROLLBACK; BEGIN; SELECT body FROM testapp_note",
     "SELECT body FROM testapp_note WHERE site_id = 2; COMMIT",
 ]
-
-
-@pytest.fixture(params=["statement-bound", "signed"])
-def injected_mode(request, live_db, settings, signing_keys, database):
-    """As tests/test_attacks.py's mode: statement-bound with no key, or signatures required of the app role."""
-    if SQL_MODE and request.param == "statement-bound":
-        pytest.skip("the SQL-only mode has no statement-bound contexts: without a key injected SQL may set one")
-    if request.param == "signed":
-        settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SIGNING_KEY": signing_keys[0]}
-        require_signature(database, True)
-    connections.close_all()
-    yield request.param
-    if request.param == "signed":
-        require_signature(database, False)
-    connections.close_all()
 
 
 @pytest.fixture(params=["default", "replica"], ids=["client-side binding", "server-side binding"])
@@ -118,7 +102,7 @@ def _sites(connection) -> list[int]:
 
 @pytest.mark.parametrize("attack", ATTACKS + BREAKOUTS)
 def test_injections_through_the_coordinators_autocommit_wrapping_stay_inside_site_1(
-    injected_mode, binding, admin_conn, attack
+    injection_mode, binding, admin_conn, attack
 ):
     from django_rls import database
 
@@ -145,7 +129,7 @@ def test_injections_through_the_coordinators_autocommit_wrapping_stay_inside_sit
     assert admin_conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
 
 
-def test_a_query_after_a_broken_out_transaction_runs_with_no_context(injected_mode):
+def test_a_query_after_a_broken_out_transaction_runs_with_no_context(injection_mode):
     """What follows the injected COMMIT is no longer in the wrapper's transaction: it has no context at all."""
     outcome, sites = _inject_in_autocommit("replica", "COMMIT; SELECT count(*) FROM testapp_note; SELECT rls.site_id()")
     if outcome.startswith("error: "):  # one statement per query through the extended protocol: nothing ran
@@ -162,16 +146,13 @@ def test_a_query_after_a_broken_out_transaction_runs_with_no_context(injected_mo
 
 @pytest.fixture
 def renamable(owner_conn: psycopg.Connection) -> Iterator[str]:
-    owner_conn.execute("DROP TABLE IF EXISTS rt7_notes")
-    owner_conn.execute("CREATE TABLE rt7_notes (id int PRIMARY KEY, site_id bigint NOT NULL, body text)")
-    owner_conn.execute("INSERT INTO rt7_notes VALUES (1, 1, 'mine'), (2, 2, 'theirs')")
-    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt7_notes TO {}").format(APP))
-    owner_conn.execute("SELECT rls.protect_by_site('rt7_notes', to_role => %s)", (APP_ROLE,))
-    owner_conn.commit()
-    yield "rt7_notes"
-    owner_conn.rollback()
-    owner_conn.execute("DROP TABLE rt7_notes")
-    owner_conn.commit()
+    with site_table(
+        owner_conn,
+        "rt7_notes",
+        "id int PRIMARY KEY, site_id bigint NOT NULL, body text",
+        "(1, 1, 'mine'), (2, 2, 'theirs')",
+    ) as table:
+        yield table
 
 
 def _problems(conn: psycopg.Connection) -> list[tuple[str, str]]:
@@ -328,19 +309,14 @@ def test_unusual_json_in_a_signed_token_reads_the_same_in_both_modes(app_conn, s
 
 @pytest.fixture
 def negative_sites(owner_conn: psycopg.Connection) -> Iterator[str]:
-    owner_conn.execute("DROP TABLE IF EXISTS rt7_negative")
-    owner_conn.execute("CREATE TABLE rt7_negative (id int PRIMARY KEY, site_id bigint NOT NULL, body text)")
-    owner_conn.execute("INSERT INTO rt7_negative VALUES (1, -7, 'minus seven'), (2, 7, 'seven')")
-    owner_conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON rt7_negative TO {}").format(APP))
-    owner_conn.execute("SELECT rls.protect_by_site('rt7_negative', to_role => %s)", (APP_ROLE,))
-    owner_conn.execute("SELECT rls_audit.enable('rt7_negative')")
-    owner_conn.execute("SELECT rls_audit.set_read_rule('rt7_negative', site_column => 'site_id')")
-    owner_conn.commit()
-    yield "rt7_negative"
-    owner_conn.rollback()
-    owner_conn.execute("SELECT rls_audit.disable('rt7_negative')")
-    owner_conn.execute("DROP TABLE rt7_negative")
-    owner_conn.commit()
+    with site_table(
+        owner_conn,
+        "rt7_negative",
+        "id int PRIMARY KEY, site_id bigint NOT NULL, body text",
+        "(1, -7, 'minus seven'), (2, 7, 'seven')",
+        audited=True,
+    ) as table:
+        yield table
 
 
 def test_a_negative_id_is_an_integer_in_both_modes(app_conn, negative_sites):

@@ -33,57 +33,9 @@ RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    col name;
-    typ oid;
-    existing rls_audit.read_rules;
 BEGIN
-    -- A rule is a row of a dumped configuration table: only for tables a dump
-    -- names as they are (never pg_temp_N) and that live on after the session.
-    IF (SELECT relpersistence FROM pg_class WHERE oid = tbl) = 't' THEN
-        RAISE EXCEPTION '% is a temporary table', tbl
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'A temporary table lives in one session only and is never audited.',
-                  HINT = 'Set read rules on permanent tables only.';
-    END IF;
-    IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', tbl
-            USING ERRCODE = 'wrong_object_type', HINT = 'Set read rules on the audited tables.';
-    END IF;
-    FOREACH col IN ARRAY ARRAY[site_column, owner_column] LOOP
-        CONTINUE WHEN col IS NULL;
-        SELECT atttypid INTO typ FROM pg_attribute
-         WHERE attrelid = tbl AND attname = col AND attnum > 0 AND NOT attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
-                USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the site or owner id.';
-        END IF;
-        IF typ NOT IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype) THEN
-            RAISE EXCEPTION 'column "%" of % has type %, not an integer or uuid', col, tbl, typ::regtype
-                USING ERRCODE = 'datatype_mismatch',
-                      HINT = 'Only site and owner keys the context can hold can be mirrored; leave the rule unset.';
-        END IF;
-    END LOOP;
-    IF null_is_shared AND site_column IS NOT NULL AND owner_column IS NOT NULL THEN
-        RAISE EXCEPTION 'null_is_shared needs exactly one of site_column and owner_column'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Shared rows are those with no site, or with no owner.';
-    END IF;
-
-    SELECT * INTO existing FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
-    IF site_column IS NULL AND owner_column IS NULL THEN
-        IF existing IS NULL THEN
-            RETURN false;
-        END IF;
-        DELETE FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
-    ELSIF existing IS NOT NULL AND existing.site_column IS NOT DISTINCT FROM _set_read_rule.site_column
-          AND existing.owner_column IS NOT DISTINCT FROM _set_read_rule.owner_column
-          AND existing.null_is_shared = coalesce(_set_read_rule.null_is_shared, false) THEN
+    IF NOT rls_audit._store_read_rule(tbl, site_column, owner_column, null_is_shared) THEN
         RETURN false;
-    ELSE
-        INSERT INTO rls_audit.read_rules VALUES (tbl, site_column, owner_column, coalesce(null_is_shared, false))
-            ON CONFLICT (table_oid) DO UPDATE
-            SET site_column = EXCLUDED.site_column, owner_column = EXCLUDED.owner_column,
-                null_is_shared = EXCLUDED.null_is_shared;
     END IF;
     PERFORM rls_audit._invalidate(tbl);
     RETURN true;
@@ -92,6 +44,7 @@ $$;
 COMMENT ON FUNCTION rls_audit._set_read_rule(regclass, name, name, boolean) IS
 'Internal: the work of rls_audit.set_read_rule(), reached only through it.';
 REVOKE ALL ON FUNCTION rls_audit._set_read_rule(regclass, name, name, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION rls_audit._store_read_rule(regclass, name, name, boolean) FROM PUBLIC;
 
 -- Not SECURITY DEFINER: the C function checks that the role calling it (in
 -- another role's SECURITY DEFINER function, that role) owns the table, then

@@ -55,18 +55,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     rel pg_class;
-    kind text;
 BEGIN
     SELECT * INTO rel FROM pg_class WHERE oid = tbl;
-    -- Citus (issue 17): the shard placements hold the rows, and Citus copies a table's triggers to them.
-    kind := rls._citus_table_kind(tbl);
-    IF kind IS NOT NULL THEN
-        RAISE EXCEPTION '% is %, which django_rls cannot audit', tbl,
-                        CASE kind WHEN 'Citus local' THEN 'a Citus local table' ELSE format('a %s table of Citus', kind) END
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'Its rows are written in its shard placements (on the workers, for a distributed or reference table), where the audit triggers would run apart from the audit log and the context of the coordinator; the audit guard refuses the copies of the triggers Citus makes there.',
-                  HINT = 'Keep a table whose writes must be audited out of Citus (a plain table on the coordinator: undistribute_table()), or leave it unaudited (Django: audit=False) and record its changes in the application (docs/scale-out.md).';
-    END IF;
+    PERFORM rls._citus_refuse_audit(tbl);
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table', tbl
             USING ERRCODE = 'wrong_object_type',

@@ -34,6 +34,40 @@ $$;
 COMMENT ON FUNCTION rls._citus_table_kind(regclass) IS
 'Internal: distributed, reference or Citus local where Citus''s metadata holds the table; NULL otherwise.';
 
+-- How an error or a problem names a table of Citus of that kind: 'a Citus local table', 'a distributed
+-- table of Citus' or 'a reference table of Citus'.
+CREATE FUNCTION rls._citus_table_words(kind text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE kind WHEN 'Citus local' THEN 'a Citus local table' ELSE 'a ' || kind || ' table of Citus' END
+$$;
+COMMENT ON FUNCTION rls._citus_table_words(text) IS
+'Internal: a Citus local table, or a distributed or reference table of Citus, as messages name one.';
+
+-- Refuse to audit a table of Citus (issue 17), for rls_audit._check_auditable() in both modes: the shard
+-- placements hold the rows, and Citus copies a table's triggers to them.  Nothing happens on a plain table or
+-- without Citus.
+CREATE FUNCTION rls._citus_refuse_audit(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kind text := rls._citus_table_kind(tbl);
+BEGIN
+    IF kind IS NOT NULL THEN
+        RAISE EXCEPTION '% is %, which django_rls cannot audit', tbl, rls._citus_table_words(kind)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Its rows are written in its shard placements (on the workers, for a distributed or reference table), where the audit triggers would run apart from the audit log and the context of the coordinator; the audit guard refuses the copies of the triggers Citus makes there.',
+                  HINT = 'Keep a table whose writes must be audited out of Citus (a plain table on the coordinator: undistribute_table()), or leave it unaudited (Django: audit=False) and record its changes in the application (docs/scale-out.md).';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION rls._citus_refuse_audit(regclass) IS
+'Internal: refuse to audit a table Citus holds (its writes happen in its shard placements).';
+
 -- Whether trigger tgname of tbl is Citus's copy of an audit trigger on a shard placement: Citus's metadata
 -- knows the shard, or (while Citus creates a shard on a worker, before the metadata reaches it) the trigger
 -- and the table carry the same shard id suffix, as Citus names its copies (rls_audit_delete_102137 of
@@ -193,8 +227,7 @@ BEGIN
         object_name := NULL;
         problem := format('%%1$s is audited and %s, so its writes are captured in its shard placements, apart from '
                           'the audit log of the coordinator (where they are captured at all)',
-                          CASE rls._citus_table_kind(tbl) WHEN 'Citus local' THEN 'a Citus local table'
-                               ELSE format('a %s table of Citus', rls._citus_table_kind(tbl)) END);
+                          rls._citus_table_words(rls._citus_table_kind(tbl)));
         hint := 'Keep an audited table out of Citus (undistribute_table()), or stop auditing it '
                 '(rls_audit.disable(), Django: audit=False); docs/scale-out.md.';
         RETURN NEXT;

@@ -57,18 +57,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     rel pg_class;
-    kind text;
 BEGIN
     SELECT * INTO rel FROM pg_class WHERE oid = tbl;
-    -- Citus (issue 17): the shard placements hold the rows, and Citus copies a table's triggers to them.
-    kind := rls._citus_table_kind(tbl);
-    IF kind IS NOT NULL THEN
-        RAISE EXCEPTION '% is %, which django_rls cannot audit', tbl,
-                        CASE kind WHEN 'Citus local' THEN 'a Citus local table' ELSE format('a %s table of Citus', kind) END
-            USING ERRCODE = 'feature_not_supported',
-                  DETAIL = 'Its rows are written in its shard placements (on the workers, for a distributed or reference table), where the audit triggers would run apart from the audit log and the context of the coordinator; the audit guard refuses the copies of the triggers Citus makes there.',
-                  HINT = 'Keep a table whose writes must be audited out of Citus (a plain table on the coordinator: undistribute_table()), or leave it unaudited (Django: audit=False) and record its changes in the application (docs/scale-out.md).';
-    END IF;
+    PERFORM rls._citus_refuse_audit(tbl);
     IF rel.relkind = 'p' OR EXISTS (SELECT FROM pg_inherits WHERE inhrelid = tbl OR inhparent = tbl) THEN
         RAISE EXCEPTION '% is a partitioned table, a partition or part of an inheritance tree, which the SQL-only mode of django_rls does not audit', tbl
             USING ERRCODE = 'feature_not_supported',
@@ -311,56 +302,10 @@ RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    col name;
-    typ oid;
-    existing rls_audit.read_rules;
 BEGIN
     PERFORM rls_audit._check_owner(tbl, 'set_read_rule');
-    IF (SELECT relpersistence FROM pg_class WHERE oid = tbl) = 't' THEN
-        RAISE EXCEPTION '% is a temporary table', tbl
-            USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'A temporary table lives in one session only and is never audited.',
-                  HINT = 'Set read rules on permanent tables only.';
-    END IF;
-    IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', tbl
-            USING ERRCODE = 'wrong_object_type', HINT = 'Set read rules on the audited tables.';
-    END IF;
-    FOREACH col IN ARRAY ARRAY[site_column, owner_column] LOOP
-        CONTINUE WHEN col IS NULL;
-        SELECT atttypid INTO typ FROM pg_attribute
-         WHERE attrelid = tbl AND attname = col AND attnum > 0 AND NOT attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
-                USING ERRCODE = 'undefined_column', HINT = 'Name the column that holds the site or owner id.';
-        END IF;
-        IF typ NOT IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'uuid'::regtype) THEN
-            RAISE EXCEPTION 'column "%" of % has type %, not an integer or uuid', col, tbl, typ::regtype
-                USING ERRCODE = 'datatype_mismatch',
-                      HINT = 'Only site and owner keys the context can hold can be mirrored; leave the rule unset.';
-        END IF;
-    END LOOP;
-    IF null_is_shared AND site_column IS NOT NULL AND owner_column IS NOT NULL THEN
-        RAISE EXCEPTION 'null_is_shared needs exactly one of site_column and owner_column'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Shared rows are those with no site, or with no owner.';
-    END IF;
-
-    SELECT * INTO existing FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
-    IF site_column IS NULL AND owner_column IS NULL THEN
-        IF existing IS NULL THEN
-            RETURN false;
-        END IF;
-        DELETE FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
-    ELSIF existing IS NOT NULL AND existing.site_column IS NOT DISTINCT FROM set_read_rule.site_column
-          AND existing.owner_column IS NOT DISTINCT FROM set_read_rule.owner_column
-          AND existing.null_is_shared = coalesce(set_read_rule.null_is_shared, false) THEN
+    IF NOT rls_audit._store_read_rule(tbl, site_column, owner_column, null_is_shared) THEN
         RETURN false;
-    ELSE
-        INSERT INTO rls_audit.read_rules VALUES (tbl, site_column, owner_column, coalesce(null_is_shared, false))
-            ON CONFLICT (table_oid) DO UPDATE
-            SET site_column = EXCLUDED.site_column, owner_column = EXCLUDED.owner_column,
-                null_is_shared = EXCLUDED.null_is_shared;
     END IF;
     -- The rule is part of the capture's text.
     IF EXISTS (SELECT FROM rls_audit.audited_tables WHERE table_oid = tbl) THEN
