@@ -41,6 +41,21 @@ def test_checks_md_lists_every_check_the_code_emits_with_what_to_do():
         assert meaning and todo, f"{key} says what it means and what to do"
 
 
+def test_checks_md_names_the_database_checks():
+    """The ids its first paragraph says need --database: those check_database() (registered with the database tag)
+    and the Citus checks it calls can emit."""
+    source = (ROOT / "django_rls" / "checks.py").read_text()
+    database_part = (
+        source[source.index("def check_database(") :] + (ROOT / "django_rls" / "citus_checks.py").read_text()
+    )
+    emitted = set(re.findall(r"django_rls\.([EW]\d{3})\b", database_part))
+    intro = (DOCS / "checks.md").read_text().split("\n\n")[1]
+    named = set()
+    for first, last in re.findall(r"`([EW]\d{3})`(?:\u2013`([EW]\d{3})`)?", intro):
+        named |= {f"{first[0]}{n:03d}" for n in range(int(first[1:]), int((last or first)[1:]) + 1)}
+    assert sorted(named) == sorted(emitted)
+
+
 def sections(text: str) -> dict[str, str]:
     """`## `name`` sections of a page: {name: its text up to the next such heading}."""
     parts = re.split(r"^## `([a-z_]+)`\s*$", text, flags=re.M)
