@@ -144,8 +144,10 @@ def test_make_runs_the_cluster_of_the_installation_pg_config_names(tmp_path):
 
     def bindir(*args: str, **env: str) -> str:
         show = 'show-bindir: ; @echo "$$PG_BINDIR"'
-        environ = {k: v for k, v in os.environ.items() if k != "PG_BINDIR"} | env
-        command = ["make", "-s", "-C", str(ROOT), f"--eval={show}", "show-bindir", *args]
+        # As typed in a shell: not inside `make test`'s own make (its MAKEFLAGS carry its PG_CONFIG).
+        outer = {"PG_BINDIR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+        environ = {k: v for k, v in os.environ.items() if k not in outer} | env
+        command = ["make", "-s", "--no-print-directory", "-C", str(ROOT), f"--eval={show}", "show-bindir", *args]
         return subprocess.run(command, capture_output=True, text=True, check=True, env=environ).stdout.strip()
 
     assert bindir(f"PG_CONFIG={fake / 'pg_config'}") == str(fake)
