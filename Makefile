@@ -23,6 +23,12 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 PG_MAJOR ?= 15
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+# The throwaway clusters (tests/harness/cluster.py) run the server of the installation the
+# extension goes into: `make demo PG_CONFIG=/opt/pg/bin/pg_config` needs no PG_BINDIR of its own.
+PG_BINDIR ?= $(shell $(PG_CONFIG) --bindir 2>/dev/null)
+ifneq ($(PG_BINDIR),)
+export PG_BINDIR
+endif
 
 # The PGXS rules exist only once the server headers are installed; the
 # harness installs them, so the Python-side targets must not depend on them.

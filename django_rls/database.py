@@ -316,6 +316,10 @@ class ContextWrapper:
         frame = current_frame()
         if frame is not None and frame.resolving:
             return execute(sql, params, many, context)
+        # First what this query wants: a request's frame asks its resolvers, whose own queries (find() in a
+        # context of its own, a resolver's context() block) pass through here and change what the
+        # connection holds. What it holds is read only after them.
+        wanted = frame.values() if frame is not None else EMPTY
         pgconn = connection.connection
         if getattr(connection, _PREPARED, None) is not pgconn:
             prepare(connection)
@@ -332,7 +336,6 @@ class ContextWrapper:
         # context it did not ask for. Code outside both (migrate, check) sends nothing, as before:
         # it may run before the extension exists.
         held = applied.values if applied is not None else (_UNKNOWN if frame is not None else EMPTY)
-        wanted = frame.values() if frame is not None else EMPTY
 
         if held is wanted or held == wanted or status == TransactionStatus.INERROR:
             result = execute(sql, params, many, context)

@@ -482,6 +482,35 @@ def _citus_steps(cursor: Any, app: str) -> list[tuple[str, sql.Composable]]:
     ]
 
 
+def owned_relations(cursor: Any, role: str) -> list[str]:
+    """Tables, views and sequences of the connected database that ``role`` owns (none when it does not exist)."""
+    cursor.execute(
+        """
+        SELECT c.oid::regclass::text
+          FROM pg_class c
+          JOIN pg_roles r ON r.oid = c.relowner
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE r.rolname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
+         ORDER BY 1
+        """,
+        [role],
+    )
+    return [name for (name,) in cursor.fetchall()]
+
+
+def owned_relations_warning(app: str, owner: str | None, owned: list[str]) -> str:
+    """What to do when the application role still owns relations: usually an existing project that migrated as it."""
+    shown = ", ".join(owned[:8]) + (f" and {len(owned) - 8} more" if len(owned) > 8 else "")
+    target = owner or "<owner role>"
+    return (
+        f"the application role {app} owns {len(owned)} relation(s) in this database ({shown}): an owner can switch "
+        f"row level security off, and rls_apply refuses to protect its tables. Transfer them to the owner role, as a "
+        f"superuser on a quiet database: REASSIGN OWNED BY {app} TO {target}; (or ALTER TABLE ... OWNER TO {target} "
+        "table by table), then run migrations as the owner (manage.py rls_migrate)"
+    )
+
+
 def plan(cursor: Any, wanted: list[RoleSpec]) -> list[tuple[str, sql.Composable]]:
     """(summary, statement) pairs that bring the roles in line; empty when they already are.
 

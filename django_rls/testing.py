@@ -138,12 +138,41 @@ def is_test_database(name: str) -> bool:
     return name.startswith(TEST_DATABASE_PREFIX)
 
 
+def bypass_role_recipe(app_role: str, test_bypass: str) -> str:
+    """The SQL that makes ``DJANGO_RLS["TEST_BYPASS_ROLE"]`` usable, and where the docs explain it."""
+    role, app = psycopg_sql.Identifier(test_bypass), psycopg_sql.Identifier(app_role)
+    create = psycopg_sql.SQL("CREATE ROLE {} NOLOGIN BYPASSRLS; GRANT {} TO {};").format(role, role, app)
+    return (
+        f"as a superuser of the test server (never one that serves requests): {create.as_string(None)} "
+        '(docs/testing.md, "A bypass on the test\'s own connection")'
+    )
+
+
 def grant_like_application(cursor: Any, app_role: str, test_bypass: str) -> None:
     """Give the test bypass role the application role's privileges in the test database, no more.
 
     It cannot inherit them: the application role is a member of it (test_bypass() sets
-    that role), and PostgreSQL refuses circular memberships.
+    that role), and PostgreSQL refuses circular memberships. A role that does not exist, has no
+    BYPASSRLS or that the application role may not SET ROLE to is refused here, before any test,
+    with the SQL that makes it.
     """
+    cursor.execute(
+        "SELECT r.rolbypassrls, pg_has_role(%s, r.oid, 'MEMBER') FROM pg_roles r WHERE r.rolname = %s",
+        (app_role, test_bypass),
+    )
+    found = cursor.fetchone()
+    problem = None
+    if found is None:
+        problem = "does not exist"
+    elif not found[0]:
+        problem = "has no BYPASSRLS"
+    elif not found[1]:
+        problem = f"is not a role {app_role} is a member of"
+    if problem:
+        raise TestBypassRefused(
+            f'DJANGO_RLS["TEST_BYPASS_ROLE"] = {test_bypass!r} {problem}, so test_bypass() could not switch to it. '
+            f"Set it up {bypass_role_recipe(app_role, test_bypass)}"
+        )
     to = psycopg_sql.Identifier(test_bypass)
     cursor.execute(
         "SELECT n.nspname FROM pg_namespace n WHERE has_schema_privilege(%s, n.oid, 'USAGE') "
@@ -207,7 +236,13 @@ def test_bypass(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
         return
     role = rls_settings.TEST_BYPASS_ROLE
     if not role:
-        raise TestBypassRefused('test_bypass() needs DJANGO_RLS["TEST_BYPASS_ROLE"] in the test settings')
+        from django_rls.conf import app_role
+
+        raise TestBypassRefused(
+            'test_bypass() needs DJANGO_RLS["TEST_BYPASS_ROLE"] in the test settings: the name of a NOLOGIN BYPASSRLS '
+            "role the application role is a member of, made "
+            + bypass_role_recipe(app_role() or "<application role>", "app_test_bypass")
+        )
     connection = connections[using]
     if not connection.in_atomic_block:
         raise TestBypassRefused("test_bypass() works inside a test's transaction only (pytest.mark.django_db)")

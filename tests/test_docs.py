@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -132,3 +133,23 @@ def test_ci_runs_the_test_commands_of_the_readme():
     run = [line.strip() for line in script if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert run == [line for line in documented if line]
     assert {"test", "test-matrix"} <= _make_targets()
+
+
+def test_make_runs_the_cluster_of_the_installation_pg_config_names(tmp_path):
+    """README: `make demo PG_CONFIG=…` installs into that PostgreSQL and runs its server, with no PG_BINDIR."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "pg_config").write_text(f'#!/bin/sh\n[ "$1" = --bindir ] && echo {fake}\n')
+    (fake / "pg_config").chmod(0o755)
+
+    def bindir(*args: str, **env: str) -> str:
+        show = 'show-bindir: ; @echo "$$PG_BINDIR"'
+        # As typed in a shell: not inside `make test`'s own make (its MAKEFLAGS carry its PG_CONFIG).
+        outer = {"PG_BINDIR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+        environ = {k: v for k, v in os.environ.items() if k not in outer} | env
+        command = ["make", "-s", "--no-print-directory", "-C", str(ROOT), f"--eval={show}", "show-bindir", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True, env=environ).stdout.strip()
+
+    assert bindir(f"PG_CONFIG={fake / 'pg_config'}") == str(fake)
+    assert bindir(f"PG_CONFIG={fake / 'pg_config'}", PG_BINDIR="/elsewhere/bin") == "/elsewhere/bin"
+    assert "make demo PG_CONFIG=/path/to/bin/pg_config" in (ROOT / "README.md").read_text()

@@ -285,3 +285,26 @@ class TestLateSite:
         from_tenant.MIDDLEWARE = list(self.SWITCHING)
         with pytest.raises(SiteChanged, match="changed from 1 to none"):
             await async_client.get("/notes/async/", headers={"x-forwarded-host": NOWHERE})
+
+
+def resolver_that_queries_as_another_site(request):
+    """Site 1 for every request, found by a query made in site 3's context (as find() makes one in its own)."""
+    import django_rls
+    from tests.testapp.models import Note
+
+    with django_rls.context(site=3):  # a site without notes
+        list(Note.objects.all()[:1])
+    return 1
+
+
+def test_a_resolver_query_in_another_context_does_not_become_the_requests(live_db, client, settings):
+    """The resolver is asked before each query; when it queries in a context of its own (find() does), the query
+    after it must not run in that context, though the transaction held the request's context before (a test
+    case's transaction across requests, or the request's own earlier queries)."""
+    from django.db import transaction
+
+    settings.DJANGO_RLS = {**settings.DJANGO_RLS, "SITE_RESOLVER": resolver_that_queries_as_another_site}
+    with transaction.atomic():
+        assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        assert client.get("/notes/", HTTP_HOST=H1).json() == {"sites": [1], "count": 3}
+        transaction.set_rollback(True)

@@ -260,3 +260,25 @@ def test_makes_the_app_role_statement_bound(superuser_alias):
         cursor.execute("ALTER ROLE rls_t_app SET django_rls.statement_bound = off")
     assert "statement-bound" in run(superuser_alias)
     assert statement_bound(superuser_alias, "rls_t_app") == ["django_rls.statement_bound=on"]
+
+
+def test_an_app_role_that_owns_tables_is_told_how_to_transfer_them(superuser_alias):
+    """An existing project migrated as the role the site connects as: rls_roles says to move the tables."""
+    run(superuser_alias)
+    with connections[superuser_alias].cursor() as cursor:
+        cursor.execute("CREATE TABLE rls_t_legacy (id serial PRIMARY KEY)")
+        cursor.execute("ALTER TABLE rls_t_legacy OWNER TO rls_t_app")
+    try:
+        err = io.StringIO()
+        call_command("rls_roles", "--database", superuser_alias, *ARGS, stdout=io.StringIO(), stderr=err)
+        warning = err.getvalue()
+        assert "the application role rls_t_app owns 2 relation(s) in this database" in warning
+        assert "rls_t_legacy" in warning and "rls_t_legacy_id_seq" in warning
+        assert "REASSIGN OWNED BY rls_t_app TO rls_t_owner;" in warning
+        assert "manage.py rls_migrate" in warning
+    finally:
+        with connections[superuser_alias].cursor() as cursor:
+            cursor.execute("DROP TABLE rls_t_legacy")
+    err = io.StringIO()
+    call_command("rls_roles", "--database", superuser_alias, *ARGS, stdout=io.StringIO(), stderr=err)
+    assert err.getvalue() == ""

@@ -65,6 +65,11 @@ DATABASES = {
     "maintenance": _database("demo_maintenance"),  # BYPASSRLS, used only inside django_rls.bypass()
 }
 DATABASE_ROUTERS = ["django_rls.maintenance.BypassRouter"]
+# Django's own pages ask django.contrib.sites for the current site (the admin's login page does), by the
+# request's host unless SITE_ID is set; the demo is served on 127.0.0.1, which no Site row names (the
+# companies are Site rows chosen by the URL, not the host). Nothing of django_rls reads it here: the site
+# of a request is the one shop.middleware finds.
+SITE_ID = 1
 DJANGO_RLS = {
     # set by shop.middleware from the URL (/admin/: from the logged-in user's company)
     "SITE_RESOLVER": from_attribute("site"),

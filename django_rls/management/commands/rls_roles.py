@@ -9,7 +9,7 @@ from django.db import DatabaseError, connections, transaction
 
 from django_rls.conf import app_role, rls_settings
 from django_rls.ddl import LockWaitExhausted, Runner, add_lock_options, bounds_from
-from django_rls.roles import RolesError, plan, specs
+from django_rls.roles import RolesError, owned_relations, owned_relations_warning, plan, specs
 
 
 def _user(alias: str | None) -> str | None:
@@ -75,8 +75,11 @@ class Command(BaseCommand):
         except DatabaseError as exc:
             raise CommandError(_cannot_connect(alias, owner, exc)) from exc
 
+        owned: list[str] = []
+
         def work(cursor: Any) -> list[Any]:
             steps = plan(cursor, wanted)
+            owned[:] = owned_relations(cursor, app)
             if options["dry_run"]:
                 transaction.set_rollback(True, using=alias)
             else:
@@ -107,3 +110,5 @@ class Command(BaseCommand):
             self.stdout.write(f"Nothing to do: {', '.join(s.name for s in wanted)} are as django_rls expects.")
         elif not options["dry_run"]:
             self.stdout.write(self.style.SUCCESS(f"Applied {len(steps)} change(s)."))
+        if owned:
+            self.stderr.write(self.style.WARNING(f"Warning: {owned_relations_warning(app, owner, owned)}"))
