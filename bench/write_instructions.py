@@ -103,6 +103,8 @@ def counted(out: Path, dsn: str, variant: str, query: str, keys: range, per_xact
     per_xact statements to a transaction (1: autocommit)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # An earlier backend with the same pid left its file: it is not this session's count.
+        (out / f"cg.{pid}").unlink(missing_ok=True)
         # A superuser's session, which the server refuses a context unless allowed (docs/security.md).
         conn.execute("SET django_rls.allow_bypassing_roles = on")
         conn.execute("SELECT rls.set_context('7', '42', NULL, false)")
