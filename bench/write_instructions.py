@@ -10,14 +10,20 @@ backend counted: protocol, executor, the capture, commit) and, for each variant 
 runs one session of WARM + N statements and one of WARM + 2N: the difference divided by N is
 one warm single-row statement in autocommit (median of BENCH_REPEAT such pairs, default 3), as bench/write_path.py runs it (extended protocol,
 prepared, the same 8-column table and statements). Variants: none (no trigger), ours
-(rls_audit.enable()) and ours_chain (ours with django_rls.audit_chain = on). The log has this
-month's partition (rls_audit.ensure_partitions()), as a deployment keeps it.
+(rls_audit.enable()), ours_chain (ours with django_rls.audit_chain = on), and the PL/pgSQL
+reference designs of bench/write_path.py (row_jsonb, row_event, stmt_jsonb: the same functions
+and log tables, created from its REFERENCES). The log has this month's partition
+(rls_audit.ensure_partitions()), as a deployment keeps it.
 
 Each statement also runs in transactions of BENCH_XACT statements (default 5; 0 leaves it out),
 as a request with ATOMIC_REQUESTS writes: the same pair of sessions, each statement of one
 explicit transaction of BENCH_XACT, the difference over N again one statement's count (the
 transaction's BEGIN and COMMIT spread over its statements). BENCH_VARIANTS (default all)
 picks variants by name, comma-separated; "none" always runs.
+
+BENCH_FILL_ROWS (default 0: an empty log) runs bench/write_path.py's bulk INSERT, UPDATE and
+DELETE of that many rows on each variant's table first, so that its log holds what
+write_path.py's single-row statements find there (200000 as write_path.py runs them).
 
 BENCH_STATEMENTS (default 100) sets N; BENCH_WARM (default 20) the statements before it (both
 multiples of BENCH_XACT).
@@ -39,11 +45,14 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "harness"))
 from cluster import Cluster
+from write_path import REFERENCES, create_variant
+from write_path import STATEMENTS as BULK_STATEMENTS
 
 N = int(os.environ.get("BENCH_STATEMENTS", "100"))
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 WARM = int(os.environ.get("BENCH_WARM", "20"))
-ALL_VARIANTS = ("none", "ours", "ours_chain")
+FILL = int(os.environ.get("BENCH_FILL_ROWS", "0"))
+ALL_VARIANTS = ("none", "ours", "ours_chain", "row_jsonb", "row_event", "stmt_jsonb")
 XACT = int(os.environ.get("BENCH_XACT", "5"))
 VARIANTS = tuple(
     v for v in ALL_VARIANTS if v == "none" or v in os.environ.get("BENCH_VARIANTS", ",".join(ALL_VARIANTS)).split(",")
@@ -68,15 +77,24 @@ def load(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION django_rls")
         conn.execute("SELECT rls_audit.ensure_partitions(1)")
+        conn.execute(REFERENCES)
+        # The context of the fill's entries (bench/write_path.py's); the session is a superuser's.
+        conn.execute("SET django_rls.allow_bypassing_roles = on")
+        conn.execute("SELECT rls.set_context('7', '42', NULL, false)")
+        conn.execute("SELECT set_config('app.site', '7', false), set_config('app.user', '42', false)")
         for variant in VARIANTS:
-            table = f"bench_{variant}"
-            conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
+            table = create_variant(conn, variant)
+            if FILL:
+                for statement in BULK_STATEMENTS.values():
+                    conn.execute(statement.format(t=table, rows=FILL))
             conn.execute(
                 f"INSERT INTO {table} SELECT g, 7, 1, 'loaded', 'note', 1.50, now(), true "
                 f"FROM generate_series(1, {LOADED}) g"
             )
-            if variant != "none":
-                conn.execute("SELECT rls_audit.enable(%s)", [table])
+        if not FILL:
+            # The loading's entries: the counted statements find an empty log.
+            for log in ("rls_audit.statements", "ref.logged_actions", "ref.events", "ref.stmt_log"):
+                conn.execute(f"TRUNCATE {log}")
         conn.execute("VACUUM (FREEZE, ANALYZE)")
 
 
@@ -85,9 +103,13 @@ def counted(out: Path, dsn: str, variant: str, query: str, keys: range, per_xact
     per_xact statements to a transaction (1: autocommit)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # An earlier backend with the same pid left its file: it is not this session's count.
+        (out / f"cg.{pid}").unlink(missing_ok=True)
         # A superuser's session, which the server refuses a context unless allowed (docs/security.md).
         conn.execute("SET django_rls.allow_bypassing_roles = on")
         conn.execute("SELECT rls.set_context('7', '42', NULL, false)")
+        # The references' context (bench/write_path.py sets the same).
+        conn.execute("SELECT set_config('app.site', '7', false), set_config('app.user', '42', false)")
         conn.execute(f"SET django_rls.audit_chain = {'on' if variant == 'ours_chain' else 'off'}")
         if per_xact == 1:
             for key in keys:

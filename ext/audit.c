@@ -67,6 +67,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_language.h"
 #include "catalog/pg_policy.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -77,6 +78,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
 #include "pgtime.h"
 #include "parser/parse_func.h"
@@ -168,13 +170,14 @@ typedef struct AuditTable
 	int			site_att;		/* 0-based, or -1 */
 	int			owner_att;
 	bool		null_is_shared;
+	bool		prints_by_path;	/* a column's text may depend on search_path */
 } AuditTable;
 
 static HTAB *audit_tables = NULL;
 
-static void WriteLog(Tuplestorestate *rows, int64 count);
-static void ForgetLogLayout(void);
 struct StatementValues;
+static void WriteLog(struct StatementValues *sv);
+static void ForgetLogLayout(void);
 static void OpenLogWriter(struct StatementValues *sv);
 static void InsertStatementRow(struct StatementValues *sv, Datum *values, bool *nulls);
 static SPIPlanPtr insert_plan = NULL;
@@ -262,6 +265,7 @@ typedef struct LogWriterShape
 	Datum		upper;
 	FmgrInfo	cmp;			/* the partition key's comparison function */
 	Oid			collation;
+	bool		plain;			/* runs no function that resolves names (PathFree()) */
 	int			nindexes;
 	Oid		   *index_oids;
 	IndexInfo **index_info;
@@ -512,6 +516,112 @@ LoadReadRule(AuditTable *table)
 }
 
 /*
+ * The search_path.  The capture runs with the writer's (rls_audit.capture()
+ * has no SET clause: fmgr_security_definer() around every call, the clause
+ * set, and AtEOXact_GUC() over every setting at its end were about 10,000
+ * instructions of an audited single-row statement), and pins it to
+ * PINNED_SEARCH_PATH, inside a GUC nest level, where a name could be
+ * resolved through it (docs/audit.md, "Design notes"):
+ * - row images and read keys of a table with a column whose type's output
+ *   may print names qualified or not by what the path makes visible (reg*
+ *   types, and anything not known to print without it: PrintsWithoutPath());
+ * - with the hash chain on (the seal, and its rls_audit._seal() fallback);
+ * - the INSERT statement the capture falls back to (WriteLog()), whose plan
+ *   and whatever a superuser added to the log (CHECK constraints,
+ *   triggers) would otherwise resolve names through the writer's path, as
+ *   the log's owner;
+ * - the capture's own insert, whenever it builds the partition's shape, and
+ *   for every statement whose shape is not plain (PathFree(): an index
+ *   expression, a predicate or support function, or the partition key's
+ *   comparison, in a language other than C or internal, such as an SQL
+ *   function a superuser's partial index calls).
+ * Everything else the capture runs names nothing: built-in output functions
+ * of the types below, the log's own B-tree and GIN code on built-in types
+ * and the extension's operator class, and the predicates IS NOT NULL.
+ */
+#define PINNED_SEARCH_PATH "pg_catalog, pg_temp"
+
+/* A (base) type whose output function resolves no name, whatever the search_path. */
+static bool
+PrintsWithoutPath(Oid type)
+{
+	switch (type)
+	{
+		case BOOLOID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case CHAROID:
+		case DATEOID:
+		case TIMEOID:
+		case TIMETZOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+		case INTERVALOID:
+		case UUIDOID:
+		case JSONOID:
+		case JSONBOID:
+		case BYTEAOID:
+		case INETOID:
+		case CIDROID:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* Whether a function is in C or internal, which look no name up through search_path. */
+static bool
+FunctionInC(Oid function)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
+	bool		in_c;
+
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	in_c = ((Form_pg_proc) GETSTRUCT(tuple))->prolang == ClanguageId ||
+		((Form_pg_proc) GETSTRUCT(tuple))->prolang == INTERNALlanguageId;
+	ReleaseSysCache(tuple);
+	return in_c;
+}
+
+static bool
+NotInC(Oid function, void *context)
+{
+	return !FunctionInC(function);
+}
+
+/* Whether an expression calls a function (or an operator's) that is not in C or internal. */
+static bool
+CallsNotInC(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, NotInC, context))
+		return true;
+	return expression_tree_walker(node, CallsNotInC, context);
+}
+
+/* Open a GUC nest level with PINNED_SEARCH_PATH; returns the level to close with AtEOXact_GUC(true, level). */
+static int
+PinSearchPath(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", PINNED_SEARCH_PATH, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
  * The cached description of an audited table, pinned until
  * ReleaseAuditTable().  Not inlined into the caller's PG_TRY block.
  */
@@ -585,7 +695,10 @@ AcquireAuditTable(Relation rel)
 		Form_pg_attribute attr = TupleDescAttr(tupdesc, i);
 
 		if (!attr->attisdropped)
+		{
 			RlsAuditColumnInit(&table->columns[i], attr, cxt);
+			table->prints_by_path |= !PrintsWithoutPath(table->columns[i].type);
+		}
 	}
 	/*
 	 * A jsonb object's keys are stored sorted (shorter first, then by bytes),
@@ -675,6 +788,8 @@ typedef struct StatementValues
 	MemoryContext cxt;			/* the capture's: the writer below lives there */
 	Tuplestorestate *rows;		/* the INSERT statement's rows, or NULL */
 	int64		statements;		/* statement rows in rows, not yet written */
+	bool		path_pinned;	/* search_path is PINNED_SEARCH_PATH for the whole capture */
+	int			path_level;		/* the GUC nest level PinWriterPath() opened, or -1 */
 	/* The capture's own insert (OpenLogWriter()), decided at the first statement row. */
 	bool		decided;
 	bool		direct;
@@ -725,7 +840,7 @@ SetId(const RlsId *id, StatementValues *sv, int int_index, int uuid_index)
 
 static void
 InitStatementValues(StatementValues *sv, AuditTable *table, const char *operation,
-					const RlsStatementContext *context)
+					const RlsStatementContext *context, bool path_pinned)
 {
 	const char *application = GetConfigOption("application_name", true, false);
 	LOCAL_FCINFO(fcinfo, 0);
@@ -772,6 +887,8 @@ InitStatementValues(StatementValues *sv, AuditTable *table, const char *operatio
 	sv->cxt = CurrentMemoryContext;
 	sv->rows = NULL;
 	sv->statements = 0;
+	sv->path_pinned = path_pinned;
+	sv->path_level = -1;
 	sv->decided = false;
 	sv->direct = false;
 	sv->sealing = false;
@@ -945,7 +1062,7 @@ FlushChunk(StatementValues *sv)
 	sv->read_keys = NIL;
 	if (sv->statements >= CHUNKS_PER_WRITE)
 	{
-		WriteLog(sv->rows, sv->statements);
+		WriteLog(sv);
 		tuplestore_clear(sv->rows);
 		sv->statements = 0;
 	}
@@ -1292,6 +1409,19 @@ ShapeHolds(const LogWriterShape *shape, Datum logged_at)
 	return true;
 }
 
+/*
+ * Pin the search_path for the rest of this capture (see PinSearchPath()),
+ * unless it is already; Capture() closes the level at its end.
+ */
+static void
+PinWriterPath(StatementValues *sv)
+{
+	if (sv->path_pinned)
+		return;
+	sv->path_level = PinSearchPath();
+	sv->path_pinned = true;
+}
+
 /* Free a shape, unless it is writer_shape and a capture uses it. */
 static void
 FreeLogWriterShape(LogWriterShape *shape)
@@ -1336,6 +1466,7 @@ FindLogPartition(Relation log, Datum logged_at, LogWriterShape *shape)
 
 	fmgr_info_copy(&shape->cmp, &key->partsupfunc[0], shape->cxt);
 	shape->collation = key->partcollation[0];
+	shape->plain &= FunctionInC(key->partsupfunc[0].fn_oid);
 	shape->has_lower = offset >= 0;
 	shape->has_upper = offset + 1 < bounds->ndatums;
 	/* MINVALUE below and MAXVALUE above bound nothing; a bound of another kind is searched every time. */
@@ -1401,6 +1532,21 @@ BuildIndexShapes(Relation partition, LogWriterShape *shape, Relation **opened)
 			list_free(oids);
 			return false;
 		}
+		/* What the insert runs of the index: its support functions, predicate and expressions. */
+		for (i = 1; i <= index->rd_index->indnkeyatts; i++)
+		{
+			int			proc;
+
+			for (proc = 1; proc <= index->rd_indam->amsupport; proc++)
+			{
+				Oid			support = index_getprocid(index, i, proc);
+
+				if (OidIsValid(support))
+					shape->plain &= FunctionInC(support);
+			}
+		}
+		if (info->ii_Expressions != NIL || CallsNotInC((Node *) info->ii_Predicate, NULL))
+			shape->plain = false;
 		if (info->ii_Predicate != NIL)
 			info->ii_PredicateState = ExecInitQual((List *) expression_planner((Expr *) info->ii_Predicate), NULL);
 		if (info->ii_Expressions != NIL)
@@ -1541,6 +1687,8 @@ OpenLogWriter(StatementValues *sv)
 	 * The kept shape, if the locks of the partition and of each index (which
 	 * take what other sessions committed) leave it valid.
 	 */
+	if (shape != NULL && shape->valid && !shape->plain)
+		PinWriterPath(sv);
 	if (shape != NULL && shape->valid && shape->log_relid == RelationGetRelid(log) &&
 		ShapeHolds(shape, logged_at))
 	{
@@ -1565,6 +1713,7 @@ OpenLogWriter(StatementValues *sv)
 	}
 
 	/* Resolve the partition and its indexes again, into a new shape. */
+	PinWriterPath(sv);
 	invalidations = writer_invalidations;
 	if (writer_depth == 0)
 		FreeLogWriterShape(writer_shape);
@@ -1577,6 +1726,7 @@ OpenLogWriter(StatementValues *sv)
 	}
 	shape->log_relid = RelationGetRelid(log);
 	shape->valid = true;
+	shape->plain = true;
 	partition_oid = FindLogPartition(log, logged_at, shape);
 	if (!OidIsValid(partition_oid))
 		goto fallback;
@@ -1813,6 +1963,7 @@ Seal(StatementValues *sv, Datum site_id, bool site_id_null, Datum site_uuid, boo
 	SET_VARSIZE(digests, VARHDRSZ + sv->seal_digests.len);
 	memcpy(VARDATA(digests), sv->seal_digests.data, sv->seal_digests.len);
 	args[3] = PointerGetDatum(digests);
+	PinWriterPath(sv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed in rls_audit.capture()");
 	if (seal_plan == NULL)
@@ -2001,8 +2152,10 @@ LogInsertPlan(bool sealed)
  * only the tuplestore (see the file header).
  */
 static void
-WriteLog(Tuplestorestate *rows, int64 count)
+WriteLog(StatementValues *sv)
 {
+	Tuplestorestate *rows = sv->rows;
+	int64		count = sv->statements;
 	EphemeralNamedRelation enr = palloc0(sizeof(EphemeralNamedRelationData));
 	Oid			saved_user;
 	int			saved_context;
@@ -2016,6 +2169,7 @@ WriteLog(Tuplestorestate *rows, int64 count)
 	enr->md.enrtuples = (double) count;
 	enr->reldata = rows;
 
+	PinWriterPath(sv);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed in rls_audit.capture()");
 	if (SPI_register_relation(enr) != SPI_OK_REL_REGISTER)
@@ -2056,7 +2210,7 @@ OperationName(int operation)
 }
 
 static void
-Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *context)
+Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *context, bool path_pinned)
 {
 	Relation	rel = trigdata->tg_relation;
 	int			operation = trigdata->tg_event & TRIGGER_EVENT_OPMASK;
@@ -2067,7 +2221,7 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 	TupleTableSlot *other = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
 	int64		count = 0;
 
-	InitStatementValues(&sv, table, OperationName(operation), context);
+	InitStatementValues(&sv, table, OperationName(operation), context, path_pinned);
 	if (operation == TRIGGER_EVENT_TRUNCATE)
 	{
 		sv.nulls[11] = true;	/* no row, so no reader but the owner */
@@ -2084,7 +2238,9 @@ Capture(TriggerData *trigdata, AuditTable *table, const RlsStatementContext *con
 	FlushChunk(&sv);
 	CloseLogWriter(&sv);
 	if (sv.statements > 0)
-		WriteLog(sv.rows, sv.statements);
+		WriteLog(&sv);
+	if (sv.path_level >= 0)
+		AtEOXact_GUC(true, sv.path_level);
 
 	if (count > 0)
 	{
@@ -2181,16 +2337,20 @@ AlreadyPinned(int i)
 /*
  * Give every output setting its pinned value for the capture's run, so that
  * neither the images nor the UPDATE diff (which compares printed texts where
- * bytes differ) depend on the writer's session.  Only settings that differ
- * are set, inside a GUC nest level of their own: the level to close with
+ * bytes differ) depend on the writer's session, and the search_path too
+ * when asked (PinSearchPath()).  Only settings that differ are set (the
+ * search_path whenever asked), inside a GUC nest level of their own: the level to close with
  * AtEOXact_GUC(true, level), or -1 when nothing was set.  An error closes it
  * with the (sub)transaction, as for a function's SET clauses.
  */
 static int
-PinOutputSettings(void)
+PinOutputSettings(bool search_path)
 {
 	int			level = -1;
 	int			i;
+
+	if (search_path)
+		level = PinSearchPath();
 
 	StaticAssertStmt(lengthof(pinned_settings) == 9, "AlreadyPinned() checks pinned_settings by position");
 	for (i = 0; i < (int) lengthof(pinned_settings); i++)
@@ -2267,9 +2427,11 @@ rls_audit_capture(PG_FUNCTION_ARGS)
 	depth = writer_depth;
 	PG_TRY();
 	{
-		int			level = PinOutputSettings();
+		/* The search_path for the whole capture when its images or the chain need it (PinSearchPath()). */
+		bool		path_pinned = table->prints_by_path || audit_chain;
+		int			level = PinOutputSettings(path_pinned);
 
-		Capture(trigdata, table, &context);
+		Capture(trigdata, table, &context, path_pinned);
 		if (level >= 0)
 			AtEOXact_GUC(true, level);
 	}

@@ -30,6 +30,8 @@ HOSTILE = {
     "xmlbinary": "hex",
     "xmloption": "document",
     "quote_all_identifiers": "on",
+    # A schema with a table named pg_class ahead of pg_catalog: regclass prints "pg_catalog.pg_class" here.
+    "search_path": "rt_settings_shadow, pg_catalog, public",
 }
 
 # column, type, a value, a different value that some hostile setting prints the same
@@ -54,7 +56,7 @@ FAMILIES = [
     ("by", "bytea", "\\x41ff", "\\x41fe"),
     ("mn", "money", "12.50", "12.51"),
     ("xm", "xml", "<x>1</x>", "<x>2</x>"),
-    ("rc", "regclass", "pg_class", "pg_type"),
+    ("rc", "regclass", "pg_catalog.pg_class", "pg_catalog.pg_type"),
     ("mr", "datemultirange", "{[2024-03-04,2024-04-03)}", "{[2024-03-04,2024-04-04)}"),
     ("dm", "rt_settings_amount", "1.9", "1.7"),  # a domain prints through its base type
     ("en", "rt_settings_mood", "calm", "vexed"),
@@ -74,6 +76,10 @@ def family_table(owner_conn: psycopg.Connection) -> Iterator[None]:
     owner_conn.execute("DROP TABLE IF EXISTS public.rt_settings_families")
     owner_conn.execute("DROP TYPE IF EXISTS public.rt_settings_pair, public.rt_settings_mood")
     owner_conn.execute("DROP DOMAIN IF EXISTS public.rt_settings_amount")
+    owner_conn.execute("DROP SCHEMA IF EXISTS rt_settings_shadow CASCADE")
+    owner_conn.execute("CREATE SCHEMA rt_settings_shadow")
+    owner_conn.execute("CREATE TABLE rt_settings_shadow.pg_class (x int)")
+    owner_conn.execute(sql.SQL("GRANT USAGE ON SCHEMA rt_settings_shadow TO {}").format(sql.Identifier(APP_ROLE)))
     owner_conn.execute("CREATE TYPE public.rt_settings_pair AS (x float8, at timestamptz)")
     owner_conn.execute("CREATE TYPE public.rt_settings_mood AS ENUM ('calm', 'vexed')")
     owner_conn.execute("CREATE DOMAIN public.rt_settings_amount AS float8 CHECK (VALUE > 0)")
@@ -95,6 +101,7 @@ def family_table(owner_conn: psycopg.Connection) -> Iterator[None]:
     owner_conn.execute("DROP TABLE public.rt_settings_families")
     owner_conn.execute("DROP TYPE public.rt_settings_pair, public.rt_settings_mood")
     owner_conn.execute("DROP DOMAIN public.rt_settings_amount")
+    owner_conn.execute("DROP SCHEMA rt_settings_shadow CASCADE")
 
 
 def _set(conn: psycopg.Connection, settings: dict[str, str]) -> None:

@@ -483,3 +483,30 @@ def test_partial_indexes_opened_as_the_statement_rows_need_them(log):
             counts[column] = log.admin.execute(query, [value]).fetchone()[0]
     assert counts == {"site_id": ["1", "2", "5"], "user_id": ["2"], "site_uuid": ["3", "6"], "user_uuid": ["3", "6"]}
     log.check(1, 2, 5)
+
+
+def test_a_superusers_index_function_resolves_names_through_the_pinned_search_path(log):
+    """The capture runs with the writer's search_path (rls_audit.capture() has no SET clause) and pins it
+    wherever a name could be resolved through it: here, in a PL/pgSQL predicate a superuser gave an index of
+    the log, which runs as the log's owner at each insert. The writer's own lower(), first on its path, never
+    runs there."""
+    log.admin.execute(sql.SQL("CREATE SCHEMA app_own AUTHORIZATION {}").format(sql.Identifier(APP_ROLE)))
+    log.admin.execute(
+        "CREATE FUNCTION rls_audit.loud(op text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS"
+        " $$BEGIN RETURN lower(op) = 'insert'; END$$"
+    )
+    log.admin.execute("CREATE INDEX loud ON rls_audit.statements_default (id) WHERE rls_audit.loud(operation)")
+    with log.app() as app:
+        app.execute(
+            "CREATE FUNCTION app_own.lower(text) RETURNS text LANGUAGE plpgsql AS"
+            " $$BEGIN RAISE EXCEPTION 'the writer''s lower() ran as %', current_user; END$$"
+        )
+        app.execute("SET search_path = app_own, pg_catalog, public")
+        insert(app, 1)  # builds the kept shape
+        insert(app, 2)  # writes through it
+        with pytest.raises(psycopg.errors.RaiseException, match="the writer's lower"):
+            app.execute("SELECT lower('A')")
+    log.check(1, 2)
+    assert log.admin.execute(
+        "SELECT count(*) FROM rls_audit.statements_default WHERE rls_audit.loud(operation)"
+    ).fetchone() == (2,)
