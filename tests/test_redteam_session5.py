@@ -494,6 +494,7 @@ REACHABLE_DEFINERS = {
     "rls.set_context(text,text,jsonb,boolean)": "the values, unless session_user must sign (then refused)",
     "rls.set_context_signed(text,boolean)": "nothing: the token's signature",
     "rls_audit._build_capture(regclass)": "nothing: the registration the owner wrote and the catalogs",
+    "rls_audit._apply_requests(regclass)": "nothing: the requests the owner's privileges let the caller insert",
 }
 
 

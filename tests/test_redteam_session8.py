@@ -38,7 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from tests.conftest import Database
-from tests.modes import SQL_MODE, library_only
+from tests.modes import library_only
 from tests.roles import APP_ROLE, PASSWORD
 
 APP = sql.Identifier(APP_ROLE)
@@ -130,18 +130,6 @@ def test_the_row_level_lock_modes_stay_allowed_and_block_no_site(live_db, bound_
         assert _read_as_site_2(app_conn).startswith("read ")
 
 
-REGISTRATIONS_WRITABLE_BY_EVERY_ROLE = pytest.mark.xfail(
-    SQL_MODE,
-    strict=True,
-    raises=psycopg.errors.LockNotAvailable,
-    reason="the SQL-only mode grants every role INSERT, UPDATE and DELETE on rls_audit.audited_tables and "
-    "read_rules (rls_audit.enable() runs as the table's owner, and row level security keeps each owner to its "
-    "own rows), and UPDATE or DELETE is all LOCK TABLE asks for: one site's request locks them and every "
-    "audited write of every site waits, since each capture reads them (docs/security.md)",
-)
-
-
-@REGISTRATIONS_WRITABLE_BY_EVERY_ROLE
 @pytest.mark.parametrize("registration", ["rls_audit.audited_tables", "rls_audit.read_rules"])
 def test_one_sites_request_cannot_lock_the_audit_registrations_against_every_audited_write(
     live_db, database, app_conn, registration
@@ -159,7 +147,10 @@ def test_one_sites_request_cannot_lock_the_audit_registrations_against_every_aud
         assert not locked
 
 
-@library_only("the SQL-only mode grants every role write on the registrations (the test above)")
+@library_only(
+    "the SQL-only mode grants every role INSERT on rls_audit._requests, a table owner's requests to change "
+    "its auditing (LOCK: ROW EXCLUSIVE at most); test_sqlonly_audit.py checks its rights there"
+)
 def test_the_app_role_takes_no_lock_on_the_audit_trail_beyond_reading_it(bound_app_conn, admin_conn):
     """Its only rights on rls_audit are SELECT on the views and the registrations: ACCESS SHARE, as any reader.
     The chain's heads and seals are not even readable, so no request can lock another site's head."""

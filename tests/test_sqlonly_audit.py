@@ -224,6 +224,16 @@ def test_the_app_role_can_neither_write_nor_change_the_log(app_conn):
         "SELECT rls_audit.enable('sq_accounts')",
         "SELECT rls_audit.disable('sq_accounts')",
         "SELECT rls_audit.set_read_rule('sq_accounts')",
+        # The registrations are django_rls_audit's to write (a role with UPDATE or DELETE could LOCK them).
+        "UPDATE rls_audit.audited_tables SET operations = '{INSERT}'",
+        "DELETE FROM rls_audit.read_rules",
+        "INSERT INTO rls_audit.audited_tables (table_oid) VALUES ('sq_accounts')",
+        "LOCK TABLE rls_audit.audited_tables IN SHARE MODE",
+        "LOCK TABLE rls_audit.read_rules IN SHARE MODE",
+        # A request for a table it does not own is refused by the requests' policy.
+        "INSERT INTO rls_audit._requests (table_oid, action) VALUES ('sq_accounts', 'disable')",
+        "LOCK TABLE rls_audit._requests IN SHARE MODE",
+        "SELECT * FROM rls_audit._requests",
         "SELECT rls_audit.ensure_partitions(1)",
         "SELECT rls_audit.drop_partitions_before(now() - interval '1 year')",
     ]
@@ -231,13 +241,9 @@ def test_the_app_role_can_neither_write_nor_change_the_log(app_conn):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with app_conn.transaction():
                 app_conn.execute(statement)
-    # The registration rows of tables it does not own are not its to change.
+    # Anyone may carry out pending requests: only a table's owner can have made them.
     with app_conn.transaction():
-        assert app_conn.execute("UPDATE rls_audit.audited_tables SET operations = '{INSERT}'").rowcount == 0
-        assert app_conn.execute("DELETE FROM rls_audit.read_rules").rowcount == 0
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        with app_conn.transaction():
-            app_conn.execute("INSERT INTO rls_audit.audited_tables (table_oid) VALUES ('sq_accounts')")
+        assert app_conn.execute("SELECT rls_audit._apply_requests('sq_accounts')").fetchone() == (False,)
     # Its capture function refuses to run but as the table's own audit trigger.
     with pytest.raises(psycopg.errors.FeatureNotSupported):  # "trigger functions can only be called as triggers"
         with app_conn.transaction():
@@ -276,6 +282,78 @@ def test_a_changed_table_is_refused_until_enabled_again(app_conn, owner_conn):
     ).fetchone() == (["DELETE"],)
     assert owner_conn.execute("SELECT rls_audit.enable('sq_accounts', '{cache}', '{password}')").fetchone() == (True,)
     owner_conn.commit()
+
+
+SECOND = "rls_test_second_owner"
+
+
+@pytest.fixture
+def second_owner(admin_conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """The superuser's connection as a second table owner, no member of django_rls_audit, owning sq_second."""
+    role = sql.Identifier(SECOND)
+    admin_conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+    admin_conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(role))
+    admin_conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(role))
+    admin_conn.execute(sql.SQL("SET ROLE {}").format(role))
+    admin_conn.execute("CREATE TABLE public.sq_second (id int PRIMARY KEY, site_id bigint, owner_id bigint)")
+    admin_conn.commit()
+    yield admin_conn
+    admin_conn.rollback()
+    admin_conn.execute("RESET ROLE")
+    admin_conn.execute("SELECT rls_audit.disable('public.sq_second')")
+    admin_conn.execute("DROP TABLE public.sq_second")
+    admin_conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM {}").format(role))
+    admin_conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    admin_conn.commit()
+
+
+@pytest.mark.usefixtures("accounts")
+def test_an_owner_changes_the_auditing_of_its_own_tables_only(second_owner):
+    """Without write privileges on the registrations, through requests django_rls_audit carries out."""
+    conn = second_owner
+    assert conn.execute("SELECT rls_audit.enable('sq_second', masked_columns => '{owner_id}')").fetchone() == (True,)
+    assert conn.execute("SELECT rls_audit.set_read_rule('sq_second', site_column => 'site_id')").fetchone() == (True,)
+    assert conn.execute(
+        "SELECT masked_columns, missing_triggers FROM rls_audit.status WHERE table_name = 'sq_second'::regclass"
+    ).fetchone() == (["owner_id"], [])
+    assert conn.execute(
+        "SELECT site_column FROM rls_audit.read_rules WHERE table_oid = 'sq_second'::regclass"
+    ).fetchone() == ("site_id",)
+    conn.execute("INSERT INTO sq_second VALUES (1, 1, 7)")
+    assert entries(conn, "sq_second") == [("INSERT", "1", None, {"id": 1, "site_id": 1}, None)]
+    assert conn.execute("SELECT rls_audit.disable('sq_second')").fetchone() == (True,)
+    assert conn.execute(
+        "SELECT count(*) FROM rls_audit.audited_tables WHERE table_oid = 'sq_second'::regclass"
+    ).fetchone() == (0,)
+    conn.commit()
+    for call, message in [
+        ("SELECT rls_audit.enable('sq_accounts')", "permission denied to audit"),
+        ("SELECT rls_audit.disable('sq_accounts')", "permission denied to audit"),
+        ("SELECT rls_audit.set_read_rule('sq_accounts')", "permission denied to set the audit read rule"),
+    ]:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match=message) as refused:
+            conn.execute(call)
+        assert "owner" in refused.value.diag.message_hint
+        conn.rollback()
+    # A request of its own table is carried out only in the transaction that made it.
+    conn.execute("INSERT INTO rls_audit._requests (table_oid, action) VALUES ('sq_second', 'disable')")
+    conn.commit()
+    assert conn.execute("SELECT rls_audit.enable('sq_second')").fetchone() == (True,)
+    assert conn.execute("SELECT rls_audit._apply_requests('sq_second')").fetchone() == (False,)
+    conn.commit()
+    for statement in [
+        "INSERT INTO rls_audit._requests (table_oid, action) VALUES ('sq_accounts', 'disable')",
+        "INSERT INTO rls_audit._requests (table_oid, action, made_in) VALUES ('sq_second', 'disable', '1')",
+        "UPDATE rls_audit.audited_tables SET operations = '{INSERT}' WHERE table_oid = 'sq_second'::regclass",
+        "DELETE FROM rls_audit.read_rules WHERE table_oid = 'sq_second'::regclass",
+        "SELECT rls_audit._store_read_rule('sq_accounts', NULL, NULL, false)",
+    ]:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+        conn.rollback()
+    assert conn.execute(
+        "SELECT operations FROM rls_audit.audited_tables WHERE table_oid = 'sq_accounts'::regclass"
+    ).fetchone() == (["DELETE", "INSERT", "TRUNCATE", "UPDATE"],)
 
 
 def test_what_the_sql_mode_does_not_audit(owner_conn):

@@ -291,3 +291,57 @@ def test_an_upgrade_closes_the_unchecked_member_read(admin_conn):
             assert as_site_1_user_12("SELECT array_agg(proj_id::text) FROM memb") == ["1"]
     finally:
         admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+
+
+# How installations before rls_audit._requests let each table's owner write the registrations itself.
+REGISTRATIONS_WRITTEN_BY_THEIR_OWNERS = """
+DROP FUNCTION rls_audit._apply_requests(regclass);
+DROP TABLE rls_audit._requests;
+GRANT INSERT, UPDATE, DELETE ON rls_audit.audited_tables, rls_audit.read_rules TO PUBLIC;
+GRANT EXECUTE ON FUNCTION rls_audit._store_read_rule(regclass, name, name, boolean) TO PUBLIC;
+ALTER TABLE rls_audit.audited_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY readable ON rls_audit.audited_tables FOR SELECT USING (true);
+CREATE POLICY own_tables ON rls_audit.audited_tables FOR ALL
+    USING (rls_audit._owns(table_oid)) WITH CHECK (rls_audit._owns(table_oid));
+"""
+
+
+def test_an_upgrade_takes_back_the_write_on_the_registrations(admin_conn):
+    """An installation where every role could UPDATE the registrations (and so LOCK them against every
+    audited write) keeps its registrations, and its table owners their auditing, without that grant."""
+    admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))
+    admin_conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DB), sql.Identifier(OWNER_ROLE)))
+    dsn = make_conninfo(admin_conn.info.dsn, dbname=DB)
+    writable = (
+        "SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_class c "
+        "WHERE c.relnamespace = 'rls_audit'::regnamespace AND c.relkind IN ('r', 'p') "
+        "AND has_table_privilege(%s, c.oid, 'UPDATE, DELETE, TRUNCATE')"
+    )
+    try:
+        with psycopg.connect(make_conninfo(dsn, user=OWNER_ROLE, password=PASSWORD)) as owner:
+            _install(owner)
+            owner.execute("CREATE TABLE notes (id int PRIMARY KEY, site_id bigint NOT NULL)")
+            owner.execute("SELECT rls_audit.enable('notes')")
+            owner.execute(REGISTRATIONS_WRITTEN_BY_THEIR_OWNERS)
+            owner.execute(
+                "CREATE OR REPLACE FUNCTION rls._sqlonly_version() RETURNS text LANGUAGE sql IMMUTABLE "
+                "SET search_path = pg_catalog, pg_temp AS $$ SELECT '0.0.1'::text $$"
+            )
+            owner.commit()
+            assert owner.execute(writable, (APP_ROLE,)).fetchone() == (["audited_tables", "read_rules"],)
+
+            assert _install(owner) == [
+                f"upgraded the SQL-only mode of django_rls from 0.0.1 to {django_rls.EXTENSION_VERSION}"
+            ]
+            assert owner.execute(writable, (APP_ROLE,)).fetchone() == (None,)
+            assert owner.execute(
+                "SELECT count(*) FROM pg_policy WHERE polrelid = 'rls_audit.audited_tables'::regclass"
+            ).fetchone() == (0,)
+            assert owner.execute("SELECT rls_audit.set_read_rule('notes', 'site_id')").fetchone() == (True,)
+            assert owner.execute("SELECT table_name::text, missing_triggers FROM rls_audit.status").fetchall() == [
+                ("notes", [])
+            ]
+            assert owner.execute("SELECT rls_audit.disable('notes')").fetchone() == (True,)
+            owner.commit()
+    finally:
+        admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB)))

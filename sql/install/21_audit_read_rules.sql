@@ -12,8 +12,9 @@
 
 -- Check a read rule for tbl and store it in rls_audit.read_rules (no columns:
 -- remove it); false when the table already had that rule.  It runs as the
--- role calling: the C mode's definer, the table's owner in the SQL-only mode
--- (whose read_rules policies admit the owner's own tables only).
+-- role calling, the owner of rls_audit.read_rules: the C mode's definer, and
+-- django_rls_audit in the SQL-only mode (rls_audit._apply_requests(), carrying
+-- out the request the table's owner made).
 CREATE FUNCTION rls_audit._store_read_rule(tbl regclass, site_column name, owner_column name, null_is_shared boolean)
 RETURNS boolean
 LANGUAGE plpgsql

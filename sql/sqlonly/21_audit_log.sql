@@ -70,12 +70,39 @@ CREATE TABLE rls_audit.captures (
 COMMENT ON TABLE rls_audit.captures IS
 'SQL-only mode: the capture function of each audited table and the columns, key, options and read rule it was generated for; a table whose signature changed since has its audited writes refused until rls_audit.enable() runs again.';
 
--- The registrations are read by everyone and written by a table's owner (its
--- own rows only) through rls_audit.enable(), disable() and set_read_rule(),
--- which run as the caller.
+-- The registrations are read by everyone and written by django_rls_audit only
+-- (rls_audit._apply_requests): UPDATE or DELETE on them would let any role LOCK
+-- them in ACCESS EXCLUSIVE mode, and every audited write of every site reads
+-- them (rls_audit._capture_signature).  A table's owner asks for a change by
+-- inserting a request (below) through rls_audit.enable(), disable() and
+-- set_read_rule(), which run as the caller.
 REVOKE ALL ON rls_audit.captures FROM PUBLIC;
 GRANT SELECT ON rls_audit.captures TO PUBLIC;
-GRANT INSERT, UPDATE, DELETE ON rls_audit.audited_tables, rls_audit.read_rules TO PUBLIC;
+
+-- SQL-only mode: the registration changes asked for and not yet applied.  Every
+-- role may INSERT (which lets LOCK take ROW EXCLUSIVE at most, a mode that
+-- blocks no reader and no writer), and only a request for a table whose owner's
+-- privileges it has: the policy is checked as the role inserting, so a request
+-- row is the owner's word, which rls_audit._apply_requests() (as
+-- django_rls_audit) then carries out in the same transaction: a request of an
+-- earlier one (its role may no longer own the table) is discarded.  Nobody
+-- else reads it.
+CREATE TABLE rls_audit._requests (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    made_in xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    table_oid regclass NOT NULL,
+    action text NOT NULL CHECK (action IN ('enable', 'disable', 'set_read_rule')),
+    excluded_columns text[],
+    masked_columns text[],
+    operations text[],
+    site_column name,
+    owner_column name,
+    null_is_shared boolean
+);
+COMMENT ON TABLE rls_audit._requests IS
+'Internal (SQL-only mode): registration changes a table''s owner asked for through rls_audit.enable(), disable() or set_read_rule(), applied and removed in the same call.';
+REVOKE ALL ON rls_audit._requests FROM PUBLIC;
+GRANT INSERT ON rls_audit._requests TO PUBLIC;
 
 -- Whether the role calling has the privileges of the table's owner.
 CREATE FUNCTION rls_audit._owns(tbl oid)
@@ -86,18 +113,19 @@ AS $$ SELECT coalesce((SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c W
 COMMENT ON FUNCTION rls_audit._owns(oid) IS
 'Internal: whether the role calling has the privileges of the table''s owner (false for a table that does not exist).';
 
-ALTER TABLE rls_audit.audited_tables ENABLE ROW LEVEL SECURITY;
-ALTER TABLE rls_audit.read_rules ENABLE ROW LEVEL SECURITY;
+-- (Earlier installations had each table's owner write the registrations itself, under
+-- row level security; an upgrade drops those policies.)
+ALTER TABLE rls_audit.audited_tables DISABLE ROW LEVEL SECURITY;
+ALTER TABLE rls_audit.read_rules DISABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS readable ON rls_audit.audited_tables;
 DROP POLICY IF EXISTS own_tables ON rls_audit.audited_tables;
 DROP POLICY IF EXISTS readable ON rls_audit.read_rules;
 DROP POLICY IF EXISTS own_tables ON rls_audit.read_rules;
-CREATE POLICY readable ON rls_audit.audited_tables FOR SELECT USING (true);
-CREATE POLICY own_tables ON rls_audit.audited_tables FOR ALL
-    USING (rls_audit._owns(table_oid)) WITH CHECK (rls_audit._owns(table_oid));
-CREATE POLICY readable ON rls_audit.read_rules FOR SELECT USING (true);
-CREATE POLICY own_tables ON rls_audit.read_rules FOR ALL
-    USING (rls_audit._owns(table_oid)) WITH CHECK (rls_audit._owns(table_oid));
+
+ALTER TABLE rls_audit._requests ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS own_tables ON rls_audit._requests;
+CREATE POLICY own_tables ON rls_audit._requests FOR INSERT
+    WITH CHECK (rls_audit._owns(table_oid) AND made_in = pg_current_xact_id());
 
 -- Whether the table's row level security constrains the role calling as it
 -- constrains the roles its policies name (the C mode's PoliciesConstrainReader).

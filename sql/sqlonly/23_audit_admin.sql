@@ -5,13 +5,16 @@
  *
  * enable(), disable() and set_read_rule() run as the role calling (as the C
  * functions check it: inside another role's SECURITY DEFINER function, that
- * role): they check that it has the privileges of the table's owner, write
- * the registration (its row level security lets an owner write its own
- * tables' rows only) and create or drop the triggers (as the owner may).
- * Only the capture function is made by django_rls_audit, in
- * rls_audit._build_capture(), which anyone may call: it generates the
- * function from the registration and the catalogs alone, so calling it does
- * nothing the registration's owner did not ask for.
+ * role): they check that it has the privileges of the table's owner, insert
+ * the change as a request (rls_audit._requests, whose policy, checked as the
+ * role inserting, admits requests for the owner's own tables only) and create
+ * or drop the triggers (as the owner may).  The registrations themselves are
+ * written by django_rls_audit only, in rls_audit._apply_requests(): no other
+ * role holds UPDATE or DELETE on them, which would let it LOCK them against
+ * every audited write.  The capture function is made by django_rls_audit too,
+ * in rls_audit._build_capture().  Anyone may call either: they carry out the
+ * requests and the registration, which only a table's owner can write, and
+ * read the catalogs, so calling them does nothing the owner did not ask for.
  *
  * Not in this mode: partitioned tables and inheritance trees (the C mode
  * audits new partitions and children as they arrive, by an event trigger,
@@ -194,6 +197,47 @@ $$;
 COMMENT ON FUNCTION rls_audit._check_owner(regclass, text) IS
 'Internal: refuse a role calling without the privileges of the table''s owner.';
 
+-- As django_rls_audit: carry out the transaction's requests for tbl, oldest
+-- first, and remove them (and any left by an earlier transaction); whether the
+-- registration changed.  A request row is the owner's word: the policy of
+-- rls_audit._requests checked it as the role that inserted it.
+CREATE FUNCTION rls_audit._apply_requests(tbl regclass)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    req rls_audit._requests;
+    wanted rls_audit.audited_tables;
+    existing rls_audit.audited_tables;
+    changed boolean := false;
+BEGIN
+    DELETE FROM rls_audit._requests r WHERE r.table_oid = tbl AND r.made_in <> pg_current_xact_id();
+    FOR req IN SELECT * FROM rls_audit._requests r WHERE r.table_oid = tbl ORDER BY r.id LOOP
+        DELETE FROM rls_audit._requests r WHERE r.id = req.id;
+        IF req.action = 'enable' THEN
+            wanted := ROW(tbl, req.excluded_columns, req.masked_columns, req.operations);
+            SELECT * INTO existing FROM rls_audit.audited_tables a WHERE a.table_oid = tbl;
+            IF NOT FOUND OR existing IS DISTINCT FROM wanted THEN
+                INSERT INTO rls_audit.audited_tables VALUES (wanted.*)
+                    ON CONFLICT (table_oid) DO UPDATE
+                    SET excluded_columns = EXCLUDED.excluded_columns, masked_columns = EXCLUDED.masked_columns,
+                        operations = EXCLUDED.operations;
+                changed := true;
+            END IF;
+        ELSIF req.action = 'disable' THEN
+            DELETE FROM rls_audit.audited_tables a WHERE a.table_oid = tbl;
+            changed := changed OR FOUND;
+        ELSE
+            changed := rls_audit._store_read_rule(tbl, req.site_column, req.owner_column, req.null_is_shared) OR changed;
+        END IF;
+    END LOOP;
+    RETURN changed;
+END
+$$;
+COMMENT ON FUNCTION rls_audit._apply_requests(regclass) IS
+'Internal (SQL-only mode): write the registration changes a table''s owner asked for (rls_audit._requests), as the registrations'' owner; whether anything changed.';
+
 -- As the role calling (the owner): the triggers of the registered operations, calling the capture function.
 CREATE FUNCTION rls_audit._place_triggers(tbl regclass)
 RETURNS boolean
@@ -247,23 +291,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    wanted rls_audit.audited_tables;
-    existing rls_audit.audited_tables;
-    changed boolean := false;
+    changed boolean;
 BEGIN
     PERFORM rls_audit._check_owner(tbl, 'enable');
     PERFORM rls_audit._check_auditable(tbl);
-    wanted := ROW(tbl, ARRAY(SELECT DISTINCT unnest(excluded_columns) ORDER BY 1),
-                  ARRAY(SELECT DISTINCT unnest(masked_columns) ORDER BY 1),
-                  ARRAY(SELECT DISTINCT unnest(operations) ORDER BY 1));
-    SELECT * INTO existing FROM rls_audit.audited_tables a WHERE a.table_oid = tbl;
-    IF NOT FOUND OR existing IS DISTINCT FROM wanted THEN
-        INSERT INTO rls_audit.audited_tables VALUES (wanted.*)
-            ON CONFLICT (table_oid) DO UPDATE
-            SET excluded_columns = EXCLUDED.excluded_columns, masked_columns = EXCLUDED.masked_columns,
-                operations = EXCLUDED.operations;
-        changed := true;
-    END IF;
+    INSERT INTO rls_audit._requests (table_oid, action, excluded_columns, masked_columns, operations)
+    VALUES (tbl, 'enable', ARRAY(SELECT DISTINCT unnest(excluded_columns) ORDER BY 1),
+            ARRAY(SELECT DISTINCT unnest(masked_columns) ORDER BY 1),
+            ARRAY(SELECT DISTINCT unnest(operations) ORDER BY 1));
+    changed := rls_audit._apply_requests(tbl);
     -- Generated again whenever the table changed since (rls_audit.status shows it as missing triggers).
     IF changed OR NOT EXISTS (SELECT FROM rls_audit.captures k WHERE k.table_oid = tbl
                                  AND k.signature = rls_audit._capture_signature(tbl)) THEN
@@ -286,7 +322,8 @@ BEGIN
     IF NOT EXISTS (SELECT FROM rls_audit.audited_tables WHERE table_oid = tbl) THEN
         RETURN false;
     END IF;
-    DELETE FROM rls_audit.audited_tables WHERE table_oid = tbl;
+    INSERT INTO rls_audit._requests (table_oid, action) VALUES (tbl, 'disable');
+    PERFORM rls_audit._apply_requests(tbl);
     PERFORM rls_audit._place_triggers(tbl);
     PERFORM rls_audit._build_capture(tbl);
     RETURN true;
@@ -304,7 +341,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM rls_audit._check_owner(tbl, 'set_read_rule');
-    IF NOT rls_audit._store_read_rule(tbl, site_column, owner_column, null_is_shared) THEN
+    INSERT INTO rls_audit._requests (table_oid, action, site_column, owner_column, null_is_shared)
+    VALUES (tbl, 'set_read_rule', set_read_rule.site_column, set_read_rule.owner_column, set_read_rule.null_is_shared);
+    IF NOT rls_audit._apply_requests(tbl) THEN
         RETURN false;
     END IF;
     -- The rule is part of the capture's text.

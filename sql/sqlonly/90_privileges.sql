@@ -55,10 +55,15 @@ ALTER TABLE rls_audit.audited_tables OWNER TO django_rls_audit;
 ALTER TABLE rls_audit.trails OWNER TO django_rls_audit;
 ALTER TABLE rls_audit.read_rules OWNER TO django_rls_audit;
 ALTER TABLE rls_audit.captures OWNER TO django_rls_audit;
+ALTER TABLE rls_audit._requests OWNER TO django_rls_audit;
 ALTER TABLE rls_audit.chain_heads OWNER TO django_rls_audit;
 ALTER TABLE rls_audit.seals OWNER TO django_rls_audit;
 ALTER VIEW rls_audit.log OWNER TO django_rls_audit;
 ALTER FUNCTION rls_audit._build_capture(regclass) OWNER TO django_rls_audit;
+ALTER FUNCTION rls_audit._apply_requests(regclass) OWNER TO django_rls_audit;
+-- Reached only through rls_audit._apply_requests(), as django_rls_audit.
+REVOKE ALL ON FUNCTION rls_audit._store_read_rule(regclass, name, name, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION rls_audit._store_read_rule(regclass, name, name, boolean) TO django_rls_audit;
 ALTER FUNCTION rls_audit._index_partition(regclass) OWNER TO django_rls_audit;
 ALTER FUNCTION rls_audit._log_partitions() OWNER TO django_rls_audit;
 ALTER FUNCTION rls_audit.ensure_partitions(integer) OWNER TO django_rls_audit;
