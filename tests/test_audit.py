@@ -423,3 +423,25 @@ def test_the_row_key_index_of_every_partition_has_no_pending_list(database):
         ).fetchall()
     assert len(options) >= 3  # the default partition, this month's and the next
     assert {relname: opts for relname, _, opts in options} == {relname: ["fastupdate=off"] for relname, _, _ in options}
+
+
+def test_set_read_rule_says_whether_it_changed_the_rule(owner_conn):
+    """True when the rule changed, false when it was already so: a rule with one column unset
+    too (a record with a NULL field is neither NULL nor NOT NULL as a whole)."""
+    owner_conn.execute("DROP TABLE IF EXISTS rt_rule_changes")
+    owner_conn.execute("CREATE TABLE rt_rule_changes (id int PRIMARY KEY, site_id bigint, user_id bigint)")
+    owner_conn.execute("SELECT rls_audit.enable('rt_rule_changes')")
+
+    def set_rule(site: str | None, owner: str | None, shared: bool = False) -> bool:
+        query = "SELECT rls_audit.set_read_rule('rt_rule_changes', %s::name, %s::name, %s)"
+        return owner_conn.execute(query, (site, owner, shared)).fetchone()[0]
+
+    try:
+        assert [set_rule("site_id", None), set_rule("site_id", None)] == [True, False]
+        assert [set_rule("site_id", None, True), set_rule("site_id", None, True)] == [True, False]
+        assert [set_rule(None, "user_id"), set_rule(None, "user_id")] == [True, False]
+        assert [set_rule("site_id", "user_id"), set_rule("site_id", "user_id")] == [True, False]
+        assert [set_rule(None, None), set_rule(None, None)] == [True, False]
+    finally:
+        owner_conn.execute("SELECT rls_audit.disable('rt_rule_changes')")
+        owner_conn.execute("DROP TABLE rt_rule_changes")

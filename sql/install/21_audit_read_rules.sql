@@ -56,13 +56,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Shared rows are those with no site, or with no owner.';
     END IF;
 
+    -- Whether a rule is stored: FOUND, not `existing IS NOT NULL`, which is false for a
+    -- rule with one column unset (a record is NOT NULL only when every field is).
     SELECT * INTO existing FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
     IF site_column IS NULL AND owner_column IS NULL THEN
-        IF existing IS NULL THEN
+        IF NOT FOUND THEN
             RETURN false;
         END IF;
         DELETE FROM rls_audit.read_rules r WHERE r.table_oid = tbl;
-    ELSIF existing IS NOT NULL AND existing.site_column IS NOT DISTINCT FROM _store_read_rule.site_column
+    ELSIF FOUND AND existing.site_column IS NOT DISTINCT FROM _store_read_rule.site_column
           AND existing.owner_column IS NOT DISTINCT FROM _store_read_rule.owner_column
           AND existing.null_is_shared = coalesce(_store_read_rule.null_is_shared, false) THEN
         RETURN false;
