@@ -100,8 +100,7 @@ _PG_init(void)
 	/* First, so that statement.c's hooks run before audit_context.c's. */
 	RlsInstallAuditContextHooks();
 	RlsInstallStatementHooks();
-	RlsInstallOwnRoleHook();
-	RlsInstallTableLockHook();
+	RlsInstallBoundRoleUtilityHook();
 	RlsInstallAccessorParams();
 	if (!rls_loaded_at_startup)
 		RlsNoteLateLoad();

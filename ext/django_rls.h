@@ -86,12 +86,17 @@ extern const RlsForwardedContext *RlsForwardedCredential(RlsForwardedContext *re
 /*
  * own_role.c
  */
-extern void RlsInstallOwnRoleHook(void);
+extern void RlsRefuseOwnRoleChanges(Node *parsetree);
 
 /*
  * table_locks.c
  */
-extern void RlsInstallTableLockHook(void);
+extern void RlsRefuseTableLocks(Node *parsetree);
+
+/*
+ * bound_role_utility.c
+ */
+extern void RlsInstallBoundRoleUtilityHook(void);
 
 /*
  * bypassing_roles.c

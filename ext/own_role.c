@@ -31,12 +31,9 @@
 #include "commands/defrem.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
-#include "tcop/utility.h"
 #include "utils/acl.h"
 
 #include "django_rls.h"
-
-static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 static bool
 SetsPassword(AlterRoleStmt *stmt)
@@ -57,11 +54,10 @@ IsOwnRole(RoleSpec *role)
 	return role != NULL && get_rolespec_oid(role, true) == GetUserId();
 }
 
-static void
-RefuseOwnRoleChanges(Node *parsetree)
+/* Called by bound_role_utility.c for a non-superuser statement-bound or signing session. */
+void
+RlsRefuseOwnRoleChanges(Node *parsetree)
 {
-	if (!(rls_statement_bound || rls_require_signature) || superuser())
-		return;
 	if (IsA(parsetree, AlterRoleStmt) && SetsPassword((AlterRoleStmt *) parsetree) &&
 		IsOwnRole(((AlterRoleStmt *) parsetree)->role))
 		ereport(ERROR,
@@ -75,25 +71,4 @@ RefuseOwnRoleChanges(Node *parsetree)
 				 errmsg("a django_rls statement-bound or signing role cannot change its own role defaults"),
 				 errdetail("Defaults set by SQL injected into one request would apply to every later session of the role, whatever site it serves."),
 				 errhint("Have a superuser run ALTER ROLE ... SET for this role; in a session, SET applies to that session only.")));
-}
-
-static void
-CheckUtility(PlannedStmt *pstmt, const char *query_string, bool read_only_tree,
-			 ProcessUtilityContext context, ParamListInfo params,
-			 QueryEnvironment *query_env, DestReceiver *dest, QueryCompletion *qc)
-{
-	RefuseOwnRoleChanges(pstmt->utilityStmt);
-	if (prev_process_utility_hook)
-		prev_process_utility_hook(pstmt, query_string, read_only_tree, context,
-								  params, query_env, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, query_string, read_only_tree, context,
-								params, query_env, dest, qc);
-}
-
-void
-RlsInstallOwnRoleHook(void)
-{
-	prev_process_utility_hook = ProcessUtility_hook;
-	ProcessUtility_hook = CheckUtility;
 }

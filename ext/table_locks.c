@@ -23,47 +23,20 @@
  */
 #include "postgres.h"
 
-#include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/lockdefs.h"
-#include "tcop/utility.h"
-#include "utils/acl.h"
 
 #include "django_rls.h"
 
-static ProcessUtility_hook_type prev_process_utility_hook = NULL;
-
-static void
-RefuseTableLocks(Node *parsetree)
+/* Called by bound_role_utility.c for a non-superuser statement-bound or signing session. */
+void
+RlsRefuseTableLocks(Node *parsetree)
 {
 	if (!IsA(parsetree, LockStmt) || ((LockStmt *) parsetree)->mode <= RowExclusiveLock)
-		return;
-	if (!(rls_statement_bound || rls_require_signature) || superuser())
 		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("a django_rls statement-bound or signing role cannot LOCK a table in a mode stronger than ROW EXCLUSIVE"),
 			 errdetail("A table lock is not row level: it would stop every other site's requests on the table until this transaction ends."),
 			 errhint("Lock the site's own rows with SELECT ... FOR UPDATE, or take pg_advisory_xact_lock() on a key that includes the site.")));
-}
-
-static void
-CheckUtility(PlannedStmt *pstmt, const char *query_string, bool read_only_tree,
-			 ProcessUtilityContext context, ParamListInfo params,
-			 QueryEnvironment *query_env, DestReceiver *dest, QueryCompletion *qc)
-{
-	RefuseTableLocks(pstmt->utilityStmt);
-	if (prev_process_utility_hook)
-		prev_process_utility_hook(pstmt, query_string, read_only_tree, context,
-								  params, query_env, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, query_string, read_only_tree, context,
-								params, query_env, dest, qc);
-}
-
-void
-RlsInstallTableLockHook(void)
-{
-	prev_process_utility_hook = ProcessUtility_hook;
-	ProcessUtility_hook = CheckUtility;
 }
